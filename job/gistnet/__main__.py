@@ -1,0 +1,3 @@
+from gistnet.cli import main
+
+main()

@@ -1,0 +1,337 @@
+"""The one typed, frozen configuration tree.
+
+Precedence, highest first: command-line flag > environment (``GISTNET_<SECTION>_<KEY>``)
+> YAML file > the defaults below. The defaults reproduce the paper's protocol
+(224 px, 8:2 stratified hold-out, 6x augmentation, batch 32, 200 epochs, both ResNets).
+Every key is documented in ``docs/configuration.md``; ``gistnet config`` prints the
+resolved tree, and each run saves it as ``config.yaml`` next to its outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from gistnet.errors import ConfigError
+
+MODEL_NAMES = ("resnet34", "resnet50")
+CI_METHODS = ("wald", "wilson", "agresti-coull", "clopper-pearson")
+ENV_PREFIX = "GISTNET_"
+# Environment variables with the prefix that are not config keys.
+ENV_NON_KEYS = {"GISTNET_CONFIG", "GISTNET_TEST_S3_ENDPOINT"}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    uri: str = ""
+    manifest: str = "manifest.csv"
+    positive_class: str = "GIST"
+    negative_class: str = "LM"
+    image_size: int = 224
+    val_fraction: float = 0.2
+    min_images_per_class: int = 5
+    download_threads: int = 16
+    max_image_pixels: int = 100_000_000
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    mode: str = "paper"
+    rotation_degrees: float = 30.0
+    flip: str = "horizontal"
+    clahe_clip_limit: float = 2.0
+    clahe_grid: int = 8
+    log_gain: float = 1.0
+    sigmoid_cutoff: float = 0.5
+    sigmoid_gain: float = 10.0
+    online_probability: float = 0.5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    models: tuple[str, ...] = MODEL_NAMES
+    epochs: int = 200
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    seed: int = 0
+    device: str = "auto"
+    deterministic: bool = True
+    init_weights: dict[str, str] = field(default_factory=dict)
+    checkpoint_every: int = 10
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    ci_method: str = "wilson"
+    confidence_level: float = 0.95
+    selection_metric: str = "accuracy"
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    uri: str = ""
+    run_id: str = ""
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    endpoint_url: str = ""
+    region: str = ""
+    retry_mode: str = "standard"
+    max_attempts: int = 10
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    multipart_threshold_mb: int = 64
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    port: int = 0
+    pushgateway: str = ""
+    job_name: str = "gistnet"
+    grouping_labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _sections() -> dict[str, type]:
+    return typing.get_type_hints(Config)
+
+
+def leaf_keys() -> list[tuple[str, str, Any]]:
+    """(section, key, type) for every config key, in declaration order."""
+    out = []
+    for section, cls in _sections().items():
+        hints = typing.get_type_hints(cls)
+        out.extend((section, f.name, hints[f.name]) for f in dataclasses.fields(cls))
+    return out
+
+
+def env_name(section: str, key: str) -> str:
+    return f"{ENV_PREFIX}{section}_{key}".upper()
+
+
+# ---------------------------------------------------------------- coercion
+
+
+def _coerce(path: str, value: Any, typ: Any, from_text: bool) -> Any:
+    """Check (or, for env/flag text, parse) one value against its declared type."""
+    origin = typing.get_origin(typ)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if from_text and isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_text and isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if from_text and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        if value is None:
+            return ""
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    if origin is tuple:
+        if from_text and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{path}: expected a list of strings, got {value!r}")
+    if origin is dict:
+        if from_text and isinstance(value, str):
+            pairs = [p for p in value.split(",") if p.strip()]
+            if not all("=" in p for p in pairs):
+                raise ConfigError(f"{path}: expected NAME=VALUE[,NAME=VALUE], got {value!r}")
+            value = dict(p.strip().split("=", 1) for p in pairs)
+        if value is None:
+            return {}
+        if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            return dict(value)
+        raise ConfigError(f"{path}: expected a mapping of strings, got {value!r}")
+    raise TypeError(f"unsupported config type {typ} at {path}")  # pragma: no cover
+
+
+# ---------------------------------------------------------------- loading
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config file ({exc.strerror or exc})") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{p}{where}: malformed YAML ({problem})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+    return loaded
+
+
+def _from_yaml(raw: Mapping[str, Any], source: str) -> dict[tuple[str, str], Any]:
+    sections = _sections()
+    types_by_key = {(s, k): t for s, k, t in leaf_keys()}
+    out: dict[tuple[str, str], Any] = {}
+    for section, body in raw.items():
+        if section not in sections:
+            raise ConfigError(f"{source}: unknown section {section!r} (known: {', '.join(sections)})")
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: section {section!r} must be a mapping")
+        for key, value in body.items():
+            if (section, key) not in types_by_key:
+                known = ", ".join(k for s, k, _ in leaf_keys() if s == section)
+                raise ConfigError(f"{source}: unknown key {section}.{key} (known in {section}: {known})")
+            out[(section, key)] = _coerce(f"{source}: {section}.{key}", value, types_by_key[(section, key)], False)
+    return out
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[tuple[str, str], Any]:
+    out = {}
+    for section, key, typ in leaf_keys():
+        name = env_name(section, key)
+        if name in environ:
+            out[(section, key)] = _coerce(name, environ[name], typ, True)
+    return out
+
+
+def unknown_env(environ: Mapping[str, str]) -> list[str]:
+    known = {env_name(s, k) for s, k, _ in leaf_keys()} | ENV_NON_KEYS
+    return sorted(n for n in environ if n.startswith(ENV_PREFIX) and n not in known)
+
+
+def _from_flags(flags: Mapping[str, Any]) -> dict[tuple[str, str], Any]:
+    types_by_key = {f"{s}.{k}": ((s, k), t) for s, k, t in leaf_keys()}
+    out = {}
+    for dotted, value in flags.items():
+        if value is None:
+            continue
+        (section, key), typ = types_by_key[dotted]
+        out[(section, key)] = _coerce(f"--{key.replace('_', '-')}", value, typ, True)
+    return out
+
+
+def load_config(
+    yaml_path: str | os.PathLike | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Resolve the configuration: flags > env > YAML > defaults, then validate."""
+    environ = os.environ if environ is None else environ
+    yaml_path = yaml_path or environ.get("GISTNET_CONFIG") or None
+    merged: dict[tuple[str, str], Any] = {}
+    if yaml_path:
+        merged.update(_from_yaml(read_yaml(yaml_path), str(yaml_path)))
+    merged.update(_from_env(environ))
+    merged.update(_from_flags(flags or {}))
+    sections: dict[str, dict[str, Any]] = {}
+    for (section, key), value in merged.items():
+        sections.setdefault(section, {})[key] = value
+    config = Config(**{name: cls(**sections.get(name, {})) for name, cls in _sections().items()})
+    validate(config)
+    return config
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(c: Config) -> None:
+    _check(c.data.image_size >= 16, f"data.image_size must be >= 16, got {c.data.image_size}")
+    _check(0.0 < c.data.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {c.data.val_fraction}")
+    _check(c.data.min_images_per_class >= 2, f"data.min_images_per_class must be >= 2, got {c.data.min_images_per_class}")
+    _check(c.data.download_threads >= 1, f"data.download_threads must be >= 1, got {c.data.download_threads}")
+    _check(c.data.max_image_pixels >= 1, f"data.max_image_pixels must be >= 1, got {c.data.max_image_pixels}")
+    _check(c.data.positive_class != c.data.negative_class, "data.positive_class and data.negative_class must differ")
+    for name in (c.data.positive_class, c.data.negative_class):
+        _check(bool(name) and "/" not in name, f"class folder name {name!r} must be non-empty and contain no '/'")
+    _check(c.augmentation.mode in ("paper", "online", "none"), f"augmentation.mode must be paper, online or none, got {c.augmentation.mode!r}")
+    _check(c.augmentation.flip in ("horizontal", "vertical"), f"augmentation.flip must be horizontal or vertical, got {c.augmentation.flip!r}")
+    _check(c.augmentation.clahe_clip_limit > 0, "augmentation.clahe_clip_limit must be > 0")
+    _check(c.augmentation.clahe_grid >= 1, "augmentation.clahe_grid must be >= 1")
+    _check(0.0 <= c.augmentation.online_probability <= 1.0, "augmentation.online_probability must be in [0, 1]")
+    _check(len(c.train.models) >= 1, "train.models must name at least one model")
+    for m in c.train.models:
+        _check(m in MODEL_NAMES, f"train.models: unknown model {m!r} (known: {', '.join(MODEL_NAMES)})")
+    _check(len(set(c.train.models)) == len(c.train.models), "train.models lists a model twice")
+    _check(c.train.epochs >= 1, f"train.epochs must be >= 1, got {c.train.epochs}")
+    _check(c.train.batch_size >= 1, f"train.batch_size must be >= 1, got {c.train.batch_size}")
+    _check(c.train.optimizer in ("adamw", "sgd"), f"train.optimizer must be adamw or sgd, got {c.train.optimizer!r}")
+    _check(c.train.learning_rate > 0, f"train.learning_rate must be > 0, got {c.train.learning_rate}")
+    _check(c.train.weight_decay >= 0, "train.weight_decay must be >= 0")
+    _check(c.train.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {c.train.device!r}")
+    _check(c.train.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0: only on SIGTERM and at the end)")
+    for m in c.train.init_weights:
+        _check(m in MODEL_NAMES, f"train.init_weights: unknown model {m!r}")
+    _check(c.evaluate.ci_method in CI_METHODS, f"evaluate.ci_method must be one of {', '.join(CI_METHODS)}, got {c.evaluate.ci_method!r}")
+    _check(0.5 < c.evaluate.confidence_level < 1.0, "evaluate.confidence_level must be in (0.5, 1)")
+    _check(c.evaluate.selection_metric in ("accuracy", "roc_auc"), "evaluate.selection_metric must be accuracy or roc_auc")
+    _check("/" not in c.output.run_id and ".." not in c.output.run_id, f"output.run_id {c.output.run_id!r} must not contain '/' or '..'")
+    _check(c.storage.retry_mode in ("standard", "adaptive", "legacy"), "storage.retry_mode must be standard, adaptive or legacy")
+    _check(c.storage.max_attempts >= 1, "storage.max_attempts must be >= 1")
+    _check(c.storage.multipart_threshold_mb >= 5, "storage.multipart_threshold_mb must be >= 5 (the S3 minimum part size)")
+    _check(0 <= c.metrics.port <= 65535, f"metrics.port must be in [0, 65535], got {c.metrics.port}")
+
+
+def replace(config: Config, **sections: Mapping[str, Any]) -> Config:
+    """A copy with some keys changed, e.g. ``replace(c, output={"run_id": "x"})``."""
+    return dataclasses.replace(
+        config, **{name: dataclasses.replace(getattr(config, name), **values) for name, values in sections.items()}
+    )

@@ -1,0 +1,250 @@
+"""From objects in a store to one uint8 image tensor on the training device, plus the split.
+
+Layout: ``<data>/<class>/<image>``, or a ``manifest.csv`` (``path,label[,patient_id]``)
+at the data root. Every image is decoded once, converted to 3-channel 8-bit, resized
+(shorter side) and centre-cropped to ``image_size``. Objects that cannot be used are
+skipped and listed with the reason; problems with the data set as a whole raise
+``DataError``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from gistnet.config import DataConfig
+from gistnet.errors import DataError
+from gistnet.storage import Store
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class Labeled:
+    key: str
+    label: int  # 1 positive (GIST), 0 negative (LM)
+    patient_id: str = ""
+
+
+@dataclass
+class Split:
+    train: list[str]
+    val: list[str]
+    method: str
+    seed: int
+    val_fraction: float
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "seed": self.seed, "val_fraction": self.val_fraction,
+                "train": self.train, "val": self.val}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Split":
+        return cls(train=list(d["train"]), val=list(d["val"]), method=d["method"], seed=int(d["seed"]),
+                   val_fraction=float(d["val_fraction"]))
+
+
+@dataclass
+class ImageSet:
+    """Decoded images in one tensor; ``labels[i]`` is 1 for the positive class."""
+
+    keys: list[str]
+    images: torch.Tensor  # uint8, N x 3 x S x S
+    labels: torch.Tensor  # int64, N
+    patient_ids: list[str] = field(default_factory=list)
+
+    def subset(self, keys: list[str]) -> "ImageSet":
+        index = {k: i for i, k in enumerate(self.keys)}
+        idx = torch.tensor([index[k] for k in keys], dtype=torch.long)
+        return ImageSet(keys=list(keys), images=self.images[idx.to(self.images.device)],
+                        labels=self.labels[idx.to(self.labels.device)],
+                        patient_ids=[self.patient_ids[index[k]] for k in keys] if self.patient_ids else [])
+
+    def counts(self, names: tuple[str, str]) -> dict[str, int]:
+        positives = int(self.labels.sum())
+        return {names[0]: positives, names[1]: len(self.keys) - positives}
+
+
+@dataclass
+class LoadResult:
+    images: ImageSet
+    skipped: list[dict]
+
+
+# ---------------------------------------------------------------- listing
+
+
+def _read_manifest(store: Store, cfg: DataConfig) -> list[Labeled]:
+    text = store.read(cfg.manifest).decode("utf-8-sig")
+    rows = list(csv.reader(io.StringIO(text)))
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
+        rows = rows[1:]
+    names = {cfg.positive_class: 1, cfg.negative_class: 0}
+    out = []
+    for n, row in enumerate(rows, 2):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) < 2:
+            raise DataError(f"{store.uri_of(cfg.manifest)} line {n}: expected path,label[,patient_id]")
+        label = row[1].strip()
+        if label not in names:
+            raise DataError(f"{store.uri_of(cfg.manifest)} line {n}: unknown label {label!r} "
+                            f"(configured: {cfg.positive_class}, {cfg.negative_class})")
+        out.append(Labeled(row[0].strip(), names[label], row[2].strip() if len(row) > 2 else ""))
+    return out
+
+
+def list_labeled(store: Store, cfg: DataConfig) -> list[Labeled]:
+    """Labeled object keys, from the manifest if there is one, else from class folders."""
+    keys = store.list()
+    if not keys:
+        raise DataError(f"no objects found under {store.uri} (empty or wrong prefix)")
+    if cfg.manifest in keys:
+        return _read_manifest(store, cfg)
+    names = {cfg.positive_class: 1, cfg.negative_class: 0}
+    labeled = []
+    for key in keys:
+        folder, sep, rest = key.partition("/")
+        if not sep:
+            log.info("ignoring %s at the data root (not in a class folder)", store.uri_of(key))
+            continue
+        if folder not in names:
+            raise DataError(f"unknown class folder {folder!r} in {store.uri} "
+                            f"(configured classes: {cfg.positive_class}, {cfg.negative_class})")
+        labeled.append(Labeled(key, names[folder]))
+    for name in names:
+        if not any(lab.key.startswith(f"{name}/") for lab in labeled):
+            raise DataError(f"class folder {name!r} is missing or empty in {store.uri}")
+    return labeled
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _to_rgb8(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit / 32-bit grayscale: stretch the used range to 8 bits.
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(arr.astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
+    """Bytes -> uint8 HxWx3 array, resized and centre-cropped to size x size."""
+    if not data:
+        raise ValueError("empty object (0 bytes)")
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                if img.width * img.height > max_pixels:
+                    raise ValueError(f"image of {img.width}x{img.height} pixels exceeds data.max_image_pixels={max_pixels}")
+                img.load()
+                img = _to_rgb8(img)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ValueError(f"decompression bomb guard: {exc}") from None
+        except Image.UnidentifiedImageError:
+            raise ValueError("not a recognised image (PNG, JPEG, BMP or TIFF)") from None
+        except OSError as exc:
+            raise ValueError(f"corrupt or truncated image ({exc})") from None
+    img = ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def decode_all(raw: dict[str, bytes | Exception], labeled: list[Labeled], size: int, max_pixels: int,
+               threads: int, on_done=None) -> tuple[list[Labeled], list[np.ndarray], list[dict]]:
+    """Decode in parallel; drop undecodable objects and same-class duplicates, fail on cross-class ones."""
+
+    def work(item: Labeled):
+        value = raw[item.key]
+        if isinstance(value, Exception):
+            return item, None, f"could not be read: {type(value).__name__}: {value}", None
+        try:
+            return item, decode_image(value, size, max_pixels), None, hashlib.sha256(value).hexdigest()
+        except ValueError as exc:
+            return item, None, str(exc), None
+
+    kept, arrays, skipped, seen = [], [], [], {}
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for n, (item, array, reason, digest) in enumerate(pool.map(work, labeled), 1):
+            if on_done:
+                on_done(n)
+            if reason:
+                skipped.append({"key": item.key, "reason": reason})
+                continue
+            if digest in seen:
+                first = seen[digest]
+                if first.label != item.label:
+                    raise DataError(f"the same image is labeled both classes: {first.key} and {item.key}")
+                skipped.append({"key": item.key, "reason": f"duplicate of {first.key} (same bytes)"})
+                continue
+            seen[digest] = item
+            kept.append(item)
+            arrays.append(array)
+    return kept, arrays, skipped
+
+
+def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=None) -> LoadResult:
+    """Download and decode the whole data set into one uint8 tensor on ``device``.
+
+    ``on_stage(name, seconds, count)`` is called after the download and decode stages.
+    """
+    import time
+
+    labeled = list_labeled(store, cfg)
+    start = time.perf_counter()
+    raw = store.read_many([lab.key for lab in labeled], cfg.download_threads)
+    if on_stage:
+        on_stage("download", time.perf_counter() - start, len(labeled))
+    start = time.perf_counter()
+    kept, arrays, skipped = decode_all(raw, labeled, cfg.image_size, cfg.max_image_pixels, cfg.download_threads)
+    if on_stage:
+        on_stage("decode", time.perf_counter() - start, len(kept))
+    for s in skipped:
+        s["uri"] = store.uri_of(s.pop("key"))
+        log.warning("skipped %s: %s", s["uri"], s["reason"])
+    for label, name in ((1, cfg.positive_class), (0, cfg.negative_class)):
+        n = sum(1 for k in kept if k.label == label)
+        if n < cfg.min_images_per_class:
+            raise DataError(f"class {name!r} has {n} usable images in {store.uri}; "
+                            f"at least data.min_images_per_class={cfg.min_images_per_class} are needed")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor([k.label for k in kept], dtype=torch.long)
+    return LoadResult(ImageSet([k.key for k in kept], images.to(device), labels.to(device),
+                               [k.patient_id for k in kept]), skipped)
+
+
+# ---------------------------------------------------------------- split
+
+
+def make_split(images: ImageSet, val_fraction: float, seed: int) -> Split:
+    """Stratified hold-out; grouped by patient when the manifest gives patient ids."""
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+    labels = images.labels.cpu().numpy()
+    keys = np.array(images.keys)
+    if any(images.patient_ids):
+        folds = StratifiedGroupKFold(n_splits=max(2, round(1 / val_fraction)), shuffle=True, random_state=seed)
+        train_idx, val_idx = next(folds.split(keys, labels, groups=images.patient_ids))
+        return Split(sorted(keys[train_idx]), sorted(keys[val_idx]), "stratified-group-kfold (by patient_id)",
+                     seed, val_fraction)
+    train_keys, val_keys = train_test_split(keys, test_size=val_fraction, stratify=labels, random_state=seed)
+    return Split(sorted(train_keys), sorted(val_keys), "stratified-holdout", seed, val_fraction)

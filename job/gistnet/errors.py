@@ -1,0 +1,72 @@
+"""Errors a user can cause, each with its own process exit code.
+
+The exit codes are a contract: the Helm chart's podFailurePolicy fails a Job at once
+on the "bad input" codes and retries the others. Keep this table and README's in sync.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1  # a bug in gistnet: the traceback is printed
+EXIT_USAGE = 2  # Click's own code for a bad flag or argument
+EXIT_CONFIG = 3  # malformed YAML, unknown/mistyped key, out-of-range value
+EXIT_DATA = 4  # data set unusable: empty prefix, too few images, duplicates across classes
+EXIT_STORAGE = 5  # bucket missing, credentials refused, endpoint down, output not writable
+EXIT_DEVICE = 6  # --device cuda without a GPU
+EXIT_DIVERGED = 7  # NaN/inf loss during training
+EXIT_INTERRUPTED = 8  # SIGTERM (preemption): checkpoint saved, re-run resumes
+
+EXIT_CODES = {
+    EXIT_OK: "success (or a finished run re-run: nothing to do)",
+    EXIT_INTERNAL: "internal error (a bug; traceback printed)",
+    EXIT_USAGE: "bad command-line usage",
+    EXIT_CONFIG: "bad configuration",
+    EXIT_DATA: "bad input data",
+    EXIT_STORAGE: "storage unreachable, refused or not writable",
+    EXIT_DEVICE: "requested device not available",
+    EXIT_DIVERGED: "training diverged (non-finite loss)",
+    EXIT_INTERRUPTED: "interrupted by SIGTERM; checkpoint saved, re-run to resume",
+}
+
+# Codes that retrying cannot fix: the chart fails the Job at once on these.
+PERMANENT_EXIT_CODES = (EXIT_USAGE, EXIT_CONFIG, EXIT_DATA, EXIT_DEVICE, EXIT_DIVERGED)
+
+
+class GistnetError(Exception):
+    """A problem the user can fix; printed as one line, no traceback."""
+
+    exit_code = EXIT_INTERNAL
+    kind = "error"
+
+    def __str__(self) -> str:  # one line, always
+        return " ".join(super().__str__().split())
+
+
+class ConfigError(GistnetError):
+    exit_code = EXIT_CONFIG
+    kind = "config error"
+
+
+class DataError(GistnetError):
+    exit_code = EXIT_DATA
+    kind = "data error"
+
+
+class StorageError(GistnetError):
+    exit_code = EXIT_STORAGE
+    kind = "storage error"
+
+
+class DeviceError(GistnetError):
+    exit_code = EXIT_DEVICE
+    kind = "device error"
+
+
+class DivergedError(GistnetError):
+    exit_code = EXIT_DIVERGED
+    kind = "training diverged"
+
+
+class Interrupted(GistnetError):
+    exit_code = EXIT_INTERRUPTED
+    kind = "interrupted"

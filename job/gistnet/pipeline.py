@@ -1,0 +1,246 @@
+"""One training run, stage by stage:
+storage -> dataset -> augmentation -> train -> evaluate -> report -> storage.
+
+Each stage lives in its own module; this file only orders them, times them for the
+metrics, and makes re-running a run id safe: a finished run is a no-op, an interrupted
+one resumes from its newest complete checkpoint with the same split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import yaml
+
+from gistnet import augmentation, checkpoint, dataset, evaluate, report, train
+from gistnet.config import Config
+from gistnet.errors import ConfigError, DataError, GistnetError
+from gistnet.metrics import RunMetrics
+from gistnet.storage import Store, TransferStats, open_store, redact
+
+log = logging.getLogger(__name__)
+
+# Config sections that change what a run computes; resuming with different ones is refused.
+RESULT_SECTIONS = ("data", "augmentation", "train", "evaluate")
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    uri: str
+    report: dict | None
+    already_complete: bool = False
+
+
+def default_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def run(config: Config, stop: train.StopFlag | None = None, scratch: str | None = None) -> RunOutcome:
+    """Run the job; push the outcome to the Pushgateway whatever happens."""
+    run_id = config.output.run_id or default_run_id()
+    stats = TransferStats()
+    metrics = RunMetrics(stats)
+    metrics.serve(config.metrics.port)
+    exit_code = 1
+    try:
+        outcome = _run(config, run_id, stats, metrics, stop or train.StopFlag(), scratch or tempfile.gettempdir())
+        exit_code = 0
+        return outcome
+    except GistnetError as exc:
+        exit_code = exc.exit_code
+        raise
+    finally:
+        metrics.run_ended(exit_code)
+        metrics.push(config.metrics.pushgateway, config.metrics.job_name, config.metrics.grouping_labels,
+                     succeeded=exit_code == 0)
+        metrics.close()
+
+
+def _check_same_config(out: Store, config: Config) -> None:
+    try:
+        saved = yaml.safe_load(out.read("config.yaml"))
+    except FileNotFoundError:
+        return
+    current = config.to_dict()
+    changed = [s for s in RESULT_SECTIONS if saved.get(s) != current[s]]
+    if changed:
+        raise ConfigError(f"run {out.uri} exists with a different configuration ({', '.join(changed)}); "
+                          "use a new --run-id, or --force to start it over")
+
+
+def _read_json(store: Store, key: str) -> dict | None:
+    try:
+        return json.loads(store.read(key))
+    except FileNotFoundError:
+        return None
+
+
+def _timed(metrics: RunMetrics, name: str, model: str = ""):
+    class _Timer:
+        def __enter__(self):
+            self.start = time.perf_counter()
+            return self
+
+        def __exit__(self, *exc):
+            self.seconds = time.perf_counter() - self.start
+            if exc[0] is None:
+                metrics.stage(name, self.seconds, model)
+    return _Timer()
+
+
+def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics, stop: train.StopFlag,
+         scratch: str) -> RunOutcome:
+    device = train.resolve_device(config.train.device)
+    train.set_determinism(config.train.deterministic, device)
+    metrics.run_started(run_id, device.type)
+    threads = config.data.download_threads
+    data_store = open_store(config.data.uri, config.storage, threads, stats)
+    out = open_store(config.output.uri, config.storage, threads, stats).child(run_id)
+
+    if out.exists("report.json"):
+        if not config.output.force:
+            log.info("run %s is already complete (%s); nothing to do (use --force to run it again)",
+                     run_id, out.uri_of("report.json"))
+            return RunOutcome(run_id, out.uri, _read_json(out, "report.json"), already_complete=True)
+    if config.output.force:
+        for key in ["report.json", "split.json", *(f"{m}/{f}" for m in config.train.models
+                                                    for f in ("result.json", "checkpoint.json"))]:
+            out.delete(key)
+    else:
+        _check_same_config(out, config)
+    out.write_bytes("config.yaml", config.to_yaml().encode())  # also proves the output is writable
+    log.info("run %s: data %s -> outputs %s (device %s)", run_id, redact(data_store.uri), out.uri, device)
+
+    # dataset
+    loaded = dataset.load_images(data_store, config.data, device,
+                                 on_stage=lambda name, seconds, n: metrics.stage(name, seconds))
+    metrics.skipped.set(len(loaded.skipped))
+    split = _split(out, loaded.images, config)
+    train_set, val_set = loaded.images.subset(split.train), loaded.images.subset(split.val)
+    names = (config.data.positive_class, config.data.negative_class)
+    log.info("split (%s): train %s, validation %s, %d skipped", split.method, train_set.counts(names),
+             val_set.counts(names), len(loaded.skipped))
+
+    # augmentation
+    with _timed(metrics, "augmentation"):
+        train_images, train_labels = train_set.images, train_set.labels
+        if config.augmentation.mode == "paper":
+            train_images, train_labels, _ = augmentation.expand_paper(train_images, train_labels,
+                                                                      config.augmentation, config.train.seed)
+        figure = Path(scratch) / f"gistnet-{run_id}-augmentation.png"
+        augmentation.examples_figure(train_set.images, config.augmentation, config.train.seed, figure)
+        out.upload_file("augmentation_examples.png", figure)
+        figure.unlink(missing_ok=True)
+    augmented_counts = {names[0]: int(train_labels.sum()), names[1]: int(len(train_labels) - train_labels.sum())}
+    data = train.TrainData(train_images, train_labels, val_set.images, val_set.labels)
+    online = config.augmentation if config.augmentation.mode == "online" else None
+
+    # train + evaluate, one model after the other
+    preprocess = train.Preprocess(device)
+    models, curves = {}, {}
+    with stop.installed():
+        for name in config.train.models:
+            result = _read_json(out, f"{name}/result.json")
+            if result is None:
+                result = _train_and_evaluate(name, config, data, preprocess, online, out, metrics, stop, scratch)
+            else:
+                log.info("%s: already trained in this run; reusing %s", name, out.uri_of(f"{name}/result.json"))
+            curves[name] = {"curve": result.pop("roc_curve"), "auc": result["roc_auc"]["value"] or 0.0}
+            metrics.model_evaluated(name, result["metrics"])
+            models[name] = result
+
+    # report
+    with _timed(metrics, "upload"):
+        artifacts = _plots(out, models, curves, scratch, run_id)
+        dataset_section = {
+            "uri": redact(data_store.uri),
+            "classes": {names[0]: "positive", names[1]: "negative"},
+            "train": train_set.counts(names), "val": val_set.counts(names), "train_augmented": augmented_counts,
+            "augmentation_mode": config.augmentation.mode, "split_method": split.method,
+            "skipped": loaded.skipped,
+        }
+        artifacts.update({"config": out.uri_of("config.yaml"), "split": out.uri_of("split.json"),
+                          "augmentation_examples": out.uri_of("augmentation_examples.png")})
+        final = report.build(run_id, config.to_dict(), device, dataset_section, models,
+                             config.evaluate.selection_metric, artifacts)
+        out.write_bytes("report.json", json.dumps(final, indent=2).encode())  # last: marks the run complete
+    log.info("report: %s", out.uri_of("report.json"))
+    return RunOutcome(run_id, out.uri, final)
+
+
+def _split(out: Store, images: dataset.ImageSet, config: Config) -> dataset.Split:
+    saved = _read_json(out, "split.json")
+    if saved is not None:
+        split = dataset.Split.from_dict(saved)
+        missing = sorted(set(split.train + split.val) - set(images.keys))
+        if missing:
+            raise DataError(f"{out.uri_of('split.json')} names {len(missing)} images no longer in the data set "
+                            f"(first: {missing[0]}); start a new run id")
+        log.info("reusing the split saved with this run (%s)", out.uri_of("split.json"))
+        return split
+    split = dataset.make_split(images, config.data.val_fraction, config.train.seed)
+    out.write_bytes("split.json", json.dumps(split.to_dict(), indent=1).encode())
+    return split
+
+
+def _train_and_evaluate(name, config: Config, data: train.TrainData, preprocess, online, out: Store,
+                        metrics: RunMetrics, stop, scratch) -> dict:
+    init = _local_weights(config.train.init_weights.get(name), config, scratch)
+    state = train.new_state(name, config.train, data.train_images.device, init)
+    checkpoint.load_latest(out, name, state, scratch)
+    metrics.model_started(name, config.train.epochs)
+    if state.resumed_from_epoch is not None:
+        metrics.epoch.labels(model=name).set(state.epoch)
+    with _timed(metrics, "train", name):
+        train.fit(name, state, data, config.train, preprocess, online, metrics, stop,
+                  lambda s: checkpoint.save_checkpoint(out, name, s, scratch))
+    pointer = checkpoint.save_checkpoint(out, name, state, scratch) if state.resumed_from_epoch != state.epoch \
+        else checkpoint.read_pointer(out, name)
+    weights = checkpoint.save_weights(out, name, state.model, scratch)
+    with _timed(metrics, "evaluate", name):
+        _, probabilities = evaluate.predict(state.model, data.val_images, data.val_labels, config.train.batch_size,
+                                            preprocess)
+        diagnostics = evaluate.diagnostic_report(data.val_labels, probabilities, config.evaluate.ci_method,
+                                                 config.evaluate.confidence_level)
+    result = {"history": state.history, **diagnostics, "checkpoint": weights,
+              "resumable_checkpoint": {"uri": out.uri_of(pointer["key"]), "sha256": pointer["sha256"],
+                                       "bytes": pointer["bytes"], "epoch": pointer["epoch"]},
+              "resumed_from_epoch": state.resumed_from_epoch,
+              "roc_curve": evaluate.roc_curve_points(data.val_labels, probabilities)}
+    out.write_bytes(f"{name}/result.json", json.dumps(result).encode())
+    return result
+
+
+def _local_weights(uri: str | None, config: Config, scratch: str) -> str | None:
+    """Initial weights as a local file; an s3:// object is downloaded to scratch first."""
+    if not uri:
+        return None
+    if not uri.startswith("s3://"):
+        if not Path(uri).is_file():
+            raise ConfigError(f"train.init_weights: {uri} does not exist")
+        return uri
+    parent, _, key = uri.rpartition("/")
+    suffix = ".safetensors" if key.endswith(".safetensors") else ".pt"
+    local = Path(tempfile.mkdtemp(dir=scratch)) / f"init{suffix}"  # never a path built from the key
+    open_store(parent, config.storage).download_file(key, local)
+    return str(local)
+
+
+def _plots(out: Store, models: dict, curves: dict, scratch: str, run_id: str) -> dict:
+    artifacts = {}
+    for key, draw in (("training_curves.png", lambda p: report.training_curves(
+            {n: m["history"] for n, m in models.items()}, p)), ("roc.png", lambda p: report.roc_figure(curves, p))):
+        path = Path(scratch) / f"gistnet-{run_id}-{key}"
+        draw(path)
+        out.upload_file(key, path)
+        path.unlink(missing_ok=True)
+        artifacts[key.removesuffix(".png")] = out.uri_of(key)
+    return artifacts
