@@ -1,0 +1,90 @@
+import pytest
+import yaml
+
+from gistnet import config
+from gistnet.errors import ConfigError
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_reproduce_the_paper():
+    c = config.load_config(environ={})
+    assert c.data.image_size == 224 and c.data.val_fraction == 0.2
+    assert c.train.models == ("resnet34", "resnet50")
+    assert c.train.batch_size == 32 and c.train.epochs == 200
+    assert c.augmentation.mode == "paper"
+    assert c.evaluate.ci_method == "wilson"
+
+
+def test_precedence_flag_over_env_over_yaml(tmp_path):
+    p = write(tmp_path, "train:\n  epochs: 5\n  batch_size: 8\ndata:\n  image_size: 64\n")
+    env = {"GISTNET_TRAIN_EPOCHS": "7", "GISTNET_DATA_IMAGE_SIZE": "48"}
+    c = config.load_config(p, {"train.epochs": 9}, env)
+    assert c.train.epochs == 9  # flag
+    assert c.data.image_size == 48  # env over YAML
+    assert c.train.batch_size == 8  # YAML over default
+    assert c.train.seed == 0  # default
+
+
+def test_env_parses_lists_dicts_and_bools():
+    env = {"GISTNET_TRAIN_MODELS": "resnet34", "GISTNET_OUTPUT_FORCE": "true",
+           "GISTNET_TRAIN_INIT_WEIGHTS": "resnet34=s3://b/w.safetensors"}
+    c = config.load_config(environ=env)
+    assert c.train.models == ("resnet34",)
+    assert c.output.force is True
+    assert c.train.init_weights == {"resnet34": "s3://b/w.safetensors"}
+
+
+def test_config_file_from_env_variable(tmp_path):
+    p = write(tmp_path, "train:\n  epochs: 3\n")
+    assert config.load_config(environ={"GISTNET_CONFIG": str(p)}).train.epochs == 3
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("train:\n  epoch: 5\n", "unknown key train.epoch"),
+    ("trian:\n  epochs: 5\n", "unknown section 'trian'"),
+    ("train:\n  epochs: five\n", "train.epochs: expected an integer"),
+    ("train:\n  epochs: 0\n", "train.epochs must be >= 1"),
+    ("train:\n  batch_size: -4\n", "train.batch_size must be >= 1"),
+    ("train:\n  models: [resnet18]\n", "unknown model 'resnet18'"),
+    ("train: [1, 2\n", "malformed YAML"),
+    ("- a\n- b\n", "top level must be a mapping"),
+    ("evaluate:\n  ci_method: exact\n", "evaluate.ci_method must be one of"),
+    ("train:\n  deterministic: maybe\n", "expected true or false"),
+])
+def test_bad_config_names_the_key(tmp_path, text, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("(", r"\(")):
+        config.load_config(write(tmp_path, text), environ={})
+
+
+def test_bad_env_value_names_the_variable():
+    with pytest.raises(ConfigError, match="GISTNET_TRAIN_EPOCHS"):
+        config.load_config(environ={"GISTNET_TRAIN_EPOCHS": "lots"})
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        config.load_config("/nonexistent/gistnet.yaml", environ={})
+
+
+def test_round_trip_yaml_and_frozen():
+    c = config.load_config(environ={})
+    again = config.load_config(environ={}, flags={})
+    assert yaml.safe_load(c.to_yaml()) == again.to_dict()
+    with pytest.raises(Exception):
+        c.train.epochs = 3  # type: ignore[misc]
+
+
+def test_every_key_is_documented():
+    doc = (config.Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    for section, key, _ in config.leaf_keys():
+        assert f"`{section}.{key}`" in doc, f"{section}.{key} missing from docs/configuration.md"
+        assert config.env_name(section, key) in doc
+
+
+def test_unknown_env_is_reported():
+    assert config.unknown_env({"GISTNET_TRAIN_EPOCH": "1", "GISTNET_TRAIN_EPOCHS": "1"}) == ["GISTNET_TRAIN_EPOCH"]

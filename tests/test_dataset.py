@@ -1,0 +1,137 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gistnet import dataset
+from gistnet.config import DataConfig
+from gistnet.errors import DataError
+from gistnet.storage import LocalStore
+
+
+def png(array, mode=None, fmt="PNG", **save):
+    buf = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def gray(seed, size=40):
+    return (np.random.default_rng(seed).random((size, size)) * 255).astype(np.uint8)
+
+
+def make_store(tmp_path, n=6, extra=None):
+    store = LocalStore(tmp_path / "data")
+    for label in ("GIST", "LM"):
+        for i in range(n):
+            store.write_bytes(f"{label}/{i}.png", png(gray(hash((label, i)) % 10_000)))
+    for key, data in (extra or {}).items():
+        store.write_bytes(key, data)
+    return store
+
+
+def test_formats_and_modes_decode_to_rgb8():
+    arr = gray(1, 50)
+    rgb = np.stack([arr] * 3, -1)
+    cases = {
+        "png-gray": png(arr), "jpeg": png(rgb, fmt="JPEG"), "bmp": png(rgb, fmt="BMP"), "tiff": png(arr, fmt="TIFF"),
+        "rgba": png(np.dstack([rgb, np.full_like(arr, 255)])),
+    }
+    buf = io.BytesIO()
+    Image.fromarray(arr).convert("P").save(buf, format="PNG")
+    cases["palette"] = buf.getvalue()
+    buf = io.BytesIO()
+    Image.fromarray(rgb).convert("CMYK").save(buf, format="JPEG")
+    cases["cmyk"] = buf.getvalue()
+    buf = io.BytesIO()
+    Image.fromarray(arr.astype(np.uint16) * 257).save(buf, format="PNG")
+    cases["16-bit"] = buf.getvalue()
+    for name, data in cases.items():
+        out = dataset.decode_image(data, 32, 10**8)
+        assert out.shape == (32, 32, 3) and out.dtype == np.uint8, name
+        assert out.std() > 5, name
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty object"),
+    (b"this is a text file", "not a recognised image"),
+])
+def test_unusable_bytes(data, reason):
+    with pytest.raises(ValueError, match=reason):
+        dataset.decode_image(data, 32, 10**8)
+
+
+def test_truncated_and_bomb():
+    data = png(gray(2, 64))
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        dataset.decode_image(data[: len(data) // 2], 32, 10**8)
+    with pytest.raises(ValueError, match="max_image_pixels|decompression bomb"):
+        dataset.decode_image(data, 32, 100)
+
+
+def test_load_skips_bad_objects_and_reports_them(tmp_path):
+    store = make_store(tmp_path, extra={"GIST/empty.png": b"", "LM/notes.txt": b"hello", "README.md": b"x"})
+    result = dataset.load_images(store, DataConfig(image_size=32, min_images_per_class=2), torch.device("cpu"))
+    assert result.images.images.shape == (12, 3, 32, 32)
+    assert result.images.images.dtype == torch.uint8
+    reasons = {s["uri"].rsplit("/", 2)[-2] + "/" + s["uri"].rsplit("/", 1)[-1]: s["reason"] for s in result.skipped}
+    assert "empty object" in reasons["GIST/empty.png"]
+    assert "not a recognised image" in reasons["LM/notes.txt"]
+
+
+def test_duplicates(tmp_path):
+    same = png(gray(99))
+    store = make_store(tmp_path, extra={"GIST/dup1.png": same, "GIST/dup2.png": same})
+    result = dataset.load_images(store, DataConfig(image_size=32), torch.device("cpu"))
+    assert any("duplicate of GIST/dup1.png" in s["reason"] for s in result.skipped)
+    make_store(tmp_path, extra={"LM/dup3.png": same})
+    with pytest.raises(DataError, match="labeled both classes"):
+        dataset.load_images(store, DataConfig(image_size=32), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"OTHER/x.png": b"1"}, "unknown class folder 'OTHER'"),
+])
+def test_dataset_level_errors(tmp_path, extra, message):
+    store = make_store(tmp_path, extra=extra)
+    with pytest.raises(DataError, match=message):
+        dataset.load_images(store, DataConfig(image_size=32), torch.device("cpu"))
+
+
+def test_missing_class_and_too_few_and_empty(tmp_path):
+    store = LocalStore(tmp_path / "d")
+    with pytest.raises(DataError, match="no objects found"):
+        dataset.list_labeled(store, DataConfig())
+    store.write_bytes("GIST/a.png", png(gray(1)))
+    with pytest.raises(DataError, match="class folder 'LM' is missing"):
+        dataset.list_labeled(store, DataConfig())
+    store.write_bytes("LM/a.png", png(gray(2)))
+    with pytest.raises(DataError, match="class 'GIST' has 1 usable images"):
+        dataset.load_images(store, DataConfig(image_size=32), torch.device("cpu"))
+
+
+def test_manifest_with_patients(tmp_path):
+    store = LocalStore(tmp_path / "d")
+    rows = ["path,label,patient_id"]
+    for i in range(20):
+        label = "GIST" if i % 2 else "LM"
+        store.write_bytes(f"img/{i}.png", png(gray(i)))
+        rows.append(f"img/{i}.png,{label},p{i // 2}")
+    store.write_bytes("manifest.csv", "\n".join(rows).encode())
+    result = dataset.load_images(store, DataConfig(image_size=32, min_images_per_class=2), torch.device("cpu"))
+    split = dataset.make_split(result.images, 0.2, seed=0)
+    assert "patient" in split.method
+    patient = {k: p for k, p in zip(result.images.keys, result.images.patient_ids)}
+    assert not {patient[k] for k in split.train} & {patient[k] for k in split.val}
+
+
+def test_paper_split_counts():
+    labels = torch.tensor([1] * 69 + [0] * 73)
+    images = dataset.ImageSet([f"k{i}" for i in range(142)], torch.zeros(142, 3, 2, 2, dtype=torch.uint8), labels)
+    split = dataset.make_split(images, 0.2, seed=0)
+    train, val = images.subset(split.train), images.subset(split.val)
+    assert train.counts(("GIST", "LM")) == {"GIST": 55, "LM": 58}
+    assert val.counts(("GIST", "LM")) == {"GIST": 14, "LM": 15}
+    assert split == dataset.make_split(images, 0.2, seed=0)
+    assert dataset.Split.from_dict(split.to_dict()) == split
