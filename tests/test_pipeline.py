@@ -1,0 +1,136 @@
+"""End-to-end runs of the whole pipeline on CPU with tiny images."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gistnet import config, pipeline, report
+from gistnet.storage import LocalStore, sha256_file
+
+pytestmark = pytest.mark.e2e
+
+TINY = {"data.image_size": 32, "train.models": "resnet34", "train.batch_size": 16}
+
+
+def tiny_config(data, out, run_id, **flags):
+    return config.load_config(None, {"data.uri": str(data), "output.uri": str(out), "output.run_id": run_id,
+                                     **TINY, **flags}, environ={})
+
+
+def test_run_writes_everything_and_a_valid_report(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, tmp_path / "runs", "r1", **{"train.epochs": 2,
+                      "train.models": "resnet34,resnet50", "train.checkpoint_every": 1})
+    outcome = pipeline.run(cfg)
+    run = tmp_path / "runs" / "r1"
+    rep = json.loads((run / "report.json").read_text())
+    report.validate(rep)
+    assert rep == outcome.report
+    assert rep["dataset"]["train"] == {"GIST": 16, "LM": 16} and rep["dataset"]["val"] == {"GIST": 4, "LM": 4}
+    assert rep["dataset"]["train_augmented"] == {"GIST": 96, "LM": 96}
+    for name in ("resnet34", "resnet50"):
+        m = rep["models"][name]
+        assert [h["epoch"] for h in m["history"]] == [1, 2]
+        assert m["checkpoint"]["sha256"] == sha256_file(run / name / "model.safetensors")
+        assert m["resumable_checkpoint"]["epoch"] == 2
+        assert sum(m["confusion_matrix"].values()) == 8
+        # only the newest checkpoint is kept
+        assert sorted(p.name for p in (run / name).glob("checkpoint-epoch*.pt")) == ["checkpoint-epoch0002.pt"]
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["train"]) == 32 and len(split["val"]) == 8
+    for png in ("training_curves.png", "roc.png", "augmentation_examples.png"):
+        assert (run / png).read_bytes()[:4] == b"\x89PNG"
+    assert config.load_config(run / "config.yaml", environ={}) == cfg
+
+
+def test_finished_run_is_a_no_op_unless_forced(tiny_data, tmp_path, caplog):
+    cfg = tiny_config(tiny_data, tmp_path, "r2", **{"train.epochs": 1, "augmentation.mode": "none"})
+    first = pipeline.run(cfg)
+    mtime = (tmp_path / "r2" / "report.json").stat().st_mtime_ns
+    again = pipeline.run(cfg)
+    assert again.already_complete and again.report == first.report
+    assert (tmp_path / "r2" / "report.json").stat().st_mtime_ns == mtime
+    forced = pipeline.run(config.replace(cfg, output={"force": True}))
+    assert not forced.already_complete
+    assert (tmp_path / "r2" / "report.json").stat().st_mtime_ns != mtime
+
+
+def test_resuming_with_a_different_config_is_refused(tiny_data, tmp_path):
+    from gistnet.errors import ConfigError
+
+    cfg = tiny_config(tiny_data, tmp_path, "r3", **{"train.epochs": 1, "augmentation.mode": "none"})
+    LocalStore(tmp_path / "r3").write_bytes("config.yaml", config.replace(cfg, train={"epochs": 9}).to_yaml().encode())
+    with pytest.raises(ConfigError, match="exists with a different configuration"):
+        pipeline.run(cfg)
+
+
+def test_model_trained_on_synthetic_data_beats_chance(tmp_path):
+    from gistnet import synth
+
+    synth.write_dataset(LocalStore(tmp_path / "data"), 60, 60, 48, seed=5)
+    cfg = config.load_config(None, {"data.uri": str(tmp_path / "data"), "output.uri": str(tmp_path / "runs"),
+                                    "output.run_id": "chance", "data.image_size": 48, "train.models": "resnet34",
+                                    "train.epochs": 6, "train.checkpoint_every": 0}, environ={})
+    m = pipeline.run(cfg).report["models"]["resnet34"]
+    assert m["roc_auc"]["ci_low"] > 0.5, m["roc_auc"]  # the AUC interval excludes chance
+    assert m["metrics"]["accuracy"]["value"] > 0.6, m["metrics"]["accuracy"]
+
+
+# ------------------------------------------------------------------ resume after kill -9 / SIGTERM
+
+def _train_args(data, out, run_id):
+    return [sys.executable, "-m", "gistnet", "train", "--data", str(data), "--output", str(out), "--run-id", run_id,
+            "--models", "resnet34", "--epochs", "4", "--image-size", "32", "--batch-size", "16",
+            "--checkpoint-every", "1", "--augmentation", "online"]
+
+
+def _wait_for(path: Path, proc, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended before {path} appeared: {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not appear in {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    done = subprocess.run(_train_args(tiny_data, out, "ref"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return json.loads((out / "ref" / "report.json").read_text()), out / "ref"
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_interrupted_run_resumes_to_identical_results(how, tiny_data, tmp_path, uninterrupted):
+    ref_report, ref_dir = uninterrupted
+    proc = subprocess.Popen(_train_args(tiny_data, tmp_path, "run"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        _wait_for(tmp_path / "run" / "resnet34" / "checkpoint.json", proc)
+        proc.send_signal(getattr(signal, how))
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    if how == "SIGTERM":
+        assert proc.returncode == 8, stderr
+        assert "interrupted" in stderr and "Traceback" not in stderr
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "run" / "report.json").exists()
+    done = subprocess.run(_train_args(tiny_data, tmp_path, "run"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rep = json.loads((tmp_path / "run" / "report.json").read_text())
+    m, ref = rep["models"]["resnet34"], ref_report["models"]["resnet34"]
+    assert m["resumed_from_epoch"] in (1, 2, 3)
+    assert m["checkpoint"]["sha256"] == ref["checkpoint"]["sha256"]  # bit-identical final weights
+    assert m["metrics"] == ref["metrics"] and m["confusion_matrix"] == ref["confusion_matrix"]
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(m["history"]) == strip(ref["history"])

@@ -1,0 +1,118 @@
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from gistnet import train
+from gistnet.config import TrainConfig
+from gistnet.errors import ConfigError, DeviceError, DivergedError, Interrupted
+
+
+class Recorder(train.NullObserver):
+    def __init__(self):
+        self.steps, self.epochs = 0, []
+
+    def on_step(self, model_name, images):
+        self.steps += images
+
+    def on_epoch(self, model_name, record, total_epochs):
+        self.epochs.append(record)
+
+
+def tiny_data(n=16, size=32):
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(n, 3, size, size, generator=g) * 255).to(torch.uint8)
+    labels = torch.arange(n) % 2
+    images[labels == 1, :, 8:24, 8:24] = 0  # a dark square marks the positive class
+    return train.TrainData(images, labels, images[:8], labels[:8])
+
+
+def test_cuda_without_gpu_is_a_device_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="no CUDA GPU"):
+        train.resolve_device("cuda")
+    assert train.resolve_device("auto").type == "cpu"
+
+
+@pytest.mark.parametrize("name", ["resnet34", "resnet50"])
+def test_models_have_two_classes(name):
+    model = train.build_model(name)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 2)
+
+
+def test_init_weights_from_safetensors_and_torch(tmp_path):
+    source = train.build_model("resnet34")
+    imagenet_like = {k: v for k, v in source.state_dict().items() if not k.startswith("fc.")}
+    imagenet_like["fc.weight"] = torch.zeros(1000, 512)  # a 1000-class head is skipped
+    save_file(imagenet_like, tmp_path / "w.safetensors")
+    torch.save(source.state_dict(), tmp_path / "w.pt")
+    for path in (tmp_path / "w.safetensors", tmp_path / "w.pt"):
+        model = train.build_model("resnet34", str(path))
+        assert torch.equal(model.conv1.weight, source.conv1.weight)
+
+
+class Evil:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch /tmp/gistnet-pwned",))
+
+
+def test_malicious_pickle_is_never_executed(tmp_path):
+    import os
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"conv1.weight": Evil()}, f)
+    torch.save({"x": Evil()}, tmp_path / "evil2.pt")
+    for p in (path, tmp_path / "evil2.pt"):
+        with pytest.raises(ConfigError, match="not loadable as weights without executing code"):
+            train.build_model("resnet34", str(p))
+    assert not os.path.exists("/tmp/gistnet-pwned")
+
+
+def test_fit_learns_and_reports_each_epoch():
+    cfg = TrainConfig(models=("resnet34",), epochs=3, batch_size=8, checkpoint_every=0)
+    data = tiny_data()
+    state = train.new_state("resnet34", cfg, torch.device("cpu"), None)
+    rec = Recorder()
+    saved = []
+    train.fit("resnet34", state, data, cfg, train.Preprocess(torch.device("cpu")), None, rec, train.StopFlag(),
+              saved.append)
+    assert [r["epoch"] for r in rec.epochs] == [1, 2, 3]
+    assert rec.steps == 3 * 16
+    assert saved == []  # checkpoint_every=0 and no SIGTERM
+    assert state.history == rec.epochs
+    for r in rec.epochs:
+        assert 0 <= r["train_accuracy"] <= 1 and r["train_loss"] > 0 and r["seconds"] > 0
+
+
+def test_fit_is_deterministic_on_cpu():
+    cfg = TrainConfig(epochs=1, batch_size=8, checkpoint_every=0)
+    weights = []
+    for _ in range(2):
+        state = train.new_state("resnet34", cfg, torch.device("cpu"), None)
+        train.fit("resnet34", state, tiny_data(), cfg, train.Preprocess(torch.device("cpu")), None,
+                  train.NullObserver(), train.StopFlag(), lambda s: None)
+        weights.append(state.model.fc.weight.detach().clone())
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_stop_flag_checkpoints_and_interrupts():
+    cfg = TrainConfig(epochs=5, batch_size=8)
+    state = train.new_state("resnet34", cfg, torch.device("cpu"), None)
+    stop = train.StopFlag()
+    stop.set()
+    saved = []
+    with pytest.raises(Interrupted, match="after epoch 1/5"):
+        train.fit("resnet34", state, tiny_data(), cfg, train.Preprocess(torch.device("cpu")), None,
+                  train.NullObserver(), stop, lambda s: saved.append(s.epoch))
+    assert saved == [1]
+
+
+def test_non_finite_loss_is_reported():
+    cfg = TrainConfig(epochs=2, batch_size=8, learning_rate=1e30, optimizer="sgd", checkpoint_every=0)
+    state = train.new_state("resnet34", cfg, torch.device("cpu"), None)
+    with pytest.raises(DivergedError, match="resnet34: non-finite loss at epoch"):
+        train.fit("resnet34", state, tiny_data(), cfg, train.Preprocess(torch.device("cpu")), None,
+                  train.NullObserver(), train.StopFlag(), lambda s: None)
