@@ -93,3 +93,51 @@ def run_cli(*args, env=None, timeout=600, cwd=None) -> subprocess.CompletedProce
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll ``url`` until it answers 200 (bounded); fail early if ``proc`` died."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+def start_server(args: list[str], ready_url: str, log_path: Path) -> subprocess.Popen:
+    """Start a server binary on loopback and wait until it is ready."""
+    import shutil
+
+    if shutil.which(args[0]) is None:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"{args[0]} is not installed (CI must install it: see .ci/run)")
+        pytest.skip(f"{args[0]} not installed (Debian package {args[0]})")
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_http(ready_url, 60, proc)
+    except Exception:
+        proc.kill()
+        raise
+    return proc
+
+
+@pytest.fixture
+def pushgateway(tmp_path):
+    port = free_port()
+    proc = start_server(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}",
+                         "--persistence.file="],  # Debian defaults to a shared file
+                        f"http://127.0.0.1:{port}/-/ready", tmp_path / "pushgateway.log")
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=30)

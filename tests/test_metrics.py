@@ -1,0 +1,140 @@
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gistnet.metrics import RunMetrics
+from gistnet.storage import TransferStats
+from tests.conftest import REPO, free_port, start_server, wait_http
+
+
+def exposition(m: RunMetrics) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(m.registry).decode()
+
+
+def families(text: str) -> dict:
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def populated() -> RunMetrics:
+    stats = TransferStats()
+    stats.add(downloaded=1000, uploaded=10)
+    m = RunMetrics(stats)
+    m.run_started("run-1", "cpu")
+    m.stage("download", 1.5)
+    m.model_started("resnet34", 10)
+    m.on_step("resnet34", 32)
+    m.on_epoch("resnet34", {"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.7, "val_loss": 0.6,
+                            "val_accuracy": 0.65, "images": 32, "seconds": 2.0}, 10)
+    m.model_evaluated("resnet34", {"sensitivity": {"value": 0.8}, "specificity": {"value": None},
+                                   "accuracy": {"value": 0.7}})
+    m.run_ended(0)
+    return m
+
+
+def test_exposition_parses_and_follows_conventions():
+    fams = families(exposition(populated()))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
+    assert samples[("gistnet_epoch", (("model", "resnet34"),))] == 1
+    assert samples[("gistnet_images_processed_total", (("model", "resnet34"),))] == 32
+    assert samples[("gistnet_images_per_second", (("model", "resnet34"),))] == 16
+    assert samples[("gistnet_downloaded_bytes_total", ())] == 1000
+    assert samples[("gistnet_run_info", (("device", "cpu"), ("run_id", "run-1"), ("version", "0.1.0")))] == 1
+    assert fams["gistnet_images_processed"].type == "counter"
+    for f in fams.values():
+        assert f.name.startswith("gistnet_")
+        for s in f.samples:
+            assert set(s.labels) <= {"model", "stage", "metric", "run_id", "version", "device"}, s
+
+
+def test_every_metric_is_documented_in_the_readme():
+    readme = (REPO / "README.md").read_text()
+    documented = set(re.findall(r"`(gistnet_[a-z_]+)`", readme))
+    exposed = set()
+    for f in families(exposition(populated())).values():
+        exposed |= {s.name for s in f.samples if not s.name.endswith("_created")}
+    assert exposed <= documented, exposed - documented
+
+
+def _gateway_value(url: str, name: str) -> float | None:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for f in text_string_to_metric_families(text):
+        for s in f.samples:
+            if s.name == name and s.labels.get("job") == "gistnet-test":
+                assert "instance" not in s.labels or s.labels["instance"] == ""
+                return s.value
+    return None
+
+
+@pytest.mark.e2e
+def test_pushgateway_keeps_last_success_after_a_failure(pushgateway):
+    ok = populated()
+    ok.push(pushgateway, "gistnet-test", {"cronjob": "nightly"}, succeeded=True)
+    success = _gateway_value(pushgateway, "gistnet_last_success_timestamp_seconds")
+    assert success and success > 1e9
+    time.sleep(1.1)
+    failed = RunMetrics()
+    failed.run_started("run-2", "cpu")
+    failed.run_ended(4)
+    failed.push(pushgateway, "gistnet-test", {"cronjob": "nightly"}, succeeded=False)
+    assert _gateway_value(pushgateway, "gistnet_last_success_timestamp_seconds") == success
+    assert _gateway_value(pushgateway, "gistnet_run_exit_code") == 4
+
+
+@pytest.mark.e2e
+def test_failed_cli_run_pushes_its_exit_code(pushgateway, cli, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = cli("train", "--data", empty, "--output", tmp_path / "out", "--pushgateway", pushgateway,
+               env={**__import__("os").environ, "GISTNET_METRICS_JOB_NAME": "gistnet-test"})
+    assert done.returncode == 4
+    assert _gateway_value(pushgateway, "gistnet_run_exit_code") == 4
+    assert _gateway_value(pushgateway, "gistnet_last_success_timestamp_seconds") is None
+
+
+def _query_range(prom: str, query: str, start: float, end: float) -> list[float]:
+    params = urllib.parse.urlencode({"query": query, "start": start, "end": end, "step": "1s"})
+    with urllib.request.urlopen(f"{prom}/api/v1/query_range?{params}", timeout=10) as r:
+        body = json.load(r)
+    assert body["status"] == "success"
+    result = body["data"]["result"]
+    return [float(v) for _, v in result[0]["values"]] if result else []
+
+
+@pytest.mark.e2e
+def test_prometheus_scrapes_a_running_training(tiny_data, tmp_path):
+    metrics_port, prom_port = free_port(), free_port()
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+        f"scrape_configs:\n  - job_name: gistnet\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n")
+    prom = start_server(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                         f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
+                        f"http://127.0.0.1:{prom_port}/-/ready", tmp_path / "prometheus.log")
+    prom_url = f"http://127.0.0.1:{prom_port}"
+    try:
+        started = time.time()
+        train = subprocess.Popen([sys.executable, "-m", "gistnet", "train", "--data", str(tiny_data), "--output",
+                                  str(tmp_path / "runs"), "--models", "resnet34", "--epochs", "8", "--image-size", "32",
+                                  "--batch-size", "8", "--metrics-port", str(metrics_port), "--checkpoint-every", "0"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _, stderr = train.communicate(timeout=600)
+        assert train.returncode == 0, stderr
+        time.sleep(1)
+        epochs = _query_range(prom_url, 'gistnet_epoch{model="resnet34"}', started, time.time())
+        images = _query_range(prom_url, 'gistnet_images_processed_total{model="resnet34"}', started, time.time())
+    finally:
+        prom.terminate()
+        prom.wait(timeout=30)
+    assert len(set(epochs)) >= 3, epochs  # the epoch gauge was seen rising
+    assert epochs == sorted(epochs)
+    assert images == sorted(images) and images[-1] > images[0], images
