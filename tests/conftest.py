@@ -141,3 +141,15 @@ def pushgateway(tmp_path):
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=30)
+
+
+def k8s_tool(name: str) -> str:
+    """Path of helm/kubectl: PATH, else .tools/ (scripts/get-k8s-tools.sh). CI must have them."""
+    import shutil
+
+    found = shutil.which(name) or (str(REPO / ".tools" / name) if (REPO / ".tools" / name).exists() else None)
+    if found:
+        return found
+    if os.environ.get("CI"):
+        raise RuntimeError(f"{name} not found; CI installs it with scripts/get-k8s-tools.sh (make tools)")
+    pytest.skip(f"{name} not installed: run `make tools` (scripts/get-k8s-tools.sh) or install {name}")

@@ -330,6 +330,31 @@ def validate(c: Config) -> None:
     _check(0 <= c.metrics.port <= 65535, f"metrics.port must be in [0, 65535], got {c.metrics.port}")
 
 
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of a config file (used by the Helm chart's values.schema.json)."""
+
+    def of(typ: Any) -> dict[str, Any]:
+        origin = typing.get_origin(typ)
+        if typ is bool:
+            return {"type": "boolean"}
+        if typ is int:
+            return {"type": "integer"}
+        if typ is float:
+            return {"type": "number"}
+        if typ is str:
+            return {"type": "string"}
+        if origin is tuple:
+            return {"type": "array", "items": {"type": "string"}}
+        return {"type": "object", "additionalProperties": {"type": "string"}}
+
+    sections: dict[str, Any] = {}
+    for section, key, typ in leaf_keys():
+        body = sections.setdefault(section, {"type": "object", "additionalProperties": False, "properties": {}})
+        body["properties"][key] = of(typ)
+    return {"type": "object", "additionalProperties": False, "properties": sections,
+            "description": "gistnet configuration; see docs/configuration.md"}
+
+
 def replace(config: Config, **sections: Mapping[str, Any]) -> Config:
     """A copy with some keys changed, e.g. ``replace(c, output={"run_id": "x"})``."""
     return dataclasses.replace(

@@ -1,0 +1,72 @@
+# syntax=docker/dockerfile:1
+# gistnet: CUDA runtime image running the `gistnet` batch job.
+#
+#   docker build -t gistnet:0.1.0 \
+#     --build-arg VERSION=0.1.0 --build-arg REVISION="$(git rev-parse HEAD)" \
+#     --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" .
+#
+# BAKE_IMAGENET_WEIGHTS=true downloads torchvision's ImageNet ResNet-34/50 weights at build
+# time into /opt/gistnet/weights/ (safetensors) for clusters without internet access; the
+# job itself never downloads anything. Point train.init_weights at them to use them.
+# torch 2.14.1 wheels carry their own CUDA 13.0 libraries; the base supplies the matching
+# CUDA 13.0 runtime and driver compatibility. Base pinned by tag and digest.
+ARG CUDA_BASE=nvidia/cuda:13.0.1-runtime-ubuntu24.04@sha256:c3fde347d52d578c84fd644bc177bc7ec333feaf11550d990da4084d7612e4c7
+
+# ---------------------------------------------------------------- build: venv with gistnet
+FROM ${CUDA_BASE} AS build
+ARG BAKE_IMAGENET_WEIGHTS=false
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv \
+ && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+# The heavy, rarely changing pins first, so code changes reuse this layer.
+RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 kornia==0.9.0
+COPY pyproject.toml README.md ./
+COPY job ./job
+RUN pip install --no-cache-dir . \
+ && mkdir -p /opt/gistnet/weights
+COPY scripts/bake_imagenet_weights.py /src/scripts/
+RUN if [ "${BAKE_IMAGENET_WEIGHTS}" = "true" ]; then \
+      python /src/scripts/bake_imagenet_weights.py /opt/gistnet/weights; \
+    fi
+
+# ---------------------------------------------------------------- runtime
+FROM ${CUDA_BASE} AS runtime
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+LABEL org.opencontainers.image.title="gistnet" \
+      org.opencontainers.image.description="Train and audit EUS image classifiers (GIST vs leiomyoma)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="https://github.com/gistnet/gistnet" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 10001 gistnet \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin gistnet
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/gistnet /opt/gistnet
+# Everything writable lives under /tmp (an emptyDir in Kubernetes), so the root filesystem
+# can be read-only.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    TMPDIR=/tmp \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    XDG_CACHE_HOME=/tmp/.cache \
+    TORCH_HOME=/tmp/.cache/torch
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 9090
+ENTRYPOINT ["gistnet"]
+CMD ["train", "--metrics-port", "9090"]

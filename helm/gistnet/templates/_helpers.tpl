@@ -1,0 +1,193 @@
+{{- define "gistnet.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "gistnet.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else if contains (include "gistnet.name" .) .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name (include "gistnet.name" .) | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "gistnet.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "gistnet.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "gistnet.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "gistnet.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "gistnet.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "gistnet.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "gistnet.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "gistnet.secretName" -}}
+{{- if .Values.s3.existingSecret }}{{ .Values.s3.existingSecret }}{{ else }}{{ include "gistnet.fullname" . }}-s3{{ end }}
+{{- end }}
+
+{{/* The Job spec shared by the Job and the CronJob's jobTemplate. */}}
+{{- define "gistnet.jobSpec" -}}
+backoffLimit: {{ .Values.job.backoffLimit }}
+activeDeadlineSeconds: {{ .Values.job.activeDeadlineSeconds }}
+ttlSecondsAfterFinished: {{ .Values.job.ttlSecondsAfterFinished }}
+{{- if .Values.job.podFailurePolicy }}
+podFailurePolicy:
+  # Exit codes: README "Exit codes". 2 usage, 3 config, 4 data, 6 device, 7 diverged:
+  # retrying cannot help. 8 is SIGTERM (checkpointed): retry without counting it.
+  rules:
+    - action: Ignore
+      onPodConditions:
+        - type: DisruptionTarget
+    - action: FailJob
+      onExitCodes:
+        containerName: gistnet
+        operator: In
+        values: [2, 3, 4, 6, 7]
+    - action: Ignore
+      onExitCodes:
+        containerName: gistnet
+        operator: In
+        values: [8]
+{{- end }}
+template:
+  metadata:
+    labels:
+      {{- include "gistnet.selectorLabels" . | nindent 6 }}
+      {{- with .Values.podLabels }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
+    annotations:
+      checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
+      {{- with .Values.podAnnotations }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
+  spec:
+    restartPolicy: Never
+    serviceAccountName: {{ include "gistnet.serviceAccountName" . }}
+    automountServiceAccountToken: {{ .Values.serviceAccount.automountServiceAccountToken }}
+    terminationGracePeriodSeconds: {{ .Values.job.terminationGracePeriodSeconds }}
+    {{- with .Values.priorityClassName }}
+    priorityClassName: {{ . }}
+    {{- end }}
+    {{- with .Values.imagePullSecrets }}
+    imagePullSecrets:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    securityContext:
+      {{- toYaml .Values.podSecurityContext | nindent 6 }}
+    containers:
+      - name: gistnet
+        image: {{ include "gistnet.image" . }}
+        imagePullPolicy: {{ .Values.image.pullPolicy }}
+        args:
+          - train
+          - --config
+          - /etc/gistnet/config.yaml
+          {{- range .Values.extraArgs }}
+          - {{ . | quote }}
+          {{- end }}
+        env:
+          - name: GISTNET_DATA_URI
+            value: {{ .Values.data.uri | quote }}
+          - name: GISTNET_OUTPUT_URI
+            value: {{ .Values.output.uri | quote }}
+          - name: GISTNET_OUTPUT_RUN_ID
+            {{- if .Values.job.runId }}
+            value: {{ .Values.job.runId | quote }}
+            {{- else }}
+            valueFrom:
+              fieldRef:
+                fieldPath: metadata.labels['batch.kubernetes.io/job-name']
+            {{- end }}
+          - name: GISTNET_METRICS_PORT
+            value: {{ .Values.metrics.port | quote }}
+          - name: GISTNET_METRICS_JOB_NAME
+            value: {{ .Values.metrics.jobName | quote }}
+          - name: GISTNET_METRICS_GROUPING_LABELS
+            value: {{ printf "%s=%s" (ternary "cronjob" "k8s_job" (ne .Values.schedule "")) (include "gistnet.fullname" .) | quote }}
+          {{- with .Values.metrics.pushgateway }}
+          - name: GISTNET_METRICS_PUSHGATEWAY
+            value: {{ . | quote }}
+          {{- end }}
+          {{- with .Values.s3.endpoint }}
+          - name: AWS_ENDPOINT_URL
+            value: {{ . | quote }}
+          {{- end }}
+          {{- with .Values.s3.region }}
+          - name: AWS_REGION
+            value: {{ . | quote }}
+          {{- end }}
+          {{- if or .Values.s3.existingSecret .Values.s3.createSecret }}
+          - name: AWS_ACCESS_KEY_ID
+            valueFrom:
+              secretKeyRef:
+                name: {{ include "gistnet.secretName" . }}
+                key: {{ .Values.s3.secretKeys.accessKeyId }}
+          - name: AWS_SECRET_ACCESS_KEY
+            valueFrom:
+              secretKeyRef:
+                name: {{ include "gistnet.secretName" . }}
+                key: {{ .Values.s3.secretKeys.secretAccessKey }}
+          {{- end }}
+          {{- with .Values.extraEnv }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        ports:
+          - name: metrics
+            containerPort: {{ .Values.metrics.port }}
+            protocol: TCP
+        resources:
+          {{- toYaml .Values.resources | nindent 10 }}
+        securityContext:
+          {{- toYaml .Values.securityContext | nindent 10 }}
+        volumeMounts:
+          - name: config
+            mountPath: /etc/gistnet
+            readOnly: true
+          - name: scratch
+            mountPath: /tmp
+          - name: dshm
+            mountPath: /dev/shm
+    volumes:
+      - name: config
+        configMap:
+          name: {{ include "gistnet.fullname" . }}
+      - name: scratch
+        emptyDir:
+          sizeLimit: {{ .Values.scratch.sizeLimit }}
+      - name: dshm
+        emptyDir:
+          medium: Memory
+          sizeLimit: {{ .Values.shm.sizeLimit }}
+    {{- with .Values.nodeSelector }}
+    nodeSelector:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- with .Values.tolerations }}
+    tolerations:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- with .Values.affinity }}
+    affinity:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+{{- end }}

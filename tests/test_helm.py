@@ -1,0 +1,222 @@
+"""The Helm chart: lint, render every variant, validate against Kubernetes' schemas, and
+check what the rendered objects say (not only that they render)."""
+
+import json
+import subprocess
+
+import pytest
+import yaml
+
+from gistnet import config, errors
+from tests.conftest import REPO, k8s_tool
+
+CHART = REPO / "helm" / "gistnet"
+K8S_VERSION = "1.37.0"
+SECRET = "sentinel-secret-value-3141"
+
+VARIANTS = {
+    "job": [],
+    "cronjob": ["--set", "schedule=0 2 * * *", "--set", "cron.timeZone=Europe/Berlin"],
+    "gpu": ["--set", "resources.limits.nvidia\\.com/gpu=2", "--set", "nodeSelector.gpu=h100",
+            "--set", "tolerations[0].key=nvidia.com/gpu", "--set", "tolerations[0].operator=Exists",
+            "--set", "tolerations[0].effect=NoSchedule", "--set", "priorityClassName=batch-high"],
+    "minio-secret": ["--set", "s3.endpoint=http://minio:9000", "--set", "s3.createSecret=true",
+                     "--set", "s3.accessKeyId=minioadmin", "--set", f"s3.secretAccessKey={SECRET}"],
+    "aws-irsa": ["--set", "s3.region=eu-west-1", "--set",
+                 "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::123:role/gistnet"],
+    "existing-secret-podmonitor": ["--set", "s3.existingSecret=my-s3", "--set", "metrics.podMonitor.enabled=true",
+                                   "--set", "metrics.pushgateway=http://pushgateway:9091"],
+}
+
+
+def helm(*args, check=True):
+    return subprocess.run([k8s_tool("helm"), *args], capture_output=True, text=True, check=check)
+
+
+def render(extra) -> list[dict]:
+    out = helm("template", "gistnet", str(CHART), "--namespace", "ml", *extra).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind(docs, kind):
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+def job_spec(docs):
+    cron = by_kind(docs, "CronJob")
+    return cron["spec"]["jobTemplate"]["spec"] if cron else by_kind(docs, "Job")["spec"]
+
+
+def container(docs):
+    return job_spec(docs)["template"]["spec"]["containers"][0]
+
+
+def env(docs):
+    return {e["name"]: e for e in container(docs)["env"]}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_lint_strict(variant):
+    done = helm("lint", "--strict", str(CHART), *VARIANTS[variant], check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_rendered_manifests_validate_against_kubernetes_schemas(variant):
+    import kubernetes_validate
+
+    for doc in render(VARIANTS[variant]):
+        if doc["kind"] == "PodMonitor":  # a CRD: checked by test_podmonitor below
+            continue
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_default_is_a_job_and_schedule_makes_a_cronjob():
+    docs = render([])
+    assert by_kind(docs, "Job") and not by_kind(docs, "CronJob")
+    cron = by_kind(render(VARIANTS["cronjob"]), "CronJob")
+    assert not by_kind(render(VARIANTS["cronjob"]), "Job")
+    spec = cron["spec"]
+    assert spec["schedule"] == "0 2 * * *" and spec["timeZone"] == "Europe/Berlin"
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1
+    assert spec["startingDeadlineSeconds"] > 0
+
+
+def test_pod_failure_policy_follows_the_exit_code_table():
+    spec = job_spec(render([]))
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+    rules = spec["podFailurePolicy"]["rules"]
+    fail = next(r for r in rules if r["action"] == "FailJob")
+    assert sorted(fail["onExitCodes"]["values"]) == sorted(errors.PERMANENT_EXIT_CODES)
+    assert fail["onExitCodes"]["containerName"] == "gistnet"
+    ignored = [r for r in rules if r["action"] == "Ignore"]
+    assert any(c["type"] == "DisruptionTarget" for r in ignored for c in r.get("onPodConditions", []))
+    assert any(errors.EXIT_INTERRUPTED in r.get("onExitCodes", {}).get("values", []) for r in ignored)
+    for code in (errors.EXIT_STORAGE, errors.EXIT_INTERNAL):  # retried, counted against backoffLimit
+        assert not any(code in r.get("onExitCodes", {}).get("values", []) for r in rules)
+    assert spec["backoffLimit"] >= 1 and spec["activeDeadlineSeconds"] > 0 and spec["ttlSecondsAfterFinished"] > 0
+
+
+def test_secret_reaches_the_pod_only_through_secret_refs():
+    docs = render(VARIANTS["minio-secret"])
+    configmap = by_kind(docs, "ConfigMap")
+    assert SECRET not in yaml.safe_dump(configmap)
+    assert SECRET not in yaml.safe_dump(job_spec(docs))
+    e = env(docs)
+    assert e["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "gistnet-s3", "key": "AWS_SECRET_ACCESS_KEY"}
+    assert e["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "gistnet-s3"
+    assert e["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
+    assert by_kind(docs, "Secret")["stringData"]["AWS_SECRET_ACCESS_KEY"] == SECRET
+    # no Secret unless asked; an existing one is referenced, not created
+    assert not by_kind(render([]), "Secret")
+    docs = render(VARIANTS["existing-secret-podmonitor"])
+    assert not by_kind(docs, "Secret")
+    assert env(docs)["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "my-s3"
+
+
+def test_create_secret_without_keys_fails_clearly():
+    done = helm("template", "gistnet", str(CHART), "--set", "s3.createSecret=true", check=False)
+    assert done.returncode != 0 and "s3.createSecret needs" in done.stderr
+
+
+def test_gpu_scheduling_and_resources():
+    docs = render(VARIANTS["gpu"])
+    pod = job_spec(docs)["template"]["spec"]
+    assert container(docs)["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert pod["nodeSelector"] == {"gpu": "h100"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert pod["priorityClassName"] == "batch-high"
+    assert container(render([]))["resources"]["limits"]["nvidia.com/gpu"] == 1  # the default asks for a GPU
+
+
+def test_security_defaults_and_writable_mounts():
+    docs = render([])
+    pod = job_spec(docs)["template"]["spec"]
+    c = container(docs)
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert pod["automountServiceAccountToken"] is False
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/tmp"]]["emptyDir"]["sizeLimit"]
+    assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+    assert volumes[mounts["/etc/gistnet"]]["configMap"]["name"] == "gistnet"
+
+
+def test_configmap_holds_a_valid_gistnet_config_and_env_wires_the_job(tmp_path):
+    docs = render(VARIANTS["existing-secret-podmonitor"])
+    text = by_kind(docs, "ConfigMap")["data"]["config.yaml"]
+    (tmp_path / "config.yaml").write_text(text)
+    c = container(docs)
+    assert c["args"][:3] == ["train", "--config", "/etc/gistnet/config.yaml"]
+    e = env(docs)
+    environ = {k: v["value"] for k, v in e.items() if "value" in v}
+    cfg = config.load_config(tmp_path / "config.yaml", environ=environ)  # what the pod would resolve
+    assert cfg.train.epochs == 200 and cfg.data.uri == "s3://gistnet/data" and cfg.metrics.port == 9090
+    assert cfg.metrics.pushgateway == "http://pushgateway:9091"
+    assert cfg.metrics.grouping_labels == {"k8s_job": "gistnet"}
+    assert e["GISTNET_OUTPUT_RUN_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.labels['batch.kubernetes.io/job-name']"
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 9090}
+    cron_env = env(render(VARIANTS["cronjob"]))
+    assert cron_env["GISTNET_METRICS_GROUPING_LABELS"]["value"] == "cronjob=gistnet"
+
+
+def test_podmonitor():
+    docs = render(VARIANTS["existing-secret-podmonitor"] + ["--set", "metrics.podMonitor.labels.release=prom"])
+    pm = by_kind(docs, "PodMonitor")
+    assert pm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert pm["metadata"]["labels"]["release"] == "prom"
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    pod_labels = job_spec(docs)["template"]["metadata"]["labels"]
+    assert pm["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert not by_kind(render([]), "PodMonitor")
+
+
+def test_aws_irsa_annotation():
+    sa = by_kind(render(VARIANTS["aws-irsa"]), "ServiceAccount")
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--set", "unknownKey=1"], "additional properties 'unknownKey' not allowed"),
+    (["--set", "job.backoffLimit=abc"], "want integer"),
+    (["--set", "config.train.epoch=3"], "additional properties 'epoch' not allowed"),
+    (["--set", "config.train.epochs=many"], "want integer"),
+    (["--set", "cron.concurrencyPolicy=Sometimes"], "concurrencyPolicy"),
+])
+def test_schema_rejects_unknown_and_mistyped_values(bad, message):
+    done = helm("template", "gistnet", str(CHART), *bad, check=False)
+    assert done.returncode != 0 and message in done.stderr, done.stderr
+
+
+def test_values_schema_config_matches_the_gistnet_config_tree():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["properties"]["config"] == config.json_schema()
+
+
+def test_every_value_is_documented_in_values_yaml():
+    """Each leaf in values.yaml appears in the schema (which forbids anything else)."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+
+    def walk(v, s, path):
+        if isinstance(v, dict) and s.get("additionalProperties") is False:
+            for k, child in v.items():
+                assert k in s["properties"], f"{path}.{k} not in values.schema.json"
+                walk(child, s["properties"][k], f"{path}.{k}")
+
+    walk(values, schema, "values")
+
+
+def test_notes_tell_where_the_report_lands():
+    done = helm("install", "gistnet", str(CHART), "--dry-run=client", "--namespace", "ml", check=False)
+    assert done.returncode == 0, done.stderr
+    assert "s3://gistnet/runs/<run-id>/report.json" in done.stdout
+    assert "kubectl --namespace ml logs -f" in done.stdout
