@@ -1,3 +1,6 @@
+import hashlib
+import json
+
 import pytest
 
 from gistnet.config import StorageConfig
@@ -80,3 +83,44 @@ def test_unreachable_endpoint_is_a_storage_error(monkeypatch):
     cfg = StorageConfig(endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=2, connect_timeout=1)
     with pytest.raises(StorageError, match="cannot reach S3 endpoint"):
         open_store("s3://b/x", cfg).list()
+
+
+@pytest.mark.e2e
+def test_s3_faults_are_retried_and_outputs_are_identical(bucket, s3_env, s3_client, cli):
+    """503s, connection resets and delays from a proxy in front of the loopback S3 server:
+    botocore's retries absorb them and the run's outputs equal those of a clean run."""
+    from tests.faultproxy import FaultProxy
+
+    endpoint = s3_env["AWS_ENDPOINT_URL"]
+    assert cli("synth", "--output", f"s3://{bucket}/data", "--n-gist", 12, "--n-lm", 12, "--image-size", 32,
+               env=s3_env).returncode == 0
+    args = ["train", "--data", f"s3://{bucket}/data", "--models", "resnet34", "--epochs", 1, "--image-size", 32,
+            "--batch-size", 16, "--augmentation", "none"]
+    clean = cli(*args, "--output", f"s3://{bucket}/clean", "--run-id", "r", env=s3_env)
+    assert clean.returncode == 0, clean.stderr
+    with FaultProxy(endpoint) as proxy:
+        env = {**s3_env, "AWS_ENDPOINT_URL": proxy.url, "GISTNET_STORAGE_MULTIPART_THRESHOLD_MB": "16"}
+        faulty = cli(*args, "--output", f"s3://{bucket}/faulty", "--run-id", "r", env=env)
+    assert faulty.returncode == 0, faulty.stderr
+    assert proxy.counts["503"] >= 5 and proxy.counts["reset"] >= 3 and proxy.counts["delay"] >= 3, proxy.counts
+    get = lambda key: json.loads(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())  # noqa: E731
+    a, b = get("clean/r/report.json"), get("faulty/r/report.json")
+    ma, mb = a["models"]["resnet34"], b["models"]["resnet34"]
+    assert ma["checkpoint"]["sha256"] == mb["checkpoint"]["sha256"]
+    assert ma["metrics"] == mb["metrics"] and a["dataset"]["train"] == b["dataset"]["train"]
+    stored = s3_client.get_object(Bucket=bucket, Key="faulty/r/resnet34/model.safetensors")["Body"].read()
+    assert hashlib.sha256(stored).hexdigest() == mb["checkpoint"]["sha256"]
+    head = s3_client.head_object(Bucket=bucket, Key=mb["resumable_checkpoint"]["uri"].split(f"{bucket}/", 1)[1])
+    assert "-" in head["ETag"]  # the checkpoint went up in parts, through the faults
+
+
+@pytest.mark.e2e
+def test_persistently_unreachable_endpoint_is_a_storage_exit(cli, s3_env, tmp_path):
+    from gistnet.errors import EXIT_STORAGE
+    from tests.conftest import free_port
+
+    env = {**s3_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "GISTNET_STORAGE_MAX_ATTEMPTS": "3",
+           "GISTNET_STORAGE_CONNECT_TIMEOUT": "1"}
+    done = cli("train", "--data", "s3://b/data", "--output", tmp_path, env=env)
+    assert done.returncode == EXIT_STORAGE, done.stderr
+    assert "cannot reach S3 endpoint" in done.stderr and "Traceback" not in done.stderr

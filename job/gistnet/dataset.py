@@ -105,13 +105,24 @@ def _read_manifest(store: Store, cfg: DataConfig) -> list[Labeled]:
     return out
 
 
-def list_labeled(store: Store, cfg: DataConfig) -> list[Labeled]:
-    """Labeled object keys, from the manifest if there is one, else from class folders."""
+def _is_safe(key: str) -> bool:
+    return not key.startswith("/") and ".." not in key.replace("\\", "/").split("/")
+
+
+def list_labeled(store: Store, cfg: DataConfig) -> tuple[list[Labeled], list[dict]]:
+    """Labeled object keys, from the manifest if there is one, else from class folders;
+    and the keys skipped as unsafe (absolute or with '..': never trusted as paths)."""
     keys = store.list()
     if not keys:
         raise DataError(f"no objects found under {store.uri} (empty or wrong prefix)")
+    unsafe = [{"uri": f"{store.uri}/{k}", "reason": "unsafe object key (absolute or contains '..')"}
+              for k in keys if not _is_safe(k)]
+    keys = [k for k in keys if _is_safe(k)]
     if cfg.manifest in keys:
-        return _read_manifest(store, cfg)
+        labeled = _read_manifest(store, cfg)
+        unsafe += [{"uri": f"{store.uri}/{lab.key}", "reason": "unsafe path in manifest (absolute or contains '..')"}
+                   for lab in labeled if not _is_safe(lab.key)]
+        return [lab for lab in labeled if _is_safe(lab.key)], unsafe
     names = {cfg.positive_class: 1, cfg.negative_class: 0}
     labeled = []
     for key in keys:
@@ -126,7 +137,7 @@ def list_labeled(store: Store, cfg: DataConfig) -> list[Labeled]:
     for name in names:
         if not any(lab.key.startswith(f"{name}/") for lab in labeled):
             raise DataError(f"class folder {name!r} is missing or empty in {store.uri}")
-    return labeled
+    return labeled, unsafe
 
 
 # ---------------------------------------------------------------- decoding
@@ -209,7 +220,7 @@ def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=No
     """
     import time
 
-    labeled = list_labeled(store, cfg)
+    labeled, unsafe = list_labeled(store, cfg)
     start = time.perf_counter()
     raw = store.read_many([lab.key for lab in labeled], cfg.download_threads)
     if on_stage:
@@ -220,6 +231,8 @@ def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=No
         on_stage("decode", time.perf_counter() - start, len(kept))
     for s in skipped:
         s["uri"] = store.uri_of(s.pop("key"))
+    skipped = unsafe + skipped
+    for s in skipped:
         log.warning("skipped %s: %s", s["uri"], s["reason"])
     for label, name in ((1, cfg.positive_class), (0, cfg.negative_class)):
         n = sum(1 for k in kept if k.label == label)

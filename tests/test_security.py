@@ -1,0 +1,104 @@
+"""Nothing leaks, nothing runs: credentials stay out of every output, objects from a bucket
+never execute code or choose local paths, and the job runs on a read-only root filesystem."""
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+SENTINEL_KEY = "AKIASENTINEL0000KEY1"
+SENTINEL_SECRET = "sentinel/SECRET+value0123456789abcdefXYZ"
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ.get('PWNED_MARKER', '/tmp/gistnet-pwned')}",))
+
+
+def _all_objects(s3_client, bucket, prefix=""):
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            yield o["Key"], s3_client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+
+
+def test_no_credential_in_logs_report_config_objects_or_metrics(cli, bucket, s3_env, s3_client, pushgateway):
+    if os.environ.get("GISTNET_TEST_S3_ENDPOINT"):
+        pytest.skip("needs a server that accepts any credentials (the loopback moto server)")
+    env = {**s3_env, "AWS_ACCESS_KEY_ID": SENTINEL_KEY, "AWS_SECRET_ACCESS_KEY": SENTINEL_SECRET}
+    outputs = [cli("synth", "--output", f"s3://{bucket}/data", "--n-gist", 10, "--n-lm", 10, "--image-size", 32,
+                   env=env)]
+    outputs.append(cli("-v", "train", "--data", f"s3://{bucket}/data", "--output", f"s3://{bucket}/runs", "--run-id",
+                       "s", "--models", "resnet34", "--epochs", 1, "--image-size", 32, "--pushgateway", pushgateway,
+                       env=env))
+    assert outputs[-1].returncode == 0, outputs[-1].stderr
+    outputs.append(cli("train", "--data", "s3://gistnet-missing-bucket/x", "--output", f"s3://{bucket}/runs",
+                       "--pushgateway", pushgateway, env=env))
+    assert outputs[-1].returncode == 5
+    with urllib.request.urlopen(f"{pushgateway}/metrics", timeout=5) as r:
+        metrics = r.read()
+    blobs = [o.stdout.encode() + o.stderr.encode() for o in outputs] + [metrics]
+    blobs += [body for _, body in _all_objects(s3_client, bucket, "runs/")]
+    assert len(blobs) > 8
+    for needle in (SENTINEL_KEY, SENTINEL_SECRET, SENTINEL_SECRET.split("/")[1]):
+        for blob in blobs:
+            assert needle.encode() not in blob
+
+
+def test_malicious_checkpoint_in_the_bucket_is_never_loaded(cli, bucket, s3_env, s3_client, tiny_data, tmp_path):
+    marker = tmp_path / "pwned"
+    blob = pickle.dumps({"model": Evil(), "epoch": 1})
+    s3_client.put_object(Bucket=bucket, Key="runs/m/resnet34/checkpoint-epoch0001.pt", Body=blob)
+    pointer = {"key": "resnet34/checkpoint-epoch0001.pt", "epoch": 1, "sha256": hashlib.sha256(blob).hexdigest(),
+               "bytes": len(blob)}
+    s3_client.put_object(Bucket=bucket, Key="runs/m/resnet34/checkpoint.json", Body=json.dumps(pointer).encode())
+    done = cli("train", "--data", tiny_data, "--output", f"s3://{bucket}/runs", "--run-id", "m", "--models",
+               "resnet34", "--epochs", 2, "--image-size", 32, env={**s3_env, "PWNED_MARKER": str(marker)})
+    assert done.returncode == 5, done.stderr
+    assert "refusing to resume" in done.stderr and "Traceback" not in done.stderr
+    assert not marker.exists()
+
+
+def test_object_keys_never_become_local_paths(cli, bucket, s3_env, s3_client, tmp_path):
+    assert cli("synth", "--output", f"s3://{bucket}/data", "--n-gist", 8, "--n-lm", 8, "--image-size", 32,
+               env=s3_env).returncode == 0
+    png = s3_client.get_object(Bucket=bucket, Key="data/GIST/gist_0000.png")["Body"].read()
+    target = tmp_path / "escaped.png"
+    evil_key = "data/GIST/../../../../../../.." + str(target)
+    s3_client.put_object(Bucket=bucket, Key=evil_key, Body=png)
+    done = cli("train", "--data", f"s3://{bucket}/data", "--output", tmp_path / "out", "--run-id", "k", "--models",
+               "resnet34", "--epochs", 1, "--image-size", 32, env=s3_env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "out" / "k" / "report.json").read_text())
+    reasons = [s["reason"] for s in report["dataset"]["skipped"]]
+    assert any("unsafe object key" in r for r in reasons), report["dataset"]["skipped"]
+    assert not target.exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="uses a Linux mount namespace")
+def test_runs_with_a_read_only_root_filesystem(bucket, s3_env, tiny_data, tmp_path, s3_client):
+    """As in the chart: everything read-only except one scratch dir (an emptyDir at /tmp there)."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root with unshare available")
+        pytest.skip("needs root and unshare(1) to make / read-only in a private mount namespace")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {**s3_env, "TMPDIR": str(scratch), "HOME": str(scratch), "MPLCONFIGDIR": str(scratch / "mpl"),
+           "XDG_CACHE_HOME": str(scratch / "cache"), "PYTHONDONTWRITEBYTECODE": "1"}
+    train = [sys.executable, "-m", "gistnet", "train", "--data", str(tiny_data), "--output", f"s3://{bucket}/ro",
+             "--run-id", "ro", "--models", "resnet34", "--epochs", 1, "--image-size", 32]
+    script = (f"mount --make-rprivate / && mount -t tmpfs tmpfs {scratch} && mount -o remount,bind,ro / "
+              f"&& touch /gistnet-write-probe 2>/dev/null && echo ROOT-WRITABLE; exec \"$@\"")
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *map(str, train)], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert "ROOT-WRITABLE" not in done.stdout
+    assert done.returncode == 0, done.stderr
+    s3_client.head_object(Bucket=bucket, Key="ro/ro/report.json")
