@@ -90,3 +90,118 @@ def test_exit_code_table_matches_readme(cli):
     readme = (__import__("pathlib").Path(__file__).resolve().parents[1] / "README.md").read_text()
     for code, meaning in errors.EXIT_CODES.items():
         assert f"| {code} |" in readme, f"exit code {code} missing from README"
+
+
+# ------------------------------------------------------------------ bad input, as a user meets it
+
+def _png(seed, mode="L", size=40, fmt="PNG"):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    arr = (np.random.default_rng(seed).random((size, size)) * 255).astype("uint8")
+    img = Image.fromarray(arr)
+    if mode == "I;16":
+        img = Image.fromarray(arr.astype("uint16") * 257)
+    elif mode != "L":
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _dataset(root, n=6, extra=None, skip_class=None):
+    for label in ("GIST", "LM"):
+        if label == skip_class:
+            continue
+        for i in range(n):
+            path = root / label / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(_png(hash((label, i)) % 100_000))
+    for rel, data in (extra or {}).items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root
+
+
+BAD_DATA = {
+    "class folder missing": (dict(skip_class="LM"), "class folder 'LM' is missing"),
+    "too few images": (dict(n=2), "at least data.min_images_per_class=5"),
+    "unknown class folder": (dict(extra={"SCHWANNOMA/a.png": _png(1)}), "unknown class folder 'SCHWANNOMA'"),
+    "duplicate across classes": (dict(extra={"GIST/dup.png": _png(7), "LM/dup.png": _png(7)}),
+                                 "labeled both classes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATA))
+def test_bad_data_sets_fail_with_one_line_and_no_report(case, cli, tmp_path):
+    kwargs, fragment = BAD_DATA[case]
+    data = _dataset(tmp_path / "data", **kwargs)
+    done = cli("train", "--data", data, "--output", tmp_path / "out", "--run-id", "bad", "--device", "cpu")
+    _one_line_error(done, errors.EXIT_DATA, fragment)
+    assert not (tmp_path / "out" / "bad" / "report.json").exists()
+
+
+def test_odd_images_are_decoded_or_skipped_and_listed(cli, tmp_path):
+    good = _png(3)
+    odd = {"GIST/palette.png": _png(11, "P"), "GIST/cmyk.jpg": _png(12, "CMYK", fmt="JPEG"),
+           "LM/sixteen.png": _png(13, "I;16"), "LM/rgba.png": _png(14, "RGBA"), "LM/scan.tif": _png(15, fmt="TIFF")}
+    bad = {"GIST/truncated.png": good[: len(good) // 2], "GIST/empty.png": b"", "LM/notes.txt": b"not an image",
+           "LM/huge.png": _png(16, size=400)}
+    data = _dataset(tmp_path / "data", extra={**odd, **bad})
+    env = {**__import__("os").environ, "GISTNET_DATA_MAX_IMAGE_PIXELS": "100000"}
+    done = cli("train", "--data", data, "--output", tmp_path / "out", "--run-id", "odd", "--models", "resnet34",
+               "--epochs", 1, "--image-size", 32, "--augmentation", "none", env=env)
+    assert done.returncode == 0, done.stderr
+    rep = json.loads((tmp_path / "out" / "odd" / "report.json").read_text())
+    skipped = {s["uri"].split("/data/", 1)[1]: s["reason"] for s in rep["dataset"]["skipped"]}
+    assert set(skipped) == set(bad), skipped
+    assert "corrupt or truncated" in skipped["GIST/truncated.png"]
+    assert "empty object" in skipped["GIST/empty.png"]
+    assert "not a recognised image" in skipped["LM/notes.txt"]
+    assert "max_image_pixels" in skipped["LM/huge.png"] or "decompression bomb" in skipped["LM/huge.png"]
+    used = sum(rep["dataset"]["train"].values()) + sum(rep["dataset"]["val"].values())
+    assert used == 12 + len(odd)
+
+
+def test_unwritable_output_is_a_storage_error(cli, tiny_data, tmp_path):
+    (tmp_path / "file").write_text("a file where the output folder should be")
+    done = cli("train", "--data", tiny_data, "--output", tmp_path / "file" / "runs", "--device", "cpu")
+    _one_line_error(done, errors.EXIT_STORAGE, "cannot write")
+
+
+def test_wrong_credentials_are_a_storage_error(cli, tmp_path):
+    """A second moto server with authentication on: unknown keys are refused."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port, wait_http
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/moto-api/", 60, server)
+        env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG0",
+               "AWS_SECRET_ACCESS_KEY": "wrong-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+        done = cli("train", "--data", "s3://bucket/data", "--output", tmp_path, env=env)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    _one_line_error(done, errors.EXIT_STORAGE, "credentials refused")
+    assert "wrong-secret" not in done.stderr
+
+
+def test_every_bad_input_case_names_an_existing_test():
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    table = (repo / "docs" / "bad-input.md").read_text()
+    refs = re.findall(r"`(tests/test_\w+\.py)::(\w+)`", table)
+    assert len(refs) >= 25
+    for path, name in refs:
+        assert re.search(rf"^def {name}\(", (repo / path).read_text(), re.M), f"{path}::{name} does not exist"
