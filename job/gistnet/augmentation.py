@@ -77,8 +77,9 @@ def online_batch(batch: torch.Tensor, cfg: AugmentationConfig, gen: torch.Genera
     ops = operations(cfg)
     out = batch
     for name in OPERATIONS:
-        chosen = (torch.rand(out.shape[0], generator=gen) < cfg.online_probability).to(out.device)
-        if bool(chosen.any()):  # host sync: one bool per op per batch, cheap next to a ResNet step
+        chosen = torch.rand(out.shape[0], generator=gen) < cfg.online_probability  # drawn on the host: no sync
+        if chosen.any():
+            chosen = chosen.to(out.device)
             out = out.clone()
             out[chosen] = ops[name](out[chosen], gen)
     return out

@@ -213,6 +213,17 @@ def decode_all(raw: dict[str, bytes | Exception], labeled: list[Labeled], size: 
     return kept, arrays, skipped
 
 
+def _progress(verb: str, total: int):
+    """A callback logging every 10% of a long transfer."""
+    step = max(1, total // 10)
+
+    def on_done(n: int) -> None:
+        if total >= 100 and (n % step == 0 or n == total):
+            log.info("%s %d/%d images", verb, n, total)
+
+    return on_done
+
+
 def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=None) -> LoadResult:
     """Download and decode the whole data set into one uint8 tensor on ``device``.
 
@@ -221,8 +232,9 @@ def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=No
     import time
 
     labeled, unsafe = list_labeled(store, cfg)
+    log.info("downloading %d images from %s with %d threads", len(labeled), store.uri, cfg.download_threads)
     start = time.perf_counter()
-    raw = store.read_many([lab.key for lab in labeled], cfg.download_threads)
+    raw = store.read_many([lab.key for lab in labeled], cfg.download_threads, _progress("downloaded", len(labeled)))
     if on_stage:
         on_stage("download", time.perf_counter() - start, len(labeled))
     start = time.perf_counter()

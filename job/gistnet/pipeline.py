@@ -144,6 +144,8 @@ def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics,
         figure.unlink(missing_ok=True)
     augmented_counts = {names[0]: int(train_labels.sum()), names[1]: int(len(train_labels) - train_labels.sum())}
     data = train.TrainData(train_images, train_labels, val_set.images, val_set.labels)
+    provenance = {"split": split.to_dict(), "augmentation_mode": config.augmentation.mode,
+                  "augmentation_seed": config.train.seed}
     online = config.augmentation if config.augmentation.mode == "online" else None
 
     # train + evaluate, one model after the other
@@ -153,7 +155,8 @@ def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics,
         _stop_if_asked(stop, f"before training {name}")
         result = _read_json(out, f"{name}/result.json")
         if result is None:
-            result = _train_and_evaluate(name, config, data, preprocess, online, out, metrics, stop, scratch)
+            result = _train_and_evaluate(name, config, data, preprocess, online, out, metrics, stop, scratch,
+                                         provenance)
         else:
             log.info("%s: already trained in this run; reusing %s", name, out.uri_of(f"{name}/result.json"))
         curves[name] = {"curve": result.pop("roc_curve"), "auc": result["roc_auc"]["value"] or 0.0}
@@ -200,9 +203,10 @@ def _split(out: Store, images: dataset.ImageSet, config: Config) -> dataset.Spli
 
 
 def _train_and_evaluate(name, config: Config, data: train.TrainData, preprocess, online, out: Store,
-                        metrics: RunMetrics, stop, scratch) -> dict:
+                        metrics: RunMetrics, stop, scratch, provenance: dict) -> dict:
     init = _local_weights(config.train.init_weights.get(name), config, scratch)
     state = train.new_state(name, config.train, data.train_images.device, init)
+    state.provenance = provenance
     checkpoint.load_latest(out, name, state, scratch)
     metrics.model_started(name, config.train.epochs)
     if state.resumed_from_epoch is not None:

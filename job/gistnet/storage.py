@@ -280,7 +280,7 @@ def make_client(config: StorageConfig, threads: int):
     endpoint = resolve_endpoint(config)
     boto_config = BotoConfig(
         retries={"mode": config.retry_mode, "max_attempts": config.max_attempts},
-        max_pool_connections=max(10, threads),
+        max_pool_connections=max(1, threads),  # one connection per download thread
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
         # MinIO and Ceph behind a plain host name need path-style addressing.

@@ -179,6 +179,8 @@ class TrainState:
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
     resumed_from_epoch: int | None = None
+    # What the run was computed on (the split, the augmented set's seed): checked on resume.
+    provenance: dict = field(default_factory=dict)
 
     def state_dict(self) -> dict:
         return {
@@ -190,9 +192,13 @@ class TrainState:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "epoch": self.epoch,
             "history": self.history,
+            "provenance": self.provenance,
         }
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("provenance") != self.provenance:
+            raise ConfigError("the checkpoint was made with another split or augmentation seed; "
+                              "use a new --run-id, or --force to start the run over")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

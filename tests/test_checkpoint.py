@@ -1,0 +1,83 @@
+import json
+
+import pytest
+import torch
+
+from gistnet import checkpoint, train
+from gistnet.config import TrainConfig
+from gistnet.errors import ConfigError, StorageError
+from gistnet.storage import LocalStore, sha256_file
+
+CFG = TrainConfig(epochs=3, batch_size=4)
+
+
+def state(epoch=0, provenance=None):
+    s = train.new_state("resnet34", CFG, torch.device("cpu"), None)
+    s.epoch = epoch
+    s.history = [{"epoch": e + 1, "train_loss": 0.5} for e in range(epoch)]
+    s.provenance = provenance or {"split": {"train": ["a"], "val": ["b"]}, "augmentation_seed": 0}
+    return s
+
+
+def test_save_then_resume_restores_everything(tmp_path):
+    store = LocalStore(tmp_path / "run")
+    saved = state(2)
+    with torch.no_grad():
+        saved.model.fc.weight.add_(1.0)
+    saved.generator.manual_seed(1234)
+    pointer = checkpoint.save_checkpoint(store, "resnet34", saved, str(tmp_path))
+    assert pointer["epoch"] == 2 and pointer["key"] == "resnet34/checkpoint-epoch0002.pt"
+    assert pointer["sha256"] == sha256_file(tmp_path / "run" / pointer["key"])
+    fresh = state(0)
+    assert checkpoint.load_latest(store, "resnet34", fresh, str(tmp_path))
+    assert fresh.epoch == 2 and fresh.resumed_from_epoch == 2 and fresh.history == saved.history
+    assert torch.equal(fresh.model.fc.weight, saved.model.fc.weight)
+    assert torch.equal(fresh.generator.get_state(), saved.generator.get_state())
+
+
+def test_newer_checkpoint_replaces_the_older(tmp_path):
+    store = LocalStore(tmp_path / "run")
+    checkpoint.save_checkpoint(store, "resnet34", state(1), str(tmp_path))
+    checkpoint.save_checkpoint(store, "resnet34", state(2), str(tmp_path))
+    assert sorted(k for k in store.list() if k.endswith(".pt")) == ["resnet34/checkpoint-epoch0002.pt"]
+
+
+def test_data_without_a_pointer_is_never_loaded(tmp_path):
+    """A checkpoint whose upload was cut off before its pointer was written does not exist."""
+    store = LocalStore(tmp_path / "run")
+    store.write_bytes("resnet34/checkpoint-epoch0005.pt", b"half an upl")
+    fresh = state(0)
+    assert not checkpoint.load_latest(store, "resnet34", fresh, str(tmp_path))
+    assert fresh.epoch == 0
+
+
+def test_corrupted_checkpoint_is_refused(tmp_path):
+    store = LocalStore(tmp_path / "run")
+    pointer = checkpoint.save_checkpoint(store, "resnet34", state(1), str(tmp_path))
+    store.write_bytes(pointer["key"], b"tampered")
+    with pytest.raises(StorageError, match="sha256 does not match"):
+        checkpoint.load_latest(store, "resnet34", state(0), str(tmp_path))
+    store.write_bytes("resnet34/checkpoint.json", b"{not json")
+    with pytest.raises(StorageError, match="corrupt checkpoint pointer"):
+        checkpoint.load_latest(store, "resnet34", state(0), str(tmp_path))
+
+
+def test_checkpoint_of_another_split_is_refused(tmp_path):
+    store = LocalStore(tmp_path / "run")
+    checkpoint.save_checkpoint(store, "resnet34", state(1), str(tmp_path))
+    other = state(0, provenance={"split": {"train": ["x"], "val": ["y"]}, "augmentation_seed": 0})
+    with pytest.raises(ConfigError, match="another split or augmentation seed"):
+        checkpoint.load_latest(store, "resnet34", other, str(tmp_path))
+
+
+def test_final_weights_are_safetensors_with_their_digest(tmp_path):
+    from safetensors.torch import load_file
+
+    store = LocalStore(tmp_path / "run")
+    s = state(3)
+    info = checkpoint.save_weights(store, "resnet34", s.model, str(tmp_path))
+    path = tmp_path / "run" / "resnet34" / "model.safetensors"
+    assert info == {"uri": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    loaded = load_file(path)
+    assert torch.equal(loaded["fc.weight"], s.model.fc.weight)
+    assert json.loads(json.dumps(info))  # report-ready

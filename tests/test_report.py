@@ -1,0 +1,60 @@
+import copy
+
+import jsonschema
+import pytest
+import torch
+
+from gistnet import evaluate, report
+
+
+def model_result(tp, fp, tn, fn, auc_probs=None):
+    labels = torch.tensor([1] * (tp + fn) + [0] * (tn + fp))
+    probs = torch.tensor([0.9] * tp + [0.1] * fn + [0.1] * tn + [0.9] * fp)
+    diag = evaluate.diagnostic_report(labels, probs, "wilson", 0.95)
+    return {"history": [{"epoch": 1, "train_loss": 0.7, "train_accuracy": 0.5, "val_loss": 0.69,
+                         "val_accuracy": 0.5, "seconds": 1.0}], **diag,
+            "checkpoint": {"uri": "s3://b/r/resnet34/model.safetensors", "sha256": "0" * 64, "bytes": 10}}
+
+
+def build(models):
+    dataset = {"uri": "s3://b/data", "classes": {"GIST": "positive", "LM": "negative"},
+               "train": {"GIST": 55, "LM": 58}, "val": {"GIST": 14, "LM": 15},
+               "train_augmented": {"GIST": 330, "LM": 348}, "skipped": [], "split_method": "stratified-holdout"}
+    return report.build("run-1", {"train": {}}, torch.device("cpu"), dataset, models, "accuracy", {})
+
+
+def test_report_has_the_documented_shape_and_validates():
+    rep = build({"resnet34": model_result(12, 1, 14, 2), "resnet50": model_result(11, 3, 12, 3)})
+    assert rep["schema_version"] == 1 and rep["status"] == "complete"
+    assert rep["best_model"] == "resnet34"
+    assert rep["environment"]["torch"] == torch.__version__
+    assert "optimistic" in rep["selection"]["note"]
+    m = rep["models"]["resnet34"]
+    assert m["confusion_matrix"] == {"tp": 12, "fp": 1, "tn": 14, "fn": 2}
+    assert m["metrics"]["accuracy"]["numerator"] == 26
+
+
+def test_schema_rejects_incomplete_reports():
+    rep = build({"resnet34": model_result(12, 1, 14, 2)})
+    for breakage in (lambda r: r.pop("best_model"), lambda r: r.update(status="partial"),
+                     lambda r: r["models"]["resnet34"].pop("metrics"),
+                     lambda r: r["models"]["resnet34"]["checkpoint"].update(sha256="xyz")):
+        broken = copy.deepcopy(rep)
+        breakage(broken)
+        with pytest.raises(jsonschema.ValidationError):
+            report.validate(broken)
+
+
+def test_null_metrics_are_valid():
+    rep = build({"resnet34": model_result(0, 0, 5, 0)})
+    assert rep["models"]["resnet34"]["metrics"]["sensitivity"]["value"] is None
+
+
+def test_summary_and_plots(tmp_path):
+    rep = build({"resnet34": model_result(12, 1, 14, 2)})
+    text = report.summary(rep)
+    assert "TP 12 FN 2 TN 14 FP 1" in text and "85.71% (12/14)" in text
+    report.training_curves({"resnet34": rep["models"]["resnet34"]["history"]}, tmp_path / "c.png")
+    report.roc_figure({"resnet34": {"curve": {"fpr": [0, 0.1, 1], "tpr": [0, 0.8, 1]}, "auc": 0.9}}, tmp_path / "r.png")
+    for name in ("c.png", "r.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
