@@ -81,3 +81,11 @@ def test_final_weights_are_safetensors_with_their_digest(tmp_path):
     loaded = load_file(path)
     assert torch.equal(loaded["fc.weight"], s.model.fc.weight)
     assert json.loads(json.dumps(info))  # report-ready
+
+
+def test_same_weights_give_the_same_sha256(tmp_path):
+    """The report's sha256 identifies the weights: identical models, identical files."""
+    s = state(1)
+    digests = {checkpoint.save_weights(LocalStore(tmp_path / f"r{i}"), "resnet34", s.model, str(tmp_path))["sha256"]
+               for i in range(6)}
+    assert len(digests) == 1

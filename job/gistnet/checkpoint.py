@@ -79,7 +79,9 @@ def save_weights(store: Store, model_name: str, model: torch.nn.Module, scratch:
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         path = Path(tmp) / "model.safetensors"
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(path), metadata={"architecture": model_name, "num_classes": "2"})
+        # One metadata key: safetensors writes a multi-key map in hash order, which would
+        # make the file's sha256 differ between identical models.
+        save_file(state, str(path), metadata={"gistnet": json.dumps({"architecture": model_name, "num_classes": 2})})
         digest = sha256_file(path)
         store.upload_file(key, path, sha256=digest)
         return {"uri": store.uri_of(key), "sha256": digest, "bytes": os.path.getsize(path)}

@@ -269,7 +269,12 @@ def make_split(images: ImageSet, val_fraction: float, seed: int) -> Split:
     if any(images.patient_ids):
         folds = StratifiedGroupKFold(n_splits=max(2, round(1 / val_fraction)), shuffle=True, random_state=seed)
         train_idx, val_idx = next(folds.split(keys, labels, groups=images.patient_ids))
-        return Split(sorted(keys[train_idx]), sorted(keys[val_idx]), "stratified-group-kfold (by patient_id)",
+        return Split(_plain(keys[train_idx]), _plain(keys[val_idx]), "stratified-group-kfold (by patient_id)",
                      seed, val_fraction)
     train_keys, val_keys = train_test_split(keys, test_size=val_fraction, stratify=labels, random_state=seed)
-    return Split(sorted(train_keys), sorted(val_keys), "stratified-holdout", seed, val_fraction)
+    return Split(_plain(train_keys), _plain(val_keys), "stratified-holdout", seed, val_fraction)
+
+
+def _plain(keys) -> list[str]:
+    """Sorted built-in strs (numpy's str_ would not survive a weights_only checkpoint load)."""
+    return sorted(str(k) for k in keys)
