@@ -129,7 +129,7 @@ def test_interrupted_run_resumes_to_identical_results(how, tiny_data, tmp_path, 
     assert done.returncode == 0, done.stderr
     rep = json.loads((tmp_path / "run" / "report.json").read_text())
     m, ref = rep["models"]["resnet34"], ref_report["models"]["resnet34"]
-    assert m["resumed_from_epoch"] in (1, 2, 3)
+    assert m["resumed_from_epoch"] in (1, 2, 3, 4)
     assert m["checkpoint"]["sha256"] == ref["checkpoint"]["sha256"]  # bit-identical final weights
     assert m["metrics"] == ref["metrics"] and m["confusion_matrix"] == ref["confusion_matrix"]
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731

@@ -39,3 +39,21 @@ def test_write_dataset_layout(tmp_path):
     assert sorted(store.list()) == ["GIST/gist_0000.png", "GIST/gist_0001.png", "GIST/gist_0002.png",
                                     "LM/lm_0000.png", "LM/lm_0001.png", "synth.json"]
     assert json.loads(store.read("synth.json"))["counts"] == {"GIST": 3, "LM": 2} == summary["counts"]
+
+
+def test_learnable_but_no_single_pixel_separates_the_classes():
+    """Size and darkness carry signal (GISTs are larger, as in Table 1), but neither one
+    pixel nor the mean intensity separates the classes: a model has to combine cues."""
+    from sklearn.metrics import roc_auc_score
+
+    images, labels = [], []
+    for label in ("GIST", "LM"):
+        for i in range(80):
+            png, _ = synth.generate(label, i, 48, seed=3)
+            images.append(np.asarray(Image.open(io.BytesIO(png)), dtype=float).ravel())
+            labels.append(label == "GIST")
+    x, y = np.array(images), np.array(labels)
+    separation = lambda v: max(roc_auc_score(y, v), 1 - roc_auc_score(y, v)) if v.std() > 0 else 0.5  # noqa: E731
+    best_pixel = max(separation(x[:, j]) for j in range(x.shape[1]))
+    assert 0.6 < best_pixel < 0.95, best_pixel
+    assert separation(x.mean(axis=1)) < 0.95
