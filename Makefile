@@ -6,7 +6,6 @@ BIN := $(VENV)/bin
 # installs the pinned versions into the venv when the system's differ.
 $(BIN)/gistnet: pyproject.toml
 	$(PYTHON) -m venv --system-site-packages $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
