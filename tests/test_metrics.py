@@ -138,3 +138,28 @@ def test_prometheus_scrapes_a_running_training(tiny_data, tmp_path):
     assert len(set(epochs)) >= 3, epochs  # the epoch gauge was seen rising
     assert epochs == sorted(epochs)
     assert images == sorted(images) and images[-1] > images[0], images
+
+
+def test_busy_metrics_port_is_a_config_error():
+    import socket
+
+    from gistnet.errors import ConfigError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"metrics.port {port}: cannot serve"):
+            RunMetrics().serve(port, addr="127.0.0.1")
+
+
+def test_serve_exposes_metrics_over_http():
+    m = populated()
+    port = free_port()
+    m.serve(port, addr="127.0.0.1")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/metrics", 10)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            assert "gistnet_epoch" in families(r.read().decode())
+    finally:
+        m.close()

@@ -48,7 +48,7 @@ def test_run_writes_everything_and_a_valid_report(tiny_data, tmp_path):
     assert config.load_config(run / "config.yaml", environ={}) == cfg
 
 
-def test_finished_run_is_a_no_op_unless_forced(tiny_data, tmp_path, caplog):
+def test_finished_run_is_a_no_op_unless_forced(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, tmp_path, "r2", **{"train.epochs": 1, "augmentation.mode": "none"})
     first = pipeline.run(cfg)
     mtime = (tmp_path / "r2" / "report.json").stat().st_mtime_ns

@@ -38,6 +38,10 @@ def user_errors(fn):
         except GistnetError as exc:
             click.echo(f"gistnet: {exc.kind}: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("gistnet: interrupted (Ctrl-C); re-run the same command with the same --run-id to resume "
+                       "from the last checkpoint", err=True)
+            sys.exit(130)
 
     return wrapper
 

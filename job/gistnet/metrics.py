@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Info, pushadd_t
 from prometheus_client.core import CounterMetricFamily
 
 import gistnet
+from gistnet.errors import ConfigError
 from gistnet.storage import TransferStats, redact
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,11 @@ class RunMetrics:
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         if port:
-            self._server, _ = start_http_server(port, addr=addr, registry=self.registry)
+            try:
+                self._server, _ = start_http_server(port, addr=addr, registry=self.registry)
+            except OSError as exc:
+                raise ConfigError(f"metrics.port {port}: cannot serve /metrics ({exc.strerror or exc}); "
+                                  "pick a free port or 0 to disable") from None
             log.info("serving Prometheus metrics on :%d/metrics", port)
 
     def close(self) -> None:

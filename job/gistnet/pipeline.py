@@ -8,6 +8,7 @@ one resumes from its newest complete checkpoint with the same split.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -48,16 +49,19 @@ def run(config: Config, stop: train.StopFlag | None = None, scratch: str | None 
     run_id = config.output.run_id or default_run_id()
     stats = TransferStats()
     metrics = RunMetrics(stats)
-    metrics.serve(config.metrics.port)
     exit_code = 1
     stop = stop or train.StopFlag()
     try:
+        metrics.serve(config.metrics.port)
         with stop.installed():  # SIGTERM from here on checkpoints and exits with code 8
             outcome = _run(config, run_id, stats, metrics, stop, scratch or tempfile.gettempdir())
         exit_code = 0
         return outcome
     except GistnetError as exc:
         exit_code = exc.exit_code
+        raise
+    except KeyboardInterrupt:
+        exit_code = 130
         raise
     finally:
         metrics.run_ended(exit_code)
@@ -85,17 +89,12 @@ def _read_json(store: Store, key: str) -> dict | None:
         return None
 
 
+@contextlib.contextmanager
 def _timed(metrics: RunMetrics, name: str, model: str = ""):
-    class _Timer:
-        def __enter__(self):
-            self.start = time.perf_counter()
-            return self
-
-        def __exit__(self, *exc):
-            self.seconds = time.perf_counter() - self.start
-            if exc[0] is None:
-                metrics.stage(name, self.seconds, model)
-    return _Timer()
+    """Report the wall time of a stage that completed to the metrics."""
+    start = time.perf_counter()
+    yield
+    metrics.stage(name, time.perf_counter() - start, model)
 
 
 def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics, stop: train.StopFlag,
