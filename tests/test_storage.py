@@ -101,6 +101,7 @@ def test_s3_faults_are_retried_and_outputs_are_identical(bucket, s3_env, s3_clie
     with FaultProxy(endpoint) as proxy:
         env = {**s3_env, "AWS_ENDPOINT_URL": proxy.url, "GISTNET_STORAGE_MULTIPART_THRESHOLD_MB": "16"}
         faulty = cli(*args, "--output", f"s3://{bucket}/faulty", "--run-id", "r", env=env)
+    print(f"fault proxy answered: {proxy.counts}")
     assert faulty.returncode == 0, faulty.stderr
     assert proxy.counts["503"] >= 5 and proxy.counts["reset"] >= 3 and proxy.counts["delay"] >= 3, proxy.counts
     get = lambda key: json.loads(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())  # noqa: E731
