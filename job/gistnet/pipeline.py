@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # Config sections that change what a run computes; resuming with different ones is refused.
 RESULT_SECTIONS = ("data", "augmentation", "train", "evaluate")
+# Keys in those sections that only change how it runs; they may differ on resume.
+OPERATIONAL_KEYS = {("data", "download_threads"), ("train", "device"), ("train", "checkpoint_every")}
 
 
 @dataclass
@@ -76,7 +78,11 @@ def _check_same_config(out: Store, config: Config) -> None:
     except FileNotFoundError:
         return
     current = config.to_dict()
-    changed = [s for s in RESULT_SECTIONS if saved.get(s) != current[s]]
+
+    def result_keys(section: str, values: dict | None) -> dict:
+        return {k: v for k, v in (values or {}).items() if (section, k) not in OPERATIONAL_KEYS}
+
+    changed = [s for s in RESULT_SECTIONS if result_keys(s, saved.get(s)) != result_keys(s, current[s])]
     if changed:
         raise ConfigError(f"run {out.uri} exists with a different configuration ({', '.join(changed)}); "
                           "use a new --run-id, or --force to start it over")
