@@ -58,3 +58,15 @@ def test_summary_and_plots(tmp_path):
     report.roc_figure({"resnet34": {"curve": {"fpr": [0, 0.1, 1], "tpr": [0, 0.8, 1]}, "auc": 0.9}}, tmp_path / "r.png")
     for name in ("c.png", "r.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_markdown_report_for_a_human_reader():
+    rep = build({"resnet34": model_result(12, 1, 14, 2), "resnet50": model_result(0, 0, 15, 14)})
+    rep["dataset"]["skipped"] = [{"uri": "s3://b/data/GIST/x.png", "reason": "empty object (0 bytes)"}]
+    text = report.markdown(rep)
+    assert text.startswith("# gistnet run run-1")
+    assert "**Best model: resnet34**" in text and "optimistic" in text
+    assert "| called GIST | TP 12 | FP 1 |" in text
+    assert "| sensitivity | 85.71% (12/14), 60.06-95.99% |" in text
+    assert "| ppv | n/a (no cases) |" in text  # resnet50 never called GIST
+    assert "`s3://b/data/GIST/x.png`: empty object (0 bytes)" in text

@@ -179,9 +179,11 @@ def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics,
             "skipped": loaded.skipped,
         }
         artifacts.update({"config": out.uri_of("config.yaml"), "split": out.uri_of("split.json"),
+                          "report_markdown": out.uri_of("report.md"),
                           "augmentation_examples": out.uri_of("augmentation_examples.png")})
         final = report.build(run_id, config.to_dict(), device, dataset_section, models,
                              config.evaluate.selection_metric, artifacts)
+        out.write_bytes("report.md", report.markdown(final).encode())
         out.write_bytes("report.json", json.dumps(final, indent=2).encode())  # last: marks the run complete
     log.info("report: %s", out.uri_of("report.json"))
     return RunOutcome(run_id, out.uri, final)

@@ -24,8 +24,8 @@ def validate(report: dict) -> None:
 
 
 def environment(device: torch.device) -> dict:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return {"torch": torch.__version__, "device": f"{device.type}: {name}", "python": platform.python_version(),
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    return {"torch": torch.__version__, "device": f"{device.type} ({name})", "python": platform.python_version(),
             "cuda": torch.version.cuda or "", "threads": torch.get_num_threads()}
 
 
@@ -73,6 +73,62 @@ def summary(report: dict) -> str:
         lines.append(f"-- {name}: TP {cm['tp']} FN {cm['fn']} TN {cm['tn']} FP {cm['fp']}"
                      + (f", ROC AUC {auc:.3f}" if auc is not None else ""))
         lines.append(stats.format_table(m["metrics"]))
+    return "\n".join(lines)
+
+
+def _counts(counts: dict) -> str:
+    return " / ".join(f"{n} {name}" for name, n in counts.items())
+
+
+def _pct(m: dict) -> str:
+    if m["value"] is None:
+        return "n/a (no cases)"
+    return (f"{m['value'] * 100:.2f}% ({m['numerator']}/{m['denominator']}), "
+            f"{m['ci_low'] * 100:.2f}-{m['ci_high'] * 100:.2f}%")
+
+
+def markdown(report: dict) -> str:
+    """``report.md``: the report for a human reader, GIST positive, validation set."""
+    ds = report["dataset"]
+    level = next(iter(report["models"].values())).get("confidence_level", 0.95)
+    lines = [
+        f"# gistnet run {report['run_id']}",
+        "",
+        f"Created {report['created']} by gistnet {report['gistnet_version']} on {report['environment']['device']}.",
+        f"Data: `{ds['uri']}`; training {_counts(ds['train'])} (after {ds.get('augmentation_mode')} augmentation: "
+        f"{_counts(ds['train_augmented'])}), validation {_counts(ds['val'])}; split: {ds['split_method']}; "
+        f"{len(ds['skipped'])} image(s) skipped.",
+        "",
+        f"**Best model: {report['best_model']}** (by {report['selection']['metric']}). "
+        f"{report['selection']['note'].capitalize()}.",
+        "",
+    ]
+    for name, m in report["models"].items():
+        cm = m["confusion_matrix"]
+        auc = m["roc_auc"]
+        last = m["history"][-1]
+        lines += [
+            f"## {name}",
+            "",
+            f"{len(m['history'])} epoch(s); last epoch: train loss {last['train_loss']:.4f}, "
+            f"validation loss {last['val_loss']:.4f}, validation accuracy {last['val_accuracy']:.3f}.",
+            "",
+            "| | GIST (truth) | LM (truth) |",
+            "| --- | --- | --- |",
+            f"| called GIST | TP {cm['tp']} | FP {cm['fp']} |",
+            f"| called LM | FN {cm['fn']} | TN {cm['tn']} |",
+            "",
+            f"| metric | value ({level:.0%} CI, {m['ci_method']}) |",
+            "| --- | --- |",
+        ]
+        lines += [f"| {k} | {_pct(m['metrics'][k])} |" for k in stats.METRICS]
+        if auc["value"] is not None:
+            lines.append(f"| ROC AUC | {auc['value']:.3f}, {auc['ci_low']:.3f}-{auc['ci_high']:.3f} (Hanley-McNeil) |")
+        lines += ["", f"Weights: `{m['checkpoint']['uri']}` (sha256 `{m['checkpoint']['sha256']}`)", ""]
+    if ds["skipped"]:
+        lines += ["## Skipped images", ""] + [f"- `{s['uri']}`: {s['reason']}" for s in ds["skipped"]] + [""]
+    lines += ["Sensitivity: GISTs called GIST. PPV: GIST calls that are GISTs. Intervals with a zero denominator "
+              "are n/a. Wald intervals (the paper's) are unreliable below n = 30; Wilson is the default.", ""]
     return "\n".join(lines)
 
 
