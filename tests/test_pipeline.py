@@ -45,6 +45,7 @@ def test_run_writes_everything_and_a_valid_report(tiny_data, tmp_path):
     assert len(split["train"]) == 32 and len(split["val"]) == 8
     for png in ("training_curves.png", "roc.png", "augmentation_examples.png"):
         assert (run / png).read_bytes()[:4] == b"\x89PNG"
+    assert "| called GIST |" in (run / "report.md").read_text()
     assert config.load_config(run / "config.yaml", environ={}) == cfg
 
 
