@@ -1,7 +1,6 @@
 """End-to-end runs of the whole pipeline on CPU with tiny images."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

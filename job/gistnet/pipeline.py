@@ -111,22 +111,13 @@ def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics,
     threads = config.data.download_threads
     data_store = open_store(config.data.uri, config.storage, threads, stats)
     out = open_store(config.output.uri, config.storage, threads, stats).child(run_id)
-
-    if out.exists("report.json"):
-        if not config.output.force:
-            log.info("run %s is already complete (%s); nothing to do (use --force to run it again)",
-                     run_id, out.uri_of("report.json"))
-            return RunOutcome(run_id, out.uri, _read_json(out, "report.json"), already_complete=True)
-    if config.output.force:
-        for key in ["report.json", "split.json", *(f"{m}/{f}" for m in config.train.models
-                                                    for f in ("result.json", "checkpoint.json"))]:
-            out.delete(key)
-    else:
-        _check_same_config(out, config)
-    out.write_bytes("config.yaml", config.to_yaml().encode())  # also proves the output is writable
+    if out.exists("report.json") and not config.output.force:
+        log.info("run %s is already complete (%s); nothing to do (use --force to run it again)",
+                 run_id, out.uri_of("report.json"))
+        return RunOutcome(run_id, out.uri, _read_json(out, "report.json"), already_complete=True)
+    _prepare_output(out, config)
     log.info("run %s: data %s -> outputs %s (device %s)", run_id, redact(data_store.uri), out.uri, device)
 
-    # dataset
     loaded = dataset.load_images(data_store, config.data, device,
                                  on_stage=lambda name, seconds, n: metrics.stage(name, seconds))
     metrics.skipped.set(len(loaded.skipped))
@@ -135,26 +126,58 @@ def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics,
     names = (config.data.positive_class, config.data.negative_class)
     log.info("split (%s): train %s, validation %s, %d skipped", split.method, train_set.counts(names),
              val_set.counts(names), len(loaded.skipped))
-
-    # augmentation
     _stop_if_asked(stop, "after loading the data")
+
     with _timed(metrics, "augmentation"):
-        train_images, train_labels = train_set.images, train_set.labels
-        if config.augmentation.mode == "paper":
-            train_images, train_labels, _ = augmentation.expand_paper(train_images, train_labels,
-                                                                      config.augmentation, config.train.seed)
-        figure = Path(scratch) / f"gistnet-{run_id}-augmentation.png"
-        augmentation.examples_figure(train_set.images, config.augmentation, config.train.seed, figure)
-        out.upload_file("augmentation_examples.png", figure)
-        figure.unlink(missing_ok=True)
-    augmented_counts = {names[0]: int(train_labels.sum()), names[1]: int(len(train_labels) - train_labels.sum())}
-    data = train.TrainData(train_images, train_labels, val_set.images, val_set.labels)
+        data = _augment(train_set, val_set, config, out, scratch, run_id)
     provenance = {"split": split.to_dict(), "augmentation_mode": config.augmentation.mode,
                   "augmentation_seed": config.train.seed}
-    online = config.augmentation if config.augmentation.mode == "online" else None
+    models, curves = _train_models(config, data, out, metrics, stop, scratch, provenance)
 
-    # train + evaluate, one model after the other
-    preprocess = train.Preprocess(device)
+    with _timed(metrics, "upload"):
+        dataset_section = {
+            "uri": redact(data_store.uri),
+            "classes": {names[0]: "positive", names[1]: "negative"},
+            "train": train_set.counts(names), "val": val_set.counts(names),
+            "train_augmented": {names[0]: int(data.train_labels.sum()),
+                                names[1]: int(len(data.train_labels) - data.train_labels.sum())},
+            "augmentation_mode": config.augmentation.mode, "split_method": split.method,
+            "skipped": loaded.skipped,
+        }
+        final = _write_report(out, run_id, config, device, dataset_section, models, curves, scratch)
+    log.info("report: %s", out.uri_of("report.json"))
+    return RunOutcome(run_id, out.uri, final)
+
+
+def _prepare_output(out: Store, config: Config) -> None:
+    """Start over (--force) or check that a resumed run keeps its configuration; then save it."""
+    if config.output.force:
+        for key in ["report.json", "split.json", *(f"{m}/{f}" for m in config.train.models
+                                                    for f in ("result.json", "checkpoint.json"))]:
+            out.delete(key)
+    else:
+        _check_same_config(out, config)
+    out.write_bytes("config.yaml", config.to_yaml().encode())  # also proves the output is writable
+
+
+def _augment(train_set: dataset.ImageSet, val_set: dataset.ImageSet, config: Config, out: Store, scratch: str,
+             run_id: str) -> train.TrainData:
+    """The training tensors after augmentation (expanded once in paper mode), and Fig 2."""
+    images, labels = train_set.images, train_set.labels
+    if config.augmentation.mode == "paper":
+        images, labels, _ = augmentation.expand_paper(images, labels, config.augmentation, config.train.seed)
+    figure = Path(scratch) / f"gistnet-{run_id}-augmentation.png"
+    augmentation.examples_figure(train_set.images, config.augmentation, config.train.seed, figure)
+    out.upload_file("augmentation_examples.png", figure)
+    figure.unlink(missing_ok=True)
+    return train.TrainData(images, labels, val_set.images, val_set.labels)
+
+
+def _train_models(config: Config, data: train.TrainData, out: Store, metrics: RunMetrics, stop: train.StopFlag,
+                  scratch: str, provenance: dict) -> tuple[dict, dict]:
+    """Train and evaluate each model in turn; a model finished earlier in this run is reused."""
+    preprocess = train.Preprocess(data.train_images.device)
+    online = config.augmentation if config.augmentation.mode == "online" else None
     models, curves = {}, {}
     for name in config.train.models:
         _stop_if_asked(stop, f"before training {name}")
@@ -167,26 +190,21 @@ def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics,
         curves[name] = {"curve": result.pop("roc_curve"), "auc": result["roc_auc"]["value"] or 0.0}
         metrics.model_evaluated(name, result["metrics"])
         models[name] = result
+    return models, curves
 
-    # report
-    with _timed(metrics, "upload"):
-        artifacts = _plots(out, models, curves, scratch, run_id)
-        dataset_section = {
-            "uri": redact(data_store.uri),
-            "classes": {names[0]: "positive", names[1]: "negative"},
-            "train": train_set.counts(names), "val": val_set.counts(names), "train_augmented": augmented_counts,
-            "augmentation_mode": config.augmentation.mode, "split_method": split.method,
-            "skipped": loaded.skipped,
-        }
-        artifacts.update({"config": out.uri_of("config.yaml"), "split": out.uri_of("split.json"),
-                          "report_markdown": out.uri_of("report.md"),
-                          "augmentation_examples": out.uri_of("augmentation_examples.png")})
-        final = report.build(run_id, config.to_dict(), device, dataset_section, models,
-                             config.evaluate.selection_metric, artifacts)
-        out.write_bytes("report.md", report.markdown(final).encode())
-        out.write_bytes("report.json", json.dumps(final, indent=2).encode())  # last: marks the run complete
-    log.info("report: %s", out.uri_of("report.json"))
-    return RunOutcome(run_id, out.uri, final)
+
+def _write_report(out: Store, run_id: str, config: Config, device: torch.device, dataset_section: dict,
+                  models: dict, curves: dict, scratch: str) -> dict:
+    """Plots, report.md, then report.json last: its presence marks the run complete."""
+    artifacts = _plots(out, models, curves, scratch, run_id)
+    artifacts.update({"config": out.uri_of("config.yaml"), "split": out.uri_of("split.json"),
+                      "report_markdown": out.uri_of("report.md"),
+                      "augmentation_examples": out.uri_of("augmentation_examples.png")})
+    final = report.build(run_id, config.to_dict(), device, dataset_section, models,
+                         config.evaluate.selection_metric, artifacts)
+    out.write_bytes("report.md", report.markdown(final).encode())
+    out.write_bytes("report.json", json.dumps(final, indent=2).encode())
+    return final
 
 
 def _stop_if_asked(stop: train.StopFlag, where: str) -> None:
