@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 
 from gistnet.config import DataConfig
 from gistnet.errors import DataError
-from gistnet.storage import Store
+from gistnet.storage import Store, is_safe_key
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,13 @@ class ImageSet:
                         patient_ids=[self.patient_ids[index[k]] for k in keys] if self.patient_ids else [])
 
     def counts(self, names: tuple[str, str]) -> dict[str, int]:
-        positives = int(self.labels.sum())
-        return {names[0]: positives, names[1]: len(self.keys) - positives}
+        return class_counts(self.labels, names)
+
+
+def class_counts(labels: torch.Tensor, names: tuple[str, str]) -> dict[str, int]:
+    """Images per class name; ``labels`` is 1 for ``names[0]`` (positive), 0 for ``names[1]``."""
+    positives = int(labels.sum())
+    return {names[0]: positives, names[1]: len(labels) - positives}
 
 
 @dataclass
@@ -105,10 +110,6 @@ def _read_manifest(store: Store, cfg: DataConfig) -> list[Labeled]:
     return out
 
 
-def _is_safe(key: str) -> bool:
-    return not key.startswith("/") and ".." not in key.replace("\\", "/").split("/")
-
-
 def list_labeled(store: Store, cfg: DataConfig) -> tuple[list[Labeled], list[dict]]:
     """Labeled object keys, from the manifest if there is one, else from class folders;
     and the keys skipped as unsafe (absolute or with '..': never trusted as paths)."""
@@ -116,13 +117,13 @@ def list_labeled(store: Store, cfg: DataConfig) -> tuple[list[Labeled], list[dic
     if not keys:
         raise DataError(f"no objects found under {store.uri} (empty or wrong prefix)")
     unsafe = [{"uri": f"{store.uri}/{k}", "reason": "unsafe object key (absolute or contains '..')"}
-              for k in keys if not _is_safe(k)]
-    keys = [k for k in keys if _is_safe(k)]
+              for k in keys if not is_safe_key(k)]
+    keys = [k for k in keys if is_safe_key(k)]
     if cfg.manifest in keys:
         labeled = _read_manifest(store, cfg)
         unsafe += [{"uri": f"{store.uri}/{lab.key}", "reason": "unsafe path in manifest (absolute or contains '..')"}
-                   for lab in labeled if not _is_safe(lab.key)]
-        return [lab for lab in labeled if _is_safe(lab.key)], unsafe
+                   for lab in labeled if not is_safe_key(lab.key)]
+        return [lab for lab in labeled if is_safe_key(lab.key)], unsafe
     names = {cfg.positive_class: 1, cfg.negative_class: 0}
     labeled = []
     for key in keys:
@@ -241,9 +242,7 @@ def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=No
     kept, arrays, skipped = decode_all(raw, labeled, cfg.image_size, cfg.max_image_pixels, cfg.download_threads)
     if on_stage:
         on_stage("decode", time.perf_counter() - start, len(kept))
-    for s in skipped:
-        s["uri"] = store.uri_of(s.pop("key"))
-    skipped = unsafe + skipped
+    skipped = unsafe + [{"uri": store.uri_of(s["key"]), "reason": s["reason"]} for s in skipped]
     for s in skipped:
         log.warning("skipped %s: %s", s["uri"], s["reason"])
     for label, name in ((1, cfg.positive_class), (0, cfg.negative_class)):

@@ -32,12 +32,16 @@ def redact(text: str) -> str:
     return re.sub(r"(\w+://)[^/@\s]+@", r"\1", text)
 
 
+def is_safe_key(key: str) -> bool:
+    """False for an absolute key or one with a ``..`` segment: it could escape a root."""
+    return not key.startswith("/") and ".." not in key.replace("\\", "/").split("/")
+
+
 def safe_key(key: str) -> str:
     """Normalise a relative key; reject absolute keys and ``..`` so a key never escapes a root."""
-    parts = [p for p in key.replace("\\", "/").split("/") if p not in ("", ".")]
-    if key.startswith("/") or ".." in parts:
+    if not is_safe_key(key):
         raise StorageError(f"refusing unsafe object key {key!r} (absolute or contains '..')")
-    return "/".join(parts)
+    return "/".join(p for p in key.replace("\\", "/").split("/") if p not in ("", "."))
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -330,4 +334,4 @@ def join_uri(base: str, *parts: str) -> str:
 
 
 __all__ = ["Store", "LocalStore", "S3Store", "open_store", "TransferStats", "sha256_file", "safe_key",
-           "redact", "is_s3", "join_uri"]
+           "is_safe_key", "redact", "is_s3", "join_uri"]
