@@ -153,3 +153,15 @@ def k8s_tool(name: str) -> str:
     if os.environ.get("CI"):
         raise RuntimeError(f"{name} not found; CI installs it with scripts/get-k8s-tools.sh (make tools)")
     pytest.skip(f"{name} not installed: run `make tools` (scripts/get-k8s-tools.sh) or install {name}")
+
+
+def system_tool(name: str, package: str) -> str:
+    """Path of a binary from a Debian package (scripts/system-packages.txt); skip without it, fail in CI."""
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    if os.environ.get("CI"):
+        raise RuntimeError(f"{name} is not installed (Debian package {package}; make test installs it)")
+    pytest.skip(f"{name} not installed (Debian package {package}: make system-deps)")

@@ -191,3 +191,9 @@ template:
       {{- toYaml . | nindent 6 }}
     {{- end }}
 {{- end }}
+
+{{/* Seconds in a Prometheus duration of one unit (26h, 90m, 2d; values.schema.json allows no other form). */}}
+{{- define "gistnet.durationSeconds" -}}
+{{- $unit := regexFind "[smhd]$" . -}}
+{{- mul (trimSuffix $unit . | int) (get (dict "s" 1 "m" 60 "h" 3600 "d" 86400) $unit) -}}
+{{- end }}
