@@ -26,7 +26,11 @@ VARIANTS = {
                  "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::123:role/gistnet"],
     "existing-secret-podmonitor": ["--set", "s3.existingSecret=my-s3", "--set", "metrics.podMonitor.enabled=true",
                                    "--set", "metrics.pushgateway=http://pushgateway:9091"],
+    "monitoring": ["--set", "schedule=0 2 * * *", "--set", "metrics.pushgateway=http://pushgateway:9091",
+                   "--set", "metrics.podMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true",
+                   "--set", "metrics.grafanaDashboard.enabled=true"],
 }
+CRDS = {"PodMonitor", "PrometheusRule"}  # prometheus-operator's: checked in test_podmonitor and test_monitoring.py
 
 
 def helm(*args, check=True):
@@ -68,7 +72,7 @@ def test_rendered_manifests_validate_against_kubernetes_schemas(variant):
     import kubernetes_validate
 
     for doc in render(VARIANTS[variant]):
-        if doc["kind"] == "PodMonitor":  # a CRD: checked by test_podmonitor below
+        if doc["kind"] in CRDS:
             continue
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 

@@ -235,14 +235,14 @@ def test_rules_and_dashboard_use_only_metric_names_gistnet_exposes(tiny_data, tm
     and its push (what the Pushgateway serves) holds every name the rules and the dashboard use."""
     port = free_port()
     train = subprocess.Popen([sys.executable, "-m", "gistnet", "train", "--data", str(tiny_data), "--output",
-                              str(tmp_path / "runs"), "--models", "resnet34", "--epochs", "2", "--image-size", "32",
+                              str(tmp_path / "runs"), "--models", "resnet34", "--epochs", "1", "--image-size", "32",
                               "--batch-size", "16", "--metrics-port", str(port), "--pushgateway", pushgateway,
                               "--checkpoint-every", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     live = set()
     deadline = time.monotonic() + 600
     while train.poll() is None and time.monotonic() < deadline:
         live |= _names(_scrape(f"http://127.0.0.1:{port}/metrics"))
-        time.sleep(0.1)
+        time.sleep(0.25)
     _, stderr = train.communicate(timeout=60)
     assert train.returncode == 0, stderr
     pushed = _names(_scrape(f"{pushgateway}/metrics"))
@@ -253,3 +253,12 @@ def test_rules_and_dashboard_use_only_metric_names_gistnet_exposes(tiny_data, tm
     used = set(METRIC_NAME.findall(rules + " " + " ".join(dashboard_queries()) + " " + variables))
     assert len(used) >= 15
     assert used <= live | pushed, used - (live | pushed)
+
+
+def test_readme_describes_every_alert_and_panel():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Alerts and dashboard"):readme.index("## Resume after preemption")]
+    for alert in ALERTS:
+        assert f"`{alert}`" in section, alert
+    for panel in dashboard()["panels"]:
+        assert f"**{panel['title']}**" in section, panel["title"]
