@@ -15,7 +15,7 @@ import yaml
 
 from gistnet import errors
 from tests.conftest import REPO, free_port, system_tool
-from tests.test_helm import by_kind, render
+from tests.test_helm import CHART, by_kind, helm, render
 
 FILES = REPO / "helm" / "gistnet" / "files"
 PROMETHEUS_TESTS = REPO / "tests" / "prometheus"
@@ -123,10 +123,8 @@ def test_windows_come_from_values(tmp_path):
 
 @pytest.mark.parametrize("bad", ["26 hours", "1h30m", ""])
 def test_a_window_that_is_not_one_duration_is_rejected(bad):
-    from tests.test_helm import CHART, helm
-
-    done = helm("template", "gistnet", str(CHART), *MONITORING, "--set", f"metrics.prometheusRule.noSuccessWindow={bad}",
-                check=False)
+    done = helm("template", "gistnet", str(CHART), *MONITORING,
+                "--set", f"metrics.prometheusRule.noSuccessWindow={bad}", check=False)
     assert done.returncode != 0 and "noSuccessWindow" in done.stderr, done.stderr
 
 
@@ -177,7 +175,8 @@ def test_dashboard_configmap_carries_the_sidecar_label_and_the_file():
     custom = render([*MONITORING, "--set", "metrics.grafanaDashboard.labels.team=ml",
                      "--set", "metrics.grafanaDashboard.annotations.grafana_folder=ML"])
     configmap = next(d for d in custom if d["metadata"]["name"] == "gistnet-dashboard")
-    assert configmap["metadata"]["labels"]["team"] == "ml" and configmap["metadata"]["annotations"]["grafana_folder"] == "ML"
+    assert configmap["metadata"]["labels"]["team"] == "ml"
+    assert configmap["metadata"]["annotations"]["grafana_folder"] == "ML"
     assert not [d for d in render([]) if d["metadata"]["name"] == "gistnet-dashboard"]
 
 
