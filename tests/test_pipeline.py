@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gistnet import config, pipeline, report
+from gistnet import config, pipeline, predictions, report
 from gistnet.storage import LocalStore, sha256_file
 
 pytestmark = pytest.mark.e2e
@@ -45,6 +45,13 @@ def test_run_writes_everything_and_a_valid_report(tiny_data, tmp_path):
     for png in ("training_curves.png", "roc.png", "augmentation_examples.png"):
         assert (run / png).read_bytes()[:4] == b"\x89PNG"
     assert "| called GIST |" in (run / "report.md").read_text()
+    rows = predictions.read(LocalStore(run))
+    assert sorted((r.model, r.key) for r in rows) == sorted((m, k) for m in ("resnet34", "resnet50")
+                                                            for k in split["val"])
+    assert {r.fold for r in rows} == {None}
+    for name in ("resnet34", "resnet50"):
+        positives = sum(r.label == "GIST" for r in rows if r.model == name)
+        assert positives == rep["models"][name]["confusion_matrix"]["tp"] + rep["models"][name]["confusion_matrix"]["fn"]
     assert config.load_config(run / "config.yaml", environ={}) == cfg
 
 

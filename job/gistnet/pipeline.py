@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from gistnet import augmentation, checkpoint, dataset, evaluate, report, train
+from gistnet import augmentation, checkpoint, dataset, evaluate, predictions, report, train
 from gistnet.config import Config
 from gistnet.errors import ConfigError, DataError, GistnetError, Interrupted
 from gistnet.metrics import RunMetrics
@@ -132,7 +132,7 @@ def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics,
         data = _augment(train_set, val_set, config, out, scratch, run_id)
     provenance = {"split": split.to_dict(), "augmentation_mode": config.augmentation.mode,
                   "augmentation_seed": config.train.seed}
-    models, curves = _train_models(config, data, out, metrics, stop, scratch, provenance)
+    models, curves = _train_models(config, data, out, metrics, stop, scratch, provenance, val_set)
 
     with _timed(metrics, "upload"):
         dataset_section = {
@@ -173,7 +173,7 @@ def _augment(train_set: dataset.ImageSet, val_set: dataset.ImageSet, config: Con
 
 
 def _train_models(config: Config, data: train.TrainData, out: Store, metrics: RunMetrics, stop: train.StopFlag,
-                  scratch: str, provenance: dict) -> tuple[dict, dict]:
+                  scratch: str, provenance: dict, val_set: dataset.ImageSet) -> tuple[dict, dict]:
     """Train and evaluate each model in turn; a model finished earlier in this run is reused."""
     preprocess = train.Preprocess(data.train_images.device)
     online = config.augmentation if config.augmentation.mode == "online" else None
@@ -183,7 +183,7 @@ def _train_models(config: Config, data: train.TrainData, out: Store, metrics: Ru
         result = _read_json(out, f"{name}/result.json")
         if result is None:
             result = _train_and_evaluate(name, config, data, preprocess, online, out, metrics, stop, scratch,
-                                         provenance)
+                                         provenance, val_set)
         else:
             log.info("%s: already trained in this run; reusing %s", name, out.uri_of(f"{name}/result.json"))
         curves[name] = {"curve": result.pop("roc_curve"), "auc": result["roc_auc"]["value"] or 0.0}
@@ -196,6 +196,9 @@ def _write_report(out: Store, run_id: str, config: Config, device: torch.device,
                   models: dict, curves: dict, scratch: str) -> dict:
     """Plots, report.md, then report.json last: its presence marks the run complete."""
     artifacts = _plots(out, models, curves, scratch, run_id)
+    pooled = [row for name in models for row in predictions.read(out, f"{name}/{predictions.FILENAME}")]
+    predictions.write(out, pooled)
+    artifacts["predictions"] = out.uri_of(predictions.FILENAME)
     artifacts.update({"config": out.uri_of("config.yaml"), "split": out.uri_of("split.json"),
                       "report_markdown": out.uri_of("report.md"),
                       "augmentation_examples": out.uri_of("augmentation_examples.png")})
@@ -227,7 +230,7 @@ def _split(out: Store, images: dataset.ImageSet, config: Config) -> dataset.Spli
 
 
 def _train_and_evaluate(name, config: Config, data: train.TrainData, preprocess, online, out: Store,
-                        metrics: RunMetrics, stop, scratch, provenance: dict) -> dict:
+                        metrics: RunMetrics, stop, scratch, provenance: dict, val_set: dataset.ImageSet) -> dict:
     init = _local_weights(config.train.init_weights.get(name), config, scratch)
     state = train.new_state(name, config.train, data.train_images.device, init)
     state.provenance = provenance
@@ -251,6 +254,11 @@ def _train_and_evaluate(name, config: Config, data: train.TrainData, preprocess,
                                        "bytes": pointer["bytes"], "epoch": pointer["epoch"]},
               "resumed_from_epoch": state.resumed_from_epoch,
               "roc_curve": evaluate.roc_curve_points(data.val_labels, probabilities)}
+    names = (config.data.positive_class, config.data.negative_class)
+    rows = predictions.rows(val_set.keys, val_set.patient_ids, data.val_labels.cpu().numpy(), names, None, name,
+                            probabilities.float().cpu().numpy(),
+                            predictions.scores_from_probabilities(probabilities.float().cpu().numpy()))
+    predictions.write(out, rows, f"{name}/{predictions.FILENAME}")
     out.write_bytes(f"{name}/result.json", json.dumps(result).encode())
     return result
 
