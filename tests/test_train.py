@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gistnet import train
+from gistnet import evaluate, train
 from gistnet.config import TrainConfig
-from gistnet.errors import ConfigError, DeviceError, DivergedError, Interrupted
+from gistnet.errors import ConfigError, DataError, DeviceError, DivergedError, Interrupted
 
 
 class Recorder(train.NullObserver):
@@ -71,20 +71,76 @@ def test_malicious_pickle_is_never_executed(tmp_path):
     assert not os.path.exists("/tmp/gistnet-pwned")
 
 
+def _val_loss(state, data, preprocess):
+    loss_sum, _ = evaluate.predict(state.model, data.val_images, data.val_labels, 8, preprocess)
+    return float(loss_sum) / len(data.val_labels)
+
+
 def test_fit_learns_and_reports_each_epoch():
     cfg = TrainConfig(models=("resnet34",), epochs=3, batch_size=8, checkpoint_every=0)
     data = tiny_data()
+    preprocess = train.Preprocess(torch.device("cpu"))
     state = train.new_state("resnet34", cfg, torch.device("cpu"), None)
+    loss_before = _val_loss(state, data, preprocess)
     rec = Recorder()
     saved = []
-    train.fit("resnet34", state, data, cfg, train.Preprocess(torch.device("cpu")), None, rec, train.StopFlag(),
-              saved.append)
+    train.fit("resnet34", state, data, cfg, preprocess, None, rec, train.StopFlag(), saved.append)
     assert [r["epoch"] for r in rec.epochs] == [1, 2, 3]
     assert rec.steps == 3 * 16
     assert saved == []  # checkpoint_every=0 and no SIGTERM
     assert state.history == rec.epochs
     for r in rec.epochs:
-        assert 0 <= r["train_accuracy"] <= 1 and r["train_loss"] > 0 and r["seconds"] > 0
+        assert r["images"] == 16 and 0 < r["train_seconds"] <= r["seconds"]
+        assert 0 <= r["train_accuracy"] <= 1 and r["train_loss"] > 0
+    # it learned: the dark square separates the classes of the validation images
+    assert rec.epochs[-1]["val_loss"] < loss_before, (loss_before, rec.epochs)
+    assert rec.epochs[-1]["val_accuracy"] > 0.5, rec.epochs
+
+
+class BatchRecorder(train.Preprocess):
+    """Records which images (by their index, stored in pixel 0) each training step saw."""
+
+    def __init__(self):
+        super().__init__(torch.device("cpu"))
+        object.__setattr__(self, "batches", [])
+
+    def __call__(self, images):
+        self.batches.append(sorted(round(v) for v in (images[:, 0, 0, 0] * 255).tolist()))
+        return super().__call__(images)
+
+
+def indexed_data(n, size=32):
+    data = tiny_data(n, size)
+    data.train_images[:, 0, 0, 0] = torch.arange(n, dtype=torch.uint8)
+    return data
+
+
+def test_every_step_is_a_full_batch_and_each_epoch_drops_other_images():
+    """20 images at batch 8: two steps of 8 per epoch, the 4 others left out, not always the same 4."""
+    cfg = TrainConfig(epochs=3, batch_size=8)
+    data = indexed_data(20)
+    state = train.new_state("resnet34", cfg, torch.device("cpu"), None)
+    dropped = []
+    for _ in range(3):
+        preprocess, steps = BatchRecorder(), []
+        _, _, seen = train.train_one_epoch(state, data, cfg.batch_size, preprocess, None, steps.append)
+        assert steps == [8, 8] and seen == 16
+        assert [len(b) for b in preprocess.batches] == [8, 8]
+        used = [i for b in preprocess.batches for i in b]
+        assert len(set(used)) == 16
+        dropped.append(frozenset(range(20)) - set(used))
+    assert len(set(dropped)) > 1, dropped
+
+
+@pytest.mark.parametrize("n, batch_size", [(6, 8), (1, 2)])
+def test_a_training_set_smaller_than_one_batch_is_refused(n, batch_size):
+    cfg = TrainConfig(epochs=1, batch_size=batch_size, checkpoint_every=0)
+    state = train.new_state("resnet34", cfg, torch.device("cpu"), None)
+    before = state.model.fc.weight.detach().clone()
+    with pytest.raises(DataError, match=f"has {n} images, fewer than one batch of train.batch_size={batch_size}"):
+        train.fit("resnet34", state, tiny_data(n), cfg, train.Preprocess(torch.device("cpu")), None,
+                  train.NullObserver(), train.StopFlag(), lambda s: None)
+    assert state.history == [] and torch.equal(state.model.fc.weight, before)
 
 
 def test_fit_is_deterministic_on_cpu():

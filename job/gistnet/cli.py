@@ -28,20 +28,29 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def user_errors(fn):
-    """Turn a GistnetError into one line on stderr and its exit code; bugs keep their traceback."""
+RESUME_HINT = "re-run the same command with the same --run-id to resume from the last checkpoint"
+DEMO_RESTART_HINT = "gistnet demo starts over when re-run (it always trains from scratch)"
+
+
+def user_errors(fn=None, *, after_interrupt: str = RESUME_HINT):
+    """Turn a GistnetError into one line on stderr and its exit code; bugs keep their traceback.
+    An interruption (SIGTERM, Ctrl-C) says what re-running the command will do."""
+    if fn is None:
+        return functools.partial(user_errors, after_interrupt=after_interrupt)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except errors.Interrupted as exc:
+            click.echo(f"gistnet: {exc.kind}: {exc}; {after_interrupt}", err=True)
+            sys.exit(exc.exit_code)
         except GistnetError as exc:
             click.echo(f"gistnet: {exc.kind}: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("gistnet: interrupted (Ctrl-C); re-run the same command with the same --run-id to resume "
-                       "from the last checkpoint", err=True)
-            sys.exit(130)
+            click.echo(f"gistnet: interrupted (Ctrl-C); {after_interrupt}", err=True)
+            sys.exit(errors.EXIT_CTRL_C)
 
     return wrapper
 
@@ -58,22 +67,45 @@ def cli(verbose: bool) -> None:
     setup_logging(verbose)
 
 
+def _default(dotted: str) -> str:
+    """The config default of a key, as help text: ``[default: 200, train.epochs]``."""
+    section, key = dotted.split(".")
+    value = config_mod.Config().to_dict()[section][key]
+    shown = ",".join(value) if isinstance(value, list) else "false" if value is False else value
+    return f"[default: {'none' if shown == '' else shown}; {dotted}]"
+
+
+def _option(flag: str, dotted: str, text: str, *names: str, **kwargs):
+    """A train/config flag whose help shows the key it sets and its default (the flag itself
+    defaults to None, so the environment and the YAML file still apply)."""
+    return click.option(flag, *names, help=f"{text} {_default(dotted)}", **kwargs)
+
+
 def train_options(fn):
     options = [
-        click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file."),
-        click.option("--data", help="Data URI: a folder or s3://bucket/prefix with <class>/<image>."),
-        click.option("--output", help="Output URI; the run writes under <output>/<run-id>/."),
-        click.option("--run-id", help="Run id (default: UTC timestamp). Re-using one resumes that run."),
-        click.option("--models", help="Comma-separated: resnet34,resnet50."),
-        click.option("--epochs", type=int), click.option("--batch-size", type=int),
-        click.option("--image-size", type=int), click.option("--seed", type=int),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"])),
-        click.option("--augmentation", type=click.Choice(["paper", "online", "none"]), help="Augmentation mode."),
-        click.option("--ci", "ci_method", type=click.Choice(config_mod.CI_METHODS), help="Confidence interval method."),
-        click.option("--checkpoint-every", type=int, help="Checkpoint every N epochs (0: only at the end/SIGTERM)."),
-        click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on this port (0: off)."),
-        click.option("--pushgateway", help="Pushgateway URL for the final push."),
-        click.option("--force", is_flag=True, default=None, help="Run again even if this run id is complete."),
+        click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                     help="YAML config file. [default: $GISTNET_CONFIG, else none]"),
+        _option("--data", "data.uri", "Data URI: a folder or s3://bucket/prefix with <class>/<image>."),
+        _option("--output", "output.uri", "Output URI; the run writes under <output>/<run-id>/."),
+        _option("--run-id", "output.run_id", "Run id (none: the UTC start time). Re-using one resumes that run."),
+        _option("--models", "train.models", "Comma-separated: resnet34,resnet50."),
+        _option("--epochs", "train.epochs", "Epochs per model.", type=int),
+        _option("--batch-size", "train.batch_size", "Images per step (>= 2; the last partial batch of an epoch "
+                "is dropped).", type=int),
+        _option("--image-size", "data.image_size", "Square image side in pixels.", type=int),
+        _option("--seed", "train.seed", "Seed of the split, initial weights, batch order and augmentation.",
+                type=int),
+        _option("--device", "train.device", "Training device.", type=click.Choice(["auto", "cpu", "cuda"])),
+        _option("--augmentation", "augmentation.mode", "Augmentation mode.",
+                type=click.Choice(["paper", "online", "none"])),
+        _option("--ci", "evaluate.ci_method", "Confidence interval method.", "ci_method",
+                type=click.Choice(config_mod.CI_METHODS)),
+        _option("--checkpoint-every", "train.checkpoint_every", "Checkpoint every N epochs (0: only at the "
+                "end/SIGTERM).", type=int),
+        _option("--metrics-port", "metrics.port", "Serve Prometheus /metrics on this port (0: off).", type=int),
+        _option("--pushgateway", "metrics.pushgateway", "Pushgateway URL for the final push."),
+        click.option("--force", is_flag=True, default=None,
+                     help=f"Run again even if this run id is complete. {_default('output.force')}"),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -117,7 +149,14 @@ def _run_training(cfg: config_mod.Config):
 @train_options
 @user_errors
 def train_cmd(config_file, **kwargs) -> None:
-    """Train both ResNets on --data and write checkpoints and report.json to --output."""
+    """Train both ResNets on --data and write checkpoints and report.json to --output.
+
+    The defaults reproduce the paper: 200 epochs at 224 px for each of two ResNets. On a GPU
+    that takes minutes; on a CPU it runs for many hours. To try gistnet on a CPU, use
+    `gistnet demo` or e.g. --epochs 3 --image-size 64.
+
+    Each flag overrides its config key (shown with its default); precedence:
+    flag > GISTNET_* environment > --config YAML > default."""
     _warn_unknown_env()
     _run_training(_resolve(config_file, _flags(kwargs)))
 
@@ -127,6 +166,7 @@ def train_cmd(config_file, **kwargs) -> None:
 @user_errors
 def config_cmd(config_file, **kwargs) -> None:
     """Print the resolved configuration (flags > GISTNET_* env > YAML > defaults) as YAML."""
+    _warn_unknown_env()
     click.echo(_resolve(config_file, _flags(kwargs)).to_yaml(), nl=False)
 
 
@@ -156,9 +196,12 @@ def synth_cmd(output, n_gist, n_lm, image_size, seed, config_file) -> None:
 @click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--image-size", type=click.IntRange(min=32), default=64, show_default=True)
 @click.option("--models", default="resnet34,resnet50", show_default=True)
-@user_errors
+@user_errors(after_interrupt=DEMO_RESTART_HINT)
 def demo_cmd(output, epochs, image_size, models) -> None:
-    """Synthesize a data set, train both ResNets on it and write the report: no bucket needed."""
+    """Synthesize a data set, train both ResNets on it and write the report: no bucket needed.
+
+    The demo always starts its run over (--force): re-running it after an interruption trains
+    from scratch. To resume instead, run `gistnet train` on the demo's data with a --run-id."""
     from gistnet import synth
     from gistnet.storage import LocalStore
 

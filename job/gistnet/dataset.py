@@ -13,6 +13,7 @@ import csv
 import hashlib
 import io
 import logging
+import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +28,11 @@ from gistnet.storage import Store, is_safe_key
 
 log = logging.getLogger(__name__)
 
+# What the decoder accepts, by content (Pillow's format names; README's list): a GIF or WebP,
+# whatever its name, is skipped as "not a recognised image".
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
+# Names that look like images: such an object at the data root (outside any class folder) is
+# listed in dataset.skipped; other root files (a README, synth.json) are only logged.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -130,6 +136,8 @@ def list_labeled(store: Store, cfg: DataConfig) -> tuple[list[Labeled], list[dic
         folder, sep, rest = key.partition("/")
         if not sep:
             log.info("ignoring %s at the data root (not in a class folder)", store.uri_of(key))
+            if key.lower().endswith(IMAGE_SUFFIXES):
+                unsafe.append({"uri": store.uri_of(key), "reason": "image at the data root, not in a class folder"})
             continue
         if folder not in names:
             raise DataError(f"unknown class folder {folder!r} in {store.uri} "
@@ -166,7 +174,7 @@ def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
                 if img.width * img.height > max_pixels:
                     raise ValueError(f"image of {img.width}x{img.height} pixels exceeds data.max_image_pixels={max_pixels}")
                 img.load()
@@ -265,13 +273,52 @@ def make_split(images: ImageSet, val_fraction: float, seed: int) -> Split:
 
     labels = images.labels.cpu().numpy()
     keys = np.array(images.keys)
+    check_split_possible(labels, images.patient_ids, val_fraction)
     if any(images.patient_ids):
-        folds = StratifiedGroupKFold(n_splits=max(2, round(1 / val_fraction)), shuffle=True, random_state=seed)
+        folds = StratifiedGroupKFold(n_splits=group_folds(val_fraction), shuffle=True, random_state=seed)
         train_idx, val_idx = next(folds.split(keys, labels, groups=images.patient_ids))
-        return Split(_plain(keys[train_idx]), _plain(keys[val_idx]), "stratified-group-kfold (by patient_id)",
-                     seed, val_fraction)
-    train_keys, val_keys = train_test_split(keys, test_size=val_fraction, stratify=labels, random_state=seed)
-    return Split(_plain(train_keys), _plain(val_keys), "stratified-holdout", seed, val_fraction)
+        split = Split(_plain(keys[train_idx]), _plain(keys[val_idx]), "stratified-group-kfold (by patient_id)",
+                      seed, val_fraction)
+    else:
+        train_keys, val_keys = train_test_split(keys, test_size=val_fraction, stratify=labels, random_state=seed)
+        split = Split(_plain(train_keys), _plain(val_keys), "stratified-holdout", seed, val_fraction)
+    check_split_classes(split, images)
+    return split
+
+
+def group_folds(val_fraction: float) -> int:
+    """Folds of the patient-grouped split: the first one is the validation set."""
+    return max(2, round(1 / val_fraction))
+
+
+def check_split_possible(labels: np.ndarray, patient_ids: list[str], val_fraction: float) -> None:
+    """Refuse, naming the counts, a split that cannot put both classes on both sides."""
+    counts = {int(c): int((labels == c).sum()) for c in (1, 0)}
+    if min(counts.values()) < 2:
+        raise DataError(f"a class has {min(counts.values())} image(s) (positive {counts[1]}, negative {counts[0]}); "
+                        "each class needs at least 2, one for training and one for validation")
+    if any(patient_ids):
+        folds, patients = group_folds(val_fraction), len(set(patient_ids))
+        if patients < folds:
+            raise DataError(f"{patients} patients cannot fill the {folds} folds of the patient-grouped split "
+                            f"(data.val_fraction={val_fraction}); at least {folds} patients are needed")
+        return
+    n = len(labels)
+    n_val = math.ceil(val_fraction * n)
+    if n_val < 2 or n - n_val < 2:
+        raise DataError(f"data.val_fraction={val_fraction} of {n} images leaves {n - n_val} for training and "
+                        f"{n_val} for validation; each side needs at least one image of each class (2)")
+
+
+def check_split_classes(split: Split, images: ImageSet) -> None:
+    """After the split: each class on each side, else a data error naming the counts."""
+    label_of = dict(zip(images.keys, images.labels.tolist()))
+    for side, keys in (("training", split.train), ("validation", split.val)):
+        positives = sum(label_of[k] for k in keys)
+        if positives == 0 or positives == len(keys):
+            raise DataError(f"the {side} set of the split ({split.method}, data.val_fraction={split.val_fraction}) "
+                            f"has {positives} positive and {len(keys) - positives} negative images: a class is "
+                            "missing; change data.val_fraction or add images (or patients)")
 
 
 def _plain(keys) -> list[str]:

@@ -15,9 +15,11 @@ EXIT_STORAGE = 5  # bucket missing, credentials refused, endpoint down, output n
 EXIT_DEVICE = 6  # --device cuda without a GPU
 EXIT_DIVERGED = 7  # NaN/inf loss during training
 EXIT_INTERRUPTED = 8  # SIGTERM (preemption): checkpoint saved, re-run resumes
+EXIT_CTRL_C = 130  # Ctrl-C (SIGINT), the shell's 128 + 2
 
+# The meaning column of README's exit-code table, word for word (a test compares them).
 EXIT_CODES = {
-    EXIT_OK: "success (or a finished run re-run: nothing to do)",
+    EXIT_OK: "success, or a finished run re-run (nothing to do)",
     EXIT_INTERNAL: "internal error (a bug; traceback printed)",
     EXIT_USAGE: "bad command-line usage",
     EXIT_CONFIG: "bad configuration",
@@ -26,6 +28,7 @@ EXIT_CODES = {
     EXIT_DEVICE: "requested device not available",
     EXIT_DIVERGED: "training diverged (non-finite loss)",
     EXIT_INTERRUPTED: "interrupted by SIGTERM; checkpoint saved, re-run to resume",
+    EXIT_CTRL_C: "interrupted by Ctrl-C (SIGINT); re-run to resume from the last checkpoint",
 }
 
 # Codes that retrying cannot fix: the chart fails the Job at once on these.

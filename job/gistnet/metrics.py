@@ -12,6 +12,7 @@ import logging
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info, pushadd_to_gateway, start_http_server
+from prometheus_client.exposition import basic_auth_handler, default_handler
 from prometheus_client.core import CounterMetricFamily
 
 import gistnet
@@ -34,6 +35,25 @@ class _TransferCollector:
         yield CounterMetricFamily("gistnet_uploaded_bytes", "Bytes written to storage.", value=self.stats.bytes_uploaded)
 
 
+def _auth_handler(url: str):
+    """A URL with ``user:password@`` becomes the bare URL plus HTTP basic auth (urllib would
+    otherwise take the credentials for part of the host name)."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, default_handler
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    host += f":{parts.port}" if parts.port else ""
+    bare = urlunsplit(parts._replace(netloc=host))
+    username, password = unquote(parts.username), unquote(parts.password or "")
+
+    def handler(url, method, timeout, headers, data):
+        return basic_auth_handler(url, method, timeout, headers, data, username, password)
+
+    return bare, handler
+
+
 class RunMetrics:
     """The job's metrics; also the training loop's observer (``on_step``/``on_epoch``)."""
 
@@ -52,7 +72,9 @@ class RunMetrics:
         self.val_accuracy = Gauge("gistnet_validation_accuracy_ratio", "Validation accuracy of the last epoch.", ["model"], registry=r)
         self.images = Counter("gistnet_images_processed", "Training images processed (augmented copies included).",
                               ["model"], registry=r)
-        self.throughput = Gauge("gistnet_images_per_second", "Training throughput of the last epoch.", ["model"], registry=r)
+        self.throughput = Gauge("gistnet_images_per_second",
+                                "Training images per second of the last epoch's training steps (validation excluded).",
+                                ["model"], registry=r)
         self.stage_seconds = Gauge("gistnet_stage_duration_seconds", "Wall time of each stage of the run.",
                                    ["stage", "model"], registry=r)
         self.skipped = Gauge("gistnet_images_skipped", "Images skipped because they could not be used.", registry=r)
@@ -89,8 +111,10 @@ class RunMetrics:
             names = {m.name for m in self.registry.collect()} - {LAST_SUCCESS}
             names = {n + suffix for n in names for suffix in ("", "_total", "_info", "_created")}
             registry = self.registry.restricted_registry(names)
+        url, handler = _auth_handler(url)
         try:
-            pushadd_to_gateway(url, job=job, registry=registry, grouping_key=dict(grouping), timeout=10)
+            pushadd_to_gateway(url, job=job, registry=registry, grouping_key=dict(grouping), timeout=10,
+                               handler=handler)
             log.info("pushed metrics to %s (job=%s)", redact(url), job)
         except Exception as exc:  # noqa: BLE001 - the run's outputs are safe; a dead gateway must not fail it
             log.warning("could not push metrics to %s: %s", redact(url), type(exc).__name__)
@@ -102,7 +126,8 @@ class RunMetrics:
         self.start_time.set(time.time())
 
     def stage(self, name: str, seconds: float, model: str = "") -> None:
-        self.stage_seconds.labels(stage=name, model=model).set(seconds)
+        """Add ``seconds`` to a stage: one timed in pieces (checkpoints) adds up."""
+        self.stage_seconds.labels(stage=name, model=model).inc(seconds)
 
     def model_started(self, model: str, epochs: int) -> None:
         self.epochs_planned.labels(model=model).set(epochs)
@@ -119,8 +144,8 @@ class RunMetrics:
         self.train_accuracy.labels(model=model).set(record["train_accuracy"])
         self.val_loss.labels(model=model).set(record["val_loss"])
         self.val_accuracy.labels(model=model).set(record["val_accuracy"])
-        if record.get("images") and record["seconds"] > 0:
-            self.throughput.labels(model=model).set(record["images"] / record["seconds"])
+        if record.get("images") and record.get("train_seconds", 0) > 0:  # the training steps only
+            self.throughput.labels(model=model).set(record["images"] / record["train_seconds"])
 
     def model_evaluated(self, model: str, metrics: dict) -> None:
         for name in ("sensitivity", "specificity", "accuracy"):

@@ -97,7 +97,7 @@ def _read_json(store: Store, key: str) -> dict | None:
 
 @contextlib.contextmanager
 def _timed(metrics: RunMetrics, name: str, model: str = ""):
-    """Report the wall time of a stage that completed to the metrics."""
+    """Add the wall time of a stage (or a piece of one) that completed to the metrics."""
     start = time.perf_counter()
     yield
     metrics.stage(name, time.perf_counter() - start, model)
@@ -130,11 +130,13 @@ def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics,
 
     with _timed(metrics, "augmentation"):
         data = _augment(train_set, val_set, config, out, scratch, run_id)
+    train.check_trainable(len(data.train_images), config.train.batch_size,
+                          f"the training set after {config.augmentation.mode!r} augmentation")
     provenance = {"split": split.to_dict(), "augmentation_mode": config.augmentation.mode,
                   "augmentation_seed": config.train.seed}
     models, curves = _train_models(config, data, out, metrics, stop, scratch, provenance, val_set)
 
-    with _timed(metrics, "upload"):
+    with _timed(metrics, "report"):
         dataset_section = {
             "uri": redact(data_store.uri),
             "classes": {names[0]: "positive", names[1]: "negative"},
@@ -211,7 +213,7 @@ def _write_report(out: Store, run_id: str, config: Config, device: torch.device,
 
 def _stop_if_asked(stop: train.StopFlag, where: str) -> None:
     if stop.is_set():
-        raise Interrupted(f"stopped by {stop.signal_name} {where}; re-run the same command to resume")
+        raise Interrupted(f"stopped by {stop.signal_name} {where}")
 
 
 def _split(out: Store, images: dataset.ImageSet, config: Config) -> dataset.Split:
@@ -238,12 +240,11 @@ def _train_and_evaluate(name, config: Config, data: train.TrainData, preprocess,
     metrics.model_started(name, config.train.epochs)
     if state.resumed_from_epoch is not None:
         metrics.epoch.labels(model=name).set(state.epoch)
-    with _timed(metrics, "train", name):
-        train.fit(name, state, data, config.train, preprocess, online, metrics, stop,
-                  lambda s: checkpoint.save_checkpoint(out, name, s, scratch))
-    pointer = checkpoint.save_checkpoint(out, name, state, scratch) if state.resumed_from_epoch != state.epoch \
-        else checkpoint.read_pointer(out, name)
-    weights = checkpoint.save_weights(out, name, state.model, scratch)
+    _fit_timed(name, state, data, config, preprocess, online, metrics, stop, out, scratch)
+    with _timed(metrics, "upload", name):
+        pointer = checkpoint.save_checkpoint(out, name, state, scratch) if state.resumed_from_epoch != state.epoch \
+            else checkpoint.read_pointer(out, name)
+        weights = checkpoint.save_weights(out, name, state.model, scratch)
     with _timed(metrics, "evaluate", name):
         _, probabilities = evaluate.predict(state.model, data.val_images, data.val_labels, config.train.batch_size,
                                             preprocess)
@@ -261,6 +262,25 @@ def _train_and_evaluate(name, config: Config, data: train.TrainData, preprocess,
     predictions.write(out, rows, f"{name}/{predictions.FILENAME}")
     out.write_bytes(f"{name}/result.json", json.dumps(result).encode())
     return result
+
+
+def _fit_timed(name: str, state: train.TrainState, data: train.TrainData, config: Config, preprocess, online,
+               metrics: RunMetrics, stop: train.StopFlag, out: Store, scratch: str) -> None:
+    """Train, timing checkpoint writes as the ``checkpoint`` stage and the rest as ``train``."""
+    checkpoint_seconds = 0.0
+
+    def save(s: train.TrainState) -> None:
+        nonlocal checkpoint_seconds
+        start = time.perf_counter()
+        with _timed(metrics, "checkpoint", name):
+            checkpoint.save_checkpoint(out, name, s, scratch)
+        checkpoint_seconds += time.perf_counter() - start
+
+    start = time.perf_counter()
+    try:
+        train.fit(name, state, data, config.train, preprocess, online, metrics, stop, save)
+    finally:
+        metrics.stage("train", time.perf_counter() - start - checkpoint_seconds, name)
 
 
 def _local_weights(uri: str | None, config: Config, scratch: str) -> str | None:

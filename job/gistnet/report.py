@@ -64,9 +64,17 @@ def build(run_id: str, config: dict, device: torch.device, dataset: dict, models
     return report
 
 
+def class_names(report: dict) -> tuple[str, str]:
+    """(positive, negative) class names as configured, from ``dataset.classes``."""
+    classes = report["dataset"]["classes"]
+    return (next(n for n, role in classes.items() if role == "positive"),
+            next(n for n, role in classes.items() if role == "negative"))
+
+
 def summary(report: dict) -> str:
     """A few lines a clinician can read on the terminal."""
-    lines = [f"run {report['run_id']}: best model {report['best_model']} (GIST positive, validation set)"]
+    positive, _ = class_names(report)
+    lines = [f"run {report['run_id']}: best model {report['best_model']} ({positive} positive, validation set)"]
     for name, m in report["models"].items():
         auc = m["roc_auc"]["value"]
         cm = m["confusion_matrix"]
@@ -88,8 +96,9 @@ def _pct(m: dict) -> str:
 
 
 def markdown(report: dict) -> str:
-    """``report.md``: the report for a human reader, GIST positive, validation set."""
+    """``report.md``: the report for a human reader, the configured positive class, validation set."""
     ds = report["dataset"]
+    positive, negative = class_names(report)
     level = next(iter(report["models"].values())).get("confidence_level", 0.95)
     lines = [
         f"# gistnet run {report['run_id']}",
@@ -110,13 +119,14 @@ def markdown(report: dict) -> str:
         lines += [
             f"## {name}",
             "",
-            f"{len(m['history'])} epoch(s); last epoch: train loss {last['train_loss']:.4f}, "
+            f"{len(m['history'])} epoch(s); last epoch: {last['images']} training images stepped, "
+            f"train loss {last['train_loss']:.4f}, "
             f"validation loss {last['val_loss']:.4f}, validation accuracy {last['val_accuracy']:.3f}.",
             "",
-            "| | GIST (truth) | LM (truth) |",
+            f"| | {positive} (truth) | {negative} (truth) |",
             "| --- | --- | --- |",
-            f"| called GIST | TP {cm['tp']} | FP {cm['fp']} |",
-            f"| called LM | FN {cm['fn']} | TN {cm['tn']} |",
+            f"| called {positive} | TP {cm['tp']} | FP {cm['fp']} |",
+            f"| called {negative} | FN {cm['fn']} | TN {cm['tn']} |",
             "",
             f"| metric | value ({level:.0%} CI, {m['ci_method']}) |",
             "| --- | --- |",
@@ -127,8 +137,9 @@ def markdown(report: dict) -> str:
         lines += ["", f"Weights: `{m['checkpoint']['uri']}` (sha256 `{m['checkpoint']['sha256']}`)", ""]
     if ds["skipped"]:
         lines += ["## Skipped images", ""] + [f"- `{s['uri']}`: {s['reason']}" for s in ds["skipped"]] + [""]
-    lines += ["Sensitivity: GISTs called GIST. PPV: GIST calls that are GISTs. Intervals with a zero denominator "
-              "are n/a. Wald intervals (the paper's) are unreliable below n = 30; Wilson is the default.", ""]
+    lines += [f"Sensitivity: {positive} cases called {positive}. PPV: {positive} calls that are {positive}. "
+              "Intervals with a zero denominator are n/a. Wald intervals (the paper's) are unreliable below n = 30; "
+              "Wilson is the default.", ""]
     return "\n".join(lines)
 
 

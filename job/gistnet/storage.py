@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -19,17 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from gistnet.config import StorageConfig
+from gistnet.config import StorageConfig, redact
 from gistnet.errors import StorageError
 
 
 def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
-
-
-def redact(text: str) -> str:
-    """Strip ``user:password@`` from any URL in ``text``."""
-    return re.sub(r"(\w+://)[^/@\s]+@", r"\1", text)
 
 
 def is_safe_key(key: str) -> bool:

@@ -24,7 +24,7 @@ import torchvision
 
 from gistnet import augmentation, evaluate
 from gistnet.config import AugmentationConfig, TrainConfig
-from gistnet.errors import ConfigError, DeviceError, DivergedError, Interrupted
+from gistnet.errors import ConfigError, DataError, DeviceError, DivergedError, Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -226,21 +226,34 @@ def _autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+def check_trainable(n_train: int, batch_size: int, what: str = "the training set") -> None:
+    """Every step is a full batch; a training set smaller than one batch would train nothing."""
+    if n_train < batch_size:
+        raise DataError(f"{what} has {n_train} images, fewer than one batch of train.batch_size={batch_size}: "
+                        "no training step could run; lower train.batch_size or add images")
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Full batches only: the last partial batch is dropped (like DataLoader's drop_last)."""
+    return n_train // batch_size
+
+
 def train_one_epoch(state: TrainState, data: TrainData, batch_size: int, preprocess: Preprocess,
                     aug_cfg: AugmentationConfig | None, on_step: Callable[[int], None]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """One pass over the training set. Loss and correct counts stay on the device (no
-    per-step host sync); the caller reads them once per epoch."""
+    """One pass over the training set in full batches: the order is reshuffled every epoch and
+    the last ``n % batch_size`` images of it are left out, so each epoch drops different images,
+    BatchNorm never sees a batch of one and every step has the same shape. Loss and correct
+    counts stay on the device (no per-step host sync); the caller reads them once per epoch."""
     model, device = state.model, data.train_images.device
     model.train()
     n = len(data.train_images)
+    check_trainable(n, batch_size)
     order = torch.randperm(n, generator=state.generator).to(device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        if len(idx) < 2:  # BatchNorm cannot train on a batch of one
-            continue
+    steps = steps_per_epoch(n, batch_size)
+    for step in range(steps):
+        idx = order[step * batch_size:(step + 1) * batch_size]
         x = data.train_images[idx].float() / 255.0
         if aug_cfg is not None:
             x = augmentation.online_batch(x, aug_cfg, state.generator)
@@ -251,11 +264,16 @@ def train_one_epoch(state: TrainState, data: TrainData, batch_size: int, preproc
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         state.optimizer.step()
-        loss_sum += loss.detach() * len(idx)
+        loss_sum += loss.detach() * batch_size
         correct += (logits.detach().argmax(1) == y).sum()
-        seen += len(idx)
-        on_step(len(idx))
-    return loss_sum, correct, seen
+        on_step(batch_size)
+    return loss_sum, correct, steps * batch_size
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so a wall-clock time covers it (once per epoch, not per step)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def fit(name: str, state: TrainState, data: TrainData, cfg: TrainConfig, preprocess: Preprocess,
@@ -264,10 +282,13 @@ def fit(name: str, state: TrainState, data: TrainData, cfg: TrainConfig, preproc
     """Train until ``cfg.epochs``, validating every epoch; checkpoint every
     ``cfg.checkpoint_every`` epochs and on SIGTERM (then raise ``Interrupted``)."""
     device = data.train_images.device
+    check_trainable(len(data.train_images), cfg.batch_size)
     while state.epoch < cfg.epochs:
         started = time.perf_counter()
         loss_sum, correct, seen = train_one_epoch(state, data, cfg.batch_size, preprocess, aug_cfg,
                                                   lambda k: observer.on_step(name, k))
+        _synchronize(device)
+        train_seconds = time.perf_counter() - started
         state.scheduler.step()
         with _autocast(device):
             val_loss_sum, probabilities = evaluate.predict(state.model, data.val_images, data.val_labels,
@@ -277,23 +298,23 @@ def fit(name: str, state: TrainState, data: TrainData, cfg: TrainConfig, preproc
         train_loss, train_correct, val_loss, val_ok = torch.stack(
             [loss_sum, correct.float(), val_loss_sum, val_correct.float()]).tolist()
         state.epoch += 1
-        train_loss /= max(seen, 1)
+        train_loss /= seen  # seen >= one batch: check_trainable guarantees it
         if not math.isfinite(train_loss) or not math.isfinite(val_loss):
             raise DivergedError(f"{name}: non-finite loss at epoch {state.epoch} (train {train_loss}, val {val_loss}); "
                                 "lower train.learning_rate or check the input images")
-        record = {"epoch": state.epoch, "train_loss": train_loss, "train_accuracy": train_correct / max(seen, 1),
+        record = {"epoch": state.epoch, "train_loss": train_loss, "train_accuracy": train_correct / seen,
                   "val_loss": val_loss / len(data.val_labels), "val_accuracy": val_ok / len(data.val_labels),
                   "learning_rate": state.optimizer.param_groups[0]["lr"], "images": seen,
-                  "seconds": time.perf_counter() - started}
+                  "train_seconds": train_seconds, "seconds": time.perf_counter() - started}
         state.history.append(record)
         observer.on_epoch(name, record, cfg.epochs)
-        log.info("%s epoch %d/%d  train loss %.4f acc %.3f  val loss %.4f acc %.3f  (%.1fs)", name, state.epoch,
-                 cfg.epochs, record["train_loss"], record["train_accuracy"], record["val_loss"],
+        log.info("%s epoch %d/%d  train loss %.4f acc %.3f (%d images)  val loss %.4f acc %.3f  (%.1fs)", name,
+                 state.epoch, cfg.epochs, record["train_loss"], record["train_accuracy"], seen, record["val_loss"],
                  record["val_accuracy"], record["seconds"])
         if stop.is_set():
             save_checkpoint(state)
             raise Interrupted(f"{name}: stopped by {stop.signal_name} after epoch {state.epoch}/{cfg.epochs}; "
-                              "checkpoint saved, re-run the same command to resume")
+                              "checkpoint saved")
         if cfg.checkpoint_every and state.epoch % cfg.checkpoint_every == 0 and state.epoch < cfg.epochs:
             save_checkpoint(state)
     return state
