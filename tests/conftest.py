@@ -95,7 +95,8 @@ def cli():
     return run_cli
 
 
-def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None,
+              headers: dict | None = None) -> None:
     """Poll ``url`` until it answers 200 (bounded); fail early if ``proc`` died."""
     import time
     import urllib.request
@@ -105,7 +106,7 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2) as r:
                 if r.status == 200:
                     return
         except OSError:
@@ -114,7 +115,7 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
     raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
-def start_server(args: list[str], ready_url: str, log_path: Path) -> subprocess.Popen:
+def start_server(args: list[str], ready_url: str, log_path: Path, headers: dict | None = None) -> subprocess.Popen:
     """Start a server binary on loopback and wait until it is ready."""
     import shutil
 
@@ -125,7 +126,7 @@ def start_server(args: list[str], ready_url: str, log_path: Path) -> subprocess.
     log = open(log_path, "wb")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_http(ready_url, 60, proc)
+        wait_http(ready_url, 60, proc, headers)
     except Exception:
         proc.kill()
         raise
@@ -139,6 +140,35 @@ def pushgateway(tmp_path):
                          "--persistence.file="],  # Debian defaults to a shared file
                         f"http://127.0.0.1:{port}/-/ready", tmp_path / "pushgateway.log")
     yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+PUSHGATEWAY_USER = "gistnet-push"
+PUSHGATEWAY_PASSWORD = "pushpw-SENTINEL-7Qz3xK"  # never to appear in any output
+
+
+def basic_auth_header(user: str, password: str) -> dict:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+@pytest.fixture
+def pushgateway_with_auth(tmp_path):
+    """A Pushgateway that refuses requests without HTTP basic auth; yields the URL with
+    ``user:password@`` (as a user would configure it) and the bare URL."""
+    import bcrypt
+
+    hashed = bcrypt.hashpw(PUSHGATEWAY_PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+    web_config = tmp_path / "pushgateway-web.yml"
+    web_config.write_text(f"basic_auth_users:\n  {PUSHGATEWAY_USER}: '{hashed}'\n")
+    port = free_port()
+    bare = f"http://127.0.0.1:{port}"
+    proc = start_server(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}", "--persistence.file=",
+                         f"--web.config.file={web_config}"], f"{bare}/-/ready", tmp_path / "pushgateway.log",
+                        basic_auth_header(PUSHGATEWAY_USER, PUSHGATEWAY_PASSWORD))
+    yield f"http://{PUSHGATEWAY_USER}:{PUSHGATEWAY_PASSWORD}@127.0.0.1:{port}", bare
     proc.terminate()
     proc.wait(timeout=30)
 

@@ -1,3 +1,6 @@
+import dataclasses
+import re
+
 import pytest
 import yaml
 
@@ -49,7 +52,12 @@ def test_config_file_from_env_variable(tmp_path):
     ("trian:\n  epochs: 5\n", "unknown section 'trian'"),
     ("train:\n  epochs: five\n", "train.epochs: expected an integer"),
     ("train:\n  epochs: 0\n", "train.epochs must be >= 1"),
-    ("train:\n  batch_size: -4\n", "train.batch_size must be >= 1"),
+    ("train:\n  batch_size: -4\n", "train.batch_size must be >= 2"),
+    ("train:\n  batch_size: 1\n", "train.batch_size must be >= 2, got 1"),
+    ("train:\n  epochs: -3\n", "train.epochs must be >= 1, got -3"),
+    ("storage:\n  connect_timeout: -5\n", "storage.connect_timeout must be > 0, got -5"),
+    ("data:\n  val_fraction: .nan\n", "data.val_fraction must be in (0, 1), got nan"),
+    ("metrics:\n  port: 70000\n", "metrics.port must be in [0, 65535], got 70000"),
     ("train:\n  models: [resnet18]\n", "unknown model 'resnet18'"),
     ("train: [1, 2\n", "malformed YAML"),
     ("- a\n- b\n", "top level must be a mapping"),
@@ -57,7 +65,7 @@ def test_config_file_from_env_variable(tmp_path):
     ("train:\n  deterministic: maybe\n", "expected true or false"),
 ])
 def test_bad_config_names_the_key(tmp_path, text, fragment):
-    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
         config.load_config(write(tmp_path, text), environ={})
 
 
@@ -75,7 +83,7 @@ def test_round_trip_yaml_and_frozen():
     c = config.load_config(environ={})
     again = config.load_config(environ={}, flags={})
     assert yaml.safe_load(c.to_yaml()) == again.to_dict()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         c.train.epochs = 3  # type: ignore[misc]
 
 
@@ -88,3 +96,67 @@ def test_every_key_is_documented():
 
 def test_unknown_env_is_reported():
     assert config.unknown_env({"GISTNET_TRAIN_EPOCH": "1", "GISTNET_TRAIN_EPOCHS": "1"}) == ["GISTNET_TRAIN_EPOCH"]
+
+
+NUMERIC = [(s, k) for s, k, t in config.leaf_keys() if t in (int, float)]
+
+
+def test_every_numeric_key_has_one_bound():
+    assert sorted(config.BOUNDS) == sorted(NUMERIC)
+
+
+def _outside(bound: config.Bound) -> list:
+    """Values just outside each end of a bound (an open end: the end itself)."""
+    values = []
+    if bound.low is not None:
+        values.append(bound.low if bound.low_open else bound.low - 1)
+    if bound.high is not None:
+        values.append(bound.high if bound.high_open else bound.high + 1)
+    return values
+
+
+def _inside(bound: config.Bound) -> list:
+    values = [v for v in (bound.low, bound.high) if v is not None and bound.contains(v)]
+    if values:
+        return values
+    return [(bound.low + bound.high) / 2] if bound.high is not None else [bound.low + 0.5]
+
+
+@pytest.mark.parametrize("section, key", NUMERIC)
+def test_each_bound_is_enforced_at_both_ends(section, key):
+    bound = config.BOUNDS[(section, key)]
+    typ = int if isinstance(getattr(getattr(config.Config(), section), key), int) else float
+    for value in _outside(bound):
+        with pytest.raises(ConfigError, match=rf"^{section}\.{key} must be "):
+            config.load_config(environ={config.env_name(section, key): str(typ(value))})
+    for value in _inside(bound):
+        if typ is int and value != int(value):
+            continue
+        loaded = config.load_config(environ={config.env_name(section, key): str(typ(value))})
+        assert getattr(getattr(loaded, section), key) == typ(value)
+
+
+def test_docs_show_the_bound_of_every_key():
+    """docs/configuration.md's range column is the BOUNDS table, key by key (empty when unbounded)."""
+    doc = (config.Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    shown = {}
+    for line in doc.splitlines():
+        m = re.match(r"\| `(\w+)\.(\w+)` \|", line)
+        if m:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            shown[(m.group(1), m.group(2))] = cells[4]
+    assert set(shown) == {(s, k) for s, k, _ in config.leaf_keys()}
+    for key, cell in shown.items():
+        bound = config.BOUNDS.get(key)
+        assert cell == (f"`{bound.describe()}`" if bound else ""), (key, cell)
+
+
+def test_saved_and_printed_config_never_holds_url_credentials():
+    env = {"GISTNET_METRICS_PUSHGATEWAY": "http://gw-user:pw-SENTINEL@127.0.0.1:9091",
+           "GISTNET_STORAGE_ENDPOINT_URL": "http://minio:pw-SENTINEL2@minio:9000"}
+    c = config.load_config(environ=env)
+    assert c.metrics.pushgateway == env["GISTNET_METRICS_PUSHGATEWAY"]  # the job itself still has it
+    text = c.to_yaml()
+    assert "pw-SENTINEL" not in text and "gw-user" not in text
+    assert c.to_dict()["metrics"]["pushgateway"] == "http://127.0.0.1:9091"
+    assert c.to_dict()["storage"]["endpoint_url"] == "http://minio:9000"

@@ -3,6 +3,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -33,7 +34,7 @@ def populated() -> RunMetrics:
     m.model_started("resnet34", 10)
     m.on_step("resnet34", 32)
     m.on_epoch("resnet34", {"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.7, "val_loss": 0.6,
-                            "val_accuracy": 0.65, "images": 32, "seconds": 2.0}, 10)
+                            "val_accuracy": 0.65, "images": 32, "train_seconds": 1.0, "seconds": 2.0}, 10)
     m.model_evaluated("resnet34", {"sensitivity": {"value": 0.8}, "specificity": {"value": None},
                                    "accuracy": {"value": 0.7}})
     m.run_ended(0)
@@ -45,7 +46,8 @@ def test_exposition_parses_and_follows_conventions():
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
     assert samples[("gistnet_epoch", (("model", "resnet34"),))] == 1
     assert samples[("gistnet_images_processed_total", (("model", "resnet34"),))] == 32
-    assert samples[("gistnet_images_per_second", (("model", "resnet34"),))] == 16
+    # 32 images in 1 s of training steps; the 2 s of the whole epoch include validation
+    assert samples[("gistnet_images_per_second", (("model", "resnet34"),))] == 32
     assert samples[("gistnet_downloaded_bytes_total", ())] == 1000
     assert samples[("gistnet_run_info", (("device", "cpu"), ("run_id", "run-1"), ("version", "0.1.0")))] == 1
     assert fams["gistnet_images_processed"].type == "counter"
@@ -64,8 +66,8 @@ def test_every_metric_is_documented_in_the_readme():
     assert exposed <= documented, exposed - documented
 
 
-def _gateway_value(url: str, name: str) -> float | None:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+def _gateway_value(url: str, name: str, headers: dict | None = None) -> float | None:
+    with urllib.request.urlopen(urllib.request.Request(f"{url}/metrics", headers=headers or {}), timeout=5) as r:
         text = r.read().decode()
     for f in text_string_to_metric_families(text):
         for s in f.samples:
@@ -88,6 +90,27 @@ def test_pushgateway_keeps_last_success_after_a_failure(pushgateway):
     failed.push(pushgateway, "gistnet-test", {"cronjob": "nightly"}, succeeded=False)
     assert _gateway_value(pushgateway, "gistnet_last_success_timestamp_seconds") == success
     assert _gateway_value(pushgateway, "gistnet_run_exit_code") == 4
+
+
+def test_a_stage_timed_in_pieces_adds_up():
+    m = RunMetrics()
+    m.stage("checkpoint", 1.5, "resnet34")
+    m.stage("checkpoint", 2.0, "resnet34")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in families(exposition(m)).values() for s in f.samples}
+    assert samples[("gistnet_stage_duration_seconds", (("model", "resnet34"), ("stage", "checkpoint")))] == 3.5
+
+
+@pytest.mark.e2e
+def test_push_with_credentials_in_the_url_uses_basic_auth(pushgateway_with_auth):
+    from tests.conftest import PUSHGATEWAY_PASSWORD, PUSHGATEWAY_USER, basic_auth_header
+
+    with_credentials, bare = pushgateway_with_auth
+    populated().push(with_credentials, "gistnet-test", {}, succeeded=True)
+    auth = basic_auth_header(PUSHGATEWAY_USER, PUSHGATEWAY_PASSWORD)
+    assert _gateway_value(bare, "gistnet_run_exit_code", auth) == 0
+    with pytest.raises(urllib.error.HTTPError, match="401"):  # the gateway does check
+        _gateway_value(bare, "gistnet_run_exit_code")
 
 
 @pytest.mark.e2e
