@@ -2,6 +2,9 @@
 
 import hashlib
 import json
+import re
+import zlib
+from pathlib import Path
 
 import pytest
 import yaml
@@ -50,6 +53,14 @@ def test_config_errors(cli, tmp_path):
     _one_line_error(cli("config", "--config", bad), errors.EXIT_CONFIG, "unknown key train.epochz")
     _one_line_error(cli("train", "--data", tmp_path, "--output", tmp_path, "--epochs", 0), errors.EXIT_CONFIG,
                     "train.epochs must be >= 1")
+    _one_line_error(cli("train", "--data", tmp_path, "--output", tmp_path, "--epochs", -3), errors.EXIT_CONFIG,
+                    "train.epochs must be >= 1, got -3")
+    for size in (1, 0, -4):  # a batch of one trains nothing (BatchNorm): refused like a negative size
+        _one_line_error(cli("train", "--data", tmp_path, "--output", tmp_path, "--batch-size", size),
+                        errors.EXIT_CONFIG, f"train.batch_size must be >= 2, got {size}")
+    env = {**__import__("os").environ, "GISTNET_STORAGE_CONNECT_TIMEOUT": "-5"}
+    _one_line_error(cli("train", "--data", tmp_path, "--output", tmp_path, env=env), errors.EXIT_CONFIG,
+                    "storage.connect_timeout must be > 0, got -5")
     _one_line_error(cli("train", "--data", tmp_path), errors.EXIT_CONFIG, "no output URI")
 
 
@@ -70,6 +81,63 @@ def test_data_errors(cli, tmp_path):
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").rglob("report.json"))
 
 
+def test_empty_bucket_is_a_data_error(cli, bucket, s3_env, tmp_path):
+    """An empty bucket (and a prefix with nothing under it) is bad data, not a storage failure."""
+    for data in (f"s3://{bucket}", f"s3://{bucket}/no/such/prefix"):
+        _one_line_error(cli("train", "--data", data, "--output", tmp_path / "o", "--device", "cpu", env=s3_env),
+                        errors.EXIT_DATA, f"no objects found under {data}")
+
+
+def test_config_command_warns_about_unknown_environment_variables(cli):
+    env = {**__import__("os").environ, "GISTNET_TRAIN_EPOCH": "5"}
+    done = cli("config", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "ignoring GISTNET_TRAIN_EPOCH: not a gistnet config key" in done.stderr
+
+
+def test_train_help_shows_every_default_and_the_cpu_warning():
+    from click.testing import CliRunner
+
+    from gistnet import cli as cli_mod, config
+
+    shown = " ".join(CliRunner().invoke(cli_mod.cli, ["train", "--help"]).output.split())
+    assert "runs for many hours" in shown and "--epochs 3 --image-size 64" in shown
+    defaults = config.Config().to_dict()
+    for dotted in cli_mod.FLAG_KEYS.values():
+        section, key = dotted.split(".")
+        value = defaults[section][key]
+        value = ",".join(value) if isinstance(value, list) else str(value).lower() if value is False else value
+        assert f"[default: {value if value != '' else 'none'}; {dotted}]" in shown, dotted
+
+
+@pytest.mark.parametrize("command, error, hint", [
+    (["train", "--data", "d", "--output", "o"], "sigterm", "re-run the same command with the same --run-id to resume"),
+    (["train", "--data", "d", "--output", "o"], "ctrl-c", "re-run the same command with the same --run-id to resume"),
+    (["demo", "--output", "o"], "sigterm", "gistnet demo starts over when re-run"),
+    (["demo", "--output", "o"], "ctrl-c", "gistnet demo starts over when re-run"),
+])
+def test_interruption_says_what_a_re_run_will_do(command, error, hint, monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from gistnet import cli as cli_mod, pipeline
+
+    def interrupted(cfg):
+        if error == "ctrl-c":
+            raise KeyboardInterrupt
+        raise errors.Interrupted("resnet34: stopped by SIGTERM after epoch 1/3; checkpoint saved")
+
+    monkeypatch.setattr(pipeline, "run", interrupted)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "o" / "data").mkdir(parents=True)
+    (tmp_path / "o" / "data" / "synth.json").write_text("{}")  # the demo's data exists: no synthesis
+    result = CliRunner().invoke(cli_mod.cli, command)
+    assert result.exit_code == (errors.EXIT_CTRL_C if error == "ctrl-c" else errors.EXIT_INTERRUPTED)
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("gistnet: ")]
+    assert len(lines) == 1 and hint in lines[0], result.stderr
+    if command[0] == "demo":
+        assert "resume" not in lines[0]
+
+
 def test_missing_bucket_and_endpoint_down(cli, s3_env, tmp_path):
     _one_line_error(cli("train", "--data", "s3://gistnet-no-such-bucket/x", "--output", tmp_path, env=s3_env),
                     errors.EXIT_STORAGE, "bucket 'gistnet-no-such-bucket' does not exist")
@@ -87,9 +155,14 @@ def test_cuda_without_gpu(cli, tiny_data, tmp_path):
 
 
 def test_exit_code_table_matches_readme(cli):
-    readme = (__import__("pathlib").Path(__file__).resolve().parents[1] / "README.md").read_text()
-    for code, meaning in errors.EXIT_CODES.items():
-        assert f"| {code} |" in readme, f"exit code {code} missing from README"
+    """README's table has exactly the codes of errors.EXIT_CODES, each with its meaning; so
+    does `gistnet exit-codes`."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (\d+) \| ([^|]+) \|", section, re.M)
+    assert {int(code): meaning.strip() for code, meaning in rows} == errors.EXIT_CODES
+    printed = cli("exit-codes").stdout.splitlines()
+    assert printed == [f"{code}\t{meaning}" for code, meaning in errors.EXIT_CODES.items()]
 
 
 # ------------------------------------------------------------------ bad input, as a user meets it
@@ -118,7 +191,7 @@ def _dataset(root, n=6, extra=None, skip_class=None):
         for i in range(n):
             path = root / label / f"{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(_png(hash((label, i)) % 100_000))
+            path.write_bytes(_png(zlib.crc32(f"{label}/{i}".encode())))
     for rel, data in (extra or {}).items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)

@@ -1,4 +1,8 @@
+import hashlib
 import io
+import re
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +29,7 @@ def make_store(tmp_path, n=6, extra=None):
     store = LocalStore(tmp_path / "data")
     for label in ("GIST", "LM"):
         for i in range(n):
-            store.write_bytes(f"{label}/{i}.png", png(gray(hash((label, i)) % 10_000)))
+            store.write_bytes(f"{label}/{i}.png", png(gray(zlib.crc32(f"{label}/{i}".encode()))))
     for key, data in (extra or {}).items():
         store.write_bytes(key, data)
     return store
@@ -135,3 +139,66 @@ def test_paper_split_counts():
     assert val.counts(("GIST", "LM")) == {"GIST": 14, "LM": 15}
     assert split == dataset.make_split(images, 0.2, seed=0)
     assert dataset.Split.from_dict(split.to_dict()) == split
+
+
+def test_test_data_seeds_are_deterministic(tmp_path):
+    """Seeds come from crc32 of the key, never Python's per-process salted string hash: the same
+    bytes in every run, and no two test images alike."""
+    pattern = re.compile(r"(?<![\w.])" + "hash" + r"\(")
+    offenders = [f"{p.name}:{n}" for p in Path(__file__).parent.glob("*.py")
+                 for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert offenders == []
+    first = {k: hashlib.sha256(v).hexdigest() for k, v in _store_bytes(make_store(tmp_path / "a")).items()}
+    assert first == {k: hashlib.sha256(v).hexdigest() for k, v in _store_bytes(make_store(tmp_path / "b")).items()}
+    assert len(set(first.values())) == 12
+
+
+def _store_bytes(store):
+    return {k: store.read(k) for k in store.list()}
+
+
+def _labels_set(n_pos, n_neg, patients=None):
+    labels = torch.tensor([1] * n_pos + [0] * n_neg)
+    n = n_pos + n_neg
+    return dataset.ImageSet([f"k{i}" for i in range(n)], torch.zeros(n, 3, 2, 2, dtype=torch.uint8), labels,
+                            patients or [])
+
+
+@pytest.mark.parametrize("images, val_fraction, message", [
+    (_labels_set(5, 5), 0.9, "data.val_fraction=0.9 of 10 images leaves 1 for training and 9 for validation"),
+    (_labels_set(5, 5), 0.05, "data.val_fraction=0.05 of 10 images leaves 9 for training and 1 for validation"),
+    (_labels_set(3, 30), 0.05, "the validation set of the split (stratified-holdout, data.val_fraction=0.05) has 0 "
+                               "positive and 2 negative images"),
+    (_labels_set(6, 6, [f"p{i % 3}" for i in range(12)]), 0.2,
+     "3 patients cannot fill the 5 folds of the patient-grouped split"),
+    (_labels_set(1, 9), 0.5, "a class has 1 image(s) (positive 1, negative 9)"),
+], ids=["val_fraction 0.9", "val_fraction 0.05", "class empty in validation", "fewer patients than folds",
+        "one image in a class"])
+def test_impossible_splits_are_data_errors_naming_the_counts(images, val_fraction, message):
+    with pytest.raises(DataError, match=re.escape(message)):
+        dataset.make_split(images, val_fraction, seed=0)
+
+
+def test_feasible_split_has_both_classes_on_both_sides():
+    images = _labels_set(5, 5)
+    split = dataset.make_split(images, 0.2, seed=0)
+    for keys in (split.train, split.val):
+        assert images.subset(keys).counts(("GIST", "LM"))["GIST"] >= 1
+        assert images.subset(keys).counts(("GIST", "LM"))["LM"] >= 1
+
+
+def test_image_at_the_data_root_is_skipped_and_listed(tmp_path):
+    store = make_store(tmp_path, extra={"stray.png": png(gray(5)), "synth.json": b"{}", "README.md": b"x"})
+    labeled, skipped = dataset.list_labeled(store, DataConfig())
+    assert [s["reason"] for s in skipped] == ["image at the data root, not in a class folder"]
+    assert skipped[0]["uri"].endswith("/stray.png")
+    assert len(labeled) == 12
+
+
+def test_only_the_documented_formats_are_decoded():
+    """README: PNG, JPEG, BMP and TIFF, by content; a GIF or WebP is not recognised, whatever its name."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "PNG, JPEG, BMP and TIFF" in readme and dataset.IMAGE_FORMATS == ("PNG", "JPEG", "BMP", "TIFF")
+    for fmt in ("GIF", "WEBP"):
+        with pytest.raises(ValueError, match="not a recognised image"):
+            dataset.decode_image(png(gray(3), fmt=fmt), 32, 10**8)

@@ -85,6 +85,59 @@ def test_unreachable_endpoint_is_a_storage_error(monkeypatch):
         open_store("s3://b/x", cfg).list()
 
 
+class ClosingServer:
+    """A TCP endpoint on loopback that accepts each connection and closes it at once
+    (a dying S3 endpoint), counting the connections: botocore's attempts."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            conn.close()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+def _connections_until_failure(max_attempts: int) -> int:
+    server = ClosingServer()
+    try:
+        cfg = StorageConfig(endpoint_url=server.url, max_attempts=max_attempts, connect_timeout=1, read_timeout=1)
+        with pytest.raises(StorageError, match="cannot reach S3 endpoint") as failure:
+            open_store("s3://b/x", cfg).list()
+    finally:
+        server.close()
+    assert failure.value.exit_code == 5
+    return server.connections
+
+
+def test_unreachable_endpoint_is_retried_by_botocore_then_a_storage_error(monkeypatch):
+    """Each extra attempt of storage.max_attempts is one more connection to the endpoint
+    (the HTTP layer adds one reconnect of its own, whatever the setting)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    assert _connections_until_failure(4) - _connections_until_failure(1) == 3
+
+
 @pytest.mark.e2e
 def test_s3_faults_are_retried_and_outputs_are_identical(bucket, s3_env, s3_client, cli):
     """503s, connection resets and delays from a proxy in front of the loopback S3 server:
