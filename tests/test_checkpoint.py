@@ -80,7 +80,7 @@ def test_final_weights_are_safetensors_with_their_digest(tmp_path):
     assert info == {"uri": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size}
     loaded = load_file(path)
     assert torch.equal(loaded["fc.weight"], s.model.fc.weight)
-    assert json.loads(json.dumps(info))  # report-ready
+    assert json.loads(json.dumps(info)) == info  # report-ready: survives JSON unchanged
 
 
 def test_same_weights_give_the_same_sha256(tmp_path):

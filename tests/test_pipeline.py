@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gistnet import config, pipeline, predictions, report
+from gistnet.metrics import RunMetrics
 from gistnet.storage import LocalStore, sha256_file
 
 pytestmark = pytest.mark.e2e
@@ -78,6 +79,56 @@ def test_resuming_with_a_different_config_is_refused(tiny_data, tmp_path):
     operational = config.replace(cfg, train={"device": "cpu", "checkpoint_every": 3}, data={"download_threads": 2})
     LocalStore(tmp_path / "r3").write_bytes("config.yaml", operational.to_yaml().encode())
     assert pipeline.run(cfg).report["status"] == "complete"
+
+
+def _samples(metrics) -> dict:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = generate_latest(metrics.registry).decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def test_each_stage_is_timed_where_it_happens(tiny_data, tmp_path, monkeypatch):
+    """Checkpoint writes (2 s each here) are the checkpoint stage, not train; the final
+    checkpoint and weights are upload; images/s counts the training steps only."""
+    from gistnet import checkpoint
+
+    created = []
+    monkeypatch.setattr(pipeline, "RunMetrics", lambda stats: created.append(RunMetrics(stats)) or created[-1])
+    for name in ("save_checkpoint", "save_weights"):
+        real = getattr(checkpoint, name)
+
+        def slow(*args, _real=real, **kwargs):
+            time.sleep(2.0)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(checkpoint, name, slow)
+    cfg = tiny_config(tiny_data, tmp_path, "t", **{"train.epochs": 2, "train.checkpoint_every": 1,
+                                                    "augmentation.mode": "none"})
+    history = pipeline.run(cfg).report["models"]["resnet34"]["history"]
+    stage = {dict(k)["stage"]: v for (name, k), v in _samples(created[0]).items()
+             if name == "gistnet_stage_duration_seconds" and dict(k)["model"] in ("", "resnet34")}
+    assert stage["checkpoint"] >= 2.0  # the checkpoint after epoch 1
+    assert stage["upload"] >= 4.0  # the final checkpoint and the weights
+    epochs = sum(h["seconds"] for h in history)
+    assert epochs <= stage["train"] < epochs + 1.0, (stage, history)  # no checkpoint time in train
+    assert {"download", "decode", "augmentation", "evaluate", "report"} <= set(stage)
+    last = history[-1]
+    assert [h["images"] for h in history] == [32, 32] and last["train_seconds"] < last["seconds"]
+    rate = _samples(created[0])[("gistnet_images_per_second", (("model", "resnet34"),))]
+    assert rate == pytest.approx(last["images"] / last["train_seconds"])
+
+
+def test_a_training_set_smaller_than_one_batch_is_refused_before_training(tiny_data, tmp_path):
+    from gistnet.errors import DataError
+
+    cfg = tiny_config(tiny_data, tmp_path, "small", **{"train.batch_size": 64, "augmentation.mode": "none"})
+    with pytest.raises(DataError, match=r"the training set after 'none' augmentation has 32 images, fewer than one "
+                                        r"batch of train.batch_size=64"):
+        pipeline.run(cfg)
+    assert not (tmp_path / "small" / "resnet34").exists() and not (tmp_path / "small" / "report.json").exists()
 
 
 def test_model_trained_on_synthetic_data_beats_chance(tmp_path):

@@ -12,14 +12,15 @@ def model_result(tp, fp, tn, fn, auc_probs=None):
     probs = torch.tensor([0.9] * tp + [0.1] * fn + [0.1] * tn + [0.9] * fp)
     diag = evaluate.diagnostic_report(labels, probs, "wilson", 0.95)
     return {"history": [{"epoch": 1, "train_loss": 0.7, "train_accuracy": 0.5, "val_loss": 0.69,
-                         "val_accuracy": 0.5, "seconds": 1.0}], **diag,
+                         "val_accuracy": 0.5, "images": 32, "train_seconds": 0.8, "seconds": 1.0}], **diag,
             "checkpoint": {"uri": "s3://b/r/resnet34/model.safetensors", "sha256": "0" * 64, "bytes": 10}}
 
 
-def build(models):
-    dataset = {"uri": "s3://b/data", "classes": {"GIST": "positive", "LM": "negative"},
-               "train": {"GIST": 55, "LM": 58}, "val": {"GIST": 14, "LM": 15},
-               "train_augmented": {"GIST": 330, "LM": 348}, "skipped": [], "split_method": "stratified-holdout"}
+def build(models, names=("GIST", "LM")):
+    pos, neg = names
+    dataset = {"uri": "s3://b/data", "classes": {pos: "positive", neg: "negative"},
+               "train": {pos: 55, neg: 58}, "val": {pos: 14, neg: 15},
+               "train_augmented": {pos: 330, neg: 348}, "skipped": [], "split_method": "stratified-holdout"}
     return report.build("run-1", {"train": {}}, torch.device("cpu"), dataset, models, "accuracy", {})
 
 
@@ -38,6 +39,8 @@ def test_schema_rejects_incomplete_reports():
     rep = build({"resnet34": model_result(12, 1, 14, 2)})
     for breakage in (lambda r: r.pop("best_model"), lambda r: r.update(status="partial"),
                      lambda r: r["models"]["resnet34"].pop("metrics"),
+                     lambda r: r["models"]["resnet34"]["history"][0].update(images=0),  # an epoch that trained nothing
+                     lambda r: r["models"]["resnet34"]["history"][0].pop("images"),
                      lambda r: r["models"]["resnet34"]["checkpoint"].update(sha256="xyz")):
         broken = copy.deepcopy(rep)
         breakage(broken)
@@ -70,3 +73,14 @@ def test_markdown_report_for_a_human_reader():
     assert "| sensitivity | 85.71% (12/14), 60.06-95.99% |" in text
     assert "| ppv | n/a (no cases) |" in text  # resnet50 never called GIST
     assert "`s3://b/data/GIST/x.png`: empty object (0 bytes)" in text
+
+
+def test_report_md_and_summary_use_the_configured_class_names():
+    rep = build({"resnet34": model_result(12, 1, 14, 2)}, names=("MALIGNANT", "BENIGN"))
+    text, summary = report.markdown(rep), report.summary(rep)
+    assert "| | MALIGNANT (truth) | BENIGN (truth) |" in text
+    assert "| called MALIGNANT | TP 12 | FP 1 |" in text and "| called BENIGN | FN 2 | TN 14 |" in text
+    assert "32 training images stepped" in text
+    assert "MALIGNANT positive" in summary
+    for shown in (text, summary):
+        assert "GIST" not in shown and "LM" not in shown
