@@ -268,13 +268,52 @@ def test_wrong_credentials_are_a_storage_error(cli, tmp_path):
     assert "wrong-secret" not in done.stderr
 
 
-def test_every_bad_input_case_names_an_existing_test():
-    import re
-    from pathlib import Path
+def _test_source(path: Path, name: str) -> str:
+    """A test's source with its decorators, plus the module-level functions and constants it
+    names (helpers, parametrize tables), one level deep."""
+    import ast
 
+    text = path.read_text()
+    tree = ast.parse(text)
+    top = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            top[node.name] = node
+        elif isinstance(node, ast.Assign):
+            top.update({t.id: node for t in node.targets if isinstance(t, ast.Name)})
+    test = top.get(name)
+    assert isinstance(test, ast.FunctionDef), f"{path.name}::{name} does not exist"
+    parts = [ast.get_source_segment(text, d) for d in test.decorator_list] + [ast.get_source_segment(text, test)]
+    named = {n.id for n in ast.walk(test) if isinstance(n, ast.Name)}
+    parts += [ast.get_source_segment(text, top[n]) for n in sorted(named) if n in top and n != name]
+    return "\n".join(parts)
+
+
+def _exit_evidence(code: int) -> list[str]:
+    """What in a test's source shows it checks exit ``code``."""
+    import inspect
+
+    constants = [n for n, v in vars(errors).items() if n.startswith("EXIT_") and v == code]
+    classes = [n for n, c in vars(errors).items() if inspect.isclass(c) and issubclass(c, errors.GistnetError)
+               and c.exit_code == code and c is not errors.GistnetError]
+    return constants + classes + [f"returncode == {code}", f"exit_code == {code}"]
+
+
+def test_every_bad_input_row_is_asserted_by_its_test():
+    """Each row of docs/bad-input.md names a test that exists, whose source holds every literal
+    piece of the row's quoted message and checks the row's exit code."""
     repo = Path(__file__).resolve().parents[1]
-    table = (repo / "docs" / "bad-input.md").read_text()
-    refs = re.findall(r"`(tests/test_\w+\.py)::(\w+)`", table)
-    assert len(refs) >= 25
-    for path, name in refs:
-        assert re.search(rf"^def {name}\(", (repo / path).read_text(), re.M), f"{path}::{name} does not exist"
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in (repo / "docs" / "bad-input.md").read_text().splitlines()
+            if line.startswith("| ") and "`tests/" in line]
+    assert len(rows) >= 35
+    for case, outcome, code, test in rows:
+        path, name = re.fullmatch(r"`(tests/test_\w+\.py)::(\w+)`", test).groups()
+        source = _test_source(repo / path, name)
+        for quoted in re.findall(r'"([^"]+)"', outcome):
+            for piece in re.split(r"\.\.\.|<[^>]+>", quoted):
+                piece = piece.strip(" '")
+                if len(piece) >= 3:
+                    assert piece in source, f"{case!r}: {path}::{name} does not assert {piece!r}"
+        if code != "0":
+            assert any(e in source for e in _exit_evidence(int(code))), f"{case!r}: {name} does not check exit {code}"

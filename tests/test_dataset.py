@@ -167,8 +167,8 @@ def _labels_set(n_pos, n_neg, patients=None):
 @pytest.mark.parametrize("images, val_fraction, message", [
     (_labels_set(5, 5), 0.9, "data.val_fraction=0.9 of 10 images leaves 1 for training and 9 for validation"),
     (_labels_set(5, 5), 0.05, "data.val_fraction=0.05 of 10 images leaves 9 for training and 1 for validation"),
-    (_labels_set(3, 30), 0.05, "the validation set of the split (stratified-holdout, data.val_fraction=0.05) has 0 "
-                               "positive and 2 negative images"),
+    (_labels_set(3, 30), 0.05, "the validation set of the split (stratified-holdout, data.val_fraction=0.05) "
+                               "has 0 positive and 2 negative images"),
     (_labels_set(6, 6, [f"p{i % 3}" for i in range(12)]), 0.2,
      "3 patients cannot fill the 5 folds of the patient-grouped split"),
     (_labels_set(1, 9), 0.5, "a class has 1 image(s) (positive 1, negative 9)"),
