@@ -25,7 +25,7 @@ def main():
     m = RunMetrics()
     m.model_started("resnet34", 200)
     record = {"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.7, "val_loss": 0.6, "val_accuracy": 0.6,
-              "images": 678, "seconds": 3.0}
+              "images": 672, "train_seconds": 2.5, "seconds": 3.0}
     step_cost = per_call(lambda: m.on_step("resnet34", 32), 100_000)
     epoch_cost = per_call(lambda: m.on_epoch("resnet34", record, 200), 10_000)
 

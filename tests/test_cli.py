@@ -225,7 +225,7 @@ def test_odd_images_are_decoded_or_skipped_and_listed(cli, tmp_path):
     data = _dataset(tmp_path / "data", extra={**odd, **bad})
     env = {**__import__("os").environ, "GISTNET_DATA_MAX_IMAGE_PIXELS": "100000"}
     done = cli("train", "--data", data, "--output", tmp_path / "out", "--run-id", "odd", "--models", "resnet34",
-               "--epochs", 1, "--image-size", 32, "--augmentation", "none", env=env)
+               "--epochs", 1, "--image-size", 32, "--augmentation", "none", "--batch-size", 8, env=env)
     assert done.returncode == 0, done.stderr
     rep = json.loads((tmp_path / "out" / "odd" / "report.json").read_text())
     skipped = {s["uri"].split("/data/", 1)[1]: s["reason"] for s in rep["dataset"]["skipped"]}

@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 
 from gistnet.errors import EXIT_CONFIG
+from gistnet.metrics import LAST_SUCCESS
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +57,11 @@ def test_no_credential_in_logs_report_config_objects_or_metrics(cli, bucket, s3_
                                                                                   PUSHGATEWAY_PASSWORD))
     with urllib.request.urlopen(request, timeout=5) as r:
         metrics = r.read()
-    assert b'gistnet_run_exit_code{job="gistnet"} 5' in metrics  # both pushes authenticated
+    from prometheus_client.parser import text_string_to_metric_families
+
+    pushed = {s.name: s.value for f in text_string_to_metric_families(metrics.decode()) for s in f.samples
+              if s.labels.get("job") == "gistnet"}
+    assert pushed["gistnet_run_exit_code"] == 5 and pushed[LAST_SUCCESS] > 0  # both pushes authenticated
     objects = dict(_all_objects(s3_client, bucket, "runs/"))
     assert {"runs/s/config.yaml", "runs/s/report.json", "runs/s/report.md"} <= set(objects)
     blobs = [o.stdout.encode() + o.stderr.encode() for o in outputs] + [metrics] + list(objects.values())
