@@ -19,7 +19,7 @@ EXIT_CTRL_C = 130  # Ctrl-C (SIGINT), the shell's 128 + 2
 
 # The meaning column of README's exit-code table, word for word (a test compares them).
 EXIT_CODES = {
-    EXIT_OK: "success, or a finished run re-run (nothing to do)",
+    EXIT_OK: "success (or a finished run re-run: nothing to do)",
     EXIT_INTERNAL: "internal error (a bug; traceback printed)",
     EXIT_USAGE: "bad command-line usage",
     EXIT_CONFIG: "bad configuration",
