@@ -22,6 +22,6 @@ def test_single_class_gives_null_auc():
 def test_predict_returns_loss_and_probabilities():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
     images = torch.zeros(5, 3, 2, 2, dtype=torch.uint8)
-    loss, probs = evaluate.predict(model, images, torch.tensor([0, 1, 0, 1, 0]), 2, lambda x: x.float())
+    loss, probs, _ = evaluate.predict(model, images, torch.tensor([0, 1, 0, 1, 0]), 2, lambda x: x.float())
     assert probs.shape == (5,) and torch.all((probs >= 0) & (probs <= 1))
     assert loss.ndim == 0 and float(loss) > 0

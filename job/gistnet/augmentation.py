@@ -8,6 +8,7 @@ Both run on whatever device holds the images, so on a GPU nothing goes back to t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -16,34 +17,42 @@ from kornia.geometry import transform
 
 from gistnet.config import AugmentationConfig
 
-Op = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 OPERATIONS = ("rotation", "flip", "clahe", "log_contrast", "sigmoid_contrast")
 
 
-def _random_angles(n: int, degrees: float, gen: torch.Generator, device) -> torch.Tensor:
-    return ((torch.rand(n, generator=gen) * 2 - 1) * degrees).to(device)
+@dataclass(frozen=True)
+class Operation:
+    """One augmentation: ``draw`` takes its random parameters for k images from the host
+    generator (None when it has none); ``apply`` maps a float [0, 1] batch and the
+    parameters, already on the batch's device, to the augmented batch."""
+
+    apply: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+    draw: Callable[[int, torch.Generator], torch.Tensor | None] = lambda k, gen: None
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Augment every image of ``x``."""
+        params = self.draw(x.shape[0], gen)
+        return self.apply(x, None if params is None else params.to(x.device))
 
 
-def operations(cfg: AugmentationConfig) -> dict[str, Op]:
+def operations(cfg: AugmentationConfig) -> dict[str, Operation]:
     """The five operations, each mapping a float [0, 1] batch to an augmented one."""
 
-    def rotation(x, gen):
-        return transform.rotate(x, _random_angles(x.shape[0], cfg.rotation_degrees, gen, x.device))
+    def angles(k, gen):
+        return (torch.rand(k, generator=gen) * 2 - 1) * cfg.rotation_degrees
 
-    def flip(x, gen):
+    def flip(x, _):
         return transform.hflip(x) if cfg.flip == "horizontal" else transform.vflip(x)
 
-    def clahe(x, gen):
-        return enhance.equalize_clahe(x, clip_limit=cfg.clahe_clip_limit, grid_size=(cfg.clahe_grid, cfg.clahe_grid))
-
-    def log_contrast(x, gen):
-        return enhance.adjust_log(x, gain=cfg.log_gain)
-
-    def sigmoid_contrast(x, gen):
-        return enhance.adjust_sigmoid(x, cutoff=cfg.sigmoid_cutoff, gain=cfg.sigmoid_gain)
-
-    return {"rotation": rotation, "flip": flip, "clahe": clahe, "log_contrast": log_contrast,
-            "sigmoid_contrast": sigmoid_contrast}
+    return {
+        "rotation": Operation(lambda x, degrees: transform.rotate(x, degrees), angles),
+        "flip": Operation(flip),
+        "clahe": Operation(lambda x, _: enhance.equalize_clahe(x, clip_limit=cfg.clahe_clip_limit,
+                                                               grid_size=(cfg.clahe_grid, cfg.clahe_grid))),
+        "log_contrast": Operation(lambda x, _: enhance.adjust_log(x, gain=cfg.log_gain)),
+        "sigmoid_contrast": Operation(lambda x, _: enhance.adjust_sigmoid(x, cutoff=cfg.sigmoid_cutoff,
+                                                                          gain=cfg.sigmoid_gain)),
+    }
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -73,16 +82,53 @@ def expand_paper(images: torch.Tensor, labels: torch.Tensor, cfg: AugmentationCo
 
 def online_batch(batch: torch.Tensor, cfg: AugmentationConfig, gen: torch.Generator) -> torch.Tensor:
     """A random composition of the five operations: each applied to a random subset of the
-    float [0, 1] batch with probability ``online_probability``, in a fixed order."""
+    float [0, 1] batch with probability ``online_probability``, in a fixed order.
+
+    Every random number is drawn on the host first, in the order of a per-subset loop
+    (each operation's mask, then its parameters for the chosen images), and reaches the
+    device in one copy. Each operation then runs on the whole batch and ``torch.where``
+    keeps its result for the chosen images: no boolean indexing (a ``nonzero``, a host
+    sync) and no data-dependent shapes.
+    """
     ops = operations(cfg)
+    n = batch.shape[0]
+    chosen, params = _draw_online(ops, n, cfg.online_probability, gen)
+    if not chosen.any():  # a host tensor: no device sync
+        return batch
+    on_device = _to_device(torch.cat([chosen.float(), params]), batch.device)
+    masks, device_params = on_device[:len(OPERATIONS)] > 0.5, on_device[len(OPERATIONS):]
     out = batch
-    for name in OPERATIONS:
-        chosen = torch.rand(out.shape[0], generator=gen) < cfg.online_probability  # drawn on the host: no sync
-        if chosen.any():
-            chosen = chosen.to(out.device)
-            out = out.clone()
-            out[chosen] = ops[name](out[chosen], gen)
+    for i, name in enumerate(OPERATIONS):
+        if chosen[i].any():
+            p = device_params[PARAMETRIC.index(name)] if name in PARAMETRIC else None
+            out = torch.where(masks[i].view(n, 1, 1, 1), ops[name].apply(out, p), out)
     return out
+
+
+# Operations with per-image parameters, in the row order of ``_draw_online``'s parameters.
+PARAMETRIC = ("rotation",)
+
+
+def _draw_online(ops: dict[str, Operation], n: int, probability: float,
+                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Host-side draws for one online batch: a (5, n) bool mask and a (len(PARAMETRIC), n)
+    float table of parameters (zero where an image is not chosen)."""
+    chosen = torch.zeros(len(OPERATIONS), n, dtype=torch.bool)
+    params = torch.zeros(len(PARAMETRIC), n)
+    for i, name in enumerate(OPERATIONS):
+        chosen[i] = torch.rand(n, generator=gen) < probability
+        k = int(chosen[i].sum())
+        drawn = ops[name].draw(k, gen) if k else None
+        if drawn is not None:
+            params[PARAMETRIC.index(name), chosen[i]] = drawn.float()
+    return chosen, params
+
+
+def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> device without blocking the host: from pinned memory on CUDA."""
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
 
 
 def examples_figure(images: torch.Tensor, cfg: AugmentationConfig, seed: int, path, n: int = 3) -> None:

@@ -69,6 +69,7 @@ class TrainConfig:
     deterministic: bool = True
     init_weights: dict[str, str] = field(default_factory=dict)
     checkpoint_every: int = 10
+    checkpoint_interval_s: int = 300
 
 
 @dataclass(frozen=True)
@@ -359,6 +360,7 @@ BOUNDS: dict[tuple[str, str], Bound] = {
     ("train", "momentum"): Bound(0, 1, high_open=True),
     ("train", "seed"): Bound(0, 2**32 - 1),  # scikit-learn's random_state range
     ("train", "checkpoint_every"): Bound(0),
+    ("train", "checkpoint_interval_s"): Bound(0),
     ("evaluate", "confidence_level"): Bound(0.5, 1, low_open=True, high_open=True),
     ("storage", "max_attempts"): Bound(1),
     ("storage", "connect_timeout"): Bound(0, low_open=True),
@@ -370,6 +372,7 @@ BOUNDS: dict[tuple[str, str], Bound] = {
 BOUND_HINTS = {
     ("train", "batch_size"): " (BatchNorm cannot train on a batch of one)",
     ("train", "checkpoint_every"): " (0: only on SIGTERM and at the end)",
+    ("train", "checkpoint_interval_s"): " (0: no time-based checkpoints)",
     ("storage", "multipart_threshold_mb"): " (S3's part size limits, in MiB)",
 }
 

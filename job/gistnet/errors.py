@@ -12,7 +12,7 @@ EXIT_USAGE = 2  # Click's own code for a bad flag or argument
 EXIT_CONFIG = 3  # malformed YAML, unknown/mistyped key, out-of-range value
 EXIT_DATA = 4  # data set unusable: empty prefix, too few images, duplicates across classes
 EXIT_STORAGE = 5  # bucket missing, credentials refused, endpoint down, output not writable
-EXIT_DEVICE = 6  # --device cuda without a GPU
+EXIT_DEVICE = 6  # --device cuda without a GPU; out of device memory
 EXIT_DIVERGED = 7  # NaN/inf loss during training
 EXIT_INTERRUPTED = 8  # SIGTERM (preemption): checkpoint saved, re-run resumes
 EXIT_CTRL_C = 130  # Ctrl-C (SIGINT), the shell's 128 + 2
@@ -25,7 +25,7 @@ EXIT_CODES = {
     EXIT_CONFIG: "bad configuration",
     EXIT_DATA: "bad input data",
     EXIT_STORAGE: "storage unreachable, refused or not writable",
-    EXIT_DEVICE: "requested device not available",
+    EXIT_DEVICE: "requested device not available, or out of device memory",
     EXIT_DIVERGED: "training diverged (non-finite loss)",
     EXIT_INTERRUPTED: "interrupted by SIGTERM; checkpoint saved, re-run to resume",
     EXIT_CTRL_C: "interrupted by Ctrl-C (SIGINT); re-run to resume from the last checkpoint",
@@ -63,6 +63,12 @@ class StorageError(GistnetError):
 class DeviceError(GistnetError):
     exit_code = EXIT_DEVICE
     kind = "device error"
+
+
+class OutOfDeviceMemory(DeviceError):
+    """The batch does not fit the device: retrying the same Job cannot help."""
+
+    kind = "out of device memory"
 
 
 class DivergedError(GistnetError):

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 # Config sections that change what a run computes; resuming with different ones is refused.
 RESULT_SECTIONS = ("data", "augmentation", "train", "evaluate")
 # Keys in those sections that only change how it runs; they may differ on resume.
-OPERATIONAL_KEYS = {("data", "download_threads"), ("train", "device"), ("train", "checkpoint_every")}
+OPERATIONAL_KEYS = {("data", "download_threads"), ("train", "device"), ("train", "checkpoint_every"),
+                    ("train", "checkpoint_interval_s")}
 
 
 @dataclass
@@ -118,17 +119,13 @@ def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics,
     _prepare_output(out, config)
     log.info("run %s: data %s -> outputs %s (device %s)", run_id, redact(data_store.uri), out.uri, device)
 
-    loaded = dataset.load_images(data_store, config.data, device,
-                                 on_stage=lambda name, seconds, n: metrics.stage(name, seconds))
-    metrics.skipped.set(len(loaded.skipped))
-    split = _split(out, loaded.images, config)
-    train_set, val_set = loaded.images.subset(split.train), loaded.images.subset(split.val)
+    train_set, val_set, split, skipped = _load_and_split(data_store, out, config, device, metrics)
     names = (config.data.positive_class, config.data.negative_class)
     log.info("split (%s): train %s, validation %s, %d skipped", split.method, train_set.counts(names),
-             val_set.counts(names), len(loaded.skipped))
+             val_set.counts(names), len(skipped))
     _stop_if_asked(stop, "after loading the data")
 
-    with _timed(metrics, "augmentation"):
+    with _timed(metrics, "augmentation"), _out_of_memory_guard("augmentation", config):
         data = _augment(train_set, val_set, config, out, scratch, run_id)
     train.check_trainable(len(data.train_images), config.train.batch_size,
                           f"the training set after {config.augmentation.mode!r} augmentation")
@@ -143,11 +140,26 @@ def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics,
             "train": train_set.counts(names), "val": val_set.counts(names),
             "train_augmented": dataset.class_counts(data.train_labels, names),
             "augmentation_mode": config.augmentation.mode, "split_method": split.method,
-            "skipped": loaded.skipped,
+            "skipped": skipped,
         }
         final = _write_report(out, run_id, config, device, dataset_section, models, curves, scratch)
     log.info("report: %s", out.uri_of("report.json"))
     return RunOutcome(run_id, out.uri, final)
+
+
+def _load_and_split(data_store: Store, out: Store, config: Config, device: torch.device,
+                    metrics: RunMetrics) -> tuple[dataset.ImageSet, dataset.ImageSet, dataset.Split, list]:
+    """The training and validation sets on the device. The full set's tensor is not kept:
+    once it is split it would only hold device memory."""
+    loaded = dataset.load_images(data_store, config.data, device,
+                                 on_stage=lambda name, seconds, n: metrics.stage(name, seconds))
+    metrics.skipped.set(len(loaded.skipped))
+    split = _split(out, loaded.images, config)
+    return loaded.images.subset(split.train), loaded.images.subset(split.val), split, loaded.skipped
+
+
+def _out_of_memory_guard(stage: str, config: Config):
+    return train.out_of_memory_is_a_device_error(stage, config.train.batch_size, config.data.image_size)
 
 
 def _prepare_output(out: Store, config: Config) -> None:
@@ -240,40 +252,42 @@ def _train_and_evaluate(name, config: Config, data: train.TrainData, preprocess,
     metrics.model_started(name, config.train.epochs)
     if state.resumed_from_epoch is not None:
         metrics.epoch.labels(model=name).set(state.epoch)
-    _fit_timed(name, state, data, config, preprocess, online, metrics, stop, out, scratch)
-    with _timed(metrics, "upload", name):
-        pointer = checkpoint.save_checkpoint(out, name, state, scratch) if state.resumed_from_epoch != state.epoch \
-            else checkpoint.read_pointer(out, name)
-        weights = checkpoint.save_weights(out, name, state.model, scratch)
-    with _timed(metrics, "evaluate", name):
-        _, probabilities = evaluate.predict(state.model, data.val_images, data.val_labels, config.train.batch_size,
-                                            preprocess)
-        diagnostics = evaluate.diagnostic_report(data.val_labels, probabilities, config.evaluate.ci_method,
-                                                 config.evaluate.confidence_level)
+    with checkpoint.CheckpointWriter(out, name, scratch) as writer:
+        with _out_of_memory_guard(f"{name} training", config):
+            _fit_timed(name, state, data, config, preprocess, online, metrics, stop, writer.save)
+        with _timed(metrics, "upload", name):
+            if state.resumed_from_epoch != state.epoch:
+                writer.save(state)
+            pointer = writer.wait() or checkpoint.read_pointer(out, name)
+            weights = checkpoint.save_weights(out, name, state.model, scratch)
+    with _timed(metrics, "evaluate", name), _out_of_memory_guard(f"{name} evaluation", config):
+        scored = evaluate.predict(state.model, data.val_images, data.val_labels, config.train.batch_size, preprocess)
+        diagnostics = evaluate.diagnostic_report(data.val_labels, scored.probabilities, config.evaluate.ci_method,
+                                                 config.evaluate.confidence_level, scores=scored.margins)
     result = {"history": state.history, **diagnostics, "checkpoint": weights,
               "resumable_checkpoint": {"uri": out.uri_of(pointer["key"]), "sha256": pointer["sha256"],
                                        "bytes": pointer["bytes"], "epoch": pointer["epoch"]},
               "resumed_from_epoch": state.resumed_from_epoch,
-              "roc_curve": evaluate.roc_curve_points(data.val_labels, probabilities)}
+              "roc_curve": evaluate.roc_curve_points(data.val_labels, scored.margins)}
     names = (config.data.positive_class, config.data.negative_class)
     rows = predictions.rows(val_set.keys, val_set.patient_ids, data.val_labels.cpu().numpy(), names, None, name,
-                            probabilities.float().cpu().numpy(),
-                            predictions.scores_from_probabilities(probabilities.float().cpu().numpy()))
+                            scored.probabilities.float().cpu().numpy(), scored.margins.double().cpu().numpy())
     predictions.write(out, rows, f"{name}/{predictions.FILENAME}")
     out.write_bytes(f"{name}/result.json", json.dumps(result).encode())
     return result
 
 
 def _fit_timed(name: str, state: train.TrainState, data: train.TrainData, config: Config, preprocess, online,
-               metrics: RunMetrics, stop: train.StopFlag, out: Store, scratch: str) -> None:
-    """Train, timing checkpoint writes as the ``checkpoint`` stage and the rest as ``train``."""
+               metrics: RunMetrics, stop: train.StopFlag, save_checkpoint) -> None:
+    """Train, timing checkpoint saves as the ``checkpoint`` stage (what training waits for:
+    serializing, and an upload still in flight) and the rest as ``train``."""
     checkpoint_seconds = 0.0
 
     def save(s: train.TrainState) -> None:
         nonlocal checkpoint_seconds
         start = time.perf_counter()
         with _timed(metrics, "checkpoint", name):
-            checkpoint.save_checkpoint(out, name, s, scratch)
+            save_checkpoint(s)
         checkpoint_seconds += time.perf_counter() - start
 
     start = time.perf_counter()

@@ -24,7 +24,7 @@ import torchvision
 
 from gistnet import augmentation, evaluate
 from gistnet.config import AugmentationConfig, TrainConfig
-from gistnet.errors import ConfigError, DataError, DeviceError, DivergedError, Interrupted
+from gistnet.errors import ConfigError, DataError, DeviceError, DivergedError, Interrupted, OutOfDeviceMemory
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +50,36 @@ def set_determinism(deterministic: bool, device: torch.device) -> None:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """uint8 images on the device -> normalized float input, like torchvision's presets."""
+    """uint8 [0, 255] or float [0, 1] images on the device -> normalized float input, like
+    torchvision's presets, as one multiply-add: ``x * scale + bias``.
+
+    The constants are built once per device and kept there: building them per call would
+    be a blocking host-to-device copy on every step.
+    """
 
     device: torch.device
+    _constants: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._on(torch.device(self.device))
+
+    def _on(self, device: torch.device) -> dict[str, torch.Tensor]:
+        constants = self._constants.get(device)
+        if constants is None:
+            mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+            std = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1)
+            constants = {"scale": (1 / std).float().to(device), "scale_uint8": (1 / (255 * std)).float().to(device),
+                         "bias": (-mean / std).float().to(device)}
+            self._constants[device] = self._constants[constants["bias"].device] = constants  # "cuda" and "cuda:0"
+        return constants
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images
-        return self.normalize(x)
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        x = (x - mean) / std
-        if self.device.type == "cuda":
+        c = self._on(images.device)
+        if images.dtype == torch.uint8:
+            x = torch.addcmul(c["bias"], images.float(), c["scale_uint8"])
+        else:
+            x = torch.addcmul(c["bias"], images, c["scale"])
+        if images.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -182,6 +199,10 @@ class TrainState:
     # What the run was computed on (the split, the augmented set's seed): checked on resume.
     provenance: dict = field(default_factory=dict)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(),
@@ -189,7 +210,7 @@ class TrainState:
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "cuda_rng": cuda_rng_state(self.device),
             "epoch": self.epoch,
             "history": self.history,
             "provenance": self.provenance,
@@ -204,11 +225,31 @@ class TrainState:
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        restore_cuda_rng_state(state.get("cuda_rng"), self.device)
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
         self.resumed_from_epoch = self.epoch
+
+
+def cuda_rng_state(device: torch.device) -> torch.Tensor | None:
+    """The training GPU's RNG state; None off CUDA (CUDA is never initialised for a CPU run)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_rng_state(device)
+
+
+def restore_cuda_rng_state(saved, device: torch.device) -> None:
+    """Restore the training GPU's RNG state. Older checkpoints hold a list, one state per
+    visible GPU: the training device's entry is used (the first if it has no entry), so a
+    run resumes on a node with fewer GPUs. Off CUDA, nothing is touched."""
+    if device.type != "cuda" or saved is None:
+        return
+    if isinstance(saved, (list, tuple)):
+        if not saved:
+            return
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        saved = saved[index] if index < len(saved) else saved[0]
+    torch.cuda.set_rng_state(saved, device)
 
 
 def new_state(name: str, cfg: TrainConfig, device: torch.device, init_weights: str | None) -> TrainState:
@@ -278,11 +319,13 @@ def _synchronize(device: torch.device) -> None:
 
 def fit(name: str, state: TrainState, data: TrainData, cfg: TrainConfig, preprocess: Preprocess,
         aug_cfg: AugmentationConfig | None, observer: Observer, stop: StopFlag,
-        save_checkpoint: Callable[[TrainState], None]) -> TrainState:
+        save_checkpoint: Callable[[TrainState], None], clock: Callable[[], float] = time.monotonic) -> TrainState:
     """Train until ``cfg.epochs``, validating every epoch; checkpoint every
-    ``cfg.checkpoint_every`` epochs and on SIGTERM (then raise ``Interrupted``)."""
+    ``cfg.checkpoint_every`` epochs, after ``cfg.checkpoint_interval_s`` seconds since the
+    last one (checked between epochs), and on SIGTERM (then raise ``Interrupted``)."""
     device = data.train_images.device
     check_trainable(len(data.train_images), cfg.batch_size)
+    last_saved = clock()
     while state.epoch < cfg.epochs:
         started = time.perf_counter()
         loss_sum, correct, seen = train_one_epoch(state, data, cfg.batch_size, preprocess, aug_cfg,
@@ -290,13 +333,14 @@ def fit(name: str, state: TrainState, data: TrainData, cfg: TrainConfig, preproc
         _synchronize(device)
         train_seconds = time.perf_counter() - started
         state.scheduler.step()
-        with _autocast(device):
-            val_loss_sum, probabilities = evaluate.predict(state.model, data.val_images, data.val_labels,
-                                                           cfg.batch_size, preprocess)
-        val_correct = ((probabilities >= 0.5).long() == data.val_labels).sum()
+        # fp32, exactly like the final evaluation, so the last epoch's val_accuracy is the
+        # report's: bf16 rounds the logits to 8 bits of mantissa, which moves images near the
+        # threshold and ties scores; the validation set is small, fp32 costs next to nothing.
+        val = evaluate.predict(state.model, data.val_images, data.val_labels, cfg.batch_size, preprocess)
+        val_correct = ((val.probabilities >= 0.5).long() == data.val_labels).sum()
         # One host sync per epoch, for all the numbers at once.
         train_loss, train_correct, val_loss, val_ok = torch.stack(
-            [loss_sum, correct.float(), val_loss_sum, val_correct.float()]).tolist()
+            [loss_sum, correct.float(), val.loss_sum, val_correct.float()]).tolist()
         state.epoch += 1
         train_loss /= seen  # seen >= one batch: check_trainable guarantees it
         if not math.isfinite(train_loss) or not math.isfinite(val_loss):
@@ -315,9 +359,30 @@ def fit(name: str, state: TrainState, data: TrainData, cfg: TrainConfig, preproc
             save_checkpoint(state)
             raise Interrupted(f"{name}: stopped by {stop.signal_name} after epoch {state.epoch}/{cfg.epochs}; "
                               "checkpoint saved")
-        if cfg.checkpoint_every and state.epoch % cfg.checkpoint_every == 0 and state.epoch < cfg.epochs:
+        if state.epoch < cfg.epochs and checkpoint_due(cfg, state.epoch, clock() - last_saved):
             save_checkpoint(state)
+            last_saved = clock()
     return state
+
+
+def checkpoint_due(cfg: TrainConfig, epoch: int, seconds_since_last: float) -> bool:
+    """Every ``checkpoint_every`` epochs, or once ``checkpoint_interval_s`` has passed."""
+    by_epoch = cfg.checkpoint_every > 0 and epoch % cfg.checkpoint_every == 0
+    by_time = cfg.checkpoint_interval_s > 0 and seconds_since_last >= cfg.checkpoint_interval_s
+    return by_epoch or by_time
+
+
+@contextlib.contextmanager
+def out_of_memory_is_a_device_error(stage: str, batch_size: int, image_size: int):
+    """``torch.OutOfMemoryError`` -> exit 6 with the keys to lower: a retry of the same Job
+    would download and expand the data again only to hit the same wall."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "torch.OutOfMemoryError"
+        raise OutOfDeviceMemory(f"{stage}: out of device memory with train.batch_size={batch_size} and "
+                                f"data.image_size={image_size}; lower train.batch_size or data.image_size, "
+                                f"or use a device with more memory ({first})") from None
 
 
 def threads_hint() -> int:
