@@ -195,3 +195,38 @@ def system_tool(name: str, package: str) -> str:
     if os.environ.get("CI"):
         raise RuntimeError(f"{name} is not installed (Debian package {package}; make test installs it)")
     pytest.skip(f"{name} not installed (Debian package {package}: make system-deps)")
+
+
+def host_device_copies(fn, *args, **kwargs):
+    """Run ``fn`` and return its copies between the host and another device, as
+    ``(source, target, file)`` with ``file`` the innermost non-torch frame that asked for it.
+
+    Run it on the ``meta`` device, the CPU stand-in for a GPU: there any data-dependent
+    operation (``nonzero``, ``.item()``, a boolean index: what would make the host wait for
+    the GPU) raises, and every host -> device copy is one a GPU step would make.
+    """
+    import traceback
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    copies = []
+    torch_dir = str(Path(torch.__file__).parent)
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten._to_copy.default:
+                source, target = args[0].device.type, out.device.type
+            elif func is torch.ops.aten.copy_.default:
+                source, target = args[1].device.type, args[0].device.type
+            else:
+                return out
+            if source != target:
+                frames = [f for f in traceback.extract_stack()[:-1] if not f.filename.startswith(torch_dir)]
+                copies.append((source, target, frames[-1].filename if frames else ""))
+            return out
+
+    with Recorder():
+        fn(*args, **kwargs)
+    return copies

@@ -1,3 +1,6 @@
+from pathlib import Path
+
+import pytest
 import torch
 
 from gistnet import augmentation
@@ -47,3 +50,68 @@ def test_examples_figure(tmp_path):
     path = tmp_path / "fig.png"
     augmentation.examples_figure(batch(3, 48), AugmentationConfig(), seed=0, path=path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------ online mode: same output, no host sync
+
+def reference_online_batch(batch, cfg, gen):
+    """online_batch as it was before it avoided host syncs (boolean indexing, a clone per
+    operation): the new one must give the same images from the same generator."""
+    from kornia import enhance
+    from kornia.geometry import transform
+
+    def rotation(x):
+        return transform.rotate(x, ((torch.rand(x.shape[0], generator=gen) * 2 - 1) * cfg.rotation_degrees).to(x.device))
+
+    ops = {"rotation": rotation,
+           "flip": lambda x: transform.hflip(x) if cfg.flip == "horizontal" else transform.vflip(x),
+           "clahe": lambda x: enhance.equalize_clahe(x, clip_limit=cfg.clahe_clip_limit,
+                                                     grid_size=(cfg.clahe_grid, cfg.clahe_grid)),
+           "log_contrast": lambda x: enhance.adjust_log(x, gain=cfg.log_gain),
+           "sigmoid_contrast": lambda x: enhance.adjust_sigmoid(x, cutoff=cfg.sigmoid_cutoff, gain=cfg.sigmoid_gain)}
+    out = batch
+    for name in ("rotation", "flip", "clahe", "log_contrast", "sigmoid_contrast"):
+        chosen = torch.rand(out.shape[0], generator=gen) < cfg.online_probability
+        if chosen.any():
+            chosen = chosen.to(out.device)
+            out = out.clone()
+            out[chosen] = ops[name](out[chosen])
+    return out
+
+
+@pytest.mark.parametrize("probability, flip", [(0.4, "horizontal"), (1.0, "vertical")])
+def test_online_batch_equals_the_boolean_index_reference(probability, flip):
+    cfg = AugmentationConfig(online_probability=probability, flip=flip, rotation_degrees=25.0, clahe_grid=4)
+    x = augmentation.to_float(batch(8))
+    for seed in range(2):
+        new_gen, old_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        for _ in range(2):  # consecutive batches: the generator must advance the same way
+            assert torch.equal(augmentation.online_batch(x, cfg, new_gen), reference_online_batch(x, cfg, old_gen))
+        assert torch.equal(new_gen.get_state(), old_gen.get_state())
+
+
+def test_online_batch_makes_one_host_copy_and_no_data_dependent_device_op():
+    """On the meta device (no data) a boolean index or .item() would raise; the random draws
+    reach the device in one copy, whatever the number of operations applied."""
+    from tests.conftest import host_device_copies
+
+    x = torch.rand(8, 3, 32, 32, device="meta")
+    copies = host_device_copies(augmentation.online_batch, x, AugmentationConfig(online_probability=1.0),
+                                torch.Generator().manual_seed(0))
+    ours = [c for c in copies if "gistnet" in Path(c[2]).parts]
+    assert ours == [("cpu", "meta", augmentation.__file__)]
+    assert not [c for c in copies if c[1] == "cpu"]  # nothing comes back to the host
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_online_batch_does_not_sync_on_cuda():
+    cfg = AugmentationConfig(online_probability=0.5)
+    x = augmentation.to_float(batch(16)).cuda()
+    gen = torch.Generator().manual_seed(0)
+    augmentation.online_batch(x, cfg, gen)  # warm-up: kernels, pinned memory pool
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        augmentation.online_batch(x, cfg, gen)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -172,3 +172,148 @@ def test_non_finite_loss_is_reported():
     with pytest.raises(DivergedError, match="resnet34: non-finite loss at epoch"):
         train.fit("resnet34", state, tiny_data(), cfg, train.Preprocess(torch.device("cpu")), None,
                   train.NullObserver(), train.StopFlag(), lambda s: None)
+
+
+# ------------------------------------------------------------------ normalisation: no per-step host work
+
+def test_preprocess_matches_torchvision_normalize():
+    from torchvision.transforms.v2 import functional as F
+
+    images = tiny_data().train_images[:4]
+    expected = F.normalize(images.float() / 255.0, list(train.IMAGENET_MEAN), list(train.IMAGENET_STD))
+    preprocess = train.Preprocess(torch.device("cpu"))
+    torch.testing.assert_close(preprocess(images), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(preprocess(images.float() / 255.0), expected, rtol=0, atol=1e-5)
+
+
+def test_normalisation_constants_are_built_once(monkeypatch):
+    preprocess = train.Preprocess(torch.device("cpu"))
+    built = []
+    for name in ("tensor", "as_tensor"):
+        original = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda *a, _original=original, **k: built.append(a) or _original(*a, **k))
+    images = tiny_data().train_images[:4]
+    for _ in range(3):
+        preprocess(images)
+        preprocess(images.float() / 255.0)
+    assert built == []
+
+
+def test_preprocess_makes_no_host_to_device_copy():
+    """The meta device stands in for a GPU: after construction, no call copies from the host."""
+    from tests.conftest import host_device_copies
+
+    preprocess = train.Preprocess(torch.device("meta"))
+    images = torch.empty(4, 3, 32, 32, dtype=torch.uint8, device="meta")
+    assert host_device_copies(lambda: (preprocess(images), preprocess(images.float()))) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_step_inputs_make_no_host_sync_on_cuda():
+    device = torch.device("cuda")
+    preprocess = train.Preprocess(device)
+    images = tiny_data().train_images.to(device)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        preprocess(images)
+        preprocess(images.float() / 255.0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+# ------------------------------------------------------------------ checkpoint timing
+
+class EpochClock(train.NullObserver):
+    """A fake clock: each epoch takes ``seconds``."""
+
+    def __init__(self, seconds):
+        self.now, self.seconds = 0.0, seconds
+
+    def __call__(self):
+        return self.now
+
+    def on_epoch(self, model_name, record, total_epochs):
+        self.now += self.seconds
+
+
+@pytest.mark.parametrize("every, interval, saved", [(0, 10, [3, 6]), (5, 10, [3, 5]), (0, 0, []),
+                                                    (4, 0, [4])])
+def test_checkpoints_by_epoch_and_by_time(every, interval, saved, monkeypatch):
+    """4 s per epoch, 7 epochs: a 10 s interval saves after epochs 3 and 6 (not after the
+    last: the pipeline saves that one); epoch and time triggers combine."""
+    monkeypatch.setattr(train, "train_one_epoch", lambda *a: (torch.zeros(()), torch.zeros((), dtype=torch.long), 2))
+    cfg = TrainConfig(epochs=7, batch_size=8, checkpoint_every=every, checkpoint_interval_s=interval)
+    state = train.new_state("resnet34", cfg, torch.device("cpu"), None)
+    data = tiny_data(n=4)
+    data = train.TrainData(data.train_images, data.train_labels, data.val_images[:2], data.val_labels[:2])
+    clock, epochs = EpochClock(4.0), []
+    train.fit("resnet34", state, data, cfg, train.Preprocess(torch.device("cpu")), None, clock, train.StopFlag(),
+              lambda s: epochs.append(s.epoch), clock=clock)
+    assert epochs == saved
+
+
+# ------------------------------------------------------------------ CUDA RNG: the training device only
+
+OLD_CHECKPOINT_CUDA_RNG = [torch.full((16,), 1, dtype=torch.uint8), torch.full((16,), 2, dtype=torch.uint8)]
+
+
+def test_cpu_training_never_touches_cuda(monkeypatch):
+    """--device cpu: no CUDA call saving or restoring a state, even an old one with two GPU states."""
+    def no_cuda(*args, **kwargs):
+        raise AssertionError("CUDA touched by a CPU run")
+
+    for name in ("get_rng_state", "get_rng_state_all", "set_rng_state", "set_rng_state_all", "is_available",
+                 "device_count", "current_device"):
+        monkeypatch.setattr(torch.cuda, name, no_cuda)
+    cfg = TrainConfig(epochs=1, batch_size=8, checkpoint_every=0)
+    state = train.new_state("resnet34", cfg, torch.device("cpu"), None)
+    saved = state.state_dict()
+    assert saved["cuda_rng"] is None
+    saved["cuda_rng"] = OLD_CHECKPOINT_CUDA_RNG
+    train.new_state("resnet34", cfg, torch.device("cpu"), None).load_state_dict(saved)
+    assert not torch.cuda.is_initialized()
+
+
+def test_two_gpu_rng_states_resume_on_one(monkeypatch):
+    """An old checkpoint holds one state per visible GPU; a node with one GPU restores its own."""
+    restored = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append((int(s[0]), device)))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    for device, expected in ((torch.device("cuda"), 1), (torch.device("cuda", 1), 2), (torch.device("cuda", 5), 1)):
+        train.restore_cuda_rng_state(OLD_CHECKPOINT_CUDA_RNG, device)
+        assert restored.pop() == (expected, device)
+    train.restore_cuda_rng_state(OLD_CHECKPOINT_CUDA_RNG[1], torch.device("cuda", 0))  # the new format: one state
+    assert restored.pop() == (2, torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.full((16,), 7, dtype=torch.uint8))
+    assert int(train.cuda_rng_state(torch.device("cuda", 0))[0]) == 7
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_old_checkpoint_resumes_on_the_gpu():
+    cfg = TrainConfig(epochs=1, batch_size=8, checkpoint_every=0)
+    device = torch.device("cuda")
+    state = train.new_state("resnet34", cfg, device, None)
+    saved = state.state_dict()
+    assert isinstance(saved["cuda_rng"], torch.Tensor)
+    saved["cuda_rng"] = [saved["cuda_rng"], saved["cuda_rng"].clone(), saved["cuda_rng"].clone()]
+    train.new_state("resnet34", cfg, device, None).load_state_dict(saved)
+    assert torch.equal(torch.cuda.get_rng_state(device), saved["cuda_rng"][0])
+
+
+# ------------------------------------------------------------------ validation in fp32, like the report
+
+def test_validation_is_fp32_even_when_training_is_bf16(monkeypatch):
+    """Training steps under bf16 autocast (the CUDA setting, simulated on CPU): the history's
+    validation numbers still equal a separate fp32 evaluation, like the report's."""
+    from gistnet import evaluate
+
+    monkeypatch.setattr(train, "_autocast", lambda device: torch.autocast("cpu", dtype=torch.bfloat16))
+    cfg = TrainConfig(epochs=1, batch_size=8, checkpoint_every=0)
+    state = train.new_state("resnet34", cfg, torch.device("cpu"), None)
+    data, preprocess = tiny_data(n=8), train.Preprocess(torch.device("cpu"))
+    train.fit("resnet34", state, data, cfg, preprocess, None, train.NullObserver(), train.StopFlag(), lambda s: None)
+    final = evaluate.predict(state.model, data.val_images, data.val_labels, cfg.batch_size, preprocess)
+    last = state.history[-1]
+    assert last["val_loss"] == float(final.loss_sum) / len(data.val_labels)
+    assert last["val_accuracy"] == float(((final.probabilities >= 0.5).long() == data.val_labels).float().mean())
