@@ -89,3 +89,95 @@ def test_same_weights_give_the_same_sha256(tmp_path):
     digests = {checkpoint.save_weights(LocalStore(tmp_path / f"r{i}"), "resnet34", s.model, str(tmp_path))["sha256"]
                for i in range(6)}
     assert len(digests) == 1
+
+
+# ------------------------------------------------------------------ time-based checkpoints, uploads off the training thread
+
+def tiny_train_data():
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(4, 3, 32, 32, generator=g) * 255).to(torch.uint8)
+    labels = torch.arange(4) % 2
+    return train.TrainData(images, labels, images[:2], labels[:2])
+
+
+class CrashAfter(train.NullObserver):
+    """A fake clock where each epoch takes 4 s; the process 'dies' after epoch ``crash``."""
+
+    def __init__(self, crash=None):
+        self.now, self.crash = 0.0, crash
+
+    def __call__(self):
+        return self.now
+
+    def on_epoch(self, model_name, record, total_epochs):
+        self.now += 4.0
+        if record["epoch"] == self.crash:
+            raise KeyboardInterrupt  # stands in for kill -9: no checkpoint on the way out
+
+
+def test_time_based_checkpoint_is_written_and_resumable(tmp_path):
+    """checkpoint_interval_s alone (no epoch interval) writes a checkpoint, and a run killed
+    after it resumes from it."""
+    cfg = TrainConfig(epochs=3, batch_size=4, checkpoint_every=0, checkpoint_interval_s=3)
+    cpu, data, store = torch.device("cpu"), tiny_train_data(), LocalStore(tmp_path / "run")
+
+    def run(observer):
+        s = state(0)
+        with checkpoint.CheckpointWriter(store, "resnet34", str(tmp_path)) as writer:
+            checkpoint.load_latest(store, "resnet34", s, str(tmp_path))
+            train.fit("resnet34", s, data, cfg, train.Preprocess(cpu), None, observer, train.StopFlag(), writer.save,
+                      clock=observer)
+        return s
+
+    with pytest.raises(KeyboardInterrupt):
+        run(CrashAfter(crash=2))
+    assert checkpoint.read_pointer(store, "resnet34")["epoch"] == 1  # 4 s >= 3 s after epoch 1
+    resumed = run(CrashAfter())
+    assert resumed.resumed_from_epoch == 1 and [h["epoch"] for h in resumed.history] == [1, 2, 3]
+
+
+def s3_store(bucket):
+    from gistnet.config import StorageConfig
+    from gistnet.storage import open_store
+
+    return open_store(f"s3://{bucket}/run", StorageConfig(max_attempts=2))
+
+
+def test_remote_checkpoints_upload_in_the_background(bucket, s3_env, tmp_path):
+    import threading
+
+    store = s3_store(bucket)
+    upload_threads = []
+    upload = store.upload_file
+
+    def recording_upload(*args, **kwargs):
+        upload_threads.append(threading.current_thread())
+        return upload(*args, **kwargs)
+
+    store.upload_file = recording_upload
+    with checkpoint.CheckpointWriter(store, "resnet34", str(tmp_path)) as writer:
+        assert writer.background
+        writer.save(state(1))
+        writer.save(state(2))  # waits for the first upload, then starts its own
+        pointer = writer.wait()
+    assert pointer["epoch"] == 2 and checkpoint.read_pointer(store, "resnet34") == pointer
+    assert sorted(k for k in store.list() if k.endswith(".pt")) == ["resnet34/checkpoint-epoch0002.pt"]
+    assert len(upload_threads) == 2 and threading.main_thread() not in upload_threads
+    fresh = state(0)
+    assert checkpoint.load_latest(store, "resnet34", fresh, str(tmp_path)) and fresh.epoch == 2
+
+
+def test_a_failed_background_upload_is_a_storage_error_on_the_training_thread(s3_env, tmp_path):
+    store = s3_store("gistnet-no-such-bucket")
+    writer = checkpoint.CheckpointWriter(store, "resnet34", str(tmp_path))
+    writer.save(state(1))  # returns: the upload runs in the background
+    with pytest.raises(StorageError, match="gistnet-no-such-bucket"):
+        writer.wait()
+    writer.save(state(2))
+    with pytest.raises(StorageError, match="gistnet-no-such-bucket"):
+        writer.save(state(3))  # the next save reports the pending upload's failure
+    from gistnet.errors import Interrupted
+
+    with pytest.raises(StorageError), writer:  # a SIGTERM exit waits for the upload: its failure is the outcome
+        writer.save(state(4))
+        raise Interrupted("stopped by SIGTERM")
