@@ -122,7 +122,10 @@ def test_time_based_checkpoint_is_written_and_resumable(tmp_path):
     cpu, data, store = torch.device("cpu"), tiny_train_data(), LocalStore(tmp_path / "run")
 
     def run(observer):
-        s = state(0)
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 2))  # fast; any model will do
+        s = train.TrainState(model, *train.make_optimizer(model, cfg), torch.Generator().manual_seed(0),
+                             provenance={"split": "tiny"})
         with checkpoint.CheckpointWriter(store, "resnet34", str(tmp_path)) as writer:
             checkpoint.load_latest(store, "resnet34", s, str(tmp_path))
             train.fit("resnet34", s, data, cfg, train.Preprocess(cpu), None, observer, train.StopFlag(), writer.save,

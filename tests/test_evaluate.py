@@ -25,3 +25,32 @@ def test_predict_returns_loss_and_probabilities():
     loss, probs, _ = evaluate.predict(model, images, torch.tensor([0, 1, 0, 1, 0]), 2, lambda x: x.float())
     assert probs.shape == (5,) and torch.all((probs >= 0) & (probs <= 1))
     assert loss.ndim == 0 and float(loss) > 0
+
+
+def test_predict_returns_probabilities_and_logit_margins():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    images = torch.rand(5, 3, 2, 2)
+    out = evaluate.predict(model, images, torch.tensor([0, 1, 0, 1, 0]), 2, lambda x: x)
+    logits = model(images).detach()
+    torch.testing.assert_close(out.margins, logits[:, 1] - logits[:, 0])
+    torch.testing.assert_close(out.probabilities, logits.softmax(1)[:, 1])
+
+
+def test_a_saturated_model_gives_no_ties_in_the_scores():
+    """A confident model: every P(GIST) of the positives and one negative is exactly 1.0, so
+    ranking on the probability ties them (AUC 0.9); their margins keep the order (AUC 1.0)."""
+    margins_wanted = torch.tensor([60.0, 50.0, 40.0, 30.0, -5.0])  # positives first
+    labels = torch.tensor([1, 1, 1, 0, 0])
+    model = torch.nn.Linear(1, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0], [1.0]]))
+        model.bias.zero_()
+    out = evaluate.predict(model, margins_wanted.view(5, 1), labels, 5, lambda x: x)
+    assert torch.equal(out.probabilities[:4], torch.ones(4))  # saturated: tied
+    assert len(set(out.margins.tolist())) == 5
+    by_probability = evaluate.diagnostic_report(labels, out.probabilities, "wilson", 0.95)
+    by_margin = evaluate.diagnostic_report(labels, out.probabilities, "wilson", 0.95, scores=out.margins)
+    assert by_probability["roc_auc"]["value"] < 1.0 == by_margin["roc_auc"]["value"]
+    assert by_margin["confusion_matrix"] == by_probability["confusion_matrix"]  # the threshold is on P
+    curve = evaluate.roc_curve_points(labels, out.margins)
+    assert (0.0, 1.0) in zip(curve["fpr"], curve["tpr"])  # all positives before any negative

@@ -28,6 +28,14 @@ def tiny_data(n=16, size=32):
     return train.TrainData(images, labels, images[:8], labels[:8])
 
 
+def small_state(cfg):
+    """A TrainState around a small convnet: fit's bookkeeping at a fraction of a ResNet's cost."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(8, 2))
+    return train.TrainState(model, *train.make_optimizer(model, cfg), torch.Generator().manual_seed(0))
+
+
 def test_cuda_without_gpu_is_a_device_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeviceError, match="no CUDA GPU"):
@@ -244,7 +252,7 @@ def test_checkpoints_by_epoch_and_by_time(every, interval, saved, monkeypatch):
     last: the pipeline saves that one); epoch and time triggers combine."""
     monkeypatch.setattr(train, "train_one_epoch", lambda *a: (torch.zeros(()), torch.zeros((), dtype=torch.long), 2))
     cfg = TrainConfig(epochs=7, batch_size=8, checkpoint_every=every, checkpoint_interval_s=interval)
-    state = train.new_state("resnet34", cfg, torch.device("cpu"), None)
+    state = small_state(cfg)
     data = tiny_data(n=4)
     data = train.TrainData(data.train_images, data.train_labels, data.val_images[:2], data.val_labels[:2])
     clock, epochs = EpochClock(4.0), []
@@ -310,7 +318,7 @@ def test_validation_is_fp32_even_when_training_is_bf16(monkeypatch):
 
     monkeypatch.setattr(train, "_autocast", lambda device: torch.autocast("cpu", dtype=torch.bfloat16))
     cfg = TrainConfig(epochs=1, batch_size=8, checkpoint_every=0)
-    state = train.new_state("resnet34", cfg, torch.device("cpu"), None)
+    state = small_state(cfg)
     data, preprocess = tiny_data(n=8), train.Preprocess(torch.device("cpu"))
     train.fit("resnet34", state, data, cfg, preprocess, None, train.NullObserver(), train.StopFlag(), lambda s: None)
     final = evaluate.predict(state.model, data.val_images, data.val_labels, cfg.batch_size, preprocess)
