@@ -317,3 +317,55 @@ def test_every_bad_input_row_is_asserted_by_its_test():
                     assert piece in source, f"{case!r}: {path}::{name} does not assert {piece!r}"
         if code != "0":
             assert any(e in source for e in _exit_evidence(int(code))), f"{case!r}: {name} does not check exit {code}"
+
+
+# ------------------------------------------------------------------ out of device memory
+
+OOM_LINE = ("{stage}: out of device memory with train.batch_size=16 and data.image_size=32"
+            "; lower train.batch_size or data.image_size")
+
+
+def _patch_out_of_memory(monkeypatch, stage):
+    import torch
+
+    from gistnet import augmentation, evaluate, train
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
+                                     "of 79.19 GiB of which 1.06 GiB is free.\nmore details")
+
+    if stage == "augmentation":
+        monkeypatch.setattr(augmentation, "expand_paper", oom)
+    elif stage == "resnet34 training":
+        monkeypatch.setattr(train, "train_one_epoch", oom)
+    else:
+        monkeypatch.setattr(train, "fit", lambda name, state, *args, **kwargs: state)
+        monkeypatch.setattr(evaluate, "predict", oom)
+
+
+@pytest.mark.parametrize("stage", ["augmentation", "resnet34 training", "resnet34 evaluation"])
+def test_out_of_device_memory_is_exit_6_naming_the_keys(stage, monkeypatch, tiny_data, tmp_path):
+    """A simulated torch.OutOfMemoryError (in process: a GPU is not needed to raise one) is
+    the device exit code, which the chart's podFailurePolicy fails at once: retrying the
+    same batch size on the same GPU would only hit the same wall."""
+    import logging
+    import types
+
+    from click.testing import CliRunner
+
+    from gistnet import cli as cli_mod
+
+    _patch_out_of_memory(monkeypatch, stage)
+    mode = "paper" if stage == "augmentation" else "none"
+    try:
+        result = CliRunner().invoke(cli_mod.cli, ["train", "--data", str(tiny_data), "--output", str(tmp_path),
+                                                  "--run-id", "oom", "--models", "resnet34", "--epochs", "1",
+                                                  "--image-size", "32", "--batch-size", "16", "--device", "cpu",
+                                                  "--augmentation", mode])
+    finally:
+        logging.getLogger().handlers.clear()  # they wrote to the runner's closed stream
+    done = types.SimpleNamespace(returncode=result.exit_code, stderr=result.stderr)
+    _one_line_error(done, errors.EXIT_DEVICE, "gistnet: out of device memory: " + OOM_LINE.format(stage=stage))
+    assert "Tried to allocate 2.00 GiB" in result.stderr
+    assert not (tmp_path / "oom" / "report.json").exists()
+    assert errors.EXIT_DEVICE in errors.PERMANENT_EXIT_CODES

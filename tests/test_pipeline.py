@@ -77,7 +77,8 @@ def test_resuming_with_a_different_config_is_refused(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match=r"exists with a different configuration \(train\)"):
         pipeline.run(cfg)
     # how it runs may change on resume: device, checkpoint interval, download threads
-    operational = config.replace(cfg, train={"device": "cpu", "checkpoint_every": 3}, data={"download_threads": 2})
+    operational = config.replace(cfg, train={"device": "cpu", "checkpoint_every": 3, "checkpoint_interval_s": 60},
+                                 data={"download_threads": 2})
     LocalStore(tmp_path / "r3").write_bytes("config.yaml", operational.to_yaml().encode())
     assert pipeline.run(cfg).report["status"] == "complete"
 
@@ -130,6 +131,34 @@ def test_a_training_set_smaller_than_one_batch_is_refused_before_training(tiny_d
     with pytest.raises(DataError, match=re.escape(f"the training set after 'none' augmentation {message}")):
         pipeline.run(cfg)
     assert not (tmp_path / "small" / "resnet34").exists() and not (tmp_path / "small" / "report.json").exists()
+
+
+def test_only_the_split_stays_on_the_device_and_the_history_matches_the_report(tiny_data, tmp_path, monkeypatch):
+    import gc
+    import weakref
+
+    from gistnet import dataset, train
+
+    full, alive_when_training = [], []
+    load, fit = dataset.load_images, train.fit
+
+    def load_and_watch(*args, **kwargs):
+        loaded = load(*args, **kwargs)
+        full.append(weakref.ref(loaded.images.images))
+        return loaded
+
+    def fit_after_checking(*args, **kwargs):
+        gc.collect()
+        alive_when_training.append(full[0]() is not None)
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(dataset, "load_images", load_and_watch)
+    monkeypatch.setattr(train, "fit", fit_after_checking)
+    cfg = tiny_config(tiny_data, tmp_path, "r4", **{"train.epochs": 1, "augmentation.mode": "none"})
+    m = pipeline.run(cfg).report["models"]["resnet34"]
+    assert alive_when_training == [False]  # the full set's tensor was freed once split
+    # validation and the final evaluation are computed the same way (fp32): the same numbers
+    assert m["history"][-1]["val_accuracy"] == m["metrics"]["accuracy"]["value"]
 
 
 def test_model_trained_on_synthetic_data_beats_chance(tmp_path):

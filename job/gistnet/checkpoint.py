@@ -79,10 +79,10 @@ class CheckpointWriter:
 
     def save(self, state: TrainState) -> None:
         self.wait()
-        data, epoch = serialize(state), state.epoch
         if not self.background:
-            self.pointer = _publish(self.store, self.model_name, epoch, data, self.scratch)
+            self.pointer = save_checkpoint(self.store, self.model_name, state, self.scratch)
             return
+        data, epoch = serialize(state), state.epoch
 
         def upload() -> None:
             try:
