@@ -63,6 +63,7 @@ def test_config_file_from_env_variable(tmp_path):
     ("- a\n- b\n", "top level must be a mapping"),
     ("evaluate:\n  ci_method: exact\n", "evaluate.ci_method must be one of"),
     ("train:\n  deterministic: maybe\n", "expected true or false"),
+    ("train:\n  checkpoint_interval_s: -1\n", "train.checkpoint_interval_s must be >= 0"),
 ])
 def test_bad_config_names_the_key(tmp_path, text, fragment):
     with pytest.raises(ConfigError, match=re.escape(fragment)):

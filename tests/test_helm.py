@@ -96,6 +96,7 @@ def test_pod_failure_policy_follows_the_exit_code_table():
     fail = next(r for r in rules if r["action"] == "FailJob")
     assert sorted(fail["onExitCodes"]["values"]) == sorted(errors.PERMANENT_EXIT_CODES)
     assert fail["onExitCodes"]["containerName"] == "gistnet"
+    assert errors.OutOfDeviceMemory.exit_code in fail["onExitCodes"]["values"]  # out of GPU memory: no retry
     ignored = [r for r in rules if r["action"] == "Ignore"]
     assert any(c["type"] == "DisruptionTarget" for r in ignored for c in r.get("onPodConditions", []))
     assert any(errors.EXIT_INTERRUPTED in r.get("onExitCodes", {}).get("values", []) for r in ignored)

@@ -51,8 +51,8 @@ activeDeadlineSeconds: {{ .Values.job.activeDeadlineSeconds }}
 ttlSecondsAfterFinished: {{ .Values.job.ttlSecondsAfterFinished }}
 {{- if .Values.job.podFailurePolicy }}
 podFailurePolicy:
-  # Exit codes: README "Exit codes". 2 usage, 3 config, 4 data, 6 device, 7 diverged:
-  # retrying cannot help. 8 is SIGTERM (checkpointed): retry without counting it.
+  # Exit codes: README "Exit codes". 2 usage, 3 config, 4 data, 6 device (no GPU, or out
+  # of GPU memory), 7 diverged: retrying cannot help. 8 is SIGTERM (checkpointed): retry without counting it.
   rules:
     - action: Ignore
       onPodConditions:
