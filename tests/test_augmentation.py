@@ -79,25 +79,28 @@ def reference_online_batch(batch, cfg, gen):
     return out
 
 
+@pytest.mark.parametrize("whole_batch", [True, False], ids=["where", "index"])
 @pytest.mark.parametrize("probability, flip", [(0.4, "horizontal"), (1.0, "vertical")])
-def test_online_batch_equals_the_boolean_index_reference(probability, flip):
+def test_online_batch_equals_the_boolean_index_reference(probability, flip, whole_batch):
     cfg = AugmentationConfig(online_probability=probability, flip=flip, rotation_degrees=25.0, clahe_grid=4)
     x = augmentation.to_float(batch(8))
     for seed in range(2):
         new_gen, old_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
         for _ in range(2):  # consecutive batches: the generator must advance the same way
-            assert torch.equal(augmentation.online_batch(x, cfg, new_gen), reference_online_batch(x, cfg, old_gen))
+            new = augmentation.online_batch(x, cfg, new_gen, whole_batch=whole_batch)
+            assert torch.equal(new, reference_online_batch(x, cfg, old_gen))
         assert torch.equal(new_gen.get_state(), old_gen.get_state())
 
 
-def test_online_batch_makes_one_host_copy_and_no_data_dependent_device_op():
+@pytest.mark.parametrize("whole_batch", [True, False], ids=["where", "index"])
+def test_online_batch_makes_one_host_copy_and_no_data_dependent_device_op(whole_batch):
     """On the meta device (no data) a boolean index or .item() would raise; the random draws
     reach the device in one copy, whatever the number of operations applied."""
     from tests.conftest import host_device_copies
 
     x = torch.rand(8, 3, 32, 32, device="meta")
     copies = host_device_copies(augmentation.online_batch, x, AugmentationConfig(online_probability=1.0),
-                                torch.Generator().manual_seed(0))
+                                torch.Generator().manual_seed(0), whole_batch=whole_batch)
     ours = [c for c in copies if "gistnet" in Path(c[2]).parts]
     assert ours == [("cpu", "meta", augmentation.__file__)]
     assert not [c for c in copies if c[1] == "cpu"]  # nothing comes back to the host

@@ -80,21 +80,32 @@ def expand_paper(images: torch.Tensor, labels: torch.Tensor, cfg: AugmentationCo
     return torch.cat(blocks), labels.repeat(len(OPERATIONS) + 1), names
 
 
-def online_batch(batch: torch.Tensor, cfg: AugmentationConfig, gen: torch.Generator) -> torch.Tensor:
+def online_batch(batch: torch.Tensor, cfg: AugmentationConfig, gen: torch.Generator,
+                 whole_batch: bool | None = None) -> torch.Tensor:
     """A random composition of the five operations: each applied to a random subset of the
     float [0, 1] batch with probability ``online_probability``, in a fixed order.
 
     Every random number is drawn on the host first, in the order of a per-subset loop
     (each operation's mask, then its parameters for the chosen images), and reaches the
-    device in one copy. Each operation then runs on the whole batch and ``torch.where``
-    keeps its result for the chosen images: no boolean indexing (a ``nonzero``, a host
-    sync) and no data-dependent shapes.
+    device in one copy; nothing on the device decides a shape, so the host never waits
+    for it (no boolean index, no ``nonzero``). With ``whole_batch`` (the default on CUDA)
+    each operation runs on the whole batch and ``torch.where`` keeps its result for the
+    chosen images: static shapes, as CUDA graphs want. Otherwise (the default elsewhere)
+    only the chosen images are gathered and written back, by indices computed on the host:
+    half the arithmetic at probability 0.5, which is what counts on a CPU. Both give the
+    same images.
     """
     ops = operations(cfg)
-    n = batch.shape[0]
-    chosen, params = _draw_online(ops, n, cfg.online_probability, gen)
+    chosen, params = _draw_online(ops, batch.shape[0], cfg.online_probability, gen)
     if not chosen.any():  # a host tensor: no device sync
         return batch
+    if batch.device.type == "cuda" if whole_batch is None else whole_batch:
+        return _blend_whole_batch(batch, ops, chosen, params)
+    return _apply_to_chosen(batch, ops, chosen, params)
+
+
+def _blend_whole_batch(batch, ops, chosen, params) -> torch.Tensor:
+    n = batch.shape[0]
     on_device = _to_device(torch.cat([chosen.float(), params]), batch.device)
     masks, device_params = on_device[:len(OPERATIONS)] > 0.5, on_device[len(OPERATIONS):]
     out = batch
@@ -102,6 +113,23 @@ def online_batch(batch: torch.Tensor, cfg: AugmentationConfig, gen: torch.Genera
         if chosen[i].any():
             p = device_params[PARAMETRIC.index(name)] if name in PARAMETRIC else None
             out = torch.where(masks[i].view(n, 1, 1, 1), ops[name].apply(out, p), out)
+    return out
+
+
+def _apply_to_chosen(batch, ops, chosen, params) -> torch.Tensor:
+    counts = chosen.sum(dim=1).tolist()
+    indices = chosen.nonzero()[:, 1]  # on the host; grouped by operation, in order
+    values = torch.cat([params[PARAMETRIC.index(name), chosen[i]] if name in PARAMETRIC else torch.zeros(counts[i])
+                        for i, name in enumerate(OPERATIONS)])
+    on_device = _to_device(torch.stack([indices.float(), values]), batch.device)
+    device_indices, device_values = on_device[0].long(), on_device[1]
+    out, start = batch.clone(), 0
+    for i, name in enumerate(OPERATIONS):
+        if counts[i]:
+            idx = device_indices[start:start + counts[i]]
+            p = device_values[start:start + counts[i]] if name in PARAMETRIC else None
+            out.index_copy_(0, idx, ops[name].apply(out.index_select(0, idx), p))
+            start += counts[i]
     return out
 
 
