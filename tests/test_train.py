@@ -251,7 +251,7 @@ def test_checkpoints_by_epoch_and_by_time(every, interval, saved, monkeypatch):
     """4 s per epoch, 7 epochs: a 10 s interval saves after epochs 3 and 6 (not after the
     last: the pipeline saves that one); epoch and time triggers combine."""
     monkeypatch.setattr(train, "train_one_epoch", lambda *a: (torch.zeros(()), torch.zeros((), dtype=torch.long), 2))
-    cfg = TrainConfig(epochs=7, batch_size=8, checkpoint_every=every, checkpoint_interval_s=interval)
+    cfg = TrainConfig(epochs=7, batch_size=4, checkpoint_every=every, checkpoint_interval_s=interval)
     state = small_state(cfg)
     data = tiny_data(n=4)
     data = train.TrainData(data.train_images, data.train_labels, data.val_images[:2], data.val_labels[:2])
