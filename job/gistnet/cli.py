@@ -24,7 +24,7 @@ def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S",
                         force=True)
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "matplotlib", "PIL"):
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "matplotlib", "PIL", "onnxscript", "onnx_ir", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -216,6 +216,64 @@ def demo_cmd(output, epochs, image_size, models) -> None:
     outcome = _run_training(cfg)
     click.echo(f"demo outputs: {outcome.uri} (report.json, training_curves.png, roc.png, "
                f"augmentation_examples.png, <model>/model.safetensors)", err=True)
+
+
+def _storage_and_metrics(config_file, metrics_port, pushgateway) -> config_mod.Config:
+    """Storage and metrics settings for predict/export (flags > GISTNET_* env > YAML);
+    what a model computes comes from its run's saved config.yaml, never from here."""
+    _warn_unknown_env()
+    flags = {"metrics.port": metrics_port, "metrics.pushgateway": pushgateway}
+    return _resolve(config_file, {k: v for k, v in flags.items() if v is not None})
+
+
+MODEL_CHOICE = click.Choice([*config_mod.MODEL_NAMES, "best"])
+
+
+@cli.command("predict")
+@click.option("--run", "run_uri", required=True, help="The finished run: <output>/<run-id> (folder or s3://).")
+@click.option("--model", default="best", show_default=True, type=MODEL_CHOICE,
+              help="Which of the run's models; best: the report's best_model.")
+@click.option("--data", required=True, help="Images to score: a folder or s3://bucket/prefix (class folders optional).")
+@click.option("--output", required=True, help="Where predictions.csv and predictions.json go.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per forward pass [default: the run's].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threshold", type=click.FloatRange(0, 1), help="Call positive at P >= X [default: the run's, 0.5].")
+@click.option("--engine", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="onnx: <model>/model.onnx (gistnet export) under ONNX Runtime.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (storage, metrics).")
+@click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on this port (0: off).")
+@click.option("--pushgateway", help="Pushgateway URL for the final push.")
+@user_errors
+def predict_cmd(run_uri, model, data, output, batch_size, device, threshold, engine, config_file, metrics_port,
+                pushgateway) -> None:
+    """Score every image under --data with a finished run's model; write predictions.csv/.json."""
+    from gistnet import predict
+
+    cfg = _storage_and_metrics(config_file, metrics_port, pushgateway)
+    request = predict.Request(run=run_uri, data=data, output=output, model=model, batch_size=batch_size,
+                              device=device, threshold=threshold, engine=engine)
+    summary = predict.run(request, cfg)
+    if summary["evaluation"]:
+        click.echo(stats.format_table(summary["evaluation"]["metrics"]), err=True)
+    click.echo(summary["uri"])
+
+
+@cli.command("export")
+@click.option("--run", "run_uri", required=True, help="The finished run: <output>/<run-id> (folder or s3://).")
+@click.option("--model", default="best", show_default=True, type=MODEL_CHOICE)
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (storage).")
+@user_errors
+def export_cmd(run_uri, model, fmt, config_file) -> None:
+    """Export a run's model beside its weights: <model>/model.onnx (dynamic batch) and model.onnx.json."""
+    import tempfile
+
+    from gistnet import export, trained
+
+    cfg = _storage_and_metrics(config_file, None, None)
+    chosen = trained.open_run(run_uri, model, cfg.storage)
+    export.export_onnx(chosen, tempfile.gettempdir())
+    click.echo(chosen.run.uri_of(chosen.key(export.ONNX_FILE)))
 
 
 @cli.command("stats")

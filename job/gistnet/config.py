@@ -220,17 +220,21 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read config file ({exc.strerror or exc})") from None
+    return parse_yaml(text, str(p))
+
+
+def parse_yaml(text: str, source: str) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{p}{where}: malformed YAML ({problem})") from None
+        raise ConfigError(f"{source}{where}: malformed YAML ({problem})") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(loaded).__name__}")
     return loaded
 
 
@@ -291,6 +295,15 @@ def load_config(
         merged.update(_from_yaml(read_yaml(yaml_path), str(yaml_path)))
     merged.update(_from_env(environ))
     merged.update(_from_flags(flags or {}))
+    return _build(merged)
+
+
+def load_saved(text: str, source: str) -> Config:
+    """A run's saved ``config.yaml`` exactly as it was: no environment, no flags."""
+    return _build(_from_yaml(parse_yaml(text, source), source))
+
+
+def _build(merged: dict[tuple[str, str], Any]) -> Config:
     sections: dict[str, dict[str, Any]] = {}
     for (section, key), value in merged.items():
         sections.setdefault(section, {})[key] = value

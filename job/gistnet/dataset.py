@@ -116,15 +116,37 @@ def _read_manifest(store: Store, cfg: DataConfig) -> list[Labeled]:
     return out
 
 
-def list_labeled(store: Store, cfg: DataConfig) -> tuple[list[Labeled], list[dict]]:
-    """Labeled object keys, from the manifest if there is one, else from class folders;
-    and the keys skipped as unsafe (absolute or with '..': never trusted as paths)."""
+def _listed(store: Store) -> tuple[list[str], list[dict]]:
+    """Every object key, and the keys skipped as unsafe (absolute or with '..': never trusted as paths)."""
     keys = store.list()
     if not keys:
         raise DataError(f"no objects found under {store.uri} (empty or wrong prefix)")
     unsafe = [{"uri": f"{store.uri}/{k}", "reason": "unsafe object key (absolute or contains '..')"}
               for k in keys if not is_safe_key(k)]
-    keys = [k for k in keys if is_safe_key(k)]
+    return [k for k in keys if is_safe_key(k)], unsafe
+
+
+def list_labeled(store: Store, cfg: DataConfig) -> tuple[list[Labeled], list[dict]]:
+    """Labeled object keys, from the manifest if there is one, else from class folders;
+    and the keys skipped as unsafe (absolute or with '..': never trusted as paths)."""
+    keys, unsafe = _listed(store)
+    return _labeled(store, keys, unsafe, cfg, require_both_classes=True)
+
+
+def list_for_scoring(store: Store, cfg: DataConfig) -> tuple[list[Labeled], list[dict], bool]:
+    """Objects to score, the unsafe keys, and whether they are labeled. Labeled when there is a
+    manifest or class folders (one class is enough); otherwise every object is scored, with
+    ``label`` -1."""
+    keys, unsafe = _listed(store)
+    names = (cfg.positive_class, cfg.negative_class)
+    if cfg.manifest in keys or any(k.partition("/")[0] in names and "/" in k for k in keys):
+        labeled, unsafe = _labeled(store, keys, unsafe, cfg, require_both_classes=False)
+        return labeled, unsafe, True
+    return [Labeled(k, -1) for k in keys], unsafe, False
+
+
+def _labeled(store: Store, keys: list[str], unsafe: list[dict], cfg: DataConfig,
+             require_both_classes: bool) -> tuple[list[Labeled], list[dict]]:
     if cfg.manifest in keys:
         labeled = _read_manifest(store, cfg)
         unsafe += [{"uri": f"{store.uri}/{lab.key}", "reason": "unsafe path in manifest (absolute or contains '..')"}
@@ -143,8 +165,9 @@ def list_labeled(store: Store, cfg: DataConfig) -> tuple[list[Labeled], list[dic
             raise DataError(f"unknown class folder {folder!r} in {store.uri} "
                             f"(configured classes: {cfg.positive_class}, {cfg.negative_class})")
         labeled.append(Labeled(key, names[folder]))
+    present = [name for name in names if any(lab.key.startswith(f"{name}/") for lab in labeled)]
     for name in names:
-        if not any(lab.key.startswith(f"{name}/") for lab in labeled):
+        if name not in present and (require_both_classes or not present):
             raise DataError(f"class folder {name!r} is missing or empty in {store.uri}")
     return labeled, unsafe
 
@@ -190,8 +213,9 @@ def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
 
 
 def decode_all(raw: dict[str, bytes | Exception], labeled: list[Labeled], size: int, max_pixels: int,
-               threads: int, on_done=None) -> tuple[list[Labeled], list[np.ndarray], list[dict]]:
-    """Decode in parallel; drop undecodable objects and same-class duplicates, fail on cross-class ones."""
+               threads: int, on_done=None, dedupe: bool = True) -> tuple[list[Labeled], list[np.ndarray], list[dict]]:
+    """Decode in parallel; drop undecodable objects and same-class duplicates, fail on cross-class
+    ones. ``dedupe=False`` (scoring) keeps duplicates: every object gets its own prediction."""
 
     def work(item: Labeled):
         value = raw[item.key]
@@ -210,7 +234,7 @@ def decode_all(raw: dict[str, bytes | Exception], labeled: list[Labeled], size: 
             if reason:
                 skipped.append({"key": item.key, "reason": reason})
                 continue
-            if digest in seen:
+            if dedupe and digest in seen:
                 first = seen[digest]
                 if first.label != item.label:
                     raise DataError(f"the same image is labeled both classes: {first.key} and {item.key}")

@@ -15,6 +15,7 @@ EXIT_STORAGE = 5  # bucket missing, credentials refused, endpoint down, output n
 EXIT_DEVICE = 6  # --device cuda without a GPU; out of device memory
 EXIT_DIVERGED = 7  # NaN/inf loss during training
 EXIT_INTERRUPTED = 8  # SIGTERM (preemption): checkpoint saved, re-run resumes
+EXIT_MODEL = 9  # predict/export: no such run or model, run incomplete, weights or ONNX not the reported ones
 EXIT_CTRL_C = 130  # Ctrl-C (SIGINT), the shell's 128 + 2
 
 # The meaning column of README's exit-code table, word for word (a test compares them).
@@ -28,11 +29,12 @@ EXIT_CODES = {
     EXIT_DEVICE: "requested device not available, or out of device memory",
     EXIT_DIVERGED: "training diverged (non-finite loss)",
     EXIT_INTERRUPTED: "interrupted by SIGTERM; checkpoint saved, re-run to resume",
+    EXIT_MODEL: "trained model unusable (missing, incomplete run, sha256 mismatch)",
     EXIT_CTRL_C: "interrupted by Ctrl-C (SIGINT); re-run to resume from the last checkpoint",
 }
 
 # Codes that retrying cannot fix: the chart fails the Job at once on these.
-PERMANENT_EXIT_CODES = (EXIT_USAGE, EXIT_CONFIG, EXIT_DATA, EXIT_DEVICE, EXIT_DIVERGED)
+PERMANENT_EXIT_CODES = (EXIT_USAGE, EXIT_CONFIG, EXIT_DATA, EXIT_DEVICE, EXIT_DIVERGED, EXIT_MODEL)
 
 
 class GistnetError(Exception):
@@ -79,3 +81,11 @@ class DivergedError(GistnetError):
 class Interrupted(GistnetError):
     exit_code = EXIT_INTERRUPTED
     kind = "interrupted"
+
+
+class ModelError(GistnetError):
+    """The trained model asked for cannot be used: no such run or model, the run is not
+    complete, or the weights/ONNX file are not the ones its report names."""
+
+    exit_code = EXIT_MODEL
+    kind = "model error"

@@ -54,8 +54,9 @@ def _auth_handler(url: str):
     return bare, handler
 
 
-class RunMetrics:
-    """The job's metrics; also the training loop's observer (``on_step``/``on_epoch``)."""
+class JobMetrics:
+    """What every gistnet job exposes (the run, stage timings, outcome, transfers), served and
+    pushed the same way; ``RunMetrics`` (training) and ``PredictMetrics`` add their own."""
 
     def __init__(self, stats: TransferStats | None = None):
         self.registry = r = CollectorRegistry(auto_describe=True)
@@ -64,22 +65,8 @@ class RunMetrics:
         self.end_time = Gauge("gistnet_run_end_timestamp_seconds", "When this run ended (Unix time).", registry=r)
         self.last_success = Gauge(LAST_SUCCESS, "When a run last finished successfully (Unix time).", registry=r)
         self.exit_code = Gauge("gistnet_run_exit_code", "Exit code of the run that ended (0 success); see README.", registry=r)
-        self.epoch = Gauge("gistnet_epoch", "Epochs completed.", ["model"], registry=r)
-        self.epochs_planned = Gauge("gistnet_epochs_planned", "Epochs the model will train for.", ["model"], registry=r)
-        self.train_loss = Gauge("gistnet_train_loss", "Mean training cross-entropy of the last epoch.", ["model"], registry=r)
-        self.train_accuracy = Gauge("gistnet_train_accuracy_ratio", "Training accuracy of the last epoch.", ["model"], registry=r)
-        self.val_loss = Gauge("gistnet_validation_loss", "Mean validation cross-entropy of the last epoch.", ["model"], registry=r)
-        self.val_accuracy = Gauge("gistnet_validation_accuracy_ratio", "Validation accuracy of the last epoch.", ["model"], registry=r)
-        self.images = Counter("gistnet_images_processed", "Training images processed (augmented copies included).",
-                              ["model"], registry=r)
-        self.throughput = Gauge("gistnet_images_per_second",
-                                "Training images per second of the last epoch's training steps (validation excluded).",
-                                ["model"], registry=r)
         self.stage_seconds = Gauge("gistnet_stage_duration_seconds", "Wall time of each stage of the run.",
                                    ["stage", "model"], registry=r)
-        self.skipped = Gauge("gistnet_images_skipped", "Images skipped because they could not be used.", registry=r)
-        self.final = Gauge("gistnet_validation_metric_ratio", "Final validation sensitivity, specificity and accuracy.",
-                           ["model", "metric"], registry=r)
         if stats is not None:
             r.register(_TransferCollector(stats))
         self._server = None
@@ -129,6 +116,35 @@ class RunMetrics:
         """Add ``seconds`` to a stage: one timed in pieces (checkpoints) adds up."""
         self.stage_seconds.labels(stage=name, model=model).inc(seconds)
 
+    def run_ended(self, exit_code: int) -> None:
+        now = time.time()
+        self.end_time.set(now)
+        self.exit_code.set(exit_code)
+        if exit_code == 0:
+            self.last_success.set(now)
+
+
+class RunMetrics(JobMetrics):
+    """The training job's metrics; also the training loop's observer (``on_step``/``on_epoch``)."""
+
+    def __init__(self, stats: TransferStats | None = None):
+        super().__init__(stats)
+        r = self.registry
+        self.epoch = Gauge("gistnet_epoch", "Epochs completed.", ["model"], registry=r)
+        self.epochs_planned = Gauge("gistnet_epochs_planned", "Epochs the model will train for.", ["model"], registry=r)
+        self.train_loss = Gauge("gistnet_train_loss", "Mean training cross-entropy of the last epoch.", ["model"], registry=r)
+        self.train_accuracy = Gauge("gistnet_train_accuracy_ratio", "Training accuracy of the last epoch.", ["model"], registry=r)
+        self.val_loss = Gauge("gistnet_validation_loss", "Mean validation cross-entropy of the last epoch.", ["model"], registry=r)
+        self.val_accuracy = Gauge("gistnet_validation_accuracy_ratio", "Validation accuracy of the last epoch.", ["model"], registry=r)
+        self.images = Counter("gistnet_images_processed", "Training images processed (augmented copies included).",
+                              ["model"], registry=r)
+        self.throughput = Gauge("gistnet_images_per_second",
+                                "Training images per second of the last epoch's training steps (validation excluded).",
+                                ["model"], registry=r)
+        self.skipped = Gauge("gistnet_images_skipped", "Images skipped because they could not be used.", registry=r)
+        self.final = Gauge("gistnet_validation_metric_ratio", "Final validation sensitivity, specificity and accuracy.",
+                           ["model", "metric"], registry=r)
+
     def model_started(self, model: str, epochs: int) -> None:
         self.epochs_planned.labels(model=model).set(epochs)
         self.epoch.labels(model=model).set(0)
@@ -152,9 +168,29 @@ class RunMetrics:
             value = metrics[name]["value"]
             self.final.labels(model=model, metric=name).set(float("nan") if value is None else value)
 
-    def run_ended(self, exit_code: int) -> None:
-        now = time.time()
-        self.end_time.set(now)
-        self.exit_code.set(exit_code)
-        if exit_code == 0:
-            self.last_success.set(now)
+
+class PredictMetrics(JobMetrics):
+    """``gistnet predict``: images scored and unusable, scoring throughput, and the stage
+    timings (download, decode, score) summed over the chunks."""
+
+    def __init__(self, stats: TransferStats | None = None):
+        super().__init__(stats)
+        r = self.registry
+        self.scored = Counter("gistnet_images_scored", "Images scored by gistnet predict.", ["model"], registry=r)
+        self.unusable = Gauge("gistnet_images_unusable", "Images gistnet predict could not use.", registry=r)
+        self.score_rate = Gauge("gistnet_scored_images_per_second", "Images scored per second of scoring so far.",
+                                ["model"], registry=r)
+        self._seconds: dict[tuple[str, str], float] = {}
+        self._scored: dict[str, int] = {}
+
+    def add_stage(self, name: str, seconds: float, model: str = "") -> None:
+        total = self._seconds[(name, model)] = self._seconds.get((name, model), 0.0) + seconds
+        self.stage(name, total, model)
+
+    def chunk_scored(self, model: str, images: int, seconds: float, unusable: int) -> None:
+        self.scored.labels(model=model).inc(images)
+        self.unusable.inc(unusable)
+        self.add_stage("score", seconds, model)
+        self._scored[model] = self._scored.get(model, 0) + images
+        if self._seconds[("score", model)] > 0:
+            self.score_rate.labels(model=model).set(self._scored[model] / self._seconds[("score", model)])
