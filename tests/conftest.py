@@ -230,3 +230,49 @@ def host_device_copies(fn, *args, **kwargs):
     with Recorder():
         fn(*args, **kwargs)
     return copies
+
+
+def one_line_error(done: subprocess.CompletedProcess, code: int, fragment: str) -> None:
+    """A user mistake as the CLI reports it: its exit code and one line naming the culprit."""
+    assert done.returncode == code, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("gistnet: ")]
+    assert len(lines) == 1 and fragment in lines[0], done.stderr
+
+
+TINY_RUN = {"data.image_size": 32, "train.models": "resnet34", "train.batch_size": 16, "train.epochs": 1,
+            "augmentation.mode": "none"}
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tiny_data, tmp_path_factory):
+    """Two finished local runs of ``tiny_data`` (ResNet-34, 32 px, 1 epoch): ``a`` (seed 0) and
+    ``b`` (seed 1) under the returned folder. Tests copy what they change (``copy_run``)."""
+    from gistnet import config, pipeline
+
+    out = tmp_path_factory.mktemp("tiny-runs")
+    for run_id, seed in (("a", 0), ("b", 1)):
+        pipeline.run(config.load_config(None, {"data.uri": str(tiny_data), "output.uri": str(out),
+                                               "output.run_id": run_id, "train.seed": seed, **TINY_RUN}, environ={}))
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported_run(tiny_runs, tmp_path_factory):
+    """Run ``a`` of ``tiny_runs`` with ``resnet34/model.onnx`` exported; its folder."""
+    from gistnet import export, trained
+    from gistnet.config import StorageConfig
+
+    export.export_onnx(trained.open_run(str(tiny_runs / "a"), "best", StorageConfig()),
+                       str(tmp_path_factory.mktemp("export-scratch")))
+    return tiny_runs / "a"
+
+
+def copy_run(src: Path, dst: Path, *extra: str) -> Path:
+    """The parts of a finished run predict/export read (report, config, split, weights) and ``extra``."""
+    import shutil
+
+    for key in ("report.json", "config.yaml", "split.json", "resnet34/model.safetensors", *extra):
+        (dst / key).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / key, dst / key)
+    return dst

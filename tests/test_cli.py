@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from gistnet import errors, report
+from tests.conftest import one_line_error
 
 pytestmark = pytest.mark.e2e
 
@@ -40,11 +41,7 @@ def test_train_against_loopback_s3_end_to_end(cli, bucket, s3_client, s3_env):
     assert again.returncode == 0 and "already complete" in again.stderr
 
 
-def _one_line_error(done, code, fragment):
-    assert done.returncode == code, (done.returncode, done.stderr)
-    assert "Traceback" not in done.stderr
-    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("gistnet: ")]
-    assert len(lines) == 1 and fragment in lines[0], done.stderr
+_one_line_error = one_line_error
 
 
 def test_config_errors(cli, tmp_path):

@@ -24,7 +24,8 @@ def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S",
                         force=True)
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "matplotlib", "PIL", "onnxscript", "onnx_ir", "torch.onnx"):
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "matplotlib", "PIL", "onnxscript", "onnx_ir",
+                  "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from gistnet import augmentation, checkpoint, dataset, evaluate, predictions, report, train
+from gistnet import augmentation, checkpoint, dataset, evaluate, model_card, predictions, report, train
 from gistnet.config import Config
 from gistnet.errors import ConfigError, DataError, GistnetError, Interrupted
 from gistnet.metrics import RunMetrics
@@ -216,8 +216,11 @@ def _write_report(out: Store, run_id: str, config: Config, device: torch.device,
     artifacts.update({"config": out.uri_of("config.yaml"), "split": out.uri_of("split.json"),
                       "report_markdown": out.uri_of("report.md"),
                       "augmentation_examples": out.uri_of("augmentation_examples.png")})
+    artifacts.update({f"model_card_{name}": out.uri_of(f"{name}/{model_card.CARD}") for name in models})
     final = report.build(run_id, config.to_dict(), device, dataset_section, models,
                          config.evaluate.selection_metric, artifacts)
+    for name in models:
+        out.write_bytes(f"{name}/{model_card.CARD}", model_card.render(final, name).encode())
     out.write_bytes("report.md", report.markdown(final).encode())
     out.write_bytes("report.json", json.dumps(final, indent=2).encode())
     return final
