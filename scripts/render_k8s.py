@@ -67,11 +67,20 @@ def _strip_helm(obj: dict) -> dict:
     return obj
 
 
+# An example `gistnet predict` Job (mode: predict); not in kustomization.yaml's resources.
+PREDICT_FILE = "predict-job.yaml"
+PREDICT_VALUES = ["--set", "mode=predict", "--set", "predict.run=s3://gistnet/runs/RUN-ID",
+                  "--set", "predict.data=s3://gistnet/new-images", "--set", "predict.output=s3://gistnet/predictions"]
+
+
 def render() -> dict[str, str]:
     docs = helm_template([]) + [d for d in helm_template(["--set", "schedule=0 2 * * *"]) if d["kind"] == "CronJob"]
     files = {}
     for doc in docs:
         files[file_name(doc)] = HEADER + yaml.dump(_strip_helm(doc), Dumper=_Dumper, sort_keys=False)
+    predict = next(d for d in helm_template(PREDICT_VALUES) if d["kind"] == "Job")
+    predict["metadata"]["name"] = "gistnet-predict"  # beside job.yaml's Job; same ConfigMap, Secret, ServiceAccount
+    files[PREDICT_FILE] = HEADER + yaml.dump(_strip_helm(predict), Dumper=_Dumper, sort_keys=False)
     return files
 
 

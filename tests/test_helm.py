@@ -29,6 +29,12 @@ VARIANTS = {
     "monitoring": ["--set", "schedule=0 2 * * *", "--set", "metrics.pushgateway=http://pushgateway:9091",
                    "--set", "metrics.podMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true",
                    "--set", "metrics.grafanaDashboard.enabled=true"],
+    "predict": ["--set", "mode=predict", "--set", "predict.run=s3://gistnet/runs/nightly-1", "--set",
+                "predict.data=s3://gistnet/new", "--set", "predict.output=s3://gistnet/scored/", "--set",
+                "predict.threshold=0.35", "--set", "predict.engine=onnx", "--set", "predict.batchSize=8"],
+    "predict-cron": ["--set", "mode=predict", "--set", "predict.run=s3://gistnet/runs/nightly-1", "--set",
+                     "predict.data=s3://gistnet/new", "--set", "predict.output=s3://gistnet/scored",
+                     "--set", "schedule=0 6 * * 1"],
 }
 CRDS = {"PodMonitor", "PrometheusRule"}  # prometheus-operator's: checked in test_podmonitor and test_monitoring.py
 
@@ -195,6 +201,11 @@ def test_aws_irsa_annotation():
     (["--set", "config.train.epoch=3"], "additional properties 'epoch' not allowed"),
     (["--set", "config.train.epochs=many"], "want integer"),
     (["--set", "cron.concurrencyPolicy=Sometimes"], "concurrencyPolicy"),
+    (["--set", "mode=serve"], "/mode"),
+    (["--set", "predict.threshold=1.5"], "/predict/threshold"),
+    (["--set", "predict.model=vgg16"], "/predict/model"),
+    (["--set", "mode=predict"], "predict.run is required with mode: predict"),
+    (["--set", "mode=predict", "--set", "predict.run=s3://b/r"], "predict.data is required with mode: predict"),
 ])
 def test_schema_rejects_unknown_and_mistyped_values(bad, message):
     done = helm("template", "gistnet", str(CHART), *bad, check=False)
@@ -225,3 +236,27 @@ def test_notes_tell_where_the_report_lands():
     assert done.returncode == 0, done.stderr
     assert "s3://gistnet/runs/<run-id>/report.json" in done.stdout
     assert "kubectl --namespace ml logs -f" in done.stdout
+
+
+def test_predict_mode_runs_gistnet_predict_with_the_values(tmp_path):
+    from gistnet import cli
+
+    for variant in ("predict", "predict-cron"):
+        docs = render(VARIANTS[variant])
+        assert by_kind(docs, "CronJob" if variant == "predict-cron" else "Job")
+        c = container(docs)
+        e = env(docs)
+        assert e["JOB_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['batch.kubernetes.io/job-name']"
+        assert not {"GISTNET_DATA_URI", "GISTNET_OUTPUT_URI", "GISTNET_OUTPUT_RUN_ID"} & set(e)
+        # the args as the kubelet passes them ($(JOB_NAME) expanded) parse as a gistnet predict command line
+        args = [a.replace("$(JOB_NAME)", "gistnet-29000000") for a in c["args"]]
+        assert args[0] == "predict"
+        params = cli.predict_cmd.make_context("predict", args[1:]).params
+        assert params["run_uri"] == "s3://gistnet/runs/nightly-1" and params["data"] == "s3://gistnet/new"
+        assert params["output"] == "s3://gistnet/scored/gistnet-29000000"
+        assert params["config_file"] == "/etc/gistnet/config.yaml" and params["model"] == "best"
+        if variant == "predict":
+            assert (params["engine"], params["threshold"], params["batch_size"]) == ("onnx", 0.35, 8)
+        else:
+            assert (params["engine"], params["threshold"], params["batch_size"]) == ("torch", None, None)
+    assert container(render([]))["args"][0] == "train"

@@ -34,3 +34,14 @@ def test_kustomize_renders_a_valid_base():
     assert "CHANGE-ME" not in yaml.safe_dump([d for d in docs if d["kind"] == "ConfigMap"])
     namespace = yaml.safe_load((REPO / "k8s" / "namespace.yaml").read_text())
     kubernetes_validate.validate(namespace, "1.37.0", strict=True)
+
+
+def test_predict_example_is_a_valid_predict_job():
+    import kubernetes_validate
+
+    job = yaml.safe_load((REPO / "k8s" / "predict-job.yaml").read_text())
+    kubernetes_validate.validate(job, "1.37.0", strict=True)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"][:2] == ["predict", "--config"]
+    assert job["metadata"]["name"] == "gistnet-predict" and pod["serviceAccountName"] == "gistnet"
+    assert "predict-job.yaml" not in yaml.safe_load((REPO / "k8s" / "kustomization.yaml").read_text())["resources"]

@@ -52,7 +52,8 @@ ttlSecondsAfterFinished: {{ .Values.job.ttlSecondsAfterFinished }}
 {{- if .Values.job.podFailurePolicy }}
 podFailurePolicy:
   # Exit codes: README "Exit codes". 2 usage, 3 config, 4 data, 6 device (no GPU, or out
-  # of GPU memory), 7 diverged: retrying cannot help. 8 is SIGTERM (checkpointed): retry without counting it.
+  # of GPU memory), 7 diverged, 9 unusable model (predict): retrying cannot help. 8 is
+  # SIGTERM (checkpointed): retry without counting it.
   rules:
     - action: Ignore
       onPodConditions:
@@ -61,7 +62,7 @@ podFailurePolicy:
       onExitCodes:
         containerName: gistnet
         operator: In
-        values: [2, 3, 4, 6, 7]
+        values: [2, 3, 4, 6, 7, 9]
     - action: Ignore
       onExitCodes:
         containerName: gistnet
@@ -99,13 +100,24 @@ template:
         image: {{ include "gistnet.image" . }}
         imagePullPolicy: {{ .Values.image.pullPolicy }}
         args:
+          {{- if eq .Values.mode "predict" }}
+          {{- include "gistnet.predictArgs" . | nindent 10 }}
+          {{- else }}
           - train
           - --config
           - /etc/gistnet/config.yaml
+          {{- end }}
           {{- range .Values.extraArgs }}
           - {{ . | quote }}
           {{- end }}
         env:
+          {{- if eq .Values.mode "predict" }}
+          # Each predict Job writes under <predict.output>/<its own name> ($(JOB_NAME) in args).
+          - name: JOB_NAME
+            valueFrom:
+              fieldRef:
+                fieldPath: metadata.labels['batch.kubernetes.io/job-name']
+          {{- else }}
           - name: GISTNET_DATA_URI
             value: {{ .Values.data.uri | quote }}
           - name: GISTNET_OUTPUT_URI
@@ -118,6 +130,7 @@ template:
               fieldRef:
                 fieldPath: metadata.labels['batch.kubernetes.io/job-name']
             {{- end }}
+          {{- end }}
           - name: GISTNET_METRICS_PORT
             value: {{ .Values.metrics.port | quote }}
           - name: GISTNET_METRICS_JOB_NAME
@@ -196,4 +209,29 @@ template:
 {{- define "gistnet.durationSeconds" -}}
 {{- $unit := regexFind "[smhd]$" . -}}
 {{- mul (trimSuffix $unit . | int) (get (dict "s" 1 "m" 60 "h" 3600 "d" 86400) $unit) -}}
+{{- end }}
+
+{{/* `gistnet predict` arguments for mode: predict. */}}
+{{- define "gistnet.predictArgs" -}}
+- predict
+- --config
+- /etc/gistnet/config.yaml
+- --run
+- {{ required "predict.run is required with mode: predict" .Values.predict.run | quote }}
+- --model
+- {{ .Values.predict.model | quote }}
+- --data
+- {{ required "predict.data is required with mode: predict" .Values.predict.data | quote }}
+- --output
+- {{ printf "%s/$(JOB_NAME)" (required "predict.output is required with mode: predict" .Values.predict.output | trimSuffix "/") | quote }}
+- --engine
+- {{ .Values.predict.engine | quote }}
+{{- with .Values.predict.threshold }}
+- --threshold
+- {{ . | quote }}
+{{- end }}
+{{- if .Values.predict.batchSize }}
+- --batch-size
+- {{ .Values.predict.batchSize | quote }}
+{{- end }}
 {{- end }}
