@@ -185,3 +185,22 @@ def test_serve_exposes_metrics_over_http():
             assert "gistnet_epoch" in families(r.read().decode())
     finally:
         m.close()
+
+
+def test_predict_metrics_are_documented_and_follow_conventions():
+    from gistnet.metrics import PredictMetrics
+
+    m = PredictMetrics(TransferStats())
+    m.run_started("run-1", "cpu")
+    m.add_stage("download", 0.5)
+    m.chunk_scored("resnet34", 30, 1.5, unusable=2)
+    m.chunk_scored("resnet34", 10, 0.5, unusable=0)
+    m.run_ended(0)
+    fams = families(exposition(m))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
+    assert samples[("gistnet_images_scored_total", (("model", "resnet34"),))] == 40
+    assert samples[("gistnet_images_unusable", ())] == 2
+    assert samples[("gistnet_scored_images_per_second", (("model", "resnet34"),))] == 20
+    assert samples[("gistnet_stage_duration_seconds", (("model", "resnet34"), ("stage", "score")))] == 2.0
+    documented = set(re.findall(r"`(gistnet_[a-z_]+)`", (REPO / "README.md").read_text()))
+    assert {s[0] for s in samples if not s[0].endswith("_created")} <= documented
