@@ -1,0 +1,59 @@
+"""Predict throughput: images scored per second at 224 px, torch vs ONNX Runtime, on CPU.
+
+    python benchmarks/bench_predict.py [--threads 2] [--images 96] [--batch-size 32] [--models resnet34,resnet50]
+
+Scores decoded uint8 images (what ``gistnet predict`` hands its engine) with the same
+``trained.Scorer`` and the same exported ONNX graph ``gistnet export`` writes; the weights are
+random (speed does not depend on them). One warm-up batch per engine is not timed.
+Decoding and download are not included: they are the same for both engines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from gistnet import export, train, trained
+
+
+def throughput(score, images: torch.Tensor, batch_size: int) -> float:
+    score(images[:batch_size])  # warm-up
+    started = time.perf_counter()
+    for begin in range(0, len(images), batch_size):
+        score(images[begin:begin + batch_size])
+    return len(images) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--models", default="resnet34,resnet50")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    images = torch.randint(0, 256, (args.images, 3, args.size, args.size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.images} images of {args.size} px, "
+          f"batch {args.batch_size}")
+    for name in args.models.split(","):
+        torch.manual_seed(0)
+        scorer = trained.Scorer(train.build_model(name).eval(), torch.device("cpu")).eval()
+        with torch.no_grad():
+            torch_rate = throughput(lambda x: scorer(x)[:, 1], images, args.batch_size)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            export._export(scorer, args.size, path, export.OPSET)
+            session = export.OnnxScorer.session(str(path), "cpu", threads=args.threads)
+            onnx_rate = throughput(lambda x: session.run([export.OUTPUT], {export.INPUT: x.numpy()})[0][:, 1],
+                                   images, args.batch_size)
+        print(f"{name}: torch {torch_rate:.1f} img/s, onnxruntime {onnx_rate:.1f} img/s")
+
+
+if __name__ == "__main__":
+    main()
