@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 import torch
 
 import gistnet
-from gistnet import dataset, evaluate, train
+from gistnet import dataset, evaluate, predictions, train
 from gistnet import trained as trained_mod
 from gistnet.config import Config
 from gistnet.errors import DataError, GistnetError
@@ -34,7 +34,8 @@ from gistnet.storage import Store, TransferStats, open_store, redact
 log = logging.getLogger(__name__)
 
 CHUNK = 256  # images downloaded, decoded and scored at a time
-CSV_COLUMNS = ("key", "label", "probability", "call", "model", "weights_sha256", "run_id")
+# The run's own predictions.csv columns (gistnet.predictions), then the call and the model's identity.
+CSV_COLUMNS = ("key", "patient_id", "label", "probability", "score", "call", "model", "weights_sha256", "run_id")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Request:
 class Scored:
     keys: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
+    patient_ids: list[str] = field(default_factory=list)
     probabilities: list[torch.Tensor] = field(default_factory=list)
     unusable: list[dict] = field(default_factory=list)
 
@@ -150,6 +152,7 @@ def _score_chunk(items: list[dataset.Labeled], data: Store, data_cfg, score, bat
             scored.probabilities.append(score(images[begin:begin + batch_size]).float().cpu())
         scored.keys += [k.key for k in kept]
         scored.labels += [k.label for k in kept]
+        scored.patient_ids += [k.patient_id for k in kept]
     metrics.chunk_scored(model_name, len(kept), time.perf_counter() - started, len(unusable))
 
 
@@ -166,10 +169,12 @@ def _document(request: Request, model: trained_mod.TrainedModel, data: Store, sc
               probabilities: torch.Tensor, threshold: float, evaluation: dict | None, device: torch.device,
               labeled: bool) -> dict:
     positive, negative = model.class_names
+    scores = predictions.scores_from_probabilities(probabilities.numpy())
     rows = []
     for i, key in enumerate(scored.keys):
         p = float(probabilities[i])
-        row = {"key": key, "probability": p, "call": positive if p >= threshold else negative}
+        row = {"key": key, "patient_id": scored.patient_ids[i], "probability": p, "score": float(scores[i]),
+               "call": positive if p >= threshold else negative}
         if labeled:
             row["label"] = positive if scored.labels[i] == 1 else negative
         rows.append(row)
@@ -196,6 +201,6 @@ def _csv(result: dict) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for row in result["predictions"]:
-        writer.writerow([row["key"], row.get("label", ""), repr(row["probability"]), row["call"], result["model"],
-                         result["weights_sha256"], result["run_id"]])
+        writer.writerow([row["key"], row["patient_id"], row.get("label", ""), repr(row["probability"]),
+                         repr(row["score"]), row["call"], result["model"], result["weights_sha256"], result["run_id"]])
     return buffer.getvalue()
