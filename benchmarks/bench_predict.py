@@ -6,6 +6,11 @@ Scores decoded uint8 images (what ``gistnet predict`` hands its engine) with the
 ``trained.Scorer`` and the same exported ONNX graph ``gistnet export`` writes; the weights are
 random (speed does not depend on them). One warm-up batch per engine is not timed.
 Decoding and download are not included: they are the same for both engines.
+
+Two rates per engine: wall-clock images/s, and images per CPU-second of this process
+(``time.process_time``). On a machine shared with other jobs the wall rate drops with the
+load while the CPU rate barely moves; ``threads x`` the CPU rate bounds what ``threads``
+idle cores would give.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ import torch
 from gistnet import export, train, trained
 
 
-def throughput(score, images: torch.Tensor, batch_size: int) -> float:
+def throughput(score, images: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """(images per wall-clock second, images per CPU-second of this process)."""
     score(images[:batch_size])  # warm-up
-    started = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     for begin in range(0, len(images), batch_size):
         score(images[begin:begin + batch_size])
-    return len(images) / (time.perf_counter() - started)
+    return len(images) / (time.perf_counter() - wall), len(images) / (time.process_time() - cpu)
 
 
 def main() -> None:
@@ -52,7 +58,8 @@ def main() -> None:
             session = export.OnnxScorer.session(str(path), "cpu", threads=args.threads)
             onnx_rate = throughput(lambda x: session.run([export.OUTPUT], {export.INPUT: x.numpy()})[0][:, 1],
                                    images, args.batch_size)
-        print(f"{name}: torch {torch_rate:.1f} img/s, onnxruntime {onnx_rate:.1f} img/s")
+        for engine, (wall, cpu) in (("torch", torch_rate), ("onnxruntime", onnx_rate)):
+            print(f"{name} {engine}: {wall:.1f} img/s wall, {cpu:.1f} img per CPU-second")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ def test_predict_over_s3_reproduces_the_runs_validation_probabilities(cli, bucke
     assert difference <= 1e-6, difference
     result = json.loads(get("scored/own/predictions.json"))
     sha = report["models"]["resnet34"]["checkpoint"]["sha256"]
-    assert (result["run_id"], result["model"], result["weights_sha256"], result["threshold"]) == ("p", "resnet34", sha, 0.5)
+    identity = (result["run_id"], result["model"], result["weights_sha256"], result["threshold"])
+    assert identity == ("p", "resnet34", sha, 0.5)
     assert result["evaluation"]["counts"] == {"GIST": 16, "LM": 16}
     assert sum(result["evaluation"]["confusion_matrix"].values()) == 32
     assert result["evaluation"]["ci_method"] == "wilson" and "ci_low" in result["evaluation"]["metrics"]["sensitivity"]

@@ -177,7 +177,8 @@ def _reproduce(report: dict, name: str) -> str:
 
 def _classes(report: dict) -> tuple[str, str]:
     classes = report["dataset"]["classes"]
-    return (next(k for k, v in classes.items() if v == "positive"), next(k for k, v in classes.items() if v == "negative"))
+    by_role = {role: name for name, role in classes.items()}
+    return by_role["positive"], by_role["negative"]
 
 
 def _counts(counts: dict) -> str:
