@@ -192,7 +192,7 @@ def test_predict_metrics_are_documented_and_follow_conventions():
 
     m = PredictMetrics(TransferStats())
     m.run_started("run-1", "cpu")
-    m.add_stage("download", 0.5)
+    m.stage("download", 0.5)
     m.chunk_scored("resnet34", 30, 1.5, unusable=2)
     m.chunk_scored("resnet34", 10, 0.5, unusable=0)
     m.run_ended(0)

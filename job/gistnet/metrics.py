@@ -180,17 +180,14 @@ class PredictMetrics(JobMetrics):
         self.unusable = Gauge("gistnet_images_unusable", "Images gistnet predict could not use.", registry=r)
         self.score_rate = Gauge("gistnet_scored_images_per_second", "Images scored per second of scoring so far.",
                                 ["model"], registry=r)
-        self._seconds: dict[tuple[str, str], float] = {}
         self._scored: dict[str, int] = {}
-
-    def add_stage(self, name: str, seconds: float, model: str = "") -> None:
-        total = self._seconds[(name, model)] = self._seconds.get((name, model), 0.0) + seconds
-        self.stage(name, total, model)
+        self._score_seconds: dict[str, float] = {}
 
     def chunk_scored(self, model: str, images: int, seconds: float, unusable: int) -> None:
         self.scored.labels(model=model).inc(images)
         self.unusable.inc(unusable)
-        self.add_stage("score", seconds, model)
+        self.stage("score", seconds, model)
         self._scored[model] = self._scored.get(model, 0) + images
-        if self._seconds[("score", model)] > 0:
-            self.score_rate.labels(model=model).set(self._scored[model] / self._seconds[("score", model)])
+        self._score_seconds[model] = self._score_seconds.get(model, 0.0) + seconds
+        if self._score_seconds[model] > 0:
+            self.score_rate.labels(model=model).set(self._scored[model] / self._score_seconds[model])

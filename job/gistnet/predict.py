@@ -136,11 +136,11 @@ def _score_chunk(items: list[dataset.Labeled], data: Store, data_cfg, score, bat
                  metrics: PredictMetrics, model_name: str) -> None:
     started = time.perf_counter()
     raw = data.read_many([i.key for i in items], data_cfg.download_threads)
-    metrics.add_stage("download", time.perf_counter() - started)
+    metrics.stage("download", time.perf_counter() - started)
     started = time.perf_counter()
     kept, arrays, skipped = dataset.decode_all(raw, items, data_cfg.image_size, data_cfg.max_image_pixels,
                                                data_cfg.download_threads, dedupe=False)
-    metrics.add_stage("decode", time.perf_counter() - started)
+    metrics.stage("decode", time.perf_counter() - started)
     unusable = [{"uri": data.uri_of(s["key"]), "reason": s["reason"]} for s in skipped]
     scored.unusable += unusable
     started = time.perf_counter()
