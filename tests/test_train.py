@@ -80,8 +80,8 @@ def test_malicious_pickle_is_never_executed(tmp_path):
 
 
 def _val_loss(state, data, preprocess):
-    loss_sum, _ = evaluate.predict(state.model, data.val_images, data.val_labels, 8, preprocess)
-    return float(loss_sum) / len(data.val_labels)
+    predictions = evaluate.predict(state.model, data.val_images, data.val_labels, 8, preprocess)
+    return float(predictions.loss_sum) / len(data.val_labels)
 
 
 def test_fit_learns_and_reports_each_epoch():
