@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite needs (scripts/system-packages.txt) when they are
-# missing, so `make test` on a fresh machine tests what CI tests. As non-root it only prints the
-# one command to run, and fails.
+# Installs the Debian packages the test suite needs (scripts/system-packages.txt, or the list
+# given: scripts/image-packages.txt for `make image-test`) when they are missing, so `make test`
+# on a fresh machine tests what CI tests. As non-root it only prints the one command to run, and
+# fails.
 set -euo pipefail
-cd "$(dirname "$0")"
-mapfile -t packages < <(grep -v '^\s*#' system-packages.txt | grep -v '^\s*$')
+list="$(realpath "${1:-$(dirname "$0")/system-packages.txt}")"
+mapfile -t packages < <(grep -v '^\s*#' "$list" | grep -v '^\s*$')
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
