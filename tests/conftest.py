@@ -213,15 +213,15 @@ def pushgateway_with_auth(tmp_path):
 
 
 def k8s_tool(name: str) -> str:
-    """Path of helm/kubectl: PATH, else .tools/ (scripts/get-k8s-tools.sh). CI must have them."""
+    """Path of helm/kubectl/checkov: PATH, else .tools/ (make tools). CI must have them."""
     import shutil
 
     found = shutil.which(name) or (str(REPO / ".tools" / name) if (REPO / ".tools" / name).exists() else None)
     if found:
         return found
     if os.environ.get("CI"):
-        raise RuntimeError(f"{name} not found; CI installs it with scripts/get-k8s-tools.sh (make tools)")
-    pytest.skip(f"{name} not installed: run `make tools` (scripts/get-k8s-tools.sh) or install {name}")
+        raise RuntimeError(f"{name} not found; CI installs it with `make tools`")
+    pytest.skip(f"{name} not installed: run `make tools` or install {name}")
 
 
 def system_tool(name: str, package: str) -> str:
@@ -315,3 +315,40 @@ def copy_run(src: Path, dst: Path, *extra: str) -> Path:
         (dst / key).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / key, dst / key)
     return dst
+
+
+def kubernetes_versions() -> list[str]:
+    """Every Kubernetes minor from the chart's floor (Chart.yaml kubeVersion ">=1.N") to the newest
+    schema kubernetes-validate ships, as "1.N.0"."""
+    import re
+
+    import kubernetes_validate
+    import yaml
+
+    floor = yaml.safe_load((REPO / "helm" / "gistnet" / "Chart.yaml").read_text())["kubeVersion"]
+    low = int(re.fullmatch(r">=1\.(\d+)\.0-0", floor).group(1))
+    high = int(kubernetes_validate.latest_version().split(".")[1])
+    return [f"1.{minor}.0" for minor in range(low, high + 1)]
+
+
+def checkov(paths: list[Path], framework: str) -> list[dict]:
+    """Run checkov offline (--skip-download) on ``paths``; its JSON reports (one per framework)."""
+    import json
+
+    done = subprocess.run([k8s_tool("checkov"), "--framework", framework, "--skip-download", "--quiet", "--output",
+                           "json", *[a for p in paths for a in ("-f", str(p))]],
+                          capture_output=True, text=True, timeout=600)
+    assert done.stdout.strip(), done.stderr
+    reports = json.loads(done.stdout)
+    return reports if isinstance(reports, list) else [reports]
+
+
+def unexplained_checkov_findings(reports: list[dict]) -> list[str]:
+    """Failed checks, and checks skipped without a reason: each is a finding nobody answered."""
+    found = []
+    for rep in reports:
+        results = rep.get("results", {})
+        found += [f"{c['check_id']} {c['resource']} ({c.get('file_path')})" for c in results.get("failed_checks", [])]
+        found += [f"{c['check_id']} {c['resource']} skipped without a reason" for c in results.get("skipped_checks", [])
+                  if not (c.get("suppress_comment") or "").strip()]
+    return found

@@ -1,6 +1,7 @@
 """The Helm chart: lint, render every variant, validate against Kubernetes' schemas, and
 check what the rendered objects say (not only that they render)."""
 
+import functools
 import json
 import subprocess
 
@@ -8,10 +9,10 @@ import pytest
 import yaml
 
 from gistnet import config, errors
-from tests.conftest import REPO, k8s_tool
+from tests.conftest import REPO, checkov, k8s_tool, kubernetes_versions, unexplained_checkov_findings
 
 CHART = REPO / "helm" / "gistnet"
-K8S_VERSION = "1.37.0"
+DIGEST = "sha256:" + "ab" * 32
 SECRET = "sentinel-secret-value-3141"
 
 VARIANTS = {
@@ -35,6 +36,9 @@ VARIANTS = {
     "predict-cron": ["--set", "mode=predict", "--set", "predict.run=s3://gistnet/runs/nightly-1", "--set",
                      "predict.data=s3://gistnet/new", "--set", "predict.output=s3://gistnet/scored",
                      "--set", "schedule=0 6 * * 1"],
+    "pinned-cpu-limit": ["--set", f"image.digest={DIGEST}", "--set", "resources.limits.cpu=8"],
+    "egress-allow-all": ["--set", "networkPolicy.egress.allowAll=true"],
+    "no-networkpolicy": ["--set", "networkPolicy.enabled=false"],
 }
 CRDS = {"PodMonitor", "PrometheusRule"}  # prometheus-operator's: checked in test_podmonitor and test_monitoring.py
 
@@ -44,8 +48,12 @@ def helm(*args, check=True):
 
 
 def render(extra) -> list[dict]:
-    out = helm("template", "gistnet", str(CHART), "--namespace", "ml", *extra).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
+    return [d for d in yaml.safe_load_all(render_text(tuple(extra))) if d]
+
+
+@functools.lru_cache(maxsize=None)
+def render_text(extra: tuple[str, ...]) -> str:
+    return helm("template", "gistnet", str(CHART), "--namespace", "ml", *extra).stdout
 
 
 def by_kind(docs, kind):
@@ -73,14 +81,29 @@ def test_lint_strict(variant):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_rendered_manifests_validate_against_kubernetes_schemas(variant):
+@pytest.mark.parametrize("version", kubernetes_versions())
+def test_every_variant_validates_against_every_claimed_kubernetes(version):
+    """Each variant, against the schemas of each minor from Chart.yaml's kubeVersion floor to the
+    newest kubernetes-validate ships (1.30-1.34 require podFailurePolicy's onPodConditions status)."""
     import kubernetes_validate
 
-    for doc in render(VARIANTS[variant]):
-        if doc["kind"] in CRDS:
-            continue
-        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    done = helm("template", "gistnet", str(CHART), "--kube-version", version, check=False)
+    assert done.returncode == 0, done.stderr  # kubeVersion admits it
+    for variant, extra in VARIANTS.items():
+        for doc in render(extra):
+            if doc["kind"] in CRDS:
+                continue
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                raise AssertionError(f"{variant} {doc['kind']} on Kubernetes {version}: {exc.message}") from None
+
+
+def test_kube_version_floor_is_enforced_below_the_validated_range():
+    below = kubernetes_versions()[0].split(".")
+    older = f"1.{int(below[1]) - 1}.0"
+    done = helm("template", "gistnet", str(CHART), "--kube-version", older, check=False)
+    assert done.returncode != 0 and "kubeVersion" in done.stderr, done.stderr
 
 
 def test_default_is_a_job_and_schedule_makes_a_cronjob():
@@ -260,3 +283,72 @@ def test_predict_mode_runs_gistnet_predict_with_the_values(tmp_path):
         else:
             assert (params["engine"], params["threshold"], params["batch_size"]) == ("torch", None, None)
     assert container(render([]))["args"][0] == "train"
+
+
+def network_policy(docs):
+    return by_kind(docs, "NetworkPolicy")
+
+
+def test_network_policy_admits_only_metrics_and_allows_only_dns_and_s3():
+    docs = render([])
+    policy = network_policy(docs)
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"].items() <= job_spec(docs)["template"]["metadata"]["labels"].items()
+    assert policy["metadata"]["namespace"] == "ml"
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+    [ingress] = spec["ingress"]
+    assert ingress["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    assert ingress["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    dns, s3 = spec["egress"]  # no Pushgateway rule without metrics.pushgateway
+    assert {p["port"] for p in dns["ports"]} == {53} and {p["protocol"] for p in dns["ports"]} == {"UDP", "TCP"}
+    assert dns["to"][0]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+    assert s3["ports"] == [{"port": 443, "protocol": "TCP"}]  # AWS S3: HTTPS only
+
+
+def test_network_policy_ports_follow_the_endpoints_and_peers_come_from_values():
+    minio = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "minio"}}}
+    docs = render(["--set", "s3.endpoint=http://minio.minio.svc:9000", "--set", "metrics.pushgateway=http://pg.mon:9091",
+                   "--set-json", f"networkPolicy.egress.s3={json.dumps([minio])}",
+                   "--set-json", 'networkPolicy.metricsFrom=[{"podSelector":{"matchLabels":{"app":"prometheus"}}}]'])
+    spec = network_policy(docs)["spec"]
+    _, s3, push = spec["egress"]
+    assert s3 == {"to": [minio], "ports": [{"port": 9000, "protocol": "TCP"}]}
+    assert push["ports"] == [{"port": 9091, "protocol": "TCP"}]
+    assert push["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert spec["ingress"][0]["from"] == [{"podSelector": {"matchLabels": {"app": "prometheus"}}}]
+    assert network_policy(render(["--set", "s3.endpoint=http://minio"]))["spec"]["egress"][1]["ports"][0]["port"] == 80
+
+
+def test_network_policy_escapes_and_off_switch():
+    assert network_policy(render(VARIANTS["egress-allow-all"]))["spec"]["egress"] == [{}]
+    assert network_policy(render(VARIANTS["no-networkpolicy"])) is None
+    closed = network_policy(render(["--set-json", "networkPolicy.metricsFrom=[]"]))["spec"]
+    assert closed["ingress"] == []  # an empty peer list admits nobody (never `from: []`, which admits all)
+
+
+def test_image_digest_wins_over_the_tag_and_cpu_limit_is_optional():
+    assert container(render([]))["image"] == "ghcr.io/gistnet/gistnet:0.1.0"
+    assert container(render(["--set", "image.tag=1.2.3"]))["image"] == "ghcr.io/gistnet/gistnet:1.2.3"
+    pinned = render(VARIANTS["pinned-cpu-limit"] + ["--set", "image.tag=1.2.3"])
+    assert container(pinned)["image"] == f"ghcr.io/gistnet/gistnet@{DIGEST}"
+    assert container(pinned)["resources"]["limits"]["cpu"] == 8
+    assert container(render([]))["resources"]["requests"]["cpu"] and "cpu" not in container(render([]))["resources"]["limits"]
+
+
+def test_checkov_finds_nothing_unexplained_in_any_variant_or_k8s(tmp_path):
+    """checkov (offline) on every rendered variant and on k8s/ as kustomize renders it: every
+    finding is fixed, or skipped in the chart with a one-line reason (checkov.io/skipN)."""
+    paths = []
+    for variant, extra in VARIANTS.items():
+        paths.append(tmp_path / f"{variant}.yaml")
+        paths[-1].write_text(render_text(tuple(extra)))
+    paths.append(tmp_path / "k8s.yaml")
+    paths[-1].write_text(subprocess.run([k8s_tool("kubectl"), "kustomize", str(REPO / "k8s")], capture_output=True,
+                                        text=True, check=True).stdout)
+    reports = checkov(paths, "kubernetes")
+    assert sum(r["summary"]["passed"] for r in reports if "summary" in r) > 100
+    assert unexplained_checkov_findings(reports) == []
+    skipped = {c["check_id"] for r in reports for c in r["results"]["skipped_checks"]}
+    pinned = checkov([paths[list(VARIANTS).index("pinned-cpu-limit")]], "kubernetes")
+    pinned_skips = {c["check_id"] for r in pinned for c in r["results"]["skipped_checks"]}
+    assert {"CKV_K8S_43", "CKV_K8S_11"} <= skipped and not {"CKV_K8S_43", "CKV_K8S_11"} & pinned_skips

@@ -5,7 +5,7 @@ import sys
 
 import yaml
 
-from tests.conftest import REPO, k8s_tool
+from tests.conftest import REPO, k8s_tool, kubernetes_versions
 
 
 def test_k8s_manifests_have_not_drifted_from_the_chart():
@@ -24,16 +24,18 @@ def test_kustomize_renders_a_valid_base():
                          check=True).stdout
     docs = [d for d in yaml.safe_load_all(out) if d]
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ConfigMap", "ConfigMap", "CronJob", "Job", "PodMonitor", "PrometheusRule", "Secret",
-                     "ServiceAccount"]
-    for doc in docs:
-        if doc["kind"] not in {"PodMonitor", "PrometheusRule"}:  # CRDs: tests/test_monitoring.py
-            kubernetes_validate.validate(doc, "1.37.0", strict=True)
+    assert kinds == ["ConfigMap", "ConfigMap", "CronJob", "Job", "Namespace", "NetworkPolicy", "PodMonitor",
+                     "PrometheusRule", "Secret", "ServiceAccount"]
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"gistnet"}
+    for version in kubernetes_versions():
+        for doc in docs:
+            if doc["kind"] not in {"PodMonitor", "PrometheusRule"}:  # CRDs: tests/test_monitoring.py
+                kubernetes_validate.validate(doc, version, strict=True)
     secret = next(d for d in docs if d["kind"] == "Secret")
     assert set(secret["stringData"].values()) == {"CHANGE-ME"}
     assert "CHANGE-ME" not in yaml.safe_dump([d for d in docs if d["kind"] == "ConfigMap"])
-    namespace = yaml.safe_load((REPO / "k8s" / "namespace.yaml").read_text())
-    kubernetes_validate.validate(namespace, "1.37.0", strict=True)
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
+    assert policy["spec"]["egress"][1]["ports"] == [{"port": 9000, "protocol": "TCP"}]  # the MinIO endpoint
 
 
 def test_predict_example_is_a_valid_predict_job():
