@@ -335,7 +335,7 @@ def checkov(paths: list[Path], framework: str) -> list[dict]:
     """Run checkov offline (--skip-download) on ``paths``; its JSON reports (one per framework)."""
     import json
 
-    done = subprocess.run([k8s_tool("checkov"), "--framework", framework, "--skip-download", "--quiet", "--output",
+    done = subprocess.run([k8s_tool("checkov"), "--framework", framework, "--skip-download", "--output",
                            "json", *[a for p in paths for a in ("-f", str(p))]],
                           capture_output=True, text=True, timeout=600)
     assert done.stdout.strip(), done.stderr
@@ -350,5 +350,5 @@ def unexplained_checkov_findings(reports: list[dict]) -> list[str]:
         results = rep.get("results", {})
         found += [f"{c['check_id']} {c['resource']} ({c.get('file_path')})" for c in results.get("failed_checks", [])]
         found += [f"{c['check_id']} {c['resource']} skipped without a reason" for c in results.get("skipped_checks", [])
-                  if not (c.get("suppress_comment") or "").strip()]
+                  if not (c["check_result"].get("suppress_comment") or "").strip()]
     return found
