@@ -195,6 +195,13 @@ def sum_and_stop(totals: torch.Tensor, stop: bool, world: World) -> tuple[torch.
     return packed[:-1].view_as(totals).to(totals.dtype), bool(packed[-1].item() > 0)
 
 
+def any_rank(flag: bool, world: World, device: torch.device) -> bool:
+    """Whether ``flag`` is set on any rank (every rank must call it at the same point)."""
+    if not world.distributed:
+        return flag
+    return sum_and_stop(torch.zeros(0, device=device), flag, world)[1]
+
+
 def barrier(world: World) -> None:
     """Wait until every rank got here (rank 0 wrote what the others read next)."""
     if world.distributed:
