@@ -214,3 +214,15 @@ def test_sigterm_on_one_rank_stops_all_checkpoints_and_one_process_resumes(tiny_
     assert again.returncode == 0, again.stderr[-3000:]
     model = _history(tmp_path, "stop")
     assert model["resumed_from_epoch"] == stopped_at and len(model["history"]) == 4
+
+
+def test_torchrun_without_a_run_id_is_refused_before_anything_runs(tiny_data, tmp_path, monkeypatch):
+    """Each process would otherwise pick its own timestamp and write a different run."""
+    from gistnet import config, pipeline
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    cfg = config.load_config(None, {"data.uri": str(tiny_data), "output.uri": str(tmp_path)}, environ={})
+    with pytest.raises(ConfigError, match="--run-id"):
+        pipeline.run(cfg)
+    assert not any(tmp_path.iterdir())
