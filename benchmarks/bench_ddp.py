@@ -5,7 +5,8 @@
 
 throughput: synthesizes 142 images, trains ResNet-34 under `torchrun --standalone` with 1 and
 then 2 processes (same global batch 32, no augmentation, gloo), and prints each epoch's
-training images/s and seconds from the report (the first epoch includes warm-up).
+training images/s and seconds from the report (the first epoch includes warm-up). One
+process runs with 1 and with 2 threads (OMP_NUM_THREADS), two processes with 1 thread each.
 
 exit-loop: repeats a small DDP run N times (2 processes, gloo, torchrun) and counts the runs
 that did not exit 0. `keep` destroys the process group while the DDP model and its optimizer
@@ -47,28 +48,29 @@ TOY = textwrap.dedent("""
 """)
 
 
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+def _env(threads: int = 1) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
 
 
 def throughput(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-ddp-"))
     subprocess.run([sys.executable, "-m", "gistnet", "synth", "--output", str(work / "data"),
                     "--image-size", str(args.image_size)], check=True, capture_output=True)
-    for procs in (1, 2):
-        run_id = f"p{procs}"
+    # (processes, threads each): one process with one thread, one with both cores, two with one each.
+    for procs, threads in ((1, 1), (1, 2), (2, 1)):
+        run_id = f"p{procs}t{threads}"
         started = time.perf_counter()
         subprocess.run([*TORCHRUN, f"--nproc-per-node={procs}", "-m", "gistnet", "train", "--data",
                         str(work / "data"), "--output", str(work / "runs"), "--run-id", run_id, "--models",
                         "resnet34", "--epochs", str(args.epochs), "--image-size", str(args.image_size),
                         "--batch-size", "32", "--augmentation", "none", "--device", "cpu"],
-                       check=True, capture_output=True, env=_env())
+                       check=True, capture_output=True, env=_env(threads))
         wall = time.perf_counter() - started
         history = json.loads((work / "runs" / run_id / "report.json").read_text())["models"]["resnet34"]["history"]
         for e in history:
-            print(f"{procs} process(es)  epoch {e['epoch']}: {e['images'] / e['seconds']:.1f} img/s, "
+            print(f"{procs} process(es) x {threads} thread(s)  epoch {e['epoch']}: {e['images'] / e['seconds']:.1f} img/s, "
                   f"{e['seconds']:.1f} s ({e['images']} images)")
-        print(f"{procs} process(es)  whole command: {wall:.1f} s")
+        print(f"{procs} process(es) x {threads} thread(s)  whole command: {wall:.1f} s")
 
 
 def exit_loop(args) -> None:
