@@ -56,7 +56,8 @@ def test_scaled_batch_gives_every_rank_a_full_batch_and_scales_the_learning_rate
     assert len(batches) == 2 and all(len(b) == 8 for b in batches)  # 70 // 32 global batches
 
 
-@pytest.mark.parametrize("batch, world, message", [(10, 4, "does not divide"), (4, 4, "BatchNorm")])
+@pytest.mark.parametrize("batch, world, message", [(10, 4, "does not divide by the 4 training processes"),
+                                                   (4, 4, "BatchNorm cannot train on one")])
 def test_a_global_batch_that_cannot_be_split_is_a_config_error(batch, world, message):
     with pytest.raises(ConfigError, match=message):
         distributed.per_rank_batch(batch, World(world, 0, 0), scale_batch=False)
@@ -223,6 +224,6 @@ def test_torchrun_without_a_run_id_is_refused_before_anything_runs(tiny_data, tm
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     cfg = config.load_config(None, {"data.uri": str(tiny_data), "output.uri": str(tmp_path)}, environ={})
-    with pytest.raises(ConfigError, match="--run-id"):
+    with pytest.raises(ConfigError, match="every process needs the same run id: pass --run-id"):
         pipeline.run(cfg)
     assert not any(tmp_path.iterdir())
