@@ -106,7 +106,7 @@ def process_group(world: World, device: torch.device, timeout_s: float) -> Itera
     ``DistributedDataParallel`` model or its optimizer is still alive sometimes aborts at
     exit after training finished (12 of 40 runs); with both deleted first, 0 of 40. An
     exception's traceback keeps the frames that hold them alive, so those frames are
-    cleared before the group is destroyed (benchmarks/ddp_exit_loop.py measures it).
+    cleared before the group is destroyed (`benchmarks/bench_ddp.py exit-loop` measures it).
     """
     if not world.distributed:
         yield
