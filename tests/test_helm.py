@@ -39,8 +39,18 @@ VARIANTS = {
     "pinned-cpu-limit": ["--set", f"image.digest={DIGEST}", "--set", "resources.limits.cpu=8"],
     "egress-allow-all": ["--set", "networkPolicy.egress.allowAll=true"],
     "no-networkpolicy": ["--set", "networkPolicy.enabled=false"],
+    "ddp-indexed": ["--set", "distributed.enabled=true", "--set", "distributed.nodes=3",
+                    "--set", "distributed.procPerNode=2", "--set", "resources.limits.nvidia\\.com/gpu=2",
+                    "--set", "distributed.nccl.NCCL_DEBUG=WARN", "--set", "distributed.nccl.NCCL_IB_DISABLE=1",
+                    "--set", "shm.sizeLimit=16Gi", "--set", "metrics.podMonitor.enabled=true"],
+    "ddp-trainjob": ["--set", "distributed.enabled=true", "--set", "distributed.engine=trainjob",
+                     "--set", "distributed.nodes=2", "--set", "distributed.procPerNode=1",
+                     "--set", "s3.existingSecret=my-s3", "--set", "tolerations[0].key=nvidia.com/gpu",
+                     "--set", "tolerations[0].operator=Exists", "--set", "distributed.nccl.NCCL_DEBUG=INFO"],
 }
-CRDS = {"PodMonitor", "PrometheusRule"}  # prometheus-operator's: checked in test_podmonitor and test_monitoring.py
+# Custom resources: prometheus-operator's (test_podmonitor and test_monitoring.py) and Kubeflow
+# Trainer's TrainJob (test_trainjob_validates_against_the_vendored_crd).
+CRDS = {"PodMonitor", "PrometheusRule", "TrainJob"}
 
 
 def helm(*args, check=True):
@@ -352,3 +362,127 @@ def test_checkov_finds_nothing_unexplained_in_any_variant_or_k8s(tmp_path):
     pinned = checkov([paths[list(VARIANTS).index("pinned-cpu-limit")]], "kubernetes")
     pinned_skips = {c["check_id"] for r in pinned for c in r.get("results", {}).get("skipped_checks", [])}
     assert {"CKV_K8S_43", "CKV_K8S_11"} <= skipped and not {"CKV_K8S_43", "CKV_K8S_11"} & pinned_skips
+
+
+# ---------------------------------------------------------------- data-parallel training
+
+TRAINJOB_CRD = REPO / "tests" / "kubeflow" / "trainer.kubeflow.org_trainjobs.yaml"
+
+
+def _strict(schema):
+    """kubectl's strict field validation: an object with listed properties takes no others
+    (the API server would prune them silently)."""
+    if isinstance(schema, dict):
+        if "properties" in schema and "additionalProperties" not in schema \
+                and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema = {**schema, "additionalProperties": False}
+        return {k: _strict(v) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+def trainjob_schema():
+    crd = yaml.safe_load(TRAINJOB_CRD.read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
+    return _strict(version["schema"]["openAPIV3Schema"])
+
+
+def test_ddp_indexed_job_is_a_gang_of_torchrun_pods_behind_a_headless_service():
+    docs = render(VARIANTS["ddp-indexed"])
+    spec = by_kind(docs, "Job")["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == 3
+    assert spec["backoffLimit"] == 0 and spec["podReplacementPolicy"] == "Failed"
+    service = by_kind(docs, "Service")
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == {"batch.kubernetes.io/job-name": "gistnet"}
+    assert [p["port"] for p in service["spec"]["ports"]] == [29500]
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == service["metadata"]["name"]
+    c = container(docs)
+    assert c["args"][:2] == ["launch", "train"]
+    e = env(docs)
+    assert e["PET_NNODES"]["value"] == "3" and e["PET_NPROC_PER_NODE"]["value"] == "2"
+    assert e["PET_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert e["PET_MASTER_ADDR"]["value"] == f"gistnet-0.{service['metadata']['name']}"
+    assert e["PET_MASTER_PORT"]["value"] == "29500"
+    assert e["NCCL_DEBUG"]["value"] == "WARN" and e["NCCL_IB_DISABLE"]["value"] == "1"
+    grace = pod["terminationGracePeriodSeconds"]
+    assert 0 < int(e["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]["value"]) < grace  # torchrun must not SIGKILL first
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"metrics": 9090, "metrics-1": 9091, "rendezvous": 29500}  # metrics.port + local rank
+    pm = by_kind(docs, "PodMonitor")
+    assert [ep["port"] for ep in pm["spec"]["podMetricsEndpoints"]] == ["metrics", "metrics-1"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    shm = volumes[{m["mountPath"]: m["name"] for m in c["volumeMounts"]}["/dev/shm"]]["emptyDir"]
+    assert shm == {"medium": "Memory", "sizeLimit": "16Gi"}
+
+
+def test_ddp_keeps_the_exit_code_policy_since_gistnet_launch_passes_exit_codes_through():
+    rules = job_spec(render(VARIANTS["ddp-indexed"]))["podFailurePolicy"]["rules"]
+    fail = next(r for r in rules if r["action"] == "FailJob")
+    assert sorted(fail["onExitCodes"]["values"]) == sorted(errors.PERMANENT_EXIT_CODES)
+    assert any(errors.EXIT_INTERRUPTED in r.get("onExitCodes", {}).get("values", []) for r in rules
+               if r["action"] == "Ignore")
+
+
+def test_trainjob_validates_against_the_vendored_crd():
+    import jsonschema
+    import kubernetes_validate
+
+    docs = render(VARIANTS["ddp-trainjob"])
+    assert not by_kind(docs, "Job") and not by_kind(docs, "Service")
+    trainjob = by_kind(docs, "TrainJob")
+    assert trainjob["apiVersion"] == "trainer.kubeflow.org/v1alpha1"
+    jsonschema.validate(trainjob, trainjob_schema())
+    spec = trainjob["spec"]
+    assert spec["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime",
+                                  "name": "torch-distributed"}
+    trainer = spec["trainer"]
+    assert trainer["numNodes"] == 2 and trainer["numProcPerNode"] == 1
+    assert trainer["command"][:3] == ["gistnet", "launch", "train"]
+    names = [e["name"] for e in trainer["env"]]
+    assert not [n for n in names if n.startswith("PET_")]  # Trainer injects them and rejects ours
+    assert "NCCL_DEBUG" in names and "TORCH_ELASTIC_SHUTDOWN_TIMEOUT" in names
+    secret_ref = next(e for e in trainer["env"] if e["name"] == "AWS_SECRET_ACCESS_KEY")["valueFrom"]
+    assert secret_ref["secretKeyRef"]["name"] == "my-s3"
+    # The parts the excerpt leaves to core Kubernetes: validated as one Pod with kubernetes-validate.
+    override = spec["podTemplateOverrides"][0]
+    assert override["targetJobs"] == [{"name": "node"}]
+    pod_spec = override["spec"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "trainjob-node", **override["metadata"]},
+           "spec": {"serviceAccountName": pod_spec["serviceAccountName"], "volumes": pod_spec["volumes"],
+                    "tolerations": pod_spec["tolerations"],
+                    "containers": [{"name": c["name"], "image": trainer["image"], "env": trainer["env"],
+                                    "resources": trainer["resourcesPerNode"], "volumeMounts": c["volumeMounts"]}
+                                   for c in pod_spec["containers"]]}}
+    kubernetes_validate.validate(pod, kubernetes_versions()[-1], strict=True)
+    mounts = {m["mountPath"] for m in pod_spec["containers"][0]["volumeMounts"]}
+    assert mounts == {"/etc/gistnet", "/tmp", "/dev/shm"}
+
+
+def test_the_vendored_crd_excerpt_rejects_what_trainer_would():
+    import jsonschema
+
+    schema = trainjob_schema()
+    good = by_kind(render(VARIANTS["ddp-trainjob"]), "TrainJob")
+    for broken in ({**good, "spec": {**good["spec"], "runtimeRef": {}}},
+                   {**good, "spec": {**good["spec"], "trainer": {**good["spec"]["trainer"], "numNode": 2}}},
+                   {**good, "spec": {k: v for k, v in good["spec"].items() if k != "runtimeRef"}}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, schema)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--set", "distributed.enabled=true", "--set", "distributed.procPerNode=4"],
+     "distributed.procPerNode (4) must equal resources.limits.nvidia.com/gpu (1)"),
+    (["--set", "distributed.enabled=true", "--set", "schedule=0 2 * * *"], "distributed.enabled with a schedule"),
+    (["--set", "distributed.enabled=true", "--set", "mode=predict", "--set", "predict.run=s3://b/r",
+      "--set", "predict.data=s3://b/d", "--set", "predict.output=s3://b/o"], "distributed.enabled is for training"),
+    (["--set", "distributed.engine=mpi"], "/distributed/engine"),
+    (["--set", "distributed.nccl.DEBUG=1"], "does not match pattern '^NCCL_"),
+])
+def test_distributed_values_that_cannot_work_are_refused(bad, message):
+    done = helm("template", "gistnet", str(CHART), *bad, check=False)
+    assert done.returncode != 0 and message in done.stderr, done.stderr

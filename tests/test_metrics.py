@@ -204,3 +204,22 @@ def test_predict_metrics_are_documented_and_follow_conventions():
     assert samples[("gistnet_stage_duration_seconds", (("model", "resnet34"), ("stage", "score")))] == 2.0
     documented = set(re.findall(r"`(gistnet_[a-z_]+)`", (REPO / "README.md").read_text()))
     assert {s[0] for s in samples if not s[0].endswith("_created")} <= documented
+
+
+def test_each_training_process_serves_its_metrics_with_a_rank_label():
+    """Under torchrun every rank serves on metrics.port + LOCAL_RANK, each sample labelled with its rank."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    m = populated()
+    port = free_port()
+    m.serve(port, addr="127.0.0.1", labels={"rank": "3"})
+    try:
+        wait_http(f"http://127.0.0.1:{port}/metrics", 10)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    finally:
+        m.close()
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    assert samples and all(s.labels.get("rank") == "3" for s in samples)
+    epoch = next(s for s in samples if s.name == "gistnet_epoch")
+    assert set(epoch.labels) == {"model", "rank"}

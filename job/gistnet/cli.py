@@ -162,6 +162,18 @@ def train_cmd(config_file, **kwargs) -> None:
     _run_training(_resolve(config_file, _flags(kwargs)))
 
 
+@cli.command("launch", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@user_errors
+def launch_cmd(command) -> None:
+    """Run `torchrun -m gistnet COMMAND...` from the PET_* environment (the Helm chart's
+    distributed modes): wait for the master first, exit with the first failed rank's code."""
+    from gistnet import distributed
+
+    wait = config_mod.load_config(None).distributed.master_wait_s
+    sys.exit(distributed.launch(list(command), wait))
+
+
 @cli.command("config")
 @train_options
 @user_errors

@@ -106,6 +106,13 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    scale_batch: bool = False
+    timeout_s: int = 1800
+    master_wait_s: int = 600
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
@@ -114,6 +121,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The tree as plain data, with credentials in URLs redacted: what is saved and reported."""
@@ -380,6 +388,8 @@ BOUNDS: dict[tuple[str, str], Bound] = {
     ("storage", "read_timeout"): Bound(0, low_open=True),
     ("storage", "multipart_threshold_mb"): Bound(5, 5120),  # S3's smallest and largest part
     ("metrics", "port"): Bound(0, 65535),
+    ("distributed", "timeout_s"): Bound(1),
+    ("distributed", "master_wait_s"): Bound(0),
 }
 
 BOUND_HINTS = {

@@ -13,7 +13,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info, pushadd_to_gateway, start_http_server
 from prometheus_client.exposition import basic_auth_handler, default_handler
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, Metric
 
 import gistnet
 from gistnet.errors import ConfigError
@@ -54,6 +54,19 @@ def _auth_handler(url: str):
     return bare, handler
 
 
+class _WithLabels:
+    """Every sample of ``registry`` with constant labels added (a ``rank`` per process)."""
+
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]):
+        self.registry, self.labels = registry, labels
+
+    def collect(self):
+        for family in self.registry.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [s._replace(labels={**s.labels, **self.labels}) for s in family.samples]
+            yield labelled
+
+
 class JobMetrics:
     """What every gistnet job exposes (the run, stage timings, outcome, transfers), served and
     pushed the same way; ``RunMetrics`` (training) and ``PredictMetrics`` add their own."""
@@ -73,10 +86,15 @@ class JobMetrics:
 
     # ------------------------------------------------------------ serving and pushing
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+    def serve(self, port: int, addr: str = "0.0.0.0", labels: dict[str, str] | None = None) -> None:
+        """Serve /metrics on ``port`` (0: not at all); ``labels`` are added to every sample."""
         if port:
+            registry = self.registry
+            if labels:
+                registry = CollectorRegistry(auto_describe=False)
+                registry.register(_WithLabels(self.registry, labels))
             try:
-                self._server, _ = start_http_server(port, addr=addr, registry=self.registry)
+                self._server, _ = start_http_server(port, addr=addr, registry=registry)
             except OSError as exc:
                 raise ConfigError(f"metrics.port {port}: cannot serve /metrics ({exc.strerror or exc}); "
                                   "pick a free port or 0 to disable") from None

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from gistnet import augmentation, checkpoint, dataset, evaluate, model_card, predictions, report, train
-from gistnet.config import Config
+from gistnet import (augmentation, checkpoint, dataset, distributed, evaluate, model_card, predictions, report,
+                     train)
+from gistnet.config import Config, TrainConfig, replace
 from gistnet.errors import ConfigError, DataError, GistnetError, Interrupted
 from gistnet.metrics import RunMetrics
 from gistnet.storage import Store, TransferStats, open_store, redact
@@ -49,15 +50,19 @@ def default_run_id() -> str:
 
 def run(config: Config, stop: train.StopFlag | None = None, scratch: str | None = None) -> RunOutcome:
     """Run the job; push the outcome to the Pushgateway whatever happens."""
+    world = distributed.world_from_env()
     run_id = config.output.run_id or default_run_id()
+    if world.distributed and not config.output.run_id:
+        raise ConfigError("under torchrun every process needs the same run id: pass --run-id")
     stats = TransferStats()
     metrics = RunMetrics(stats)
     exit_code = 1
     stop = stop or train.StopFlag()
     try:
-        metrics.serve(config.metrics.port)
+        metrics.serve(distributed.metrics_port(config.metrics.port, world),
+                      labels={"rank": str(world.rank)} if world.distributed else None)
         with stop.installed():  # SIGTERM from here on checkpoints and exits with code 8
-            outcome = _run(config, run_id, stats, metrics, stop, scratch or tempfile.gettempdir())
+            outcome = _run(config, run_id, stats, metrics, stop, scratch or tempfile.gettempdir(), world)
         exit_code = 0
         return outcome
     except GistnetError as exc:
@@ -68,8 +73,9 @@ def run(config: Config, stop: train.StopFlag | None = None, scratch: str | None 
         raise
     finally:
         metrics.run_ended(exit_code)
-        metrics.push(config.metrics.pushgateway, config.metrics.job_name, config.metrics.grouping_labels,
-                     succeeded=exit_code == 0)
+        if world.is_main:
+            metrics.push(config.metrics.pushgateway, config.metrics.job_name, config.metrics.grouping_labels,
+                         succeeded=exit_code == 0)
         metrics.close()
 
 
@@ -105,9 +111,18 @@ def _timed(metrics: RunMetrics, name: str, model: str = ""):
 
 
 def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics, stop: train.StopFlag,
-         scratch: str) -> RunOutcome:
-    device = train.resolve_device(config.train.device)
+         scratch: str, world: distributed.World = distributed.SINGLE) -> RunOutcome:
+    device = distributed.device_for(world, train.resolve_device(config.train.device))
     train.set_determinism(config.train.deterministic, device)
+    distributed.per_rank_batch(config.train.batch_size, world, config.distributed.scale_batch)  # fail early
+    with distributed.process_group(world, device, config.distributed.timeout_s):
+        return _run_stages(config, run_id, stats, metrics, stop, scratch, world, device)
+
+
+def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics, stop: train.StopFlag,
+                scratch: str, world: distributed.World, device: torch.device) -> RunOutcome:
+    """The stages in order. Under torchrun every rank loads the data and trains; only rank 0
+    writes, and the others wait for what it wrote before reading it (barriers)."""
     metrics.run_started(run_id, device.type)
     threads = config.data.download_threads
     data_store = open_store(config.data.uri, config.storage, threads, stats)
@@ -116,22 +131,29 @@ def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics,
         log.info("run %s is already complete (%s); nothing to do (use --force to run it again)",
                  run_id, out.uri_of("report.json"))
         return RunOutcome(run_id, out.uri, _read_json(out, "report.json"), already_complete=True)
-    _prepare_output(out, config)
+    if world.is_main:
+        _prepare_output(out, config)
+    distributed.barrier(world)
     log.info("run %s: data %s -> outputs %s (device %s)", run_id, redact(data_store.uri), out.uri, device)
 
-    train_set, val_set, split, skipped = _load_and_split(data_store, out, config, device, metrics)
+    train_set, val_set, split, skipped = _load_and_split(data_store, out, config, device, metrics, world)
     names = (config.data.positive_class, config.data.negative_class)
     log.info("split (%s): train %s, validation %s, %d skipped", split.method, train_set.counts(names),
              val_set.counts(names), len(skipped))
-    _stop_if_asked(stop, "after loading the data")
+    _stop_if_asked(stop, "after loading the data", world, device)
 
     with _timed(metrics, "augmentation"), _out_of_memory_guard("augmentation", config):
-        data = _augment(train_set, val_set, config, out, scratch, run_id)
-    train.check_trainable(len(data.train_images), config.train.batch_size,
+        data = _augment(train_set, val_set, config, out, scratch, run_id, world.is_main)
+    global_batch = distributed.per_rank_batch(config.train.batch_size, world, config.distributed.scale_batch) \
+        * world.size
+    train.check_trainable(len(data.train_images), global_batch,
                           f"the training set after {config.augmentation.mode!r} augmentation")
     provenance = {"split": split.to_dict(), "augmentation_mode": config.augmentation.mode,
                   "augmentation_seed": config.train.seed}
-    models, curves = _train_models(config, data, out, metrics, stop, scratch, provenance, val_set)
+    models, curves = _train_models(config, data, out, metrics, stop, scratch, provenance, val_set, world)
+    if not world.is_main:
+        log.info("rank %d done; rank 0 writes the report", world.rank)
+        return RunOutcome(run_id, out.uri, None)
 
     with _timed(metrics, "report"):
         dataset_section = {
@@ -147,14 +169,18 @@ def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics,
     return RunOutcome(run_id, out.uri, final)
 
 
-def _load_and_split(data_store: Store, out: Store, config: Config, device: torch.device,
-                    metrics: RunMetrics) -> tuple[dataset.ImageSet, dataset.ImageSet, dataset.Split, list]:
+def _load_and_split(data_store: Store, out: Store, config: Config, device: torch.device, metrics: RunMetrics,
+                    world: distributed.World = distributed.SINGLE
+                    ) -> tuple[dataset.ImageSet, dataset.ImageSet, dataset.Split, list]:
     """The training and validation sets on the device. The full set's tensor is not kept:
-    once it is split it would only hold device memory."""
+    once it is split it would only hold device memory. Under torchrun rank 0 makes (or
+    reads) and saves the split; the others read it once it is saved."""
     loaded = dataset.load_images(data_store, config.data, device,
                                  on_stage=lambda name, seconds, n: metrics.stage(name, seconds))
     metrics.skipped.set(len(loaded.skipped))
-    split = _split(out, loaded.images, config)
+    split = _split(out, loaded.images, config) if world.is_main else None
+    distributed.barrier(world)
+    split = split or _split(out, loaded.images, config)
     return loaded.images.subset(split.train), loaded.images.subset(split.val), split, loaded.skipped
 
 
@@ -174,11 +200,13 @@ def _prepare_output(out: Store, config: Config) -> None:
 
 
 def _augment(train_set: dataset.ImageSet, val_set: dataset.ImageSet, config: Config, out: Store, scratch: str,
-             run_id: str) -> train.TrainData:
+             run_id: str, write_figure: bool = True) -> train.TrainData:
     """The training tensors after augmentation (expanded once in paper mode), and Fig 2."""
     images, labels = train_set.images, train_set.labels
     if config.augmentation.mode == "paper":
         images, labels, _ = augmentation.expand_paper(images, labels, config.augmentation, config.train.seed)
+    if not write_figure:
+        return train.TrainData(images, labels, val_set.images, val_set.labels)
     figure = Path(scratch) / f"gistnet-{run_id}-augmentation.png"
     augmentation.examples_figure(train_set.images, config.augmentation, config.train.seed, figure)
     out.upload_file("augmentation_examples.png", figure)
@@ -187,17 +215,20 @@ def _augment(train_set: dataset.ImageSet, val_set: dataset.ImageSet, config: Con
 
 
 def _train_models(config: Config, data: train.TrainData, out: Store, metrics: RunMetrics, stop: train.StopFlag,
-                  scratch: str, provenance: dict, val_set: dataset.ImageSet) -> tuple[dict, dict]:
+                  scratch: str, provenance: dict, val_set: dataset.ImageSet,
+                  world: distributed.World = distributed.SINGLE) -> tuple[dict, dict]:
     """Train and evaluate each model in turn; a model finished earlier in this run is reused."""
     preprocess = train.Preprocess(data.train_images.device)
     online = config.augmentation if config.augmentation.mode == "online" else None
     models, curves = {}, {}
     for name in config.train.models:
-        _stop_if_asked(stop, f"before training {name}")
+        _stop_if_asked(stop, f"before training {name}", world, data.train_images.device)
         result = _read_json(out, f"{name}/result.json")
         if result is None:
             result = _train_and_evaluate(name, config, data, preprocess, online, out, metrics, stop, scratch,
-                                         provenance, val_set)
+                                         provenance, val_set, world)
+            if result is None:  # rank > 0: rank 0 evaluates and writes
+                continue
         else:
             log.info("%s: already trained in this run; reusing %s", name, out.uri_of(f"{name}/result.json"))
         curves[name] = {"curve": result.pop("roc_curve"), "auc": result["roc_auc"]["value"] or 0.0}
@@ -226,9 +257,11 @@ def _write_report(out: Store, run_id: str, config: Config, device: torch.device,
     return final
 
 
-def _stop_if_asked(stop: train.StopFlag, where: str) -> None:
-    if stop.is_set():
-        raise Interrupted(f"stopped by {stop.signal_name} {where}")
+def _stop_if_asked(stop: train.StopFlag, where: str, world: distributed.World = distributed.SINGLE,
+                   device: torch.device | None = None) -> None:
+    """Raise ``Interrupted`` if SIGTERM came (on any rank: they all stop here together)."""
+    if distributed.any_rank(stop.is_set(), world, device or torch.device("cpu")):
+        raise Interrupted(f"stopped by {stop.signal_name or 'SIGTERM on another rank'} {where}")
 
 
 def _split(out: Store, images: dataset.ImageSet, config: Config) -> dataset.Split:
@@ -247,17 +280,26 @@ def _split(out: Store, images: dataset.ImageSet, config: Config) -> dataset.Spli
 
 
 def _train_and_evaluate(name, config: Config, data: train.TrainData, preprocess, online, out: Store,
-                        metrics: RunMetrics, stop, scratch, provenance: dict, val_set: dataset.ImageSet) -> dict:
+                        metrics: RunMetrics, stop, scratch, provenance: dict, val_set: dataset.ImageSet,
+                        world: distributed.World = distributed.SINGLE) -> dict | None:
+    """Train (every rank), then evaluate and write (rank 0; the others return None)."""
     init = _local_weights(config.train.init_weights.get(name), config, scratch)
-    state = train.new_state(name, config.train, data.train_images.device, init)
+    scale = config.distributed.scale_batch
+    train_cfg = replace(config, train={"learning_rate": distributed.learning_rate(
+        config.train.learning_rate, world, scale)}).train
+    state = train.new_state(name, train_cfg, data.train_images.device, init)
     state.provenance = provenance
     checkpoint.load_latest(out, name, state, scratch)
     metrics.model_started(name, config.train.epochs)
     if state.resumed_from_epoch is not None:
         metrics.epoch.labels(model=name).set(state.epoch)
+    if not world.is_main:  # trains in step with rank 0, which alone checkpoints, evaluates and writes
+        with _out_of_memory_guard(f"{name} training", config):
+            _fit_timed(name, state, data, config, train_cfg, preprocess, online, metrics, stop, None, world)
+        return None
     with checkpoint.CheckpointWriter(out, name, scratch) as writer:
         with _out_of_memory_guard(f"{name} training", config):
-            _fit_timed(name, state, data, config, preprocess, online, metrics, stop, writer.save)
+            _fit_timed(name, state, data, config, train_cfg, preprocess, online, metrics, stop, writer.save, world)
         with _timed(metrics, "upload", name):
             if state.resumed_from_epoch != state.epoch:
                 writer.save(state)
@@ -280,14 +322,18 @@ def _train_and_evaluate(name, config: Config, data: train.TrainData, preprocess,
     return result
 
 
-def _fit_timed(name: str, state: train.TrainState, data: train.TrainData, config: Config, preprocess, online,
-               metrics: RunMetrics, stop: train.StopFlag, save_checkpoint) -> None:
+def _fit_timed(name: str, state: train.TrainState, data: train.TrainData, config: Config, train_cfg: TrainConfig,
+               preprocess, online, metrics: RunMetrics, stop: train.StopFlag, save_checkpoint,
+               world: distributed.World = distributed.SINGLE) -> None:
     """Train, timing checkpoint saves as the ``checkpoint`` stage (what training waits for:
-    serializing, and an upload still in flight) and the rest as ``train``."""
+    serializing, and an upload still in flight) and the rest as ``train``. Under torchrun
+    the ranks other than 0 pass ``save_checkpoint=None``: they write nothing."""
     checkpoint_seconds = 0.0
 
     def save(s: train.TrainState) -> None:
         nonlocal checkpoint_seconds
+        if save_checkpoint is None:
+            return
         start = time.perf_counter()
         with _timed(metrics, "checkpoint", name):
             save_checkpoint(s)
@@ -295,7 +341,9 @@ def _fit_timed(name: str, state: train.TrainState, data: train.TrainData, config
 
     start = time.perf_counter()
     try:
-        train.fit(name, state, data, config.train, preprocess, online, metrics, stop, save)
+        train.fit(name, state, data, train_cfg, preprocess, online, metrics, stop, save, world=world,
+                  per_rank_batch=distributed.per_rank_batch(config.train.batch_size, world,
+                                                            config.distributed.scale_batch))
     finally:
         metrics.stage("train", time.perf_counter() - start - checkpoint_seconds, name)
 

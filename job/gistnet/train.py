@@ -22,7 +22,7 @@ from typing import Callable, Protocol
 import torch
 import torchvision
 
-from gistnet import augmentation, evaluate
+from gistnet import augmentation, distributed, evaluate
 from gistnet.config import AugmentationConfig, TrainConfig
 from gistnet.errors import ConfigError, DataError, DeviceError, DivergedError, Interrupted, OutOfDeviceMemory
 
@@ -280,21 +280,25 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
 
 
 def train_one_epoch(state: TrainState, data: TrainData, batch_size: int, preprocess: Preprocess,
-                    aug_cfg: AugmentationConfig | None, on_step: Callable[[int], None]) -> tuple[torch.Tensor, torch.Tensor, int]:
+                    aug_cfg: AugmentationConfig | None, on_step: Callable[[int], None],
+                    world: distributed.World = distributed.SINGLE,
+                    model: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One pass over the training set in full batches: the order is reshuffled every epoch and
-    the last ``n % batch_size`` images of it are left out, so each epoch drops different images,
-    BatchNorm never sees a batch of one and every step has the same shape. Loss and correct
-    counts stay on the device (no per-step host sync); the caller reads them once per epoch."""
-    model, device = state.model, data.train_images.device
+    the last ``n % (batch_size x processes)`` images of it are left out, so each epoch drops
+    different images, BatchNorm never sees a batch of one and every step has the same shape.
+    Under torchrun ``batch_size`` is this process's share and it trains on its slice of each
+    global batch (``distributed.rank_batches``); ``model`` is what to call (the DDP wrapper).
+    Loss and correct counts stay on the device (no per-step host sync); the caller reads them
+    once per epoch."""
+    model, device = model or state.model, data.train_images.device
     model.train()
     n = len(data.train_images)
-    check_trainable(n, batch_size)
+    check_trainable(n, batch_size * world.size)
     order = torch.randperm(n, generator=state.generator).to(device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    steps = steps_per_epoch(n, batch_size)
-    for step in range(steps):
-        idx = order[step * batch_size:(step + 1) * batch_size]
+    steps = steps_per_epoch(n, batch_size * world.size)
+    for idx in distributed.rank_batches(order, batch_size, world):
         x = data.train_images[idx].float() / 255.0
         if aug_cfg is not None:
             x = augmentation.online_batch(x, aug_cfg, state.generator)
@@ -317,19 +321,40 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _sum_over_ranks(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, stop: StopFlag,
+                    world: distributed.World) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+    """The epoch's training counters of all ranks, and whether any rank was asked to stop, in
+    one all-reduce: every rank gets the same answer, so they all stop after the same epoch."""
+    counters = torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=loss_sum.device)])
+    totals, stopping = distributed.sum_and_stop(counters, stop.is_set(), world)
+    if stopping and not stop.is_set():
+        stop.set("SIGTERM on another rank")
+    return totals[0], totals[1], int(totals[2].item()), stopping
+
+
 def fit(name: str, state: TrainState, data: TrainData, cfg: TrainConfig, preprocess: Preprocess,
         aug_cfg: AugmentationConfig | None, observer: Observer, stop: StopFlag,
-        save_checkpoint: Callable[[TrainState], None], clock: Callable[[], float] = time.monotonic) -> TrainState:
+        save_checkpoint: Callable[[TrainState], None], clock: Callable[[], float] = time.monotonic,
+        world: distributed.World = distributed.SINGLE, per_rank_batch: int | None = None) -> TrainState:
     """Train until ``cfg.epochs``, validating every epoch; checkpoint every
     ``cfg.checkpoint_every`` epochs, after ``cfg.checkpoint_interval_s`` seconds since the
-    last one (checked between epochs), and on SIGTERM (then raise ``Interrupted``)."""
+    last one (checked between epochs), and on SIGTERM (then raise ``Interrupted``).
+
+    Under torchrun every rank runs this loop in step: DDP averages the gradients, one
+    all-reduce per epoch sums the training counters and the stop flags, so a SIGTERM on any
+    rank stops them all after the same epoch (only rank 0's ``save_checkpoint`` writes)."""
     device = data.train_images.device
-    check_trainable(len(data.train_images), cfg.batch_size)
+    batch = per_rank_batch or cfg.batch_size
+    check_trainable(len(data.train_images), batch * world.size)
+    net = distributed.wrap(state.model, world, device)
     last_saved = clock()
     while state.epoch < cfg.epochs:
         started = time.perf_counter()
-        loss_sum, correct, seen = train_one_epoch(state, data, cfg.batch_size, preprocess, aug_cfg,
-                                                  lambda k: observer.on_step(name, k))
+        loss_sum, correct, seen = train_one_epoch(state, data, batch, preprocess, aug_cfg,
+                                                  lambda k: observer.on_step(name, k), world, net)
+        agreed_stop = None
+        if world.distributed:
+            loss_sum, correct, seen, agreed_stop = _sum_over_ranks(loss_sum, correct, seen, stop, world)
         _synchronize(device)
         train_seconds = time.perf_counter() - started
         state.scheduler.step()
@@ -355,7 +380,7 @@ def fit(name: str, state: TrainState, data: TrainData, cfg: TrainConfig, preproc
         log.info("%s epoch %d/%d  train loss %.4f acc %.3f (%d images)  val loss %.4f acc %.3f  (%.1fs)", name,
                  state.epoch, cfg.epochs, record["train_loss"], record["train_accuracy"], seen, record["val_loss"],
                  record["val_accuracy"], record["seconds"])
-        if stop.is_set():
+        if stop.is_set() if agreed_stop is None else agreed_stop:
             save_checkpoint(state)
             raise Interrupted(f"{name}: stopped by {stop.signal_name} after epoch {state.epoch}/{cfg.epochs}; "
                               "checkpoint saved")

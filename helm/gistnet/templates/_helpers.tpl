@@ -68,7 +68,18 @@ checkov.io/skip4: "CKV_K8S_11=No CPU limit by default; it throttles training; re
 
 {{/* The Job spec shared by the Job and the CronJob's jobTemplate. */}}
 {{- define "gistnet.jobSpec" -}}
+{{- $ddp := .Values.distributed.enabled -}}
+{{- if $ddp }}
+# Data-parallel: one pod per node, each running torchrun; pod i is node rank i.
+completionMode: Indexed
+completions: {{ .Values.distributed.nodes }}
+parallelism: {{ .Values.distributed.nodes }}
+# A gang: one failed pod fails the Job (a lone replacement could not rejoin the others).
+backoffLimit: 0
+podReplacementPolicy: Failed
+{{- else }}
 backoffLimit: {{ .Values.job.backoffLimit }}
+{{- end }}
 activeDeadlineSeconds: {{ .Values.job.activeDeadlineSeconds }}
 ttlSecondsAfterFinished: {{ .Values.job.ttlSecondsAfterFinished }}
 {{- if .Values.job.podFailurePolicy }}
@@ -106,6 +117,9 @@ template:
       {{- end }}
   spec:
     restartPolicy: Never
+    {{- if $ddp }}
+    subdomain: {{ include "gistnet.workersService" . }}
+    {{- end }}
     serviceAccountName: {{ include "gistnet.serviceAccountName" . }}
     automountServiceAccountToken: {{ .Values.serviceAccount.automountServiceAccountToken }}
     terminationGracePeriodSeconds: {{ .Values.job.terminationGracePeriodSeconds }}
@@ -126,6 +140,9 @@ template:
           {{- if eq .Values.mode "predict" }}
           {{- include "gistnet.predictArgs" . | nindent 10 }}
           {{- else }}
+          {{- if $ddp }}
+          - launch
+          {{- end }}
           - train
           - --config
           - /etc/gistnet/config.yaml
@@ -164,33 +181,34 @@ template:
           - name: GISTNET_METRICS_PUSHGATEWAY
             value: {{ . | quote }}
           {{- end }}
-          {{- with .Values.s3.endpoint }}
-          - name: AWS_ENDPOINT_URL
-            value: {{ . | quote }}
+          {{- with include "gistnet.s3Env" . }}
+          {{- . | nindent 10 }}
           {{- end }}
-          {{- with .Values.s3.region }}
-          - name: AWS_REGION
-            value: {{ . | quote }}
-          {{- end }}
-          {{- if or .Values.s3.existingSecret .Values.s3.createSecret }}
-          - name: AWS_ACCESS_KEY_ID
+          {{- if $ddp }}
+          {{- include "gistnet.torchrunEnv" . | nindent 10 }}
+          - name: PET_NNODES
+            value: {{ .Values.distributed.nodes | quote }}
+          - name: PET_NPROC_PER_NODE
+            value: {{ .Values.distributed.procPerNode | quote }}
+          - name: PET_NODE_RANK
             valueFrom:
-              secretKeyRef:
-                name: {{ include "gistnet.secretName" . }}
-                key: {{ .Values.s3.secretKeys.accessKeyId }}
-          - name: AWS_SECRET_ACCESS_KEY
-            valueFrom:
-              secretKeyRef:
-                name: {{ include "gistnet.secretName" . }}
-                key: {{ .Values.s3.secretKeys.secretAccessKey }}
+              fieldRef:
+                fieldPath: metadata.annotations['batch.kubernetes.io/job-completion-index']
+          - name: PET_MASTER_ADDR
+            value: {{ printf "%s-0.%s" (include "gistnet.fullname" .) (include "gistnet.workersService" .) | quote }}
+          - name: PET_MASTER_PORT
+            value: {{ .Values.distributed.port | quote }}
           {{- end }}
           {{- with .Values.extraEnv }}
           {{- toYaml . | nindent 10 }}
           {{- end }}
         ports:
-          - name: metrics
-            containerPort: {{ .Values.metrics.port }}
+          {{- include "gistnet.metricsPorts" . | nindent 10 }}
+          {{- if $ddp }}
+          - name: rendezvous
+            containerPort: {{ .Values.distributed.port }}
             protocol: TCP
+          {{- end }}
         resources:
           {{- toYaml .Values.resources | nindent 10 }}
         securityContext:
@@ -256,5 +274,70 @@ template:
 {{- if .Values.predict.batchSize }}
 - --batch-size
 - {{ .Values.predict.batchSize | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The headless Service that gives each pod of the distributed Job a DNS name. */}}
+{{- define "gistnet.workersService" -}}
+{{- printf "%s-workers" (include "gistnet.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* One metrics port per training process of a pod: rank r of the node serves metrics.port + r. */}}
+{{- define "gistnet.metricsPorts" -}}
+{{- $procs := ternary (int .Values.distributed.procPerNode) 1 .Values.distributed.enabled -}}
+{{- range $r := until $procs }}
+- name: {{ ternary "metrics" (printf "metrics-%d" $r) (eq $r 0) }}
+  containerPort: {{ add $.Values.metrics.port $r }}
+  protocol: TCP
+{{- end }}
+{{- end }}
+
+{{/* Environment of a torchrun pod that both engines share (never PET_*: Trainer sets those). */}}
+{{- define "gistnet.torchrunEnv" -}}
+- name: TORCH_ELASTIC_SHUTDOWN_TIMEOUT
+  value: {{ max 1 (sub .Values.job.terminationGracePeriodSeconds 15) | quote }}
+{{- range $name, $value := .Values.distributed.nccl }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Refuse distributed settings that cannot work, with the value to change. */}}
+{{- define "gistnet.checkDistributed" -}}
+{{- if .Values.distributed.enabled }}
+{{- if eq .Values.mode "predict" }}
+{{- fail "distributed.enabled is for training; mode: predict runs one process" }}
+{{- end }}
+{{- if .Values.schedule }}
+{{- fail "distributed.enabled with a schedule is not supported: the pods find the master by the Job's name, which a CronJob varies" }}
+{{- end }}
+{{- $gpus := get (.Values.resources.limits | default dict) "nvidia.com/gpu" }}
+{{- if and $gpus (ne (int $gpus) (int .Values.distributed.procPerNode)) }}
+{{- fail (printf "distributed.procPerNode (%d) must equal resources.limits.nvidia.com/gpu (%d): one training process per GPU" (int .Values.distributed.procPerNode) (int $gpus)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The S3 endpoint, region and credentials (from a Secret, never inline) of every mode. */}}
+{{- define "gistnet.s3Env" -}}
+{{- with .Values.s3.endpoint }}
+- name: AWS_ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.s3.region }}
+- name: AWS_REGION
+  value: {{ . | quote }}
+{{- end }}
+{{- if or .Values.s3.existingSecret .Values.s3.createSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "gistnet.secretName" . }}
+      key: {{ .Values.s3.secretKeys.accessKeyId }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "gistnet.secretName" . }}
+      key: {{ .Values.s3.secretKeys.secretAccessKey }}
 {{- end }}
 {{- end }}
