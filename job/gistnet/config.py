@@ -80,6 +80,13 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class ExplainConfig:
+    enabled: bool = True
+    max_misclassified: int = 12
+    correct_per_class: int = 3
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     uri: str = ""
     run_id: str = ""
@@ -111,6 +118,7 @@ class Config:
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -414,6 +422,8 @@ def validate(c: Config) -> None:
         _check(m in MODEL_NAMES, f"train.init_weights: unknown model {m!r}")
     _check(c.evaluate.ci_method in CI_METHODS, f"evaluate.ci_method must be one of {', '.join(CI_METHODS)}, got {c.evaluate.ci_method!r}")
     _check(c.evaluate.selection_metric in ("accuracy", "roc_auc"), "evaluate.selection_metric must be accuracy or roc_auc")
+    _check(c.explain.max_misclassified >= 0, "explain.max_misclassified must be >= 0")
+    _check(c.explain.correct_per_class >= 0, "explain.correct_per_class must be >= 0")
     _check("/" not in c.output.run_id and ".." not in c.output.run_id, f"output.run_id {c.output.run_id!r} must not contain '/' or '..'")
     _check(c.storage.retry_mode in ("standard", "adaptive", "legacy"), "storage.retry_mode must be standard, adaptive or legacy")
 
