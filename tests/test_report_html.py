@@ -1,0 +1,103 @@
+"""report.html: self-contained, everything report.md has, evidence sections when present; opened in a real browser."""
+
+import copy
+import io
+import re
+
+import pytest
+from PIL import Image
+
+from gistnet import report, report_html
+from tests.test_report import build, model_result
+
+
+def png(colour: tuple[int, int, int], size=(40, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+FIGURES = {"training_curves": png((200, 0, 0)), "roc": png((0, 200, 0)), "augmentation_examples": png((0, 0, 200)),
+           "gradcam_resnet34": png((200, 200, 0))}
+
+EXPLAIN = {"method": "Grad-CAM (captum LayerGradCam)", "layer": "layer4", "images": 5, "misclassified_shown": 2,
+           "randomisation_spearman": 0.81, "randomisation_images": 5, "randomisation_flagged": True,
+           "note": "FLAG: the maps barely change when the weights are randomised"}
+
+
+def sample_report(**extra) -> dict:
+    m34, m50 = model_result(12, 1, 14, 2), model_result(11, 3, 12, 3)
+    m34["explain"] = EXPLAIN
+    rep = build({"resnet34": m34, "resnet50": m50})
+    rep["dataset"]["skipped"] = [{"uri": "s3://b/data/GIST/<img src=x onerror=alert(1)>.png", "reason": "not an image"}]
+    rep.update(copy.deepcopy(extra))
+    return rep
+
+
+def test_html_has_everything_report_md_has_and_embeds_every_figure():
+    rep = sample_report()
+    html = report_html.render(rep, FIGURES)
+    for name, m in rep["models"].items():
+        cm = m["confusion_matrix"]
+        for cell in (f"TP {cm['tp']}", f"FP {cm['fp']}", f"FN {cm['fn']}", f"TN {cm['tn']}"):
+            assert cell in html
+        for metric in m["metrics"].values():
+            assert report._pct(metric) in html  # the same text as report.md
+        assert f"{m['roc_auc']['value']:.3f}, {m['roc_auc']['ci_low']:.3f}-{m['roc_auc']['ci_high']:.3f}" in html
+        assert m["checkpoint"]["sha256"] in html and f'id="model-{name}"' in html
+    assert "Best model: resnet34" in html and "optimistic" in html
+    assert html.count('src="data:image/png;base64,') == len(FIGURES)
+    for png_bytes in FIGURES.values():
+        assert report_html.png_data_uri(png_bytes) in html
+    assert 'class="flag"' in html and "randomised" in html  # the flagged Grad-CAM check is shown as a warning
+
+
+def test_html_is_self_contained_escaped_and_has_no_script():
+    html = report_html.render(sample_report(), FIGURES)
+    assert "<script" not in html.lower()
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html and "<img src=x" not in html
+    assert "default-src 'none'" in html  # the page may not fetch anything even if a figure tried to
+    urls = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert urls and all(u.startswith(("data:image/png;base64,", "#")) for u in urls)
+    assert "@media print" in html
+
+
+def test_evidence_sections_render_when_present():
+    evaluation = {"method": "kfold", "folds": 5, "pooled": True,
+                  "per_fold": [{"fold": 0, "resnet34_auc": 0.81}, {"fold": 1, "resnet34_auc": 0.77}]}
+    comparison = {"models": ["resnet34", "resnet50"], "delong": {"z": 1.12, "p": 0.262},
+                  "auc_difference": {"value": 0.05, "ci_low": -0.04, "ci_high": 0.14},
+                  "mcnemar": {"statistic": 2.0, "p": 0.0004}}
+    rep = sample_report(evaluation=evaluation, comparison=comparison)
+    rep["models"]["resnet34"]["calibration"] = {"brier": 0.182, "intercept": {"value": 0.1, "ci_low": -0.3, "ci_high": 0.5},
+                                                "slope": 0.87}
+    rep["models"]["resnet34"]["thresholds"] = {"primary": {"threshold": 0.5}, "youden": {"threshold": 0.42,
+                                                                                      "label": "exploratory"}}
+    html = report_html.render(rep, {**FIGURES, "reliability_resnet34": png((9, 9, 9))})
+    for anchor in ("evaluation", "comparison", "model-resnet34-calibration", "model-resnet34-thresholds",
+                   "fig-reliability_resnet34"):
+        assert f'id="{anchor}"' in html
+    assert "kfold" in html and "0.770" in html and "0.182" in html and "exploratory" in html
+    assert "p = 0.262: no evidence of a difference" in html and "equivalent" in html  # "does not show ... equivalent"
+    assert "p = &lt; 0.001: evidence of a difference" in html
+    assert "0.050 (-0.040&ndash;0.140)" in html
+    section = html[html.index('id="model-resnet34"'):html.index('id="model-resnet50"')]
+    assert report_html.png_data_uri(png((9, 9, 9))) in section  # the reliability diagram sits with its model
+
+
+def test_page_renders_in_a_real_browser_without_network_requests(tmp_path, chromium):
+    rep = sample_report(comparison={"delong": {"z": 0.5, "p": 0.6}})
+    page = tmp_path / "report.html"
+    page.write_text(report_html.render(rep, FIGURES), encoding="utf-8")
+    requests = chromium.load(page.as_uri())
+    assert all(url == page.as_uri() or url.startswith("data:") for url in requests), requests
+    assert chromium.evaluate("document.images.length") == len(FIGURES)
+    assert chromium.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    assert chromium.evaluate("document.querySelectorAll('table').length") >= 6
+    assert chromium.evaluate("document.querySelector('#model-resnet34 table.metrics').getBoundingClientRect().height") > 50
+    shot = Image.open(io.BytesIO(chromium.screenshot())).convert("RGB")
+    assert shot.width >= 1000 and shot.height > 2000  # the whole page, not an empty viewport
+    colours = {colour for _, colour in shot.getcolors(maxcolors=1 << 24)}
+    # each embedded figure is a flat colour: seeing it in the screenshot proves the browser painted it
+    for figure_colour in ((200, 0, 0), (0, 200, 0), (0, 0, 200), (200, 200, 0)):
+        assert figure_colour in colours
