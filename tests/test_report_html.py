@@ -69,8 +69,8 @@ def test_evidence_sections_render_when_present():
                   "auc_difference": {"value": 0.05, "ci_low": -0.04, "ci_high": 0.14},
                   "mcnemar": {"statistic": 2.0, "p": 0.0004}}
     rep = sample_report(evaluation=evaluation, comparison=comparison)
-    rep["models"]["resnet34"]["calibration"] = {"brier": 0.182, "intercept": {"value": 0.1, "ci_low": -0.3, "ci_high": 0.5},
-                                                "slope": 0.87}
+    rep["models"]["resnet34"]["calibration"] = {
+        "brier": 0.182, "intercept": {"value": 0.1, "ci_low": -0.3, "ci_high": 0.5}, "slope": 0.87}
     rep["models"]["resnet34"]["thresholds"] = {"primary": {"threshold": 0.5}, "youden": {"threshold": 0.42,
                                                                                       "label": "exploratory"}}
     html = report_html.render(rep, {**FIGURES, "reliability_resnet34": png((9, 9, 9))})
@@ -94,7 +94,8 @@ def test_page_renders_in_a_real_browser_without_network_requests(tmp_path, chrom
     assert chromium.evaluate("document.images.length") == len(FIGURES)
     assert chromium.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
     assert chromium.evaluate("document.querySelectorAll('table').length") >= 6
-    assert chromium.evaluate("document.querySelector('#model-resnet34 table.metrics').getBoundingClientRect().height") > 50
+    metrics_table = "document.querySelector('#model-resnet34 table.metrics').getBoundingClientRect().height"
+    assert chromium.evaluate(metrics_table) > 50
     shot = Image.open(io.BytesIO(chromium.screenshot())).convert("RGB")
     assert shot.width >= 1000 and shot.height > 2000  # the whole page, not an empty viewport
     colours = {colour for _, colour in shot.getcolors(maxcolors=1 << 24)}

@@ -47,7 +47,8 @@ def _split(r):
     text = f"{r['dataset']['split_method']}, stratified by class, seed {_config(r, 'train').get('seed')}"
     evaluation = r.get("evaluation")
     if evaluation:
-        text += f"; evaluation: {evaluation.get('method')}" + (f", {evaluation['folds']} folds" if evaluation.get("folds") else "")
+        folds = f", {evaluation['folds']} folds" if evaluation.get("folds") else ""
+        text += f"; evaluation: {evaluation.get('method')}{folds}"
     return text + "; the image keys of each part are saved in `split.json`"
 
 
@@ -72,7 +73,8 @@ def _model(r):
 
 def _training(r):
     t = _config(r, "train")
-    return (f"{t.get('epochs')} epochs, batch {t.get('batch_size')}, {t.get('optimizer')} (lr {t.get('learning_rate')}, "
+    return (f"{t.get('epochs')} epochs, batch {t.get('batch_size')}, {t.get('optimizer')} "
+            f"(lr {t.get('learning_rate')}, "
             f"weight decay {t.get('weight_decay')}), cosine schedule, cross-entropy, seed {t.get('seed')}, "
             f"device {r['environment']['device']}; final-epoch weights reported")
 
@@ -125,10 +127,12 @@ def _explain(r):
     found = {n: m["explain"] for n, m in _models(r).items() if m.get("explain")}
     if not found:
         return None
-    return "; ".join(f"{n}: {e['method']} at {e['layer']} on {e['images']} validation images, randomisation check "
-                     f"median Spearman {e['randomisation_spearman'] if e['randomisation_spearman'] is None else round(e['randomisation_spearman'], 2)}"
-                     + (" (FLAGGED: maps explain nothing)" if e.get("randomisation_flagged") else "")
-                     for n, e in found.items())
+    def one(name, e):
+        rho = e["randomisation_spearman"]
+        return (f"{name}: {e['method']} at {e['layer']} on {e['images']} validation images, randomisation check "
+                f"median Spearman {'n/a' if rho is None else f'{rho:.2f}'}"
+                + (" (FLAGGED: maps explain nothing)" if e.get("randomisation_flagged") else ""))
+    return "; ".join(one(n, e) for n, e in found.items())
 
 
 def _failures(r):
@@ -151,11 +155,14 @@ def _software(r):
             + (f", CUDA {env['cuda']}" if env.get("cuda") else "") + "; resolved configuration in `config.yaml`")
 
 
+NOT_COMPUTED = "not in this report (this gistnet version or configuration does not compute it)"
+
 # (topic, CLAIM 2024 topic, TRIPOD+AI item, report.html anchor, report.json path, filler)
 JobItem = tuple[str, str, str, str, str, Callable[[dict], str | None]]
 JOB_ITEMS: list[JobItem] = [
     ("Data source", "Data sources", "5a", "dataset", "dataset.uri", _data_source),
-    ("Counts", "Flow of data / cases in each partition", "20a, 21", "dataset", "dataset.train, dataset.val", _counts_item),
+    ("Counts", "Flow of data / cases in each partition", "20a, 21", "dataset", "dataset.train, dataset.val",
+     _counts_item),
     ("Split", "How data were assigned to partitions; level at which they are disjoint", "12a", "dataset",
      "dataset.split_method, evaluation", _split),
     ("Preprocessing", "Data preprocessing steps", "7", "software", "config.data", _preprocessing),
@@ -231,7 +238,7 @@ def markdown(r: dict) -> str:
     ]
     for topic, claim, tripod, anchor, path, fill in JOB_ITEMS:
         value = fill(r)
-        text = value if value is not None else "not in this report (this gistnet version or configuration does not compute it)"
+        text = value if value is not None else NOT_COMPUTED
         lines.append(f"| {topic} | {claim} | {tripod} | {_cell(text)} | `report.html#{_anchor(anchor, r)}`, "
                      f"`report.json`: `{path}` |")
     lines += ["", "## To be filled by the authors", "", "| item | CLAIM 2024 | TRIPOD+AI |", "| --- | --- | --- |"]

@@ -114,8 +114,8 @@ def randomisation_note(median: float | None, checked: int, shown: int) -> str:
                 f"{FLAG_SPEARMAN} over {checked} of {shown} images): they reflect the image rather than what the "
                 "model learned, so they explain nothing about its decisions")
     return (f"the maps change when the weights are randomised (median Spearman {median:.2f} < {FLAG_SPEARMAN} over "
-            f"{checked} of {shown} images): they depend on the learned weights, as the check requires; they show where the "
-            "evidence for the call lies at layer4 resolution, not why, and are not a localisation of the lesion")
+            f"{checked} of {shown} images): they depend on the learned weights, as the check requires; they show "
+            "where the evidence for the call lies at layer4 resolution, not why, and are not a localisation of the lesion")
 
 
 def explain(model_name: str, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -133,8 +133,8 @@ def explain(model_name: str, model: torch.nn.Module, images: torch.Tensor, label
     random_maps = gradcam_maps(randomised_copy(model, seed), shown_images, called, preprocess, batch_size)
     rhos = spearman_per_image(trained_maps, random_maps)
     median = float(np.median(rhos)) if rhos else None
-    gallery_figure(model_name, shown_images.cpu(), upsample(trained_maps, tuple(images.shape[-2:])), labels.cpu()[gallery.indices],
-                   probabilities.detach().float().cpu()[gallery.indices], class_names, figure_path)
+    gallery_figure(model_name, shown_images.cpu(), upsample(trained_maps, tuple(images.shape[-2:])),
+                   labels.cpu()[gallery.indices], probabilities.detach().float().cpu()[gallery.indices], class_names, figure_path)
     return {
         "method": METHOD,
         "layer": LAYER,

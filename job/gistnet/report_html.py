@@ -81,13 +81,13 @@ def render(report: dict, figures: dict[str, bytes]) -> str:
     per_model = {name: {k: figures[k] for k in (f"gradcam_{name}", f"reliability_{name}") if k in figures}
                  for name in models}
     placed = {k for f in per_model.values() for k in f}
-    run_figures = [(name, FIGURE_CAPTIONS.get(name, label(name)), png) for name, png in
-                   sorted(figures.items(), key=lambda kv: (list(FIGURE_CAPTIONS).index(kv[0])
-                                                           if kv[0] in FIGURE_CAPTIONS else len(FIGURE_CAPTIONS), kv[0]))
-                   if name not in placed]
+    known = list(FIGURE_CAPTIONS)
+    order = sorted((n for n in figures if n not in placed), key=lambda n: (known.index(n) if n in known else len(known), n))
+    run_figures = [(name, FIGURE_CAPTIONS.get(name, label(name)), figures[name]) for name in order]
     roles = {role: name for name, role in report["dataset"]["classes"].items()}
     return _environment().get_template("report.html.j2").render(
-        r=report, positive=roles["positive"], negative=roles["negative"], ds=report["dataset"], models=models, level=level, metric_names=stats.METRICS,
+        r=report, positive=roles["positive"], negative=roles["negative"], ds=report["dataset"], models=models,
+        level=level, metric_names=stats.METRICS,
         per_model=per_model, run_figures=run_figures, difference_wording=difference_wording,
         config_yaml=yaml.safe_dump(report.get("config", {}), sort_keys=False),
     )
