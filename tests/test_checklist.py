@@ -3,7 +3,9 @@
 import re
 
 from gistnet import checklist, report_html
-from tests.test_report_html import FIGURES, sample_report
+import pytest
+
+from tests.test_report_html import FIGURES, kfold_report, sample_report
 
 
 def rows(text: str, heading: str) -> list[list[str]]:
@@ -12,8 +14,9 @@ def rows(text: str, heading: str) -> list[list[str]]:
             if line.startswith("| ") and not line.startswith("| item") and not line.startswith("| ---")]
 
 
-def test_every_filled_item_points_at_a_section_that_exists_in_report_html():
-    rep = sample_report()
+@pytest.mark.parametrize("make_report", [sample_report, kfold_report], ids=["holdout", "kfold"])
+def test_every_filled_item_points_at_a_section_that_exists_in_report_html(make_report):
+    rep = make_report()
     html = report_html.render(rep, FIGURES)
     text = checklist.markdown(rep)
     filled = rows(text, "## Filled by the job")
@@ -39,6 +42,7 @@ def test_items_reflect_the_run_and_what_it_did_not_compute():
     assert "FLAGGED" in by_topic["Explainability"][3]
     assert by_topic["Calibration"][3].startswith("not in this report")
     assert by_topic["Comparison of the models"][3].startswith("not in this report")
+    assert by_topic["Cross-validation"][3].startswith("not in this report")
     rep["models"]["resnet34"]["calibration"] = {"brier": 0.18, "slope": {"value": 0.9, "ci_low": 0.5, "ci_high": 1.3}}
     rep["comparison"] = {"delong": {"z": 1.0, "p": 0.31}}
     by_topic = {r[0]: r for r in rows(checklist.markdown(rep), "## Filled by the job")}
@@ -52,3 +56,9 @@ def test_items_only_the_authors_can_fill_are_listed_as_such():
     assert len(authors) == len(checklist.AUTHOR_ITEMS)
     assert any("Reference standard" in r[0] for r in authors) and any("Ethics" in r[0] for r in authors)
     assert "not complete until they are" in text
+
+
+def test_kfold_items_name_the_folds_and_a_missing_unit():
+    by_topic = {r[0]: r for r in rows(checklist.markdown(kfold_report()), "## Filled by the job")}
+    assert "5-fold cross-validation" in by_topic["Cross-validation"][3] and "partial" in by_topic["Cross-validation"][3]
+    assert "69 GIST, 73 LM" in by_topic["Counts"][3]

@@ -62,27 +62,57 @@ def test_html_is_self_contained_escaped_and_has_no_script():
     assert "@media print" in html
 
 
+def kfold_report() -> dict:
+    """A report shaped like a k-fold run's (schema v2): pooled metrics, per-fold rows, calibration,
+    thresholds, a comparison, one unit missing."""
+    rep = sample_report()
+    rep["status"] = "partial"
+    rep["dataset"] = {k: v for k, v in rep["dataset"].items() if k not in ("train", "val", "train_augmented")}
+    rep["dataset"]["images"] = {"GIST": 69, "LM": 73}
+    rep["evaluation"] = {"method": "kfold", "folds": 5, "pooled": True,
+                         "finished": [{"fold": 0, "model": "resnet34"}], "missing": [{"fold": 4, "model": "resnet50"}]}
+    for name, m in rep["models"].items():
+        for key in ("history", "checkpoint"):
+            m.pop(key)
+        m["roc_auc"]["method"] = "delong"
+        m["calibration"] = {"brier": 0.182, "intercept": -0.12, "slope": 0.87, "method": "logistic recalibration",
+                            "bins": [{"predicted": 0.2, "observed": 0.25}], "note": ""}
+        cm = m["confusion_matrix"]
+        m["thresholds"] = {
+            "primary": {"value": 0.5, "pre_specified": True, "confusion_matrix": cm, "metrics": m["metrics"]},
+            "youden": {"exploratory": True, "chosen_on": "Youden's J on each fold's training part",
+                       "values": [0.41, 0.47], "confusion_matrix": cm, "metrics": m["metrics"]}}
+        m["folds"] = [{"fold": i, "n": 29, "confusion_matrix": cm, "roc_auc": 0.8 + i / 100, "accuracy": 0.75,
+                       "sensitivity": 0.7, "specificity": 0.8, "youden_threshold": 0.4} for i in range(2)]
+        m["across_folds"] = {"roc_auc": {"mean": 0.805, "sd": 0.007, "n_folds": 2}}
+    rep["comparison"] = {"models": ["resnet34", "resnet50"], "n_images": 142, "delong": {"z": 1.12, "p": 0.262},
+                         "auc_difference": {"value": 0.05, "ci_low": -0.04, "ci_high": 0.14},
+                         "mcnemar": {"statistic": 2.0, "p": 0.0004}, "confidence_level": 0.95,
+                         "interpretation": ["resnet34 vs resnet50, ROC AUC (DeLong): no evidence of a difference"]}
+    return rep
+
+
 def test_evidence_sections_render_when_present():
-    evaluation = {"method": "kfold", "folds": 5, "pooled": True,
-                  "per_fold": [{"fold": 0, "resnet34_auc": 0.81}, {"fold": 1, "resnet34_auc": 0.77}]}
-    comparison = {"models": ["resnet34", "resnet50"], "delong": {"z": 1.12, "p": 0.262},
-                  "auc_difference": {"value": 0.05, "ci_low": -0.04, "ci_high": 0.14},
-                  "mcnemar": {"statistic": 2.0, "p": 0.0004}}
-    rep = sample_report(evaluation=evaluation, comparison=comparison)
-    rep["models"]["resnet34"]["calibration"] = {
-        "brier": 0.182, "intercept": {"value": 0.1, "ci_low": -0.3, "ci_high": 0.5}, "slope": 0.87}
-    rep["models"]["resnet34"]["thresholds"] = {"primary": {"threshold": 0.5}, "youden": {"threshold": 0.42,
-                                                                                      "label": "exploratory"}}
-    html = report_html.render(rep, {**FIGURES, "reliability_resnet34": png((9, 9, 9))})
-    for anchor in ("evaluation", "comparison", "model-resnet34-calibration", "model-resnet34-thresholds",
-                   "fig-reliability_resnet34"):
+    rep = kfold_report()
+    html = report_html.render(rep, {**FIGURES, "reliability_diagram": png((9, 9, 9))})
+    for anchor in ("partial", "evaluation", "comparison", "model-resnet34-calibration", "model-resnet34-thresholds",
+                   "model-resnet34-folds", "fig-reliability_diagram"):
         assert f'id="{anchor}"' in html
-    assert "kfold" in html and "0.770" in html and "0.182" in html and "exploratory" in html
-    assert "p = 0.262: no evidence of a difference" in html and "equivalent" in html  # "does not show ... equivalent"
+    assert "PARTIAL REPORT" in html and "resnet50 fold 4" in html
+    assert "5-fold cross-validation" in html and "<td>69</td>" in html
+    assert "Brier score 0.182" in html and "slope 0.87" in html and "(delong)" in html
+    assert "Youden 0.410, 0.470 (exploratory)" in html and "0.5 (primary, pre-specified)" in html
+    assert "<td>0.810</td>" in html and "roc auc 0.805 &plusmn; 0.007" in html
+    assert "p = 0.262: no evidence of a difference" in html and "does not show the models are equivalent" in html
     assert "p = &lt; 0.001: evidence of a difference" in html
     assert "0.050 (-0.040&ndash;0.140)" in html
+    assert "resnet34 vs resnet50, ROC AUC (DeLong): no evidence of a difference" in html
+
+
+def test_a_reliability_diagram_per_model_sits_with_its_model():
+    html = report_html.render(sample_report(), {**FIGURES, "reliability_resnet34": png((9, 9, 9))})
     section = html[html.index('id="model-resnet34"'):html.index('id="model-resnet50"')]
-    assert report_html.png_data_uri(png((9, 9, 9))) in section  # the reliability diagram sits with its model
+    assert report_html.png_data_uri(png((9, 9, 9))) in section
 
 
 def test_page_renders_in_a_real_browser_without_network_requests(tmp_path, chromium):

@@ -39,8 +39,9 @@ def _data_source(r):
 
 def _counts_item(r):
     ds = r["dataset"]
-    return (f"training {_counts(ds['train'])}; validation {_counts(ds['val'])}; {len(ds['skipped'])} image(s) "
-            "skipped, each listed with its reason")
+    used = (f"training {_counts(ds['train'])}; validation {_counts(ds['val'])}" if "train" in ds
+            else f"{_counts(ds['images'])}, each validated once across the folds")
+    return f"{used}; {len(ds['skipped'])} image(s) skipped, each listed with its reason"
 
 
 def _split(r):
@@ -60,9 +61,9 @@ def _preprocessing(r):
 
 def _augmentation(r):
     ds, aug = r["dataset"], _config(r, "augmentation")
+    expanded = f"; training after augmentation: {_counts(ds['train_augmented'])}" if "train_augmented" in ds else ""
     return (f"mode {ds.get('augmentation_mode', aug.get('mode'))} on the training part only (rotation "
-            f"+-{aug.get('rotation_degrees')} deg, {aug.get('flip')} flip, CLAHE, log and sigmoid contrast); "
-            f"training after augmentation: {_counts(ds['train_augmented'])}")
+            f"+-{aug.get('rotation_degrees')} deg, {aug.get('flip')} flip, CLAHE, log and sigmoid contrast){expanded}")
 
 
 def _model(r):
@@ -82,6 +83,15 @@ def _training(r):
 def _selection(r):
     note = r.get("selection", {}).get("note", "")
     return f"best model {r['best_model']} by {r.get('selection', {}).get('metric', 'validation accuracy')}: {note}"
+
+
+def _folds(r):
+    ev = r.get("evaluation") or {}
+    if ev.get("method") != "kfold":
+        return None
+    missing = ev.get("missing") or []
+    return (f"{ev['folds']}-fold cross-validation, metrics pooled over the out-of-fold predictions, mean and SD across "
+            "folds per model" + (f"; {len(missing)} unit(s) missing (report partial)" if missing else ""))
 
 
 def _metrics(r):
@@ -146,7 +156,9 @@ def _failures(r):
 
 
 def _imbalance(r):
-    return f"training {_counts(r['dataset']['train'])}; no re-weighting or re-sampling beyond the augmentation"
+    ds = r["dataset"]
+    return (f"{_counts(ds.get('train', ds.get('images', {})))}; no re-weighting or re-sampling beyond the "
+            "augmentation")
 
 
 def _software(r):
@@ -174,6 +186,8 @@ JOB_ITEMS: list[JobItem] = [
      _training),
     ("Selection of the final model", "Method of selecting the final model", "12c", "summary", "best_model, selection",
      _selection),
+    ("Cross-validation", "Robustness or sensitivity analysis", "12a, 23b", "evaluation", "evaluation, models.<m>.folds",
+     _folds),
     ("Metrics with confidence intervals", "Metrics of model performance; estimates of diagnostic accuracy and their "
      "precision", "12e, 23a", "summary", "models.<m>.metrics, models.<m>.roc_auc", _metrics),
     ("Calibration", "Metrics of model performance", "12e, 23a", "model-{model}-calibration", "models.<m>.calibration",

@@ -22,6 +22,8 @@ FIGURE_CAPTIONS = {
     "training_curves": "Loss and accuracy per epoch, training and validation (the paper's Fig 3/4).",
     "roc": "ROC curves on the validation images (sensitivity against 1 - specificity).",
     "augmentation_examples": "Training images and their augmented copies (the paper's Fig 2).",
+    "reliability_diagram": "Reliability diagram: observed share of positives against the predicted probability "
+                           "(the diagonal is perfect calibration).",
 }
 
 
