@@ -113,3 +113,14 @@ def test_explain_flags_maps_that_do_not_change_under_randomisation(tmp_path, mon
     assert broken["randomisation_spearman"] == pytest.approx(1.0)
     assert broken["randomisation_flagged"] and broken["note"].startswith("FLAG")
     assert honest["randomisation_spearman"] is None or honest["randomisation_spearman"] < 1.0
+
+
+def test_folds_combine_into_one_check_over_every_image():
+    def fold(values, images):
+        return {"method": explain.METHOD, "layer": "layer4", "target": explain.TARGET, "images": images,
+                "misclassified_shown": 1, **explain._randomisation(values, images)}
+
+    combined = explain.combine({0: fold([0.1, 0.2, 0.9], 4), 2: fold([0.8, 0.7], 3)})
+    assert combined["images"] == 7 and combined["misclassified_shown"] == 2 and combined["folds"] == [0, 2]
+    assert combined["randomisation_spearman"] == pytest.approx(0.7)  # median of all five images, not of folds
+    assert combined["randomisation_images"] == 5 and combined["randomisation_flagged"]

@@ -109,6 +109,14 @@ def test_evidence_sections_render_when_present():
     assert "resnet34 vs resnet50, ROC AUC (DeLong): no evidence of a difference" in html
 
 
+def test_kfold_grad_cam_galleries_of_every_fold_sit_with_their_model():
+    figures = {**FIGURES, "gradcam_resnet34_fold0": png((1, 2, 3)), "gradcam_resnet34_fold1": png((3, 2, 1))}
+    html = report_html.render(kfold_report(), figures)
+    section = html[html.index('id="model-resnet34"'):html.index('id="model-resnet50"')]
+    for fold, colour in ((0, (1, 2, 3)), (1, (3, 2, 1))):
+        assert report_html.png_data_uri(png(colour)) in section and f"Grad-CAM of resnet34, fold {fold}:" in section
+
+
 def test_a_reliability_diagram_per_model_sits_with_its_model():
     html = report_html.render(sample_report(), {**FIGURES, "reliability_resnet34": png((9, 9, 9))})
     section = html[html.index('id="model-resnet34"'):html.index('id="model-resnet50"')]

@@ -132,7 +132,6 @@ def explain(model_name: str, model: torch.nn.Module, images: torch.Tensor, label
     trained_maps = gradcam_maps(model, shown_images, called, preprocess, batch_size)
     random_maps = gradcam_maps(randomised_copy(model, seed), shown_images, called, preprocess, batch_size)
     rhos = spearman_per_image(trained_maps, random_maps)
-    median = float(np.median(rhos)) if rhos else None
     gallery_figure(model_name, shown_images.cpu(), upsample(trained_maps, tuple(images.shape[-2:])),
                    labels.cpu()[gallery.indices], probabilities.detach().float().cpu()[gallery.indices], class_names, figure_path)
     return {
@@ -141,11 +140,26 @@ def explain(model_name: str, model: torch.nn.Module, images: torch.Tensor, label
         "target": TARGET,
         "images": len(gallery.indices),
         "misclassified_shown": gallery.misclassified,
-        "randomisation_spearman": median,
-        "randomisation_images": len(rhos),
-        "randomisation_flagged": median is not None and median >= FLAG_SPEARMAN,
-        "note": randomisation_note(median, len(rhos), len(gallery.indices)),
+        **_randomisation(rhos, len(gallery.indices)),
     }
+
+
+def _randomisation(rhos: list[float], shown: int) -> dict:
+    median = float(np.median(rhos)) if rhos else None
+    return {"randomisation_spearman": median, "randomisation_images": len(rhos), "randomisation_values": rhos,
+            "randomisation_flagged": median is not None and median >= FLAG_SPEARMAN,
+            "note": randomisation_note(median, len(rhos), shown)}
+
+
+def combine(summaries: dict[int, dict]) -> dict:
+    """One model's explain section over its folds (fold index -> that fold's summary): the
+    randomisation check pools the per-image correlations of every fold."""
+    rhos = [rho for s in summaries.values() for rho in s["randomisation_values"]]
+    shown = sum(s["images"] for s in summaries.values())
+    first = next(iter(summaries.values()))
+    return {"method": first["method"], "layer": first["layer"], "target": first["target"], "images": shown,
+            "misclassified_shown": sum(s["misclassified_shown"] for s in summaries.values()),
+            "folds": sorted(summaries), **_randomisation(rhos, shown)}
 
 
 def image_title(label: int, probability: float, class_names: tuple[str, str]) -> tuple[str, bool]:

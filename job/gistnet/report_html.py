@@ -80,7 +80,8 @@ def render(report: dict, figures: dict[str, bytes]) -> str:
     """The HTML page for ``report`` with ``figures`` (artifact name -> PNG bytes) embedded."""
     models = report["models"]
     level = next(iter(models.values())).get("confidence_level", 0.95)
-    per_model = {name: {k: figures[k] for k in (f"gradcam_{name}", f"reliability_{name}") if k in figures}
+    per_model = {name: {k: figures[k] for k in sorted(figures)
+                        if k in (f"gradcam_{name}", f"reliability_{name}") or k.startswith(f"gradcam_{name}_fold")}
                  for name in models}
     placed = {k for f in per_model.values() for k in f}
     known = list(FIGURE_CAPTIONS)
