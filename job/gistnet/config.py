@@ -383,6 +383,8 @@ BOUNDS: dict[tuple[str, str], Bound] = {
     ("train", "checkpoint_every"): Bound(0),
     ("train", "checkpoint_interval_s"): Bound(0),
     ("evaluate", "confidence_level"): Bound(0.5, 1, low_open=True, high_open=True),
+    ("explain", "max_misclassified"): Bound(0),
+    ("explain", "correct_per_class"): Bound(0),
     ("storage", "max_attempts"): Bound(1),
     ("storage", "connect_timeout"): Bound(0, low_open=True),
     ("storage", "read_timeout"): Bound(0, low_open=True),
@@ -422,8 +424,6 @@ def validate(c: Config) -> None:
         _check(m in MODEL_NAMES, f"train.init_weights: unknown model {m!r}")
     _check(c.evaluate.ci_method in CI_METHODS, f"evaluate.ci_method must be one of {', '.join(CI_METHODS)}, got {c.evaluate.ci_method!r}")
     _check(c.evaluate.selection_metric in ("accuracy", "roc_auc"), "evaluate.selection_metric must be accuracy or roc_auc")
-    _check(c.explain.max_misclassified >= 0, "explain.max_misclassified must be >= 0")
-    _check(c.explain.correct_per_class >= 0, "explain.correct_per_class must be >= 0")
     _check("/" not in c.output.run_id and ".." not in c.output.run_id, f"output.run_id {c.output.run_id!r} must not contain '/' or '..'")
     _check(c.storage.retry_mode in ("standard", "adaptive", "legacy"), "storage.retry_mode must be standard, adaptive or legacy")
 
