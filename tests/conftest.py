@@ -352,3 +352,91 @@ def unexplained_checkov_findings(reports: list[dict]) -> list[str]:
         found += [f"{c['check_id']} {c['resource']} skipped without a reason" for c in results.get("skipped_checks", [])
                   if not (c["check_result"].get("suppress_comment") or "").strip()]
     return found
+
+
+class HeadlessChromium:
+    """Debian's chromium, headless, driven over the DevTools protocol on a loopback port.
+
+    ``load(url)`` opens a page in the browser's tab (fresh profile), records every network request the page makes,
+    waits for the load event and returns the requested URLs; ``evaluate`` runs an expression
+    in the page; ``screenshot`` returns a PNG of the full page.
+    """
+
+    FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-default-apps", "--disable-extensions", "--mute-audio", "--hide-scrollbars"]
+
+    def __init__(self, binary: str, profile: Path, log_path: Path):
+        import json
+        import urllib.request
+
+        self.port = free_port()
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen([binary, *self.FLAGS, f"--user-data-dir={profile}",
+                                      f"--remote-debugging-port={self.port}", "--remote-debugging-address=127.0.0.1",
+                                      "--window-size=1200,900", "about:blank"],
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        wait_http(f"http://127.0.0.1:{self.port}/json/version", 30, self.proc)
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list", timeout=5) as r:
+            page = next(t for t in json.load(r) if t["type"] == "page")
+        import websocket
+
+        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=30, suppress_origin=True)
+        self._id = 0
+
+    def send(self, method: str, events: list | None = None, **params) -> dict:
+        """Call a DevTools method; events that arrive meanwhile are appended to ``events``."""
+        import json
+
+        self._id += 1
+        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
+        for _ in range(100_000):  # bounded: a page load sends a few hundred events at most
+            message = json.loads(self.ws.recv())
+            if message.get("id") == self._id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message["result"]
+            if events is not None and "method" in message:
+                events.append(message)
+        raise RuntimeError(f"{method}: no answer")
+
+    def load(self, url: str) -> list[str]:
+        import json
+
+        events: list = []
+        self.send("Network.enable", events)
+        self.send("Page.enable", events)
+        self.send("Page.navigate", events, url=url)
+        for _ in range(100_000):
+            if any(e["method"] == "Page.loadEventFired" for e in events):
+                break
+            events.append(json.loads(self.ws.recv()))
+        return [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"]
+
+    def evaluate(self, expression: str):
+        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result["result"].get("value")
+
+    def screenshot(self) -> bytes:
+        import base64
+
+        return base64.b64decode(self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"])
+
+    def close(self) -> None:
+        self.ws.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=20)
+        self._log.close()
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    """A real headless browser (Debian package chromium); CI must have it (scripts/system-packages.txt)."""
+    browser = HeadlessChromium(system_tool("chromium", "chromium"), tmp_path / "chromium-profile",
+                               tmp_path / "chromium.log")
+    yield browser
+    browser.close()

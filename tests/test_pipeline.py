@@ -55,11 +55,23 @@ def test_run_writes_everything_and_a_valid_report(tiny_data, tmp_path):
         positives = sum(r.label == "GIST" for r in rows if r.model == name)
         assert positives == rep["models"][name]["confusion_matrix"]["tp"] + rep["models"][name]["confusion_matrix"]["fn"]
     assert config.load_config(run / "config.yaml", environ={}) == cfg
+    for name in ("resnet34", "resnet50"):
+        assert rep["models"][name]["explain"]["images"] >= 1
+        assert (run / f"gradcam-{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert rep["artifacts"][f"gradcam_{name}"].endswith(f"gradcam-{name}.png")
+    html = (run / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == 5 and "| called GIST |" not in html
+    assert "## To be filled by the authors" in (run / "checklist.md").read_text()
+    assert {"report_html", "checklist"} <= set(rep["artifacts"])
+    written = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()}
+    assert all(t <= written["report.json"] for t in written.values())  # written last: it marks completion
 
 
 def test_finished_run_is_a_no_op_unless_forced(tiny_data, tmp_path):
-    cfg = tiny_config(tiny_data, tmp_path, "r2", **{"train.epochs": 1, "augmentation.mode": "none"})
+    cfg = tiny_config(tiny_data, tmp_path, "r2", **{"train.epochs": 1, "augmentation.mode": "none",
+                                                     "explain.enabled": False})
     first = pipeline.run(cfg)
+    assert "explain" not in first.report["models"]["resnet34"] and not list(tmp_path.glob("r2/gradcam-*"))
     mtime = (tmp_path / "r2" / "report.json").stat().st_mtime_ns
     again = pipeline.run(cfg)
     assert again.already_complete and again.report == first.report

@@ -227,8 +227,8 @@ def demo_cmd(output, epochs, image_size, models) -> None:
                                         "data.image_size": image_size, "train.models": models,
                                         "output.force": True, "train.device": "auto"})
     outcome = _run_training(cfg)
-    click.echo(f"demo outputs: {outcome.uri} (report.json, training_curves.png, roc.png, "
-               f"augmentation_examples.png, <model>/model.safetensors)", err=True)
+    click.echo(f"demo outputs: {outcome.uri} (report.html: open it in a browser; report.json, checklist.md, "
+               f"training_curves.png, roc.png, gradcam-<model>.png, <model>/model.safetensors)", err=True)
 
 
 def _storage_and_metrics(config_file, metrics_port, pushgateway) -> config_mod.Config:

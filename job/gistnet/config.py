@@ -80,6 +80,13 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class ExplainConfig:
+    enabled: bool = True
+    max_misclassified: int = 12
+    correct_per_class: int = 3
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     uri: str = ""
     run_id: str = ""
@@ -118,6 +125,7 @@ class Config:
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -383,6 +391,8 @@ BOUNDS: dict[tuple[str, str], Bound] = {
     ("train", "checkpoint_every"): Bound(0),
     ("train", "checkpoint_interval_s"): Bound(0),
     ("evaluate", "confidence_level"): Bound(0.5, 1, low_open=True, high_open=True),
+    ("explain", "max_misclassified"): Bound(0),
+    ("explain", "correct_per_class"): Bound(0),
     ("storage", "max_attempts"): Bound(1),
     ("storage", "connect_timeout"): Bound(0, low_open=True),
     ("storage", "read_timeout"): Bound(0, low_open=True),

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from gistnet import (augmentation, checkpoint, dataset, distributed, evaluate, model_card, predictions, report,
-                     train)
+from gistnet import (augmentation, checklist, checkpoint, dataset, distributed, evaluate, explain, model_card,
+                     predictions, report, report_html, train)
 from gistnet.config import Config, TrainConfig, replace
 from gistnet.errors import ConfigError, DataError, GistnetError, Interrupted
 from gistnet.metrics import RunMetrics
@@ -239,20 +239,26 @@ def _train_models(config: Config, data: train.TrainData, out: Store, metrics: Ru
 
 def _write_report(out: Store, run_id: str, config: Config, device: torch.device, dataset_section: dict,
                   models: dict, curves: dict, scratch: str) -> dict:
-    """Plots, report.md, then report.json last: its presence marks the run complete."""
+    """Plots, report.md, report.html and checklist.md, then report.json last: its presence marks the run complete."""
     artifacts = _plots(out, models, curves, scratch, run_id)
     pooled = [row for name in models for row in predictions.read(out, f"{name}/{predictions.FILENAME}")]
     predictions.write(out, pooled)
     artifacts["predictions"] = out.uri_of(predictions.FILENAME)
+    figures = {"training_curves": "training_curves.png", "roc": "roc.png",
+               "augmentation_examples": "augmentation_examples.png",
+               **{f"gradcam_{m}": f"gradcam-{m}.png" for m, result in models.items() if "explain" in result}}
+    artifacts.update({name: out.uri_of(key) for name, key in figures.items()})
     artifacts.update({"config": out.uri_of("config.yaml"), "split": out.uri_of("split.json"),
-                      "report_markdown": out.uri_of("report.md"),
-                      "augmentation_examples": out.uri_of("augmentation_examples.png")})
+                      "report_markdown": out.uri_of("report.md"), "report_html": out.uri_of("report.html"),
+                      "checklist": out.uri_of("checklist.md")})
     artifacts.update({f"model_card_{name}": out.uri_of(f"{name}/{model_card.CARD}") for name in models})
     final = report.build(run_id, config.to_dict(), device, dataset_section, models,
                          config.evaluate.selection_metric, artifacts)
     for name in models:
         out.write_bytes(f"{name}/{model_card.CARD}", model_card.render(final, name).encode())
     out.write_bytes("report.md", report.markdown(final).encode())
+    out.write_bytes("report.html", report_html.render(final, {n: out.read(k) for n, k in figures.items()}).encode())
+    out.write_bytes("checklist.md", checklist.markdown(final).encode())
     out.write_bytes("report.json", json.dumps(final, indent=2).encode())
     return final
 
@@ -309,6 +315,10 @@ def _train_and_evaluate(name, config: Config, data: train.TrainData, preprocess,
         scored = evaluate.predict(state.model, data.val_images, data.val_labels, config.train.batch_size, preprocess)
         diagnostics = evaluate.diagnostic_report(data.val_labels, scored.probabilities, config.evaluate.ci_method,
                                                  config.evaluate.confidence_level, scores=scored.margins)
+    if config.explain.enabled:
+        with _timed(metrics, "explain", name), _out_of_memory_guard(f"{name} Grad-CAM", config):
+            diagnostics["explain"] = _explain(name, state.model, data, scored.probabilities, preprocess, config, out,
+                                              scratch)
     result = {"history": state.history, **diagnostics, "checkpoint": weights,
               "resumable_checkpoint": {"uri": out.uri_of(pointer["key"]), "sha256": pointer["sha256"],
                                        "bytes": pointer["bytes"], "epoch": pointer["epoch"]},
@@ -346,6 +356,19 @@ def _fit_timed(name: str, state: train.TrainState, data: train.TrainData, config
                                                             config.distributed.scale_batch))
     finally:
         metrics.stage("train", time.perf_counter() - start - checkpoint_seconds, name)
+
+
+def _explain(name: str, model, data: train.TrainData, probabilities, preprocess, config: Config, out: Store,
+             scratch: str) -> dict:
+    """Grad-CAM gallery of the validation images (uploaded as gradcam-<model>.png) and its sanity check."""
+    path = Path(tempfile.mkdtemp(dir=scratch)) / "gradcam.png"
+    summary = explain.explain(name, model, data.val_images, data.val_labels, probabilities, preprocess,
+                              config.train.batch_size, (config.data.positive_class, config.data.negative_class),
+                              config.explain.max_misclassified, config.explain.correct_per_class, config.train.seed,
+                              path)
+    out.upload_file(f"gradcam-{name}.png", path)
+    path.unlink(missing_ok=True)
+    return summary
 
 
 def _local_weights(uri: str | None, config: Config, scratch: str) -> str | None:
