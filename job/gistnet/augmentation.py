@@ -175,7 +175,7 @@ def examples_figure(images: torch.Tensor, cfg: AugmentationConfig, seed: int, pa
     for col, (name, batch) in enumerate(columns):
         for row in range(len(sample)):
             ax = axes[row][col]
-            ax.imshow(batch[row].permute(1, 2, 0).cpu().numpy().clip(0, 1))
+            ax.imshow(batch[row].expand(3, -1, -1).permute(1, 2, 0).cpu().numpy().clip(0, 1))
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:

@@ -74,7 +74,7 @@ class Preprocess:
         return constants
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        c = self._on(images.device)
+        c = self._on(images.device)  # a 1-channel (grayscale) batch broadcasts to three channels here
         if images.dtype == torch.uint8:
             x = torch.addcmul(c["bias"], images.float(), c["scale_uint8"])
         else:
