@@ -146,7 +146,7 @@ def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunM
         data = _augment(train_set, val_set, config, out, scratch, run_id, world.is_main)
     global_batch = distributed.per_rank_batch(config.train.batch_size, world, config.distributed.scale_batch) \
         * world.size
-    train.check_trainable(len(data.train_images), global_batch,
+    train.check_trainable(len(data.train_set), global_batch,
                           f"the training set after {config.augmentation.mode!r} augmentation")
     provenance = {"split": split.to_dict(), "augmentation_mode": config.augmentation.mode,
                   "augmentation_seed": config.train.seed}
@@ -160,7 +160,7 @@ def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunM
             "uri": redact(data_store.uri),
             "classes": {names[0]: "positive", names[1]: "negative"},
             "train": train_set.counts(names), "val": val_set.counts(names),
-            "train_augmented": dataset.class_counts(data.train_labels, names),
+            "train_augmented": dataset.class_counts(data.train_set.labels, names),
             "augmentation_mode": config.augmentation.mode, "split_method": split.method,
             "skipped": skipped,
         }
@@ -201,17 +201,18 @@ def _prepare_output(out: Store, config: Config) -> None:
 
 def _augment(train_set: dataset.ImageSet, val_set: dataset.ImageSet, config: Config, out: Store, scratch: str,
              run_id: str, write_figure: bool = True) -> train.TrainData:
-    """The training tensors after augmentation (expanded once in paper mode), and Fig 2."""
+    """The training tensors (paper mode: the 6x set made batch by batch), and Fig 2."""
     images, labels = train_set.images, train_set.labels
+    drawn_from = None
     if config.augmentation.mode == "paper":
-        images, labels, _ = augmentation.expand_paper(images, labels, config.augmentation, config.train.seed)
+        drawn_from = augmentation.PaperSet(images, labels, config.augmentation, config.train.seed)
     if not write_figure:
-        return train.TrainData(images, labels, val_set.images, val_set.labels)
+        return train.TrainData(images, labels, val_set.images, val_set.labels, drawn_from)
     figure = Path(scratch) / f"gistnet-{run_id}-augmentation.png"
     augmentation.examples_figure(train_set.images, config.augmentation, config.train.seed, figure)
     out.upload_file("augmentation_examples.png", figure)
     figure.unlink(missing_ok=True)
-    return train.TrainData(images, labels, val_set.images, val_set.labels)
+    return train.TrainData(images, labels, val_set.images, val_set.labels, drawn_from)
 
 
 def _train_models(config: Config, data: train.TrainData, out: Store, metrics: RunMetrics, stop: train.StopFlag,

@@ -175,14 +175,42 @@ class NullObserver:
         pass
 
 
+class TensorSet:
+    """Training images held as they are; ``batch`` gives float [0, 1] images and labels."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+        self._order = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def prepare(self, order: torch.Tensor, batch_size: int) -> None:
+        self._order = order.to(self.device)  # one copy per epoch
+
+    def batch(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self._order[start:stop]
+        return self.images[idx].float() / 255.0, self.labels[idx]
+
+
 @dataclass
 class TrainData:
-    """Training and validation tensors on the device; ``train`` may already be augmented."""
+    """Training and validation tensors on the device. ``train_set`` is what an epoch draws
+    from: the images as they are, or the paper's 6x set made on the fly (``PaperSet``)."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
     val_images: torch.Tensor
     val_labels: torch.Tensor
+    train_set: "TensorSet | augmentation.PaperSet | None" = None
+
+    def __post_init__(self) -> None:
+        if self.train_set is None:
+            self.train_set = TensorSet(self.train_images, self.train_labels)
 
 
 @dataclass
@@ -292,17 +320,19 @@ def train_one_epoch(state: TrainState, data: TrainData, batch_size: int, preproc
     once per epoch."""
     model, device = model or state.model, data.train_images.device
     model.train()
-    n = len(data.train_images)
-    check_trainable(n, batch_size * world.size)
-    order = torch.randperm(n, generator=state.generator).to(device)
+    n = len(data.train_set)
+    global_batch = batch_size * world.size
+    check_trainable(n, global_batch)
+    order = torch.randperm(n, generator=state.generator)
+    data.train_set.prepare(order, batch_size)  # planned in per-rank batches: each rank's slice is one
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    steps = steps_per_epoch(n, batch_size * world.size)
-    for idx in distributed.rank_batches(order, batch_size, world):
-        x = data.train_images[idx].float() / 255.0
+    steps = steps_per_epoch(n, global_batch)
+    for step in range(steps):  # this rank's slice of each full global batch, as distributed.rank_batches
+        start = step * global_batch + world.rank * batch_size
+        x, y = data.train_set.batch(start, start + batch_size)
         if aug_cfg is not None:
             x = augmentation.online_batch(x, aug_cfg, state.generator)
-        y = data.train_labels[idx]
         with _autocast(device):
             logits = model(preprocess(x))
             loss = torch.nn.functional.cross_entropy(logits.float(), y)
@@ -345,7 +375,7 @@ def fit(name: str, state: TrainState, data: TrainData, cfg: TrainConfig, preproc
     rank stops them all after the same epoch (only rank 0's ``save_checkpoint`` writes)."""
     device = data.train_images.device
     batch = per_rank_batch or cfg.batch_size
-    check_trainable(len(data.train_images), batch * world.size)
+    check_trainable(len(data.train_set), batch * world.size)
     net = distributed.wrap(state.model, world, device)
     last_saved = clock()
     while state.epoch < cfg.epochs:
