@@ -101,6 +101,8 @@ def train_options(fn):
                 type=click.Choice(["paper", "online", "none"])),
         _option("--ci", "evaluate.ci_method", "Confidence interval method.", "ci_method",
                 type=click.Choice(config_mod.CI_METHODS)),
+        _option("--compile", "train.compile", "Training step: auto (CUDA graphs on a GPU, eager on CPU), off, "
+                "default, reduce-overhead.", "compile_mode", type=click.Choice(config_mod.COMPILE_SETTINGS)),
         _option("--checkpoint-every", "train.checkpoint_every", "Checkpoint every N epochs (0: only at the "
                 "end/SIGTERM).", type=int),
         _option("--metrics-port", "metrics.port", "Serve Prometheus /metrics on this port (0: off).", type=int),
@@ -117,7 +119,7 @@ FLAG_KEYS = {
     "data": "data.uri", "output": "output.uri", "run_id": "output.run_id", "models": "train.models",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "image_size": "data.image_size",
     "seed": "train.seed", "device": "train.device", "augmentation": "augmentation.mode",
-    "ci_method": "evaluate.ci_method", "checkpoint_every": "train.checkpoint_every",
+    "ci_method": "evaluate.ci_method", "checkpoint_every": "train.checkpoint_every", "compile_mode": "train.compile",
     "metrics_port": "metrics.port", "pushgateway": "metrics.pushgateway", "force": "output.force",
 }
 

@@ -22,6 +22,7 @@ import yaml
 
 from gistnet import (augmentation, checklist, checkpoint, dataset, distributed, evaluate, explain, model_card,
                      predictions, report, report_html, train)
+from gistnet import compile as compiling
 from gistnet.config import Config, TrainConfig, replace
 from gistnet.errors import ConfigError, DataError, GistnetError, Interrupted
 from gistnet.metrics import RunMetrics
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 RESULT_SECTIONS = ("data", "augmentation", "train", "evaluate")
 # Keys in those sections that only change how it runs; they may differ on resume.
 OPERATIONAL_KEYS = {("data", "download_threads"), ("train", "device"), ("train", "checkpoint_every"),
-                    ("train", "checkpoint_interval_s")}
+                    ("train", "checkpoint_interval_s"),
+                    ("train", "compile"), ("train", "compile_cache")}
 
 
 @dataclass
@@ -300,13 +302,19 @@ def _train_and_evaluate(name, config: Config, data: train.TrainData, preprocess,
     metrics.model_started(name, config.train.epochs)
     if state.resumed_from_epoch is not None:
         metrics.epoch.labels(model=name).set(state.epoch)
+    after_epoch = None
+    if not world.distributed:  # DDP steps eager: a compiled twin of the bare model would skip its gradient sync
+        cache_store = open_store(config.output.uri, config.storage) if config.train.compile_cache else None
+        after_epoch = compiling.attach(state, name, config.train.compile, config.train.batch_size,
+                                       config.data.image_size, data.train_images.device, cache_store)
     if not world.is_main:  # trains in step with rank 0, which alone checkpoints, evaluates and writes
         with _out_of_memory_guard(f"{name} training", config):
             _fit_timed(name, state, data, config, train_cfg, preprocess, online, metrics, stop, None, world)
         return None
     with checkpoint.CheckpointWriter(out, name, scratch) as writer:
         with _out_of_memory_guard(f"{name} training", config):
-            _fit_timed(name, state, data, config, train_cfg, preprocess, online, metrics, stop, writer.save, world)
+            _fit_timed(name, state, data, config, train_cfg, preprocess, online, metrics, stop, writer.save, world,
+                       after_epoch)
         with _timed(metrics, "upload", name):
             if state.resumed_from_epoch != state.epoch:
                 writer.save(state)
@@ -335,7 +343,7 @@ def _train_and_evaluate(name, config: Config, data: train.TrainData, preprocess,
 
 def _fit_timed(name: str, state: train.TrainState, data: train.TrainData, config: Config, train_cfg: TrainConfig,
                preprocess, online, metrics: RunMetrics, stop: train.StopFlag, save_checkpoint,
-               world: distributed.World = distributed.SINGLE) -> None:
+               world: distributed.World = distributed.SINGLE, after_epoch=None) -> None:
     """Train, timing checkpoint saves as the ``checkpoint`` stage (what training waits for:
     serializing, and an upload still in flight) and the rest as ``train``. Under torchrun
     the ranks other than 0 pass ``save_checkpoint=None``: they write nothing."""
@@ -354,7 +362,8 @@ def _fit_timed(name: str, state: train.TrainState, data: train.TrainData, config
     try:
         train.fit(name, state, data, train_cfg, preprocess, online, metrics, stop, save, world=world,
                   per_rank_batch=distributed.per_rank_batch(config.train.batch_size, world,
-                                                            config.distributed.scale_batch))
+                                                            config.distributed.scale_batch),
+                  after_epoch=after_epoch)
     finally:
         metrics.stage("train", time.perf_counter() - start - checkpoint_seconds, name)
 

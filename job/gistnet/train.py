@@ -23,6 +23,7 @@ import torch
 import torchvision
 
 from gistnet import augmentation, distributed, evaluate
+from gistnet import compile as compiling
 from gistnet.config import AugmentationConfig, TrainConfig
 from gistnet.errors import ConfigError, DataError, DeviceError, DivergedError, Interrupted, OutOfDeviceMemory
 
@@ -121,11 +122,12 @@ def build_model(name: str, init_weights: str | None = None) -> torch.nn.Module:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
+    fused = compiling.fused_optimizer_kwargs(model)  # fused kernels on CUDA
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum,
-                              weight_decay=cfg.weight_decay)
+                              weight_decay=cfg.weight_decay, **fused)
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, **fused)
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
 
 
@@ -226,6 +228,8 @@ class TrainState:
     resumed_from_epoch: int | None = None
     # What the run was computed on (the split, the augmented set's seed): checked on resume.
     provenance: dict = field(default_factory=dict)
+    # The training forward: the model, or its compiled twin (compile.attach); same parameters.
+    forward: Callable | None = None
 
     @property
     def device(self) -> torch.device:
@@ -319,6 +323,8 @@ def train_one_epoch(state: TrainState, data: TrainData, batch_size: int, preproc
     Loss and correct counts stay on the device (no per-step host sync); the caller reads them
     once per epoch."""
     model, device = model or state.model, data.train_images.device
+    # The compiled twin (compile.attach) only without DDP: it would bypass the wrapper's gradient sync.
+    forward = model if state.forward is None or world.distributed else state.forward
     model.train()
     n = len(data.train_set)
     global_batch = batch_size * world.size
@@ -334,7 +340,7 @@ def train_one_epoch(state: TrainState, data: TrainData, batch_size: int, preproc
         if aug_cfg is not None:
             x = augmentation.online_batch(x, aug_cfg, state.generator)
         with _autocast(device):
-            logits = model(preprocess(x))
+            logits = forward(preprocess(x))
             loss = torch.nn.functional.cross_entropy(logits.float(), y)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -365,14 +371,16 @@ def _sum_over_ranks(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, st
 def fit(name: str, state: TrainState, data: TrainData, cfg: TrainConfig, preprocess: Preprocess,
         aug_cfg: AugmentationConfig | None, observer: Observer, stop: StopFlag,
         save_checkpoint: Callable[[TrainState], None], clock: Callable[[], float] = time.monotonic,
-        world: distributed.World = distributed.SINGLE, per_rank_batch: int | None = None) -> TrainState:
+        world: distributed.World = distributed.SINGLE, per_rank_batch: int | None = None,
+        after_epoch: Callable[[TrainState], None] | None = None) -> TrainState:
     """Train until ``cfg.epochs``, validating every epoch; checkpoint every
     ``cfg.checkpoint_every`` epochs, after ``cfg.checkpoint_interval_s`` seconds since the
     last one (checked between epochs), and on SIGTERM (then raise ``Interrupted``).
 
     Under torchrun every rank runs this loop in step: DDP averages the gradients, one
     all-reduce per epoch sums the training counters and the stop flags, so a SIGTERM on any
-    rank stops them all after the same epoch (only rank 0's ``save_checkpoint`` writes)."""
+    rank stops them all after the same epoch (only rank 0's ``save_checkpoint`` writes).
+    ``after_epoch`` runs after each epoch's record (e.g. writing the compile cache)."""
     device = data.train_images.device
     batch = per_rank_batch or cfg.batch_size
     check_trainable(len(data.train_set), batch * world.size)
@@ -407,6 +415,8 @@ def fit(name: str, state: TrainState, data: TrainData, cfg: TrainConfig, preproc
                   "train_seconds": train_seconds, "seconds": time.perf_counter() - started}
         state.history.append(record)
         observer.on_epoch(name, record, cfg.epochs)
+        if after_epoch:
+            after_epoch(state)
         log.info("%s epoch %d/%d  train loss %.4f acc %.3f (%d images)  val loss %.4f acc %.3f  (%.1fs)", name,
                  state.epoch, cfg.epochs, record["train_loss"], record["train_accuracy"], seen, record["val_loss"],
                  record["val_accuracy"], record["seconds"])
