@@ -291,6 +291,38 @@ def export_cmd(run_uri, model, fmt, config_file) -> None:
     click.echo(chosen.run.uri_of(chosen.key(export.ONNX_FILE)))
 
 
+@cli.command("bench")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--models", default="resnet34,resnet50", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True)
+@click.option("--image-size", type=click.IntRange(min=16), default=224, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=30, show_default=True, help="Timed steps per measurement.")
+@click.option("--warmup", type=click.IntRange(min=1), default=5, show_default=True, help="Untimed steps first.")
+@click.option("--workers", type=click.IntRange(min=0), default=8, show_default=True,
+              help="DataLoader workers of the torchvision reference pipeline.")
+@click.option("--compile", "compile_mode", type=click.Choice(config_mod.COMPILE_SETTINGS), default="auto",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per measurement (name, img_per_s, ...).")
+@user_errors
+def bench_cmd(device, models, batch_size, image_size, steps, warmup, workers, compile_mode, as_json) -> None:
+    """Training img/s on this machine: (a) model only, (b) gistnet's step, (c) a torchvision reference."""
+    from gistnet import bench, train
+
+    names = tuple(m.strip() for m in models.split(",") if m.strip())
+    unknown = [m for m in names if m not in config_mod.MODEL_NAMES]
+    if unknown or not names:
+        raise errors.ConfigError(f"--models: unknown model {', '.join(unknown) or '(none)'} "
+                                 f"(known: {', '.join(config_mod.MODEL_NAMES)})")
+    settings = bench.BenchSettings(train.resolve_device(device), names, batch_size, image_size, steps, warmup,
+                                   workers, compile_mode)
+    results = bench.run(settings)
+    if as_json:
+        for record in results:
+            click.echo(json.dumps(record))
+    else:
+        click.echo(bench.format_table(results))
+
+
 @cli.command("stats")
 @click.option("--tp", type=click.IntRange(min=0), required=True)
 @click.option("--fp", type=click.IntRange(min=0), required=True)
