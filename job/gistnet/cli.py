@@ -211,8 +211,9 @@ def synth_cmd(output, n_gist, n_lm, image_size, seed, config_file) -> None:
 @click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--image-size", type=click.IntRange(min=32), default=64, show_default=True)
 @click.option("--models", default="resnet34,resnet50", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @user_errors(after_interrupt=DEMO_RESTART_HINT)
-def demo_cmd(output, epochs, image_size, models) -> None:
+def demo_cmd(output, epochs, image_size, models, device) -> None:
     """Synthesize a data set, train both ResNets on it and write the report: no bucket needed.
 
     The demo always starts its run over (--force): re-running it after an interruption trains
@@ -227,7 +228,7 @@ def demo_cmd(output, epochs, image_size, models) -> None:
     cfg = config_mod.load_config(None, {"data.uri": str(data), "output.uri": str(root / "runs"),
                                         "output.run_id": "demo", "train.epochs": epochs,
                                         "data.image_size": image_size, "train.models": models,
-                                        "output.force": True, "train.device": "auto"})
+                                        "output.force": True, "train.device": device})
     outcome = _run_training(cfg)
     click.echo(f"demo outputs: {outcome.uri} (report.html: open it in a browser; report.json, checklist.md, "
                f"training_curves.png, roc.png, gradcam-<model>.png, <model>/model.safetensors)", err=True)
