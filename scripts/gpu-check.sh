@@ -22,11 +22,12 @@ mkdir -p "$LOG_DIR"
 
 if [ "$DRY_RUN" = 1 ]; then
   DEVICE=cpu; SIZE=32; EPOCHS=${DRY_EPOCHS:-1}; COMPILED=default; BENCH=(--batch-size 4 --image-size 32 --steps 2 --warmup 1 --workers 1)
-  N_GIST=12; N_LM=12; DEMO_SIZE=32
+  N_GIST=12; N_LM=12; DEMO_SIZE=32; MODELS=${MODELS:-resnet34}
 else
   DEVICE=cuda; SIZE=224; COMPILED=reduce-overhead; BENCH=(--steps 30 --warmup 10 --workers 8)
   N_GIST=69; N_LM=73; DEMO_SIZE=64
 fi
+MODELS=${MODELS:-resnet34,resnet50}
 
 emit() {  # emit NAME KEY=VALUE... -> one JSON line (values that parse as JSON stay typed)
   python3 - "$@" <<'PY'
@@ -95,7 +96,7 @@ PY
 }
 
 full_job() {  # full_job NAME COMPILE OUTPUT RUN_ID
-  timed "$1" gistnet train --data "$WORK/paper-data" --output "$3" --run-id "$4" --device "$DEVICE" \
+  timed "$1" gistnet train --data "$WORK/paper-data" --output "$3" --run-id "$4" --device "$DEVICE" --models "$MODELS" \
       --compile "$2" --epochs "$EPOCHS" --batch-size 32 --image-size "$SIZE" --checkpoint-every 0 \
     && job_summary "$1" "$3/$4"
 }
@@ -121,11 +122,11 @@ kill_and_resume() {
 
 install_wheels
 environment
-timed demo gistnet demo --device "$DEVICE" --output "$WORK/demo" --epochs 3 --image-size "$DEMO_SIZE"
+timed demo gistnet demo --device "$DEVICE" --output "$WORK/demo" --epochs 3 --image-size "$DEMO_SIZE" --models "$MODELS"
 timed synth gistnet synth --output "$WORK/paper-data" --n-gist "$N_GIST" --n-lm "$N_LM" --image-size "$SIZE"
 full_job paper-job-compiled-cold-cache "$COMPILED" "$WORK/runs-compiled" cold
 full_job paper-job-compiled-warm-cache "$COMPILED" "$WORK/runs-compiled" warm
 full_job paper-job-eager off "$WORK/runs-eager" eager
-gistnet bench --device "$DEVICE" --json "${BENCH[@]}" 2>"$LOG_DIR/bench.log" || emit bench ok=false
+gistnet bench --device "$DEVICE" --models "$MODELS" --json "${BENCH[@]}" 2>"$LOG_DIR/bench.log" || emit bench ok=false
 kill_and_resume
 emit finished work="$WORK" logs="$LOG_DIR"

@@ -138,7 +138,8 @@ class CompileCache:
             log.warning("ignoring the compile cache %s: cannot read it (%s)", self.uri, exc)
             return False
         try:
-            torch.compiler.load_cache_artifacts(decode(self.key, blob))
+            if torch.compiler.load_cache_artifacts(decode(self.key, blob)) is None:  # torch logs why
+                raise ValueError("torch could not read the artifacts")
         except Exception as exc:  # noqa: BLE001 - a cache never fails the run
             log.warning("ignoring the compile cache %s: %s; compiling from scratch", self.uri,
                         str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
