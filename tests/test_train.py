@@ -346,7 +346,7 @@ def test_paper_set_trains_exactly_like_the_materialized_six_fold_set():
                   train.StopFlag(), lambda s: None)
         histories.append([{k: v for k, v in r.items() if k != "seconds"} for r in state.history])
     assert histories[0] == histories[1]
-    assert histories[0][0]["images"] == 36
+    assert histories[0][0]["images"] == 32  # 36 augmented images, full batches of 8
 
 
 def test_preprocess_expands_a_gray_batch_like_its_three_channel_copy():
