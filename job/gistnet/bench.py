@@ -161,23 +161,25 @@ def torchvision_reference(model: str, s: BenchSettings) -> dict:
                    workers=s.workers, precision="fp32")
 
 
-def run(s: BenchSettings) -> list[dict]:
-    """Every measurement for every model, then one ratio record per model."""
-    results = []
+def run(s: BenchSettings):
+    """Every measurement for every model as it is made, then one ratio record per model."""
     for model in s.models:
-        a, b, c = model_only(model, s), gistnet_step(model, s), torchvision_reference(model, s)
-        results += [a, b, c, {"name": "ratios", "model": model, "gistnet_over_model_only": b["img_per_s"] / a["img_per_s"],
-                              "gistnet_over_reference": b["img_per_s"] / c["img_per_s"]}]
-    return results
+        a = model_only(model, s)
+        yield a
+        b = gistnet_step(model, s)
+        yield b
+        c = torchvision_reference(model, s)
+        yield c
+        yield {"name": "ratios", "model": model, "gistnet_over_model_only": b["img_per_s"] / a["img_per_s"],
+               "gistnet_over_reference": b["img_per_s"] / c["img_per_s"]}
 
 
-def format_table(results: list[dict]) -> str:
-    lines = [f"{'measurement':<24}{'model':<10}{'img/s':>10}  notes"]
-    for r in results:
-        if r["name"] == "ratios":
-            lines.append(f"{'ratio b/a, b/c':<24}{r['model']:<10}{'':>10}  gistnet/model-only "
-                         f"{r['gistnet_over_model_only']:.2f}, gistnet/reference {r['gistnet_over_reference']:.2f}")
-        else:
-            notes = f"compile {r['compile']}, {r['device']}, batch {r['batch_size']}, {r['image_size']} px"
-            lines.append(f"{r['name']:<24}{r['model']:<10}{r['img_per_s']:>10.1f}  {notes}")
-    return "\n".join(lines)
+def format_row(r: dict) -> str:
+    if r["name"] == "ratios":
+        return (f"{'ratio b/a, b/c':<24}{r['model']:<10}{'':>10}  gistnet/model-only "
+                f"{r['gistnet_over_model_only']:.2f}, gistnet/reference {r['gistnet_over_reference']:.2f}")
+    notes = f"compile {r['compile']}, {r['device']}, batch {r['batch_size']}, {r['image_size']} px"
+    return f"{r['name']:<24}{r['model']:<10}{r['img_per_s']:>10.1f}  {notes}"
+
+
+HEADER = f"{'measurement':<24}{'model':<10}{'img/s':>10}  notes"

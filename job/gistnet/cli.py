@@ -316,12 +316,10 @@ def bench_cmd(device, models, batch_size, image_size, steps, warmup, workers, co
                                  f"(known: {', '.join(config_mod.MODEL_NAMES)})")
     settings = bench.BenchSettings(train.resolve_device(device), names, batch_size, image_size, steps, warmup,
                                    workers, compile_mode)
-    results = bench.run(settings)
-    if as_json:
-        for record in results:
-            click.echo(json.dumps(record))
-    else:
-        click.echo(bench.format_table(results))
+    if not as_json:
+        click.echo(bench.HEADER)
+    for record in bench.run(settings):  # each line as soon as it is measured
+        click.echo(json.dumps(record) if as_json else bench.format_row(record))
 
 
 @cli.command("stats")
