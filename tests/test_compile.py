@@ -45,7 +45,7 @@ def test_compiled_step_gives_the_losses_of_eager_and_writes_then_loads_its_cache
         state = train.new_state("resnet34", cfg, torch.device("cpu"), None)
         after_epoch = compiling.attach(state, "resnet34", mode, 8, 32, torch.device("cpu"), store)
         train.fit("resnet34", state, tiny_data(), cfg, train.Preprocess(torch.device("cpu")), None,
-                  train.NullObserver(), train.StopFlag(), lambda s: None, after_epoch)
+                  train.NullObserver(), train.StopFlag(), lambda s: None, after_epoch=after_epoch)
         losses.append([r["train_loss"] for r in state.history])
     eager, compiled = losses
     # Within bf16's precision (2^-8 relative): the first epoch agrees to ~1e-4, the second
