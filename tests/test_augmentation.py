@@ -118,3 +118,30 @@ def test_online_batch_does_not_sync_on_cuda():
         augmentation.online_batch(x, cfg, gen)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("channels, batch_size", [(1, 5), (3, 8)])
+def test_paper_set_on_the_fly_equals_the_materialized_expansion(channels, batch_size):
+    images = batch(7, 32)[:, :channels].contiguous()
+    labels = torch.arange(len(images)) % 2
+    cfg = AugmentationConfig()
+    expanded, expanded_labels, _ = augmentation.expand_paper(images, labels, cfg, seed=5, chunk=3)
+    paper = augmentation.PaperSet(images, labels, cfg, seed=5)
+    assert len(paper) == len(expanded) and torch.equal(paper.labels, expanded_labels)
+    order = torch.randperm(len(paper), generator=torch.Generator().manual_seed(1))
+    paper.prepare(order, batch_size)
+    for start in range(0, len(paper), batch_size):
+        stop = min(start + batch_size, len(paper))
+        x, y = paper.batch(start, stop)
+        idx = order[start:stop]
+        assert torch.equal(x, augmentation.to_float(expanded[idx])), (start, stop)
+        assert torch.equal(y, expanded_labels[idx])
+
+
+def test_gray_images_augment_like_their_three_channel_copies():
+    gray = batch(4, 32)[:, :1].contiguous()
+    cfg = AugmentationConfig()
+    one = augmentation.expand_paper(gray, torch.zeros(4, dtype=torch.long), cfg, seed=2)[0]
+    three = augmentation.expand_paper(gray.expand(-1, 3, -1, -1).contiguous(), torch.zeros(4, dtype=torch.long),
+                                      cfg, seed=2)[0]
+    assert torch.equal(one.expand(-1, 3, -1, -1), three)

@@ -151,6 +151,12 @@ def test_cuda_without_gpu(cli, tiny_data, tmp_path):
                     errors.EXIT_DEVICE, "no CUDA GPU")
 
 
+def test_demo_takes_the_device_flag(cli, tmp_path):
+    env = {**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""}
+    _one_line_error(cli("demo", "--output", tmp_path, "--image-size", "32", "--device", "cuda", env=env),
+                    errors.EXIT_DEVICE, "no CUDA GPU")
+
+
 def test_exit_code_table_matches_readme(cli):
     """README's table has exactly the codes of errors.EXIT_CODES, each with its meaning; so
     does `gistnet exit-codes`."""

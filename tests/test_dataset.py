@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from gistnet import dataset
 from gistnet.config import DataConfig
@@ -77,7 +77,7 @@ def test_truncated_and_bomb():
 def test_load_skips_bad_objects_and_reports_them(tmp_path):
     store = make_store(tmp_path, extra={"GIST/empty.png": b"", "LM/notes.txt": b"hello", "README.md": b"x"})
     result = dataset.load_images(store, DataConfig(image_size=32, min_images_per_class=2), torch.device("cpu"))
-    assert result.images.images.shape == (12, 3, 32, 32)
+    assert result.images.images.shape == (12, 1, 32, 32)  # every image is grayscale: one channel
     assert result.images.images.dtype == torch.uint8
     reasons = {s["uri"].rsplit("/", 2)[-2] + "/" + s["uri"].rsplit("/", 1)[-1]: s["reason"] for s in result.skipped}
     assert "empty object" in reasons["GIST/empty.png"]
@@ -202,3 +202,35 @@ def test_only_the_documented_formats_are_decoded():
     for fmt in ("GIF", "WEBP"):
         with pytest.raises(ValueError, match="not a recognised image"):
             dataset.decode_image(png(gray(3), fmt=fmt), 32, 10**8)
+
+
+def test_gray_images_decode_as_one_channel_equal_to_the_rgb_path():
+    data = png(gray(5, 50))
+    reference = np.asarray(ImageOps.fit(Image.open(io.BytesIO(data)).convert("RGB"), (32, 32),
+                                        method=Image.Resampling.BICUBIC))
+    pixels = dataset.decode_pixels(data, 32, 10**8)
+    assert pixels.shape == (32, 32)
+    assert np.array_equal(np.repeat(pixels[..., None], 3, axis=2), reference)
+    equal_channels = png(np.stack([gray(6, 50)] * 3, -1))  # RGB file, gray content
+    assert dataset.decode_pixels(equal_channels, 32, 10**8).shape == (32, 32)
+
+
+def test_one_colour_image_widens_the_tensor_and_keeps_gray_rows(tmp_path):
+    colour = (np.random.default_rng(7).random((40, 40, 3)) * 255).astype(np.uint8)
+    store = make_store(tmp_path, n=4, extra={"GIST/2-colour.png": png(colour)})
+    result = dataset.load_images(store, DataConfig(image_size=32, min_images_per_class=2, download_threads=3),
+                                 torch.device("cpu"))
+    images = result.images
+    assert images.images.shape == (9, 3, 32, 32)
+    for key, row in zip(images.keys, images.images):
+        expected = dataset.decode_image(store.read(key), 32, 10**8)
+        assert torch.equal(row, torch.from_numpy(expected).permute(2, 0, 1)), key
+
+
+def test_skipped_rows_are_compacted_in_listing_order(tmp_path):
+    store = make_store(tmp_path, n=4, extra={"GIST/0a-bad.png": b"junk", "LM/0a-bad.png": b""})
+    result = dataset.load_images(store, DataConfig(image_size=32, min_images_per_class=2, download_threads=4),
+                                 torch.device("cpu"))
+    assert result.images.keys == sorted(result.images.keys) and len(result.images.keys) == 8
+    for key, row in zip(result.images.keys, result.images.images):
+        assert torch.equal(row[0], torch.from_numpy(dataset.decode_pixels(store.read(key), 32, 10**8))), key

@@ -128,7 +128,7 @@ def test_each_stage_is_timed_where_it_happens(tiny_data, tmp_path, monkeypatch):
     assert stage["upload"] >= 4.0  # the final checkpoint and the weights
     epochs = sum(h["seconds"] for h in history)
     assert epochs <= stage["train"] < epochs + 1.0, (stage, history)  # no checkpoint time in train
-    assert {"download", "decode", "augmentation", "evaluate", "report"} <= set(stage)
+    assert {"load", "augmentation", "evaluate", "report"} <= set(stage)
     last = history[-1]
     assert [h["images"] for h in history] == [32, 32] and last["train_seconds"] < last["seconds"]
     rate = _samples(created[0])[("gistnet_images_per_second", (("model", "resnet34"),))]

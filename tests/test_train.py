@@ -325,3 +325,31 @@ def test_validation_is_fp32_even_when_training_is_bf16(monkeypatch):
     last = state.history[-1]
     assert last["val_loss"] == float(final.loss_sum) / len(data.val_labels)
     assert last["val_accuracy"] == float(((final.probabilities >= 0.5).long() == data.val_labels).float().mean())
+
+
+def test_paper_set_trains_exactly_like_the_materialized_six_fold_set():
+    from gistnet import augmentation
+    from gistnet.config import AugmentationConfig
+
+    cfg = TrainConfig(epochs=1, batch_size=8, checkpoint_every=0)
+    originals = tiny_data(n=6)
+    gray = originals.train_images[:, :1].contiguous()  # held as one channel, like an EUS data set
+    aug = AugmentationConfig()
+    expanded, expanded_labels, _ = augmentation.expand_paper(gray, originals.train_labels, aug, seed=0)
+    materialized = train.TrainData(expanded, expanded_labels, gray, originals.train_labels)
+    on_the_fly = train.TrainData(gray, originals.train_labels, gray, originals.train_labels,
+                                 augmentation.PaperSet(gray, originals.train_labels, aug, seed=0))
+    histories = []
+    for data in (materialized, on_the_fly):
+        state = train.new_state("resnet34", cfg, torch.device("cpu"), None)
+        train.fit("resnet34", state, data, cfg, train.Preprocess(torch.device("cpu")), None, train.NullObserver(),
+                  train.StopFlag(), lambda s: None)
+        histories.append([{k: v for k, v in r.items() if k not in ("seconds", "train_seconds")} for r in state.history])
+    assert histories[0] == histories[1]
+    assert histories[0][0]["images"] == 32  # 36 augmented images, full batches of 8
+
+
+def test_preprocess_expands_a_gray_batch_like_its_three_channel_copy():
+    gray = (torch.rand(2, 1, 8, 8) * 255).to(torch.uint8)
+    preprocess = train.Preprocess(torch.device("cpu"))
+    assert torch.equal(preprocess(gray), preprocess(gray.expand(-1, 3, -1, -1)))

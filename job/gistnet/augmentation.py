@@ -1,8 +1,8 @@
 """Augmentation on the training device with kornia.
 
 ``paper`` mode reproduces the study: every training image is kept once plus one copy for
-each of rotation, flip, CLAHE, log contrast and sigmoid contrast (113 -> 678 images), built
-once. ``online`` mode draws a random composition of the same operations for every batch.
+each of rotation, flip, CLAHE, log contrast and sigmoid contrast (113 -> 678 images); the
+copies are made batch by batch on the device (``PaperSet``), never held all at once. ``online`` mode draws a random composition of the same operations for every batch.
 Both run on whatever device holds the images, so on a GPU nothing goes back to the host.
 """
 
@@ -63,21 +63,89 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+def paper_angles(n: int, degrees: float, seed: int) -> torch.Tensor:
+    """The rotation angle of each of n training images in the paper's rotation block, drawn
+    once from the seed: the materialized set and the on-the-fly one use the same angles."""
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, generator=gen) * 2 - 1) * degrees
+
+
+def paper_op(name: str, x: torch.Tensor, angles: torch.Tensor, cfg: AugmentationConfig) -> torch.Tensor:
+    """One paper operation on a float [0, 1] batch; ``angles`` are the rows' rotation angles."""
+    if name == "rotation":
+        return transform.rotate(x, angles.to(x.device))
+    return operations(cfg)[name](x, None)  # the other four draw nothing
+
+
 def expand_paper(images: torch.Tensor, labels: torch.Tensor, cfg: AugmentationConfig, seed: int,
                  chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """The study's 6x expansion: originals followed by one block per operation.
+    """The study's 6x expansion, materialized: originals followed by one block per operation.
 
     Returns uint8 images, labels, and the name of the operation that made each image.
     Processed in chunks so a large data set does not need six float copies at once.
+    Training uses ``PaperSet``, which makes the same images batch by batch.
     """
-    gen = torch.Generator().manual_seed(seed)
-    ops = operations(cfg)
+    angles = paper_angles(len(images), cfg.rotation_degrees, seed)
     blocks, names = [images], ["original"] * len(images)
     for name in OPERATIONS:
-        parts = [to_uint8(ops[name](to_float(images[i:i + chunk]), gen)) for i in range(0, len(images), chunk)]
+        parts = [to_uint8(paper_op(name, to_float(images[i:i + chunk]), angles[i:i + chunk], cfg))
+                 for i in range(0, len(images), chunk)]
         blocks.append(torch.cat(parts))
         names += [name] * len(images)
     return torch.cat(blocks), labels.repeat(len(OPERATIONS) + 1), names
+
+
+class PaperSet:
+    """The paper's 6x training set without six copies: item k is operation ``k // n`` (0 the
+    original, then ``OPERATIONS`` in order) applied to original image ``k % n``, the layout of
+    ``expand_paper``, made on the device when its batch is drawn, image for image equal to it.
+    Device memory holds the originals only.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, cfg: AugmentationConfig, seed: int):
+        self.images, self.originals_labels, self.cfg = images, labels, cfg
+        self.angles = paper_angles(len(images), cfg.rotation_degrees, seed).to(images.device)
+        self.labels = labels.repeat(len(OPERATIONS) + 1)
+        self._sorted = self._inverse = None
+        self._counts: list[list[int]] = []
+        self._batch_size = 0
+
+    def __len__(self) -> int:
+        return len(self.images) * (len(OPERATIONS) + 1)
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def prepare(self, order: torch.Tensor, batch_size: int) -> None:
+        """Plan an epoch from its host-side order: within each batch, items grouped by
+        operation (group sizes known on the host, so no device sync per batch), and the
+        permutation that puts the batch back in drawing order. Two copies to the device."""
+        n, blocks = len(self.images), len(OPERATIONS) + 1
+        batch_of = torch.arange(len(order)) // batch_size
+        key = batch_of * blocks + order // n
+        perm = torch.argsort(key, stable=True)  # batches stay in place; rows grouped by operation
+        counts = torch.bincount(key, minlength=(int(batch_of[-1]) + 1) * blocks).view(-1, blocks)
+        self._counts = counts.tolist()
+        self._sorted = order[perm].to(self.device)
+        self._inverse = (torch.argsort(perm) - batch_of * batch_size).to(self.device)
+        self._batch_size = batch_size
+
+    def batch(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float [0, 1] images and labels of items ``order[start:stop]``, in that order."""
+        n = len(self.images)
+        parts, offset = [], start
+        for op, count in enumerate(self._counts[start // self._batch_size]):
+            if not count:
+                continue
+            rows = self._sorted[offset:offset + count] % n
+            x = to_float(self.images[rows])
+            if op:  # quantized like the materialized set
+                x = to_float(to_uint8(paper_op(OPERATIONS[op - 1], x, self.angles[rows], self.cfg)))
+            parts.append(x)
+            offset += count
+        back = self._inverse[start:stop]
+        return torch.cat(parts)[back], self.originals_labels[self._sorted[start:stop] % n][back]
 
 
 def online_batch(batch: torch.Tensor, cfg: AugmentationConfig, gen: torch.Generator,
@@ -175,7 +243,7 @@ def examples_figure(images: torch.Tensor, cfg: AugmentationConfig, seed: int, pa
     for col, (name, batch) in enumerate(columns):
         for row in range(len(sample)):
             ax = axes[row][col]
-            ax.imshow(batch[row].permute(1, 2, 0).cpu().numpy().clip(0, 1))
+            ax.imshow(batch[row].expand(3, -1, -1).permute(1, 2, 0).cpu().numpy().clip(0, 1))
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:

@@ -101,6 +101,8 @@ def train_options(fn):
                 type=click.Choice(["paper", "online", "none"])),
         _option("--ci", "evaluate.ci_method", "Confidence interval method.", "ci_method",
                 type=click.Choice(config_mod.CI_METHODS)),
+        _option("--compile", "train.compile", "Training step: auto (CUDA graphs on a GPU, eager on CPU), off, "
+                "default, reduce-overhead.", "compile_mode", type=click.Choice(config_mod.COMPILE_SETTINGS)),
         _option("--checkpoint-every", "train.checkpoint_every", "Checkpoint every N epochs (0: only at the "
                 "end/SIGTERM).", type=int),
         _option("--metrics-port", "metrics.port", "Serve Prometheus /metrics on this port (0: off).", type=int),
@@ -117,7 +119,7 @@ FLAG_KEYS = {
     "data": "data.uri", "output": "output.uri", "run_id": "output.run_id", "models": "train.models",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "image_size": "data.image_size",
     "seed": "train.seed", "device": "train.device", "augmentation": "augmentation.mode",
-    "ci_method": "evaluate.ci_method", "checkpoint_every": "train.checkpoint_every",
+    "ci_method": "evaluate.ci_method", "checkpoint_every": "train.checkpoint_every", "compile_mode": "train.compile",
     "metrics_port": "metrics.port", "pushgateway": "metrics.pushgateway", "force": "output.force",
 }
 
@@ -209,8 +211,9 @@ def synth_cmd(output, n_gist, n_lm, image_size, seed, config_file) -> None:
 @click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--image-size", type=click.IntRange(min=32), default=64, show_default=True)
 @click.option("--models", default="resnet34,resnet50", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @user_errors(after_interrupt=DEMO_RESTART_HINT)
-def demo_cmd(output, epochs, image_size, models) -> None:
+def demo_cmd(output, epochs, image_size, models, device) -> None:
     """Synthesize a data set, train both ResNets on it and write the report: no bucket needed.
 
     The demo always starts its run over (--force): re-running it after an interruption trains
@@ -225,7 +228,7 @@ def demo_cmd(output, epochs, image_size, models) -> None:
     cfg = config_mod.load_config(None, {"data.uri": str(data), "output.uri": str(root / "runs"),
                                         "output.run_id": "demo", "train.epochs": epochs,
                                         "data.image_size": image_size, "train.models": models,
-                                        "output.force": True, "train.device": "auto"})
+                                        "output.force": True, "train.device": device})
     outcome = _run_training(cfg)
     click.echo(f"demo outputs: {outcome.uri} (report.html: open it in a browser; report.json, checklist.md, "
                f"training_curves.png, roc.png, gradcam-<model>.png, <model>/model.safetensors)", err=True)
@@ -287,6 +290,36 @@ def export_cmd(run_uri, model, fmt, config_file) -> None:
     chosen = trained.open_run(run_uri, model, cfg.storage)
     export.export_onnx(chosen, tempfile.gettempdir())
     click.echo(chosen.run.uri_of(chosen.key(export.ONNX_FILE)))
+
+
+@cli.command("bench")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--models", default="resnet34,resnet50", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True)
+@click.option("--image-size", type=click.IntRange(min=16), default=224, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=30, show_default=True, help="Timed steps per measurement.")
+@click.option("--warmup", type=click.IntRange(min=1), default=5, show_default=True, help="Untimed steps first.")
+@click.option("--workers", type=click.IntRange(min=0), default=8, show_default=True,
+              help="DataLoader workers of the torchvision reference pipeline.")
+@click.option("--compile", "compile_mode", type=click.Choice(config_mod.COMPILE_SETTINGS), default="auto",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per measurement (name, img_per_s, ...).")
+@user_errors
+def bench_cmd(device, models, batch_size, image_size, steps, warmup, workers, compile_mode, as_json) -> None:
+    """Training img/s on this machine: (a) model only, (b) gistnet's step, (c) a torchvision reference."""
+    from gistnet import bench, train
+
+    names = tuple(m.strip() for m in models.split(",") if m.strip())
+    unknown = [m for m in names if m not in config_mod.MODEL_NAMES]
+    if unknown or not names:
+        raise errors.ConfigError(f"--models: unknown model {', '.join(unknown) or '(none)'} "
+                                 f"(known: {', '.join(config_mod.MODEL_NAMES)})")
+    settings = bench.BenchSettings(train.resolve_device(device), names, batch_size, image_size, steps, warmup,
+                                   workers, compile_mode)
+    if not as_json:
+        click.echo(bench.HEADER)
+    for record in bench.run(settings):  # each line as soon as it is measured
+        click.echo(json.dumps(record) if as_json else bench.format_row(record))
 
 
 @cli.command("stats")

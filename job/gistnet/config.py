@@ -23,6 +23,7 @@ import yaml
 from gistnet.errors import ConfigError
 
 MODEL_NAMES = ("resnet34", "resnet50")
+COMPILE_SETTINGS = ("auto", "off", "default", "reduce-overhead")  # gistnet.compile.SETTINGS
 CI_METHODS = ("wald", "wilson", "agresti-coull", "clopper-pearson")
 ENV_PREFIX = "GISTNET_"
 # Environment variables with the prefix that are not config keys.
@@ -70,6 +71,8 @@ class TrainConfig:
     init_weights: dict[str, str] = field(default_factory=dict)
     checkpoint_every: int = 10
     checkpoint_interval_s: int = 300
+    compile: str = "auto"
+    compile_cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -430,6 +433,8 @@ def validate(c: Config) -> None:
     _check(len(set(c.train.models)) == len(c.train.models), "train.models lists a model twice")
     _check(c.train.optimizer in ("adamw", "sgd"), f"train.optimizer must be adamw or sgd, got {c.train.optimizer!r}")
     _check(c.train.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {c.train.device!r}")
+    _check(c.train.compile in COMPILE_SETTINGS,
+           f"train.compile must be one of {', '.join(COMPILE_SETTINGS)}, got {c.train.compile!r}")
     for m in c.train.init_weights:
         _check(m in MODEL_NAMES, f"train.init_weights: unknown model {m!r}")
     _check(c.evaluate.ci_method in CI_METHODS, f"evaluate.ci_method must be one of {', '.join(CI_METHODS)}, got {c.evaluate.ci_method!r}")

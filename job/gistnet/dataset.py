@@ -14,6 +14,7 @@ import hashlib
 import io
 import logging
 import math
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import torch
 from PIL import Image, ImageOps
 
 from gistnet.config import DataConfig
-from gistnet.errors import DataError
+from gistnet.errors import DataError, StorageError
 from gistnet.storage import Store, is_safe_key
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,8 @@ def _labeled(store: Store, keys: list[str], unsafe: list[dict], cfg: DataConfig,
 # ---------------------------------------------------------------- decoding
 
 
-def _to_rgb8(img: Image.Image) -> Image.Image:
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> ``L`` (single-channel modes) or ``RGB`` (the rest), 8 bits."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit / 32-bit grayscale: stretch the used range to 8 bits.
         arr = np.asarray(img, dtype=np.float64)
@@ -186,11 +188,12 @@ def _to_rgb8(img: Image.Image) -> Image.Image:
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, img)
-    return img.convert("RGB")
+    return img.convert("L") if img.mode in ("L", "1") else img.convert("RGB")
 
 
-def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
-    """Bytes -> uint8 HxWx3 array, resized and centre-cropped to size x size."""
+def decode_pixels(data: bytes, size: int, max_pixels: int) -> np.ndarray:
+    """Bytes -> uint8 array resized and centre-cropped to size x size: HxW when the image is
+    grayscale (a single-channel mode, or RGB with three equal channels), else HxWx3."""
     if not data:
         raise ValueError("empty object (0 bytes)")
     Image.MAX_IMAGE_PIXELS = max_pixels
@@ -201,15 +204,112 @@ def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
                 if img.width * img.height > max_pixels:
                     raise ValueError(f"image of {img.width}x{img.height} pixels exceeds data.max_image_pixels={max_pixels}")
                 img.load()
-                img = _to_rgb8(img)
+                img = _to_8bit(img)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ValueError(f"decompression bomb guard: {exc}") from None
         except Image.UnidentifiedImageError:
             raise ValueError("not a recognised image (PNG, JPEG, BMP or TIFF)") from None
         except OSError as exc:
             raise ValueError(f"corrupt or truncated image ({exc})") from None
-    img = ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC)
-    return np.asarray(img, dtype=np.uint8)
+    # PIL resizes each 8-bit channel alike, so a gray image resized as L equals it resized as RGB.
+    array = np.array(ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC), dtype=np.uint8)  # writable
+    if array.ndim == 3 and (array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all():
+        return array[..., 0]
+    return array
+
+
+def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
+    """Bytes -> uint8 HxWx3 array, resized and centre-cropped to size x size."""
+    array = decode_pixels(data, size, max_pixels)
+    return np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array
+
+
+class Canvas:
+    """One preallocated uint8 N x C x S x S array that decoding threads write into.
+
+    It starts with one channel and widens to three at the first colour image, so a
+    grayscale data set (the EUS case) is held as one channel. ``np.empty`` leaves the
+    pages untouched, so rows not yet written cost no resident memory. (Writes go through
+    numpy: a row copy through torch's indexing costs milliseconds, numpy's microseconds.)
+    """
+
+    def __init__(self, n: int, size: int):
+        self.array = np.empty((n, 1, size, size), dtype=np.uint8)
+        self.written = np.zeros(n, dtype=bool)
+        self._lock = threading.Lock()
+
+    def put(self, row: int, pixels: np.ndarray) -> None:
+        """``pixels``: HxW (gray) or HxWx3."""
+        pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        with self._lock:  # widening swaps the array: no write may land in the old one
+            if pixels.shape[0] == 3 and self.array.shape[1] == 1:
+                self._widen()
+            self.array[row] = pixels  # a gray image in a 3-channel array broadcasts
+            self.written[row] = True
+
+    def _widen(self) -> None:
+        wide = np.empty((self.array.shape[0], 3, *self.array.shape[2:]), dtype=np.uint8)
+        for start, end in _runs(self.written):  # copy (and touch) only the rows written so far
+            wide[start:end] = self.array[start:end]
+        self.array = wide
+
+    def compact(self, rows: list[int]) -> torch.Tensor:
+        """Keep ``rows`` (ascending), moved down in place: no second full-size array."""
+        for target, source in enumerate(rows):
+            if target != source:
+                self.array[target] = self.array[source]
+        return torch.from_numpy(self.array[:len(rows)])
+
+
+def _runs(flags: np.ndarray):
+    """(start, end) of each run of True in a boolean array."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flags.astype(np.int8), [0]])))
+    return zip(edges[::2].tolist(), edges[1::2].tolist())
+
+
+def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels: int, threads: int,
+                     on_done=None) -> tuple[list[Labeled], torch.Tensor, list[dict]]:
+    """Read and decode each object in a worker thread straight into its row of one
+    preallocated tensor; its bytes are dropped as soon as it is decoded, so at most
+    ``threads`` objects are held at once. Drops undecodable objects and same-class
+    duplicates (the first in listing order is kept), fails on cross-class ones."""
+    canvas = Canvas(len(labeled), size)
+
+    def work(row: int) -> tuple[str | None, str | None]:
+        item = labeled[row]
+        try:
+            data = store.read(item.key)
+        except StorageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported per object
+            return f"could not be read: {type(exc).__name__}: {exc}", None
+        try:
+            canvas.put(row, decode_pixels(data, size, max_pixels))
+        except ValueError as exc:
+            return str(exc), None
+        return None, hashlib.sha256(data).hexdigest()
+
+    outcomes = []
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for n, outcome in enumerate(pool.map(work, range(len(labeled))), 1):
+            outcomes.append(outcome)
+            if on_done:
+                on_done(n)
+    kept_rows, skipped, seen = [], [], {}
+    for row, (reason, digest) in enumerate(outcomes):
+        item = labeled[row]
+        if reason:
+            skipped.append({"key": item.key, "reason": reason})
+            continue
+        if digest in seen:
+            first = seen[digest]
+            if first.label != item.label:
+                raise DataError(f"the same image is labeled both classes: {first.key} and {item.key}")
+            skipped.append({"key": item.key, "reason": f"duplicate of {first.key} (same bytes)"})
+            continue
+        seen[digest] = item
+        kept_rows.append(row)
+    return [labeled[r] for r in kept_rows], canvas.compact(kept_rows), skipped
 
 
 def decode_all(raw: dict[str, bytes | Exception], labeled: list[Labeled], size: int, max_pixels: int,
@@ -258,22 +358,20 @@ def _progress(verb: str, total: int):
 
 
 def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=None) -> LoadResult:
-    """Download and decode the whole data set into one uint8 tensor on ``device``.
+    """Download and decode the whole data set into one uint8 tensor on ``device``
+    (N x 1 x S x S when every image is grayscale, else N x 3 x S x S).
 
-    ``on_stage(name, seconds, count)`` is called after the download and decode stages.
+    ``on_stage(name, seconds, count)`` is called after the load (download and decode overlap).
     """
     import time
 
     labeled, unsafe = list_labeled(store, cfg)
-    log.info("downloading %d images from %s with %d threads", len(labeled), store.uri, cfg.download_threads)
+    log.info("loading %d images from %s with %d threads", len(labeled), store.uri, cfg.download_threads)
     start = time.perf_counter()
-    raw = store.read_many([lab.key for lab in labeled], cfg.download_threads, _progress("downloaded", len(labeled)))
+    kept, images, skipped = load_into_tensor(store, labeled, cfg.image_size, cfg.max_image_pixels,
+                                             cfg.download_threads, _progress("loaded", len(labeled)))
     if on_stage:
-        on_stage("download", time.perf_counter() - start, len(labeled))
-    start = time.perf_counter()
-    kept, arrays, skipped = decode_all(raw, labeled, cfg.image_size, cfg.max_image_pixels, cfg.download_threads)
-    if on_stage:
-        on_stage("decode", time.perf_counter() - start, len(kept))
+        on_stage("load", time.perf_counter() - start, len(kept))
     skipped = unsafe + [{"uri": store.uri_of(s["key"]), "reason": s["reason"]} for s in skipped]
     for s in skipped:
         log.warning("skipped %s: %s", s["uri"], s["reason"])
@@ -282,7 +380,6 @@ def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=No
         if n < cfg.min_images_per_class:
             raise DataError(f"class {name!r} has {n} usable images in {store.uri}; "
                             f"at least data.min_images_per_class={cfg.min_images_per_class} are needed")
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([k.label for k in kept], dtype=torch.long)
     return LoadResult(ImageSet([k.key for k in kept], images.to(device), labels.to(device),
                                [k.patient_id for k in kept]), skipped)

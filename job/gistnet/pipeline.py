@@ -22,6 +22,7 @@ import yaml
 
 from gistnet import (augmentation, checklist, checkpoint, dataset, distributed, evaluate, explain, model_card,
                      predictions, report, report_html, train)
+from gistnet import compile as compiling
 from gistnet.config import Config, TrainConfig, replace
 from gistnet.errors import ConfigError, DataError, GistnetError, Interrupted
 from gistnet.metrics import RunMetrics
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 RESULT_SECTIONS = ("data", "augmentation", "train", "evaluate")
 # Keys in those sections that only change how it runs; they may differ on resume.
 OPERATIONAL_KEYS = {("data", "download_threads"), ("train", "device"), ("train", "checkpoint_every"),
-                    ("train", "checkpoint_interval_s")}
+                    ("train", "checkpoint_interval_s"),
+                    ("train", "compile"), ("train", "compile_cache")}
 
 
 @dataclass
@@ -146,7 +148,7 @@ def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunM
         data = _augment(train_set, val_set, config, out, scratch, run_id, world.is_main)
     global_batch = distributed.per_rank_batch(config.train.batch_size, world, config.distributed.scale_batch) \
         * world.size
-    train.check_trainable(len(data.train_images), global_batch,
+    train.check_trainable(len(data.train_set), global_batch,
                           f"the training set after {config.augmentation.mode!r} augmentation")
     provenance = {"split": split.to_dict(), "augmentation_mode": config.augmentation.mode,
                   "augmentation_seed": config.train.seed}
@@ -160,7 +162,7 @@ def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunM
             "uri": redact(data_store.uri),
             "classes": {names[0]: "positive", names[1]: "negative"},
             "train": train_set.counts(names), "val": val_set.counts(names),
-            "train_augmented": dataset.class_counts(data.train_labels, names),
+            "train_augmented": dataset.class_counts(data.train_set.labels, names),
             "augmentation_mode": config.augmentation.mode, "split_method": split.method,
             "skipped": skipped,
         }
@@ -201,17 +203,18 @@ def _prepare_output(out: Store, config: Config) -> None:
 
 def _augment(train_set: dataset.ImageSet, val_set: dataset.ImageSet, config: Config, out: Store, scratch: str,
              run_id: str, write_figure: bool = True) -> train.TrainData:
-    """The training tensors after augmentation (expanded once in paper mode), and Fig 2."""
+    """The training tensors (paper mode: the 6x set made batch by batch), and Fig 2."""
     images, labels = train_set.images, train_set.labels
+    drawn_from = None
     if config.augmentation.mode == "paper":
-        images, labels, _ = augmentation.expand_paper(images, labels, config.augmentation, config.train.seed)
+        drawn_from = augmentation.PaperSet(images, labels, config.augmentation, config.train.seed)
     if not write_figure:
-        return train.TrainData(images, labels, val_set.images, val_set.labels)
+        return train.TrainData(images, labels, val_set.images, val_set.labels, drawn_from)
     figure = Path(scratch) / f"gistnet-{run_id}-augmentation.png"
     augmentation.examples_figure(train_set.images, config.augmentation, config.train.seed, figure)
     out.upload_file("augmentation_examples.png", figure)
     figure.unlink(missing_ok=True)
-    return train.TrainData(images, labels, val_set.images, val_set.labels)
+    return train.TrainData(images, labels, val_set.images, val_set.labels, drawn_from)
 
 
 def _train_models(config: Config, data: train.TrainData, out: Store, metrics: RunMetrics, stop: train.StopFlag,
@@ -299,13 +302,19 @@ def _train_and_evaluate(name, config: Config, data: train.TrainData, preprocess,
     metrics.model_started(name, config.train.epochs)
     if state.resumed_from_epoch is not None:
         metrics.epoch.labels(model=name).set(state.epoch)
+    after_epoch = None
+    if not world.distributed:  # DDP steps eager: a compiled twin of the bare model would skip its gradient sync
+        cache_store = open_store(config.output.uri, config.storage) if config.train.compile_cache else None
+        after_epoch = compiling.attach(state, name, config.train.compile, config.train.batch_size,
+                                       config.data.image_size, data.train_images.device, cache_store)
     if not world.is_main:  # trains in step with rank 0, which alone checkpoints, evaluates and writes
         with _out_of_memory_guard(f"{name} training", config):
             _fit_timed(name, state, data, config, train_cfg, preprocess, online, metrics, stop, None, world)
         return None
     with checkpoint.CheckpointWriter(out, name, scratch) as writer:
         with _out_of_memory_guard(f"{name} training", config):
-            _fit_timed(name, state, data, config, train_cfg, preprocess, online, metrics, stop, writer.save, world)
+            _fit_timed(name, state, data, config, train_cfg, preprocess, online, metrics, stop, writer.save, world,
+                       after_epoch)
         with _timed(metrics, "upload", name):
             if state.resumed_from_epoch != state.epoch:
                 writer.save(state)
@@ -334,7 +343,7 @@ def _train_and_evaluate(name, config: Config, data: train.TrainData, preprocess,
 
 def _fit_timed(name: str, state: train.TrainState, data: train.TrainData, config: Config, train_cfg: TrainConfig,
                preprocess, online, metrics: RunMetrics, stop: train.StopFlag, save_checkpoint,
-               world: distributed.World = distributed.SINGLE) -> None:
+               world: distributed.World = distributed.SINGLE, after_epoch=None) -> None:
     """Train, timing checkpoint saves as the ``checkpoint`` stage (what training waits for:
     serializing, and an upload still in flight) and the rest as ``train``. Under torchrun
     the ranks other than 0 pass ``save_checkpoint=None``: they write nothing."""
@@ -353,7 +362,8 @@ def _fit_timed(name: str, state: train.TrainState, data: train.TrainData, config
     try:
         train.fit(name, state, data, train_cfg, preprocess, online, metrics, stop, save, world=world,
                   per_rank_batch=distributed.per_rank_batch(config.train.batch_size, world,
-                                                            config.distributed.scale_batch))
+                                                            config.distributed.scale_batch),
+                  after_epoch=after_epoch)
     finally:
         metrics.stage("train", time.perf_counter() - start - checkpoint_seconds, name)
 

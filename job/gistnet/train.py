@@ -23,6 +23,7 @@ import torch
 import torchvision
 
 from gistnet import augmentation, distributed, evaluate
+from gistnet import compile as compiling
 from gistnet.config import AugmentationConfig, TrainConfig
 from gistnet.errors import ConfigError, DataError, DeviceError, DivergedError, Interrupted, OutOfDeviceMemory
 
@@ -74,7 +75,7 @@ class Preprocess:
         return constants
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        c = self._on(images.device)
+        c = self._on(images.device)  # a 1-channel (grayscale) batch broadcasts to three channels here
         if images.dtype == torch.uint8:
             x = torch.addcmul(c["bias"], images.float(), c["scale_uint8"])
         else:
@@ -121,11 +122,12 @@ def build_model(name: str, init_weights: str | None = None) -> torch.nn.Module:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
+    fused = compiling.fused_optimizer_kwargs(model)  # fused kernels on CUDA
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum,
-                              weight_decay=cfg.weight_decay)
+                              weight_decay=cfg.weight_decay, **fused)
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, **fused)
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
 
 
@@ -175,14 +177,42 @@ class NullObserver:
         pass
 
 
+class TensorSet:
+    """Training images held as they are; ``batch`` gives float [0, 1] images and labels."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+        self._order = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def prepare(self, order: torch.Tensor, batch_size: int) -> None:
+        self._order = order.to(self.device)  # one copy per epoch
+
+    def batch(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self._order[start:stop]
+        return self.images[idx].float() / 255.0, self.labels[idx]
+
+
 @dataclass
 class TrainData:
-    """Training and validation tensors on the device; ``train`` may already be augmented."""
+    """Training and validation tensors on the device. ``train_set`` is what an epoch draws
+    from: the images as they are, or the paper's 6x set made on the fly (``PaperSet``)."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
     val_images: torch.Tensor
     val_labels: torch.Tensor
+    train_set: "TensorSet | augmentation.PaperSet | None" = None
+
+    def __post_init__(self) -> None:
+        if self.train_set is None:
+            self.train_set = TensorSet(self.train_images, self.train_labels)
 
 
 @dataclass
@@ -198,6 +228,8 @@ class TrainState:
     resumed_from_epoch: int | None = None
     # What the run was computed on (the split, the augmented set's seed): checked on resume.
     provenance: dict = field(default_factory=dict)
+    # The training forward: the model, or its compiled twin (compile.attach); same parameters.
+    forward: Callable | None = None
 
     @property
     def device(self) -> torch.device:
@@ -291,20 +323,24 @@ def train_one_epoch(state: TrainState, data: TrainData, batch_size: int, preproc
     Loss and correct counts stay on the device (no per-step host sync); the caller reads them
     once per epoch."""
     model, device = model or state.model, data.train_images.device
+    # The compiled twin (compile.attach) only without DDP: it would bypass the wrapper's gradient sync.
+    forward = model if state.forward is None or world.distributed else state.forward
     model.train()
-    n = len(data.train_images)
-    check_trainable(n, batch_size * world.size)
-    order = torch.randperm(n, generator=state.generator).to(device)
+    n = len(data.train_set)
+    global_batch = batch_size * world.size
+    check_trainable(n, global_batch)
+    order = torch.randperm(n, generator=state.generator)
+    data.train_set.prepare(order, batch_size)  # planned in per-rank batches: each rank's slice is one
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    steps = steps_per_epoch(n, batch_size * world.size)
-    for idx in distributed.rank_batches(order, batch_size, world):
-        x = data.train_images[idx].float() / 255.0
+    steps = steps_per_epoch(n, global_batch)
+    for step in range(steps):  # this rank's slice of each full global batch, as distributed.rank_batches
+        start = step * global_batch + world.rank * batch_size
+        x, y = data.train_set.batch(start, start + batch_size)
         if aug_cfg is not None:
             x = augmentation.online_batch(x, aug_cfg, state.generator)
-        y = data.train_labels[idx]
         with _autocast(device):
-            logits = model(preprocess(x))
+            logits = forward(preprocess(x))
             loss = torch.nn.functional.cross_entropy(logits.float(), y)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -335,17 +371,19 @@ def _sum_over_ranks(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, st
 def fit(name: str, state: TrainState, data: TrainData, cfg: TrainConfig, preprocess: Preprocess,
         aug_cfg: AugmentationConfig | None, observer: Observer, stop: StopFlag,
         save_checkpoint: Callable[[TrainState], None], clock: Callable[[], float] = time.monotonic,
-        world: distributed.World = distributed.SINGLE, per_rank_batch: int | None = None) -> TrainState:
+        world: distributed.World = distributed.SINGLE, per_rank_batch: int | None = None,
+        after_epoch: Callable[[TrainState], None] | None = None) -> TrainState:
     """Train until ``cfg.epochs``, validating every epoch; checkpoint every
     ``cfg.checkpoint_every`` epochs, after ``cfg.checkpoint_interval_s`` seconds since the
     last one (checked between epochs), and on SIGTERM (then raise ``Interrupted``).
 
     Under torchrun every rank runs this loop in step: DDP averages the gradients, one
     all-reduce per epoch sums the training counters and the stop flags, so a SIGTERM on any
-    rank stops them all after the same epoch (only rank 0's ``save_checkpoint`` writes)."""
+    rank stops them all after the same epoch (only rank 0's ``save_checkpoint`` writes).
+    ``after_epoch`` runs after each epoch's record (e.g. writing the compile cache)."""
     device = data.train_images.device
     batch = per_rank_batch or cfg.batch_size
-    check_trainable(len(data.train_images), batch * world.size)
+    check_trainable(len(data.train_set), batch * world.size)
     net = distributed.wrap(state.model, world, device)
     last_saved = clock()
     while state.epoch < cfg.epochs:
@@ -377,6 +415,8 @@ def fit(name: str, state: TrainState, data: TrainData, cfg: TrainConfig, preproc
                   "train_seconds": train_seconds, "seconds": time.perf_counter() - started}
         state.history.append(record)
         observer.on_epoch(name, record, cfg.epochs)
+        if after_epoch:
+            after_epoch(state)
         log.info("%s epoch %d/%d  train loss %.4f acc %.3f (%d images)  val loss %.4f acc %.3f  (%.1fs)", name,
                  state.epoch, cfg.epochs, record["train_loss"], record["train_accuracy"], seen, record["val_loss"],
                  record["val_accuracy"], record["seconds"])
