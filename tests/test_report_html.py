@@ -42,7 +42,7 @@ def test_html_has_everything_report_md_has_and_embeds_every_figure():
         for cell in (f"TP {cm['tp']}", f"FP {cm['fp']}", f"FN {cm['fn']}", f"TN {cm['tn']}"):
             assert cell in html
         for metric in m["metrics"].values():
-            assert report._pct(metric) in html  # the same text as report.md
+            assert report.percent_with_ci(metric) in html  # the same text as report.md
         assert f"{m['roc_auc']['value']:.3f}, {m['roc_auc']['ci_low']:.3f}-{m['roc_auc']['ci_high']:.3f}" in html
         assert m["checkpoint"]["sha256"] in html and f'id="model-{name}"' in html
     assert "Best model: resnet34" in html and "optimistic" in html

@@ -6,6 +6,7 @@ from the run's report so every number in it is the report's."""
 from __future__ import annotations
 
 from gistnet import stats
+from gistnet.report import percent_with_ci
 
 CARD = "model_card.md"
 
@@ -115,7 +116,7 @@ def _evaluation(m: dict) -> str:
     cm = m["confusion_matrix"]
     level = m.get("confidence_level", 0.95)
     auc = m["roc_auc"]
-    rows = [f"| {k} | {_pct(m['metrics'][k])} |" for k in stats.METRICS]
+    rows = [f"| {k} | {percent_with_ci(m['metrics'][k])} |" for k in stats.METRICS]
     if auc["value"] is not None:
         rows.append(f"| ROC AUC | {auc['value']:.3f} ({auc['ci_low']:.3f}-{auc['ci_high']:.3f}) |")
     return "\n".join([
@@ -183,10 +184,3 @@ def _classes(report: dict) -> tuple[str, str]:
 
 def _counts(counts: dict) -> str:
     return ", ".join(f"{n} {name}" for name, n in counts.items())
-
-
-def _pct(m: dict) -> str:
-    if m["value"] is None:
-        return "n/a (no cases)"
-    return (f"{m['value'] * 100:.2f}% ({m['numerator']}/{m['denominator']}), "
-            f"{m['ci_low'] * 100:.2f}-{m['ci_high'] * 100:.2f}%")

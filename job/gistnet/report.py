@@ -88,7 +88,7 @@ def _counts(counts: dict) -> str:
     return " / ".join(f"{n} {name}" for name, n in counts.items())
 
 
-def _pct(m: dict) -> str:
+def percent_with_ci(m: dict) -> str:
     if m["value"] is None:
         return "n/a (no cases)"
     return (f"{m['value'] * 100:.2f}% ({m['numerator']}/{m['denominator']}), "
@@ -131,7 +131,7 @@ def markdown(report: dict) -> str:
             f"| metric | value ({level:.0%} CI, {m['ci_method']}) |",
             "| --- | --- |",
         ]
-        lines += [f"| {k} | {_pct(m['metrics'][k])} |" for k in stats.METRICS]
+        lines += [f"| {k} | {percent_with_ci(m['metrics'][k])} |" for k in stats.METRICS]
         if auc["value"] is not None:
             lines.append(f"| ROC AUC | {auc['value']:.3f}, {auc['ci_low']:.3f}-{auc['ci_high']:.3f} (Hanley-McNeil) |")
         lines += ["", f"Weights: `{m['checkpoint']['uri']}` (sha256 `{m['checkpoint']['sha256']}`)", ""]

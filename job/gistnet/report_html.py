@@ -41,7 +41,7 @@ def png_data_uri(png: bytes) -> str:
 
 
 def percent(m: dict) -> str:
-    return report_module._pct(m)
+    return report_module.percent_with_ci(m)
 
 
 def number(value, digits: int = 3) -> str:
