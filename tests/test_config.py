@@ -16,7 +16,7 @@ def write(tmp_path, text):
 
 def test_defaults_reproduce_the_paper():
     c = config.load_config(environ={})
-    assert c.data.image_size == 224 and c.data.val_fraction == 0.2
+    assert c.data.image_size == 224 and c.split.val_fraction == 0.2 and c.split.method == "holdout"
     assert c.train.models == ("resnet34", "resnet50")
     assert c.train.batch_size == 32 and c.train.epochs == 200
     assert c.augmentation.mode == "paper"

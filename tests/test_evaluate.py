@@ -25,3 +25,12 @@ def test_predict_returns_loss_and_probabilities():
     loss, probs = evaluate.predict(model, images, torch.tensor([0, 1, 0, 1, 0]), 2, lambda x: x.float())
     assert probs.shape == (5,) and torch.all((probs >= 0) & (probs <= 1))
     assert loss.ndim == 0 and float(loss) > 0
+
+
+def test_youden_threshold_maximises_sensitivity_plus_specificity():
+    labels = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0])
+    probs = torch.tensor([0.9, 0.7, 0.45, 0.2, 0.35, 0.3, 0.1, 0.05], dtype=torch.float64)
+    t = evaluate.youden_threshold(labels, probs)
+    assert t == 0.45  # 3/4 GIST and 4/4 LM right: J = 0.75, the best of any cut
+    assert evaluate.confusion(labels, probs, t) == {"tp": 3, "fn": 1, "tn": 4, "fp": 0}
+    assert evaluate.youden_threshold(torch.tensor([1, 1]), torch.tensor([0.3, 0.9])) == 0.5

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
 import yaml
 
-from gistnet import augmentation, checkpoint, dataset, evaluate, predictions, report, train
-from gistnet.config import Config
+from gistnet import augmentation, crossval, dataset, report, split, train
+from gistnet.config import Config, load_saved_config
 from gistnet.errors import ConfigError, DataError, GistnetError, Interrupted
 from gistnet.metrics import RunMetrics
 from gistnet.storage import Store, TransferStats, open_store, redact
@@ -29,7 +28,7 @@ from gistnet.storage import Store, TransferStats, open_store, redact
 log = logging.getLogger(__name__)
 
 # Config sections that change what a run computes; resuming with different ones is refused.
-RESULT_SECTIONS = ("data", "augmentation", "train", "evaluate")
+RESULT_SECTIONS = ("data", "split", "augmentation", "train", "evaluate")
 # Keys in those sections that only change how it runs; they may differ on resume.
 OPERATIONAL_KEYS = {("data", "download_threads"), ("train", "device"), ("train", "checkpoint_every")}
 
@@ -46,8 +45,10 @@ def default_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-def run(config: Config, stop: train.StopFlag | None = None, scratch: str | None = None) -> RunOutcome:
-    """Run the job; push the outcome to the Pushgateway whatever happens."""
+def run(config: Config, stop: train.StopFlag | None = None, scratch: str | None = None,
+        fold: str | None = None) -> RunOutcome:
+    """Run the job (every fold, or the one ``fold`` names); push the outcome to the Pushgateway
+    whatever happens."""
     run_id = config.output.run_id or default_run_id()
     stats = TransferStats()
     metrics = RunMetrics(stats)
@@ -56,7 +57,7 @@ def run(config: Config, stop: train.StopFlag | None = None, scratch: str | None 
     try:
         metrics.serve(config.metrics.port)
         with stop.installed():  # SIGTERM from here on checkpoints and exits with code 8
-            outcome = _run(config, run_id, stats, metrics, stop, scratch or tempfile.gettempdir())
+            outcome = _run(config, run_id, stats, metrics, stop, scratch or tempfile.gettempdir(), fold)
         exit_code = 0
         return outcome
     except GistnetError as exc:
@@ -104,111 +105,120 @@ def _timed(metrics: RunMetrics, name: str, model: str = ""):
 
 
 def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics, stop: train.StopFlag,
-         scratch: str) -> RunOutcome:
+         scratch: str, fold: str | None) -> RunOutcome:
+    folds = split.select_folds(fold, config.split)  # a bad --fold is refused before anything is written
     device = train.resolve_device(config.train.device)
     train.set_determinism(config.train.deterministic, device)
     metrics.run_started(run_id, device.type)
     threads = config.data.download_threads
     data_store = open_store(config.data.uri, config.storage, threads, stats)
     out = open_store(config.output.uri, config.storage, threads, stats).child(run_id)
-    if out.exists("report.json") and not config.output.force:
+    done = complete_report(out)
+    if done is not None and not config.output.force:
         log.info("run %s is already complete (%s); nothing to do (use --force to run it again)",
                  run_id, out.uri_of("report.json"))
-        return RunOutcome(run_id, out.uri, _read_json(out, "report.json"), already_complete=True)
-    _prepare_output(out, config)
+        return RunOutcome(run_id, out.uri, done, already_complete=True)
     log.info("run %s: data %s -> outputs %s (device %s)", run_id, redact(data_store.uri), out.uri, device)
-
     loaded = dataset.load_images(data_store, config.data, device,
                                  on_stage=lambda name, seconds, n: metrics.stage(name, seconds))
     metrics.skipped.set(len(loaded.skipped))
-    split = _split(out, loaded.images, config)
-    train_set, val_set = loaded.images.subset(split.train), loaded.images.subset(split.val)
+    plan = _plan(out, loaded.images, config)  # an impossible split is refused before anything is written
+    _prepare_output(out, config, folds)
+    _write_once(out, "split.json", plan.to_dict())
     names = (config.data.positive_class, config.data.negative_class)
-    log.info("split (%s): train %s, validation %s, %d skipped", split.method, train_set.counts(names),
-             val_set.counts(names), len(loaded.skipped))
+    _write_once(out, crossval.DATASET, {
+        "uri": redact(data_store.uri), "classes": {names[0]: "positive", names[1]: "negative"},
+        "images": loaded.images.counts(names), "augmentation_mode": config.augmentation.mode,
+        "split_method": plan.parts[0].method, "skipped": loaded.skipped})
     _stop_if_asked(stop, "after loading the data")
 
-    with _timed(metrics, "augmentation"):
-        data = _augment(train_set, val_set, config, out, scratch, run_id)
-    train.check_trainable(len(data.train_images), config.train.batch_size,
-                          f"the training set after {config.augmentation.mode!r} augmentation")
-    provenance = {"split": split.to_dict(), "augmentation_mode": config.augmentation.mode,
-                  "augmentation_seed": config.train.seed}
-    models, curves = _train_models(config, data, out, metrics, stop, scratch, provenance, val_set)
+    environment = report.environment(device)
+    for fold_index in folds:
+        _train_fold(fold_index, plan, loaded.images, config, out, metrics, stop, scratch, run_id, environment)
 
+    pending = [u for u in crossval.all_units(config) if not crossval.is_finished(out, u)]
+    if pending:
+        log.info("this process's folds are done; waiting for %s; the last one to finish writes the report "
+                 "(or run: gistnet aggregate --run %s)", ", ".join(u.name() for u in pending), out.uri)
+        return RunOutcome(run_id, out.uri, None)
     with _timed(metrics, "report"):
-        dataset_section = {
-            "uri": redact(data_store.uri),
-            "classes": {names[0]: "positive", names[1]: "negative"},
-            "train": train_set.counts(names), "val": val_set.counts(names),
-            "train_augmented": dataset.class_counts(data.train_labels, names),
-            "augmentation_mode": config.augmentation.mode, "split_method": split.method,
-            "skipped": loaded.skipped,
-        }
-        final = _write_report(out, run_id, config, device, dataset_section, models, curves, scratch)
+        final = crossval.aggregate(out, config, run_id, scratch)
+    for name, m in final["models"].items():
+        metrics.model_evaluated(name, m["metrics"])
     log.info("report: %s", out.uri_of("report.json"))
     return RunOutcome(run_id, out.uri, final)
 
 
-def _prepare_output(out: Store, config: Config) -> None:
-    """Start over (--force) or check that a resumed run keeps its configuration; then save it."""
+def complete_report(out: Store) -> dict | None:
+    """The run's report if it is complete (a partial one from ``aggregate`` does not count)."""
+    rep = _read_json(out, "report.json")
+    return rep if rep is not None and rep.get("status") == "complete" else None
+
+
+def _train_fold(fold_index: int | None, plan: split.Plan, images: dataset.ImageSet, config: Config, out: Store,
+                metrics: RunMetrics, stop: train.StopFlag, scratch: str, run_id: str, environment: dict) -> None:
+    """Train every model of one fold that has not finished yet, on that fold's training part only."""
+    todo = [u for u in crossval.units([fold_index], config.train.models) if not crossval.is_finished(out, u)]
+    for unit in crossval.units([fold_index], config.train.models):
+        if unit not in todo:
+            log.info("%s: already trained in this run; reusing %s", unit.name(), out.uri_of(unit.key("result.json")))
+    if not todo:
+        return
+    part = plan.part(fold_index)
+    with _timed(metrics, "augmentation"):
+        fold = crossval.prepare_fold(images, part, config)
+        _examples_figure(fold, config, out, todo[0].prefix, scratch, run_id)
+    names = (config.data.positive_class, config.data.negative_class)
+    log.info("%s: train %s, validation %s", "hold-out" if fold_index is None else f"fold {fold_index}",
+             fold.train_set.counts(names), fold.val_set.counts(names))
+    train.check_trainable(len(fold.tensors.train_images), config.train.batch_size,
+                          f"the training set{'' if fold_index is None else f' of fold {fold_index}'} after "
+                          f"{config.augmentation.mode!r} augmentation")
+    preprocess = train.Preprocess(images.images.device)
+    online = config.augmentation if config.augmentation.mode == "online" else None
+    for unit in todo:
+        _stop_if_asked(stop, f"before training {unit.name()}")
+        crossval.train_unit(
+            unit, fold, config, out, init_weights=_local_weights(config.train.init_weights.get(unit.model), config,
+                                                                 scratch),
+            preprocess=preprocess, observer=metrics, scratch=scratch, environment=environment,
+            timed=lambda stage, model: _timed(metrics, stage, model),
+            fit=lambda name, state, save: _fit_timed(name, state, fold.tensors, config, preprocess, online, metrics,
+                                                     stop, save))
+
+
+def _prepare_output(out: Store, config: Config, folds: list[int | None]) -> None:
+    """Start over (--force: the selected folds, and the run's shared files when all are selected)
+    or check that a resumed run keeps its configuration; then save it."""
     if config.output.force:
-        for key in ["report.json", "split.json", *(f"{m}/{f}" for m in config.train.models
-                                                    for f in ("result.json", "checkpoint.json"))]:
+        whole = folds == split.select_folds(None, config.split)
+        shared = ["report.json", "split.json", crossval.DATASET] if whole else ["report.json"]
+        for key in shared + [u.key(f) for u in crossval.units(folds, config.train.models)
+                             for f in ("result.json", "checkpoint.json")]:
             out.delete(key)
     else:
         _check_same_config(out, config)
     out.write_bytes("config.yaml", config.to_yaml().encode())  # also proves the output is writable
 
 
-def _augment(train_set: dataset.ImageSet, val_set: dataset.ImageSet, config: Config, out: Store, scratch: str,
-             run_id: str) -> train.TrainData:
-    """The training tensors after augmentation (expanded once in paper mode), and Fig 2."""
-    images, labels = train_set.images, train_set.labels
-    if config.augmentation.mode == "paper":
-        images, labels, _ = augmentation.expand_paper(images, labels, config.augmentation, config.train.seed)
-    figure = Path(scratch) / f"gistnet-{run_id}-augmentation.png"
-    augmentation.examples_figure(train_set.images, config.augmentation, config.train.seed, figure)
-    out.upload_file("augmentation_examples.png", figure)
+def _write_once(out: Store, key: str, value: dict) -> None:
+    """Write a run-wide object every process computes identically (same bytes if two race)."""
+    data = json.dumps(value, indent=1).encode()
+    try:
+        if out.read(key) == data:
+            return
+    except FileNotFoundError:
+        pass
+    out.write_bytes(key, data)
+
+
+def _examples_figure(fold: crossval.FoldData, config: Config, out: Store, prefix: str, scratch: str,
+                     run_id: str) -> None:
+    """Fig 2: originals of this fold's training part and their five augmentations."""
+    figure = Path(scratch) / f"gistnet-{run_id}-{prefix.replace('/', '-')}augmentation.png"
+    augmentation.examples_figure(fold.train_set.images, config.augmentation, config.train.seed, figure)
+    out.upload_file(f"{prefix}augmentation_examples.png", figure)
     figure.unlink(missing_ok=True)
-    return train.TrainData(images, labels, val_set.images, val_set.labels)
-
-
-def _train_models(config: Config, data: train.TrainData, out: Store, metrics: RunMetrics, stop: train.StopFlag,
-                  scratch: str, provenance: dict, val_set: dataset.ImageSet) -> tuple[dict, dict]:
-    """Train and evaluate each model in turn; a model finished earlier in this run is reused."""
-    preprocess = train.Preprocess(data.train_images.device)
-    online = config.augmentation if config.augmentation.mode == "online" else None
-    models, curves = {}, {}
-    for name in config.train.models:
-        _stop_if_asked(stop, f"before training {name}")
-        result = _read_json(out, f"{name}/result.json")
-        if result is None:
-            result = _train_and_evaluate(name, config, data, preprocess, online, out, metrics, stop, scratch,
-                                         provenance, val_set)
-        else:
-            log.info("%s: already trained in this run; reusing %s", name, out.uri_of(f"{name}/result.json"))
-        curves[name] = {"curve": result.pop("roc_curve"), "auc": result["roc_auc"]["value"] or 0.0}
-        metrics.model_evaluated(name, result["metrics"])
-        models[name] = result
-    return models, curves
-
-
-def _write_report(out: Store, run_id: str, config: Config, device: torch.device, dataset_section: dict,
-                  models: dict, curves: dict, scratch: str) -> dict:
-    """Plots, report.md, then report.json last: its presence marks the run complete."""
-    artifacts = _plots(out, models, curves, scratch, run_id)
-    pooled = [row for name in models for row in predictions.read(out, f"{name}/{predictions.FILENAME}")]
-    predictions.write(out, pooled)
-    artifacts["predictions"] = out.uri_of(predictions.FILENAME)
-    artifacts.update({"config": out.uri_of("config.yaml"), "split": out.uri_of("split.json"),
-                      "report_markdown": out.uri_of("report.md"),
-                      "augmentation_examples": out.uri_of("augmentation_examples.png")})
-    final = report.build(run_id, config.to_dict(), device, dataset_section, models,
-                         config.evaluate.selection_metric, artifacts)
-    out.write_bytes("report.md", report.markdown(final).encode())
-    out.write_bytes("report.json", json.dumps(final, indent=2).encode())
-    return final
 
 
 def _stop_if_asked(stop: train.StopFlag, where: str) -> None:
@@ -216,56 +226,25 @@ def _stop_if_asked(stop: train.StopFlag, where: str) -> None:
         raise Interrupted(f"stopped by {stop.signal_name} {where}")
 
 
-def _split(out: Store, images: dataset.ImageSet, config: Config) -> dataset.Split:
-    saved = _read_json(out, "split.json")
+def _plan(out: Store, images: dataset.ImageSet, config: Config) -> split.Plan:
+    """The run's split: the saved one when resuming (or when another fold's process saved it),
+    else a new one (with --force always a new one)."""
+    saved = None if config.output.force else _read_json(out, "split.json")
     if saved is not None:
-        split = dataset.Split.from_dict(saved)
-        missing = sorted(set(split.train + split.val) - set(images.keys))
+        plan = split.Plan.from_dict(saved)
+        missing = sorted(plan.keys() - set(images.keys))
         if missing:
             raise DataError(f"{out.uri_of('split.json')} names {len(missing)} images no longer in the data set "
                             f"(first: {missing[0]}); start a new run id")
         log.info("reusing the split saved with this run (%s)", out.uri_of("split.json"))
-        return split
-    split = dataset.make_split(images, config.data.val_fraction, config.train.seed)
-    out.write_bytes("split.json", json.dumps(split.to_dict(), indent=1).encode())
-    return split
-
-
-def _train_and_evaluate(name, config: Config, data: train.TrainData, preprocess, online, out: Store,
-                        metrics: RunMetrics, stop, scratch, provenance: dict, val_set: dataset.ImageSet) -> dict:
-    init = _local_weights(config.train.init_weights.get(name), config, scratch)
-    state = train.new_state(name, config.train, data.train_images.device, init)
-    state.provenance = provenance
-    checkpoint.load_latest(out, name, state, scratch)
-    metrics.model_started(name, config.train.epochs)
-    if state.resumed_from_epoch is not None:
-        metrics.epoch.labels(model=name).set(state.epoch)
-    _fit_timed(name, state, data, config, preprocess, online, metrics, stop, out, scratch)
-    with _timed(metrics, "upload", name):
-        pointer = checkpoint.save_checkpoint(out, name, state, scratch) if state.resumed_from_epoch != state.epoch \
-            else checkpoint.read_pointer(out, name)
-        weights = checkpoint.save_weights(out, name, state.model, scratch)
-    with _timed(metrics, "evaluate", name):
-        _, probabilities = evaluate.predict(state.model, data.val_images, data.val_labels, config.train.batch_size,
-                                            preprocess)
-        diagnostics = evaluate.diagnostic_report(data.val_labels, probabilities, config.evaluate.ci_method,
-                                                 config.evaluate.confidence_level)
-    result = {"history": state.history, **diagnostics, "checkpoint": weights,
-              "resumable_checkpoint": {"uri": out.uri_of(pointer["key"]), "sha256": pointer["sha256"],
-                                       "bytes": pointer["bytes"], "epoch": pointer["epoch"]},
-              "resumed_from_epoch": state.resumed_from_epoch,
-              "roc_curve": evaluate.roc_curve_points(data.val_labels, probabilities)}
-    names = (config.data.positive_class, config.data.negative_class)
-    rows = predictions.rows(val_set.keys, val_set.patient_ids, data.val_labels.cpu().numpy(), names, None, name,
-                            probabilities.float().cpu().numpy(),
-                            predictions.scores_from_probabilities(probabilities.float().cpu().numpy()))
-    predictions.write(out, rows, f"{name}/{predictions.FILENAME}")
-    out.write_bytes(f"{name}/result.json", json.dumps(result).encode())
-    return result
+        return plan
+    plan = split.make_plan(images.keys, images.labels.cpu().numpy(), images.patient_ids, config.split,
+                           config.train.seed, (config.data.positive_class, config.data.negative_class))
+    return plan
 
 
 def _fit_timed(name: str, state: train.TrainState, data: train.TrainData, config: Config, preprocess, online,
-               metrics: RunMetrics, stop: train.StopFlag, out: Store, scratch: str) -> None:
+               metrics: RunMetrics, stop: train.StopFlag, save_checkpoint) -> None:
     """Train, timing checkpoint writes as the ``checkpoint`` stage and the rest as ``train``."""
     checkpoint_seconds = 0.0
 
@@ -273,7 +252,7 @@ def _fit_timed(name: str, state: train.TrainState, data: train.TrainData, config
         nonlocal checkpoint_seconds
         start = time.perf_counter()
         with _timed(metrics, "checkpoint", name):
-            checkpoint.save_checkpoint(out, name, s, scratch)
+            save_checkpoint(s)
         checkpoint_seconds += time.perf_counter() - start
 
     start = time.perf_counter()
@@ -298,13 +277,15 @@ def _local_weights(uri: str | None, config: Config, scratch: str) -> str | None:
     return str(local)
 
 
-def _plots(out: Store, models: dict, curves: dict, scratch: str, run_id: str) -> dict:
-    artifacts = {}
-    for key, draw in (("training_curves.png", lambda p: report.training_curves(
-            {n: m["history"] for n, m in models.items()}, p)), ("roc.png", lambda p: report.roc_figure(curves, p))):
-        path = Path(scratch) / f"gistnet-{run_id}-{key}"
-        draw(path)
-        out.upload_file(key, path)
-        path.unlink(missing_ok=True)
-        artifacts[key.removesuffix(".png")] = out.uri_of(key)
-    return artifacts
+def aggregate(run_uri: str, storage_config: Config) -> RunOutcome:
+    """``gistnet aggregate``: pool the finished units of the run at ``run_uri`` into its report."""
+    out = open_store(run_uri, storage_config.storage, storage_config.data.download_threads)
+    try:
+        saved = out.read("config.yaml").decode()
+    except FileNotFoundError:
+        raise DataError(f"{out.uri}: no config.yaml, so not a gistnet run (pass the run's URI, "
+                        "<output>/<run-id>)") from None
+    config = load_saved_config(saved, out.uri_of("config.yaml"))
+    run_id = run_uri.rstrip("/").rpartition("/")[2]
+    final = crossval.aggregate(out, config, run_id, tempfile.gettempdir())
+    return RunOutcome(run_id, out.uri, final)
