@@ -52,7 +52,7 @@ def fake_unit(out, unit, images, part, cfg, seed, finished="2026-01-01T00:00:00+
     predictions.write(out, predictions.rows(val.keys, [], y, NAMES, unit.fold, unit.model, p, scores),
                       unit.key(predictions.FILENAME))
     history = [{"epoch": 1, "train_loss": 0.7, "train_accuracy": 0.5, "val_loss": 0.69, "val_accuracy": 0.5,
-                "seconds": 1.0}]
+                "images": 12, "seconds": 1.0}]
     ckpt = {"uri": out.uri_of(unit.key("model.safetensors")), "sha256": "0" * 64, "bytes": 1}
     out.write_bytes(unit.key("result.json"), json.dumps({
         "fold": unit.fold, "model": unit.model, "history": history, "checkpoint": ckpt,
