@@ -30,6 +30,7 @@ def test_onnx_matches_torch_on_the_validation_images(exported_run, tmp_path):
     assert len(images) == 8
     with torch.no_grad():
         expected = trained.Scorer(trained.load_weights(model, str(tmp_path)), torch.device("cpu"))(images).numpy()
+    images = images.expand(-1, 3, -1, -1).contiguous()  # the graph's input is N x 3 x S x S (gray: 3 equal channels)
     path = str(exported_run / "resnet34" / "model.onnx")
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     whole = session.run(None, {"images": images.numpy()})[0]

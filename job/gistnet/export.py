@@ -142,5 +142,7 @@ class OnnxScorer:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images -> P(positive), like ``Scorer`` but on ONNX Runtime."""
-        out = self._session.run([OUTPUT], {INPUT: images.cpu().numpy()})[0]
+        # The loader holds grayscale data sets as one channel; the graph takes three, as documented.
+        images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+        out = self._session.run([OUTPUT], {INPUT: np.ascontiguousarray(images.cpu().numpy())})[0]
         return torch.from_numpy(out[:, 1].copy())
