@@ -239,3 +239,32 @@ def test_interrupted_run_resumes_to_identical_results(how, tiny_data, tmp_path, 
     wall_times = {"seconds", "train_seconds"}  # the only fields that may differ between the two runs
     strip = lambda h: [{k: v for k, v in e.items() if k not in wall_times} for e in h]  # noqa: E731
     assert strip(m["history"]) == strip(ref["history"])
+
+
+def test_folds_trained_by_concurrent_processes_pool_into_one_report(tiny_data, tmp_path, cli):
+    """Two processes, same --run-id, different --fold: neither overwrites the other; the last to
+    finish writes the complete report, and `gistnet aggregate` rewrites exactly the same bytes."""
+    import os
+
+    args = [sys.executable, "-m", "gistnet", "train", "--data", tiny_data, "--output", tmp_path, "--run-id", "kf",
+            "--split", "kfold", "--folds", "2", "--models", "resnet34", "--epochs", "1", "--image-size", "32",
+            "--batch-size", "16", "--augmentation", "none", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([*map(str, args), "--fold", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for i in (0, 1)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    run = tmp_path / "kf"
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["status"] == "complete" and rep["evaluation"]["method"] == "kfold"
+    assert [f["fold"] for f in rep["models"]["resnet34"]["folds"]] == [0, 1]
+    for i in (0, 1):
+        assert (run / "folds" / str(i) / "resnet34" / "model.safetensors").exists()
+    rows = predictions.read(LocalStore(run))
+    assert sorted(r.key for r in rows) == sorted(str(p.relative_to(tiny_data)) for p in tiny_data.rglob("*.png"))
+    assert "### Folds" in (run / "report.md").read_text()
+    before = (run / "report.json").read_bytes()
+    done = cli("aggregate", "--run", run)
+    assert done.returncode == 0, done.stderr
+    assert (run / "report.json").read_bytes() == before

@@ -1,0 +1,112 @@
+"""Units of work and their aggregation, without training: folds see only their training part,
+missing units are named, the report is byte-identical however often it is aggregated."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gistnet import config, crossval, dataset, predictions, split
+from gistnet.errors import DataError
+from gistnet.storage import LocalStore
+
+NAMES = ("GIST", "LM")
+
+
+def image_set(n_per_class=9, size=32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    n = 2 * n_per_class
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen)
+    labels = torch.tensor([1] * n_per_class + [0] * n_per_class)
+    return dataset.ImageSet([f"{'GIST' if y else 'LM'}/{i:02d}.png" for i, y in enumerate(labels.tolist())],
+                            images, labels)
+
+
+def test_no_augmented_copy_of_a_validation_image_reaches_training():
+    images = image_set()
+    cfg = config.load_config(None, {"split.method": "kfold", "split.folds": 3, "augmentation.mode": "paper"},
+                             environ={})
+    plan = split.make_plan(images.keys, images.labels.numpy(), [], cfg.split, 0, NAMES)
+    for part in plan.parts:
+        fold = crossval.prepare_fold(images, part, cfg)
+        assert len(fold.train_sources) == len(fold.tensors.train_images) == 6 * len(part.train)
+        assert set(fold.train_sources) == set(part.train) and not set(fold.train_sources) & set(part.val)
+        assert fold.val_set.keys == part.val
+        # and on the pixels: no training row is a validation image
+        train_rows = fold.tensors.train_images.flatten(1)
+        for image in fold.val_set.images.flatten(1):
+            assert not (train_rows == image).all(dim=1).any()
+        # each original is followed, block by block, by its five augmentations
+        originals = fold.tensors.train_images[:len(part.train)]
+        assert torch.equal(originals, images.subset(part.train).images)
+
+
+def fake_unit(out, unit, images, part, cfg, seed, finished="2026-01-01T00:00:00+00:00"):
+    """What train_unit leaves behind, with made-up scores (no training)."""
+    rng = np.random.default_rng(seed)
+    val = images.subset(part.val)
+    y = val.labels.numpy()
+    scores = y * 1.5 + rng.normal(size=len(y))
+    p = 1 / (1 + np.exp(-scores))
+    predictions.write(out, predictions.rows(val.keys, [], y, NAMES, unit.fold, unit.model, p, scores),
+                      unit.key(predictions.FILENAME))
+    history = [{"epoch": 1, "train_loss": 0.7, "train_accuracy": 0.5, "val_loss": 0.69, "val_accuracy": 0.5,
+                "images": 12, "seconds": 1.0}]
+    ckpt = {"uri": out.uri_of(unit.key("model.safetensors")), "sha256": "0" * 64, "bytes": 1}
+    out.write_bytes(unit.key("result.json"), json.dumps({
+        "fold": unit.fold, "model": unit.model, "history": history, "checkpoint": ckpt,
+        "resumable_checkpoint": {**ckpt, "epoch": 1}, "resumed_from_epoch": None, "youden_threshold": 0.4,
+        "counts": {"train": {"GIST": 6, "LM": 6}, "val": {"GIST": 3, "LM": 3}, "train_augmented": {"GIST": 6, "LM": 6}},
+        "environment": {"torch": torch.__version__, "device": "cpu (2 threads)"}, "finished": finished}).encode())
+
+
+@pytest.fixture
+def kfold_run(tmp_path):
+    images = image_set()
+    cfg = config.load_config(None, {"split.method": "kfold", "split.folds": 3, "train.models": "resnet34,resnet50"},
+                             environ={})
+    out = LocalStore(tmp_path / "run")
+    plan = split.make_plan(images.keys, images.labels.numpy(), [], cfg.split, 0, NAMES)
+    out.write_bytes("config.yaml", cfg.to_yaml().encode())
+    out.write_bytes("split.json", json.dumps(plan.to_dict()).encode())
+    out.write_bytes(crossval.DATASET, json.dumps({"uri": "data", "classes": {"GIST": "positive", "LM": "negative"},
+                                                  "images": images.counts(NAMES), "split_method": "stratified-kfold",
+                                                  "skipped": []}).encode())
+    return images, cfg, out, plan, tmp_path / "run"
+
+
+def test_aggregation_names_missing_units_then_completes_deterministically(kfold_run, tmp_path):
+    images, cfg, out, plan, root = kfold_run
+    with pytest.raises(DataError, match="no finished fold to aggregate"):
+        crossval.aggregate(out, cfg, "r", str(tmp_path))
+    assert not (root / "report.json").exists()
+    units = crossval.all_units(cfg)
+    for i, unit in enumerate(units[:-1]):
+        fake_unit(out, unit, images, plan.part(unit.fold), cfg, seed=i)
+    partial = crossval.aggregate(out, cfg, "r", str(tmp_path))
+    assert partial["status"] == "partial" and partial["evaluation"]["missing"] == [{"fold": 2, "model": "resnet50"}]
+    assert partial["comparison"] is None  # not the same images yet
+    assert "PARTIAL REPORT" in (root / "report.md").read_text() and "resnet50 fold 2" in (root / "report.md").read_text()
+    assert len(partial["models"]["resnet50"]["folds"]) == 2
+
+    fake_unit(out, units[-1], images, plan.part(2), cfg, seed=9, finished="2026-01-02T00:00:00+00:00")
+    final = crossval.aggregate(out, cfg, "r", str(tmp_path))
+    first_bytes = {name: (root / name).read_bytes() for name in ("report.json", "report.md", "predictions.csv", "roc.png",
+                                                                 "reliability.png", "training_curves.png")}
+    crossval.aggregate(out, cfg, "r", str(tmp_path))
+    assert {name: (root / name).read_bytes() for name in first_bytes} == first_bytes
+    assert final["status"] == "complete" and final["created"] == "2026-01-02T00:00:00+00:00"
+    assert final["evaluation"] == {"method": "kfold", "folds": 3, "pooled": True, "missing": [],
+                                   "finished": [u.to_dict() for u in units]}
+    rows = predictions.read(out)
+    for model in ("resnet34", "resnet50"):
+        assert sorted(r.key for r in rows if r.model == model) == sorted(images.keys)  # every image once per model
+        m = final["models"][model]
+        assert sum(m["confusion_matrix"].values()) == len(images.keys)
+        assert [f["fold"] for f in m["folds"]] == [0, 1, 2] and m["across_folds"]["roc_auc"]["n_folds"] == 3
+        assert m["roc_auc"]["method"] == "delong" and m["calibration"]["brier"] > 0
+        assert m["thresholds"]["youden"]["values"] == [0.4] and m["thresholds"]["youden"]["exploratory"]
+    assert {r.fold for r in rows} == {0, 1, 2}
+    c = final["comparison"]
+    assert c["n_images"] == 18 and 0 <= c["delong"]["p"] <= 1 and c["auc_difference"]["ci_low"] <= c["auc_difference"]["ci_high"]
