@@ -30,16 +30,19 @@ def test_no_augmented_copy_of_a_validation_image_reaches_training():
     plan = split.make_plan(images.keys, images.labels.numpy(), [], cfg.split, 0, NAMES)
     for part in plan.parts:
         fold = crossval.prepare_fold(images, part, cfg)
-        assert len(fold.train_sources) == len(fold.tensors.train_images) == 6 * len(part.train)
+        drawn_from = fold.tensors.train_set  # the paper's 6x set, made batch by batch from these originals only
+        assert len(drawn_from) == 6 * len(part.train) and len(fold.train_sources) == len(part.train)
         assert set(fold.train_sources) == set(part.train) and not set(fold.train_sources) & set(part.val)
         assert fold.val_set.keys == part.val
-        # and on the pixels: no training row is a validation image
-        train_rows = fold.tensors.train_images.flatten(1)
-        for image in fold.val_set.images.flatten(1):
-            assert not (train_rows == image).all(dim=1).any()
-        # each original is followed, block by block, by its five augmentations
-        originals = fold.tensors.train_images[:len(part.train)]
-        assert torch.equal(originals, images.subset(part.train).images)
+        assert torch.equal(drawn_from.images, images.subset(part.train).images)
+        # and on the pixels: no row of the whole augmented epoch is a validation image
+        drawn_from.prepare(torch.arange(len(drawn_from)), len(drawn_from))
+        rows, labels = drawn_from.batch(0, len(drawn_from))
+        assert len(rows) == 6 * len(part.train)
+        torch.testing.assert_close(rows[:len(part.train)], drawn_from.images.float().div(255))  # op 0: originals
+        train_rows = rows.flatten(1)
+        for image in fold.val_set.images.float().div(255).flatten(1):
+            assert not torch.isclose(train_rows, image, atol=1e-6).all(dim=1).any()
 
 
 def fake_unit(out, unit, images, part, cfg, seed, finished="2026-01-01T00:00:00+00:00"):

@@ -108,7 +108,7 @@ def _calibration(r):
     found = {n: m["calibration"] for n, m in _models(r).items() if m.get("calibration")}
     if not found:
         return None
-    return "; ".join(f"{n}: " + ", ".join(f"{k} {_ci(v) if isinstance(v, dict) else v}" for k, v in c.items()
+    return "; ".join(f"{n}: " + ", ".join(f"{k} {_ci(v) if isinstance(v, dict) else f'{v:.3g}'}" for k, v in c.items()
                                           if isinstance(v, (int, float, dict)) and not isinstance(v, bool))
                      for n, c in found.items())
 

@@ -147,7 +147,8 @@ def _run_training(cfg: config_mod.Config, fold: str | None = None):
             raise errors.ConfigError(f"no {key} URI: pass --{key} or set {key}.uri in the config")
     outcome = pipeline.run(cfg, fold=fold)
     if outcome.report is None:
-        click.echo(f"{outcome.uri}/ (fold done; the report is written when every fold has finished)")
+        click.echo(f"{outcome.uri}/ (this process's part is done; the report is written by rank 0 once every "
+                   "fold has finished)")
         return outcome
     if not outcome.already_complete:
         click.echo(report.summary(outcome.report), err=True)

@@ -312,7 +312,7 @@ def aggregate(out: Store, config: Config, run_id: str, scratch: str) -> dict:
     all_rows = [r for u in expected if u in rows for r in rows[u]]
     predictions.write(out, all_rows)
     first = next(u for u in expected if u in results)
-    figures = _figure_keys(expected, results, first)
+    figures = {name: key for name, key in _figure_keys(expected, results, first).items() if out.exists(key)}
     artifacts.update({name: out.uri_of(key) for name, key in figures.items()})
     artifacts.update({"config": out.uri_of("config.yaml"), "split": out.uri_of("split.json"),
                       "predictions": out.uri_of(predictions.FILENAME), "report_markdown": out.uri_of("report.md"),
