@@ -100,7 +100,7 @@ def _metrics(r):
         level = m.get("confidence_level", 0.95)
         parts.append(f"{name}: sensitivity {_ci(m['metrics']['sensitivity'])}, specificity "
                      f"{_ci(m['metrics']['specificity'])}, ROC AUC {_ci(m['roc_auc'])} ({level:.0%} CI, "
-                     f"{m['ci_method']}; AUC {m['roc_auc'].get('method', 'hanley-mcneil')})")
+                     f"{m['ci_method']}; AUC {m['roc_auc']['method']})")
     return "; ".join(parts)
 
 

@@ -112,6 +112,9 @@ def _training(cfg: dict, m: dict, name: str) -> str:
     ])
 
 
+_AUC_METHODS = {"delong": "DeLong normal", "hanley-mcneil": "Hanley-McNeil normal"}
+
+
 def _evaluation(m: dict) -> str:
     cm = m["confusion_matrix"]
     level = m.get("confidence_level", 0.95)
@@ -130,7 +133,8 @@ def _evaluation(m: dict) -> str:
         *rows,
         "",
         f"How the intervals are estimated: binomial {m['ci_method']} intervals (statsmodels) for the five "
-        "proportions; a Hanley-McNeil normal interval for the ROC AUC. A metric with no cases is n/a.",
+        f"proportions; a {_AUC_METHODS.get(auc['method'], auc['method'])} interval for the ROC AUC. "
+        "A metric with no cases is n/a.",
         "",
     ])
 
