@@ -27,7 +27,7 @@ from gistnet import (augmentation, calibration, checklist, checkpoint, compare, 
 from gistnet import compile as compiling
 from gistnet.config import Config, replace
 from gistnet.errors import DataError
-from gistnet.split import Plan, Split
+from gistnet.split import Split
 from gistnet.storage import Store, open_store
 
 log = logging.getLogger(__name__)

@@ -119,12 +119,13 @@ def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics,
     train.set_determinism(config.train.deterministic, device)
     distributed.per_rank_batch(config.train.batch_size, world, config.distributed.scale_batch)  # fail early
     with distributed.process_group(world, device, config.distributed.timeout_s):
-        return _run_stages(config, run_id, stats, metrics, stop, scratch, world, device)
+        return _run_stages(config, run_id, stats, metrics, stop, scratch, world, device, folds)
 
 
 def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics, stop: train.StopFlag,
-                scratch: str, world: distributed.World, device: torch.device) -> RunOutcome:
-    """The stages in order. Under torchrun every rank loads the data and trains; only rank 0
+                scratch: str, world: distributed.World, device: torch.device,
+                folds: list[int | None]) -> RunOutcome:
+    """The stages in order, for the ``folds`` this process trains. Under torchrun every rank loads the data and trains; only rank 0
     writes, and the others wait for what it wrote before reading it (barriers)."""
     metrics.run_started(run_id, device.type)
     threads = config.data.download_threads
