@@ -68,7 +68,7 @@ def _training_data(report: dict) -> str:
         "",
         f"- Source: `{ds['uri']}`",
         f"- Split: {ds['split_method']} (seed {report['config']['train']['seed']}, validation fraction "
-        f"{report['config']['data']['val_fraction']}); the keys are in the run's `split.json`",
+        f"{report['config']['split']['val_fraction']}); the keys are in the run's `split.json`",
         f"- Training images: {_counts(ds['train'])}; after augmentation ({ds.get('augmentation_mode')}): "
         f"{_counts(ds['train_augmented'])}",
         f"- Validation images: {_counts(ds['val'])}",
