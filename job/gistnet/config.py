@@ -345,22 +345,6 @@ def _build(merged: dict[tuple[str, str], Any]) -> Config:
     return config
 
 
-def load_saved_config(text: str, source: str) -> Config:
-    """A run's saved ``config.yaml`` exactly as it was (no environment, no flags)."""
-    try:
-        loaded = yaml.safe_load(text) or {}
-    except yaml.YAMLError:
-        raise ConfigError(f"{source}: malformed YAML") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections")
-    sections: dict[str, dict[str, Any]] = {}
-    for (section, key), value in _from_yaml(loaded, source).items():
-        sections.setdefault(section, {})[key] = value
-    config = Config(**{name: cls(**sections.get(name, {})) for name, cls in _sections().items()})
-    validate(config)
-    return config
-
-
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from gistnet import augmentation, crossval, dataset, distributed, report, split, train
-from gistnet.config import Config, load_saved_config
+from gistnet.config import Config, load_saved
 from gistnet.errors import ConfigError, DataError, GistnetError, Interrupted
 from gistnet.metrics import RunMetrics
 from gistnet.storage import Store, TransferStats, open_store, redact
@@ -330,7 +330,7 @@ def aggregate(run_uri: str, storage_config: Config) -> RunOutcome:
     except FileNotFoundError:
         raise DataError(f"{out.uri}: no config.yaml, so not a gistnet run (pass the run's URI, "
                         "<output>/<run-id>)") from None
-    config = load_saved_config(saved, out.uri_of("config.yaml"))
+    config = load_saved(saved, out.uri_of("config.yaml"))
     run_id = run_uri.rstrip("/").rpartition("/")[2]
     final = crossval.aggregate(out, config, run_id, tempfile.gettempdir())
     return RunOutcome(run_id, out.uri, final)
