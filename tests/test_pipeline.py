@@ -60,7 +60,8 @@ def test_run_writes_everything_and_a_valid_report(tiny_data, tmp_path):
         assert (run / f"gradcam-{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert rep["artifacts"][f"gradcam_{name}"].endswith(f"gradcam-{name}.png")
     html = (run / "report.html").read_text()
-    assert html.count('src="data:image/png;base64,') == 5 and "| called GIST |" not in html
+    # curves, ROC, reliability diagram, Fig 2 and one Grad-CAM gallery per model
+    assert html.count('src="data:image/png;base64,') == 6 and "| called GIST |" not in html
     assert "## To be filled by the authors" in (run / "checklist.md").read_text()
     assert {"report_html", "checklist"} <= set(rep["artifacts"])
     written = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()}
@@ -264,6 +265,11 @@ def test_folds_trained_by_concurrent_processes_pool_into_one_report(tiny_data, t
     rows = predictions.read(LocalStore(run))
     assert sorted(r.key for r in rows) == sorted(str(p.relative_to(tiny_data)) for p in tiny_data.rglob("*.png"))
     assert "### Folds" in (run / "report.md").read_text()
+    for i in (0, 1):  # each fold's Grad-CAM gallery, embedded in report.html, summarised over the folds
+        assert (run / "folds" / str(i) / "gradcam-resnet34.png").read_bytes()[:4] == b"\x89PNG"
+        assert f"gradcam_resnet34_fold{i}" in rep["artifacts"]
+    assert rep["models"]["resnet34"]["explain"]["folds"] == [0, 1]
+    assert (run / "report.html").is_file() and (run / "checklist.md").is_file()
     before = (run / "report.json").read_bytes()
     done = cli("aggregate", "--run", run)
     assert done.returncode == 0, done.stderr
