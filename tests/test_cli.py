@@ -325,7 +325,7 @@ def _patch_out_of_memory(monkeypatch, stage):
                                      "of 79.19 GiB of which 1.06 GiB is free.\nmore details")
 
     if stage == "augmentation":
-        monkeypatch.setattr(augmentation, "expand_paper", oom)
+        monkeypatch.setattr(augmentation, "PaperSet", oom)  # made under the augmentation guard
     elif stage == "resnet34 training":
         monkeypatch.setattr(train, "train_one_epoch", oom)
     else:
