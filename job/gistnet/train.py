@@ -422,6 +422,10 @@ def fit(name: str, state: TrainState, data: TrainData, cfg: TrainConfig, preproc
                  record["val_accuracy"], record["seconds"])
         if stop.is_set() if agreed_stop is None else agreed_stop:
             save_checkpoint(state)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                # Every rank agreed to stop here; no rank exits (and makes torchrun kill the others)
+                # before rank 0's checkpoint is written.
+                torch.distributed.barrier()
             raise Interrupted(f"{name}: stopped by {stop.signal_name} after epoch {state.epoch}/{cfg.epochs}; "
                               "checkpoint saved")
         if state.epoch < cfg.epochs and checkpoint_due(cfg, state.epoch, clock() - last_saved):
