@@ -14,31 +14,12 @@
 # checkov:skip=CKV_DOCKER_2:A batch job has no liveness to report; Kubernetes Job status and exit codes do that
 ARG CUDA_BASE=nvidia/cuda:13.0.1-runtime-ubuntu24.04@sha256:c3fde347d52d578c84fd644bc177bc7ec333feaf11550d990da4084d7612e4c7
 
-# ---------------------------------------------------------------- build: venv with gistnet
-FROM ${CUDA_BASE} AS build
-ARG BAKE_IMAGENET_WEIGHTS=false
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv \
- && rm -rf /var/lib/apt/lists/*
-RUN python3 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-WORKDIR /src
-# The heavy, rarely changing pins first, so code changes reuse this layer.
-RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 kornia==0.9.0
-COPY pyproject.toml README.md ./
-COPY job ./job
-RUN pip install --no-cache-dir . \
- && mkdir -p /opt/gistnet/weights
-COPY scripts/bake_imagenet_weights.py /src/scripts/
-RUN if [ "${BAKE_IMAGENET_WEIGHTS}" = "true" ]; then \
-      python /src/scripts/bake_imagenet_weights.py /opt/gistnet/weights; \
-    fi
-
-# ---------------------------------------------------------------- runtime
+# One stage: the heavy, rarely changing pins (torch and its CUDA libraries, GBs) get a layer of
+# their own before the code is copied, so a code change rebuilds and pushes only the small
+# layers after it. (A build stage copied into a runtime stage would re-copy the whole venv,
+# GBs, on every code change, and need a second venv's worth of disk while building.)
 FROM ${CUDA_BASE} AS runtime
+ARG BAKE_IMAGENET_WEIGHTS=false
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
@@ -49,19 +30,30 @@ LABEL org.opencontainers.image.title="gistnet" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.source="https://github.com/gistnet/gistnet" \
       org.opencontainers.image.licenses="Apache-2.0"
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 \
+ && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 10001 gistnet \
- && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin gistnet
-COPY --from=build /opt/venv /opt/venv
-COPY --from=build /opt/gistnet /opt/gistnet
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin gistnet \
+ && python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 kornia==0.9.0
+COPY pyproject.toml README.md ./
+COPY job ./job
+COPY scripts/bake_imagenet_weights.py ./scripts/
+RUN pip install --no-cache-dir . \
+ && mkdir -p /opt/gistnet/weights \
+ && if [ "${BAKE_IMAGENET_WEIGHTS}" = "true" ]; then \
+      python scripts/bake_imagenet_weights.py /opt/gistnet/weights; \
+    fi \
+ && rm -rf /src
 # Everything writable lives under /tmp (an emptyDir in Kubernetes), so the root filesystem
 # can be read-only.
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
+ENV PYTHONUNBUFFERED=1 \
     HOME=/tmp \
     TMPDIR=/tmp \
     MPLCONFIGDIR=/tmp/matplotlib \

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import uuid
+import warnings
 from pathlib import Path
 
 import pytest
@@ -78,9 +79,18 @@ def bucket(s3_env):
     import boto3
 
     name = f"gistnet-test-{uuid.uuid4().hex[:12]}"
-    client = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"])
-    client.create_bucket(Bucket=name)
-    return name
+    endpoint = s3_env["AWS_ENDPOINT_URL"]
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=name)
+    yield name
+    # Checkpoints are full-size ResNets: free the disk (SeaweedFS drops a deleted bucket's
+    # volumes) rather than keep every test's uploads until the session ends.
+    leftover = boto3.resource("s3", endpoint_url=endpoint, aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"]).Bucket(name)
+    try:
+        leftover.objects.all().delete()
+        leftover.delete()
+    except Exception as exc:  # a test may have broken the server on purpose; never fail teardown
+        warnings.warn(f"could not delete test bucket {name}: {exc}", stacklevel=1)
 
 
 @pytest.fixture

@@ -30,14 +30,21 @@ def test_hadolint_clean():
 def test_checkov_finds_nothing_unexplained_in_the_dockerfile():
     """checkov (offline): every finding fixed or skipped in the Dockerfile with a one-line reason."""
     reports = checkov([REPO / "Dockerfile"], "dockerfile")
-    assert reports[0]["summary"]["passed"] > 100
+    assert reports[0]["summary"]["passed"] > 50  # checkov really ran its Dockerfile checks
     assert unexplained_checkov_findings(reports) == []
 
 
 def test_base_image_pinned_by_tag_and_digest():
     base = re.search(r"ARG CUDA_BASE=(\S+)", DOCKERFILE).group(1)
     assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-[a-z0-9.-]+@sha256:[0-9a-f]{64}", base), base
-    assert DOCKERFILE.count("FROM ${CUDA_BASE}") == 2  # multi-stage, both from the pinned base
+    assert DOCKERFILE.count("FROM ") == 1 and "FROM ${CUDA_BASE} AS runtime" in DOCKERFILE
+
+
+def test_torch_layer_comes_before_the_code():
+    """A code change must not rebuild (or push) the GBs of torch: its pip install is a layer
+    of its own, before any COPY of the project."""
+    torch_at = DOCKERFILE.index("RUN pip install --no-cache-dir torch==")
+    assert torch_at < DOCKERFILE.index("COPY ")
 
 
 def test_image_installs_the_pins_the_project_tests_with():
