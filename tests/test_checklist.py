@@ -40,7 +40,7 @@ def test_items_reflect_the_run_and_what_it_did_not_compute():
     assert "16 GIST" not in by_topic["Counts"][3] and "55 GIST, 58 LM" in by_topic["Counts"][3]
     assert "0.857 (" in by_topic["Metrics with confidence intervals"][3]  # resnet34 sensitivity 12/14 with its CI
     assert "FLAGGED" in by_topic["Explainability"][3]
-    assert by_topic["Calibration"][3].startswith("not in this report")
+    assert by_topic["Calibration"][3].startswith("resnet34: brier 0.0928")  # schema v2: every model has one
     assert by_topic["Comparison of the models"][3].startswith("not in this report")
     assert by_topic["Cross-validation"][3].startswith("not in this report")
     rep["models"]["resnet34"]["calibration"] = {"brier": 0.18, "slope": {"value": 0.9, "ci_low": 0.5, "ci_high": 1.3}}

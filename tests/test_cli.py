@@ -118,7 +118,7 @@ def test_interruption_says_what_a_re_run_will_do(command, error, hint, monkeypat
 
     from gistnet import cli as cli_mod, pipeline
 
-    def interrupted(cfg):
+    def interrupted(cfg, **_):
         if error == "ctrl-c":
             raise KeyboardInterrupt
         raise errors.Interrupted("resnet34: stopped by SIGTERM after epoch 1/3; checkpoint saved")
@@ -359,3 +359,24 @@ def test_out_of_device_memory_is_exit_6_naming_the_keys(stage, monkeypatch, tiny
     assert "Tried to allocate 2.00 GiB" in result.stderr
     assert not (tmp_path / "oom" / "report.json").exists()
     assert errors.EXIT_DEVICE in errors.PERMANENT_EXIT_CODES
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (["--split", "kfold", "--folds", "1"], errors.EXIT_CONFIG, "split.folds must be >= 2"),
+    (["--split", "kfold", "--folds", "21"], errors.EXIT_DATA, "split.folds=21 but class 'GIST' has only 20 images"),
+    (["--split", "kfold", "--folds", "3", "--fold", "3"], errors.EXIT_CONFIG, "--fold 3 is out of range"),
+    (["--fold", "0"], errors.EXIT_CONFIG, "--fold 0 needs a k-fold split"),
+], ids=["one-fold", "more-folds-than-images", "fold-out-of-range", "fold-with-holdout"])
+def test_bad_fold_settings_fail_with_one_line_and_write_nothing(args, code, fragment, cli, tiny_data, tmp_path):
+    done = cli("train", "--data", tiny_data, "--output", tmp_path / "o", "--device", "cpu", "--image-size", 32, *args)
+    _one_line_error(done, code, fragment)
+    assert not (tmp_path / "o").exists()
+
+
+def test_aggregate_without_a_finished_fold_fails_and_writes_nothing(cli, tmp_path):
+    _one_line_error(cli("aggregate", "--run", tmp_path / "nothing"), errors.EXIT_DATA, "no config.yaml")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("split:\n  method: kfold\n  folds: 3\n")
+    _one_line_error(cli("aggregate", "--run", run), errors.EXIT_DATA, "no finished fold to aggregate")
+    assert [p.name for p in run.iterdir()] == ["config.yaml"]

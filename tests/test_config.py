@@ -16,7 +16,7 @@ def write(tmp_path, text):
 
 def test_defaults_reproduce_the_paper():
     c = config.load_config(environ={})
-    assert c.data.image_size == 224 and c.data.val_fraction == 0.2
+    assert c.data.image_size == 224 and c.split.val_fraction == 0.2 and c.split.method == "holdout"
     assert c.train.models == ("resnet34", "resnet50")
     assert c.train.batch_size == 32 and c.train.epochs == 200
     assert c.augmentation.mode == "paper"
@@ -56,7 +56,7 @@ def test_config_file_from_env_variable(tmp_path):
     ("train:\n  batch_size: 1\n", "train.batch_size must be >= 2, got 1"),
     ("train:\n  epochs: -3\n", "train.epochs must be >= 1, got -3"),
     ("storage:\n  connect_timeout: -5\n", "storage.connect_timeout must be > 0, got -5"),
-    ("data:\n  val_fraction: .nan\n", "data.val_fraction must be in (0, 1), got nan"),
+    ("split:\n  val_fraction: .nan\n", "split.val_fraction must be in (0, 1), got nan"),
     ("metrics:\n  port: 70000\n", "metrics.port must be in [0, 65535], got 70000"),
     ("train:\n  models: [resnet18]\n", "unknown model 'resnet18'"),
     ("train: [1, 2\n", "malformed YAML"),
@@ -161,3 +161,19 @@ def test_saved_and_printed_config_never_holds_url_credentials():
     assert "pw-SENTINEL" not in text and "gw-user" not in text
     assert c.to_dict()["metrics"]["pushgateway"] == "http://127.0.0.1:9091"
     assert c.to_dict()["storage"]["endpoint_url"] == "http://minio:9000"
+
+
+def test_moved_val_fraction_names_its_new_key(tmp_path):
+    (tmp_path / "c.yaml").write_text("data:\n  val_fraction: 0.3\n")
+    with pytest.raises(ConfigError, match=r"data.val_fraction moved to split.val_fraction"):
+        config.load_config(tmp_path / "c.yaml", environ={})
+    with pytest.raises(ConfigError, match=r"GISTNET_DATA_VAL_FRACTION: moved to GISTNET_SPLIT_VAL_FRACTION"):
+        config.load_config(None, environ={"GISTNET_DATA_VAL_FRACTION": "0.3"})
+    assert config.load_config(None, {"split.val_fraction": "0.3"}, environ={}).split.val_fraction == 0.3
+
+
+@pytest.mark.parametrize("flags, message", [({"split.folds": 1}, "split.folds must be >= 2"),
+                                            ({"split.method": "loo"}, "split.method must be holdout or kfold")])
+def test_bad_split_settings(flags, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load_config(None, flags, environ={})

@@ -54,3 +54,12 @@ def test_a_saturated_model_gives_no_ties_in_the_scores():
     assert by_margin["confusion_matrix"] == by_probability["confusion_matrix"]  # the threshold is on P
     curve = evaluate.roc_curve_points(labels, out.margins)
     assert (0.0, 1.0) in zip(curve["fpr"], curve["tpr"])  # all positives before any negative
+
+
+def test_youden_threshold_maximises_sensitivity_plus_specificity():
+    labels = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0])
+    probs = torch.tensor([0.9, 0.7, 0.45, 0.2, 0.35, 0.3, 0.1, 0.05], dtype=torch.float64)
+    t = evaluate.youden_threshold(labels, probs)
+    assert t == 0.45  # 3/4 GIST and 4/4 LM right: J = 0.75, the best of any cut
+    assert evaluate.confusion(labels, probs, t) == {"tp": 3, "fn": 1, "tn": 4, "fp": 0}
+    assert evaluate.youden_threshold(torch.tensor([1, 1]), torch.tensor([0.3, 0.9])) == 0.5

@@ -27,6 +27,6 @@ def test_each_model_gets_a_card_with_the_reports_numbers(tiny_runs):
     assert "Validation images: 4 GIST, 4 LM" in card and "Training images: 16 GIST, 16 LM" in card
     for name in stats.METRICS:
         assert f"| {name} | {percent_with_ci(m['metrics'][name])} |" in card
-    assert "binomial wilson intervals" in card and "Hanley-McNeil" in card
+    assert "binomial wilson intervals" in card and "DeLong" in card
     assert "Resize the shorter side to 32 px" in card
     assert f"--run-id {report['run_id']}-repro --models resnet34" in card

@@ -60,7 +60,8 @@ def test_run_writes_everything_and_a_valid_report(tiny_data, tmp_path):
         assert (run / f"gradcam-{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert rep["artifacts"][f"gradcam_{name}"].endswith(f"gradcam-{name}.png")
     html = (run / "report.html").read_text()
-    assert html.count('src="data:image/png;base64,') == 5 and "| called GIST |" not in html
+    # curves, ROC, reliability diagram, Fig 2 and one Grad-CAM gallery per model
+    assert html.count('src="data:image/png;base64,') == 6 and "| called GIST |" not in html
     assert "## To be filled by the authors" in (run / "checklist.md").read_text()
     assert {"report_html", "checklist"} <= set(rep["artifacts"])
     written = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()}
@@ -239,3 +240,37 @@ def test_interrupted_run_resumes_to_identical_results(how, tiny_data, tmp_path, 
     wall_times = {"seconds", "train_seconds"}  # the only fields that may differ between the two runs
     strip = lambda h: [{k: v for k, v in e.items() if k not in wall_times} for e in h]  # noqa: E731
     assert strip(m["history"]) == strip(ref["history"])
+
+
+def test_folds_trained_by_concurrent_processes_pool_into_one_report(tiny_data, tmp_path, cli):
+    """Two processes, same --run-id, different --fold: neither overwrites the other; the last to
+    finish writes the complete report, and `gistnet aggregate` rewrites exactly the same bytes."""
+    import os
+
+    args = [sys.executable, "-m", "gistnet", "train", "--data", tiny_data, "--output", tmp_path, "--run-id", "kf",
+            "--split", "kfold", "--folds", "2", "--models", "resnet34", "--epochs", "1", "--image-size", "32",
+            "--batch-size", "16", "--augmentation", "none", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([*map(str, args), "--fold", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for i in (0, 1)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    run = tmp_path / "kf"
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["status"] == "complete" and rep["evaluation"]["method"] == "kfold"
+    assert [f["fold"] for f in rep["models"]["resnet34"]["folds"]] == [0, 1]
+    for i in (0, 1):
+        assert (run / "folds" / str(i) / "resnet34" / "model.safetensors").exists()
+    rows = predictions.read(LocalStore(run))
+    assert sorted(r.key for r in rows) == sorted(str(p.relative_to(tiny_data)) for p in tiny_data.rglob("*.png"))
+    assert "### Folds" in (run / "report.md").read_text()
+    for i in (0, 1):  # each fold's Grad-CAM gallery, embedded in report.html, summarised over the folds
+        assert (run / "folds" / str(i) / "gradcam-resnet34.png").read_bytes()[:4] == b"\x89PNG"
+        assert f"gradcam_resnet34_fold{i}" in rep["artifacts"]
+    assert rep["models"]["resnet34"]["explain"]["folds"] == [0, 1]
+    assert (run / "report.html").is_file() and (run / "checklist.md").is_file()
+    before = (run / "report.json").read_bytes()
+    done = cli("aggregate", "--run", run)
+    assert done.returncode == 0, done.stderr
+    assert (run / "report.json").read_bytes() == before

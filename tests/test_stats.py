@@ -39,13 +39,6 @@ def test_clopper_pearson_contains_wilson_for_small_n():
     assert cp["ci_low"] <= wi["ci_low"] and cp["ci_high"] >= wi["ci_high"]
 
 
-def test_auc_interval_bounds():
-    low, high = stats.auc_interval(0.9, 14, 15)
-    assert 0.7 < low < 0.9 < high <= 1.0
-    assert stats.auc_interval(1.0, 14, 15) == (1.0, 1.0)
-
-
-@pytest.mark.e2e
 def test_stats_command_prints_the_paper_table(cli):
     done = cli("stats", "--tp", 12, "--fp", 1, "--tn", 14, "--fn", 2, "--ci", "wald")
     assert done.returncode == 0, done.stderr

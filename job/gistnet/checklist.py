@@ -100,7 +100,7 @@ def _metrics(r):
         level = m.get("confidence_level", 0.95)
         parts.append(f"{name}: sensitivity {_ci(m['metrics']['sensitivity'])}, specificity "
                      f"{_ci(m['metrics']['specificity'])}, ROC AUC {_ci(m['roc_auc'])} ({level:.0%} CI, "
-                     f"{m['ci_method']}; AUC {m['roc_auc'].get('method', 'hanley-mcneil')})")
+                     f"{m['ci_method']}; AUC {m['roc_auc']['method']})")
     return "; ".join(parts)
 
 
@@ -108,7 +108,7 @@ def _calibration(r):
     found = {n: m["calibration"] for n, m in _models(r).items() if m.get("calibration")}
     if not found:
         return None
-    return "; ".join(f"{n}: " + ", ".join(f"{k} {_ci(v) if isinstance(v, dict) else v}" for k, v in c.items()
+    return "; ".join(f"{n}: " + ", ".join(f"{k} {_ci(v) if isinstance(v, dict) else f'{v:.3g}'}" for k, v in c.items()
                                           if isinstance(v, (int, float, dict)) and not isinstance(v, bool))
                      for n, c in found.items())
 

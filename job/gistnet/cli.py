@@ -99,6 +99,9 @@ def train_options(fn):
         _option("--device", "train.device", "Training device.", type=click.Choice(["auto", "cpu", "cuda"])),
         _option("--augmentation", "augmentation.mode", "Augmentation mode.",
                 type=click.Choice(["paper", "online", "none"])),
+        _option("--split", "split.method", "holdout (the paper's 8:2) or kfold cross-validation.", "split_method",
+                type=click.Choice(["holdout", "kfold"])),
+        _option("--folds", "split.folds", "Number of folds for --split kfold (>= 2).", type=int),
         _option("--ci", "evaluate.ci_method", "Confidence interval method.", "ci_method",
                 type=click.Choice(config_mod.CI_METHODS)),
         _option("--compile", "train.compile", "Training step: auto (CUDA graphs on a GPU, eager on CPU), off, "
@@ -119,7 +122,8 @@ FLAG_KEYS = {
     "data": "data.uri", "output": "output.uri", "run_id": "output.run_id", "models": "train.models",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "image_size": "data.image_size",
     "seed": "train.seed", "device": "train.device", "augmentation": "augmentation.mode",
-    "ci_method": "evaluate.ci_method", "checkpoint_every": "train.checkpoint_every", "compile_mode": "train.compile",
+    "ci_method": "evaluate.ci_method", "split_method": "split.method", "folds": "split.folds",
+    "checkpoint_every": "train.checkpoint_every", "compile_mode": "train.compile",
     "metrics_port": "metrics.port", "pushgateway": "metrics.pushgateway", "force": "output.force",
 }
 
@@ -135,14 +139,18 @@ def _warn_unknown_env() -> None:
         log.warning("ignoring %s: not a gistnet config key (see docs/configuration.md)", name)
 
 
-def _run_training(cfg: config_mod.Config):
+def _run_training(cfg: config_mod.Config, fold: str | None = None):
     from gistnet import pipeline, report
 
     for key, label in (("data", cfg.data.uri), ("output", cfg.output.uri)):
         if not label:
             raise errors.ConfigError(f"no {key} URI: pass --{key} or set {key}.uri in the config")
-    outcome = pipeline.run(cfg)
-    if outcome.report and not outcome.already_complete:
+    outcome = pipeline.run(cfg, fold=fold)
+    if outcome.report is None:
+        click.echo(f"{outcome.uri}/ (this process's part is done; the report is written by rank 0 once every "
+                   "fold has finished)")
+        return outcome
+    if not outcome.already_complete:
         click.echo(report.summary(outcome.report), err=True)
     click.echo(f"{outcome.uri}/report.json")
     return outcome
@@ -150,8 +158,10 @@ def _run_training(cfg: config_mod.Config):
 
 @cli.command("train")
 @train_options
+@click.option("--fold", help="Train only this fold (0..folds-1) of a --split kfold run; several processes "
+                             "with the same --run-id may train different folds. [default: all folds]")
 @user_errors
-def train_cmd(config_file, **kwargs) -> None:
+def train_cmd(config_file, fold, **kwargs) -> None:
     """Train both ResNets on --data and write checkpoints and report.json to --output.
 
     The defaults reproduce the paper: 200 epochs at 224 px for each of two ResNets. On a GPU
@@ -161,7 +171,23 @@ def train_cmd(config_file, **kwargs) -> None:
     Each flag overrides its config key (shown with its default); precedence:
     flag > GISTNET_* environment > --config YAML > default."""
     _warn_unknown_env()
-    _run_training(_resolve(config_file, _flags(kwargs)))
+    _run_training(_resolve(config_file, _flags(kwargs)), fold)
+
+
+@cli.command("aggregate")
+@click.option("--run", "run_uri", required=True, help="The run's URI: <output>/<run-id> (folder or s3://).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (storage settings).")
+@user_errors
+def aggregate_cmd(run_uri, config_file) -> None:
+    """Pool every finished fold of a run into its report; missing folds are named in it."""
+    from gistnet import pipeline, report
+
+    outcome = pipeline.aggregate(run_uri, _resolve(config_file, {}))
+    click.echo(report.summary(outcome.report), err=True)
+    if outcome.report["status"] != "complete":
+        missing = ", ".join(f"{u['model']} fold {u['fold']}" for u in outcome.report["evaluation"]["missing"])
+        click.echo(f"gistnet: warning: partial report, missing {missing}", err=True)
+    click.echo(f"{outcome.uri}/report.json")
 
 
 @cli.command("launch", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -212,8 +238,9 @@ def synth_cmd(output, n_gist, n_lm, image_size, seed, config_file) -> None:
 @click.option("--image-size", type=click.IntRange(min=32), default=64, show_default=True)
 @click.option("--models", default="resnet34,resnet50", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--folds", type=int, help="k-fold cross-validation with this many folds [default: the hold-out].")
 @user_errors(after_interrupt=DEMO_RESTART_HINT)
-def demo_cmd(output, epochs, image_size, models, device) -> None:
+def demo_cmd(output, epochs, image_size, models, device, folds) -> None:
     """Synthesize a data set, train both ResNets on it and write the report: no bucket needed.
 
     The demo always starts its run over (--force): re-running it after an interruption trains
@@ -228,10 +255,13 @@ def demo_cmd(output, epochs, image_size, models, device) -> None:
     cfg = config_mod.load_config(None, {"data.uri": str(data), "output.uri": str(root / "runs"),
                                         "output.run_id": "demo", "train.epochs": epochs,
                                         "data.image_size": image_size, "train.models": models,
-                                        "output.force": True, "train.device": device})
+                                        "output.force": True, "train.device": device,
+                                        **({"split.method": "kfold", "split.folds": folds} if folds is not None else {})})
     outcome = _run_training(cfg)
+    weights = "folds/<i>/<model>/model.safetensors" if folds is not None else "<model>/model.safetensors"
     click.echo(f"demo outputs: {outcome.uri} (report.html: open it in a browser; report.json, checklist.md, "
-               f"training_curves.png, roc.png, gradcam-<model>.png, <model>/model.safetensors)", err=True)
+               f"predictions.csv, training_curves.png, roc.png, reliability.png, gradcam-<model>.png, {weights})",
+               err=True)
 
 
 def _storage_and_metrics(config_file, metrics_port, pushgateway) -> config_mod.Config:

@@ -28,6 +28,8 @@ CI_METHODS = ("wald", "wilson", "agresti-coull", "clopper-pearson")
 ENV_PREFIX = "GISTNET_"
 # Environment variables with the prefix that are not config keys.
 ENV_NON_KEYS = {"GISTNET_CONFIG", "GISTNET_TEST_S3_ENDPOINT"}
+# Keys that moved: the old name is refused with a line naming the new one.
+MOVED_KEYS = {("data", "val_fraction"): "split.val_fraction"}
 
 
 @dataclass(frozen=True)
@@ -37,10 +39,16 @@ class DataConfig:
     positive_class: str = "GIST"
     negative_class: str = "LM"
     image_size: int = 224
-    val_fraction: float = 0.2
     min_images_per_class: int = 5
     download_threads: int = 16
     max_image_pixels: int = 100_000_000
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    method: str = "holdout"
+    folds: int = 5
+    val_fraction: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,7 @@ class DistributedConfig:
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -269,6 +278,8 @@ def _from_yaml(raw: Mapping[str, Any], source: str) -> dict[tuple[str, str], Any
         if not isinstance(body, dict):
             raise ConfigError(f"{source}: section {section!r} must be a mapping")
         for key, value in body.items():
+            if (section, key) in MOVED_KEYS:
+                raise ConfigError(f"{source}: {section}.{key} moved to {MOVED_KEYS[(section, key)]}")
             if (section, key) not in types_by_key:
                 known = ", ".join(k for s, k, _ in leaf_keys() if s == section)
                 raise ConfigError(f"{source}: unknown key {section}.{key} (known in {section}: {known})")
@@ -278,6 +289,9 @@ def _from_yaml(raw: Mapping[str, Any], source: str) -> dict[tuple[str, str], Any
 
 def _from_env(environ: Mapping[str, str]) -> dict[tuple[str, str], Any]:
     out = {}
+    for (section, key), new in MOVED_KEYS.items():
+        if env_name(section, key) in environ:
+            raise ConfigError(f"{env_name(section, key)}: moved to {env_name(*new.split('.'))}")
     for section, key, typ in leaf_keys():
         name = env_name(section, key)
         if name in environ:
@@ -373,7 +387,8 @@ def _number(value: float) -> str:
 # Every numeric key's range, in one place: validate() enforces it, docs/configuration.md shows it.
 BOUNDS: dict[tuple[str, str], Bound] = {
     ("data", "image_size"): Bound(16),
-    ("data", "val_fraction"): Bound(0, 1, low_open=True, high_open=True),
+    ("split", "folds"): Bound(2),
+    ("split", "val_fraction"): Bound(0, 1, low_open=True, high_open=True),
     ("data", "min_images_per_class"): Bound(2),
     ("data", "download_threads"): Bound(1),
     ("data", "max_image_pixels"): Bound(1),
@@ -406,6 +421,7 @@ BOUNDS: dict[tuple[str, str], Bound] = {
 }
 
 BOUND_HINTS = {
+    ("split", "folds"): " (k-fold needs at least two folds)",
     ("train", "batch_size"): " (BatchNorm cannot train on a batch of one)",
     ("train", "checkpoint_every"): " (0: only on SIGTERM and at the end)",
     ("train", "checkpoint_interval_s"): " (0: no time-based checkpoints)",
@@ -422,6 +438,7 @@ def _check_bounds(c: Config) -> None:
 
 def validate(c: Config) -> None:
     _check_bounds(c)
+    _check(c.split.method in ("holdout", "kfold"), f"split.method must be holdout or kfold, got {c.split.method!r}")
     _check(c.data.positive_class != c.data.negative_class, "data.positive_class and data.negative_class must differ")
     for name in (c.data.positive_class, c.data.negative_class):
         _check(bool(name) and "/" not in name, f"class folder name {name!r} must be non-empty and contain no '/'")

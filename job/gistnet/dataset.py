@@ -1,4 +1,4 @@
-"""From objects in a store to one uint8 image tensor on the training device, plus the split.
+"""From objects in a store to one uint8 image tensor on the training device.
 
 Layout: ``<data>/<class>/<image>``, or a ``manifest.csv`` (``path,label[,patient_id]``)
 at the data root. Every image is decoded once, converted to 3-channel 8-bit, resized
@@ -13,7 +13,6 @@ import csv
 import hashlib
 import io
 import logging
-import math
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -42,24 +41,6 @@ class Labeled:
     key: str
     label: int  # 1 positive (GIST), 0 negative (LM)
     patient_id: str = ""
-
-
-@dataclass
-class Split:
-    train: list[str]
-    val: list[str]
-    method: str
-    seed: int
-    val_fraction: float
-
-    def to_dict(self) -> dict:
-        return {"method": self.method, "seed": self.seed, "val_fraction": self.val_fraction,
-                "train": self.train, "val": self.val}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Split":
-        return cls(train=list(d["train"]), val=list(d["val"]), method=d["method"], seed=int(d["seed"]),
-                   val_fraction=float(d["val_fraction"]))
 
 
 @dataclass
@@ -383,65 +364,3 @@ def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=No
     labels = torch.tensor([k.label for k in kept], dtype=torch.long)
     return LoadResult(ImageSet([k.key for k in kept], images.to(device), labels.to(device),
                                [k.patient_id for k in kept]), skipped)
-
-
-# ---------------------------------------------------------------- split
-
-
-def make_split(images: ImageSet, val_fraction: float, seed: int) -> Split:
-    """Stratified hold-out; grouped by patient when the manifest gives patient ids."""
-    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
-
-    labels = images.labels.cpu().numpy()
-    keys = np.array(images.keys)
-    check_split_possible(labels, images.patient_ids, val_fraction)
-    if any(images.patient_ids):
-        folds = StratifiedGroupKFold(n_splits=group_folds(val_fraction), shuffle=True, random_state=seed)
-        train_idx, val_idx = next(folds.split(keys, labels, groups=images.patient_ids))
-        split = Split(_plain(keys[train_idx]), _plain(keys[val_idx]), "stratified-group-kfold (by patient_id)",
-                      seed, val_fraction)
-    else:
-        train_keys, val_keys = train_test_split(keys, test_size=val_fraction, stratify=labels, random_state=seed)
-        split = Split(_plain(train_keys), _plain(val_keys), "stratified-holdout", seed, val_fraction)
-    check_split_classes(split, images)
-    return split
-
-
-def group_folds(val_fraction: float) -> int:
-    """Folds of the patient-grouped split: the first one is the validation set."""
-    return max(2, round(1 / val_fraction))
-
-
-def check_split_possible(labels: np.ndarray, patient_ids: list[str], val_fraction: float) -> None:
-    """Refuse, naming the counts, a split that cannot put both classes on both sides."""
-    counts = {int(c): int((labels == c).sum()) for c in (1, 0)}
-    if min(counts.values()) < 2:
-        raise DataError(f"a class has {min(counts.values())} image(s) (positive {counts[1]}, negative {counts[0]}); "
-                        "each class needs at least 2, one for training and one for validation")
-    if any(patient_ids):
-        folds, patients = group_folds(val_fraction), len(set(patient_ids))
-        if patients < folds:
-            raise DataError(f"{patients} patients cannot fill the {folds} folds of the patient-grouped split "
-                            f"(data.val_fraction={val_fraction}); at least {folds} patients are needed")
-        return
-    n = len(labels)
-    n_val = math.ceil(val_fraction * n)
-    if n_val < 2 or n - n_val < 2:
-        raise DataError(f"data.val_fraction={val_fraction} of {n} images leaves {n - n_val} for training and "
-                        f"{n_val} for validation; each side needs at least one image of each class (2)")
-
-
-def check_split_classes(split: Split, images: ImageSet) -> None:
-    """After the split: each class on each side, else a data error naming the counts."""
-    label_of = dict(zip(images.keys, images.labels.tolist()))
-    for side, keys in (("training", split.train), ("validation", split.val)):
-        positives = sum(label_of[k] for k in keys)
-        if positives == 0 or positives == len(keys):
-            raise DataError(f"the {side} set of the split ({split.method}, data.val_fraction={split.val_fraction}) "
-                            f"has {positives} positive and {len(keys) - positives} negative images: a class is "
-                            "missing; change data.val_fraction or add images (or patients)")
-
-
-def _plain(keys) -> list[str]:
-    """Sorted built-in strs (numpy's str_ would not survive a weights_only checkpoint load)."""
-    return sorted(str(k) for k in keys)

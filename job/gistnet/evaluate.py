@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
-from sklearn.metrics import confusion_matrix, roc_auc_score
+from sklearn.metrics import confusion_matrix, roc_curve
 
-from gistnet import stats
+from gistnet import compare, stats
 
 
 class Predictions(NamedTuple):
@@ -40,39 +41,54 @@ def predict(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     return Predictions(loss_sum, torch.cat(probabilities), torch.cat(margins))
 
 
+def _numpy(values, dtype=None):
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu()
+        values = (values.float() if values.dtype in (torch.float16, torch.bfloat16) else values).numpy()
+    return np.asarray(values, dtype=dtype)
+
+
+def confusion(labels, probabilities, threshold: float = 0.5) -> dict:
+    """TP/FP/TN/FN calling GIST when P(GIST) >= ``threshold``."""
+    y = _numpy(labels).astype(int)
+    predicted = (_numpy(probabilities, np.float64) >= threshold).astype(int)
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, predicted, labels=[0, 1]).ravel())
+    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn}
+
+
 def diagnostic_report(labels, probabilities, ci_method: str, level: float, threshold: float = 0.5,
                       scores=None) -> dict:
-    """Confusion matrix (``probabilities >= threshold``), the five metrics with intervals,
-    and ROC AUC with a Hanley-McNeil interval, ranked on ``scores`` (the logit margins;
-    the probabilities when none are given)."""
-    y = labels.cpu().numpy().astype(int)
-    p = probabilities.detach().float().cpu().numpy()
-    ranking = p if scores is None else scores.detach().double().cpu().numpy()
-    predicted = (p >= threshold).astype(int)
-    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, predicted, labels=[0, 1]).ravel())
-    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
-    if n_pos and n_neg:
-        auc = float(roc_auc_score(y, ranking))
-        low, high = stats.auc_interval(auc, n_pos, n_neg, level)
-        roc = {"value": auc, "ci_low": low, "ci_high": high, "method": "hanley-mcneil"}
-    else:
-        roc = {"value": None, "ci_low": None, "ci_high": None, "method": "hanley-mcneil"}
+    """Confusion matrix, the five metrics with intervals, and ROC AUC with DeLong's interval
+    (ranked by ``scores``, the logit margins of ``predict``; the probabilities when none are given)."""
+    y = _numpy(labels).astype(int)
+    p = _numpy(probabilities, np.float64)
+    s = p if scores is None else _numpy(scores, np.float64)
+    cm = confusion(y, p, threshold)
     return {
         "threshold": threshold,
-        "confusion_matrix": {"tp": tp, "fp": fp, "tn": tn, "fn": fn},
+        "confusion_matrix": cm,
         "ci_method": ci_method,
         "confidence_level": level,
-        "metrics": stats.diagnostic_table(tp, fp, tn, fn, ci_method, level),
-        "roc_auc": roc,
+        "metrics": stats.diagnostic_table(cm["tp"], cm["fp"], cm["tn"], cm["fn"], ci_method, level),
+        "roc_auc": compare.auc_interval(s, y, level),
     }
+
+
+def youden_threshold(labels, probabilities) -> float:
+    """The probability threshold maximising sensitivity + specificity - 1 (Youden's J) on
+    these images; meant for training images only, so it is never tuned on validation."""
+    y = _numpy(labels).astype(int)
+    if y.min() == y.max():
+        return 0.5
+    fpr, tpr, thresholds = roc_curve(y, _numpy(probabilities, np.float64))
+    best = int(np.argmax(tpr - fpr))
+    return float(min(thresholds[best], 1.0))
 
 
 def roc_curve_points(labels, scores) -> dict:
     """The ROC curve of ``scores`` (the logit margins), as plain lists for the report."""
-    from sklearn.metrics import roc_curve
-
-    y = labels.cpu().numpy().astype(int)
+    y = _numpy(labels).astype(int)
     if y.min() == y.max():
         return {"fpr": [], "tpr": []}
-    fpr, tpr, _ = roc_curve(y, scores.detach().double().cpu().numpy())
+    fpr, tpr, _ = roc_curve(y, _numpy(scores, np.float64))
     return {"fpr": [float(v) for v in fpr], "tpr": [float(v) for v in tpr]}

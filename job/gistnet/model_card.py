@@ -68,7 +68,7 @@ def _training_data(report: dict) -> str:
         "",
         f"- Source: `{ds['uri']}`",
         f"- Split: {ds['split_method']} (seed {report['config']['train']['seed']}, validation fraction "
-        f"{report['config']['data']['val_fraction']}); the keys are in the run's `split.json`",
+        f"{report['config']['split']['val_fraction']}); the keys are in the run's `split.json`",
         f"- Training images: {_counts(ds['train'])}; after augmentation ({ds.get('augmentation_mode')}): "
         f"{_counts(ds['train_augmented'])}",
         f"- Validation images: {_counts(ds['val'])}",
@@ -112,6 +112,9 @@ def _training(cfg: dict, m: dict, name: str) -> str:
     ])
 
 
+_AUC_METHODS = {"delong": "DeLong normal", "hanley-mcneil": "Hanley-McNeil normal"}
+
+
 def _evaluation(m: dict) -> str:
     cm = m["confusion_matrix"]
     level = m.get("confidence_level", 0.95)
@@ -130,7 +133,8 @@ def _evaluation(m: dict) -> str:
         *rows,
         "",
         f"How the intervals are estimated: binomial {m['ci_method']} intervals (statsmodels) for the five "
-        "proportions; a Hanley-McNeil normal interval for the ROC AUC. A metric with no cases is n/a.",
+        f"proportions; a {_AUC_METHODS.get(auc['method'], auc['method'])} interval for the ROC AUC. "
+        "A metric with no cases is n/a.",
         "",
     ])
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-from datetime import datetime, timezone
 from importlib import resources
 
 import torch
@@ -39,23 +38,30 @@ def choose_best(models: dict, metric: str) -> str:
     return max(models, key=score)
 
 
-def build(run_id: str, config: dict, device: torch.device, dataset: dict, models: dict, selection_metric: str,
-          artifacts: dict) -> dict:
+SCHEMA_VERSION = 2
+
+
+def build(run_id: str, config: dict, dataset: dict, models: dict, selection_metric: str, artifacts: dict, *,
+          environment: dict, created: str, evaluation: dict, comparison: dict | None = None,
+          status: str = "complete") -> dict:
+    """The report from its parts; every input is stored data, so the same inputs give the same report."""
     best = choose_best(models, selection_metric)
     report = {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": created,
         "gistnet_version": gistnet.__version__,
-        "status": "complete",
+        "status": status,
         "config": config,
-        "environment": environment(device),
+        "environment": environment,
         "dataset": dataset,
+        "evaluation": evaluation,
         "models": models,
+        "comparison": comparison,
         "best_model": best,
         "selection": {
-            "metric": f"validation {selection_metric}",
-            "note": "chosen on the same validation set the metrics are reported on, as in the paper; "
+            "metric": f"{'pooled out-of-fold' if evaluation['pooled'] else 'validation'} {selection_metric}",
+            "note": "chosen on the same validation predictions the metrics are reported on, as in the paper; "
                     "this is optimistic: confirm on an independent test set before clinical use",
         },
         "artifacts": artifacts,
@@ -74,13 +80,18 @@ def class_names(report: dict) -> tuple[str, str]:
 def summary(report: dict) -> str:
     """A few lines a clinician can read on the terminal."""
     positive, _ = class_names(report)
-    lines = [f"run {report['run_id']}: best model {report['best_model']} ({positive} positive, validation set)"]
+    where = "pooled out-of-fold" if report["evaluation"]["pooled"] else "validation set"
+    lines = [f"run {report['run_id']} ({report['status']}): best model {report['best_model']} "
+             f"({positive} positive, {where})"]
     for name, m in report["models"].items():
-        auc = m["roc_auc"]["value"]
+        auc = m["roc_auc"]
         cm = m["confusion_matrix"]
         lines.append(f"-- {name}: TP {cm['tp']} FN {cm['fn']} TN {cm['tn']} FP {cm['fp']}"
-                     + (f", ROC AUC {auc:.3f}" if auc is not None else ""))
+                     + (f", ROC AUC {auc['value']:.3f} ({auc['ci_low']:.3f}-{auc['ci_high']:.3f})"
+                        if auc["value"] is not None else ""))
         lines.append(stats.format_table(m["metrics"]))
+    if report.get("comparison"):
+        lines += report["comparison"]["interpretation"]
     return "\n".join(lines)
 
 
@@ -95,46 +106,130 @@ def percent_with_ci(m: dict) -> str:
             f"{m['ci_low'] * 100:.2f}-{m['ci_high'] * 100:.2f}%")
 
 
+def _num(value, fmt: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def _evaluation_lines(report: dict) -> list[str]:
+    ev, ds = report["evaluation"], report["dataset"]
+    lines = ["## Evaluation", ""]
+    if ev["method"] == "kfold":
+        lines.append(f"{ev['folds']}-fold cross-validation ({ds['split_method']}): every image is validated once, "
+                     "by the models of the fold that did not train on it. The metrics below pool these out-of-fold "
+                     "predictions over all images; their intervals come from the pooled predictions, the mean and "
+                     "SD across folds show the spread between folds.")
+    else:
+        lines.append(f"Hold-out validation set ({ds['split_method']}): training {_counts(ds['train'])} (after "
+                     f"{ds.get('augmentation_mode')} augmentation: {_counts(ds['train_augmented'])}), validation "
+                     f"{_counts(ds['val'])}.")
+    if ev["missing"]:
+        lines += ["", "**PARTIAL REPORT: these (fold, model) units have not finished and are not in any number "
+                  "below: " + ", ".join(f"{u['model']} fold {u['fold']}" for u in ev["missing"]) + ".**"]
+    return lines + [""]
+
+
+def _model_lines(name: str, m: dict, level: float, positive: str, negative: str) -> list[str]:
+    cm, auc = m["confusion_matrix"], m["roc_auc"]
+    lines = [f"## {name}", ""]
+    if "history" in m:
+        last = m["history"][-1]
+        lines += [f"{len(m['history'])} epoch(s); last epoch: {last['images']} training images stepped, "
+                  f"train loss {last['train_loss']:.4f}, "
+                  f"validation loss {last['val_loss']:.4f}, validation accuracy {last['val_accuracy']:.3f}.", ""]
+    lines += [
+        f"| | {positive} (truth) | {negative} (truth) |",
+        "| --- | --- | --- |",
+        f"| called {positive} | TP {cm['tp']} | FP {cm['fp']} |",
+        f"| called {negative} | FN {cm['fn']} | TN {cm['tn']} |",
+        "",
+        f"| metric | value ({level:.0%} CI, {m['ci_method']}) |",
+        "| --- | --- |",
+    ]
+    lines += [f"| {k} | {percent_with_ci(m['metrics'][k])} |" for k in stats.METRICS]
+    if auc["value"] is not None:
+        lines.append(f"| ROC AUC | {auc['value']:.3f}, {auc['ci_low']:.3f}-{auc['ci_high']:.3f} ({auc['method']}) |")
+    lines += [""] + _calibration_lines(m["calibration"]) + _threshold_lines(m["thresholds"])
+    if "folds" in m:
+        lines += _fold_lines(m)
+    if "checkpoint" in m:
+        lines += [f"Weights: `{m['checkpoint']['uri']}` (sha256 `{m['checkpoint']['sha256']}`)", ""]
+    return lines
+
+
+def _calibration_lines(c: dict) -> list[str]:
+    lines = ["### Calibration", "",
+             f"Brier score {c['brier']:.3f} (0 is perfect; 0.25 is what always answering 50% scores); "
+             f"calibration intercept {_num(c['intercept'], '.2f')} (ideal 0), slope {_num(c['slope'], '.2f')} "
+             f"(ideal 1; below 1: over-confident) by {c['method']}."]
+    if c["note"]:
+        lines.append(f"Note: {c['note']}.")
+    return lines + [""]
+
+
+def _threshold_lines(t: dict) -> list[str]:
+    p, y = t["primary"], t["youden"]
+    values = ", ".join(f"{v:.3f}" for v in y["values"])
+
+    def row(label, section):
+        cm, mt = section["confusion_matrix"], section["metrics"]
+        return (f"| {label} | TP {cm['tp']} FN {cm['fn']} TN {cm['tn']} FP {cm['fp']} | "
+                f"{percent_with_ci(mt['sensitivity'])} | {percent_with_ci(mt['specificity'])} |")
+
+    return ["### Thresholds", "",
+            "| threshold | confusion | sensitivity | specificity |", "| --- | --- | --- | --- |",
+            row(f"{p['value']} (primary, pre-specified)", p), row(f"Youden {values} (exploratory)", y), "",
+            f"The Youden threshold is exploratory: chosen by {y['chosen_on']}.", ""]
+
+
+def _fold_lines(m: dict) -> list[str]:
+    lines = ["### Folds", "", "| fold | images | epochs | ROC AUC | accuracy | sensitivity | specificity |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for f in m["folds"]:
+        lines.append(f"| {f['fold']} | {f['n']} | {len(f['history'])} | {_num(f['roc_auc'])} | {_num(f['accuracy'])} | "
+                     f"{_num(f['sensitivity'])} | {_num(f['specificity'])} |")
+    a = m["across_folds"]
+    lines.append("| mean (SD) | | | " + " | ".join(f"{_num(a[k]['mean'])} ({_num(a[k]['sd'])})"
+                                                  for k in ("roc_auc", "accuracy", "sensitivity", "specificity"))
+                 + " |")
+    return lines + [""]
+
+
+def _comparison_lines(c: dict | None) -> list[str]:
+    if not c:
+        return []
+    first, second = c["models"]
+    d, diff, mc = c["delong"], c["auc_difference"], c["mcnemar"]
+    lines = ["## Comparison", "",
+             f"{first} vs {second} on the same {c['n_images']} images.", "",
+             "| test | result |", "| --- | --- |",
+             f"| ROC AUC difference ({first} - {second}) | {diff['value']:+.3f}, {c['confidence_level']:.0%} CI "
+             f"{diff['ci_low']:+.3f} to {diff['ci_high']:+.3f} ({diff['method']}) |",
+             f"| DeLong's test | z {_num(d['z'], '.2f')}, p {_num(d['p'], '.3g')} |",
+             f"| McNemar's exact test (0.5 threshold) | {mc['only_first_correct']} images only {first} got right, "
+             f"{mc['only_second_correct']} only {second}; p {mc['p']:.3g} |", ""]
+    return lines + [f"- {text}" for text in c["interpretation"]] + [""]
+
+
 def markdown(report: dict) -> str:
-    """``report.md``: the report for a human reader, the configured positive class, validation set."""
+    """``report.md``: the report for a human reader, the configured positive class."""
     ds = report["dataset"]
     positive, negative = class_names(report)
     level = next(iter(report["models"].values())).get("confidence_level", 0.95)
+    status = "" if report["status"] == "complete" else f" ({report['status'].upper()})"
     lines = [
-        f"# gistnet run {report['run_id']}",
+        f"# gistnet run {report['run_id']}{status}",
         "",
         f"Created {report['created']} by gistnet {report['gistnet_version']} on {report['environment']['device']}.",
-        f"Data: `{ds['uri']}`; training {_counts(ds['train'])} (after {ds.get('augmentation_mode')} augmentation: "
-        f"{_counts(ds['train_augmented'])}), validation {_counts(ds['val'])}; split: {ds['split_method']}; "
-        f"{len(ds['skipped'])} image(s) skipped.",
+        f"Data: `{ds['uri']}`; split: {ds['split_method']}; {len(ds['skipped'])} image(s) skipped.",
         "",
         f"**Best model: {report['best_model']}** (by {report['selection']['metric']}). "
         f"{report['selection']['note'].capitalize()}.",
         "",
     ]
+    lines += _evaluation_lines(report)
     for name, m in report["models"].items():
-        cm = m["confusion_matrix"]
-        auc = m["roc_auc"]
-        last = m["history"][-1]
-        lines += [
-            f"## {name}",
-            "",
-            f"{len(m['history'])} epoch(s); last epoch: {last['images']} training images stepped, "
-            f"train loss {last['train_loss']:.4f}, "
-            f"validation loss {last['val_loss']:.4f}, validation accuracy {last['val_accuracy']:.3f}.",
-            "",
-            f"| | {positive} (truth) | {negative} (truth) |",
-            "| --- | --- | --- |",
-            f"| called {positive} | TP {cm['tp']} | FP {cm['fp']} |",
-            f"| called {negative} | FN {cm['fn']} | TN {cm['tn']} |",
-            "",
-            f"| metric | value ({level:.0%} CI, {m['ci_method']}) |",
-            "| --- | --- |",
-        ]
-        lines += [f"| {k} | {percent_with_ci(m['metrics'][k])} |" for k in stats.METRICS]
-        if auc["value"] is not None:
-            lines.append(f"| ROC AUC | {auc['value']:.3f}, {auc['ci_low']:.3f}-{auc['ci_high']:.3f} (Hanley-McNeil) |")
-        lines += ["", f"Weights: `{m['checkpoint']['uri']}` (sha256 `{m['checkpoint']['sha256']}`)", ""]
+        lines += _model_lines(name, m, level, positive, negative)
+    lines += _comparison_lines(report.get("comparison"))
     if ds["skipped"]:
         lines += ["## Skipped images", ""] + [f"- `{s['uri']}`: {s['reason']}" for s in ds["skipped"]] + [""]
     lines += [f"Sensitivity: {positive} cases called {positive}. PPV: {positive} calls that are {positive}. "

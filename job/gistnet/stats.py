@@ -7,10 +7,7 @@ normal approximation clipped to [0, 1]: it is what the paper's table actually us
 
 from __future__ import annotations
 
-import math
-
 from statsmodels.stats.proportion import proportion_confint
-from scipy.stats import norm
 
 _STATSMODELS_METHOD = {"wald": "normal", "wilson": "wilson", "agresti-coull": "agresti_coull",
                        "clopper-pearson": "beta"}
@@ -31,16 +28,6 @@ def diagnostic_table(tp: int, fp: int, tn: int, fn: int, method: str = "wilson",
     parts = {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp), "ppv": (tp, tp + fp),
              "npv": (tn, tn + fn), "accuracy": (tp + tn, tp + fp + tn + fn)}
     return {name: proportion(num, den, method, level) for name, (num, den) in parts.items()}
-
-
-def auc_interval(auc: float, n_positive: int, n_negative: int, level: float = 0.95) -> tuple[float, float]:
-    """Hanley & McNeil (1982) standard error of the ROC AUC, normal interval clipped to [0, 1]."""
-    q1 = auc / (2 - auc)
-    q2 = 2 * auc * auc / (1 + auc)
-    variance = (auc * (1 - auc) + (n_positive - 1) * (q1 - auc * auc)
-                + (n_negative - 1) * (q2 - auc * auc)) / (n_positive * n_negative)
-    half = norm.ppf(0.5 + level / 2) * math.sqrt(max(variance, 0.0))
-    return max(0.0, auc - half), min(1.0, auc + half)
 
 
 def format_table(metrics: dict) -> str:

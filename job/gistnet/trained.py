@@ -73,6 +73,10 @@ def open_run(uri: str, model: str, storage: StorageConfig) -> TrainedModel:
     name = report["best_model"] if model == "best" else model
     if name not in report.get("models", {}):
         raise ModelError(f"run {run.uri} has no model {name!r} (it trained: {', '.join(report.get('models', {}))})")
+    if "checkpoint" not in report["models"][name]:
+        raise ModelError(f"run {run.uri} is a {report.get('evaluation', {}).get('folds')}-fold cross-validation: it "
+                         f"holds one {name} per fold, none of them the model to use; train a hold-out run "
+                         "(--split holdout) for predict or export")
     try:
         text = run.read("config.yaml").decode()
     except FileNotFoundError:

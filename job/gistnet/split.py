@@ -1,0 +1,183 @@
+"""Which images train and which validate: the paper's stratified hold-out, or k folds.
+
+Both are stratified by class and, when ``manifest.csv`` gives patient ids, grouped by
+patient so that no patient is on both sides (scikit-learn ``StratifiedGroupKFold``;
+``StratifiedKFold`` / ``train_test_split`` without ids). A ``Plan`` is the whole run's
+partition, saved as ``split.json``; each of its ``Split`` parts is one train/validation
+pair (the hold-out has one, k-fold has k, numbered 0..k-1). Folds are chosen with
+``--fold`` here too, so a later ``--fold auto`` (``JOB_COMPLETION_INDEX``) has one home.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from gistnet.config import SplitConfig
+from gistnet.errors import ConfigError, DataError
+
+HOLDOUT, KFOLD = "holdout", "kfold"
+
+
+@dataclass
+class Split:
+    """One train/validation partition; ``fold`` is None for the hold-out."""
+
+    train: list[str]
+    val: list[str]
+    method: str
+    seed: int
+    val_fraction: float | None = None
+    fold: int | None = None
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "seed": self.seed, "val_fraction": self.val_fraction, "fold": self.fold,
+                "train": self.train, "val": self.val}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Split":
+        return cls(train=list(d["train"]), val=list(d["val"]), method=d["method"], seed=int(d["seed"]),
+                   val_fraction=d.get("val_fraction"), fold=d.get("fold"))
+
+
+@dataclass
+class Plan:
+    """The run's partition: ``parts[0]`` for a hold-out, ``parts[i]`` for fold i."""
+
+    method: str  # holdout | kfold
+    parts: list[Split]
+
+    @property
+    def folds(self) -> int:
+        return len(self.parts) if self.method == KFOLD else 1
+
+    def part(self, fold: int | None) -> Split:
+        return self.parts[0 if fold is None else fold]
+
+    def keys(self) -> set[str]:
+        return {k for p in self.parts for k in p.train + p.val}
+
+    def to_dict(self) -> dict:
+        if self.method == HOLDOUT:
+            return self.parts[0].to_dict()
+        return {"method": KFOLD, "folds": [p.to_dict() for p in self.parts]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        if d.get("method") == KFOLD:
+            return cls(KFOLD, [Split.from_dict(p) for p in d["folds"]])
+        return cls(HOLDOUT, [Split.from_dict(d)])
+
+
+def make_plan(keys: list[str], labels, patient_ids: list[str], cfg: SplitConfig, seed: int,
+              class_names: tuple[str, str] = ("positive", "negative")) -> Plan:
+    """The hold-out or k-fold partition of ``keys`` (labels 1 positive, 0 negative)."""
+    labels = np.asarray(labels).astype(int)
+    if cfg.method == KFOLD:
+        return Plan(KFOLD, make_folds(keys, labels, patient_ids, cfg.folds, seed, class_names))
+    return Plan(HOLDOUT, [make_holdout(keys, labels, patient_ids, cfg.val_fraction, seed)])
+
+
+def make_holdout(keys: list[str], labels, patient_ids: list[str], val_fraction: float, seed: int) -> Split:
+    """Stratified hold-out; grouped by patient when the manifest gives patient ids."""
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+    labels = np.asarray(labels).astype(int)
+    check_holdout_possible(labels, patient_ids, val_fraction)
+    keys_array = np.array(keys)
+    if any(patient_ids):
+        folds = StratifiedGroupKFold(n_splits=group_folds(val_fraction), shuffle=True, random_state=seed)
+        train_idx, val_idx = next(folds.split(keys_array, labels, groups=patient_ids))
+        part = Split(_plain(keys_array[train_idx]), _plain(keys_array[val_idx]),
+                     "stratified-group-kfold (by patient_id)", seed, val_fraction)
+    else:
+        train_keys, val_keys = train_test_split(keys_array, test_size=val_fraction, stratify=labels,
+                                                random_state=seed)
+        part = Split(_plain(train_keys), _plain(val_keys), "stratified-holdout", seed, val_fraction)
+    check_both_classes(part, dict(zip(keys, labels.tolist())))
+    return part
+
+
+def group_folds(val_fraction: float) -> int:
+    """Folds of the patient-grouped hold-out: the first one is the validation set."""
+    return max(2, round(1 / val_fraction))
+
+
+def check_holdout_possible(labels: np.ndarray, patient_ids: list[str], val_fraction: float) -> None:
+    """Refuse, naming the counts, a hold-out that cannot put both classes on both sides."""
+    counts = {int(c): int((labels == c).sum()) for c in (1, 0)}
+    if min(counts.values()) < 2:
+        raise DataError(f"a class has {min(counts.values())} image(s) (positive {counts[1]}, negative {counts[0]}); "
+                        "each class needs at least 2, one for training and one for validation")
+    if any(patient_ids):
+        folds, patients = group_folds(val_fraction), len(set(patient_ids))
+        if patients < folds:
+            raise DataError(f"{patients} patients cannot fill the {folds} folds of the patient-grouped split "
+                            f"(split.val_fraction={val_fraction}); at least {folds} patients are needed")
+        return
+    n = len(labels)
+    n_val = math.ceil(val_fraction * n)
+    if n_val < 2 or n - n_val < 2:
+        raise DataError(f"split.val_fraction={val_fraction} of {n} images leaves {n - n_val} for training and "
+                        f"{n_val} for validation; each side needs at least one image of each class (2)")
+
+
+def check_both_classes(part: Split, label_of: dict[str, int]) -> None:
+    """After the split: each class on each side, else a data error naming the counts."""
+    for side, keys in (("training", part.train), ("validation", part.val)):
+        positives = sum(label_of[k] for k in keys)
+        if positives == 0 or positives == len(keys):
+            where = f"fold {part.fold}" if part.fold is not None else f"split.val_fraction={part.val_fraction}"
+            raise DataError(f"the {side} set of the split ({part.method}, {where}) has {positives} positive and "
+                            f"{len(keys) - positives} negative images: a class is missing; change "
+                            f"{'split.folds' if part.fold is not None else 'split.val_fraction'} or add images "
+                            "(or patients)")
+
+
+def make_folds(keys: list[str], labels, patient_ids: list[str], k: int, seed: int,
+               class_names: tuple[str, str]) -> list[Split]:
+    """k stratified folds (grouped by patient with ids): every image validates exactly once."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    grouped = any(patient_ids)
+    for label, name in ((1, class_names[0]), (0, class_names[1])):
+        units = len({p for p, y in zip(patient_ids, labels) if y == label}) if grouped else int((labels == label).sum())
+        if units < k:
+            what = "patients" if grouped else "images"
+            raise DataError(f"split.folds={k} but class {name!r} has only {units} {what}; "
+                            f"every fold needs at least one of each class (use --folds {max(2, units)} or fewer)")
+    keys_array = np.array(keys)
+    if grouped:
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        method, parts = "stratified-group-kfold (by patient_id)", splitter.split(keys_array, labels, groups=patient_ids)
+    else:
+        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        method, parts = "stratified-kfold", splitter.split(keys_array, labels)
+    folds = [Split(_plain(keys_array[train_idx]), _plain(keys_array[val_idx]), method, seed, None, fold)
+             for fold, (train_idx, val_idx) in enumerate(parts)]
+    label_of = dict(zip(keys, labels.tolist()))
+    for part in folds:
+        check_both_classes(part, label_of)
+    return folds
+
+
+def select_folds(fold: str | None, cfg: SplitConfig) -> list[int | None]:
+    """The folds this process trains: all of them, or the one ``--fold`` names (0-based)."""
+    if fold is None or fold == "":
+        return [None] if cfg.method == HOLDOUT else list(range(cfg.folds))
+    if cfg.method == HOLDOUT:
+        raise ConfigError(f"--fold {fold} needs a k-fold split (--split kfold --folds K); this run is a hold-out")
+    try:
+        index = int(fold)
+    except ValueError:
+        raise ConfigError(f"--fold must be an integer in 0..{cfg.folds - 1}, got {fold!r}") from None
+    if not 0 <= index < cfg.folds:
+        raise ConfigError(f"--fold {index} is out of range: split.folds={cfg.folds} gives folds 0..{cfg.folds - 1}")
+    return [index]
+
+
+def _plain(keys) -> list[str]:
+    """Sorted built-in strs (numpy's str_ would not survive a weights_only checkpoint load)."""
+    return sorted(str(k) for k in keys)
