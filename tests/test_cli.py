@@ -373,6 +373,21 @@ def test_bad_fold_settings_fail_with_one_line_and_write_nothing(args, code, frag
     assert not (tmp_path / "o").exists()
 
 
+def test_bad_fan_out_selections_fail_with_one_line_and_write_nothing(cli, tiny_data, tmp_path):
+    import os
+
+    base = ["train", "--data", tiny_data, "--output", tmp_path / "o", "--device", "cpu", "--split", "kfold",
+            "--folds", "2"]
+    bare = {k: v for k, v in os.environ.items() if k != "JOB_COMPLETION_INDEX"}
+    _one_line_error(cli(*base, "--fold", "auto", env=bare), errors.EXIT_CONFIG,
+                    "--fold auto needs JOB_COMPLETION_INDEX (set by a Kubernetes Indexed Job)")
+    _one_line_error(cli(*base, "--fold", "auto", env={**bare, "JOB_COMPLETION_INDEX": "4"}), errors.EXIT_CONFIG,
+                    "JOB_COMPLETION_INDEX=4 is out of range: 2 fold(s) x 2 model(s) give indexes 0..3")
+    _one_line_error(cli(*base, "--model", "resnet18"), errors.EXIT_CONFIG,
+                    "--model resnet18 is not one of this run's train.models")
+    assert not (tmp_path / "o").exists()
+
+
 def test_aggregate_without_a_finished_fold_fails_and_writes_nothing(cli, tmp_path):
     _one_line_error(cli("aggregate", "--run", tmp_path / "nothing"), errors.EXIT_DATA, "no config.yaml")
     run = tmp_path / "run"

@@ -2,13 +2,14 @@
 missing units are named, the report is byte-identical however often it is aggregated."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from gistnet import config, crossval, dataset, predictions, report, split
-from gistnet.errors import DataError
+from gistnet.errors import ConfigError, DataError
 from gistnet.storage import LocalStore
 
 NAMES = ("GIST", "LM")
@@ -183,3 +184,35 @@ def test_holdout_report_keeps_the_units_explain_summary_and_writes_model_cards(t
     assert final["artifacts"]["gradcam_resnet34"].endswith("gradcam-resnet34.png")
     assert (tmp_path / "run" / "resnet34" / "model_card.md").is_file()
     assert (tmp_path / "run" / "report.html").is_file() and (tmp_path / "run" / "checklist.md").is_file()
+
+
+def _run_config(**flags):
+    return config.load_config(None, {"split.method": "kfold", "split.folds": 3, **flags}, environ={})
+
+
+def test_completion_index_picks_fold_then_model_and_covers_every_unit_once():
+    cfg = _run_config()
+    picked = [crossval.select("auto", None, cfg, {"JOB_COMPLETION_INDEX": str(i)})[0] for i in range(6)]
+    assert picked == [crossval.Unit(f, m) for m in ("resnet34", "resnet50") for f in (0, 1, 2)]
+    assert sorted(picked, key=str) == sorted(crossval.all_units(cfg), key=str)
+    holdout = config.load_config(None, {}, environ={})  # a hold-out fans out over its models
+    assert crossval.select("auto", None, holdout, {"JOB_COMPLETION_INDEX": "1"}) == [crossval.Unit(None, "resnet50")]
+
+
+def test_fold_and_model_select_units():
+    cfg = _run_config()
+    assert crossval.select(None, None, cfg, {}) == crossval.all_units(cfg)
+    assert crossval.select("1", "resnet50", cfg, {}) == [crossval.Unit(1, "resnet50")]
+    assert crossval.select(None, "resnet34", cfg, {}) == [crossval.Unit(f, "resnet34") for f in (0, 1, 2)]
+
+
+@pytest.mark.parametrize("fold, model, environ, fragment", [
+    ("auto", None, {}, "--fold auto needs JOB_COMPLETION_INDEX"),
+    ("auto", None, {"JOB_COMPLETION_INDEX": "6"}, "JOB_COMPLETION_INDEX=6 is out of range"),
+    ("auto", None, {"JOB_COMPLETION_INDEX": "x"}, "is not an integer"),
+    ("auto", "resnet34", {"JOB_COMPLETION_INDEX": "0"}, "drop --model"),
+    ("0", "resnet18", {}, "--model resnet18 is not one of this run's train.models"),
+])
+def test_bad_unit_selections_are_config_errors(fold, model, environ, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        crossval.select(fold, model, _run_config(), environ)

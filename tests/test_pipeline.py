@@ -274,3 +274,57 @@ def test_folds_trained_by_concurrent_processes_pool_into_one_report(tiny_data, t
     done = cli("aggregate", "--run", run)
     assert done.returncode == 0, done.stderr
     assert (run / "report.json").read_bytes() == before
+
+
+def test_fan_out_pairs_as_concurrent_processes_against_s3_and_a_killed_pair_reruns(bucket, s3_env, s3_client, cli):
+    """The chart's fan-out (fanout.enabled) as processes: one per JOB_COMPLETION_INDEX, 2 folds x
+    2 models, same run id, sharing the loopback S3 server. Pair 3 is killed (SIGKILL, a lost
+    pod) once it has started training: the other three finish and leave the report to it; its
+    rerun completes the run, and `gistnet aggregate` rewrites the same bytes."""
+    import os
+
+    assert cli("synth", "--output", f"s3://{bucket}/data", "--n-gist", 12, "--n-lm", 12, "--image-size", 32,
+               "--seed", 5).returncode == 0
+    args = [sys.executable, "-m", "gistnet", "train", "--data", f"s3://{bucket}/data", "--output",
+            f"s3://{bucket}/runs", "--run-id", "fan", "--split", "kfold", "--folds", "2", "--models",
+            "resnet34,resnet50", "--epochs", "1", "--image-size", "32", "--batch-size", "8", "--augmentation",
+            "none", "--device", "cpu", "--fold", "auto"]
+
+    def pair(index: int) -> subprocess.Popen:
+        env = {**s3_env, "JOB_COMPLETION_INDEX": str(index), "OMP_NUM_THREADS": "1"}
+        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    doomed = pair(3)
+    deadline = time.monotonic() + 300
+    started = ""
+    while "fold 1: train" not in started and time.monotonic() < deadline and doomed.poll() is None:
+        started += doomed.stderr.readline()
+    assert "fold 1: train" in started, started
+    doomed.kill()
+    doomed.communicate(timeout=60)
+    others = [pair(i) for i in (0, 1, 2)]
+    for p in others:
+        out, err = p.communicate(timeout=900)
+        assert p.returncode == 0, err
+        assert "this process's part is done" in out
+    run_keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix="runs/fan/")["Contents"]}
+    assert "runs/fan/report.json" not in run_keys and "runs/fan/folds/1/resnet50/result.json" not in run_keys
+    assert {f"runs/fan/folds/{f}/{m}/result.json" for f, m in ((0, "resnet34"), (1, "resnet34"), (0, "resnet50"))} \
+        <= run_keys
+
+    rerun = pair(3)
+    out, err = rerun.communicate(timeout=900)
+    assert rerun.returncode == 0, err
+    assert out.strip().endswith("runs/fan/report.json")
+    stored = s3_client.get_object(Bucket=bucket, Key="runs/fan/report.json")["Body"].read()
+    rep = json.loads(stored)
+    assert rep["status"] == "complete" and rep["evaluation"]["missing"] == []
+    assert sorted((u["fold"], u["model"]) for u in rep["evaluation"]["finished"]) == \
+        [(0, "resnet34"), (0, "resnet50"), (1, "resnet34"), (1, "resnet50")]
+    for name in ("resnet34", "resnet50"):
+        assert [f["fold"] for f in rep["models"][name]["folds"]] == [0, 1]
+        assert sum(rep["models"][name]["confusion_matrix"].values()) == 24  # pooled: every image validated once
+    assert rep["comparison"]["models"] == ["resnet34", "resnet50"]  # paired: the same 24 images
+    again = cli("aggregate", "--run", f"s3://{bucket}/runs/fan")
+    assert again.returncode == 0, again.stderr
+    assert s3_client.get_object(Bucket=bucket, Key="runs/fan/report.json")["Body"].read() == stored

@@ -139,16 +139,16 @@ def _warn_unknown_env() -> None:
         log.warning("ignoring %s: not a gistnet config key (see docs/configuration.md)", name)
 
 
-def _run_training(cfg: config_mod.Config, fold: str | None = None):
+def _run_training(cfg: config_mod.Config, fold: str | None = None, model: str | None = None):
     from gistnet import pipeline, report
 
     for key, label in (("data", cfg.data.uri), ("output", cfg.output.uri)):
         if not label:
             raise errors.ConfigError(f"no {key} URI: pass --{key} or set {key}.uri in the config")
-    outcome = pipeline.run(cfg, fold=fold)
+    outcome = pipeline.run(cfg, fold=fold, model=model)
     if outcome.report is None:
-        click.echo(f"{outcome.uri}/ (this process's part is done; the report is written by rank 0 once every "
-                   "fold has finished)")
+        click.echo(f"{outcome.uri}/ (this process's part is done; the process that finishes the last (fold, "
+                   "model) unit writes the report, or run gistnet aggregate --run on it)")
         return outcome
     if not outcome.already_complete:
         click.echo(report.summary(outcome.report), err=True)
@@ -159,9 +159,13 @@ def _run_training(cfg: config_mod.Config, fold: str | None = None):
 @cli.command("train")
 @train_options
 @click.option("--fold", help="Train only this fold (0..folds-1) of a --split kfold run; several processes "
-                             "with the same --run-id may train different folds. [default: all folds]")
+                             "with the same --run-id may train different folds. 'auto': the (fold, model) "
+                             "unit JOB_COMPLETION_INDEX names (fold = index % folds, model = index // folds; "
+                             "a Kubernetes Indexed Job). [default: all folds]")
+@click.option("--model", help="Train only this one of train.models (with --fold: one (fold, model) unit); "
+                              "processes with the same --run-id may train different ones. [default: all]")
 @user_errors
-def train_cmd(config_file, fold, **kwargs) -> None:
+def train_cmd(config_file, fold, model, **kwargs) -> None:
     """Train both ResNets on --data and write checkpoints and report.json to --output.
 
     The defaults reproduce the paper: 200 epochs at 224 px for each of two ResNets. On a GPU
@@ -171,7 +175,7 @@ def train_cmd(config_file, fold, **kwargs) -> None:
     Each flag overrides its config key (shown with its default); precedence:
     flag > GISTNET_* environment > --config YAML > default."""
     _warn_unknown_env()
-    _run_training(_resolve(config_file, _flags(kwargs)), fold)
+    _run_training(_resolve(config_file, _flags(kwargs)), fold, model)
 
 
 @cli.command("aggregate")

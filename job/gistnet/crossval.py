@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
 import tempfile
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from gistnet import (augmentation, calibration, checklist, checkpoint, compare, 
                      explain, model_card, predictions, report, report_html, split, stats, train)
 from gistnet import compile as compiling
 from gistnet.config import Config, replace
-from gistnet.errors import DataError
+from gistnet.errors import ConfigError, DataError
 from gistnet.split import Split
 from gistnet.storage import Store, open_store
 
@@ -66,6 +67,42 @@ def units(folds: list[int | None], models) -> list[Unit]:
 
 def all_units(config: Config) -> list[Unit]:
     return units(split.select_folds(None, config.split), config.train.models)
+
+
+# Set by a Kubernetes Indexed Job in each pod: 0 .. completions - 1.
+COMPLETION_INDEX = "JOB_COMPLETION_INDEX"
+
+
+def select(fold: str | None, model: str | None, config: Config, environ=os.environ) -> list[Unit]:
+    """The units this process trains: every one, those of one fold and/or one model, or, with
+    ``fold == "auto"``, the one an Indexed Job's completion index names (``fold = index % K``,
+    ``model = index // K``, K = the number of folds, 1 for a hold-out)."""
+    if fold == "auto":
+        if model:
+            raise ConfigError("--fold auto picks the model from JOB_COMPLETION_INDEX too; drop --model")
+        return [unit_of_index(environ.get(COMPLETION_INDEX), config)]
+    models = list(config.train.models)
+    if model:
+        if model not in models:
+            raise ConfigError(f"--model {model} is not one of this run's train.models ({', '.join(models)})")
+        models = [model]
+    return units(split.select_folds(fold, config.split), models)
+
+
+def unit_of_index(index: str | None, config: Config) -> Unit:
+    folds = split.select_folds(None, config.split)
+    total = len(folds) * len(config.train.models)
+    if index is None or not index.strip():
+        raise ConfigError(f"--fold auto needs {COMPLETION_INDEX} (set by a Kubernetes Indexed Job); "
+                          f"this run has {total} (fold, model) units: pass --fold and --model instead")
+    try:
+        i = int(index)
+    except ValueError:
+        raise ConfigError(f"{COMPLETION_INDEX}={index!r} is not an integer") from None
+    if not 0 <= i < total:
+        raise ConfigError(f"{COMPLETION_INDEX}={i} is out of range: {len(folds)} fold(s) x "
+                          f"{len(config.train.models)} model(s) give indexes 0..{total - 1} (the Job's completions)")
+    return Unit(folds[i % len(folds)], config.train.models[i // len(folds)])
 
 
 def is_finished(out: Store, unit: Unit) -> bool:

@@ -49,9 +49,9 @@ def default_run_id() -> str:
 
 
 def run(config: Config, stop: train.StopFlag | None = None, scratch: str | None = None,
-        fold: str | None = None) -> RunOutcome:
-    """Run the job (every fold, or the one ``fold`` names); push the outcome to the Pushgateway
-    whatever happens."""
+        fold: str | None = None, model: str | None = None) -> RunOutcome:
+    """Run the job (every (fold, model) unit, or those ``fold`` and ``model`` select:
+    ``crossval.select``); push the outcome to the Pushgateway whatever happens."""
     world = distributed.world_from_env()
     run_id = config.output.run_id or default_run_id()
     if world.distributed and not config.output.run_id:
@@ -64,7 +64,8 @@ def run(config: Config, stop: train.StopFlag | None = None, scratch: str | None 
         metrics.serve(distributed.metrics_port(config.metrics.port, world),
                       labels={"rank": str(world.rank)} if world.distributed else None)
         with stop.installed():  # SIGTERM from here on checkpoints and exits with code 8
-            outcome = _run(config, run_id, stats, metrics, stop, scratch or tempfile.gettempdir(), world, fold)
+            outcome = _run(config, run_id, stats, metrics, stop, scratch or tempfile.gettempdir(), world, fold,
+                               model)
         exit_code = 0
         return outcome
     except GistnetError as exc:
@@ -113,19 +114,20 @@ def _timed(metrics: RunMetrics, name: str, model: str = ""):
 
 
 def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics, stop: train.StopFlag,
-         scratch: str, world: distributed.World = distributed.SINGLE, fold: str | None = None) -> RunOutcome:
-    folds = split.select_folds(fold, config.split)  # a bad --fold is refused before anything is written
+         scratch: str, world: distributed.World = distributed.SINGLE, fold: str | None = None,
+         model: str | None = None) -> RunOutcome:
+    selected = crossval.select(fold, model, config)  # a bad --fold/--model is refused before anything is written
     device = distributed.device_for(world, train.resolve_device(config.train.device))
     train.set_determinism(config.train.deterministic, device)
     distributed.per_rank_batch(config.train.batch_size, world, config.distributed.scale_batch)  # fail early
     with distributed.process_group(world, device, config.distributed.timeout_s):
-        return _run_stages(config, run_id, stats, metrics, stop, scratch, world, device, folds)
+        return _run_stages(config, run_id, stats, metrics, stop, scratch, world, device, selected)
 
 
 def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics, stop: train.StopFlag,
                 scratch: str, world: distributed.World, device: torch.device,
-                folds: list[int | None]) -> RunOutcome:
-    """The stages in order, for the ``folds`` this process trains. Under torchrun every rank loads the data and trains; only rank 0
+                selected: list[crossval.Unit]) -> RunOutcome:
+    """The stages in order, for the ``selected`` units this process trains. Under torchrun every rank loads the data and trains; only rank 0
     writes, and the others wait for what it wrote before reading it (barriers)."""
     metrics.run_started(run_id, device.type)
     threads = config.data.download_threads
@@ -143,7 +145,7 @@ def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunM
     names = (config.data.positive_class, config.data.negative_class)
     if world.is_main:  # rank 0 plans (an impossible split is refused before anything is written) and writes
         plan = _plan(out, loaded.images, config, fresh=config.output.force)
-        _prepare_output(out, config, folds)
+        _prepare_output(out, config, selected)
         _write_once(out, "split.json", plan.to_dict())
         _write_once(out, crossval.DATASET, {
             "uri": redact(data_store.uri), "classes": {names[0]: "positive", names[1]: "negative"},
@@ -155,15 +157,16 @@ def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunM
     _stop_if_asked(stop, "after loading the data", world, device)
 
     environment = report.environment(device)
-    for fold_index in folds:
-        _train_fold(fold_index, plan, loaded.images, config, out, metrics, stop, scratch, run_id, environment, world)
+    for fold_index in dict.fromkeys(u.fold for u in selected):  # folds in order, each prepared once
+        _train_fold(fold_index, [u for u in selected if u.fold == fold_index], plan, loaded.images, config, out,
+                    metrics, stop, scratch, run_id, environment, world)
     if not world.is_main:
         log.info("rank %d done; rank 0 writes the report", world.rank)
         return RunOutcome(run_id, out.uri, None)
 
     pending = [u for u in crossval.all_units(config) if not crossval.is_finished(out, u)]
     if pending:
-        log.info("this process's folds are done; waiting for %s; the last one to finish writes the report "
+        log.info("this process's units are done; waiting for %s; the last one to finish writes the report "
                  "(or run: gistnet aggregate --run %s)", ", ".join(u.name() for u in pending), out.uri)
         return RunOutcome(run_id, out.uri, None)
     with _timed(metrics, "report"):
@@ -184,12 +187,12 @@ def _out_of_memory_guard(stage: str, config: Config):
     return train.out_of_memory_is_a_device_error(stage, config.train.batch_size, config.data.image_size)
 
 
-def _train_fold(fold_index: int | None, plan: split.Plan, images: dataset.ImageSet, config: Config, out: Store,
-                metrics: RunMetrics, stop: train.StopFlag, scratch: str, run_id: str, environment: dict,
-                world: distributed.World = distributed.SINGLE) -> None:
-    """Train every model of one fold that has not finished yet, on that fold's training part only."""
-    todo = [u for u in crossval.units([fold_index], config.train.models) if not crossval.is_finished(out, u)]
-    for unit in crossval.units([fold_index], config.train.models):
+def _train_fold(fold_index: int | None, units: list[crossval.Unit], plan: split.Plan, images: dataset.ImageSet,
+                config: Config, out: Store, metrics: RunMetrics, stop: train.StopFlag, scratch: str, run_id: str,
+                environment: dict, world: distributed.World = distributed.SINGLE) -> None:
+    """Train the ``units`` of one fold that have not finished yet, on that fold's training part only."""
+    todo = [u for u in units if not crossval.is_finished(out, u)]
+    for unit in units:
         if unit not in todo:
             log.info("%s: already trained in this run; reusing %s", unit.name(), out.uri_of(unit.key("result.json")))
     if not todo:
@@ -222,14 +225,13 @@ def _train_fold(fold_index: int | None, plan: split.Plan, images: dataset.ImageS
                 after_epoch))
 
 
-def _prepare_output(out: Store, config: Config, folds: list[int | None]) -> None:
-    """Start over (--force: the selected folds, and the run's shared files when all are selected)
+def _prepare_output(out: Store, config: Config, selected: list[crossval.Unit]) -> None:
+    """Start over (--force: the selected units, and the run's shared files when all are selected)
     or check that a resumed run keeps its configuration; then save it."""
     if config.output.force:
-        whole = folds == split.select_folds(None, config.split)
+        whole = set(selected) == set(crossval.all_units(config))
         shared = ["report.json", "split.json", crossval.DATASET] if whole else ["report.json"]
-        for key in shared + [u.key(f) for u in crossval.units(folds, config.train.models)
-                             for f in ("result.json", "checkpoint.json")]:
+        for key in shared + [u.key(f) for u in selected for f in ("result.json", "checkpoint.json")]:
             out.delete(key)
     else:
         _check_same_config(out, config)
