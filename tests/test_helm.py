@@ -47,6 +47,10 @@ VARIANTS = {
                      "--set", "distributed.nodes=2", "--set", "distributed.procPerNode=1",
                      "--set", "s3.existingSecret=my-s3", "--set", "tolerations[0].key=nvidia.com/gpu",
                      "--set", "tolerations[0].operator=Exists", "--set", "distributed.nccl.NCCL_DEBUG=INFO"],
+    "fanout": ["--set", "fanout.enabled=true", "--set", "fanout.parallelism=3", "--set", "config.split.method=kfold",
+               "--set", "config.split.folds=4", "--set", "metrics.pushgateway=http://pushgateway:9091"],
+    "fanout-cron": ["--set", "fanout.enabled=true", "--set", "config.split.method=kfold",
+                    "--set", "schedule=0 2 * * 6", "--set", "job.runId="],
 }
 # Custom resources: prometheus-operator's (test_podmonitor and test_monitoring.py) and Kubeflow
 # Trainer's TrainJob (test_trainjob_validates_against_the_vendored_crd).
@@ -484,5 +488,54 @@ def test_the_vendored_crd_excerpt_rejects_what_trainer_would():
     (["--set", "distributed.nccl.DEBUG=1"], "does not match pattern '^NCCL_"),
 ])
 def test_distributed_values_that_cannot_work_are_refused(bad, message):
+    done = helm("template", "gistnet", str(CHART), *bad, check=False)
+    assert done.returncode != 0 and message in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("variant", ["fanout", "fanout-cron"])
+def test_fanout_is_an_indexed_job_with_one_completion_per_unit_the_pods_resolve(variant, tmp_path):
+    """completions = the (fold, model) units of the config the pods mount, as gistnet counts them
+    (crossval.all_units); each index resolves to a distinct unit; a failed unit fails only its
+    index, permanently on the bad-input codes; preemption is ignored."""
+    from gistnet import crossval
+
+    docs = render(VARIANTS[variant])
+    spec = job_spec(docs)
+    (tmp_path / "config.yaml").write_text(by_kind(docs, "ConfigMap")["data"]["config.yaml"])
+    e = env(docs)
+    cfg = config.load_config(tmp_path / "config.yaml", environ={k: v["value"] for k, v in e.items() if "value" in v})
+    units = crossval.all_units(cfg)
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == len(units)
+    assert len(units) == (8 if variant == "fanout" else 10)  # 4 or (the default) 5 folds x 2 models
+    assert spec["parallelism"] == (3 if variant == "fanout" else 2)
+    assert spec["backoffLimitPerIndex"] == 1 and spec["maxFailedIndexes"] == 0 and "backoffLimit" not in spec
+    resolved = [crossval.select("auto", None, cfg, {"JOB_COMPLETION_INDEX": str(i)})[0] for i in range(len(units))]
+    assert sorted(resolved, key=str) == sorted(units, key=str)
+    c = container(docs)
+    assert c["args"] == ["train", "--config", "/etc/gistnet/config.yaml", "--fold", "auto"]
+    assert e["GISTNET_OUTPUT_RUN_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.labels['batch.kubernetes.io/job-name']"  # one run id for every pod of the Job
+    assert e["FANOUT_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert e["GISTNET_METRICS_GROUPING_LABELS"]["value"].endswith(",index=$(FANOUT_INDEX)")
+    names = list(e)
+    assert names.index("FANOUT_INDEX") < names.index("GISTNET_METRICS_GROUPING_LABELS")  # $(...) sees only earlier vars
+    rules = spec["podFailurePolicy"]["rules"]
+    fail = next(r for r in rules if r["action"] == "FailIndex")
+    assert sorted(fail["onExitCodes"]["values"]) == sorted(errors.PERMANENT_EXIT_CODES)
+    assert not any(r["action"] == "FailJob" for r in rules)
+    assert any(c["type"] == "DisruptionTarget" for r in rules if r["action"] == "Ignore"
+               for c in r.get("onPodConditions", []))
+    assert not by_kind(docs, "Service")  # independent pods: no rendezvous
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--set", "fanout.enabled=true", "--set", "distributed.enabled=true"],
+     "fanout.enabled and distributed.enabled together are not supported"),
+    (["--set", "fanout.enabled=true", "--set", "mode=predict", "--set", "predict.run=s3://b/r",
+      "--set", "predict.data=s3://b/d", "--set", "predict.output=s3://b/o"], "fanout.enabled is for training"),
+    (["--set", "fanout.parallelism=0"], "/fanout/parallelism"),
+])
+def test_fanout_values_that_cannot_work_are_refused(bad, message):
     done = helm("template", "gistnet", str(CHART), *bad, check=False)
     assert done.returncode != 0 and message in done.stderr, done.stderr

@@ -69,7 +69,17 @@ checkov.io/skip4: "CKV_K8S_11=No CPU limit by default; it throttles training; re
 {{/* The Job spec shared by the Job and the CronJob's jobTemplate. */}}
 {{- define "gistnet.jobSpec" -}}
 {{- $ddp := .Values.distributed.enabled -}}
-{{- if $ddp }}
+{{- $fanout := .Values.fanout.enabled -}}
+{{- if $fanout }}
+# Fan-out: pod i trains (fold, model) unit i of the run (gistnet train --fold auto: fold =
+# i % folds, model = i // folds); the pod finishing the last unit writes the report.
+completionMode: Indexed
+completions: {{ include "gistnet.fanoutUnits" . }}
+parallelism: {{ .Values.fanout.parallelism }}
+# Each unit retries on its own; one unit failing for good fails the Job (no report without it).
+backoffLimitPerIndex: {{ .Values.fanout.backoffLimitPerIndex }}
+maxFailedIndexes: 0
+{{- else if $ddp }}
 # Data-parallel: one pod per node, each running torchrun; pod i is node rank i.
 completionMode: Indexed
 completions: {{ .Values.distributed.nodes }}
@@ -92,7 +102,7 @@ podFailurePolicy:
       onPodConditions:
         - type: DisruptionTarget
           status: "True"  # required by the schemas of Kubernetes < 1.35
-    - action: FailJob
+    - action: {{ ternary "FailIndex" "FailJob" $fanout }}
       onExitCodes:
         containerName: gistnet
         operator: In
@@ -146,6 +156,10 @@ template:
           - train
           - --config
           - /etc/gistnet/config.yaml
+          {{- if $fanout }}
+          - --fold
+          - auto
+          {{- end }}
           {{- end }}
           {{- range .Values.extraArgs }}
           - {{ . | quote }}
@@ -171,12 +185,18 @@ template:
                 fieldPath: metadata.labels['batch.kubernetes.io/job-name']
             {{- end }}
           {{- end }}
+          {{- if $fanout }}
+          - name: FANOUT_INDEX  # the unit, in the Pushgateway grouping key: the pods' pushes do not overwrite each other
+            valueFrom:
+              fieldRef:
+                fieldPath: metadata.annotations['batch.kubernetes.io/job-completion-index']
+          {{- end }}
           - name: GISTNET_METRICS_PORT
             value: {{ .Values.metrics.port | quote }}
           - name: GISTNET_METRICS_JOB_NAME
             value: {{ .Values.metrics.jobName | quote }}
           - name: GISTNET_METRICS_GROUPING_LABELS
-            value: {{ printf "%s=%s" (ternary "cronjob" "k8s_job" (ne .Values.schedule "")) (include "gistnet.fullname" .) | quote }}
+            value: {{ printf "%s=%s%s" (ternary "cronjob" "k8s_job" (ne .Values.schedule "")) (include "gistnet.fullname" .) (ternary ",index=$(FANOUT_INDEX)" "" $fanout) | quote }}
           {{- with .Values.metrics.pushgateway }}
           - name: GISTNET_METRICS_PUSHGATEWAY
             value: {{ . | quote }}
@@ -303,7 +323,23 @@ template:
 {{- end }}
 
 {{/* Refuse distributed settings that cannot work, with the value to change. */}}
+{{/* The run's (fold, model) units: folds (1 for a hold-out) x models, from the config values
+with gistnet's own defaults (config.py: split.folds 5, both ResNets). */}}
+{{- define "gistnet.fanoutUnits" -}}
+{{- $kfold := eq (dig "split" "method" "holdout" .Values.config) "kfold" -}}
+{{- $folds := ternary (dig "split" "folds" 5 .Values.config | int) 1 $kfold -}}
+{{- mul $folds (len (dig "train" "models" (list "resnet34" "resnet50") .Values.config)) -}}
+{{- end }}
+
 {{- define "gistnet.checkDistributed" -}}
+{{- if .Values.fanout.enabled }}
+{{- if eq .Values.mode "predict" }}
+{{- fail "fanout.enabled is for training; mode: predict runs one process" }}
+{{- end }}
+{{- if .Values.distributed.enabled }}
+{{- fail "fanout.enabled and distributed.enabled together are not supported: choose one pod per (fold, model) unit or one data-parallel run" }}
+{{- end }}
+{{- end }}
 {{- if .Values.distributed.enabled }}
 {{- if eq .Values.mode "predict" }}
 {{- fail "distributed.enabled is for training; mode: predict runs one process" }}
