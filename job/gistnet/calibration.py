@@ -16,6 +16,8 @@ import numpy as np
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss
 
+from gistnet import report
+
 METHOD = "logistic recalibration on the logit score (statsmodels)"
 
 
@@ -76,10 +78,5 @@ def reliability_diagram(calibrations: dict[str, dict], path) -> None:
                     label=f"{name} (Brier {c['brier']:.3f})")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("predicted probability of GIST (bin mean)")
-    ax.set_ylabel("observed share of GIST")
-    ax.set_title("reliability diagram")
-    ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    report.save_plot(fig, ax, path, "reliability diagram", "predicted probability of GIST (bin mean)",
+                     "observed share of GIST", "upper left")

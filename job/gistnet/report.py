@@ -273,10 +273,17 @@ def roc_figure(curves: dict[str, dict], path) -> None:
         if c["curve"]["fpr"]:
             ax.plot(c["curve"]["fpr"], c["curve"]["tpr"], label=f"{name} (AUC {c['auc']:.3f})")
     ax.plot([0, 1], [0, 1], ":", color="grey")
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
-    ax.set_title("ROC, validation set")
-    ax.legend(fontsize=8, loc="lower right")
+    save_plot(fig, ax, path, "ROC, validation set", "1 - specificity", "sensitivity", "lower right")
+
+
+def save_plot(fig, ax, path, title: str, xlabel: str, ylabel: str, legend_at: str) -> None:
+    """Label a one-axes figure, write it as a PNG and free it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc=legend_at)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
