@@ -157,9 +157,12 @@ def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunM
     _stop_if_asked(stop, "after loading the data", world, device)
 
     environment = report.environment(device)
-    for fold_index in dict.fromkeys(u.fold for u in selected):  # folds in order, each prepared once
-        _train_fold(fold_index, [u for u in selected if u.fold == fold_index], plan, loaded.images, config, out,
-                    metrics, stop, scratch, run_id, environment, world)
+    folds = list(dict.fromkeys(u.fold for u in selected))  # in order, each prepared once
+    full_set = [loaded.images]  # the last fold takes it out, so the full set is freed once split
+    del loaded
+    for n, fold_index in enumerate(folds):
+        _train_fold(fold_index, [u for u in selected if u.fold == fold_index], plan, full_set, n == len(folds) - 1,
+                    config, out, metrics, stop, scratch, run_id, environment, world)
     if not world.is_main:
         log.info("rank %d done; rank 0 writes the report", world.rank)
         return RunOutcome(run_id, out.uri, None)
@@ -187,10 +190,13 @@ def _out_of_memory_guard(stage: str, config: Config):
     return train.out_of_memory_is_a_device_error(stage, config.train.batch_size, config.data.image_size)
 
 
-def _train_fold(fold_index: int | None, units: list[crossval.Unit], plan: split.Plan, images: dataset.ImageSet,
-                config: Config, out: Store, metrics: RunMetrics, stop: train.StopFlag, scratch: str, run_id: str,
-                environment: dict, world: distributed.World = distributed.SINGLE) -> None:
-    """Train the ``units`` of one fold that have not finished yet, on that fold's training part only."""
+def _train_fold(fold_index: int | None, units: list[crossval.Unit], plan: split.Plan,
+                full_set: list[dataset.ImageSet], last: bool, config: Config, out: Store, metrics: RunMetrics,
+                stop: train.StopFlag, scratch: str, run_id: str, environment: dict,
+                world: distributed.World = distributed.SINGLE) -> None:
+    """Train the ``units`` of one fold that have not finished yet, on that fold's training part only.
+    The ``last`` fold takes the full image set out of ``full_set`` and drops it once split, so
+    only the split's tensors stay on the device while training."""
     todo = [u for u in units if not crossval.is_finished(out, u)]
     for unit in units:
         if unit not in todo:
@@ -198,8 +204,11 @@ def _train_fold(fold_index: int | None, units: list[crossval.Unit], plan: split.
     if not todo:
         return
     part = plan.part(fold_index)
+    images = full_set.pop() if last else full_set[0]
+    device = images.images.device
     with _timed(metrics, "augmentation"), _out_of_memory_guard("augmentation", config):
         fold = crossval.prepare_fold(images, part, config)
+        del images
         if world.is_main:
             _examples_figure(fold, config, out, todo[0].prefix, scratch, run_id)
     names = (config.data.positive_class, config.data.negative_class)
@@ -210,10 +219,10 @@ def _train_fold(fold_index: int | None, units: list[crossval.Unit], plan: split.
     train.check_trainable(len(fold.tensors.train_set), global_batch,
                           f"the training set{'' if fold_index is None else f' of fold {fold_index}'} after "
                           f"{config.augmentation.mode!r} augmentation")
-    preprocess = train.Preprocess(images.images.device)
+    preprocess = train.Preprocess(device)
     online = config.augmentation if config.augmentation.mode == "online" else None
     for unit in todo:
-        _stop_if_asked(stop, f"before training {unit.name()}", world, images.images.device)
+        _stop_if_asked(stop, f"before training {unit.name()}", world, device)
         crossval.train_unit(
             unit, fold, config, out, init_weights=_local_weights(config.train.init_weights.get(unit.model), config,
                                                                  scratch),
