@@ -43,7 +43,7 @@ TEST_IMAGE ?= localhost/gistnet:image-test
 image:  ## build the container image (docker, else buildah)
 	bash scripts/build-image.sh
 
-image-test: $(VENV)/.test-deps  ## build the image on a Debian base and run it read-only (root; 10-30 min)
+image-test: $(VENV)/.test-deps  ## build the image on a Debian base and run it read-only (root; 5-10 min, ~28 GB of disk)
 	bash scripts/system-deps.sh scripts/image-packages.txt
 	bash scripts/debian-base.sh $(IMAGE_BASE)
 	CUDA_BASE=$(IMAGE_BASE) bash scripts/build-image.sh $(TEST_IMAGE)

@@ -29,6 +29,14 @@ else
   for path in /etc/ssl/certs/ca-certificates.crt /etc/pip.conf /etc/xdg/pip; do
     if [ -e "$path" ]; then args+=(--volume "$path:$path:ro"); fi
   done
+  # Measured: the vfs build of the 6.8 GB image peaks at ~26 GB of disk (the container's
+  # root, the committed layer's blob and the layer itself, each a full copy), 2026-11-27.
+  root="$(buildah --storage-driver "${STORAGE_DRIVER:-vfs}" info --format '{{.store.GraphRoot}}' 2>/dev/null || echo /var/lib/containers)"
+  while [ ! -d "$root" ]; do root="$(dirname "$root")"; done
+  free_gb=$(( $(df -Pk "$root" | awk 'NR==2 {print $4}') / 1024 / 1024 ))
+  if [ "$free_gb" -lt 28 ]; then
+    echo "build-image: warning: $free_gb GB free under $root; a buildah (vfs) build needs about 28 GB" >&2
+  fi
   buildah --storage-driver "${STORAGE_DRIVER:-vfs}" bud --isolation chroot --layers=false \
     -t "$tag" "${args[@]}" .
   size="$(buildah --storage-driver "${STORAGE_DRIVER:-vfs}" inspect --type image --format '{{.Size}}' "$tag" 2>/dev/null \
