@@ -157,6 +157,19 @@ def test_demo_takes_the_device_flag(cli, tmp_path):
                     errors.EXIT_DEVICE, "no CUDA GPU")
 
 
+def test_demo_folds_writes_a_pooled_k_fold_report(cli, tmp_path):
+    done = cli("demo", "--output", tmp_path, "--folds", "2", "--epochs", "1", "--image-size", "32",
+               "--models", "resnet34", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert "pooled out-of-fold" in done.stderr and "folds/<i>/<model>/model.safetensors" in done.stderr
+    run = tmp_path / "runs" / "demo"
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["status"] == "complete" and rep["evaluation"] == {**rep["evaluation"], "method": "kfold", "folds": 2}
+    assert sum(rep["models"]["resnet34"]["confusion_matrix"].values()) == 142  # every image validated once
+    assert [f["fold"] for f in rep["models"]["resnet34"]["folds"]] == [0, 1]
+    assert (run / "report.html").is_file() and (run / "folds" / "1" / "resnet34" / "model.safetensors").is_file()
+
+
 def test_exit_code_table_matches_readme(cli):
     """README's table has exactly the codes of errors.EXIT_CODES, each with its meaning; so
     does `gistnet exit-codes`."""

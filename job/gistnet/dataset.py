@@ -278,19 +278,27 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
                 on_done(n)
     kept_rows, skipped, seen = [], [], {}
     for row, (reason, digest) in enumerate(outcomes):
-        item = labeled[row]
-        if reason:
-            skipped.append({"key": item.key, "reason": reason})
-            continue
-        if digest in seen:
-            first = seen[digest]
-            if first.label != item.label:
-                raise DataError(f"the same image is labeled both classes: {first.key} and {item.key}")
-            skipped.append({"key": item.key, "reason": f"duplicate of {first.key} (same bytes)"})
-            continue
-        seen[digest] = item
-        kept_rows.append(row)
+        if _keep(labeled[row], reason, digest, seen, skipped):
+            kept_rows.append(row)
     return [labeled[r] for r in kept_rows], canvas.compact(kept_rows), skipped
+
+
+def _keep(item: Labeled, reason: str | None, digest: str | None, seen: dict, skipped: list,
+          dedupe: bool = True) -> bool:
+    """Whether a decoded object joins the set: not when it failed (listed with ``reason``) or,
+    with ``dedupe``, when it repeats an earlier object's bytes (listed as a duplicate; an error
+    when the two are labeled differently)."""
+    if reason:
+        skipped.append({"key": item.key, "reason": reason})
+        return False
+    if dedupe and digest in seen:
+        first = seen[digest]
+        if first.label != item.label:
+            raise DataError(f"the same image is labeled both classes: {first.key} and {item.key}")
+        skipped.append({"key": item.key, "reason": f"duplicate of {first.key} (same bytes)"})
+        return False
+    seen[digest] = item
+    return True
 
 
 def decode_all(raw: dict[str, bytes | Exception], labeled: list[Labeled], size: int, max_pixels: int,
@@ -312,18 +320,9 @@ def decode_all(raw: dict[str, bytes | Exception], labeled: list[Labeled], size: 
         for n, (item, array, reason, digest) in enumerate(pool.map(work, labeled), 1):
             if on_done:
                 on_done(n)
-            if reason:
-                skipped.append({"key": item.key, "reason": reason})
-                continue
-            if dedupe and digest in seen:
-                first = seen[digest]
-                if first.label != item.label:
-                    raise DataError(f"the same image is labeled both classes: {first.key} and {item.key}")
-                skipped.append({"key": item.key, "reason": f"duplicate of {first.key} (same bytes)"})
-                continue
-            seen[digest] = item
-            kept.append(item)
-            arrays.append(array)
+            if _keep(item, reason, digest, seen, skipped, dedupe):
+                kept.append(item)
+                arrays.append(array)
     return kept, arrays, skipped
 
 
