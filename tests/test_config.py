@@ -177,3 +177,20 @@ def test_moved_val_fraction_names_its_new_key(tmp_path):
 def test_bad_split_settings(flags, message):
     with pytest.raises(ConfigError, match=message):
         config.load_config(None, flags, environ={})
+
+
+def test_json_schema_carries_every_bound_and_accepts_exactly_what_the_bounds_accept():
+    """The chart's values.schema.json config section (config.json_schema()) refuses the same
+    numbers at install time that gistnet refuses at start, checked by jsonschema against
+    Bound.contains at each end of every bound."""
+    import jsonschema
+
+    schema = config.json_schema()
+    for (section, key), bound in config.BOUNDS.items():
+        leaf = schema["properties"][section]["properties"][key]
+        for end in (bound.low, bound.high):
+            if end is None:
+                continue
+            for value in (end - 1, end, end + 1) if leaf["type"] == "integer" else (end - 0.5, end, end + 0.5):
+                accepted = jsonschema.Draft7Validator(leaf).is_valid(value)
+                assert accepted == bound.contains(value), (section, key, value)

@@ -237,6 +237,8 @@ def test_aws_irsa_annotation():
     (["--set", "job.backoffLimit=abc"], "want integer"),
     (["--set", "config.train.epoch=3"], "additional properties 'epoch' not allowed"),
     (["--set", "config.train.epochs=many"], "want integer"),
+    (["--set", "config.train.epochs=0"], "at '/config/train/epochs': minimum: got 0, want 1"),  # config.BOUNDS
+    (["--set", "config.split.val_fraction=1"], "at '/config/split/val_fraction': exclusiveMaximum"),
     (["--set", "cron.concurrencyPolicy=Sometimes"], "concurrencyPolicy"),
     (["--set", "mode=serve"], "/mode"),
     (["--set", "predict.threshold=1.5"], "/predict/threshold"),

@@ -366,6 +366,15 @@ class Bound:
             return False
         return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
+    def json_schema(self) -> dict[str, float]:
+        """The same range as JSON Schema (draft 7) keywords, for the Helm chart's values.schema.json."""
+        out: dict[str, float] = {}
+        if self.low is not None:
+            out["exclusiveMinimum" if self.low_open else "minimum"] = self.low
+        if self.high is not None:
+            out["exclusiveMaximum" if self.high_open else "maximum"] = self.high
+        return out
+
     def phrase(self) -> str:
         """For an error message: ``>= 16`` or ``in [0, 65535]``."""
         return self.describe() if self.low is None or self.high is None else f"in {self.describe()}"
@@ -480,7 +489,7 @@ def json_schema() -> dict[str, Any]:
     sections: dict[str, Any] = {}
     for section, key, typ in leaf_keys():
         body = sections.setdefault(section, {"type": "object", "additionalProperties": False, "properties": {}})
-        body["properties"][key] = of(typ)
+        body["properties"][key] = {**of(typ), **(BOUNDS[section, key].json_schema() if (section, key) in BOUNDS else {})}
     return {"type": "object", "additionalProperties": False, "properties": sections,
             "description": "gistnet configuration; see docs/configuration.md"}
 
