@@ -105,7 +105,9 @@ kill_and_resume() {
   local out=$WORK/resume data=$WORK/paper-data pid rc
   local args=(train --data "$data" --output "$out" --run-id r --device "$DEVICE" --models resnet34 --epochs 6
               --image-size "$SIZE" --checkpoint-every 1 --compile off)
-  gistnet "${args[@]}" >"$LOG_DIR/resume-first.log" 2>&1 &
+  # python itself in the background, not the gistnet() function: a function runs in a subshell,
+  # whose PID would take the SIGTERM (exit 143) while gistnet trained on, orphaned.
+  python3 -m gistnet "${args[@]}" >"$LOG_DIR/resume-first.log" 2>&1 &
   pid=$!
   for _ in $(seq 600); do
     [ -f "$out/r/resnet34/checkpoint.json" ] && break
