@@ -189,7 +189,7 @@ def aggregate_cmd(run_uri, config_file) -> None:
     outcome = pipeline.aggregate(run_uri, _resolve(config_file, {}))
     click.echo(report.summary(outcome.report), err=True)
     if outcome.report["status"] != "complete":
-        missing = ", ".join(f"{u['model']} fold {u['fold']}" for u in outcome.report["evaluation"]["missing"])
+        missing = ", ".join(report.unit_name(u) for u in outcome.report["evaluation"]["missing"])
         click.echo(f"gistnet: warning: partial report, missing {missing}", err=True)
     click.echo(f"{outcome.uri}/report.json")
 

@@ -55,7 +55,7 @@ class Unit:
         return out if self.fold is None else out.child(f"folds/{self.fold}")
 
     def name(self) -> str:
-        return self.model if self.fold is None else f"{self.model} fold {self.fold}"
+        return report.unit_name(self.to_dict())
 
     def to_dict(self) -> dict:
         return {"fold": self.fold, "model": self.model}

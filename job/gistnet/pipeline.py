@@ -286,9 +286,8 @@ def _plan(out: Store, images: dataset.ImageSet, config: Config, fresh: bool = Fa
                             f"(first: {missing[0]}); start a new run id")
         log.info("reusing the split saved with this run (%s)", out.uri_of("split.json"))
         return plan
-    plan = split.make_plan(images.keys, images.labels.cpu().numpy(), images.patient_ids, config.split,
+    return split.make_plan(images.keys, images.labels.cpu().numpy(), images.patient_ids, config.split,
                            config.train.seed, (config.data.positive_class, config.data.negative_class))
-    return plan
 
 
 def _fit_timed(name: str, state: train.TrainState, data: train.TrainData, config: Config, train_cfg,

@@ -12,6 +12,12 @@ import gistnet
 from gistnet import stats
 
 
+def unit_name(unit: dict) -> str:
+    """A (fold, model) unit of ``evaluation.finished``/``missing`` in words: "resnet50 fold 2",
+    or "resnet50" for a hold-out (fold ``None``)."""
+    return unit["model"] if unit["fold"] is None else f"{unit['model']} fold {unit['fold']}"
+
+
 def schema() -> dict:
     return json.loads(resources.files("gistnet").joinpath("schemas/report.schema.json").read_text())
 
@@ -124,7 +130,7 @@ def _evaluation_lines(report: dict) -> list[str]:
                      f"{_counts(ds['val'])}.")
     if ev["missing"]:
         lines += ["", "**PARTIAL REPORT: these (fold, model) units have not finished and are not in any number "
-                  "below: " + ", ".join(f"{u['model']} fold {u['fold']}" for u in ev["missing"]) + ".**"]
+                  "below: " + ", ".join(unit_name(u) for u in ev["missing"]) + ".**"]
     return lines + [""]
 
 

@@ -4,8 +4,8 @@ Both are stratified by class and, when ``manifest.csv`` gives patient ids, group
 patient so that no patient is on both sides (scikit-learn ``StratifiedGroupKFold``;
 ``StratifiedKFold`` / ``train_test_split`` without ids). A ``Plan`` is the whole run's
 partition, saved as ``split.json``; each of its ``Split`` parts is one train/validation
-pair (the hold-out has one, k-fold has k, numbered 0..k-1). Folds are chosen with
-``--fold`` here too, so a later ``--fold auto`` (``JOB_COMPLETION_INDEX``) has one home.
+pair (the hold-out has one, k-fold has k, numbered 0..k-1). ``select_folds`` reads ``--fold I``;
+``--fold auto`` (``JOB_COMPLETION_INDEX``) picks a model too, so ``crossval.select`` resolves it.
 """
 
 from __future__ import annotations
