@@ -281,8 +281,6 @@ def test_fan_out_pairs_as_concurrent_processes_against_s3_and_a_killed_pair_reru
     2 models, same run id, sharing the loopback S3 server. Pair 3 is killed (SIGKILL, a lost
     pod) once it has started training: the other three finish and leave the report to it; its
     rerun completes the run, and `gistnet aggregate` rewrites the same bytes."""
-    import os
-
     assert cli("synth", "--output", f"s3://{bucket}/data", "--n-gist", 12, "--n-lm", 12, "--image-size", 32,
                "--seed", 5).returncode == 0
     args = [sys.executable, "-m", "gistnet", "train", "--data", f"s3://{bucket}/data", "--output",

@@ -4,7 +4,6 @@ import copy
 import io
 import re
 
-import pytest
 from PIL import Image
 
 from gistnet import report, report_html

@@ -1,5 +1,7 @@
 import hashlib
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -27,6 +29,28 @@ def test_keys_cannot_escape_the_root(tmp_path, key):
     with pytest.raises(StorageError, match="unsafe object key"):
         store.write_bytes(key, b"x")
     assert not (tmp_path / "escape").exists()
+
+
+def test_upload_drawn_keeps_concurrent_drawings_of_one_key_apart(tmp_path):
+    """Fan-out processes sharing a scratch folder draw files of the same name at once (CI saw
+    one delete the other's figure before its upload). Both draw before either uploads here."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    both_drawn = threading.Barrier(2, timeout=30)
+
+    def draw_and_upload(store: LocalStore, text: str) -> str:
+        def draw(path):
+            path.write_text(text)
+            both_drawn.wait()
+            return text
+        return store.upload_drawn("fold-0/figure.png", draw, str(scratch))
+
+    stores = [LocalStore(tmp_path / name) for name in ("a", "b")]
+    with ThreadPoolExecutor(2) as pool:
+        returned = list(pool.map(draw_and_upload, stores, ["drawn by a", "drawn by b"]))
+    assert returned == ["drawn by a", "drawn by b"]
+    assert [s.read("fold-0/figure.png") for s in stores] == [b"drawn by a", b"drawn by b"]
+    assert list(scratch.iterdir()) == []
 
 
 def test_safe_key_normalises():

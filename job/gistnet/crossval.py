@@ -16,10 +16,8 @@ import json
 import logging
 import os
 import statistics
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 
@@ -206,14 +204,10 @@ def _explain(unit: Unit, model, data: train.TrainData, probabilities, preprocess
              scratch: str) -> dict:
     """Grad-CAM gallery of the unit's validation images (uploaded as ``<prefix>gradcam-<model>.png``)
     and its sanity check."""
-    path = Path(tempfile.mkdtemp(dir=scratch)) / "gradcam.png"
-    summary = explain.explain(unit.model, model, data.val_images, data.val_labels, probabilities, preprocess,
-                              config.train.batch_size, (config.data.positive_class, config.data.negative_class),
-                              config.explain.max_misclassified, config.explain.correct_per_class, config.train.seed,
-                              path)
-    out.upload_file(gradcam_key(unit), path)
-    path.unlink(missing_ok=True)
-    return summary
+    return out.upload_drawn(gradcam_key(unit), lambda path: explain.explain(
+        unit.model, model, data.val_images, data.val_labels, probabilities, preprocess, config.train.batch_size,
+        (config.data.positive_class, config.data.negative_class), config.explain.max_misclassified,
+        config.explain.correct_per_class, config.train.seed, path), scratch)
 
 
 def gradcam_key(unit: Unit) -> str:
@@ -344,7 +338,7 @@ def aggregate(out: Store, config: Config, run_id: str, scratch: str) -> dict:
     if missing:
         log.warning("aggregating %d of %d units; missing: %s", len(results), len(expected),
                     ", ".join(u.name() for u in missing))
-    _plots(out, models, pooled, results, scratch, run_id)
+    _plots(out, models, pooled, results, scratch)
     artifacts = {}
     all_rows = [r for u in expected if u in rows for r in rows[u]]
     predictions.write(out, all_rows)
@@ -389,7 +383,7 @@ def _write_documents(out: Store, final: dict, figures: dict[str, str], kfold: bo
     out.write_bytes("report.json", json.dumps(final, indent=2).encode())
 
 
-def _plots(out: Store, models: dict, pooled: dict[str, Pooled], results: dict, scratch: str, run_id: str) -> None:
+def _plots(out: Store, models: dict, pooled: dict[str, Pooled], results: dict, scratch: str) -> None:
     """training_curves.png, roc.png (pooled) and reliability.png at the run root."""
     histories = {u.name(): results[u]["history"] for u in results}
     curves = {name: {"curve": evaluate.roc_curve_points(pooled[name].labels, pooled[name].scores),
@@ -401,7 +395,4 @@ def _plots(out: Store, models: dict, pooled: dict[str, Pooled], results: dict, s
             {n: m["calibration"] for n, m in models.items()}, p),
     }
     for key, draw in draws.items():
-        path = Path(scratch) / f"gistnet-{run_id}-{key}"
-        draw(path)
-        out.upload_file(key, path)
-        path.unlink(missing_ok=True)
+        out.upload_drawn(key, draw, scratch)

@@ -162,7 +162,7 @@ def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunM
     del loaded
     for n, fold_index in enumerate(folds):
         _train_fold(fold_index, [u for u in selected if u.fold == fold_index], plan, full_set, n == len(folds) - 1,
-                    config, out, metrics, stop, scratch, run_id, environment, world)
+                    config, out, metrics, stop, scratch, environment, world)
     if not world.is_main:
         log.info("rank %d done; rank 0 writes the report", world.rank)
         return RunOutcome(run_id, out.uri, None)
@@ -192,7 +192,7 @@ def _out_of_memory_guard(stage: str, config: Config):
 
 def _train_fold(fold_index: int | None, units: list[crossval.Unit], plan: split.Plan,
                 full_set: list[dataset.ImageSet], last: bool, config: Config, out: Store, metrics: RunMetrics,
-                stop: train.StopFlag, scratch: str, run_id: str, environment: dict,
+                stop: train.StopFlag, scratch: str, environment: dict,
                 world: distributed.World = distributed.SINGLE) -> None:
     """Train the ``units`` of one fold that have not finished yet, on that fold's training part only.
     The ``last`` fold takes the full image set out of ``full_set`` and drops it once split, so
@@ -210,7 +210,7 @@ def _train_fold(fold_index: int | None, units: list[crossval.Unit], plan: split.
         fold = crossval.prepare_fold(images, part, config)
         del images
         if world.is_main:
-            _examples_figure(fold, config, out, todo[0].prefix, scratch, run_id)
+            _examples_figure(fold, config, out, todo[0].prefix, scratch)
     names = (config.data.positive_class, config.data.negative_class)
     log.info("%s: train %s, validation %s", "hold-out" if fold_index is None else f"fold {fold_index}",
              fold.train_set.counts(names), fold.val_set.counts(names))
@@ -258,13 +258,10 @@ def _write_once(out: Store, key: str, value: dict) -> None:
     out.write_bytes(key, data)
 
 
-def _examples_figure(fold: crossval.FoldData, config: Config, out: Store, prefix: str, scratch: str,
-                     run_id: str) -> None:
+def _examples_figure(fold: crossval.FoldData, config: Config, out: Store, prefix: str, scratch: str) -> None:
     """Fig 2: originals of this fold's training part and their five augmentations."""
-    figure = Path(scratch) / f"gistnet-{run_id}-{prefix.replace('/', '-')}augmentation.png"
-    augmentation.examples_figure(fold.train_set.images, config.augmentation, config.train.seed, figure)
-    out.upload_file(f"{prefix}augmentation_examples.png", figure)
-    figure.unlink(missing_ok=True)
+    out.upload_drawn(f"{prefix}augmentation_examples.png", lambda path: augmentation.examples_figure(
+        fold.train_set.images, config.augmentation, config.train.seed, path), scratch)
 
 
 def _stop_if_asked(stop: train.StopFlag, where: str, world: distributed.World = distributed.SINGLE,

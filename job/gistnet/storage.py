@@ -90,6 +90,16 @@ class Store:
     def download_file(self, key: str, path: str | os.PathLike) -> None:
         raise NotImplementedError
 
+    def upload_drawn(self, key: str, draw: Callable[[Path], object], scratch: str):
+        """Let ``draw(path)`` write a file in a private folder under ``scratch``, upload it as ``key``
+        and return what ``draw`` returned. Private because fan-out processes sharing one scratch
+        would otherwise overwrite or delete each other's file between drawing and uploading."""
+        with tempfile.TemporaryDirectory(prefix="gistnet-", dir=scratch) as tmp:
+            path = Path(tmp) / Path(key).name
+            result = draw(path)
+            self.upload_file(key, path)
+        return result
+
     def child(self, sub: str) -> "Store":
         raise NotImplementedError
 
