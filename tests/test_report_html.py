@@ -6,7 +6,7 @@ import re
 
 from PIL import Image
 
-from gistnet import report, report_html
+from gistnet import compare, report, report_html
 from tests.test_report import build, model_result
 
 
@@ -87,7 +87,9 @@ def kfold_report() -> dict:
     rep["comparison"] = {"models": ["resnet34", "resnet50"], "n_images": 142, "delong": {"z": 1.12, "p": 0.262},
                          "auc_difference": {"value": 0.05, "ci_low": -0.04, "ci_high": 0.14},
                          "mcnemar": {"statistic": 2.0, "p": 0.0004}, "confidence_level": 0.95,
-                         "interpretation": ["resnet34 vs resnet50, ROC AUC (DeLong): no evidence of a difference"]}
+                         "interpretation": [
+                             compare.interpretation("resnet34", "resnet50", 0.262, 0.05, "ROC AUC (DeLong)"),
+                             compare.interpretation("resnet34", "resnet50", 0.0004, 0.05, "accuracy (McNemar)")]}
     return rep
 
 
@@ -102,10 +104,12 @@ def test_evidence_sections_render_when_present():
     assert "Brier score 0.182" in html and "slope 0.87" in html and "(delong)" in html
     assert "Youden 0.410, 0.470 (exploratory)" in html and "0.5 (primary, pre-specified)" in html
     assert "<td>0.810</td>" in html and "roc auc 0.805 &plusmn; 0.007" in html
-    assert "p = 0.262: no evidence of a difference" in html and "does not show the models are equivalent" in html
-    assert "p = &lt; 0.001: evidence of a difference" in html
+    assert "z = 1.12" in html and "statistic 2.00" in html
+    assert ("<li>ROC AUC (DeLong): no evidence of a difference between resnet34 and resnet50 (p = 0.262); "
+            "this does not show that they are equivalent</li>") in html
+    assert "<li>Accuracy (McNemar): evidence that resnet34 and resnet50 differ (p = 0.0004 &lt; 0.05)</li>" in html
+    assert html.count("no evidence of a difference") == 1  # each test worded once
     assert "0.050 (-0.040&ndash;0.140)" in html
-    assert "resnet34 vs resnet50, ROC AUC (DeLong): no evidence of a difference" in html
 
 
 def test_kfold_grad_cam_galleries_of_every_fold_sit_with_their_model():

@@ -68,15 +68,6 @@ def label(key: str) -> str:
     return key.replace("_", " ")
 
 
-def difference_wording(p, level: float = 0.95) -> str:
-    """Honest words for a test of a difference: never "equivalent"."""
-    if p is None:
-        return "not computable"
-    alpha = 1 - level
-    return (f"evidence of a difference (p < {alpha:.2g})" if p < alpha
-            else f"no evidence of a difference (p >= {alpha:.2g}); this does not show the models are equivalent")
-
-
 def render(report: dict, figures: dict[str, bytes]) -> str:
     """The HTML page for ``report`` with ``figures`` (artifact name -> PNG bytes) embedded."""
     models = report["models"]
@@ -92,6 +83,6 @@ def render(report: dict, figures: dict[str, bytes]) -> str:
     return _environment().get_template("report.html.j2").render(
         r=report, positive=roles["positive"], negative=roles["negative"], ds=report["dataset"], models=models,
         level=level, metric_names=stats.METRICS,
-        per_model=per_model, run_figures=run_figures, difference_wording=difference_wording,
+        per_model=per_model, run_figures=run_figures,
         config_yaml=yaml.safe_dump(report.get("config", {}), sort_keys=False),
     )
