@@ -49,10 +49,6 @@ class Plan:
     method: str  # holdout | kfold
     parts: list[Split]
 
-    @property
-    def folds(self) -> int:
-        return len(self.parts) if self.method == KFOLD else 1
-
     def part(self, fold: int | None) -> Split:
         return self.parts[0 if fold is None else fold]
 
