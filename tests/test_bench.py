@@ -16,4 +16,4 @@ def test_bench_prints_one_json_object_per_measurement(cli):
 
 def test_bench_rejects_an_unknown_model(cli):
     proc = cli("bench", "--device", "cpu", "--models", "vgg16", "--steps", "1")
-    assert proc.returncode == 3 and "unknown model vgg16" in proc.stderr
+    assert proc.returncode == 3 and "--models: unknown model 'vgg16'" in proc.stderr

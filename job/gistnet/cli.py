@@ -344,10 +344,7 @@ def bench_cmd(device, models, batch_size, image_size, steps, warmup, workers, co
     from gistnet import bench, train
 
     names = tuple(m.strip() for m in models.split(",") if m.strip())
-    unknown = [m for m in names if m not in config_mod.MODEL_NAMES]
-    if unknown or not names:
-        raise errors.ConfigError(f"--models: unknown model {', '.join(unknown) or '(none)'} "
-                                 f"(known: {', '.join(config_mod.MODEL_NAMES)})")
+    config_mod.check_model_names(names, "--models")
     settings = bench.BenchSettings(train.resolve_device(device), names, batch_size, image_size, steps, warmup,
                                    workers, compile_mode)
     if not as_json:

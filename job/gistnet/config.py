@@ -438,6 +438,14 @@ BOUND_HINTS = {
 }
 
 
+def check_model_names(names: tuple[str, ...], where: str) -> None:
+    """ConfigError unless ``names`` lists known models, at least one, none twice."""
+    _check(len(names) >= 1, f"{where} must name at least one model")
+    for m in names:
+        _check(m in MODEL_NAMES, f"{where}: unknown model {m!r} (known: {', '.join(MODEL_NAMES)})")
+    _check(len(set(names)) == len(names), f"{where} lists a model twice")
+
+
 def _check_bounds(c: Config) -> None:
     for (section, key), bound in BOUNDS.items():
         value = getattr(getattr(c, section), key)
@@ -453,10 +461,7 @@ def validate(c: Config) -> None:
         _check(bool(name) and "/" not in name, f"class folder name {name!r} must be non-empty and contain no '/'")
     _check(c.augmentation.mode in ("paper", "online", "none"), f"augmentation.mode must be paper, online or none, got {c.augmentation.mode!r}")
     _check(c.augmentation.flip in ("horizontal", "vertical"), f"augmentation.flip must be horizontal or vertical, got {c.augmentation.flip!r}")
-    _check(len(c.train.models) >= 1, "train.models must name at least one model")
-    for m in c.train.models:
-        _check(m in MODEL_NAMES, f"train.models: unknown model {m!r} (known: {', '.join(MODEL_NAMES)})")
-    _check(len(set(c.train.models)) == len(c.train.models), "train.models lists a model twice")
+    check_model_names(c.train.models, "train.models")
     _check(c.train.optimizer in ("adamw", "sgd"), f"train.optimizer must be adamw or sgd, got {c.train.optimizer!r}")
     _check(c.train.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {c.train.device!r}")
     _check(c.train.compile in COMPILE_SETTINGS,

@@ -214,9 +214,8 @@ def _train_fold(fold_index: int | None, units: list[crossval.Unit], plan: split.
     names = (config.data.positive_class, config.data.negative_class)
     log.info("%s: train %s, validation %s", "hold-out" if fold_index is None else f"fold {fold_index}",
              fold.train_set.counts(names), fold.val_set.counts(names))
-    global_batch = distributed.per_rank_batch(config.train.batch_size, world, config.distributed.scale_batch) \
-        * world.size
-    train.check_trainable(len(fold.tensors.train_set), global_batch,
+    batch = distributed.per_rank_batch(config.train.batch_size, world, config.distributed.scale_batch)
+    train.check_trainable(len(fold.tensors.train_set), batch * world.size,
                           f"the training set{'' if fold_index is None else f' of fold {fold_index}'} after "
                           f"{config.augmentation.mode!r} augmentation")
     preprocess = train.Preprocess(device)
@@ -230,7 +229,7 @@ def _train_fold(fold_index: int | None, units: list[crossval.Unit], plan: split.
             timed=lambda stage, model: _timed(metrics, stage, model),
             guard=lambda stage: _out_of_memory_guard(stage, config),
             fit=lambda name, state, train_cfg, save, after_epoch: _fit_timed(
-                name, state, fold.tensors, config, train_cfg, preprocess, online, metrics, stop, save, world,
+                name, state, fold.tensors, batch, train_cfg, preprocess, online, metrics, stop, save, world,
                 after_epoch))
 
 
@@ -287,7 +286,7 @@ def _plan(out: Store, images: dataset.ImageSet, config: Config, fresh: bool = Fa
                            config.train.seed, (config.data.positive_class, config.data.negative_class))
 
 
-def _fit_timed(name: str, state: train.TrainState, data: train.TrainData, config: Config, train_cfg,
+def _fit_timed(name: str, state: train.TrainState, data: train.TrainData, per_rank_batch: int, train_cfg,
                preprocess, online, metrics: RunMetrics, stop: train.StopFlag, save_checkpoint,
                world: distributed.World = distributed.SINGLE, after_epoch=None) -> None:
     """Train, timing checkpoint saves as the ``checkpoint`` stage (what training waits for:
@@ -307,8 +306,7 @@ def _fit_timed(name: str, state: train.TrainState, data: train.TrainData, config
     start = time.perf_counter()
     try:
         train.fit(name, state, data, train_cfg, preprocess, online, metrics, stop, save, world=world,
-                  per_rank_batch=distributed.per_rank_batch(config.train.batch_size, world,
-                                                            config.distributed.scale_batch),
+                  per_rank_batch=per_rank_batch,
                   after_epoch=after_epoch)
     finally:
         metrics.stage("train", time.perf_counter() - start - checkpoint_seconds, name)
