@@ -46,8 +46,9 @@ image:  ## build the container image (docker, else buildah)
 image-test: $(VENV)/.test-deps  ## build the image on a Debian base and run it read-only (root; 5-10 min, ~28 GB of disk)
 	bash scripts/system-deps.sh scripts/image-packages.txt
 	bash scripts/debian-base.sh $(IMAGE_BASE)
-	@# Rebuilding a tag leaves the old image behind untagged, a full 6.8 GB copy under vfs; the
-	@# test image is never reused (built with --layers=false), so the previous one goes first.
-	-buildah --storage-driver vfs rmi --force $(TEST_IMAGE) >/dev/null 2>&1
+	@# Rebuilding a tag leaves the old image behind untagged, a full 6.8 GB copy under vfs
+	@# (build-image.sh's default driver); the test image is never reused (built with
+	@# --layers=false), so the previous one goes first.
+	-buildah --storage-driver "$${STORAGE_DRIVER:-vfs}" rmi --force $(TEST_IMAGE) >/dev/null 2>&1
 	CUDA_BASE=$(IMAGE_BASE) bash scripts/build-image.sh $(TEST_IMAGE)
 	GISTNET_TEST_IMAGE=$(TEST_IMAGE) $(PYTEST) -m image tests/test_image.py
