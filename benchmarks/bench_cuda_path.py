@@ -23,9 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gistnet import augmentation, checkpoint, train  # noqa: E402
+from gistnet import train  # noqa: E402
+from gistnet.data import augmentation
+from gistnet.training import checkpoint
 from gistnet.config import AugmentationConfig, TrainConfig  # noqa: E402
-from gistnet.storage import LocalStore  # noqa: E402
+from gistnet.data.storage import LocalStore  # noqa: E402
 from tests.test_augmentation import reference_online_batch  # noqa: E402
 
 

@@ -54,7 +54,7 @@ def distinct_pngs(n: int, size: int, threads: int):
     written into the first row so no two objects share bytes."""
     from PIL import Image
 
-    from gistnet import synth
+    from gistnet.data import synth
 
     bases = [np.asarray(Image.open(io.BytesIO(synth.generate(("GIST", "LM")[i % 2], i, size, 0)[0])))
              for i in range(64)]
@@ -114,7 +114,7 @@ def write_s3(url: str, bucket: str, root: Path, threads: int) -> None:
 def load_gistnet(store, cfg):
     import torch
 
-    from gistnet import dataset
+    from gistnet.data import dataset
 
     return dataset.load_images(store, cfg, torch.device("cpu")).images.images
 
@@ -137,7 +137,7 @@ def load_streaming_reference(store, cfg):
 
 def load_lists(store, cfg):
     """The loader as it was before issue 10: every object's bytes, then every array, then a stack."""
-    from gistnet import dataset
+    from gistnet.data import dataset
 
     keys = [k for k in store.list() if k.endswith(".png")]
     raw = store.read_many(keys, cfg.download_threads)
@@ -152,7 +152,7 @@ def measure_one(loader: str, uri: str, threads: int, size: int) -> dict:
 
     from gistnet import dataset  # noqa: F401
     from gistnet.config import DataConfig, StorageConfig
-    from gistnet.storage import open_store
+    from gistnet.data.storage import open_store
 
     store = open_store(uri, StorageConfig(), threads)
     cfg = DataConfig(uri=uri, image_size=size, download_threads=threads, min_images_per_class=2)

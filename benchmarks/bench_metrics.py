@@ -9,9 +9,9 @@ import time
 
 import torch
 
-from gistnet import train
+from gistnet.training import train
 from gistnet.config import TrainConfig
-from gistnet.metrics import RunMetrics
+from gistnet.observe.metrics import RunMetrics
 
 
 def per_call(fn, n):

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import torch
 
-from gistnet import export, train, trained
+from gistnet.serving import export
+from gistnet.training import train
+from gistnet.serving import trained
 
 
 def throughput(score, images: torch.Tensor, batch_size: int) -> tuple[float, float]:

@@ -123,8 +123,8 @@ def s3_client(s3_env):
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A small local synthetic data set (32 px): 20 GIST, 20 LM."""
-    from gistnet import synth
-    from gistnet.storage import LocalStore
+    from gistnet.data import synth
+    from gistnet.data.storage import LocalStore
 
     root = tmp_path_factory.mktemp("tiny-data")
     synth.write_dataset(LocalStore(root), 20, 20, 32, seed=1)
@@ -309,7 +309,8 @@ def tiny_runs(tiny_data, tmp_path_factory):
 @pytest.fixture(scope="session")
 def exported_run(tiny_runs, tmp_path_factory):
     """Run ``a`` of ``tiny_runs`` with ``resnet34/model.onnx`` exported; its folder."""
-    from gistnet import export, trained
+    from gistnet.serving import export
+    from gistnet.serving import trained
     from gistnet.config import StorageConfig
 
     export.export_onnx(trained.open_run(str(tiny_runs / "a"), "best", StorageConfig()),

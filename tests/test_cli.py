@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gistnet import errors, report
+from gistnet import errors
+from gistnet.evidence import report
 from tests.conftest import one_line_error
 
 pytestmark = pytest.mark.e2e
@@ -331,7 +332,9 @@ OOM_LINE = ("{stage}: out of device memory with train.batch_size=16 and data.ima
 def _patch_out_of_memory(monkeypatch, stage):
     import torch
 
-    from gistnet import augmentation, evaluate, train
+    from gistnet.data import augmentation
+    from gistnet.evidence import evaluate
+    from gistnet.training import train
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "

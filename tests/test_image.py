@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from gistnet import report
+from gistnet.evidence import report
 from tests.conftest import REPO
 
 IMAGE = os.environ.get("GISTNET_TEST_IMAGE", "")

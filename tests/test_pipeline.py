@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from gistnet import config, pipeline, predictions, report
-from gistnet.metrics import RunMetrics
-from gistnet.storage import LocalStore, sha256_file
+from gistnet import config, pipeline
+from gistnet.evidence import predictions
+from gistnet.evidence import report
+from gistnet.observe.metrics import RunMetrics
+from gistnet.data.storage import LocalStore, sha256_file
 
 pytestmark = pytest.mark.e2e
 
@@ -108,7 +110,7 @@ def _samples(metrics) -> dict:
 def test_each_stage_is_timed_where_it_happens(tiny_data, tmp_path, monkeypatch):
     """Checkpoint writes (2 s each here) are the checkpoint stage, not train; the final
     checkpoint and weights are upload; images/s counts the training steps only."""
-    from gistnet import checkpoint
+    from gistnet.training import checkpoint
 
     created = []
     monkeypatch.setattr(pipeline, "RunMetrics", lambda stats: created.append(RunMetrics(stats)) or created[-1])
@@ -150,7 +152,8 @@ def test_only_the_split_stays_on_the_device_and_the_history_matches_the_report(t
     import gc
     import weakref
 
-    from gistnet import dataset, train
+    from gistnet.data import dataset
+    from gistnet.training import train
 
     full, alive_when_training = [], []
     load, fit = dataset.load_images, train.fit
@@ -175,7 +178,7 @@ def test_only_the_split_stays_on_the_device_and_the_history_matches_the_report(t
 
 
 def test_model_trained_on_synthetic_data_beats_chance(tmp_path):
-    from gistnet import synth
+    from gistnet.data import synth
 
     synth.write_dataset(LocalStore(tmp_path / "data"), 60, 60, 48, seed=5)
     cfg = config.load_config(None, {"data.uri": str(tmp_path / "data"), "output.uri": str(tmp_path / "runs"),

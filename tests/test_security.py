@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from gistnet.errors import EXIT_CONFIG
-from gistnet.metrics import LAST_SUCCESS
+from gistnet.observe.metrics import LAST_SUCCESS
 from tests.conftest import SENTINEL_KEY, SENTINEL_SECRET
 
 pytestmark = pytest.mark.e2e

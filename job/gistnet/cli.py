@@ -14,7 +14,8 @@ import click
 
 import gistnet
 from gistnet import config as config_mod
-from gistnet import errors, stats
+from gistnet import errors
+from gistnet.evidence import stats
 from gistnet.errors import GistnetError
 
 log = logging.getLogger("gistnet")
@@ -140,7 +141,8 @@ def _warn_unknown_env() -> None:
 
 
 def _run_training(cfg: config_mod.Config, fold: str | None = None, model: str | None = None):
-    from gistnet import pipeline, report
+    from gistnet import pipeline
+    from gistnet.evidence import report
 
     for key, label in (("data", cfg.data.uri), ("output", cfg.output.uri)):
         if not label:
@@ -184,7 +186,8 @@ def train_cmd(config_file, fold, model, **kwargs) -> None:
 @user_errors
 def aggregate_cmd(run_uri, config_file) -> None:
     """Pool every finished fold of a run into its report; missing folds are named in it."""
-    from gistnet import pipeline, report
+    from gistnet import pipeline
+    from gistnet.evidence import report
 
     outcome = pipeline.aggregate(run_uri, _resolve(config_file, {}))
     click.echo(report.summary(outcome.report), err=True)
@@ -200,7 +203,7 @@ def aggregate_cmd(run_uri, config_file) -> None:
 def launch_cmd(command) -> None:
     """Run `torchrun -m gistnet COMMAND...` from the PET_* environment (the Helm chart's
     distributed modes): wait for the master first, exit with the first failed rank's code."""
-    from gistnet import distributed
+    from gistnet.training import distributed
 
     wait = config_mod.load_config(None).distributed.master_wait_s
     sys.exit(distributed.launch(list(command), wait))
@@ -225,8 +228,8 @@ def config_cmd(config_file, **kwargs) -> None:
 @user_errors
 def synth_cmd(output, n_gist, n_lm, image_size, seed, config_file) -> None:
     """Write a synthetic EUS-like data set (Table 1 of the paper drives each class)."""
-    from gistnet import synth
-    from gistnet.storage import open_store
+    from gistnet.data import synth
+    from gistnet.data.storage import open_store
 
     cfg = config_mod.load_config(config_file)
     store = open_store(output, cfg.storage)
@@ -249,8 +252,8 @@ def demo_cmd(output, epochs, image_size, models, device, folds) -> None:
 
     The demo always starts its run over (--force): re-running it after an interruption trains
     from scratch. To resume instead, run `gistnet train` on the demo's data with a --run-id."""
-    from gistnet import synth
-    from gistnet.storage import LocalStore
+    from gistnet.data import synth
+    from gistnet.data.storage import LocalStore
 
     root = Path(output)
     data = root / "data"
@@ -297,7 +300,7 @@ MODEL_CHOICE = click.Choice([*config_mod.MODEL_NAMES, "best"])
 def predict_cmd(run_uri, model, data, output, batch_size, device, threshold, engine, config_file, metrics_port,
                 pushgateway) -> None:
     """Score every image under --data with a finished run's model; write predictions.csv/.json."""
-    from gistnet import predict
+    from gistnet.serving import predict
 
     cfg = _storage_and_metrics(config_file, metrics_port, pushgateway)
     request = predict.Request(run=run_uri, data=data, output=output, model=model, batch_size=batch_size,
@@ -318,7 +321,8 @@ def export_cmd(run_uri, model, fmt, config_file) -> None:
     """Export a run's model beside its weights: <model>/model.onnx (dynamic batch) and model.onnx.json."""
     import tempfile
 
-    from gistnet import export, trained
+    from gistnet.serving import export
+    from gistnet.serving import trained
 
     cfg = _storage_and_metrics(config_file, None, None)
     chosen = trained.open_run(run_uri, model, cfg.storage)
@@ -341,7 +345,8 @@ def export_cmd(run_uri, model, fmt, config_file) -> None:
 @user_errors
 def bench_cmd(device, models, batch_size, image_size, steps, warmup, workers, compile_mode, as_json) -> None:
     """Training img/s on this machine: (a) model only, (b) gistnet's step, (c) a torchvision reference."""
-    from gistnet import bench, train
+    from gistnet.training import bench
+    from gistnet.training import train
 
     names = tuple(m.strip() for m in models.split(",") if m.strip())
     config_mod.check_model_names(names, "--models")

@@ -23,7 +23,7 @@ import yaml
 from gistnet.errors import ConfigError
 
 MODEL_NAMES = ("resnet34", "resnet50")
-COMPILE_SETTINGS = ("auto", "off", "default", "reduce-overhead")  # gistnet.compile.SETTINGS
+COMPILE_SETTINGS = ("auto", "off", "default", "reduce-overhead")  # gistnet.training.compile.SETTINGS
 CI_METHODS = ("wald", "wilson", "agresti-coull", "clopper-pearson")
 ENV_PREFIX = "GISTNET_"
 # Environment variables with the prefix that are not config keys.

@@ -20,11 +20,17 @@ from pathlib import Path
 import torch
 import yaml
 
-from gistnet import augmentation, crossval, dataset, distributed, report, split, train
+from gistnet.data import augmentation
+from gistnet.training import units as crossval
+from gistnet.data import dataset
+from gistnet.training import distributed
+from gistnet.evidence import report
+from gistnet.data import split
+from gistnet.training import train
 from gistnet.config import Config, load_saved
 from gistnet.errors import ConfigError, DataError, GistnetError, Interrupted
-from gistnet.metrics import RunMetrics
-from gistnet.storage import Store, TransferStats, open_store, redact
+from gistnet.observe.metrics import RunMetrics
+from gistnet.data.storage import Store, TransferStats, open_store, redact
 
 log = logging.getLogger(__name__)
 

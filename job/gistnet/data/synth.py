@@ -1,0 +1,196 @@
+"""Procedural EUS-like images for demos and tests.
+
+Each image is a grayscale sector scan with speckle, a five-layer gut wall and a hypoechoic
+lesion whose size, shape, echo texture, layer of origin, growth, border, surface, cystic
+areas and calcifications are drawn from the per-class frequencies of the paper's Table 1
+(``../shared/PROTOCOL.md``). Classes overlap (both are mostly hypoechoic, round or oval
+lesions of the muscularis propria), so a model must combine cues: lesion size, texture,
+layer and border carry the signal, no single pixel does.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+# Table 1 of the paper: category counts per class (GIST n=69, LM n=73).
+TABLE1 = {
+    "GIST": {
+        "diameter_mm": (23.88, 13.12),
+        "layer": {"muscularis_mucosae": 0, "submucosa": 3, "muscularis_propria": 66},
+        "heterogeneous": {False: 29, True: 40},
+        "echo": {"hypo": 58, "medium_low": 9, "mixed": 2},
+        "shape": {"round": 32, "oval": 20, "fusiform": 5, "irregular": 12},
+        "lobulated": {False: 67, True: 2},
+        "growth": {"intraluminal": 51, "extraluminal": 14, "mixed": 4},
+        "border_clear": {True: 61, False: 8},
+        "surface": {"smooth": 60, "ulcer": 6, "erosion": 3},
+        "calcification": {False: 66, True: 3},
+        "cystic": {False: 63, True: 6},
+    },
+    "LM": {
+        "diameter_mm": (9.63, 6.21),
+        "layer": {"muscularis_mucosae": 26, "submucosa": 2, "muscularis_propria": 45},
+        "heterogeneous": {False: 61, True: 12},
+        "echo": {"hypo": 70, "medium_low": 1, "mixed": 2},
+        "shape": {"round": 20, "oval": 26, "fusiform": 22, "irregular": 5},
+        "lobulated": {False: 72, True: 1},
+        "growth": {"intraluminal": 71, "extraluminal": 1, "mixed": 1},
+        "border_clear": {True: 72, False: 1},
+        "surface": {"smooth": 73, "ulcer": 0, "erosion": 0},
+        "calcification": {False: 72, True: 1},
+        "cystic": {False: 72, True: 1},
+    },
+}
+CLASSES = tuple(TABLE1)
+FIELD_DEPTH_MM = 50.0  # depth shown by the sector, top to bottom
+# Depth (fraction of the image height) of the centre of each wall layer.
+LAYER_DEPTH = {"muscularis_mucosae": 0.26, "submucosa": 0.31, "muscularis_propria": 0.38}
+
+
+@dataclass(frozen=True)
+class Lesion:
+    label: str
+    diameter_mm: float
+    layer: str
+    heterogeneous: bool
+    echo: str
+    shape: str
+    lobulated: bool
+    growth: str
+    border_clear: bool
+    surface: str
+    calcification: bool
+    cystic: bool
+
+
+def _pick(rng: np.random.Generator, counts: dict):
+    keys = list(counts)
+    p = np.array([counts[k] for k in keys], dtype=float)
+    return keys[rng.choice(len(keys), p=p / p.sum())]
+
+
+def sample_lesion(label: str, rng: np.random.Generator) -> Lesion:
+    t = TABLE1[label]
+    mean, sd = t["diameter_mm"]
+    diameter = float(np.clip(rng.normal(mean, sd), 4.0, 45.0))
+    fields = {k: _pick(rng, v) for k, v in t.items() if k != "diameter_mm"}
+    return Lesion(label=label, diameter_mm=diameter, **fields)
+
+
+def _sector_mask(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mask of the fan plus each pixel's depth and lateral angle, apex above the image."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    apex_y = -0.15
+    dy, dx = y - apex_y, x - 0.5
+    radius = np.hypot(dx, dy)
+    angle = np.arctan2(dx, dy)
+    mask = (np.abs(angle) < np.deg2rad(50)) & (radius < 1.12)
+    return mask, radius - 0.15, angle
+
+
+def _lesion_mask(lesion: Lesion, size: int, depth: np.ndarray, angle: np.ndarray,
+                 rng: np.random.Generator) -> tuple[np.ndarray, float, float]:
+    """Soft mask (0..1) of the lesion in the wall, and its centre depth and half-height."""
+    long_axis = lesion.diameter_mm / FIELD_DEPTH_MM / 2  # in image-height units
+    aspect = {"round": 1.0, "oval": 1.5, "fusiform": 2.3, "irregular": 1.3}[lesion.shape]
+    half_w, half_h = long_axis, long_axis / aspect
+    centre = LAYER_DEPTH[lesion.layer] + {"intraluminal": -0.6, "extraluminal": 0.6, "mixed": 0.0}[lesion.growth] * half_h
+    centre += half_h * 0.5  # lesions bulge from their layer of origin downwards into the image
+    lateral = rng.uniform(-0.08, 0.08)
+    u = ((depth + 0.15) * angle - lateral) / half_w  # arc length from the axis, in lesion units
+    v = (depth - centre) / half_h
+    theta = np.arctan2(v, u)
+    r = np.hypot(u, v)
+    boundary = np.ones_like(r)
+    if lesion.shape == "fusiform":
+        r = (np.abs(u) ** 1.4 + np.abs(v) ** 2) ** 0.5
+    if lesion.shape == "irregular":
+        phases = rng.uniform(0, 2 * np.pi, 3)
+        boundary = boundary + sum(0.12 * np.cos(k * theta + p) for k, p in zip((3, 5, 7), phases))
+    if lesion.lobulated:
+        boundary = boundary + 0.15 * np.cos(4 * theta)
+    edge = 0.04 if lesion.border_clear else 0.25
+    mask = np.clip((boundary - r) / edge + 0.5, 0.0, 1.0)
+    return mask, centre, half_h
+
+
+def render(lesion: Lesion, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One uint8 grayscale EUS-like image."""
+    fan, depth, angle = _sector_mask(size)
+    tissue = np.full((size, size), 0.45, dtype=np.float32)
+    # Five-layer wall: hyper / hypo (muscularis mucosae) / hyper (submucosa) / hypo (propria) / hyper.
+    for d, width, level in ((0.22, 0.02, 0.85), (0.26, 0.02, 0.2), (0.31, 0.03, 0.8), (0.38, 0.05, 0.22),
+                            (0.45, 0.015, 0.85)):
+        tissue = np.where(np.abs(depth - d) < width, level, tissue)
+    tissue = np.where(depth < 0.2, 0.08, tissue)  # water-filled lumen above the wall
+    mask, centre, half_h = _lesion_mask(lesion, size, depth, angle, rng)
+    base = {"hypo": 0.16, "medium_low": 0.3, "mixed": 0.24}[lesion.echo]
+    texture_sigma = size / 30
+    texture = ndimage.gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), texture_sigma)
+    texture /= texture.std() + 1e-6
+    strength = 0.12 if lesion.heterogeneous else 0.025
+    if lesion.echo == "mixed":
+        strength += 0.08
+    inside = np.clip(base + strength * texture, 0.02, 1.0)
+    if lesion.cystic:
+        cy, cx = rng.uniform(-0.3, 0.3, 2)
+        cyst = np.hypot((depth + 0.15) * angle - cx * 0.1, depth - centre - cy * half_h) < half_h * 0.3
+        inside = np.where(cyst, 0.02, inside)
+    tissue = tissue * (1 - mask) + inside * mask
+    if lesion.calcification:
+        ys, xs = np.nonzero(mask > 0.9)
+        if len(ys):
+            i = rng.integers(len(ys))
+            spot = np.hypot(np.arange(size)[:, None] - ys[i], np.arange(size)[None, :] - xs[i]) < max(1.5, size / 80)
+            shadow = (np.abs(np.arange(size)[None, :] - xs[i]) < max(1.5, size / 60)) & (np.arange(size)[:, None] > ys[i])
+            tissue = np.where(shadow, tissue * 0.35, tissue)
+            tissue = np.where(spot, 1.0, tissue)
+    if lesion.surface != "smooth":
+        top = centre - half_h
+        notch = (np.abs(depth - top) < 0.02) & (np.abs(angle) < (0.06 if lesion.surface == "ulcer" else 0.03))
+        tissue = np.where(notch, 0.95, tissue)
+    # Speckle: multiplicative Rayleigh noise, smoothed to the transducer's resolution.
+    speckle = rng.rayleigh(0.8, (size, size)).astype(np.float32)
+    speckle = ndimage.gaussian_filter(speckle, 0.6)
+    attenuation = np.exp(-0.9 * np.clip(depth, 0, None))
+    image = tissue * speckle * attenuation
+    image = ndimage.gaussian_filter(image, 0.7) * fan
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def generate(label: str, index: int, size: int, seed: int) -> tuple[bytes, Lesion]:
+    """PNG bytes of one image; deterministic for (seed, label, index)."""
+    class_offset = CLASSES.index(label) * 1_000_003
+    rng = np.random.default_rng([seed, class_offset + index])
+    lesion = sample_lesion(label, rng)
+    pixels = render(lesion, size, rng)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buf, format="PNG", optimize=False)
+    return buf.getvalue(), lesion
+
+
+def write_dataset(store, n_gist: int, n_lm: int, size: int, seed: int,
+                  class_names: tuple[str, str] = ("GIST", "LM"), on_progress=None) -> dict:
+    """Write ``<class>/<class>_NNNN.png`` into ``store`` plus ``synth.json`` describing each lesion."""
+    records = []
+    total = n_gist + n_lm
+    done = 0
+    for label, folder, count in (("GIST", class_names[0], n_gist), ("LM", class_names[1], n_lm)):
+        for i in range(count):
+            png, lesion = generate(label, i, size, seed)
+            key = f"{folder}/{label.lower()}_{i:04d}.png"
+            store.write_bytes(key, png)
+            records.append({"key": key, **asdict(lesion)})
+            done += 1
+            if on_progress:
+                on_progress(done, total)
+    summary = {"generator": "gistnet.data.synth", "seed": seed, "image_size": size,
+               "counts": {class_names[0]: n_gist, class_names[1]: n_lm}, "images": records}
+    store.write_bytes("synth.json", json.dumps(summary, indent=1).encode())
+    return summary

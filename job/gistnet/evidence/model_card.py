@@ -1,0 +1,190 @@
+"""``<model>/model_card.md``: a model card per trained model, in the sections of the
+Hugging Face model card template (model details, intended use, training data,
+preprocessing, training procedure, evaluation, limitations, how to reproduce), rendered
+from the run's report so every number in it is the report's."""
+
+from __future__ import annotations
+
+from gistnet.evidence import stats
+from gistnet.evidence.report import percent_with_ci
+
+CARD = "model_card.md"
+
+
+def render(report: dict, name: str) -> str:
+    m = report["models"][name]
+    cfg = report["config"]
+    sections = [_front_matter(report, name), _details(report, name, m), _intended_use(cfg),
+                _training_data(report), _preprocessing(cfg), _training(cfg, m, name),
+                _evaluation(m), _limitations(report, name, m), _reproduce(report, name)]
+    return "\n".join(sections)
+
+
+def _front_matter(report: dict, name: str) -> str:
+    return "\n".join(["---", "library_name: pytorch", "pipeline_tag: image-classification",
+                      "tags: [medical-imaging, endoscopic-ultrasound, gist, leiomyoma, resnet, research-only]",
+                      f"model_name: gistnet-{name}-{report['run_id']}", "---", ""])
+
+
+def _details(report: dict, name: str, m: dict) -> str:
+    positive, negative = _classes(report)
+    best = " It is the run's best model." if report["best_model"] == name else ""
+    return "\n".join([
+        f"# gistnet {name}, run {report['run_id']}",
+        "",
+        "## Model details",
+        "",
+        f"torchvision {name} with a two-class head ({positive} positive, {negative} negative), trained by gistnet "
+        f"{report['gistnet_version']} on {report['created']} ({report['environment']['device']}, torch "
+        f"{report['environment']['torch']}).{best} It reproduces the protocol of Guo et al., Chin J Dig Endosc "
+        "2024;41(6):449-454.",
+        "",
+        f"- Weights: `{m['checkpoint']['uri']}` (safetensors, sha256 `{m['checkpoint']['sha256']}`)",
+        f"- Input: one EUS still image; output: P({positive}), called {positive} at P >= {m.get('threshold', 0.5)}",
+        "- ONNX: `gistnet export --run <run> --model " + name + "` writes `model.onnx` beside the weights",
+        "",
+    ])
+
+
+def _intended_use(cfg: dict) -> str:
+    positive, negative = cfg["data"]["positive_class"], cfg["data"]["negative_class"]
+    return "\n".join([
+        "## Intended use",
+        "",
+        f"Research: telling {positive} (gastrointestinal stromal tumour) from {negative} (leiomyoma) on endoscopic "
+        "ultrasound still images, to study deep learning as a second opinion and to score archives for research.",
+        "",
+        "**Not for diagnosis.** Its output must not decide or change the care of a patient. It has not been validated "
+        "on an independent test set, on other hospitals, scanners or probes, or prospectively. Out of scope: other "
+        "lesions or modalities (it always answers one of the two classes), video, images with annotations burnt in.",
+        "",
+    ])
+
+
+def _training_data(report: dict) -> str:
+    ds = report["dataset"]
+    return "\n".join([
+        "## Training data",
+        "",
+        f"- Source: `{ds['uri']}`",
+        f"- Split: {ds['split_method']} (seed {report['config']['train']['seed']}, validation fraction "
+        f"{report['config']['split']['val_fraction']}); the keys are in the run's `split.json`",
+        f"- Training images: {_counts(ds['train'])}; after augmentation ({ds.get('augmentation_mode')}): "
+        f"{_counts(ds['train_augmented'])}",
+        f"- Validation images: {_counts(ds['val'])}",
+        f"- Images skipped as unusable: {len(ds['skipped'])} (listed in `report.json`)",
+        "",
+    ])
+
+
+def _preprocessing(cfg: dict) -> str:
+    size = cfg["data"]["image_size"]
+    return "\n".join([
+        "## Preprocessing",
+        "",
+        "The same in training, `gistnet predict` and the ONNX file (both reuse the training code):",
+        "",
+        "1. Decode (PNG, JPEG, BMP, TIFF) to 8-bit RGB: 16-bit images are stretched over their used range, "
+        "transparency is composed over black, grayscale is repeated over three channels.",
+        f"2. Resize the shorter side to {size} px (bicubic) and centre-crop to {size} x {size}.",
+        "3. Scale to [0, 1] and normalise with the ImageNet mean (0.485, 0.456, 0.406) and standard deviation "
+        "(0.229, 0.224, 0.225).",
+        "",
+        f"The ONNX file takes step 2's output (uint8, N x 3 x {size} x {size}) and does step 3 itself. "
+        f"Training augmentation: {cfg['augmentation']['mode']} (never applied when scoring).",
+        "",
+    ])
+
+
+def _training(cfg: dict, m: dict, name: str) -> str:
+    t = cfg["train"]
+    last = m["history"][-1]
+    init = t["init_weights"].get(name)
+    return "\n".join([
+        "## Training procedure",
+        "",
+        f"{t['optimizer']} (learning rate {t['learning_rate']}, weight decay {t['weight_decay']}), cosine annealing, "
+        f"cross-entropy, batch {t['batch_size']}, {len(m['history'])} epochs, seed {t['seed']}; initial weights: "
+        f"{f'`{init}`' if init else 'random (trained from scratch)'}. The final-epoch weights are "
+        f"kept (no checkpoint picked on the validation set). Last epoch: training loss {last['train_loss']:.4f}, "
+        f"validation loss {last['val_loss']:.4f}.",
+        "",
+    ])
+
+
+_AUC_METHODS = {"delong": "DeLong normal", "hanley-mcneil": "Hanley-McNeil normal"}
+
+
+def _evaluation(m: dict) -> str:
+    cm = m["confusion_matrix"]
+    level = m.get("confidence_level", 0.95)
+    auc = m["roc_auc"]
+    rows = [f"| {k} | {percent_with_ci(m['metrics'][k])} |" for k in stats.METRICS]
+    if auc["value"] is not None:
+        rows.append(f"| ROC AUC | {auc['value']:.3f} ({auc['ci_low']:.3f}-{auc['ci_high']:.3f}) |")
+    return "\n".join([
+        "## Evaluation",
+        "",
+        f"On the run's validation set ({sum(cm.values())} images), threshold {m.get('threshold', 0.5)}: "
+        f"TP {cm['tp']}, FN {cm['fn']}, TN {cm['tn']}, FP {cm['fp']}.",
+        "",
+        f"| metric | value ({level:.0%} CI) |",
+        "| --- | --- |",
+        *rows,
+        "",
+        f"How the intervals are estimated: binomial {m['ci_method']} intervals (statsmodels) for the five "
+        f"proportions; a {_AUC_METHODS.get(auc['method'], auc['method'])} interval for the ROC AUC. "
+        "A metric with no cases is n/a.",
+        "",
+    ])
+
+
+def _limitations(report: dict, name: str, m: dict) -> str:
+    n_val = sum(m["confusion_matrix"].values())
+    selection = (report["selection"]["note"].capitalize() if report["best_model"] == name else
+                 "The run picked its best model on this same validation set; this model's numbers are not an "
+                 "independent test either")
+    lines = [
+        "## Limitations",
+        "",
+        f"- The validation set is small ({n_val} images): the intervals above are wide, and they are the honest "
+        "measure of what is known.",
+        f"- {selection}.",
+        "- One data source: performance on other hospitals, scanners, frequencies or operators is unknown.",
+        "- One image per lesion as in the paper; the probabilities are not calibrated.",
+        "- If the training data were synthetic (`gistnet synth`), this model says nothing about real patients.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _reproduce(report: dict, name: str) -> str:
+    run_id = report["run_id"]
+    env = report["environment"]
+    return "\n".join([
+        "## How to reproduce",
+        "",
+        "With the run's saved `config.yaml` and the same data:",
+        "",
+        "```bash",
+        f"gistnet train --config config.yaml --run-id {run_id}-repro --models {name}",
+        "```",
+        "",
+        f"Trained with torch {env['torch']}, Python {env['python']}, on {env['device']}. On CPU a fixed seed gives "
+        "bit-identical weights; on CUDA (bf16 autocast) results agree only statistically. Score new images with:",
+        "",
+        "```bash",
+        f"gistnet predict --run <output>/{run_id} --model {name} --data <images> --output <predictions>",
+        "```",
+        "",
+    ])
+
+
+def _classes(report: dict) -> tuple[str, str]:
+    classes = report["dataset"]["classes"]
+    by_role = {role: name for name, role in classes.items()}
+    return by_role["positive"], by_role["negative"]
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{n} {name}" for name, n in counts.items())

@@ -1,0 +1,148 @@
+"""``gistnet export --format onnx``: a trained model as a portable ONNX file, and the
+ONNX Runtime scorer ``gistnet predict --engine onnx`` uses.
+
+The exported graph is ``trained.Scorer``: it takes the uint8 N x 3 x S x S images that
+``dataset.decode_image`` produces and returns the softmax probabilities N x 2 (column 1
+the positive class), so training's normalisation travels inside the file. The batch axis
+is dynamic. The exporter is torch's ``torch.export``-based one (``dynamo=True``, the
+default since torch 2.9; it needs onnxscript): the TorchScript exporter is deprecated.
+
+``<model>/model.onnx`` carries in its metadata the sha256 of the weights it was made
+from; ``<model>/model.onnx.json`` (the sidecar) records the opset, versions, the file's
+own sha256 and the check against torch made at export time. An ONNX file whose weights
+sha256 is not the one in the run's report is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import gistnet
+from gistnet.serving import trained as trained_mod
+from gistnet.errors import DeviceError, ModelError
+from gistnet.data.storage import sha256_file
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+SIDECAR = "model.onnx.json"
+OPSET = 18
+INPUT, OUTPUT = "images", "probabilities"
+TOLERANCE = 1e-4  # max abs difference of probabilities, ONNX Runtime vs torch
+
+
+def export_onnx(model: trained_mod.TrainedModel, scratch: str, opset: int = OPSET) -> dict:
+    """Write ``<model>/model.onnx`` and its sidecar beside the weights; returns the sidecar."""
+    network = trained_mod.load_weights(model, scratch)
+    scorer = trained_mod.Scorer(network, torch.device("cpu")).eval()
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        path = Path(tmp) / ONNX_FILE
+        _export(scorer, model.image_size, path, opset)
+        _add_metadata(path, model, opset)
+        difference = _check_against_torch(scorer, path, model.image_size)
+        sidecar = {
+            "format": "onnx", "opset": opset, "file": ONNX_FILE, "sha256": sha256_file(path),
+            "bytes": os.path.getsize(path), "input": {"name": INPUT, "dtype": "uint8",
+                                                      "shape": ["batch", 3, model.image_size, model.image_size]},
+            "output": {"name": OUTPUT, "dtype": "float32", "shape": ["batch", 2],
+                       "columns": [model.class_names[1], model.class_names[0]]},
+            "run_id": model.run_id, "model": model.name, "weights_sha256": model.sha256,
+            "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
+            "gistnet_version": gistnet.__version__,
+            "check": {"inputs": "4 random uint8 images", "max_abs_difference_vs_torch": difference},
+        }
+        model.run.upload_file(model.key(ONNX_FILE), path, sha256=sidecar["sha256"])
+    model.run.write_bytes(model.key(SIDECAR), json.dumps(sidecar, indent=2).encode())
+    log.info("%s: exported %s (opset %d, max abs difference vs torch %.2e)", model.name,
+             model.run.uri_of(model.key(ONNX_FILE)), opset, difference)
+    return sidecar
+
+
+def _export(scorer: torch.nn.Module, size: int, path: Path, opset: int) -> None:
+    example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
+    program = torch.onnx.export(scorer, (example,), dynamo=True, opset_version=opset, input_names=[INPUT],
+                                output_names=[OUTPUT], dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+                                external_data=False, verbose=False)
+    program.save(str(path), external_data=False)
+
+
+def _add_metadata(path: Path, model: trained_mod.TrainedModel, opset: int) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    positive, negative = model.class_names
+    values = {"gistnet.weights_sha256": model.sha256, "gistnet.model": model.name, "gistnet.run_id": model.run_id,
+              "gistnet.image_size": str(model.image_size), "gistnet.classes": f"{negative},{positive}",
+              "gistnet.opset": str(opset), "gistnet.version": gistnet.__version__}
+    del proto.metadata_props[:]
+    for key, value in values.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def _check_against_torch(scorer: torch.nn.Module, path: Path, size: int) -> float:
+    images = torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = scorer(images).numpy()
+    got = OnnxScorer.session(str(path), "cpu").run([OUTPUT], {INPUT: images.numpy()})[0]
+    difference = float(np.abs(got - expected).max())
+    if not difference <= TOLERANCE:
+        raise RuntimeError(f"ONNX export differs from torch by {difference} (> {TOLERANCE})")
+    return difference
+
+
+class OnnxScorer:
+    """``<model>/model.onnx`` under ONNX Runtime; refuses a file made from other weights."""
+
+    def __init__(self, model: trained_mod.TrainedModel, scratch: str, device: str, threads: int = 0):
+        path = trained_mod.fetch(model, ONNX_FILE, scratch)
+        try:
+            self._session = self.session(str(path), device, threads)
+        except (DeviceError, ModelError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for unreadable files
+            raise ModelError(f"{model.run.uri_of(model.key(ONNX_FILE))}: not a loadable ONNX model "
+                             f"({type(exc).__name__})") from None
+        finally:
+            path.unlink(missing_ok=True)
+        meta = self._session.get_modelmeta().custom_metadata_map
+        where = model.run.uri_of(model.key(ONNX_FILE))
+        if meta.get("gistnet.weights_sha256") != model.sha256:
+            raise ModelError(f"{where} was exported from other weights (sha256 "
+                             f"{meta.get('gistnet.weights_sha256', 'none')[:12]}..., report.json says "
+                             f"{model.sha256[:12]}...); run gistnet export again")
+        if meta.get("gistnet.image_size") != str(model.image_size):
+            raise ModelError(f"{where} expects {meta.get('gistnet.image_size')} px images, the run "
+                             f"{model.image_size} px; run gistnet export again")
+        self.providers = self._session.get_providers()
+
+    @staticmethod
+    def session(path: str, device: str, threads: int = 0):
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        cuda = "CUDAExecutionProvider" in available
+        if device == "cuda" and not cuda:
+            raise DeviceError("--device cuda with --engine onnx needs onnxruntime-gpu (no CUDAExecutionProvider; "
+                              f"available: {', '.join(available)})")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda and device != "cpu" \
+            else ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        return ort.InferenceSession(path, sess_options=options, providers=providers)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> P(positive), like ``Scorer`` but on ONNX Runtime."""
+        # The loader holds grayscale data sets as one channel; the graph takes three, as documented.
+        images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+        out = self._session.run([OUTPUT], {INPUT: np.ascontiguousarray(images.cpu().numpy())})[0]
+        return torch.from_numpy(out[:, 1].copy())

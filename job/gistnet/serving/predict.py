@@ -1,0 +1,209 @@
+"""``gistnet predict``: score every image under a data URI with a finished run's model.
+
+storage -> dataset (the run's decoding and image size) -> trained.Scorer or ONNX Runtime
+-> predictions.csv, predictions.json -> storage.
+
+The preprocessing is the run's own: its saved ``config.yaml`` gives the image size and
+class names, ``dataset`` lists and decodes exactly as training did, and the scorer applies
+``train.Preprocess``. Images are handled in chunks, so a large archive never sits in memory
+at once. Everything is checked (run, model, weights sha256, ONNX file, data prefix) before
+anything is written; ``predictions.json`` is written last and marks the output complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import torch
+
+import gistnet
+from gistnet.data import dataset
+from gistnet.evidence import evaluate
+from gistnet.evidence import predictions
+from gistnet.training import train
+from gistnet.serving import trained as trained_mod
+from gistnet.config import Config
+from gistnet.errors import DataError, GistnetError
+from gistnet.observe.metrics import PredictMetrics
+from gistnet.data.storage import Store, TransferStats, open_store, redact
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256  # images downloaded, decoded and scored at a time
+# The run's own predictions.csv columns (gistnet.evidence.predictions), then the call and the model's identity.
+CSV_COLUMNS = ("key", "patient_id", "label", "probability", "score", "call", "model", "weights_sha256", "run_id")
+
+
+@dataclass(frozen=True)
+class Request:
+    run: str
+    data: str
+    output: str
+    model: str = "best"
+    batch_size: int | None = None  # None: the run's train.batch_size
+    device: str = "auto"
+    threshold: float | None = None  # None: the run's pre-specified threshold (0.5)
+    engine: str = "torch"
+
+
+@dataclass
+class Scored:
+    keys: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    patient_ids: list[str] = field(default_factory=list)
+    probabilities: list[torch.Tensor] = field(default_factory=list)
+    unusable: list[dict] = field(default_factory=list)
+
+
+def run(request: Request, cfg: Config, scratch: str | None = None) -> dict:
+    """Score, write the outputs, push the outcome to the Pushgateway whatever happens."""
+    stats = TransferStats()
+    metrics = PredictMetrics(stats)
+    exit_code = 1
+    try:
+        metrics.serve(cfg.metrics.port)
+        summary = _predict(request, cfg, metrics, stats, scratch or tempfile.gettempdir())
+        exit_code = 0
+        return summary
+    except GistnetError as exc:
+        exit_code = exc.exit_code
+        raise
+    finally:
+        metrics.run_ended(exit_code)
+        metrics.push(cfg.metrics.pushgateway, cfg.metrics.job_name, {**cfg.metrics.grouping_labels, "mode": "predict"},
+                     succeeded=exit_code == 0)
+        metrics.close()
+
+
+def _predict(request: Request, cfg: Config, metrics: PredictMetrics, stats: TransferStats, scratch: str) -> dict:
+    model = trained_mod.open_run(request.run, request.model, cfg.storage)
+    device = train.resolve_device(request.device)
+    metrics.run_started(model.run_id, device.type)
+    data_cfg = model.config.data  # the run's class names, image size, manifest name, pixel limit
+    data = open_store(request.data, cfg.storage, data_cfg.download_threads, stats)
+    items, unsafe, labeled = dataset.list_for_scoring(data, data_cfg)
+    score = _scorer(model, request, device, scratch)
+    out = open_store(request.output, cfg.storage, stats=stats)
+    threshold = model.threshold if request.threshold is None else request.threshold
+    batch_size = request.batch_size or model.config.train.batch_size
+    log.info("scoring %d objects under %s with %s %s of run %s (%s, threshold %g, %s labels)", len(items),
+             redact(data.uri), request.engine, model.name, model.run_id, device, threshold,
+             "with" if labeled else "without")
+
+    scored = Scored(unusable=list(unsafe))
+    for start in range(0, len(items), CHUNK):
+        _score_chunk(items[start:start + CHUNK], data, data_cfg, score, batch_size, scored, metrics, model.name)
+        log.info("scored %d/%d images (%d unusable)", len(scored.keys), len(items), len(scored.unusable))
+    if not scored.keys:
+        first = scored.unusable[0]["reason"] if scored.unusable else "none listed"
+        raise DataError(f"no usable images under {redact(data.uri)} ({len(scored.unusable)} unusable; first: {first})")
+    for s in scored.unusable:
+        log.warning("unusable %s: %s", s["uri"], s["reason"])
+
+    probabilities = torch.cat(scored.probabilities).float().cpu()
+    evaluation = _evaluate(scored, probabilities, model, threshold) if labeled else None
+    result = _document(request, model, data, scored, probabilities, threshold, evaluation, device, labeled)
+    out.write_bytes("predictions.csv", _csv(result).encode())
+    out.write_bytes("predictions.json", json.dumps(result, indent=1).encode())  # last: marks the output complete
+    log.info("predictions: %s", out.uri_of("predictions.json"))
+    return {"uri": out.uri_of("predictions.json"), "scored": len(scored.keys), "unusable": len(scored.unusable),
+            "evaluation": evaluation, "model": model.name, "run_id": model.run_id}
+
+
+def _scorer(model: trained_mod.TrainedModel, request: Request, device: torch.device, scratch: str):
+    """P(positive) for a uint8 batch: torch (weights checked against the report) or ONNX Runtime."""
+    if request.engine == "onnx":
+        from gistnet.serving.export import OnnxScorer
+
+        return OnnxScorer(model, scratch, request.device, threads=train.threads_hint())
+    network = trained_mod.load_weights(model, scratch).to(device)
+    if device.type == "cuda":
+        network = network.to(memory_format=torch.channels_last)
+    scorer = trained_mod.Scorer(network, device).eval()
+
+    @torch.no_grad()
+    def score(images: torch.Tensor) -> torch.Tensor:
+        return scorer(images.to(device))[:, 1]
+
+    return score
+
+
+def _score_chunk(items: list[dataset.Labeled], data: Store, data_cfg, score, batch_size: int, scored: Scored,
+                 metrics: PredictMetrics, model_name: str) -> None:
+    started = time.perf_counter()
+    raw = data.read_many([i.key for i in items], data_cfg.download_threads)
+    metrics.stage("download", time.perf_counter() - started)
+    started = time.perf_counter()
+    kept, arrays, skipped = dataset.decode_all(raw, items, data_cfg.image_size, data_cfg.max_image_pixels,
+                                               data_cfg.download_threads, dedupe=False)
+    metrics.stage("decode", time.perf_counter() - started)
+    unusable = [{"uri": data.uri_of(s["key"]), "reason": s["reason"]} for s in skipped]
+    scored.unusable += unusable
+    started = time.perf_counter()
+    if kept:
+        import numpy as np
+
+        images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        for begin in range(0, len(images), batch_size):
+            scored.probabilities.append(score(images[begin:begin + batch_size]).float().cpu())
+        scored.keys += [k.key for k in kept]
+        scored.labels += [k.label for k in kept]
+        scored.patient_ids += [k.patient_id for k in kept]
+    metrics.chunk_scored(model_name, len(kept), time.perf_counter() - started, len(unusable))
+
+
+def _evaluate(scored: Scored, probabilities: torch.Tensor, model: trained_mod.TrainedModel, threshold: float) -> dict:
+    """The run's diagnostic table (same CI method and level) on the labeled images."""
+    ev = model.config.evaluate
+    labels = torch.tensor(scored.labels, dtype=torch.long)
+    table = evaluate.diagnostic_report(labels, probabilities, ev.ci_method, ev.confidence_level, threshold)
+    table["counts"] = dataset.class_counts(labels, model.class_names)
+    return table
+
+
+def _document(request: Request, model: trained_mod.TrainedModel, data: Store, scored: Scored,
+              probabilities: torch.Tensor, threshold: float, evaluation: dict | None, device: torch.device,
+              labeled: bool) -> dict:
+    positive, negative = model.class_names
+    scores = predictions.scores_from_probabilities(probabilities.numpy())
+    rows = []
+    for i, key in enumerate(scored.keys):
+        p = float(probabilities[i])
+        row = {"key": key, "patient_id": scored.patient_ids[i], "probability": p, "score": float(scores[i]),
+               "call": positive if p >= threshold else negative}
+        if labeled:
+            row["label"] = positive if scored.labels[i] == 1 else negative
+        rows.append(row)
+    rows.sort(key=lambda r: r["key"])
+    return {
+        "schema_version": 1,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "gistnet_version": gistnet.__version__,
+        "run_id": model.run_id, "run_uri": model.run.uri, "model": model.name, "weights_sha256": model.sha256,
+        "engine": request.engine, "device": device.type, "data_uri": redact(data.uri),
+        "positive_class": positive, "negative_class": negative,
+        "probability": f"P({positive}) after the run's preprocessing ({model.image_size} px)",
+        "threshold": threshold,
+        "threshold_source": "--threshold" if request.threshold is not None else "the run's pre-specified threshold",
+        "counts": {"scored": len(rows), "unusable": len(scored.unusable)},
+        "unusable": scored.unusable,
+        "evaluation": evaluation,
+        "predictions": rows,
+    }
+
+
+def _csv(result: dict) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in result["predictions"]:
+        writer.writerow([row["key"], row["patient_id"], row.get("label", ""), repr(row["probability"]),
+                         repr(row["score"]), row["call"], result["model"], result["weights_sha256"], result["run_id"]])
+    return buffer.getvalue()

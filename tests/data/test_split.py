@@ -1,0 +1,103 @@
+"""Hold-out and k-fold splits: stratified, grouped by patient, every image validated once."""
+
+import re
+
+import pytest
+
+from gistnet.data import split
+from gistnet.config import SplitConfig
+from gistnet.errors import ConfigError, DataError
+
+NAMES = ("GIST", "LM")
+
+
+def paper_keys():
+    labels = [1] * 69 + [0] * 73
+    return [f"k{i:03d}" for i in range(142)], labels
+
+
+def test_paper_holdout_counts_and_round_trip():
+    keys, labels = paper_keys()
+    plan = split.make_plan(keys, labels, [], SplitConfig(), seed=0)
+    part = plan.part(None)
+    label = dict(zip(keys, labels))
+    assert (sum(label[k] for k in part.train), sum(1 - label[k] for k in part.train)) == (55, 58)
+    assert (sum(label[k] for k in part.val), sum(1 - label[k] for k in part.val)) == (14, 15)
+    assert plan == split.make_plan(keys, labels, [], SplitConfig(), seed=0)
+    assert split.Plan.from_dict(plan.to_dict()) == plan and len(plan.parts) == 1
+
+
+def test_kfold_validates_every_image_exactly_once_stratified():
+    keys, labels = paper_keys()
+    plan = split.make_plan(keys, labels, [], SplitConfig(method="kfold", folds=5), seed=3)
+    assert [p.fold for p in plan.parts] == [0, 1, 2, 3, 4]
+    validated = [k for p in plan.parts for k in p.val]
+    assert sorted(validated) == sorted(keys)
+    label = dict(zip(keys, labels))
+    for p in plan.parts:
+        assert not set(p.train) & set(p.val) and len(p.train) + len(p.val) == 142
+        assert sum(label[k] for k in p.val) in (13, 14)  # 69 GIST over 5 folds
+    assert split.Plan.from_dict(plan.to_dict()) == plan
+
+
+def test_kfold_groups_patients():
+    keys = [f"img/{i}.png" for i in range(40)]
+    labels = [i % 2 for i in range(40)]
+    patients = [f"p{i // 4}{i % 2}" for i in range(40)]  # 2 images per patient, one class each
+    plan = split.make_plan(keys, labels, patients, SplitConfig(method="kfold", folds=3), seed=0)
+    patient = dict(zip(keys, patients))
+    assert "patient" in plan.parts[0].method
+    for p in plan.parts:
+        assert not {patient[k] for k in p.train} & {patient[k] for k in p.val}
+    holdout = split.make_plan(keys, labels, patients, SplitConfig(), seed=0).part(None)
+    assert not {patient[k] for k in holdout.train} & {patient[k] for k in holdout.val}
+
+
+def test_more_folds_than_images_of_a_class_is_a_data_error():
+    keys, labels = [f"k{i}" for i in range(9)], [1, 1, 1, 0, 0, 0, 0, 0, 0]
+    with pytest.raises(DataError, match=r"split.folds=4 but class 'GIST' has only 3 images"):
+        split.make_plan(keys, labels, [], SplitConfig(method="kfold", folds=4), 0, NAMES)
+
+
+@pytest.mark.parametrize("fold, method, message", [
+    ("5", "kfold", r"--fold 5 is out of range: split.folds=5 gives folds 0..4"),
+    ("-1", "kfold", r"--fold -1 is out of range"),
+    ("x", "kfold", r"--fold must be an integer"),
+    ("0", "holdout", r"--fold 0 needs a k-fold split"),
+])
+def test_bad_fold_selection_is_a_config_error(fold, method, message):
+    with pytest.raises(ConfigError, match=message):
+        split.select_folds(fold, SplitConfig(method=method))
+
+
+def test_fold_selection():
+    assert split.select_folds(None, SplitConfig()) == [None]
+    assert split.select_folds(None, SplitConfig(method="kfold", folds=3)) == [0, 1, 2]
+    assert split.select_folds("2", SplitConfig(method="kfold", folds=3)) == [2]
+
+
+def _labels(n_pos, n_neg):
+    return [f"k{i}" for i in range(n_pos + n_neg)], [1] * n_pos + [0] * n_neg
+
+
+@pytest.mark.parametrize("data, patients, val_fraction, message", [
+    (_labels(5, 5), [], 0.9, "split.val_fraction=0.9 of 10 images leaves 1 for training and 9 for validation"),
+    (_labels(5, 5), [], 0.05, "split.val_fraction=0.05 of 10 images leaves 9 for training and 1 for validation"),
+    (_labels(3, 30), [], 0.05, "the validation set of the split (stratified-holdout, split.val_fraction=0.05) "
+                               "has 0 positive and 2 negative images"),
+    (_labels(6, 6), [f"p{i % 3}" for i in range(12)], 0.2,
+     "3 patients cannot fill the 5 folds of the patient-grouped split"),
+    (_labels(1, 9), [], 0.5, "a class has 1 image(s) (positive 1, negative 9)"),
+], ids=["val_fraction 0.9", "val_fraction 0.05", "class empty in validation", "fewer patients than folds",
+        "one image in a class"])
+def test_impossible_splits_are_data_errors_naming_the_counts(data, patients, val_fraction, message):
+    with pytest.raises(DataError, match=re.escape(message)):
+        split.make_holdout(*data, patients, val_fraction, seed=0)
+
+
+def test_feasible_split_has_both_classes_on_both_sides():
+    keys, labels = _labels(5, 5)
+    part = split.make_holdout(keys, labels, [], 0.2, seed=0)
+    label = dict(zip(keys, labels))
+    for side in (part.train, part.val):
+        assert 0 < sum(label[k] for k in side) < len(side)

@@ -1,0 +1,204 @@
+import hashlib
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from gistnet.config import StorageConfig
+from gistnet.errors import StorageError
+from gistnet.data.storage import LocalStore, open_store, redact, safe_key, sha256_file
+
+
+def test_local_store_round_trip(tmp_path):
+    store = LocalStore(tmp_path / "root")
+    store.write_bytes("a/b.txt", b"hello")
+    assert store.read("a/b.txt") == b"hello"
+    assert store.list() == ["a/b.txt"]
+    assert store.child("a").list() == ["b.txt"]
+    assert store.exists("a/b.txt") and not store.exists("a/c.txt")
+    with pytest.raises(FileNotFoundError):
+        store.read("missing")
+    store.delete("a/b.txt")
+    assert store.list() == []
+
+
+@pytest.mark.parametrize("key", ["../escape", "a/../../b", "/etc/passwd"])
+def test_keys_cannot_escape_the_root(tmp_path, key):
+    store = LocalStore(tmp_path / "root")
+    with pytest.raises(StorageError, match="unsafe object key"):
+        store.write_bytes(key, b"x")
+    assert not (tmp_path / "escape").exists()
+
+
+def test_upload_drawn_keeps_concurrent_drawings_of_one_key_apart(tmp_path):
+    """Fan-out processes sharing a scratch folder draw files of the same name at once (CI saw
+    one delete the other's figure before its upload). Both draw before either uploads here."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    both_drawn = threading.Barrier(2, timeout=30)
+
+    def draw_and_upload(store: LocalStore, text: str) -> str:
+        def draw(path):
+            path.write_text(text)
+            both_drawn.wait()
+            return text
+        return store.upload_drawn("fold-0/figure.png", draw, str(scratch))
+
+    stores = [LocalStore(tmp_path / name) for name in ("a", "b")]
+    with ThreadPoolExecutor(2) as pool:
+        returned = list(pool.map(draw_and_upload, stores, ["drawn by a", "drawn by b"]))
+    assert returned == ["drawn by a", "drawn by b"]
+    assert [s.read("fold-0/figure.png") for s in stores] == [b"drawn by a", b"drawn by b"]
+    assert list(scratch.iterdir()) == []
+
+
+def test_safe_key_normalises():
+    assert safe_key("./a//b/") == "a/b"
+
+
+def test_redact_strips_userinfo():
+    assert redact("http://user:secret@minio:9000/x") == "http://minio:9000/x"
+
+
+def test_unsupported_scheme():
+    with pytest.raises(StorageError, match="unsupported URI scheme"):
+        open_store("gs://bucket/x", StorageConfig())
+
+
+def test_unwritable_local_output(tmp_path):
+    (tmp_path / "file").write_text("not a folder")  # fails for root too, unlike a chmod
+    store = LocalStore(tmp_path / "file" / "run")
+    with pytest.raises(StorageError, match="cannot write"):
+        store.write_bytes("config.yaml", b"1")
+
+
+def test_s3_round_trip_and_listing(bucket, s3_client, tmp_path):
+    store = open_store(f"s3://{bucket}/prefix", StorageConfig())
+    store.write_bytes("GIST/a.png", b"123")
+    store.write_bytes("LM/b.png", b"4567")
+    assert store.list() == ["GIST/a.png", "LM/b.png"]
+    assert store.read_many(["GIST/a.png", "LM/b.png"], threads=4) == {"GIST/a.png": b"123", "LM/b.png": b"4567"}
+    assert store.stats.bytes_downloaded == 7
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * (6 * 1024 * 1024))
+    store = open_store(f"s3://{bucket}/prefix", StorageConfig(multipart_threshold_mb=5))
+    store.upload_file("big.bin", big, sha256=sha256_file(big))
+    head = s3_client.head_object(Bucket=bucket, Key="prefix/big.bin")
+    assert head["ContentLength"] == big.stat().st_size
+    assert head["Metadata"]["sha256"] == sha256_file(big)
+    assert "-" in head["ETag"]  # multipart upload
+    assert store.exists("big.bin") and not store.exists("nope")
+    with pytest.raises(FileNotFoundError):
+        store.read("nope")
+
+
+def test_missing_bucket_is_a_clear_error(s3_env):
+    store = open_store("s3://no-such-bucket-gistnet/x", StorageConfig())
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket-gistnet' does not exist"):
+        store.list()
+
+
+def test_unreachable_endpoint_is_a_storage_error(monkeypatch):
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    cfg = StorageConfig(endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=2, connect_timeout=1)
+    with pytest.raises(StorageError, match="cannot reach S3 endpoint"):
+        open_store("s3://b/x", cfg).list()
+
+
+class ClosingServer:
+    """A TCP endpoint on loopback that accepts each connection and closes it at once
+    (a dying S3 endpoint), counting the connections: botocore's attempts."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            conn.close()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+def _connections_until_failure(max_attempts: int) -> int:
+    server = ClosingServer()
+    try:
+        cfg = StorageConfig(endpoint_url=server.url, max_attempts=max_attempts, connect_timeout=1, read_timeout=1)
+        with pytest.raises(StorageError, match="cannot reach S3 endpoint") as failure:
+            open_store("s3://b/x", cfg).list()
+    finally:
+        server.close()
+    assert failure.value.exit_code == 5
+    return server.connections
+
+
+def test_unreachable_endpoint_is_retried_by_botocore_then_a_storage_error(monkeypatch):
+    """Each extra attempt of storage.max_attempts is one more connection to the endpoint
+    (the HTTP layer adds one reconnect of its own, whatever the setting)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    assert _connections_until_failure(4) - _connections_until_failure(1) == 3
+
+
+@pytest.mark.e2e
+def test_s3_faults_are_retried_and_outputs_are_identical(bucket, s3_env, s3_client, cli):
+    """503s, connection resets and delays from a proxy in front of the loopback S3 server:
+    botocore's retries absorb them and the run's outputs equal those of a clean run."""
+    from tests.faultproxy import FaultProxy
+
+    endpoint = s3_env["AWS_ENDPOINT_URL"]
+    assert cli("synth", "--output", f"s3://{bucket}/data", "--n-gist", 12, "--n-lm", 12, "--image-size", 32,
+               env=s3_env).returncode == 0
+    args = ["train", "--data", f"s3://{bucket}/data", "--models", "resnet34", "--epochs", 1, "--image-size", 32,
+            "--batch-size", 16, "--augmentation", "none"]
+    clean = cli(*args, "--output", f"s3://{bucket}/clean", "--run-id", "r", env=s3_env)
+    assert clean.returncode == 0, clean.stderr
+    with FaultProxy(endpoint) as proxy:
+        env = {**s3_env, "AWS_ENDPOINT_URL": proxy.url, "GISTNET_STORAGE_MULTIPART_THRESHOLD_MB": "16"}
+        faulty = cli(*args, "--output", f"s3://{bucket}/faulty", "--run-id", "r", env=env)
+    print(f"fault proxy answered: {proxy.counts}")
+    assert faulty.returncode == 0, faulty.stderr
+    assert proxy.counts["503"] >= 5 and proxy.counts["reset"] >= 3 and proxy.counts["delay"] >= 3, proxy.counts
+    get = lambda key: json.loads(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())  # noqa: E731
+    a, b = get("clean/r/report.json"), get("faulty/r/report.json")
+    ma, mb = a["models"]["resnet34"], b["models"]["resnet34"]
+    assert ma["checkpoint"]["sha256"] == mb["checkpoint"]["sha256"]
+    assert ma["metrics"] == mb["metrics"] and a["dataset"]["train"] == b["dataset"]["train"]
+    stored = s3_client.get_object(Bucket=bucket, Key="faulty/r/resnet34/model.safetensors")["Body"].read()
+    assert hashlib.sha256(stored).hexdigest() == mb["checkpoint"]["sha256"]
+    head = s3_client.head_object(Bucket=bucket, Key=mb["resumable_checkpoint"]["uri"].split(f"{bucket}/", 1)[1])
+    assert "-" in head["ETag"]  # the checkpoint went up in parts, through the faults
+
+
+@pytest.mark.e2e
+def test_persistently_unreachable_endpoint_is_a_storage_exit(cli, s3_env, tmp_path):
+    from gistnet.errors import EXIT_STORAGE
+    from tests.conftest import free_port
+
+    env = {**s3_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "GISTNET_STORAGE_MAX_ATTEMPTS": "3",
+           "GISTNET_STORAGE_CONNECT_TIMEOUT": "1"}
+    done = cli("train", "--data", "s3://b/data", "--output", tmp_path, env=env)
+    assert done.returncode == EXIT_STORAGE, done.stderr
+    assert "cannot reach S3 endpoint" in done.stderr and "Traceback" not in done.stderr

@@ -1,0 +1,59 @@
+import io
+import json
+
+import numpy as np
+from PIL import Image
+
+from gistnet.data import synth
+from gistnet.data.storage import LocalStore
+
+
+def test_deterministic_for_a_seed():
+    a, la = synth.generate("GIST", 3, 64, seed=7)
+    b, lb = synth.generate("GIST", 3, 64, seed=7)
+    c, _ = synth.generate("GIST", 3, 64, seed=8)
+    assert a == b and la == lb and a != c
+
+
+def test_image_is_grayscale_sector_with_content():
+    png, _ = synth.generate("LM", 0, 96, seed=0)
+    img = np.asarray(Image.open(io.BytesIO(png)))
+    assert img.shape == (96, 96) and img.dtype == np.uint8
+    assert img[0, 0] == 0 and img[0, -1] == 0  # outside the fan
+    assert img.std() > 10
+
+
+def test_class_attributes_follow_table1():
+    rng = np.random.default_rng(0)
+    gist = [synth.sample_lesion("GIST", rng) for _ in range(400)]
+    lm = [synth.sample_lesion("LM", rng) for _ in range(400)]
+    assert np.mean([g.diameter_mm for g in gist]) > 2 * np.mean([m.diameter_mm for m in lm]) * 0.8
+    assert sum(m.layer == "muscularis_mucosae" for m in lm) > 80  # 26/73 in the paper
+    assert sum(g.layer == "muscularis_mucosae" for g in gist) == 0  # 0/69
+    assert sum(g.heterogeneous for g in gist) / 400 > sum(m.heterogeneous for m in lm) / 400 + 0.2
+
+
+def test_write_dataset_layout(tmp_path):
+    store = LocalStore(tmp_path)
+    summary = synth.write_dataset(store, 3, 2, 32, seed=0)
+    assert sorted(store.list()) == ["GIST/gist_0000.png", "GIST/gist_0001.png", "GIST/gist_0002.png",
+                                    "LM/lm_0000.png", "LM/lm_0001.png", "synth.json"]
+    assert json.loads(store.read("synth.json"))["counts"] == {"GIST": 3, "LM": 2} == summary["counts"]
+
+
+def test_learnable_but_no_single_pixel_separates_the_classes():
+    """Size and darkness carry signal (GISTs are larger, as in Table 1), but neither one
+    pixel nor the mean intensity separates the classes: a model has to combine cues."""
+    from sklearn.metrics import roc_auc_score
+
+    images, labels = [], []
+    for label in ("GIST", "LM"):
+        for i in range(80):
+            png, _ = synth.generate(label, i, 48, seed=3)
+            images.append(np.asarray(Image.open(io.BytesIO(png)), dtype=float).ravel())
+            labels.append(label == "GIST")
+    x, y = np.array(images), np.array(labels)
+    separation = lambda v: max(roc_auc_score(y, v), 1 - roc_auc_score(y, v)) if v.std() > 0 else 0.5  # noqa: E731
+    best_pixel = max(separation(x[:, j]) for j in range(x.shape[1]))
+    assert 0.6 < best_pixel < 0.95, best_pixel
+    assert separation(x.mean(axis=1)) < 0.95

@@ -1,0 +1,147 @@
+"""report.html: self-contained, everything report.md has, evidence sections when present; opened in a real browser."""
+
+import copy
+import io
+import re
+
+from PIL import Image
+
+from gistnet.evidence import compare
+from gistnet.evidence import report
+from gistnet.evidence import report_html
+from tests.evidence.test_report import build, model_result
+
+
+def png(colour: tuple[int, int, int], size=(40, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+FIGURES = {"training_curves": png((200, 0, 0)), "roc": png((0, 200, 0)), "augmentation_examples": png((0, 0, 200)),
+           "gradcam_resnet34": png((200, 200, 0))}
+
+EXPLAIN = {"method": "Grad-CAM (captum LayerGradCam)", "layer": "layer4", "images": 5, "misclassified_shown": 2,
+           "randomisation_spearman": 0.81, "randomisation_images": 5, "randomisation_flagged": True,
+           "note": "FLAG: the maps barely change when the weights are randomised"}
+
+
+def sample_report(**extra) -> dict:
+    m34, m50 = model_result(12, 1, 14, 2), model_result(11, 3, 12, 3)
+    m34["explain"] = EXPLAIN
+    rep = build({"resnet34": m34, "resnet50": m50})
+    rep["dataset"]["skipped"] = [{"uri": "s3://b/data/GIST/<img src=x onerror=alert(1)>.png", "reason": "not an image"}]
+    rep.update(copy.deepcopy(extra))
+    return rep
+
+
+def test_html_has_everything_report_md_has_and_embeds_every_figure():
+    rep = sample_report()
+    html = report_html.render(rep, FIGURES)
+    for name, m in rep["models"].items():
+        cm = m["confusion_matrix"]
+        for cell in (f"TP {cm['tp']}", f"FP {cm['fp']}", f"FN {cm['fn']}", f"TN {cm['tn']}"):
+            assert cell in html
+        for metric in m["metrics"].values():
+            assert report.percent_with_ci(metric) in html  # the same text as report.md
+        assert f"{m['roc_auc']['value']:.3f}, {m['roc_auc']['ci_low']:.3f}-{m['roc_auc']['ci_high']:.3f}" in html
+        assert m["checkpoint"]["sha256"] in html and f'id="model-{name}"' in html
+    assert "Best model: resnet34" in html and "optimistic" in html
+    assert html.count('src="data:image/png;base64,') == len(FIGURES)
+    for png_bytes in FIGURES.values():
+        assert report_html.png_data_uri(png_bytes) in html
+    assert 'class="flag"' in html and "randomised" in html  # the flagged Grad-CAM check is shown as a warning
+
+
+def test_html_is_self_contained_escaped_and_has_no_script():
+    html = report_html.render(sample_report(), FIGURES)
+    assert "<script" not in html.lower()
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html and "<img src=x" not in html
+    assert "default-src 'none'" in html  # the page may not fetch anything even if a figure tried to
+    urls = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert urls and all(u.startswith(("data:image/png;base64,", "#")) for u in urls)
+    assert "@media print" in html
+
+
+def kfold_report() -> dict:
+    """A report shaped like a k-fold run's (schema v2): pooled metrics, per-fold rows, calibration,
+    thresholds, a comparison, one unit missing."""
+    rep = sample_report()
+    rep["status"] = "partial"
+    rep["dataset"] = {k: v for k, v in rep["dataset"].items() if k not in ("train", "val", "train_augmented")}
+    rep["dataset"]["images"] = {"GIST": 69, "LM": 73}
+    rep["evaluation"] = {"method": "kfold", "folds": 5, "pooled": True,
+                         "finished": [{"fold": 0, "model": "resnet34"}], "missing": [{"fold": 4, "model": "resnet50"}]}
+    for name, m in rep["models"].items():
+        for key in ("history", "checkpoint"):
+            m.pop(key)
+        m["roc_auc"]["method"] = "delong"
+        m["calibration"] = {"brier": 0.182, "intercept": -0.12, "slope": 0.87, "method": "logistic recalibration",
+                            "bins": [{"predicted": 0.2, "observed": 0.25}], "note": ""}
+        cm = m["confusion_matrix"]
+        m["thresholds"] = {
+            "primary": {"value": 0.5, "pre_specified": True, "confusion_matrix": cm, "metrics": m["metrics"]},
+            "youden": {"exploratory": True, "chosen_on": "Youden's J on each fold's training part",
+                       "values": [0.41, 0.47], "confusion_matrix": cm, "metrics": m["metrics"]}}
+        m["folds"] = [{"fold": i, "n": 29, "confusion_matrix": cm, "roc_auc": 0.8 + i / 100, "accuracy": 0.75,
+                       "sensitivity": 0.7, "specificity": 0.8, "youden_threshold": 0.4} for i in range(2)]
+        m["across_folds"] = {"roc_auc": {"mean": 0.805, "sd": 0.007, "n_folds": 2}}
+    rep["comparison"] = {"models": ["resnet34", "resnet50"], "n_images": 142, "delong": {"z": 1.12, "p": 0.262},
+                         "auc_difference": {"value": 0.05, "ci_low": -0.04, "ci_high": 0.14},
+                         "mcnemar": {"statistic": 2.0, "p": 0.0004}, "confidence_level": 0.95,
+                         "interpretation": [
+                             compare.interpretation("resnet34", "resnet50", 0.262, 0.05, "ROC AUC (DeLong)"),
+                             compare.interpretation("resnet34", "resnet50", 0.0004, 0.05, "accuracy (McNemar)")]}
+    return rep
+
+
+def test_evidence_sections_render_when_present():
+    rep = kfold_report()
+    html = report_html.render(rep, {**FIGURES, "reliability_diagram": png((9, 9, 9))})
+    for anchor in ("partial", "evaluation", "comparison", "model-resnet34-calibration", "model-resnet34-thresholds",
+                   "model-resnet34-folds", "fig-reliability_diagram"):
+        assert f'id="{anchor}"' in html
+    assert "PARTIAL REPORT" in html and "resnet50 fold 4" in html
+    assert "5-fold cross-validation" in html and "<td>69</td>" in html
+    assert "Brier score 0.182" in html and "slope 0.87" in html and "(delong)" in html
+    assert "Youden 0.410, 0.470 (exploratory)" in html and "0.5 (primary, pre-specified)" in html
+    assert "<td>0.810</td>" in html and "roc auc 0.805 &plusmn; 0.007" in html
+    assert "z = 1.12" in html and "statistic 2.00" in html
+    assert ("<li>ROC AUC (DeLong): no evidence of a difference between resnet34 and resnet50 (p = 0.262); "
+            "this does not show that they are equivalent</li>") in html
+    assert "<li>Accuracy (McNemar): evidence that resnet34 and resnet50 differ (p = 0.0004 &lt; 0.05)</li>" in html
+    assert html.count("no evidence of a difference") == 1  # each test worded once
+    assert "0.050 (-0.040&ndash;0.140)" in html
+
+
+def test_kfold_grad_cam_galleries_of_every_fold_sit_with_their_model():
+    figures = {**FIGURES, "gradcam_resnet34_fold0": png((1, 2, 3)), "gradcam_resnet34_fold1": png((3, 2, 1))}
+    html = report_html.render(kfold_report(), figures)
+    section = html[html.index('id="model-resnet34"'):html.index('id="model-resnet50"')]
+    for fold, colour in ((0, (1, 2, 3)), (1, (3, 2, 1))):
+        assert report_html.png_data_uri(png(colour)) in section and f"Grad-CAM of resnet34, fold {fold}:" in section
+
+
+def test_a_reliability_diagram_per_model_sits_with_its_model():
+    html = report_html.render(sample_report(), {**FIGURES, "reliability_resnet34": png((9, 9, 9))})
+    section = html[html.index('id="model-resnet34"'):html.index('id="model-resnet50"')]
+    assert report_html.png_data_uri(png((9, 9, 9))) in section
+
+
+def test_page_renders_in_a_real_browser_without_network_requests(tmp_path, chromium):
+    rep = sample_report(comparison={"delong": {"z": 0.5, "p": 0.6}})
+    page = tmp_path / "report.html"
+    page.write_text(report_html.render(rep, FIGURES), encoding="utf-8")
+    requests = chromium.load(page.as_uri())
+    assert all(url == page.as_uri() or url.startswith("data:") for url in requests), requests
+    assert chromium.evaluate("document.images.length") == len(FIGURES)
+    assert chromium.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    assert chromium.evaluate("document.querySelectorAll('table').length") >= 6
+    metrics_table = "document.querySelector('#model-resnet34 table.metrics').getBoundingClientRect().height"
+    assert chromium.evaluate(metrics_table) > 50
+    shot = Image.open(io.BytesIO(chromium.screenshot())).convert("RGB")
+    assert shot.width >= 1000 and shot.height > 2000  # the whole page, not an empty viewport
+    colours = {colour for _, colour in shot.getcolors(maxcolors=1 << 24)}
+    # each embedded figure is a flat colour: seeing it in the screenshot proves the browser painted it
+    for figure_colour in ((200, 0, 0), (0, 200, 0), (0, 0, 200), (200, 200, 0)):
+        assert figure_colour in colours
