@@ -499,7 +499,7 @@ def test_fanout_is_an_indexed_job_with_one_completion_per_unit_the_pods_resolve(
     """completions = the (fold, model) units of the config the pods mount, as gistnet counts them
     (crossval.all_units); each index resolves to a distinct unit; a failed unit fails only its
     index, permanently on the bad-input codes; preemption is ignored."""
-    from gistnet.training import units as crossval
+    from gistnet.data import runs as crossval
 
     docs = render(VARIANTS[variant])
     spec = job_spec(docs)

@@ -8,29 +8,23 @@ one resumes from its newest complete checkpoint with the same split.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import tempfile
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
-import torch
 import yaml
 
-from gistnet.data import augmentation
-from gistnet.training import units as crossval
-from gistnet.data import dataset
-from gistnet.training import distributed
-from gistnet.evidence import report
-from gistnet.data import split
-from gistnet.training import train
 from gistnet.config import Config, load_saved
-from gistnet.errors import ConfigError, DataError, GistnetError, Interrupted
-from gistnet.observe.metrics import RunMetrics
+from gistnet.data import dataset, runs, split
 from gistnet.data.storage import Store, TransferStats, open_store, redact
+from gistnet.errors import ConfigError, DataError, GistnetError
+from gistnet.evidence import aggregate as aggregation
+from gistnet.evidence import report
+from gistnet.observe.metrics import RunMetrics
+from gistnet.training import distributed, train, units
+from gistnet.training.context import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +51,7 @@ def default_run_id() -> str:
 def run(config: Config, stop: train.StopFlag | None = None, scratch: str | None = None,
         fold: str | None = None, model: str | None = None) -> RunOutcome:
     """Run the job (every (fold, model) unit, or those ``fold`` and ``model`` select:
-    ``crossval.select``); push the outcome to the Pushgateway whatever happens."""
+    ``runs.select``); push the outcome to the Pushgateway whatever happens."""
     world = distributed.world_from_env()
     run_id = config.output.run_id or default_run_id()
     if world.distributed and not config.output.run_id:
@@ -111,77 +105,69 @@ def _read_json(store: Store, key: str) -> dict | None:
         return None
 
 
-@contextlib.contextmanager
-def _timed(metrics: RunMetrics, name: str, model: str = ""):
-    """Add the wall time of a stage (or a piece of one) that completed to the metrics."""
-    start = time.perf_counter()
-    yield
-    metrics.stage(name, time.perf_counter() - start, model)
-
-
 def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics, stop: train.StopFlag,
          scratch: str, world: distributed.World = distributed.SINGLE, fold: str | None = None,
          model: str | None = None) -> RunOutcome:
-    selected = crossval.select(fold, model, config)  # a bad --fold/--model is refused before anything is written
+    selected = runs.select(fold, model, config)  # a bad --fold/--model is refused before anything is written
     device = distributed.device_for(world, train.resolve_device(config.train.device))
     train.set_determinism(config.train.deterministic, device)
     distributed.per_rank_batch(config.train.batch_size, world, config.distributed.scale_batch)  # fail early
     with distributed.process_group(world, device, config.distributed.timeout_s):
-        return _run_stages(config, run_id, stats, metrics, stop, scratch, world, device, selected)
+        metrics.run_started(run_id, device.type)
+        threads = config.data.download_threads
+        data_store = open_store(config.data.uri, config.storage, threads, stats)
+        out = open_store(config.output.uri, config.storage, threads, stats).child(run_id)
+        ctx = RunContext(config, run_id, out, metrics, stop, world, device, scratch, report.environment(device))
+        return _run_stages(ctx, data_store, selected)
 
 
-def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics, stop: train.StopFlag,
-                scratch: str, world: distributed.World, device: torch.device,
-                selected: list[crossval.Unit]) -> RunOutcome:
-    """The stages in order, for the ``selected`` units this process trains. Under torchrun every rank loads the data and trains; only rank 0
-    writes, and the others wait for what it wrote before reading it (barriers)."""
-    metrics.run_started(run_id, device.type)
-    threads = config.data.download_threads
-    data_store = open_store(config.data.uri, config.storage, threads, stats)
-    out = open_store(config.output.uri, config.storage, threads, stats).child(run_id)
+def _run_stages(ctx: RunContext, data_store: Store, selected: list[runs.Unit]) -> RunOutcome:
+    """The stages in order, for the ``selected`` units this process trains. Under torchrun every
+    rank loads the data and trains; only rank 0 writes, and the others wait for what it wrote
+    before reading it (barriers)."""
+    config, out, world, run_id = ctx.config, ctx.out, ctx.world, ctx.run_id
     done = complete_report(out)
     if done is not None and not config.output.force:
         log.info("run %s is already complete (%s); nothing to do (use --force to run it again)",
                  run_id, out.uri_of("report.json"))
         return RunOutcome(run_id, out.uri, done, already_complete=True)
-    log.info("run %s: data %s -> outputs %s (device %s)", run_id, redact(data_store.uri), out.uri, device)
-    loaded = dataset.load_images(data_store, config.data, device,
-                                 on_stage=lambda name, seconds, n: metrics.stage(name, seconds))
-    metrics.skipped.set(len(loaded.skipped))
-    names = (config.data.positive_class, config.data.negative_class)
+    log.info("run %s: data %s -> outputs %s (device %s)", run_id, redact(data_store.uri), out.uri, ctx.device)
+    loaded = dataset.load_images(data_store, config.data, ctx.device,
+                                 on_stage=lambda name, seconds, n: ctx.metrics.stage(name, seconds))
+    ctx.metrics.skipped.set(len(loaded.skipped))
+    names = ctx.class_names
     if world.is_main:  # rank 0 plans (an impossible split is refused before anything is written) and writes
         plan = _plan(out, loaded.images, config, fresh=config.output.force)
         _prepare_output(out, config, selected)
         _write_once(out, "split.json", plan.to_dict())
-        _write_once(out, crossval.DATASET, {
+        _write_once(out, runs.DATASET, {
             "uri": redact(data_store.uri), "classes": {names[0]: "positive", names[1]: "negative"},
             "images": loaded.images.counts(names), "augmentation_mode": config.augmentation.mode,
             "split_method": plan.parts[0].method, "skipped": loaded.skipped})
     distributed.barrier(world)
     if not world.is_main:  # the others read what rank 0 saved
         plan = _plan(out, loaded.images, config, fresh=False)
-    _stop_if_asked(stop, "after loading the data", world, device)
+    ctx.stop_if_asked("after loading the data")
 
-    environment = report.environment(device)
     folds = list(dict.fromkeys(u.fold for u in selected))  # in order, each prepared once
     full_set = [loaded.images]  # the last fold takes it out, so the full set is freed once split
     del loaded
     for n, fold_index in enumerate(folds):
-        _train_fold(fold_index, [u for u in selected if u.fold == fold_index], plan, full_set, n == len(folds) - 1,
-                    config, out, metrics, stop, scratch, environment, world)
+        units.train_fold(ctx, fold_index, [u for u in selected if u.fold == fold_index], plan, full_set,
+                         last=n == len(folds) - 1)
     if not world.is_main:
         log.info("rank %d done; rank 0 writes the report", world.rank)
         return RunOutcome(run_id, out.uri, None)
 
-    pending = [u for u in crossval.all_units(config) if not crossval.is_finished(out, u)]
+    pending = [u for u in runs.all_units(config) if not runs.is_finished(out, u)]
     if pending:
         log.info("this process's units are done; waiting for %s; the last one to finish writes the report "
                  "(or run: gistnet aggregate --run %s)", ", ".join(u.name() for u in pending), out.uri)
         return RunOutcome(run_id, out.uri, None)
-    with _timed(metrics, "report"):
-        final = crossval.aggregate(out, config, run_id, scratch)
+    with ctx.timed("report"):
+        final = aggregation.aggregate(out, config, run_id, ctx.scratch)
     for name, m in final["models"].items():
-        metrics.model_evaluated(name, m["metrics"])
+        ctx.metrics.model_evaluated(name, m["metrics"])
     log.info("report: %s", out.uri_of("report.json"))
     return RunOutcome(run_id, out.uri, final)
 
@@ -192,59 +178,12 @@ def complete_report(out: Store) -> dict | None:
     return rep if rep is not None and rep.get("status") == "complete" else None
 
 
-def _out_of_memory_guard(stage: str, config: Config):
-    return train.out_of_memory_is_a_device_error(stage, config.train.batch_size, config.data.image_size)
-
-
-def _train_fold(fold_index: int | None, units: list[crossval.Unit], plan: split.Plan,
-                full_set: list[dataset.ImageSet], last: bool, config: Config, out: Store, metrics: RunMetrics,
-                stop: train.StopFlag, scratch: str, environment: dict,
-                world: distributed.World = distributed.SINGLE) -> None:
-    """Train the ``units`` of one fold that have not finished yet, on that fold's training part only.
-    The ``last`` fold takes the full image set out of ``full_set`` and drops it once split, so
-    only the split's tensors stay on the device while training."""
-    todo = [u for u in units if not crossval.is_finished(out, u)]
-    for unit in units:
-        if unit not in todo:
-            log.info("%s: already trained in this run; reusing %s", unit.name(), out.uri_of(unit.key("result.json")))
-    if not todo:
-        return
-    part = plan.part(fold_index)
-    images = full_set.pop() if last else full_set[0]
-    device = images.images.device
-    with _timed(metrics, "augmentation"), _out_of_memory_guard("augmentation", config):
-        fold = crossval.prepare_fold(images, part, config)
-        del images
-        if world.is_main:
-            _examples_figure(fold, config, out, todo[0].prefix, scratch)
-    names = (config.data.positive_class, config.data.negative_class)
-    log.info("%s: train %s, validation %s", "hold-out" if fold_index is None else f"fold {fold_index}",
-             fold.train_set.counts(names), fold.val_set.counts(names))
-    batch = distributed.per_rank_batch(config.train.batch_size, world, config.distributed.scale_batch)
-    train.check_trainable(len(fold.tensors.train_set), batch * world.size,
-                          f"the training set{'' if fold_index is None else f' of fold {fold_index}'} after "
-                          f"{config.augmentation.mode!r} augmentation")
-    preprocess = train.Preprocess(device)
-    online = config.augmentation if config.augmentation.mode == "online" else None
-    for unit in todo:
-        _stop_if_asked(stop, f"before training {unit.name()}", world, device)
-        crossval.train_unit(
-            unit, fold, config, out, init_weights=_local_weights(config.train.init_weights.get(unit.model), config,
-                                                                 scratch),
-            preprocess=preprocess, observer=metrics, scratch=scratch, environment=environment, world=world,
-            timed=lambda stage, model: _timed(metrics, stage, model),
-            guard=lambda stage: _out_of_memory_guard(stage, config),
-            fit=lambda name, state, train_cfg, save, after_epoch: _fit_timed(
-                name, state, fold.tensors, batch, train_cfg, preprocess, online, metrics, stop, save, world,
-                after_epoch))
-
-
-def _prepare_output(out: Store, config: Config, selected: list[crossval.Unit]) -> None:
+def _prepare_output(out: Store, config: Config, selected: list[runs.Unit]) -> None:
     """Start over (--force: the selected units, and the run's shared files when all are selected)
     or check that a resumed run keeps its configuration; then save it."""
     if config.output.force:
-        whole = set(selected) == set(crossval.all_units(config))
-        shared = ["report.json", "split.json", crossval.DATASET] if whole else ["report.json"]
+        whole = set(selected) == set(runs.all_units(config))
+        shared = ["report.json", "split.json", runs.DATASET] if whole else ["report.json"]
         for key in shared + [u.key(f) for u in selected for f in ("result.json", "checkpoint.json")]:
             out.delete(key)
     else:
@@ -263,19 +202,6 @@ def _write_once(out: Store, key: str, value: dict) -> None:
     out.write_bytes(key, data)
 
 
-def _examples_figure(fold: crossval.FoldData, config: Config, out: Store, prefix: str, scratch: str) -> None:
-    """Fig 2: originals of this fold's training part and their five augmentations."""
-    out.upload_drawn(f"{prefix}augmentation_examples.png", lambda path: augmentation.examples_figure(
-        fold.train_set.images, config.augmentation, config.train.seed, path), scratch)
-
-
-def _stop_if_asked(stop: train.StopFlag, where: str, world: distributed.World = distributed.SINGLE,
-                   device: torch.device | None = None) -> None:
-    """Raise ``Interrupted`` if SIGTERM came (on any rank: they all stop here together)."""
-    if distributed.any_rank(stop.is_set(), world, device or torch.device("cpu")):
-        raise Interrupted(f"stopped by {stop.signal_name or 'SIGTERM on another rank'} {where}")
-
-
 def _plan(out: Store, images: dataset.ImageSet, config: Config, fresh: bool = False) -> split.Plan:
     """The run's split: the saved one when resuming (or when another fold's process saved it),
     else a new one (with --force always a new one)."""
@@ -292,47 +218,6 @@ def _plan(out: Store, images: dataset.ImageSet, config: Config, fresh: bool = Fa
                            config.train.seed, (config.data.positive_class, config.data.negative_class))
 
 
-def _fit_timed(name: str, state: train.TrainState, data: train.TrainData, per_rank_batch: int, train_cfg,
-               preprocess, online, metrics: RunMetrics, stop: train.StopFlag, save_checkpoint,
-               world: distributed.World = distributed.SINGLE, after_epoch=None) -> None:
-    """Train, timing checkpoint saves as the ``checkpoint`` stage (what training waits for:
-    serializing, and an upload still in flight) and the rest as ``train``. Under torchrun
-    the ranks other than 0 pass ``save_checkpoint=None``: they write nothing."""
-    checkpoint_seconds = 0.0
-
-    def save(s: train.TrainState) -> None:
-        nonlocal checkpoint_seconds
-        if save_checkpoint is None:
-            return
-        start = time.perf_counter()
-        with _timed(metrics, "checkpoint", name):
-            save_checkpoint(s)
-        checkpoint_seconds += time.perf_counter() - start
-
-    start = time.perf_counter()
-    try:
-        train.fit(name, state, data, train_cfg, preprocess, online, metrics, stop, save, world=world,
-                  per_rank_batch=per_rank_batch,
-                  after_epoch=after_epoch)
-    finally:
-        metrics.stage("train", time.perf_counter() - start - checkpoint_seconds, name)
-
-
-def _local_weights(uri: str | None, config: Config, scratch: str) -> str | None:
-    """Initial weights as a local file; an s3:// object is downloaded to scratch first."""
-    if not uri:
-        return None
-    if not uri.startswith("s3://"):
-        if not Path(uri).is_file():
-            raise ConfigError(f"train.init_weights: {uri} does not exist")
-        return uri
-    parent, _, key = uri.rpartition("/")
-    suffix = ".safetensors" if key.endswith(".safetensors") else ".pt"
-    local = Path(tempfile.mkdtemp(dir=scratch)) / f"init{suffix}"  # never a path built from the key
-    open_store(parent, config.storage).download_file(key, local)
-    return str(local)
-
-
 def aggregate(run_uri: str, storage_config: Config) -> RunOutcome:
     """``gistnet aggregate``: pool the finished units of the run at ``run_uri`` into its report."""
     out = open_store(run_uri, storage_config.storage, storage_config.data.download_threads)
@@ -343,5 +228,5 @@ def aggregate(run_uri: str, storage_config: Config) -> RunOutcome:
                         "<output>/<run-id>)") from None
     config = load_saved(saved, out.uri_of("config.yaml"))
     run_id = run_uri.rstrip("/").rpartition("/")[2]
-    final = crossval.aggregate(out, config, run_id, tempfile.gettempdir())
+    final = aggregation.aggregate(out, config, run_id, tempfile.gettempdir())
     return RunOutcome(run_id, out.uri, final)

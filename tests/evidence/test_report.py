@@ -117,7 +117,7 @@ def test_report_md_and_summary_use_the_configured_class_names():
 
 
 def test_units_are_named_alike_everywhere_and_a_hold_out_has_no_fold():
-    from gistnet.training import units as crossval
+    from gistnet.data import runs as crossval
 
     assert report.unit_name({"fold": 2, "model": "resnet50"}) == "resnet50 fold 2"
     assert report.unit_name({"fold": None, "model": "resnet50"}) == "resnet50"  # never "fold None"

@@ -5,7 +5,7 @@ patient so that no patient is on both sides (scikit-learn ``StratifiedGroupKFold
 ``StratifiedKFold`` / ``train_test_split`` without ids). A ``Plan`` is the whole run's
 partition, saved as ``split.json``; each of its ``Split`` parts is one train/validation
 pair (the hold-out has one, k-fold has k, numbered 0..k-1). ``select_folds`` reads ``--fold I``;
-``--fold auto`` (``JOB_COMPLETION_INDEX``) picks a model too, so ``crossval.select`` resolves it.
+``--fold auto`` (``JOB_COMPLETION_INDEX``) picks a model too, so ``runs.select`` resolves it.
 """
 
 from __future__ import annotations

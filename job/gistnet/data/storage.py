@@ -12,14 +12,13 @@ import hashlib
 import os
 import shutil
 import tempfile
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 from gistnet.config import StorageConfig, redact
 from gistnet.errors import StorageError
+from gistnet.observe.transfers import TransferStats
 
 
 def is_s3(uri: str) -> bool:
@@ -44,22 +43,6 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-@dataclass
-class TransferStats:
-    """Byte counters the metrics stage reads; guarded because downloads run in threads."""
-
-    bytes_downloaded: int = 0
-    bytes_uploaded: int = 0
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def add(self, downloaded: int = 0, uploaded: int = 0) -> None:
-        with self._lock:
-            self.bytes_downloaded += downloaded
-            self.bytes_uploaded += uploaded
 
 
 class Store:

@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss
 
-from gistnet.evidence import report
+from gistnet import plots
 
 METHOD = "logistic recalibration on the logit score (statsmodels)"
 
@@ -78,5 +78,5 @@ def reliability_diagram(calibrations: dict[str, dict], path) -> None:
                     label=f"{name} (Brier {c['brier']:.3f})")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    report.save_plot(fig, ax, path, "reliability diagram", "predicted probability of GIST (bin mean)",
+    plots.save_plot(fig, ax, path, "reliability diagram", "predicted probability of GIST (bin mean)",
                      "observed share of GIST", "upper left")

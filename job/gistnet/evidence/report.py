@@ -9,13 +9,9 @@ from importlib import resources
 import torch
 
 import gistnet
+from gistnet import plots
+from gistnet.data.runs import unit_name
 from gistnet.evidence import stats
-
-
-def unit_name(unit: dict) -> str:
-    """A (fold, model) unit of ``evaluation.finished``/``missing`` in words: "resnet50 fold 2",
-    or "resnet50" for a hold-out (fold ``None``)."""
-    return unit["model"] if unit["fold"] is None else f"{unit['model']} fold {unit['fold']}"
 
 
 def schema() -> dict:
@@ -279,17 +275,4 @@ def roc_figure(curves: dict[str, dict], path) -> None:
         if c["curve"]["fpr"]:
             ax.plot(c["curve"]["fpr"], c["curve"]["tpr"], label=f"{name} (AUC {c['auc']:.3f})")
     ax.plot([0, 1], [0, 1], ":", color="grey")
-    save_plot(fig, ax, path, "ROC, validation set", "1 - specificity", "sensitivity", "lower right")
-
-
-def save_plot(fig, ax, path, title: str, xlabel: str, ylabel: str, legend_at: str) -> None:
-    """Label a one-axes figure, write it as a PNG and free it."""
-    import matplotlib.pyplot as plt
-
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc=legend_at)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save_plot(fig, ax, path, "ROC, validation set", "1 - specificity", "sensitivity", "lower right")

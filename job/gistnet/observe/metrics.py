@@ -17,7 +17,8 @@ from prometheus_client.core import CounterMetricFamily, Metric
 
 import gistnet
 from gistnet.errors import ConfigError
-from gistnet.data.storage import TransferStats, redact
+from gistnet.config import redact
+from gistnet.observe.transfers import TransferStats
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -27,28 +26,14 @@ from gistnet.training import distributed
 from gistnet.evidence import evaluate
 from gistnet.training import compile as compiling
 from gistnet.config import AugmentationConfig, TrainConfig
-from gistnet.errors import ConfigError, DataError, DeviceError, DivergedError, Interrupted, OutOfDeviceMemory
+from gistnet.errors import ConfigError, DataError, DivergedError, Interrupted
+from gistnet.training.device import (cuda_rng_state, out_of_memory_is_a_device_error, resolve_device,  # noqa: F401
+                                     restore_cuda_rng_state, set_determinism, threads_hint)
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("--device cuda was requested but no CUDA GPU is visible (torch.cuda.is_available() is False)")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def set_determinism(deterministic: bool, device: torch.device) -> None:
-    if deterministic and device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if device.type == "cuda":
-        # On the GPU we prefer speed; bf16 autocast already makes bitwise reproducibility moot.
-        torch.backends.cudnn.benchmark = True
 
 
 @dataclass(frozen=True)
@@ -265,27 +250,6 @@ class TrainState:
         self.resumed_from_epoch = self.epoch
 
 
-def cuda_rng_state(device: torch.device) -> torch.Tensor | None:
-    """The training GPU's RNG state; None off CUDA (CUDA is never initialised for a CPU run)."""
-    if device.type != "cuda":
-        return None
-    return torch.cuda.get_rng_state(device)
-
-
-def restore_cuda_rng_state(saved, device: torch.device) -> None:
-    """Restore the training GPU's RNG state. Older checkpoints hold a list, one state per
-    visible GPU: the training device's entry is used (the first if it has no entry), so a
-    run resumes on a node with fewer GPUs. Off CUDA, nothing is touched."""
-    if device.type != "cuda" or saved is None:
-        return
-    if isinstance(saved, (list, tuple)):
-        if not saved:
-            return
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        saved = saved[index] if index < len(saved) else saved[0]
-    torch.cuda.set_rng_state(saved, device)
-
-
 def new_state(name: str, cfg: TrainConfig, device: torch.device, init_weights: str | None) -> TrainState:
     torch.manual_seed(cfg.seed)  # the same initial weights for a given seed, whatever ran before
     model = build_model(name, init_weights).to(device)
@@ -441,20 +405,3 @@ def checkpoint_due(cfg: TrainConfig, epoch: int, seconds_since_last: float) -> b
     by_epoch = cfg.checkpoint_every > 0 and epoch % cfg.checkpoint_every == 0
     by_time = cfg.checkpoint_interval_s > 0 and seconds_since_last >= cfg.checkpoint_interval_s
     return by_epoch or by_time
-
-
-@contextlib.contextmanager
-def out_of_memory_is_a_device_error(stage: str, batch_size: int, image_size: int):
-    """``torch.OutOfMemoryError`` -> exit 6 with the keys to lower: a retry of the same Job
-    would download and expand the data again only to hit the same wall."""
-    try:
-        yield
-    except torch.OutOfMemoryError as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "torch.OutOfMemoryError"
-        raise OutOfDeviceMemory(f"{stage}: out of device memory with train.batch_size={batch_size} and "
-                                f"data.image_size={image_size}; lower train.batch_size or data.image_size, "
-                                f"or use a device with more memory ({first})") from None
-
-
-def threads_hint() -> int:
-    return int(os.environ.get("OMP_NUM_THREADS", "0")) or torch.get_num_threads()

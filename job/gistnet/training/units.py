@@ -1,127 +1,33 @@
-"""Units of work and their aggregation.
+"""One (fold, model) unit, trained top-down: the fold's data, then each of its units' training,
+checkpointing, evaluation on the fold's validation part and ``result.json``, written last.
 
-A run is a set of (fold, model) units: one fold (``None``) per model for the hold-out, k
-folds per model for k-fold. Each unit writes only under its own prefix (``<model>/`` for
-the hold-out, ``folds/<i>/<model>/`` for fold i): weights, checkpoints,
-``predictions.csv`` and, last, ``result.json``, whose presence marks the unit finished.
-So processes that share a run id and train different folds (or models) never write the
-same object, and any of them, or ``gistnet aggregate``, can pool the finished units into
-the report. The aggregation reads only stored objects and seeds its bootstrap, so two
-processes aggregating at once write the same bytes.
+Everything a unit needs comes from the run's ``RunContext``; nothing here calls back into
+the pipeline. The layout of units in the store is ``data/runs.py``; pooling finished units
+into the report is ``evidence/aggregate.py``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import statistics
+import tempfile
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
-import numpy as np
-
-from gistnet.data import augmentation
-from gistnet.evidence import calibration
-from gistnet.evidence import checklist
-from gistnet.training import checkpoint
-from gistnet.evidence import compare
-from gistnet.data import dataset
-from gistnet.training import distributed
-from gistnet.evidence import evaluate
-from gistnet.evidence import explain
-from gistnet.evidence import model_card
-from gistnet.evidence import predictions
-from gistnet.evidence import report
-from gistnet.evidence import report_html
-from gistnet.data import split
-from gistnet.evidence import stats
-from gistnet.training import train
-from gistnet.training import compile as compiling
 from gistnet.config import Config, replace
-from gistnet.errors import ConfigError, DataError
+from gistnet.data import augmentation, dataset, split
+from gistnet.data.runs import RESULT, Unit, gradcam_key, is_finished
 from gistnet.data.split import Split
-from gistnet.data.storage import Store, open_store
+from gistnet.data.storage import open_store
+from gistnet.errors import ConfigError
+from gistnet.evidence import evaluate, explain, predictions
+from gistnet.training import checkpoint, distributed, train
+from gistnet.training import compile as compiling
+from gistnet.training.context import RunContext
 
 log = logging.getLogger(__name__)
-
-RESULT = "result.json"
-DATASET = "dataset.json"
-FOLD_METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity")
-
-
-@dataclass(frozen=True)
-class Unit:
-    fold: int | None  # None: the hold-out
-    model: str
-
-    @property
-    def prefix(self) -> str:
-        return "" if self.fold is None else f"folds/{self.fold}/"
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}{self.model}/{name}"
-
-    def store(self, out: Store) -> Store:
-        """Where checkpoint.py writes this unit's ``<model>/...`` objects."""
-        return out if self.fold is None else out.child(f"folds/{self.fold}")
-
-    def name(self) -> str:
-        return report.unit_name(self.to_dict())
-
-    def to_dict(self) -> dict:
-        return {"fold": self.fold, "model": self.model}
-
-
-def units(folds: list[int | None], models) -> list[Unit]:
-    return [Unit(fold, model) for fold in folds for model in models]
-
-
-def all_units(config: Config) -> list[Unit]:
-    return units(split.select_folds(None, config.split), config.train.models)
-
-
-# Set by a Kubernetes Indexed Job in each pod: 0 .. completions - 1.
-COMPLETION_INDEX = "JOB_COMPLETION_INDEX"
-
-
-def select(fold: str | None, model: str | None, config: Config, environ=os.environ) -> list[Unit]:
-    """The units this process trains: every one, those of one fold and/or one model, or, with
-    ``fold == "auto"``, the one an Indexed Job's completion index names (``fold = index % K``,
-    ``model = index // K``, K = the number of folds, 1 for a hold-out)."""
-    if fold == "auto":
-        if model:
-            raise ConfigError("--fold auto picks the model from JOB_COMPLETION_INDEX too; drop --model")
-        return [unit_of_index(environ.get(COMPLETION_INDEX), config)]
-    models = list(config.train.models)
-    if model:
-        if model not in models:
-            raise ConfigError(f"--model {model} is not one of this run's train.models ({', '.join(models)})")
-        models = [model]
-    return units(split.select_folds(fold, config.split), models)
-
-
-def unit_of_index(index: str | None, config: Config) -> Unit:
-    folds = split.select_folds(None, config.split)
-    total = len(folds) * len(config.train.models)
-    if index is None or not index.strip():
-        raise ConfigError(f"--fold auto needs {COMPLETION_INDEX} (set by a Kubernetes Indexed Job); "
-                          f"this run has {total} (fold, model) units: pass --fold and --model instead")
-    try:
-        i = int(index)
-    except ValueError:
-        raise ConfigError(f"{COMPLETION_INDEX}={index!r} is not an integer") from None
-    if not 0 <= i < total:
-        raise ConfigError(f"{COMPLETION_INDEX}={i} is out of range: {len(folds)} fold(s) x "
-                          f"{len(config.train.models)} model(s) give indexes 0..{total - 1} (the Job's completions)")
-    return Unit(folds[i % len(folds)], config.train.models[i // len(folds)])
-
-
-def is_finished(out: Store, unit: Unit) -> bool:
-    return out.exists(unit.key(RESULT))
-
-
-# ---------------------------------------------------------------- one fold's data
 
 
 @dataclass
@@ -146,54 +52,79 @@ def prepare_fold(images: dataset.ImageSet, part: Split, config: Config) -> FoldD
     return FoldData(part, train_set, val_set, tensors, list(train_set.keys))
 
 
-# ---------------------------------------------------------------- one unit
+def train_fold(ctx: RunContext, fold_index: int | None, units: list[Unit], plan: split.Plan,
+               full_set: list[dataset.ImageSet], last: bool) -> None:
+    """Train the ``units`` of one fold that have not finished yet, on that fold's training part only.
+    The ``last`` fold takes the full image set out of ``full_set`` and drops it once split, so
+    only the split's tensors stay on the device while training."""
+    config, out = ctx.config, ctx.out
+    todo = [u for u in units if not is_finished(out, u)]
+    for unit in units:
+        if unit not in todo:
+            log.info("%s: already trained in this run; reusing %s", unit.name(), out.uri_of(unit.key(RESULT)))
+    if not todo:
+        return
+    images = full_set.pop() if last else full_set[0]
+    with ctx.timed("augmentation"), ctx.guard("augmentation"):
+        fold = prepare_fold(images, plan.part(fold_index), config)
+        del images
+        if ctx.world.is_main:
+            _examples_figure(ctx, fold, todo[0].prefix)
+    log.info("%s: train %s, validation %s", "hold-out" if fold_index is None else f"fold {fold_index}",
+             fold.train_set.counts(ctx.class_names), fold.val_set.counts(ctx.class_names))
+    batch = distributed.per_rank_batch(config.train.batch_size, ctx.world, config.distributed.scale_batch)
+    train.check_trainable(len(fold.tensors.train_set), batch * ctx.world.size,
+                          f"the training set{'' if fold_index is None else f' of fold {fold_index}'} after "
+                          f"{config.augmentation.mode!r} augmentation")
+    preprocess = train.Preprocess(fold.tensors.train_images.device)
+    for unit in todo:
+        ctx.stop_if_asked(f"before training {unit.name()}")
+        train_unit(ctx, unit, fold, preprocess, batch)
 
 
-def train_unit(unit: Unit, fold: FoldData, config: Config, out: Store, *, init_weights: str | None, preprocess,
-               observer, scratch: str, timed, guard, fit, environment: dict,
-               world: distributed.World = distributed.SINGLE) -> dict | None:
+def train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.Preprocess,
+               per_rank_batch: int) -> dict | None:
     """Train (every rank), then evaluate and store one (fold, model) (rank 0; the others
-    return None); ``result.json`` is written last.
-
-    ``fit(name, state, train_cfg, save_checkpoint, after_epoch)`` trains (the caller times it);
-    ``timed(stage, model)`` times the other stages; ``guard(stage)`` turns running out of
-    device memory into the device exit code."""
+    return None); ``result.json`` is written last."""
+    config, out, world = ctx.config, ctx.out, ctx.world
     store, name, data = unit.store(out), unit.model, fold.tensors
     train_cfg = replace(config, train={"learning_rate": distributed.learning_rate(
         config.train.learning_rate, world, config.distributed.scale_batch)}).train
+    init_weights = local_weights(config.train.init_weights.get(name), config, ctx.scratch)
     state = train.new_state(name, train_cfg, data.train_images.device, init_weights)
     state.provenance = {"split": fold.part.to_dict(), "augmentation_mode": config.augmentation.mode,
                         "augmentation_seed": config.train.seed}
-    checkpoint.load_latest(store, name, state, scratch)
-    observer.model_started(name, config.train.epochs)
+    checkpoint.load_latest(store, name, state, ctx.scratch)
+    ctx.metrics.model_started(name, config.train.epochs)
     if state.resumed_from_epoch is not None:
-        observer.epoch.labels(model=name).set(state.epoch)
+        ctx.metrics.epoch.labels(model=name).set(state.epoch)
     after_epoch = None
     if not world.distributed:  # DDP steps eager: a compiled twin of the bare model would skip its gradient sync
         cache_store = open_store(config.output.uri, config.storage) if config.train.compile_cache else None
         after_epoch = compiling.attach(state, name, config.train.compile, config.train.batch_size,
                                        config.data.image_size, data.train_images.device, cache_store)
+    train_args = (ctx, name, state, data, train_cfg, preprocess, per_rank_batch, after_epoch)
     if not world.is_main:  # trains in step with rank 0, which alone checkpoints, evaluates and writes
-        with guard(f"{name} training"):
-            fit(name, state, train_cfg, None, after_epoch)
+        with ctx.guard(f"{name} training"):
+            _fit(*train_args, save_checkpoint=None)
         return None
-    with checkpoint.CheckpointWriter(store, name, scratch) as writer:
-        with guard(f"{name} training"):
-            fit(name, state, train_cfg, writer.save, after_epoch)
-        with timed("upload", name):
+    with checkpoint.CheckpointWriter(store, name, ctx.scratch) as writer:
+        with ctx.guard(f"{name} training"):
+            _fit(*train_args, save_checkpoint=writer.save)
+        with ctx.timed("upload", name):
             if state.resumed_from_epoch != state.epoch:
                 writer.save(state)
             pointer = writer.wait() or checkpoint.read_pointer(store, name)
-            weights = checkpoint.save_weights(store, name, state.model, scratch)
-    with timed("evaluate", name), guard(f"{name} evaluation"):
+            weights = checkpoint.save_weights(store, name, state.model, ctx.scratch)
+    with ctx.timed("evaluate", name), ctx.guard(f"{name} evaluation"):
         scored = evaluate.predict(state.model, data.val_images, data.val_labels, config.train.batch_size, preprocess)
         on_train = evaluate.predict(state.model, fold.train_set.images, fold.train_set.labels,
                                     config.train.batch_size, preprocess)
-    names = (config.data.positive_class, config.data.negative_class)
-    rows = predictions.rows(fold.val_set.keys, fold.val_set.patient_ids, data.val_labels.cpu().numpy(), names,
-                            unit.fold, name, scored.probabilities.float().cpu().numpy(),
+    rows = predictions.rows(fold.val_set.keys, fold.val_set.patient_ids, data.val_labels.cpu().numpy(),
+                            ctx.class_names, unit.fold, name, scored.probabilities.float().cpu().numpy(),
                             scored.margins.double().cpu().numpy())
     predictions.write(out, rows, unit.key(predictions.FILENAME))
+    names = ctx.class_names
     result = {
         "fold": unit.fold, "model": name, "history": state.history, "checkpoint": weights,
         "resumable_checkpoint": {"uri": store.uri_of(pointer["key"]), "sha256": pointer["sha256"],
@@ -203,210 +134,67 @@ def train_unit(unit: Unit, fold: FoldData, config: Config, out: Store, *, init_w
         "youden_threshold": evaluate.youden_threshold(fold.train_set.labels, on_train.probabilities),
         "counts": {"train": fold.train_set.counts(names), "val": fold.val_set.counts(names),
                    "train_augmented": dataset.class_counts(data.train_set.labels, names)},
-        "environment": environment,
+        "environment": ctx.environment,
     }
     if config.explain.enabled:
-        with timed("explain", name), guard(f"{name} Grad-CAM"):
-            result["explain"] = _explain(unit, state.model, data, scored.probabilities, preprocess, config, out,
-                                         scratch)
+        with ctx.timed("explain", name), ctx.guard(f"{name} Grad-CAM"):
+            result["explain"] = _explain(ctx, unit, state.model, data, scored.probabilities, preprocess)
     result["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    out.write_bytes(unit.key(RESULT), json.dumps(result).encode())
+    ctx.out.write_bytes(unit.key(RESULT), json.dumps(result).encode())
     return result
 
 
-def _explain(unit: Unit, model, data: train.TrainData, probabilities, preprocess, config: Config, out: Store,
-             scratch: str) -> dict:
+def _explain(ctx: RunContext, unit: Unit, model, data: train.TrainData, probabilities, preprocess) -> dict:
     """Grad-CAM gallery of the unit's validation images (uploaded as ``<prefix>gradcam-<model>.png``)
     and its sanity check."""
-    return out.upload_drawn(gradcam_key(unit), lambda path: explain.explain(
+    config = ctx.config
+    return ctx.out.upload_drawn(gradcam_key(unit), lambda path: explain.explain(
         unit.model, model, data.val_images, data.val_labels, probabilities, preprocess, config.train.batch_size,
         (config.data.positive_class, config.data.negative_class), config.explain.max_misclassified,
-        config.explain.correct_per_class, config.train.seed, path), scratch)
+        config.explain.correct_per_class, config.train.seed, path), ctx.scratch)
 
 
-def gradcam_key(unit: Unit) -> str:
-    return f"{unit.prefix}gradcam-{unit.model}.png"
+def _fit(ctx: RunContext, name: str, state: train.TrainState, data: train.TrainData, train_cfg,
+         preprocess: train.Preprocess, per_rank_batch: int, after_epoch, save_checkpoint) -> None:
+    """Train one model, timing checkpoint saves as the ``checkpoint`` stage (what training waits
+    for: serializing, and an upload still in flight) and the rest as ``train``. Under torchrun
+    the ranks other than 0 pass ``save_checkpoint=None``: they write nothing."""
+    online = ctx.config.augmentation if ctx.config.augmentation.mode == "online" else None
+    checkpoint_seconds = 0.0
+
+    def save(s: train.TrainState) -> None:
+        nonlocal checkpoint_seconds
+        if save_checkpoint is None:
+            return
+        start = time.perf_counter()
+        with ctx.timed("checkpoint", name):
+            save_checkpoint(s)
+        checkpoint_seconds += time.perf_counter() - start
+
+    start = time.perf_counter()
+    try:
+        train.fit(name, state, data, train_cfg, preprocess, online, ctx.metrics, ctx.stop, save, world=ctx.world,
+                  per_rank_batch=per_rank_batch, after_epoch=after_epoch)
+    finally:
+        ctx.metrics.stage("train", time.perf_counter() - start - checkpoint_seconds, name)
 
 
-# ---------------------------------------------------------------- aggregation
+def _examples_figure(ctx: RunContext, fold: FoldData, prefix: str) -> None:
+    """Fig 2: originals of this fold's training part and their five augmentations."""
+    ctx.out.upload_drawn(f"{prefix}augmentation_examples.png", lambda path: augmentation.examples_figure(
+        fold.train_set.images, ctx.config.augmentation, ctx.config.train.seed, path), ctx.scratch)
 
 
-@dataclass
-class Pooled:
-    """One model's predictions over every finished unit, in a fixed order."""
-
-    keys: list[str]
-    labels: np.ndarray
-    probabilities: np.ndarray
-    scores: np.ndarray
-    youden: np.ndarray  # the threshold of the fold each image was validated in
-
-
-def _pool(rows_by_unit: dict[Unit, list], results: dict[Unit, dict], positive: str) -> Pooled:
-    rows = [(r, results[u]["youden_threshold"]) for u in rows_by_unit for r in rows_by_unit[u]]
-    rows.sort(key=lambda pair: pair[0].key)
-    return Pooled([r.key for r, _ in rows], np.array([r.label == positive for r, _ in rows], int),
-                  np.array([r.probability for r, _ in rows]), np.array([r.score for r, _ in rows]),
-                  np.array([t for _, t in rows]))
-
-
-def _thresholds(pooled: Pooled, primary: dict, config: Config, kfold: bool) -> dict:
-    cm = evaluate.confusion(pooled.labels, pooled.probabilities >= pooled.youden, 0.5)
-    level, method = config.evaluate.confidence_level, config.evaluate.ci_method
-    chosen_on = "each fold's training part" if kfold else "the training images"
-    return {
-        "primary": {"value": 0.5, "pre_specified": True, "confusion_matrix": primary["confusion_matrix"],
-                    "metrics": primary["metrics"]},
-        "youden": {"exploratory": True, "chosen_on": f"Youden's J on {chosen_on} (unaugmented), never on validation",
-                   "values": sorted({float(t) for t in pooled.youden}), "confusion_matrix": cm,
-                   "metrics": stats.diagnostic_table(cm["tp"], cm["fp"], cm["tn"], cm["fn"], method, level)},
-    }
-
-
-def _fold_row(unit: Unit, rows: list, result: dict, config: Config) -> dict:
-    positive = config.data.positive_class
-    y = np.array([r.label == positive for r in rows], int)
-    diag = evaluate.diagnostic_report(y, [r.probability for r in rows], config.evaluate.ci_method,
-                                      config.evaluate.confidence_level, scores=[r.score for r in rows])
-    return {"fold": unit.fold, "n": len(rows), "counts": result["counts"], "history": result["history"],
-            "checkpoint": result["checkpoint"], "resumable_checkpoint": result["resumable_checkpoint"],
-            "resumed_from_epoch": result["resumed_from_epoch"], "confusion_matrix": diag["confusion_matrix"],
-            "youden_threshold": result["youden_threshold"], "roc_auc": diag["roc_auc"]["value"],
-            **{m: diag["metrics"][m]["value"] for m in FOLD_METRICS if m != "roc_auc"}}
-
-
-def _across(folds: list[dict]) -> dict:
-    """Mean and SD across folds (describes fold-to-fold spread; the CIs come from pooling)."""
-    out = {}
-    for metric in FOLD_METRICS:
-        values = [f[metric] for f in folds if f[metric] is not None]
-        out[metric] = {"mean": statistics.fmean(values) if values else None,
-                       "sd": statistics.stdev(values) if len(values) > 1 else None, "n_folds": len(values)}
-    return out
-
-
-def _model_section(model_units: list[Unit], rows_by_unit: dict, results: dict, config: Config, kfold: bool):
-    pooled = _pool({u: rows_by_unit[u] for u in model_units}, results, config.data.positive_class)
-    level = config.evaluate.confidence_level
-    section = evaluate.diagnostic_report(pooled.labels, pooled.probabilities, config.evaluate.ci_method, level,
-                                         scores=pooled.scores)
-    section["calibration"] = calibration.calibration(pooled.labels, pooled.probabilities, pooled.scores)
-    section["thresholds"] = _thresholds(pooled, section, config, kfold)
-    if kfold:
-        section["folds"] = [_fold_row(u, rows_by_unit[u], results[u], config) for u in model_units]
-        section["across_folds"] = _across(section["folds"])
-    else:
-        result = results[model_units[0]]
-        section.update({k: result[k] for k in ("history", "checkpoint", "resumable_checkpoint", "resumed_from_epoch")})
-    explained = {u.fold: results[u]["explain"] for u in model_units if "explain" in results[u]}
-    if explained:
-        section["explain"] = explain.combine(explained) if kfold else explained[None]
-    return section, pooled
-
-
-def _comparison(names: list[str], pooled: dict[str, Pooled], config: Config) -> dict | None:
-    if len(names) < 2:
+def local_weights(uri: str | None, config: Config, scratch: str) -> str | None:
+    """Initial weights as a local file; an s3:// object is downloaded to scratch first."""
+    if not uri:
         return None
-    first, second = pooled[names[0]], pooled[names[1]]
-    if first.keys != second.keys:
-        return None  # not the same images yet (a missing unit): no paired comparison
-    correct = tuple((p.probabilities >= 0.5).astype(int) == p.labels for p in (first, second))
-    return compare.compare((names[0], names[1]), first.labels, (first.scores, second.scores), correct,
-                           config.evaluate.confidence_level, config.train.seed)
-
-
-def load_finished(out: Store, expected: list[Unit]) -> tuple[dict, dict]:
-    """The result and predictions of every finished unit among ``expected``."""
-    results, rows = {}, {}
-    for unit in expected:
-        if is_finished(out, unit):
-            results[unit] = json.loads(out.read(unit.key(RESULT)))
-            rows[unit] = predictions.read(out, unit.key(predictions.FILENAME))
-    return results, rows
-
-
-def aggregate(out: Store, config: Config, run_id: str, scratch: str) -> dict:
-    """Pool every finished unit into the report and write it; name the missing ones.
-
-    With every unit finished the report is ``complete``; otherwise it is ``partial`` and
-    says which (fold, model) units are missing. No finished unit at all is a DataError.
-    """
-    expected = all_units(config)
-    results, rows = load_finished(out, expected)
-    if not results:
-        raise DataError(f"{out.uri}: no finished fold to aggregate (none of the {len(expected)} (fold, model) "
-                        f"units has a {RESULT}); train first")
-    missing = [u for u in expected if u not in results]
-    kfold = config.split.method == split.KFOLD
-    models, pooled = {}, {}
-    for name in config.train.models:
-        done = [u for u in expected if u.model == name and u in results]
-        if done:
-            models[name], pooled[name] = _model_section(done, rows, results, config, kfold)
-    dataset_section = json.loads(out.read(DATASET))
-    if not kfold:
-        dataset_section.update(results[next(iter(results))]["counts"])
-    evaluation = {"method": config.split.method, "folds": config.split.folds if kfold else 1, "pooled": kfold,
-                  "finished": [u.to_dict() for u in expected if u in results],
-                  "missing": [u.to_dict() for u in missing]}
-    if missing:
-        log.warning("aggregating %d of %d units; missing: %s", len(results), len(expected),
-                    ", ".join(u.name() for u in missing))
-    _plots(out, models, pooled, results, scratch)
-    artifacts = {}
-    all_rows = [r for u in expected if u in rows for r in rows[u]]
-    predictions.write(out, all_rows)
-    first = next(u for u in expected if u in results)
-    figures = {name: key for name, key in _figure_keys(expected, results, first).items() if out.exists(key)}
-    artifacts.update({name: out.uri_of(key) for name, key in figures.items()})
-    artifacts.update({"config": out.uri_of("config.yaml"), "split": out.uri_of("split.json"),
-                      "predictions": out.uri_of(predictions.FILENAME), "report_markdown": out.uri_of("report.md"),
-                      "report_html": out.uri_of("report.html"), "checklist": out.uri_of("checklist.md")})
-    if not kfold:
-        artifacts.update({f"model_card_{name}": out.uri_of(f"{name}/{model_card.CARD}") for name in models})
-    final = report.build(
-        run_id, config.to_dict(), dataset_section, models, config.evaluate.selection_metric, artifacts,
-        environment=results[first]["environment"], created=max(r["finished"] for r in results.values()),
-        evaluation=evaluation, comparison=_comparison(list(models), pooled, config),
-        status="partial" if missing else "complete")
-    _write_documents(out, final, figures, kfold)
-    return final
-
-
-def _figure_keys(expected: list[Unit], results: dict, first: Unit) -> dict[str, str]:
-    """Figure name (as report_html places it) -> stored key: the run's plots, Fig 2 of the first
-    finished fold, and each finished unit's Grad-CAM gallery."""
-    figures = {"training_curves": "training_curves.png", "roc": "roc.png", "reliability_diagram": "reliability.png",
-               "augmentation_examples": f"{first.prefix}augmentation_examples.png"}
-    for unit in expected:
-        if unit in results and "explain" in results[unit]:
-            name = f"gradcam_{unit.model}" if unit.fold is None else f"gradcam_{unit.model}_fold{unit.fold}"
-            figures[name] = gradcam_key(unit)
-    return figures
-
-
-def _write_documents(out: Store, final: dict, figures: dict[str, str], kfold: bool) -> None:
-    """Model cards (hold-out: one per stored model), report.md, report.html and checklist.md,
-    then report.json last: its presence marks the run complete."""
-    if not kfold:  # a k-fold run stores k models per architecture, none of them "the" model to card
-        for name in final["models"]:
-            out.write_bytes(f"{name}/{model_card.CARD}", model_card.render(final, name).encode())
-    out.write_bytes("report.md", report.markdown(final).encode())
-    out.write_bytes("report.html", report_html.render(final, {n: out.read(k) for n, k in figures.items()}).encode())
-    out.write_bytes("checklist.md", checklist.markdown(final).encode())
-    out.write_bytes("report.json", json.dumps(final, indent=2).encode())
-
-
-def _plots(out: Store, models: dict, pooled: dict[str, Pooled], results: dict, scratch: str) -> None:
-    """training_curves.png, roc.png (pooled) and reliability.png at the run root."""
-    histories = {u.name(): results[u]["history"] for u in results}
-    curves = {name: {"curve": evaluate.roc_curve_points(pooled[name].labels, pooled[name].scores),
-                     "auc": m["roc_auc"]["value"] or 0.0} for name, m in models.items()}
-    draws = {
-        "training_curves.png": lambda p: report.training_curves(histories, p),
-        "roc.png": lambda p: report.roc_figure(curves, p),
-        "reliability.png": lambda p: calibration.reliability_diagram(
-            {n: m["calibration"] for n, m in models.items()}, p),
-    }
-    for key, draw in draws.items():
-        out.upload_drawn(key, draw, scratch)
+    if not uri.startswith("s3://"):
+        if not Path(uri).is_file():
+            raise ConfigError(f"train.init_weights: {uri} does not exist")
+        return uri
+    parent, _, key = uri.rpartition("/")
+    suffix = ".safetensors" if key.endswith(".safetensors") else ".pt"
+    local = Path(tempfile.mkdtemp(dir=scratch)) / f"init{suffix}"  # never a path built from the key
+    open_store(parent, config.storage).download_file(key, local)
+    return str(local)
