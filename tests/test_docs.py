@@ -14,11 +14,13 @@ from gistnet.cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+CHECKED = [*PAGES, REPO / "benchmarks" / "README.md"]
 FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.S | re.M)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]*)>?(?:\s+\"[^\"]*\")?\s*\)")
 REF_DEF = re.compile(r"^\s*\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+.*)?$", re.M)
 PARENT_PATH = re.compile(r"(?<![\w./-])((?:\.\./)+[^\s`'\")\]>]*)")
+REPO_PATH = re.compile(r"`((?:tests|scripts|helm|k8s|job|benchmarks|docs)/[\w./-]*)(?:::(\w+))?`")
 
 
 def slug(heading: str) -> str:
@@ -78,11 +80,24 @@ def escaping_paths(page: Path, text: str, repo: Path = REPO) -> list[str]:
             if not (page.parent / p).resolve().is_relative_to(repo)]
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def stale_paths(text: str, repo: Path = REPO) -> list[str]:
+    """Repository paths the text names in backticks (`scripts/x.sh`, `tests/a.py::test_b`)
+    that do not exist, or name a test the file does not define: a moved file leaves none behind."""
+    problems = []
+    for path, test in REPO_PATH.findall(text):
+        if not (repo / path).exists():
+            problems.append(path)
+        elif test and not re.search(rf"^\s*(?:async )?def {test}\(", (repo / path).read_text(), re.M):
+            problems.append(f"{path}::{test}")
+    return problems
+
+
+@pytest.mark.parametrize("page", CHECKED, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_link_and_anchor_resolves_inside_the_repository(page):
     text = page.read_text()
     assert link_problems(page, text) == []
     assert escaping_paths(page, text) == []
+    assert stale_paths(text) == []
 
 
 def test_the_readme_is_a_landing_page():
@@ -159,6 +174,8 @@ def test_a_broken_link_an_unknown_anchor_or_an_escape_is_reported(tmp_path):
                         "a.md: ../../x.md leaves the repository"]
     assert escaping_paths(page, text, tmp_path) == ["a.md: ../../x.md", "a.md: ../../shared/PROTOCOL.md"]
     assert escaping_paths(page, "[up](../README.md)", tmp_path) == []
+    assert stale_paths("`tests/test_docs.py::test_slugs_follow_github` `job/gistnet/crossval.py` "
+                       "`tests/test_docs.py::test_gone`") == ["job/gistnet/crossval.py", "tests/test_docs.py::test_gone"]
 
 
 def test_a_missing_subcommand_or_flag_is_reported():
