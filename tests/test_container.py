@@ -93,9 +93,10 @@ def test_container_and_compose_command_lines_parse():
     assert compose["services"]["train"]["environment"]["AWS_ENDPOINT_URL"] == "http://minio:9000"
 
 
-def test_readme_gistnet_command_lines_parse():
-    readme = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", readme, re.S)
+def test_documented_gistnet_command_lines_parse():
+    """Every gistnet (or docker run gistnet:...) line of a bash block in the README and docs/ parses."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    blocks = [b for page in pages for b in re.findall(r"```(?:bash|sh)\n(.*?)```", page.read_text(), re.S)]
     lines = [ln.split("#")[0].strip() for b in blocks for ln in b.replace("\\\n", " ").splitlines()]
     commands = [shlex.split(ln) for ln in lines if ln.startswith("gistnet ")]
     docker = [shlex.split(ln) for ln in lines if ln.startswith("docker run")]
@@ -107,7 +108,7 @@ def test_readme_gistnet_command_lines_parse():
         try:
             _parses(argv[1:])
         except click.UsageError as exc:
-            raise AssertionError(f"README command does not parse: {' '.join(argv)}: {exc}") from None
+            raise AssertionError(f"documented command does not parse: {' '.join(argv)}: {exc}") from None
 
 
 def test_dockerignore_keeps_the_build_context_small():

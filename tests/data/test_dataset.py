@@ -153,9 +153,9 @@ def test_image_at_the_data_root_is_skipped_and_listed(tmp_path):
 
 
 def test_only_the_documented_formats_are_decoded():
-    """README: PNG, JPEG, BMP and TIFF, by content; a GIF or WebP is not recognised, whatever its name."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert "PNG, JPEG, BMP and TIFF" in readme and dataset.IMAGE_FORMATS == ("PNG", "JPEG", "BMP", "TIFF")
+    """docs/data.md: PNG, JPEG, BMP and TIFF, by content; a GIF or WebP is not recognised, whatever its name."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "data.md").read_text()
+    assert "PNG, JPEG, BMP and TIFF" in page and dataset.IMAGE_FORMATS == ("PNG", "JPEG", "BMP", "TIFF")
     for fmt in ("GIF", "WEBP"):
         with pytest.raises(ValueError, match="not a recognised image"):
             dataset.decode_image(png(gray(3), fmt=fmt), 32, 10**8)
