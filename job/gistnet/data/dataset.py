@@ -28,7 +28,7 @@ from gistnet.data.storage import Store, is_safe_key
 
 log = logging.getLogger(__name__)
 
-# What the decoder accepts, by content (Pillow's format names; README's list): a GIF or WebP,
+# What the decoder accepts, by content (Pillow's format names; docs/data.md's list): a GIF or WebP,
 # whatever its name, is skipped as "not a recognised image".
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 # Names that look like images: such an object at the data root (outside any class folder) is
