@@ -24,6 +24,7 @@ from gistnet.data import augmentation
 from gistnet.training import units as crossval
 from gistnet.data import dataset
 from gistnet.training import distributed
+from gistnet.evidence import clustered
 from gistnet.evidence import report
 from gistnet.data import split
 from gistnet.training import train
@@ -156,6 +157,7 @@ def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunM
         _write_once(out, crossval.DATASET, {
             "uri": redact(data_store.uri), "classes": {names[0]: "positive", names[1]: "negative"},
             "images": loaded.images.counts(names), "augmentation_mode": config.augmentation.mode,
+            "patients": clustered.images_per_patient(loaded.images.patient_ids),
             "split_method": plan.parts[0].method, "skipped": loaded.skipped})
     distributed.barrier(world)
     if not world.is_main:  # the others read what rank 0 saved
