@@ -100,7 +100,7 @@ def test_markdown_report_for_a_human_reader():
     assert "## Evaluation" in text and "Hold-out validation set" in text
     assert "### Calibration" in text and "Brier score" in text
     assert "| 0.5 (primary, pre-specified) |" in text and "(exploratory)" in text
-    assert "## Comparison" in text and "| DeLong's test | z " in text
+    assert "## Comparison" in text and "| DeLong's test (delong) | z " in text
     assert "no evidence of a difference between resnet34 and resnet50" in text
     assert "does not show that they are equivalent" in text
 
