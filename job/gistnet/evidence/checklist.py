@@ -301,10 +301,17 @@ AUTHOR_ITEMS = [
 
 
 def paths(topic: str, r: dict) -> list[str]:
-    """The report.json paths of an item for report ``r``, one per model where ``<m>`` stands."""
+    """The report.json paths of an item for report ``r``: ``models.<m>.<section>`` once per model
+    that has the section (e.g. only the models whose Grad-CAM ran have ``explain``)."""
     spec = PATHS[topic]
-    spec = spec[_kind(r)] if isinstance(spec, dict) else spec
-    return [p.replace("<m>", m) if "<m>" in p else p for p in spec for m in (_models(r) if "<m>" in p else [""])]
+    out = []
+    for p in spec[_kind(r)] if isinstance(spec, dict) else spec:
+        if "<m>" not in p:
+            out.append(p)
+            continue
+        section = p.split(".")[2]
+        out += [p.replace("<m>", m) for m, body in _models(r).items() if section in body]
+    return out
 
 
 def _anchor(template: str, r: dict) -> str:
