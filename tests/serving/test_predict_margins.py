@@ -88,3 +88,28 @@ def test_onnx_scores_are_the_logit_margins(tmp_path):
     p, margins = onnx_scorer(images(margins_in))
     assert torch.equal(p[:5], torch.ones(5))
     np.testing.assert_allclose(margins.numpy(), margins_in)
+
+
+def test_an_onnx_file_without_logits_is_refused(tmp_path, monkeypatch):
+    """A model.onnx exported before the logits output (probabilities only) cannot give margins:
+    refused with the model exit code, naming the file, rather than ranking on saturated P."""
+    pytest.importorskip("onnxruntime")
+    from gistnet import errors
+    from gistnet.serving import export
+
+    scorer = trained_mod.Scorer(ChosenLogits(), torch.device("cpu")).eval()
+    path = tmp_path / "model.onnx"
+    program = torch.onnx.export(scorer, (torch.zeros(2, 3, 2, 2, dtype=torch.uint8),), dynamo=True,
+                                opset_version=export.OPSET, input_names=[export.INPUT], output_names=[export.OUTPUT],
+                                dynamic_shapes={"images": {0: torch.export.Dim("batch")}}, external_data=False)
+    program.save(str(path), external_data=False)
+    model = stub_model()
+    model.run = SimpleNamespace(uri="local", uri_of=lambda key: f"file:///run/{key}")
+    model.key = lambda name: f"resnet34/{name}"
+    export._add_metadata(path, model, export.OPSET)
+    monkeypatch.setattr(trained_mod, "fetch", lambda m, name, scratch: path)
+    with pytest.raises(errors.ModelError) as caught:
+        export.OnnxScorer(model, str(tmp_path), "cpu")
+    assert caught.value.exit_code == 9
+    assert "file:///run/resnet34/model.onnx has no logits output" in str(caught.value)
+    assert "run gistnet export again" in str(caught.value)
