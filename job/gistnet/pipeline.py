@@ -21,6 +21,7 @@ from gistnet.data import dataset, runs, split
 from gistnet.data.storage import Store, TransferStats, open_store, redact
 from gistnet.errors import ConfigError, DataError, GistnetError
 from gistnet.evidence import aggregate as aggregation
+from gistnet.evidence import clustered
 from gistnet.evidence import report
 from gistnet.observe.metrics import RunMetrics
 from gistnet.training import distributed, train, units
@@ -143,6 +144,7 @@ def _run_stages(ctx: RunContext, data_store: Store, selected: list[runs.Unit]) -
         _write_once(out, runs.DATASET, {
             "uri": redact(data_store.uri), "classes": {names[0]: "positive", names[1]: "negative"},
             "images": loaded.images.counts(names), "augmentation_mode": config.augmentation.mode,
+            "patients": clustered.images_per_patient(loaded.images.patient_ids),
             "split_method": plan.parts[0].method, "skipped": loaded.skipped})
     distributed.barrier(world)
     if not world.is_main:  # the others read what rank 0 saved

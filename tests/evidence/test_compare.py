@@ -1,5 +1,7 @@
 """DeLong (fast, Sun & Xu) against the O(n^2) placement-value definition; bootstrap and McNemar."""
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy.stats import norm
@@ -54,19 +56,61 @@ def test_auc_interval_and_degenerate_cases():
     assert 0 <= ci["ci_low"] < ci["value"] < ci["ci_high"] <= 1
     assert compare.auc_interval([0.1, 0.2], [1, 1], 0.95)["value"] is None
     perfect = np.array([3.0, 2.0, 1.5, -1.0, -2.0, -3.0])
-    assert compare.delong_test(perfect, perfect * 2, labels) == {"z": None, "p": None}
+    test = compare.delong_test(perfect, perfect * 2, labels)
+    assert (test["z"], test["p"]) == (None, None) and "not testable" in test["note"]
 
 
-def test_paired_bootstrap_difference_is_stratified_and_reproducible():
+def test_a_degenerate_auc_interval_is_na_with_its_reason_and_no_numpy_warning():
+    """One positive: DeLong's variance is undefined (numpy warned, and 0.000-1.000 was shown);
+    perfect separation: variance 0 (1.000-1.000 was shown). Both are n/a with the reason."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        one = compare.auc_interval([0.9, 0.2, 0.4, 0.1, 0.3], [1, 0, 0, 0, 0], 0.95)
+        perfect = compare.auc_interval([3.0, 2.0, -1.0, -2.0], [1, 1, 0, 0], 0.95)
+        ddp = compare.auc_interval([0.9, 0.8, 0.7, 0.2, 0.1], [1, 1, 1, 0, 0], 0.95)  # 5 images, separated
+    assert one["value"] == 1.0 and one["ci_low"] is one["ci_high"] is None and "one image in a class" in one["note"]
+    for ci in (perfect, ddp):
+        assert ci["value"] == 1.0 and ci["ci_low"] is None and ci["ci_high"] is None
+        assert "separate the classes perfectly" in ci["note"]
+
+
+def test_paired_bootstrap_difference_is_stratified_and_reproducible(monkeypatch):
     rng = np.random.default_rng(3)
-    labels = np.r_[np.ones(30), np.zeros(30)].astype(int)
+    labels = np.r_[np.ones(8), np.zeros(52)].astype(int)
     good, weak = labels * 2.0 + rng.normal(size=60), labels * 0.3 + rng.normal(size=60)
     first = compare.bootstrap_auc_difference(good, weak, labels, 0.95, seed=7, n_resamples=500)
     assert first == compare.bootstrap_auc_difference(good, weak, labels, 0.95, seed=7, n_resamples=500)
     assert first["value"] == pytest.approx(roc_auc_score(labels, good) - roc_auc_score(labels, weak))
-    assert 0 < first["ci_low"] < first["value"] < first["ci_high"]
-    same = compare.bootstrap_auc_difference(good, good, labels, 0.95, seed=7, n_resamples=200)
-    assert same["value"] == same["ci_low"] == same["ci_high"] == 0
+    assert first["ci_low"] < first["value"] < first["ci_high"]
+    # stratified: every resample the AUCs are computed on holds exactly the 8 positives' and the
+    # 52 negatives' places, each drawn from its own class (an unstratified bootstrap draws 60
+    # images from all of them, so class sizes vary and classes mix)
+    seen = []
+    real = compare._mann_whitney_auc
+
+    def spy(positives, negatives):
+        seen.append((np.asarray(positives), np.asarray(negatives)))
+        return real(positives, negatives)
+
+    monkeypatch.setattr(compare, "_mann_whitney_auc", spy)
+    compare.bootstrap_auc_difference(good, weak, labels, 0.95, seed=7, n_resamples=300)
+    resampled = [(p, n) for p, n in seen if p.ndim == 2]
+    assert sum(len(p) for p, _ in resampled) >= 2 * 300  # both models, every resample
+    allowed_pos = set(good[labels == 1]) | set(weak[labels == 1])
+    allowed_neg = set(good[labels == 0]) | set(weak[labels == 0])
+    for positives, negatives in resampled:
+        assert positives.shape[-1] == 8 and negatives.shape[-1] == 52
+        assert set(positives.ravel()) <= allowed_pos and set(negatives.ravel()) <= allowed_neg
+    assert any(len(set(row)) < 8 for p, _ in resampled for row in p)  # drawn with replacement
+
+
+def test_a_difference_that_never_varies_has_no_interval():
+    labels = np.r_[np.ones(10), np.zeros(10)].astype(int)
+    s = labels + np.random.default_rng(0).normal(size=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = compare.bootstrap_auc_difference(s, s, labels, 0.95, seed=7, n_resamples=200)
+    assert same["value"] == 0 and same["ci_low"] is None and same["ci_high"] is None and "does not vary" in same["note"]
 
 
 def test_mcnemar_exact_and_honest_wording():

@@ -100,7 +100,7 @@ def test_markdown_report_for_a_human_reader():
     assert "## Evaluation" in text and "Hold-out validation set" in text
     assert "### Calibration" in text and "Brier score" in text
     assert "| 0.5 (primary, pre-specified) |" in text and "(exploratory)" in text
-    assert "## Comparison" in text and "| DeLong's test | z " in text
+    assert "## Comparison" in text and "| DeLong's test (delong) | z " in text
     assert "no evidence of a difference between resnet34 and resnet50" in text
     assert "does not show that they are equivalent" in text
 
@@ -123,3 +123,50 @@ def test_units_are_named_alike_everywhere_and_a_hold_out_has_no_fold():
     assert report.unit_name({"fold": None, "model": "resnet50"}) == "resnet50"  # never "fold None"
     assert crossval.Unit(None, "resnet34").name() == "resnet34" and crossval.Unit(0, "resnet34").name() == \
         "resnet34 fold 0"
+
+
+def test_a_degenerate_interval_is_na_with_its_reason_in_every_output():
+    """Five validation images, perfectly separated (the 2-rank DDP run): the AUC is 1.000 but
+    its interval is n/a with the reason, in report.json, report.md, report.html and the summary."""
+    import warnings
+
+    from gistnet.evidence import report_html
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy warning leaks
+        rep = build({"resnet34": model_result(3, 0, 2, 0)})
+        text, summary = report.markdown(rep), report.summary(rep)
+        html = report_html.render(rep, {})
+    auc = rep["models"]["resnet34"]["roc_auc"]
+    assert auc["value"] == 1.0 and auc["ci_low"] is None and auc["ci_high"] is None
+    reason = auc["note"]
+    assert "separate the classes perfectly" in reason
+    for shown in (text, summary, html):
+        assert "1.000-1.000" not in shown and "1.000 to 1.000" not in shown
+        assert f"interval n/a ({reason})" in shown
+    broken = copy.deepcopy(rep)
+    del broken["models"]["resnet34"]["roc_auc"]["note"]  # null bounds without a reason are refused
+    with pytest.raises(jsonschema.ValidationError):
+        report.validate(broken)
+
+
+def test_the_report_states_its_unit_of_analysis():
+    from gistnet.evidence import report_html
+
+    labels = np.repeat(np.r_[np.ones(14), np.zeros(15)], 3).astype(int)
+    scores = np.repeat(np.random.default_rng(0).normal(size=29), 3) + labels
+    patients = np.repeat([f"p{i}" for i in range(29)], 3)
+    m = model_result(12, 1, 14, 2)
+    m.update(evaluate.diagnostic_report(labels, 1 / (1 + np.exp(-scores)), "wilson", 0.95, scores=scores,
+                                        clusters=patients))
+    rep = build({"resnet34": m})
+    wanted = "per image, clustered by patient: 29 patients, 87 images"
+    assert rep["models"]["resnet34"]["unit_of_analysis"]["text"] == wanted
+    assert rep["models"]["resnet34"]["roc_auc"]["method"] == "obuchowski"
+    assert f"Unit of analysis: {wanted}." in report.markdown(rep)
+    assert f"Unit of analysis: {wanted}." in report_html.render(rep, {})
+    assert f"unit of analysis: {wanted}" in report.summary(rep)
+    broken = copy.deepcopy(rep)
+    del broken["models"]["resnet34"]["unit_of_analysis"]
+    with pytest.raises(jsonschema.ValidationError):
+        report.validate(broken)

@@ -44,7 +44,7 @@ def test_html_has_everything_report_md_has_and_embeds_every_figure():
             assert cell in html
         for metric in m["metrics"].values():
             assert report.percent_with_ci(metric) in html  # the same text as report.md
-        assert f"{m['roc_auc']['value']:.3f}, {m['roc_auc']['ci_low']:.3f}-{m['roc_auc']['ci_high']:.3f}" in html
+        assert f"{m['roc_auc']['value']:.3f}, {m['roc_auc']['ci_low']:.3f} to {m['roc_auc']['ci_high']:.3f}" in html
         assert m["checkpoint"]["sha256"] in html and f'id="model-{name}"' in html
     assert "Best model: resnet34" in html and "optimistic" in html
     assert html.count('src="data:image/png;base64,') == len(FIGURES)
@@ -111,7 +111,7 @@ def test_evidence_sections_render_when_present():
             "this does not show that they are equivalent</li>") in html
     assert "<li>Accuracy (McNemar): evidence that resnet34 and resnet50 differ (p = 0.0004 &lt; 0.05)</li>" in html
     assert html.count("no evidence of a difference") == 1  # each test worded once
-    assert "0.050 (-0.040&ndash;0.140)" in html
+    assert "0.050 (-0.040 to 0.140)" in html  # never "-0.040-0.140", which reads as one bound
 
 
 def test_kfold_grad_cam_galleries_of_every_fold_sit_with_their_model():

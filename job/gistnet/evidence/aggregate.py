@@ -37,6 +37,7 @@ class Pooled:
     probabilities: np.ndarray
     scores: np.ndarray
     youden: np.ndarray  # the threshold of the fold each image was validated in
+    clusters: list[str]  # patient id per image ("" without one): intervals cluster by patient
 
 
 def _pool(rows_by_unit: dict[Unit, list], results: dict[Unit, dict], positive: str) -> Pooled:
@@ -44,7 +45,7 @@ def _pool(rows_by_unit: dict[Unit, list], results: dict[Unit, dict], positive: s
     rows.sort(key=lambda pair: pair[0].key)
     return Pooled([r.key for r, _ in rows], np.array([r.label == positive for r, _ in rows], int),
                   np.array([r.probability for r, _ in rows]), np.array([r.score for r, _ in rows]),
-                  np.array([t for _, t in rows]))
+                  np.array([t for _, t in rows]), [r.patient_id for r, _ in rows])
 
 
 def _thresholds(pooled: Pooled, primary: dict, config: Config, kfold: bool) -> dict:
@@ -56,7 +57,8 @@ def _thresholds(pooled: Pooled, primary: dict, config: Config, kfold: bool) -> d
                     "metrics": primary["metrics"]},
         "youden": {"exploratory": True, "chosen_on": f"Youden's J on {chosen_on} (unaugmented), never on validation",
                    "values": sorted({float(t) for t in pooled.youden}), "confusion_matrix": cm,
-                   "metrics": stats.diagnostic_table(cm["tp"], cm["fp"], cm["tn"], cm["fn"], method, level)},
+                   "metrics": stats.diagnostic_metrics(pooled.labels, pooled.probabilities >= pooled.youden, method,
+                                                       level, pooled.clusters)},
     }
 
 
@@ -86,7 +88,7 @@ def _model_section(model_units: list[Unit], rows_by_unit: dict, results: dict, c
     pooled = _pool({u: rows_by_unit[u] for u in model_units}, results, config.data.positive_class)
     level = config.evaluate.confidence_level
     section = evaluate.diagnostic_report(pooled.labels, pooled.probabilities, config.evaluate.ci_method, level,
-                                         scores=pooled.scores)
+                                         scores=pooled.scores, clusters=pooled.clusters)
     section["calibration"] = calibration.calibration(pooled.labels, pooled.probabilities, pooled.scores)
     section["thresholds"] = _thresholds(pooled, section, config, kfold)
     if kfold:
@@ -109,7 +111,7 @@ def _comparison(names: list[str], pooled: dict[str, Pooled], config: Config) -> 
         return None  # not the same images yet (a missing unit): no paired comparison
     correct = tuple((p.probabilities >= 0.5).astype(int) == p.labels for p in (first, second))
     return compare.compare((names[0], names[1]), first.labels, (first.scores, second.scores), correct,
-                           config.evaluate.confidence_level, config.train.seed)
+                           config.evaluate.confidence_level, config.train.seed, clusters=first.clusters)
 
 
 def load_finished(out: Store, expected: list[Unit]) -> tuple[dict, dict]:

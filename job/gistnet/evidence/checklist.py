@@ -10,9 +10,36 @@ from __future__ import annotations
 
 from typing import Callable
 
-REFERENCES = ("CLAIM 2024: Tejani et al., Radiol Artif Intell 2024;6(4):e240300 (items named by topic). "
-              "TRIPOD+AI: Collins et al., BMJ 2024;385:e078378 (item numbers). "
-              "Check the wording and numbering against the form your journal asks for.")
+REFERENCES = ("CLAIM 2024: Tejani et al., Radiol Artif Intell 2024;6(4):e240300 (44 items, numbered as published). "
+              "TRIPOD+AI: Collins et al., BMJ 2024;385:e078378 (item numbers as in its table). "
+              "Check the wording against the form your journal asks for.")
+
+# The published CLAIM 2024 items (number -> topic, paraphrased); tests/evidence/test_checklist.py
+# holds an independent copy of the list to check this one against.
+CLAIM_2024 = {
+    1: "title or abstract identifies AI work", 2: "structured abstract", 3: "background, intended use, role of AI",
+    4: "objectives, hypotheses", 5: "prospective or retrospective", 6: "study goal", 7: "data sources",
+    8: "inclusion and exclusion criteria", 9: "data preprocessing", 10: "selection of data subsets",
+    11: "de-identification", 12: "missing data", 13: "image acquisition protocol",
+    14: "definition of the reference standard", 15: "rationale for the reference standard",
+    16: "annotators and their qualifications", 17: "annotation of the test set", 18: "inter- and intra-rater variability",
+    19: "assignment of data to partitions", 20: "level of separation between partitions",
+    21: "intended sample size", 22: "detailed model description", 23: "software libraries and frameworks",
+    24: "initialisation of model parameters", 25: "training details", 26: "selection of the final model",
+    27: "ensembling", 28: "performance metrics", 29: "statistical significance and uncertainty",
+    30: "robustness or sensitivity analysis", 31: "explainability or interpretability methods",
+    32: "evaluation on internal data", 33: "testing on external data", 34: "clinical-trial registration",
+    35: "numbers of patients or examinations included and excluded",
+    36: "demographic and clinical characteristics per partition", 37: "performance metrics with uncertainty",
+    38: "diagnostic accuracy estimates and their precision", 39: "failure analysis of incorrect results",
+    40: "limitations", 41: "implications for practice, intended use", 42: "where the full protocol is",
+    43: "availability of code, model and data", 44: "funding",
+}
+
+
+def claim(*numbers: int) -> str:
+    """CLAIM 2024 items by number, each with its topic: "#35 numbers of patients ..."."""
+    return "; ".join(f"#{n} {CLAIM_2024[n]}" for n in numbers) if numbers else "-"
 
 
 def _models(r: dict) -> dict:
@@ -28,24 +55,38 @@ def _counts(counts: dict) -> str:
 
 
 def _ci(m: dict) -> str:
+    """A value and its interval: "-0.029 (-0.075 to 0.011)"; "n/a (reason)" without bounds."""
     if m.get("value") is None:
         return "n/a"
-    return f"{m['value']:.3f} ({m['ci_low']:.3f}-{m['ci_high']:.3f})"
+    if m.get("ci_low") is None or m.get("ci_high") is None:
+        return f"{m['value']:.3f} (interval n/a: {m.get('note', 'not estimable')})"
+    return f"{m['value']:.3f} ({m['ci_low']:.3f} to {m['ci_high']:.3f})"
 
 
 def _data_source(r):
     return f"images read from `{r['dataset']['uri']}`; classes {_counts(r['dataset']['classes'])}"
 
 
+def _patients(ds: dict) -> str:
+    p = ds.get("patients")
+    if not p:
+        return "patients: unknown (no patient ids in a manifest)"
+    return (f"{p['patients']} patients ({p['images']} images with a patient id; images per patient median "
+            f"{p['median']:g}, range {p['min']}-{p['max']})")
+
+
 def _counts_item(r):
     ds = r["dataset"]
     used = (f"training {_counts(ds['train'])}; validation {_counts(ds['val'])}" if "train" in ds
             else f"{_counts(ds['images'])}, each validated once across the folds")
-    return f"{used}; {len(ds['skipped'])} image(s) skipped, each listed with its reason"
+    return f"{used}; {_patients(ds)}; {len(ds['skipped'])} image(s) skipped, each listed with its reason"
 
 
 def _split(r):
-    text = f"{r['dataset']['split_method']}, stratified by class, seed {_config(r, 'train').get('seed')}"
+    level = ("patient (every image of a patient in one part)" if r["dataset"].get("patients")
+             else "image (no patient ids)")
+    text = (f"{r['dataset']['split_method']}, stratified by class, seed {_config(r, 'train').get('seed')}; "
+            f"level of separation: {level}")
     evaluation = r.get("evaluation")
     if evaluation:
         folds = f", {evaluation['folds']} folds" if evaluation.get("folds") else ""
@@ -98,9 +139,10 @@ def _metrics(r):
     parts = []
     for name, m in _models(r).items():
         level = m.get("confidence_level", 0.95)
+        unit = m.get("unit_of_analysis", {}).get("text", "per image")
         parts.append(f"{name}: sensitivity {_ci(m['metrics']['sensitivity'])}, specificity "
                      f"{_ci(m['metrics']['specificity'])}, ROC AUC {_ci(m['roc_auc'])} ({level:.0%} CI, "
-                     f"{m['ci_method']}; AUC {m['roc_auc']['method']})")
+                     f"{m['ci_method']}; AUC {m['roc_auc']['method']}; {unit})")
     return "; ".join(parts)
 
 
@@ -108,8 +150,12 @@ def _calibration(r):
     found = {n: m["calibration"] for n, m in _models(r).items() if m.get("calibration")}
     if not found:
         return None
-    return "; ".join(f"{n}: " + ", ".join(f"{k} {_ci(v) if isinstance(v, dict) else f'{v:.3g}'}" for k, v in c.items()
-                                          if isinstance(v, (int, float, dict)) and not isinstance(v, bool))
+    def number(v):
+        return "n/a" if v is None else _ci(v) if isinstance(v, dict) else f"{v:.3g}"
+
+    return "; ".join(f"{n}: brier {number(c.get('brier'))}, calibration-in-the-large {number(c.get('intercept'))} "
+                     f"(intercept with the slope fixed at 1), calibration slope {number(c.get('slope'))} (joint "
+                     f"logistic fit)" + (f" [{c['note']}]" if c.get("note") else "")
                      for n, c in found.items())
 
 
@@ -124,6 +170,8 @@ def _comparison(r):
         parts.append(f"AUC difference {_ci(c['auc_difference'])}")
     if "mcnemar" in c:
         parts.append(f"McNemar p = {c['mcnemar'].get('p')}")
+    if c.get("unit_of_analysis"):
+        parts.append(c["unit_of_analysis"]["text"])
     return "; ".join(parts) or "present"
 
 
@@ -167,67 +215,103 @@ def _software(r):
             + (f", CUDA {env['cuda']}" if env.get("cuda") else "") + "; resolved configuration in `config.yaml`")
 
 
+def _ensembling(r):
+    return "none: each model is trained, scored and reported on its own"
+
+
 NOT_COMPUTED = "not in this report (this gistnet version or configuration does not compute it)"
 
-# (topic, CLAIM 2024 topic, TRIPOD+AI item, report.html anchor, report.json path, filler)
-JobItem = tuple[str, str, str, str, str, Callable[[dict], str | None]]
+
+def _kind(r: dict) -> str:
+    return "kfold" if (r.get("evaluation") or {}).get("method") == "kfold" else "holdout"
+
+
+# Where each item's evidence is in report.json: dotted paths, "<m>" for every model; a dict
+# gives the paths per evaluation kind (a k-fold run has no dataset.train or models.<m>.history).
+PATHS = {
+    "Data source": ["dataset.uri"],
+    "Counts": {"holdout": ["dataset.train", "dataset.val", "dataset.skipped"],
+               "kfold": ["dataset.images", "dataset.skipped"]},
+    "Split": ["dataset.split_method", "evaluation.method"],
+    "Preprocessing": ["config.data"],
+    "Augmentation": {"holdout": ["dataset.train_augmented", "config.augmentation"], "kfold": ["config.augmentation"]},
+    "Model": ["config.train.models", "config.train.init_weights"],
+    "Ensembling": ["config.train.models"],
+    "Training": {"holdout": ["models.<m>.history", "config.train"], "kfold": ["models.<m>.folds", "config.train"]},
+    "Selection of the final model": ["best_model", "selection"],
+    "Cross-validation": ["evaluation", "models.<m>.folds", "models.<m>.across_folds"],
+    "Metrics with confidence intervals": ["models.<m>.metrics", "models.<m>.roc_auc", "models.<m>.unit_of_analysis"],
+    "Calibration": ["models.<m>.calibration"],
+    "Comparison of the models": ["comparison"],
+    "Model output and thresholds": ["models.<m>.thresholds"],
+    "Explainability": ["models.<m>.explain"],
+    "Failure analysis": ["models.<m>.confusion_matrix"],
+    "Class imbalance": {"holdout": ["dataset.train"], "kfold": ["dataset.images"]},
+    "Software versions": ["environment", "gistnet_version"],
+}
+
+# (topic, CLAIM 2024 item numbers, TRIPOD+AI items, report.html anchor, filler)
+JobItem = tuple[str, tuple[int, ...], str, str, Callable[[dict], str | None]]
 JOB_ITEMS: list[JobItem] = [
-    ("Data source", "Data sources", "5a", "dataset", "dataset.uri", _data_source),
-    ("Counts", "Flow of data / cases in each partition", "20a, 21", "dataset", "dataset.train, dataset.val",
-     _counts_item),
-    ("Split", "How data were assigned to partitions; level at which they are disjoint", "12a", "dataset",
-     "dataset.split_method, evaluation", _split),
-    ("Preprocessing", "Data preprocessing steps", "7", "software", "config.data", _preprocessing),
-    ("Augmentation", "Data preprocessing; training details", "7, 12c", "fig-augmentation_examples",
-     "dataset.train_augmented, config.augmentation", _augmentation),
-    ("Model", "Detailed description of the model; initialisation of model parameters", "12c", "software",
-     "config.train.models, config.train.init_weights", _model),
-    ("Training", "Details of the training approach", "12c", "fig-training_curves", "models.<m>.history, config.train",
-     _training),
-    ("Selection of the final model", "Method of selecting the final model", "12c", "summary", "best_model, selection",
-     _selection),
-    ("Cross-validation", "Robustness or sensitivity analysis", "12a, 23b", "evaluation", "evaluation, models.<m>.folds",
-     _folds),
-    ("Metrics with confidence intervals", "Metrics of model performance; estimates of diagnostic accuracy and their "
-     "precision", "12e, 23a", "summary", "models.<m>.metrics, models.<m>.roc_auc", _metrics),
-    ("Calibration", "Metrics of model performance", "12e, 23a", "model-{model}-calibration", "models.<m>.calibration",
-     _calibration),
-    ("Comparison of the models", "Statistical measures of significance and uncertainty", "12e", "comparison",
-     "comparison", _comparison),
-    ("Model output and thresholds", "Metrics of model performance", "15", "model-{model}-confusion",
-     "models.<m>.threshold, models.<m>.thresholds", _thresholds),
-    ("Explainability", "Methods for explainability or interpretability", "-", "model-{model}-explain",
-     "models.<m>.explain", _explain),
-    ("Failure analysis", "Failure analysis of incorrectly classified cases", "-", "model-{model}-confusion",
-     "models.<m>.confusion_matrix, gradcam-<m>.png", _failures),
-    ("Class imbalance", "-", "13", "dataset", "dataset.train", _imbalance),
-    ("Software versions", "Software libraries, frameworks and packages", "18f (with the code)", "software",
-     "environment, gistnet_version", _software),
+    ("Data source", (7,), "5a", "dataset", _data_source),
+    ("Counts", (35,), "20a, 21", "dataset", _counts_item),
+    ("Split", (19, 20), "12a", "dataset", _split),
+    ("Preprocessing", (9,), "7", "software", _preprocessing),
+    ("Augmentation", (25,), "7, 12c", "fig-augmentation_examples", _augmentation),
+    ("Model", (22, 24), "12c", "software", _model),
+    ("Ensembling", (27,), "12c", "software", _ensembling),
+    ("Training", (25,), "12c", "fig-training_curves", _training),
+    ("Selection of the final model", (26,), "12c", "summary", _selection),
+    ("Cross-validation", (32,), "12a, 12c", "evaluation", _folds),
+    ("Metrics with confidence intervals", (28, 29, 37, 38), "12e, 23a", "summary", _metrics),
+    ("Calibration", (28,), "12e, 23a", "model-{model}-calibration", _calibration),
+    ("Comparison of the models", (29,), "12e", "comparison", _comparison),
+    ("Model output and thresholds", (28,), "15", "model-{model}-thresholds", _thresholds),
+    ("Explainability", (31,), "-", "model-{model}-explain", _explain),
+    ("Failure analysis", (39,), "-", "model-{model}-confusion", _failures),
+    ("Class imbalance", (), "13", "dataset", _imbalance),
+    ("Software versions", (23,), "18f (with the code)", "software", _software),
 ]
 
-# (topic, CLAIM 2024 topic, TRIPOD+AI item): what only the authors know.
+# (topic, CLAIM 2024 item numbers, TRIPOD+AI items): what only the authors know.
 AUTHOR_ITEMS = [
-    ("Title and abstract", "Title; abstract", "1, 2"),
-    ("Clinical background, intended use and users", "Background; intended use and clinical role", "3a, 3b"),
-    ("Objectives and study design (retrospective or prospective; study goal)", "Study objectives; study design", "4"),
-    ("Setting, centres and dates of image acquisition", "Data sources (setting, dates)", "5b, 6a"),
-    ("Eligibility criteria of patients and images; consecutive or convenience series", "Eligibility criteria", "6b"),
-    ("Reference standard (histopathology, immunohistochemistry) and who labelled the images",
-     "Reference standard; annotators; annotation tools; inter-rater variability", "8a-8c"),
-    ("Equipment and acquisition protocol (EUS scanner, frequency)", "Image acquisition", "5a"),
-    ("De-identification of the images", "De-identification methods", "-"),
-    ("Missing data and excluded cases before gistnet", "Missing data", "11"),
-    ("Sample size rationale", "Intended sample size", "10"),
-    ("Patient demographics and clinical characteristics per partition", "Demographic and clinical characteristics",
-     "20b"),
-    ("Health inequalities and fairness across patient groups", "-", "3c, 14"),
-    ("External (independent) test set", "Evaluation on external data", "-"),
-    ("Interpretation, limitations and implications for practice", "Limitations; implications for practice", "25-27"),
-    ("Ethics approval and consent", "-", "17"),
-    ("Registration, protocol, funding, conflicts of interest", "Registration; protocol; funding", "18a-18d"),
-    ("Data and code availability", "Availability of data and code", "18e, 18f"),
-    ("Patient and public involvement", "-", "19"),
+    ("Title and abstract", (1, 2), "1, 2"),
+    ("Clinical background, intended use and users", (3,), "3a, 3b"),
+    ("Objectives and study design (retrospective or prospective; study goal)", (4, 5, 6), "4"),
+    ("Setting, centres and dates of image acquisition", (7,), "5a, 5b, 6a"),
+    ("Eligibility criteria of patients and images; selection of data subsets; consecutive or convenience series",
+     (8, 10), "6b"),
+    ("Reference standard (histopathology, immunohistochemistry) and who labelled the images", (14, 15, 16, 17, 18),
+     "8a-8c"),
+    ("Equipment and acquisition protocol (EUS scanner, frequency)", (13,), "9b"),
+    ("De-identification of the images", (11,), "-"),
+    ("Missing data and excluded cases before gistnet", (12,), "11"),
+    ("Sample size rationale", (21,), "10"),
+    ("Patient demographics and clinical characteristics per partition", (36,), "20b"),
+    ("Heterogeneity of performance across centres or other clusters", (), "12d, 23b"),
+    ("Health inequalities and fairness across patient groups", (), "3c, 14"),
+    ("Robustness or sensitivity analysis (other scanners, operators, image quality)", (30,), "-"),
+    ("External (independent) test set", (33,), "16"),
+    ("Interpretation, limitations and implications for practice", (40, 41), "25, 26, 27a-27c"),
+    ("Ethics approval and consent", (), "17"),
+    ("Registration, protocol, funding, conflicts of interest", (34, 42, 44), "18a-18d"),
+    ("Data, model and code availability", (43,), "18e, 18f"),
+    ("Patient and public involvement", (), "19"),
 ]
+
+
+def paths(topic: str, r: dict) -> list[str]:
+    """The report.json paths of an item for report ``r``: ``models.<m>.<section>`` once per model
+    that has the section (e.g. only the models whose Grad-CAM ran have ``explain``)."""
+    spec = PATHS[topic]
+    out = []
+    for p in spec[_kind(r)] if isinstance(spec, dict) else spec:
+        if "<m>" not in p:
+            out.append(p)
+            continue
+        section = p.split(".")[2]
+        out += [p.replace("<m>", m) for m, body in _models(r).items() if section in body]
+    return out
 
 
 def _anchor(template: str, r: dict) -> str:
@@ -250,13 +334,16 @@ def markdown(r: dict) -> str:
         "| item | CLAIM 2024 | TRIPOD+AI | what this run did | where |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for topic, claim, tripod, anchor, path, fill in JOB_ITEMS:
+    for topic, numbers, tripod, anchor, fill in JOB_ITEMS:
         value = fill(r)
-        text = value if value is not None else NOT_COMPUTED
-        lines.append(f"| {topic} | {claim} | {tripod} | {_cell(text)} | `report.html#{_anchor(anchor, r)}`, "
-                     f"`report.json`: `{path}` |")
+        if value is None:
+            lines.append(f"| {topic} | {claim(*numbers)} | {tripod} | {NOT_COMPUTED} | - |")
+            continue
+        where = ", ".join(f"`{p}`" for p in paths(topic, r))
+        lines.append(f"| {topic} | {claim(*numbers)} | {tripod} | {_cell(value)} | `report.html#{_anchor(anchor, r)}`, "
+                     f"`report.json`: {where} |")
     lines += ["", "## To be filled by the authors", "", "| item | CLAIM 2024 | TRIPOD+AI |", "| --- | --- | --- |"]
-    lines += [f"| {topic} | {claim} | {tripod} |" for topic, claim, tripod in AUTHOR_ITEMS]
+    lines += [f"| {topic} | {claim(*numbers)} | {tripod} |" for topic, numbers, tripod in AUTHOR_ITEMS]
     return "\n".join(lines) + "\n"
 
 

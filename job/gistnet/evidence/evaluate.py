@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, roc_curve
 
+from gistnet.evidence import clustered
 from gistnet.evidence import compare
 from gistnet.evidence import stats
 
@@ -58,9 +59,12 @@ def confusion(labels, probabilities, threshold: float = 0.5) -> dict:
 
 
 def diagnostic_report(labels, probabilities, ci_method: str, level: float, threshold: float = 0.5,
-                      scores=None) -> dict:
+                      scores=None, clusters=None) -> dict:
     """Confusion matrix, the five metrics with intervals, and ROC AUC with DeLong's interval
-    (ranked by ``scores``, the logit margins of ``predict``; the probabilities when none are given)."""
+    (ranked by ``scores``, the logit margins of ``predict``; the probabilities when none are given).
+
+    ``clusters``: patient ids aligned with the images; when a patient has several images every
+    interval is clustered by patient. ``unit_of_analysis`` says which applied."""
     y = _numpy(labels).astype(int)
     p = _numpy(probabilities, np.float64)
     s = p if scores is None else _numpy(scores, np.float64)
@@ -70,8 +74,9 @@ def diagnostic_report(labels, probabilities, ci_method: str, level: float, thres
         "confusion_matrix": cm,
         "ci_method": ci_method,
         "confidence_level": level,
-        "metrics": stats.diagnostic_table(cm["tp"], cm["fp"], cm["tn"], cm["fn"], ci_method, level),
-        "roc_auc": compare.auc_interval(s, y, level),
+        "unit_of_analysis": clustered.unit_of_analysis(clusters, len(y)),
+        "metrics": stats.diagnostic_metrics(y, p >= threshold, ci_method, level, clusters),
+        "roc_auc": compare.auc_interval(s, y, level, clusters),
     }
 
 

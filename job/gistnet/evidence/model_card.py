@@ -6,7 +6,7 @@ from the run's report so every number in it is the report's."""
 from __future__ import annotations
 
 from gistnet.evidence import stats
-from gistnet.evidence.report import percent_with_ci
+from gistnet.evidence.report import interval_words, percent_with_ci
 
 CARD = "model_card.md"
 
@@ -72,6 +72,7 @@ def _training_data(report: dict) -> str:
         f"- Training images: {_counts(ds['train'])}; after augmentation ({ds.get('augmentation_mode')}): "
         f"{_counts(ds['train_augmented'])}",
         f"- Validation images: {_counts(ds['val'])}",
+        f"- Patients: {images_per_patient(ds)}",
         f"- Images skipped as unusable: {len(ds['skipped'])} (listed in `report.json`)",
         "",
     ])
@@ -121,7 +122,8 @@ def _evaluation(m: dict) -> str:
     auc = m["roc_auc"]
     rows = [f"| {k} | {percent_with_ci(m['metrics'][k])} |" for k in stats.METRICS]
     if auc["value"] is not None:
-        rows.append(f"| ROC AUC | {auc['value']:.3f} ({auc['ci_low']:.3f}-{auc['ci_high']:.3f}) |")
+        rows.append(f"| ROC AUC | {auc['value']:.3f} ({interval_words(auc)}) |")
+    unit = m.get("unit_of_analysis", {}).get("text")
     return "\n".join([
         "## Evaluation",
         "",
@@ -134,7 +136,7 @@ def _evaluation(m: dict) -> str:
         "",
         f"How the intervals are estimated: binomial {m['ci_method']} intervals (statsmodels) for the five "
         f"proportions; a {_AUC_METHODS.get(auc['method'], auc['method'])} interval for the ROC AUC. "
-        "A metric with no cases is n/a.",
+        "A metric with no cases is n/a." + (f" Unit of analysis: {unit}." if unit else ""),
         "",
     ])
 
@@ -151,11 +153,37 @@ def _limitations(report: dict, name: str, m: dict) -> str:
         "measure of what is known.",
         f"- {selection}.",
         "- One data source: performance on other hospitals, scanners, frequencies or operators is unknown.",
-        "- One image per lesion as in the paper; the probabilities are not calibrated.",
+        f"- Images per patient: {images_per_patient(report['dataset'])}.",
+        f"- {measured_calibration(m)}",
         "- If the training data were synthetic (`gistnet synth`), this model says nothing about real patients.",
         "",
     ]
     return "\n".join(lines)
+
+
+def images_per_patient(ds: dict) -> str:
+    """Counted from the manifest's patient ids; "unknown" without them."""
+    p = ds.get("patients")
+    if not p:
+        return ("unknown (no patient ids in a manifest): if a patient contributed several images, the images are "
+                "not independent and the intervals above are too narrow")
+    spread = (f"{p['median']:g} (median; range {p['min']}-{p['max']})" if p["max"] > 1 else "1 for every patient")
+    return f"{spread} over {p['patients']} patients, counted from the manifest's patient ids"
+
+
+def measured_calibration(m: dict) -> str:
+    """The calibration this run measured on its validation predictions."""
+    c = m.get("calibration")
+    if not c:
+        return "Calibration: not measured in this run."
+
+    def num(v):
+        return "n/a" if v is None else f"{v:.2f}"
+
+    text = (f"Calibration measured on the validation predictions: Brier score {c['brier']:.3f}, "
+            f"calibration-in-the-large {num(c.get('intercept'))} (ideal 0; above 0 the model under-predicts), "
+            f"calibration slope {num(c.get('slope'))} (ideal 1; below 1 over-confident).")
+    return text + (f" Note: {c['note']}." if c.get("note") else "")
 
 
 def _reproduce(report: dict, name: str) -> str:

@@ -38,11 +38,13 @@ class Prediction:
 
 
 def scores_from_probabilities(probabilities) -> np.ndarray:
-    """The logit margin log(p / (1 - p)), in float64, from P(positive).
+    """log(p / (1 - p)), in float64, from P(positive) clipped to [1e-12, 1 - 1e-12].
 
-    For a two-class softmax this equals logit[1] - logit[0] exactly, up to the float32
-    rounding of ``p``. It is the one place to switch once ``evaluate.predict`` returns the
-    margins themselves.
+    For a two-class softmax this recovers logit[1] - logit[0] only while ``p`` is not
+    saturated: a float32 probability reaches exactly 1.0 near a margin of 17, and every larger
+    margin then maps to the same 27.63 (the clip). So the scores gistnet ranks on (training's
+    ``evaluate.predict``, ``predict`` in torch and ONNX) are the logit margins themselves;
+    this is for probabilities from elsewhere only.
     """
     p = np.clip(np.asarray(probabilities, dtype=np.float64), _PROBABILITY_EPS, 1 - _PROBABILITY_EPS)
     return np.log(p) - np.log1p(-p)

@@ -89,8 +89,9 @@ def summary(report: dict) -> str:
         auc = m["roc_auc"]
         cm = m["confusion_matrix"]
         lines.append(f"-- {name}: TP {cm['tp']} FN {cm['fn']} TN {cm['tn']} FP {cm['fp']}"
-                     + (f", ROC AUC {auc['value']:.3f} ({auc['ci_low']:.3f}-{auc['ci_high']:.3f})"
-                        if auc["value"] is not None else ""))
+                     + (f", ROC AUC {auc['value']:.3f} ({interval_words(auc)})" if auc["value"] is not None else ""))
+        if m.get("unit_of_analysis"):
+            lines.append(f"   unit of analysis: {m['unit_of_analysis']['text']}")
         lines.append(stats.format_table(m["metrics"]))
     if report.get("comparison"):
         lines += report["comparison"]["interpretation"]
@@ -104,8 +105,25 @@ def _counts(counts: dict) -> str:
 def percent_with_ci(m: dict) -> str:
     if m["value"] is None:
         return "n/a (no cases)"
+    if m["ci_low"] is None:
+        return (f"{m['value'] * 100:.2f}% ({m['numerator']}/{m['denominator']}), "
+                f"interval n/a ({m.get('note', 'not estimable')})")
     return (f"{m['value'] * 100:.2f}% ({m['numerator']}/{m['denominator']}), "
             f"{m['ci_low'] * 100:.2f}-{m['ci_high'] * 100:.2f}%")
+
+
+def interval_words(m: dict, fmt: str = ".3f") -> str:
+    """The bounds of an interval ("0.672 to 0.995"), or "interval n/a (reason)"."""
+    if m.get("ci_low") is None or m.get("ci_high") is None:
+        return f"interval n/a ({m.get('note', 'not estimable')})"
+    return stats.interval_text(m["ci_low"], m["ci_high"], fmt)
+
+
+def auc_text(auc: dict) -> str:
+    """ROC AUC with its interval and method, or n/a with the reason."""
+    if auc["value"] is None:
+        return f"n/a ({auc.get('note', 'one class only')})"
+    return f"{auc['value']:.3f}, {interval_words(auc)} ({auc['method']})"
 
 
 def _num(value, fmt: str = ".3f") -> str:
@@ -148,8 +166,9 @@ def _model_lines(name: str, m: dict, level: float, positive: str, negative: str)
         "| --- | --- |",
     ]
     lines += [f"| {k} | {percent_with_ci(m['metrics'][k])} |" for k in stats.METRICS]
-    if auc["value"] is not None:
-        lines.append(f"| ROC AUC | {auc['value']:.3f}, {auc['ci_low']:.3f}-{auc['ci_high']:.3f} ({auc['method']}) |")
+    lines.append(f"| ROC AUC | {auc_text(auc)} |")
+    if m.get("unit_of_analysis"):
+        lines += ["", f"Unit of analysis: {m['unit_of_analysis']['text']}."]
     lines += [""] + _calibration_lines(m["calibration"]) + _threshold_lines(m["thresholds"])
     if "folds" in m:
         lines += _fold_lines(m)
@@ -159,13 +178,19 @@ def _model_lines(name: str, m: dict, level: float, positive: str, negative: str)
 
 
 def _calibration_lines(c: dict) -> list[str]:
-    lines = ["### Calibration", "",
-             f"Brier score {c['brier']:.3f} (0 is perfect; 0.25 is what always answering 50% scores); "
-             f"calibration intercept {_num(c['intercept'], '.2f')} (ideal 0), slope {_num(c['slope'], '.2f')} "
-             f"(ideal 1; below 1: over-confident) by {c['method']}."]
+    lines = ["### Calibration", "", calibration_sentence(c)]
     if c["note"]:
         lines.append(f"Note: {c['note']}.")
     return lines + [""]
+
+
+def calibration_sentence(c: dict) -> str:
+    """Brier score, calibration-in-the-large and slope, saying which intercept it is."""
+    text = (f"Brier score {c['brier']:.3f} (0 is perfect; 0.25 is what always answering 50% scores); "
+            f"calibration-in-the-large {_num(c['intercept'], '.2f')} (the intercept with the slope fixed at 1; "
+            f"ideal 0, above 0: under-predicts), calibration slope {_num(c['slope'], '.2f')} (joint logistic fit; "
+            f"ideal 1, below 1: over-confident), by {c['method']}.")
+    return text + (f" References: {c['citation']}." if c.get("citation") else "")
 
 
 def _threshold_lines(t: dict) -> list[str]:
@@ -202,13 +227,15 @@ def _comparison_lines(c: dict | None) -> list[str]:
     first, second = c["models"]
     d, diff, mc = c["delong"], c["auc_difference"], c["mcnemar"]
     lines = ["## Comparison", "",
-             f"{first} vs {second} on the same {c['n_images']} images.", "",
+             f"{first} vs {second} on the same {c['n_images']} images"
+             + (f" ({c['unit_of_analysis']['text']})" if c.get("unit_of_analysis") else "") + ".", "",
              "| test | result |", "| --- | --- |",
              f"| ROC AUC difference ({first} - {second}) | {diff['value']:+.3f}, {c['confidence_level']:.0%} CI "
-             f"{diff['ci_low']:+.3f} to {diff['ci_high']:+.3f} ({diff['method']}) |",
-             f"| DeLong's test | z {_num(d['z'], '.2f')}, p {_num(d['p'], '.3g')} |",
-             f"| McNemar's exact test (0.5 threshold) | {mc['only_first_correct']} images only {first} got right, "
-             f"{mc['only_second_correct']} only {second}; p {mc['p']:.3g} |", ""]
+             f"{interval_words(diff, '+.3f')} ({diff['method']}) |",
+             f"| DeLong's test ({d.get('method', 'delong')}) | z {_num(d['z'], '.2f')}, p {_num(d['p'], '.3g')}"
+             + (f" ({d['note']})" if d.get("note") else "") + " |",
+             f"| McNemar's test, {mc.get('method', 'exact (binomial)')} (0.5 threshold) | {mc['only_first_correct']} "
+             f"images only {first} got right, {mc['only_second_correct']} only {second}; p {mc['p']:.3g} |", ""]
     return lines + [f"- {text}" for text in c["interpretation"]] + [""]
 
 

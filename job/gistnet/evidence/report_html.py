@@ -33,7 +33,8 @@ def _environment():
     env = jinja2.Environment(loader=jinja2.PackageLoader("gistnet", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(pct=percent, num=number, pvalue=p_value, datauri=png_data_uri, label=label, sentence=sentence,
-                       unit=report_module.unit_name)
+                       unit=report_module.unit_name, interval=report_module.interval_words,
+                       auc=report_module.auc_text, calibration=report_module.calibration_sentence)
     return env
 
 

@@ -3,7 +3,8 @@ ONNX Runtime scorer ``gistnet predict --engine onnx`` uses.
 
 The exported graph is ``trained.Scorer``: it takes the uint8 N x 3 x S x S images that
 ``dataset.decode_image`` produces and returns the softmax probabilities N x 2 (column 1
-the positive class), so training's normalisation travels inside the file. The batch axis
+the positive class) and, as a second output, the logits N x 2 (``predict`` ranks on their
+difference, which does not saturate), so training's normalisation travels inside the file. The batch axis
 is dynamic. The exporter is torch's ``torch.export``-based one (``dynamo=True``, the
 default since torch 2.9; it needs onnxscript): the TorchScript exporter is deprecated.
 
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 ONNX_FILE = "model.onnx"
 SIDECAR = "model.onnx.json"
 OPSET = 18
-INPUT, OUTPUT = "images", "probabilities"
+INPUT, OUTPUT, LOGITS = "images", "probabilities", "logits"
 TOLERANCE = 1e-4  # max abs difference of probabilities, ONNX Runtime vs torch
 
 
@@ -53,6 +54,8 @@ def export_onnx(model: trained_mod.TrainedModel, scratch: str, opset: int = OPSE
                                                       "shape": ["batch", 3, model.image_size, model.image_size]},
             "output": {"name": OUTPUT, "dtype": "float32", "shape": ["batch", 2],
                        "columns": [model.class_names[1], model.class_names[0]]},
+            "logits": {"name": LOGITS, "dtype": "float32", "shape": ["batch", 2],
+                       "columns": [model.class_names[1], model.class_names[0]]},
             "run_id": model.run_id, "model": model.name, "weights_sha256": model.sha256,
             "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
             "gistnet_version": gistnet.__version__,
@@ -65,10 +68,23 @@ def export_onnx(model: trained_mod.TrainedModel, scratch: str, opset: int = OPSE
     return sidecar
 
 
+class _Graph(torch.nn.Module):
+    """What the file computes: ``Scorer``'s probabilities and the logits behind them."""
+
+    def __init__(self, scorer: torch.nn.Module):
+        super().__init__()
+        self.scorer = scorer
+
+    def forward(self, images: torch.Tensor):
+        logits = self.scorer.logits(images)
+        return logits.softmax(dim=1), logits
+
+
 def _export(scorer: torch.nn.Module, size: int, path: Path, opset: int) -> None:
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
-    program = torch.onnx.export(scorer, (example,), dynamo=True, opset_version=opset, input_names=[INPUT],
-                                output_names=[OUTPUT], dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+    program = torch.onnx.export(_Graph(scorer).eval(), (example,), dynamo=True, opset_version=opset, input_names=[INPUT],
+                                output_names=[OUTPUT, LOGITS],
+                                dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
                                 external_data=False, verbose=False)
     program.save(str(path), external_data=False)
 
@@ -122,6 +138,9 @@ class OnnxScorer:
         if meta.get("gistnet.image_size") != str(model.image_size):
             raise ModelError(f"{where} expects {meta.get('gistnet.image_size')} px images, the run "
                              f"{model.image_size} px; run gistnet export again")
+        if LOGITS not in {o.name for o in self._session.get_outputs()}:
+            raise ModelError(f"{where} has no {LOGITS} output (exported by an older gistnet): predict ranks on the "
+                             "logits; run gistnet export again")
         self.providers = self._session.get_providers()
 
     @staticmethod
@@ -140,9 +159,10 @@ class OnnxScorer:
         options.log_severity_level = 3
         return ort.InferenceSession(path, sess_options=options, providers=providers)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images -> P(positive), like ``Scorer`` but on ONNX Runtime."""
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images -> (P(positive), logit margin positive - negative), like ``Scorer`` but on
+        ONNX Runtime."""
         # The loader holds grayscale data sets as one channel; the graph takes three, as documented.
         images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-        out = self._session.run([OUTPUT], {INPUT: np.ascontiguousarray(images.cpu().numpy())})[0]
-        return torch.from_numpy(out[:, 1].copy())
+        probabilities, logits = self._session.run([OUTPUT, LOGITS], {INPUT: np.ascontiguousarray(images.cpu().numpy())})
+        return torch.from_numpy(probabilities[:, 1].copy()), torch.from_numpy(logits[:, 1] - logits[:, 0])

@@ -59,6 +59,7 @@ class Scored:
     labels: list[int] = field(default_factory=list)
     patient_ids: list[str] = field(default_factory=list)
     probabilities: list[torch.Tensor] = field(default_factory=list)
+    margins: list[torch.Tensor] = field(default_factory=list)  # logit positive - negative: the ranking score
     unusable: list[dict] = field(default_factory=list)
 
 
@@ -108,8 +109,9 @@ def _predict(request: Request, cfg: Config, metrics: PredictMetrics, stats: Tran
         log.warning("unusable %s: %s", s["uri"], s["reason"])
 
     probabilities = torch.cat(scored.probabilities).float().cpu()
-    evaluation = _evaluate(scored, probabilities, model, threshold) if labeled else None
-    result = _document(request, model, data, scored, probabilities, threshold, evaluation, device, labeled)
+    margins = torch.cat(scored.margins).double().cpu()
+    evaluation = _evaluate(scored, probabilities, margins, model, threshold) if labeled else None
+    result = _document(request, model, data, scored, probabilities, margins, threshold, evaluation, device, labeled)
     out.write_bytes("predictions.csv", _csv(result).encode())
     out.write_bytes("predictions.json", json.dumps(result, indent=1).encode())  # last: marks the output complete
     log.info("predictions: %s", out.uri_of("predictions.json"))
@@ -118,7 +120,8 @@ def _predict(request: Request, cfg: Config, metrics: PredictMetrics, stats: Tran
 
 
 def _scorer(model: trained_mod.TrainedModel, request: Request, device: torch.device, scratch: str):
-    """P(positive) for a uint8 batch: torch (weights checked against the report) or ONNX Runtime."""
+    """(P(positive), logit margin) for a uint8 batch: torch (weights checked against the report)
+    or ONNX Runtime."""
     if request.engine == "onnx":
         from gistnet.serving.export import OnnxScorer
 
@@ -129,8 +132,9 @@ def _scorer(model: trained_mod.TrainedModel, request: Request, device: torch.dev
     scorer = trained_mod.Scorer(network, device).eval()
 
     @torch.no_grad()
-    def score(images: torch.Tensor) -> torch.Tensor:
-        return scorer(images.to(device))[:, 1]
+    def score(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = scorer.logits(images.to(device))
+        return logits.softmax(dim=1)[:, 1], logits[:, 1] - logits[:, 0]
 
     return score
 
@@ -152,27 +156,33 @@ def _score_chunk(items: list[dataset.Labeled], data: Store, data_cfg, score, bat
 
         images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
         for begin in range(0, len(images), batch_size):
-            scored.probabilities.append(score(images[begin:begin + batch_size]).float().cpu())
+            probabilities, margins = score(images[begin:begin + batch_size])
+            scored.probabilities.append(probabilities.float().cpu())
+            scored.margins.append(margins.double().cpu())
         scored.keys += [k.key for k in kept]
         scored.labels += [k.label for k in kept]
         scored.patient_ids += [k.patient_id for k in kept]
     metrics.chunk_scored(model_name, len(kept), time.perf_counter() - started, len(unusable))
 
 
-def _evaluate(scored: Scored, probabilities: torch.Tensor, model: trained_mod.TrainedModel, threshold: float) -> dict:
-    """The run's diagnostic table (same CI method and level) on the labeled images."""
+def _evaluate(scored: Scored, probabilities: torch.Tensor, margins: torch.Tensor, model: trained_mod.TrainedModel,
+              threshold: float) -> dict:
+    """The run's diagnostic table (same CI method and level) on the labeled images: calls by the
+    probability, ROC AUC ranked on the logit margins, intervals clustered by patient when the
+    manifest gives a patient several images."""
     ev = model.config.evaluate
     labels = torch.tensor(scored.labels, dtype=torch.long)
-    table = evaluate.diagnostic_report(labels, probabilities, ev.ci_method, ev.confidence_level, threshold)
+    table = evaluate.diagnostic_report(labels, probabilities, ev.ci_method, ev.confidence_level, threshold,
+                                       scores=margins, clusters=scored.patient_ids)
     table["counts"] = dataset.class_counts(labels, model.class_names)
     return table
 
 
 def _document(request: Request, model: trained_mod.TrainedModel, data: Store, scored: Scored,
-              probabilities: torch.Tensor, threshold: float, evaluation: dict | None, device: torch.device,
-              labeled: bool) -> dict:
+              probabilities: torch.Tensor, margins: torch.Tensor, threshold: float, evaluation: dict | None,
+              device: torch.device, labeled: bool) -> dict:
     positive, negative = model.class_names
-    scores = predictions.scores_from_probabilities(probabilities.numpy())
+    scores = margins.numpy()
     rows = []
     for i, key in enumerate(scored.keys):
         p = float(probabilities[i])
@@ -190,6 +200,8 @@ def _document(request: Request, model: trained_mod.TrainedModel, data: Store, sc
         "engine": request.engine, "device": device.type, "data_uri": redact(data.uri),
         "positive_class": positive, "negative_class": negative,
         "probability": f"P({positive}) after the run's preprocessing ({model.image_size} px)",
+        "score": f"the logit margin logit({positive}) - logit({negative}): ranks the images (ROC AUC) where the "
+                 "probability saturates at 0 or 1",
         "threshold": threshold,
         "threshold_source": "--threshold" if request.threshold is not None else "the run's pre-specified threshold",
         "counts": {"scored": len(rows), "unusable": len(scored.unusable)},

@@ -125,5 +125,9 @@ class Scorer(torch.nn.Module):
         self.model = model
         self.preprocess = train.Preprocess(device)
 
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The fp32 logits N x 2: their difference ranks images where the softmax saturates."""
+        return self.model(self.preprocess(images)).float()
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(self.preprocess(images)).float().softmax(dim=1)
+        return self.logits(images).softmax(dim=1)
