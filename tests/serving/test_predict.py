@@ -105,6 +105,7 @@ CFG = load_config(None, environ={})
     ("no usable image", errors.DataError, "no usable images under"),
     ("onnx not exported", errors.ModelError, "model.onnx does not exist"),
     ("onnx of another model", errors.ModelError, "was exported from other weights"),
+    ("onnx without its sidecar", errors.ModelError, "model.onnx.json does not exist"),
 ])
 def test_unusable_model_or_data_fails_before_anything_is_written(case, error, fragment, tiny_runs, exported_run,
                                                                  tiny_data, tmp_path):
@@ -132,10 +133,37 @@ def test_unusable_model_or_data_fails_before_anything_is_written(case, error, fr
         kw["engine"] = "onnx"
     elif case == "onnx of another model":
         kw["engine"] = "onnx"
-        shutil.copyfile(exported_run / "resnet34" / "model.onnx", run / "resnet34" / "model.onnx")
+        for name in ("model.onnx", "model.onnx.json"):
+            shutil.copyfile(exported_run / "resnet34" / name, run / "resnet34" / name)
+    elif case == "onnx without its sidecar":
+        kw["engine"] = "onnx"
+        run = copy_run(exported_run, tmp_path / "run-a", "resnet34/model.onnx")
     with pytest.raises(error, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         predict.run(_request(run, data, tmp_path / "out", **kw), CFG, scratch=str(tmp_path))
     assert error.exit_code == (errors.EXIT_MODEL if error is errors.ModelError else errors.EXIT_DATA)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_onnx_file_with_edited_weights_and_untouched_metadata_is_refused(cli, exported_run, tiny_data, tmp_path):
+    """The file is checked against the sha256 its sidecar records, not only its own metadata."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    run = copy_run(exported_run, tmp_path / "run", "resnet34/model.onnx", "resnet34/model.onnx.json")
+    path = run / "resnet34" / "model.onnx"
+    proto = onnx.load(str(path))
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    fc = [t for t in proto.graph.initializer if "fc" in t.name and "weight" in t.name]
+    assert len(fc) == 1, [t.name for t in proto.graph.initializer if "fc" in t.name]
+    weights = numpy_helper.to_array(fc[0])
+    fc[0].CopyFrom(numpy_helper.from_array((weights + np.float32(0.5)).astype(weights.dtype), fc[0].name))
+    onnx.save(proto, str(path))
+    assert {p.key: p.value for p in onnx.load(str(path)).metadata_props} == metadata  # metadata untouched
+
+    done = cli("predict", "--run", run, "--data", tiny_data, "--output", tmp_path / "out", "--engine", "onnx")
+    one_line_error(done, errors.EXIT_MODEL, f"{path}: sha256 ")
+    assert "does not match the" in done.stderr and "recorded in model.onnx.json" in done.stderr
     assert not (tmp_path / "out").exists()
 
 

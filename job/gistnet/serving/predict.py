@@ -110,6 +110,8 @@ def _predict(request: Request, cfg: Config, metrics: PredictMetrics, stats: Tran
     probabilities = torch.cat(scored.probabilities).float().cpu()
     evaluation = _evaluate(scored, probabilities, model, threshold) if labeled else None
     result = _document(request, model, data, scored, probabilities, threshold, evaluation, device, labeled)
+    if request.engine == "onnx":
+        result["onnx_sha256"] = score.sha256  # the file scored, verified against its sidecar
     out.write_bytes("predictions.csv", _csv(result).encode())
     out.write_bytes("predictions.json", json.dumps(result, indent=1).encode())  # last: marks the output complete
     log.info("predictions: %s", out.uri_of("predictions.json"))
