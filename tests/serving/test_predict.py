@@ -163,7 +163,8 @@ def test_an_onnx_file_with_edited_weights_and_untouched_metadata_is_refused(cli,
 
     done = cli("predict", "--run", run, "--data", tiny_data, "--output", tmp_path / "out", "--engine", "onnx")
     one_line_error(done, errors.EXIT_MODEL, f"{path}: sha256 ")
-    assert "does not match the" in done.stderr and "recorded in model.onnx.json" in done.stderr
+    assert "model.onnx: sha256" in done.stderr and "does not match the" in done.stderr
+    assert "recorded in model.onnx.json" in done.stderr
     assert not (tmp_path / "out").exists()
 
 
