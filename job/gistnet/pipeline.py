@@ -23,6 +23,7 @@ import yaml
 from gistnet.data import augmentation
 from gistnet.training import units as crossval
 from gistnet.data import dataset
+from gistnet.data import fingerprint
 from gistnet.training import distributed
 from gistnet.evidence import report
 from gistnet.data import split
@@ -157,6 +158,9 @@ def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunM
             "uri": redact(data_store.uri), "classes": {names[0]: "positive", names[1]: "negative"},
             "images": loaded.images.counts(names), "augmentation_mode": config.augmentation.mode,
             "split_method": plan.parts[0].method, "skipped": loaded.skipped})
+        # the development images (training + validation) by pixel content: predict leaves them out of its metrics
+        _write_once(out, fingerprint.FILENAME, fingerprint.document(
+            {k: loaded.fingerprints[k] for k in plan.keys()}, config.data.image_size))
     distributed.barrier(world)
     if not world.is_main:  # the others read what rank 0 saved
         plan = _plan(out, loaded.images, config, fresh=False)
