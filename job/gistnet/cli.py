@@ -293,21 +293,30 @@ MODEL_CHOICE = click.Choice([*config_mod.MODEL_NAMES, "best"])
 @click.option("--threshold", type=click.FloatRange(0, 1), help="Call positive at P >= X [default: the run's, 0.5].")
 @click.option("--engine", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
               help="onnx: <model>/model.onnx (gistnet export) under ONNX Runtime.")
+@click.option("--include-development", is_flag=True,
+              help="Also report metrics on the run's own training and validation images, apart and marked as "
+                   "not an evaluation (they are always left out of the metrics).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (storage, metrics).")
 @click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on this port (0: off).")
 @click.option("--pushgateway", help="Pushgateway URL for the final push.")
 @user_errors
-def predict_cmd(run_uri, model, data, output, batch_size, device, threshold, engine, config_file, metrics_port,
-                pushgateway) -> None:
+def predict_cmd(run_uri, model, data, output, batch_size, device, threshold, engine, include_development, config_file,
+                metrics_port, pushgateway) -> None:
     """Score every image under --data with a finished run's model; write predictions.csv/.json."""
     from gistnet.serving import predict
 
     cfg = _storage_and_metrics(config_file, metrics_port, pushgateway)
     request = predict.Request(run=run_uri, data=data, output=output, model=model, batch_size=batch_size,
-                              device=device, threshold=threshold, engine=engine)
+                              device=device, threshold=threshold, engine=engine,
+                              include_development=include_development)
     summary = predict.run(request, cfg)
+    if summary["evaluation_note"]:
+        click.echo(f"metrics {summary['evaluation_note']}", err=True)
     if summary["evaluation"]:
         click.echo(stats.format_table(summary["evaluation"]["metrics"]), err=True)
+    if summary["development_evaluation"]:
+        click.echo(summary["development_evaluation"]["note"], err=True)
+        click.echo(stats.format_table(summary["development_evaluation"]["metrics"]), err=True)
     click.echo(summary["uri"])
 
 

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 
 import yaml
 
+from gistnet.data import fingerprint
 from gistnet.config import Config, load_saved
 from gistnet.data import dataset, runs, split
 from gistnet.data.storage import Store, TransferStats, open_store, redact
@@ -146,6 +147,9 @@ def _run_stages(ctx: RunContext, data_store: Store, selected: list[runs.Unit]) -
             "images": loaded.images.counts(names), "augmentation_mode": config.augmentation.mode,
             "patients": clustered.images_per_patient(loaded.images.patient_ids),
             "split_method": plan.parts[0].method, "skipped": loaded.skipped})
+        # the development images (training + validation) by pixel content: predict leaves them out of its metrics
+        _write_once(out, fingerprint.FILENAME, fingerprint.document(
+            {k: loaded.fingerprints[k] for k in plan.keys()}, config.data.image_size))
     distributed.barrier(world)
     if not world.is_main:  # the others read what rank 0 saved
         plan = _plan(out, loaded.images, config, fresh=False)

@@ -38,8 +38,9 @@ def test_predict_over_s3_reproduces_the_runs_validation_probabilities(cli, bucke
     run = f"{runs}/p"
     report = json.loads(get("runs/p/report.json"))
 
-    # the run's own images, class folders present: labels and metrics come out too
-    own = cli("predict", "--run", run, "--data", data, "--output", f"s3://{bucket}/scored/own", env=s3_env)
+    # the run's own images, class folders present: labels come out; the metrics are not an evaluation
+    own = cli("predict", "--run", run, "--data", data, "--output", f"s3://{bucket}/scored/own",
+              "--include-development", env=s3_env)
     assert own.returncode == 0, own.stderr
     assert own.stdout.strip() == f"s3://{bucket}/scored/own/predictions.json"
     scored = {r["key"]: r for r in _csv_rows(get("scored/own/predictions.csv").decode())}
@@ -53,9 +54,12 @@ def test_predict_over_s3_reproduces_the_runs_validation_probabilities(cli, bucke
     sha = report["models"]["resnet34"]["checkpoint"]["sha256"]
     identity = (result["run_id"], result["model"], result["weights_sha256"], result["threshold"])
     assert identity == ("p", "resnet34", sha, 0.5)
-    assert result["evaluation"]["counts"] == {"GIST": 16, "LM": 16}
-    assert sum(result["evaluation"]["confusion_matrix"].values()) == 32
-    assert result["evaluation"]["ci_method"] == "wilson" and "ci_low" in result["evaluation"]["metrics"]["sensitivity"]
+    assert result["evaluation"] is None and result["counts"]["development"] == 32
+    assert result["evaluation_note"].startswith("n/a: all 32 labelled images are the run's development images")
+    apart = result["development_evaluation"]
+    assert apart["counts"] == {"GIST": 16, "LM": 16} and apart["note"].startswith("NOT AN EVALUATION")
+    assert sum(apart["confusion_matrix"].values()) == 32
+    assert apart["ci_method"] == "wilson" and "ci_low" in apart["metrics"]["sensitivity"]
     row = scored[val_keys[0]]
     assert (row["model"], row["weights_sha256"], row["run_id"]) == ("resnet34", sha, "p")
     assert row["label"] == val_keys[0].split("/")[0]
@@ -105,6 +109,7 @@ CFG = load_config(None, environ={})
     ("no usable image", errors.DataError, "no usable images under"),
     ("onnx not exported", errors.ModelError, "model.onnx does not exist"),
     ("onnx of another model", errors.ModelError, "was exported from other weights"),
+    ("onnx without its sidecar", errors.ModelError, "model.onnx.json does not exist"),
 ])
 def test_unusable_model_or_data_fails_before_anything_is_written(case, error, fragment, tiny_runs, exported_run,
                                                                  tiny_data, tmp_path):
@@ -132,11 +137,111 @@ def test_unusable_model_or_data_fails_before_anything_is_written(case, error, fr
         kw["engine"] = "onnx"
     elif case == "onnx of another model":
         kw["engine"] = "onnx"
-        shutil.copyfile(exported_run / "resnet34" / "model.onnx", run / "resnet34" / "model.onnx")
+        for name in ("model.onnx", "model.onnx.json"):
+            shutil.copyfile(exported_run / "resnet34" / name, run / "resnet34" / name)
+    elif case == "onnx without its sidecar":
+        kw["engine"] = "onnx"
+        run = copy_run(exported_run, tmp_path / "run-a", "resnet34/model.onnx")
     with pytest.raises(error, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         predict.run(_request(run, data, tmp_path / "out", **kw), CFG, scratch=str(tmp_path))
     assert error.exit_code == (errors.EXIT_MODEL if error is errors.ModelError else errors.EXIT_DATA)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_onnx_file_with_edited_weights_and_untouched_metadata_is_refused(cli, exported_run, tiny_data, tmp_path):
+    """The file is checked against the sha256 its sidecar records, not only its own metadata."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    run = copy_run(exported_run, tmp_path / "run", "resnet34/model.onnx", "resnet34/model.onnx.json")
+    path = run / "resnet34" / "model.onnx"
+    proto = onnx.load(str(path))
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    fc = [t for t in proto.graph.initializer if "fc" in t.name and "weight" in t.name]
+    assert len(fc) == 1, [t.name for t in proto.graph.initializer if "fc" in t.name]
+    weights = numpy_helper.to_array(fc[0])
+    fc[0].CopyFrom(numpy_helper.from_array((weights + np.float32(0.5)).astype(weights.dtype), fc[0].name))
+    onnx.save(proto, str(path))
+    assert {p.key: p.value for p in onnx.load(str(path)).metadata_props} == metadata  # metadata untouched
+
+    done = cli("predict", "--run", run, "--data", tiny_data, "--output", tmp_path / "out", "--engine", "onnx")
+    one_line_error(done, errors.EXIT_MODEL, f"{path}: sha256 ")
+    assert "model.onnx: sha256" in done.stderr and "does not match the" in done.stderr
+    assert "recorded in model.onnx.json" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _re_encoded(png: bytes, fmt: str) -> bytes:
+    """The same pixels in another file: a PNG re-saved with other compression, or a BMP."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as img:
+        out = io.BytesIO()
+        img.save(out, format=fmt, **({"compress_level": 0} if fmt == "PNG" else {}))
+    assert out.getvalue() != png
+    return out.getvalue()
+
+
+def test_the_runs_own_images_are_excluded_from_the_metrics_even_re_encoded(tiny_runs, tiny_data, tmp_path):
+    from gistnet.data import dataset, fingerprint, synth
+
+    run = copy_run(tiny_runs / "a", tmp_path / "run", "fingerprints.json")
+    # the run recorded its development images (training + validation) by the pixels the model saw
+    split = json.loads((run / "split.json").read_text())
+    recorded = fingerprint.read_fingerprints(LocalStore(run))
+    assert sorted(recorded.values()) == sorted(split["train"] + split["val"]) and len(recorded) == 40
+    for digest, key in recorded.items():
+        assert fingerprint.pixel_digest(dataset.decode_pixels((tiny_data / key).read_bytes(), 32, 10**8)) == digest
+
+    # new images, plus five of the run's own: three re-saved PNGs and two BMPs under new names
+    data = tmp_path / "mixed"
+    synth.write_dataset(LocalStore(data), 6, 6, 32, seed=7)
+    own = {"GIST/copy-0.png": ("GIST/gist_0000.png", "PNG"), "GIST/copy-1.png": ("GIST/gist_0003.png", "PNG"),
+           "LM/copy-2.png": ("LM/lm_0004.png", "PNG"), "LM/copy-3.bmp": ("LM/lm_0001.png", "BMP"),
+           "GIST/copy-4.bmp": ("GIST/gist_0007.png", "BMP")}
+    for key, (source, fmt) in own.items():
+        (data / key).write_bytes(_re_encoded((tiny_data / source).read_bytes(), fmt))
+
+    summary = predict.run(_request(run, data, tmp_path / "out"), CFG, scratch=str(tmp_path))
+    result = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert result["counts"] == {"scored": 17, "unusable": 0, "development": 5} and summary["development"] == 5
+    assert {r["key"]: r["development_key"] for r in result["predictions"] if r["development_key"]} == \
+        {k: source for k, (source, _) in own.items()}
+    assert result["development_data"]["excluded_from_evaluation"] == 5
+    assert result["evaluation"]["counts"] == {"GIST": 6, "LM": 6}  # the new images only
+    assert sum(result["evaluation"]["confusion_matrix"].values()) == 12
+    assert result["evaluation_note"].startswith("over the 12 labelled images not in the run's development data; "
+                                                "5 excluded")
+    assert "development_evaluation" not in result
+    rows = _csv_rows((tmp_path / "out" / "predictions.csv").read_text())
+    assert {r["key"]: r["development_key"] for r in rows if r["development_key"]} == \
+        {k: source for k, (source, _) in own.items()}
+
+    # --include-development: the run's own images reported apart, marked as not an evaluation
+    predict.run(_request(run, data, tmp_path / "out2", include_development=True), CFG, scratch=str(tmp_path))
+    result = json.loads((tmp_path / "out2" / "predictions.json").read_text())
+    assert result["evaluation"]["counts"] == {"GIST": 6, "LM": 6}
+    apart = result["development_evaluation"]
+    assert apart["note"].startswith("NOT AN EVALUATION") and apart["counts"] == {"GIST": 3, "LM": 2}
+
+
+def test_on_the_runs_own_data_folder_every_image_is_excluded_and_metrics_are_na(cli, tiny_runs, tiny_data, tmp_path):
+    run = copy_run(tiny_runs / "a", tmp_path / "run", "fingerprints.json")
+    done = cli("predict", "--run", run, "--data", tiny_data, "--output", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert "40 of 40 scored images are run a's development images" in done.stderr  # the warning names the count
+    assert "metrics n/a: all 40 labelled images are the run's development images" in done.stderr
+    result = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert result["evaluation"] is None and result["counts"]["development"] == 40
+    assert result["evaluation_note"].startswith("n/a: all 40 labelled images are the run's development images")
+    assert all(r["development_key"] == r["key"] for r in result["predictions"])
+
+    shown = cli("predict", "--run", run, "--data", tiny_data, "--output", tmp_path / "out2", "--include-development")
+    assert shown.returncode == 0, shown.stderr
+    result = json.loads((tmp_path / "out2" / "predictions.json").read_text())
+    assert result["evaluation"] is None and result["development_evaluation"]["counts"] == {"GIST": 20, "LM": 20}
+    assert "NOT AN EVALUATION" in shown.stderr and "accuracy" in shown.stderr
 
 
 def test_cli_reports_an_unusable_model_in_one_line(cli, tiny_runs, tiny_data, tmp_path):

@@ -24,6 +24,7 @@ from PIL import Image, ImageOps
 
 from gistnet.config import DataConfig
 from gistnet.errors import DataError, StorageError
+from gistnet.data.fingerprint import pixel_digest
 from gistnet.data.storage import Store, is_safe_key
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ def class_counts(labels: torch.Tensor, names: tuple[str, str]) -> dict[str, int]
 class LoadResult:
     images: ImageSet
     skipped: list[dict]
+    # key -> fingerprint.pixel_digest of the decoded, resized pixels, for every kept image
+    fingerprints: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- listing
@@ -249,12 +252,14 @@ def _runs(flags: np.ndarray):
 
 
 def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels: int, threads: int,
-                     on_done=None) -> tuple[list[Labeled], torch.Tensor, list[dict]]:
+                     on_done=None) -> tuple[list[Labeled], torch.Tensor, list[dict], list[str]]:
     """Read and decode each object in a worker thread straight into its row of one
     preallocated tensor; its bytes are dropped as soon as it is decoded, so at most
     ``threads`` objects are held at once. Drops undecodable objects and same-class
-    duplicates (the first in listing order is kept), fails on cross-class ones."""
+    duplicates (the first in listing order is kept), fails on cross-class ones.
+    Returns the kept items, their pixels, the skipped objects and the kept items' pixel digests."""
     canvas = Canvas(len(labeled), size)
+    pixel_digests: list[str | None] = [None] * len(labeled)
 
     def work(row: int) -> tuple[str | None, str | None]:
         item = labeled[row]
@@ -265,7 +270,9 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
         except Exception as exc:  # noqa: BLE001 - reported per object
             return f"could not be read: {type(exc).__name__}: {exc}", None
         try:
-            canvas.put(row, decode_pixels(data, size, max_pixels))
+            pixels = decode_pixels(data, size, max_pixels)
+            canvas.put(row, pixels)
+            pixel_digests[row] = pixel_digest(pixels)
         except ValueError as exc:
             return str(exc), None
         return None, hashlib.sha256(data).hexdigest()
@@ -280,7 +287,8 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
     for row, (reason, digest) in enumerate(outcomes):
         if _keep(labeled[row], reason, digest, seen, skipped):
             kept_rows.append(row)
-    return [labeled[r] for r in kept_rows], canvas.compact(kept_rows), skipped
+    return ([labeled[r] for r in kept_rows], canvas.compact(kept_rows), skipped,
+            [pixel_digests[r] for r in kept_rows])
 
 
 def _keep(item: Labeled, reason: str | None, digest: str | None, seen: dict, skipped: list,
@@ -348,7 +356,7 @@ def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=No
     labeled, unsafe = list_labeled(store, cfg)
     log.info("loading %d images from %s with %d threads", len(labeled), store.uri, cfg.download_threads)
     start = time.perf_counter()
-    kept, images, skipped = load_into_tensor(store, labeled, cfg.image_size, cfg.max_image_pixels,
+    kept, images, skipped, digests = load_into_tensor(store, labeled, cfg.image_size, cfg.max_image_pixels,
                                              cfg.download_threads, _progress("loaded", len(labeled)))
     if on_stage:
         on_stage("load", time.perf_counter() - start, len(kept))
@@ -362,4 +370,5 @@ def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=No
                             f"at least data.min_images_per_class={cfg.min_images_per_class} are needed")
     labels = torch.tensor([k.label for k in kept], dtype=torch.long)
     return LoadResult(ImageSet([k.key for k in kept], images.to(device), labels.to(device),
-                               [k.patient_id for k in kept]), skipped)
+                               [k.patient_id for k in kept]), skipped,
+                      {k.key: d for k, d in zip(kept, digests)})

@@ -10,8 +10,10 @@ default since torch 2.9; it needs onnxscript): the TorchScript exporter is depre
 
 ``<model>/model.onnx`` carries in its metadata the sha256 of the weights it was made
 from; ``<model>/model.onnx.json`` (the sidecar) records the opset, versions, the file's
-own sha256 and the check against torch made at export time. An ONNX file whose weights
-sha256 is not the one in the run's report is refused.
+own sha256 and the check against torch made at export time. Before scoring, ``predict
+--engine onnx`` checks the sidecar against the run (run id, model, weights sha256 in
+report.json) and the downloaded file against the sidecar's sha256, then the metadata: a
+file changed after export (its weights edited, its metadata left alone) is refused.
 """
 
 from __future__ import annotations
@@ -115,12 +117,47 @@ def _check_against_torch(scorer: torch.nn.Module, path: Path, size: int) -> floa
     return difference
 
 
+def read_sidecar(model: trained_mod.TrainedModel) -> dict:
+    """``<model>/model.onnx.json``, checked against the run: made by ``gistnet export`` from this
+    run's model and the weights its report names. ModelError naming the sidecar otherwise."""
+    where = model.run.uri_of(model.key(SIDECAR))
+    try:
+        sidecar = json.loads(model.run.read(model.key(SIDECAR)))
+    except FileNotFoundError:
+        raise ModelError(f"{where} does not exist: {ONNX_FILE} cannot be verified without the record "
+                         "gistnet export writes beside it; run gistnet export again") from None
+    except ValueError:
+        raise ModelError(f"{where} is not valid JSON; run gistnet export again") from None
+    if not isinstance(sidecar, dict) or not isinstance(sidecar.get("sha256"), str):
+        raise ModelError(f"{where} records no sha256 of {ONNX_FILE}; run gistnet export again")
+    recorded = {"run_id": sidecar.get("run_id"), "model": sidecar.get("model"),
+                "weights_sha256": sidecar.get("weights_sha256")}
+    expected = {"run_id": model.run_id, "model": model.name, "weights_sha256": model.sha256}
+    wrong = [k for k in expected if recorded[k] != expected[k]]
+    if wrong:
+        raise ModelError(f"{where} was exported from other weights or another run ({', '.join(wrong)}: "
+                         f"{', '.join(str(recorded[k])[:12] for k in wrong)} where report.json says "
+                         f"{', '.join(str(expected[k])[:12] for k in wrong)}); run gistnet export again")
+    return sidecar
+
+
+def verify_file(model: trained_mod.TrainedModel, path: Path, sidecar: dict) -> str:
+    """The sha256 of the downloaded ``model.onnx``, which must be the one its sidecar records."""
+    digest = sha256_file(path)
+    if digest != sidecar["sha256"]:
+        raise ModelError(f"{model.run.uri_of(model.key(ONNX_FILE))}: sha256 {digest[:12]}... does not match the "
+                         f"{sidecar['sha256'][:12]}... recorded in {SIDECAR}; refusing to score with this file "
+                         "(altered after export? run gistnet export again)")
+    return digest
+
+
 class OnnxScorer:
     """``<model>/model.onnx`` under ONNX Runtime; refuses a file made from other weights."""
 
     def __init__(self, model: trained_mod.TrainedModel, scratch: str, device: str, threads: int = 0):
         path = trained_mod.fetch(model, ONNX_FILE, scratch)
         try:
+            self.sha256 = verify_file(model, path, read_sidecar(model))
             self._session = self.session(str(path), device, threads)
         except (DeviceError, ModelError):
             raise

@@ -8,6 +8,10 @@ class names, ``dataset`` lists and decodes exactly as training did, and the scor
 ``train.Preprocess``. Images are handled in chunks, so a large archive never sits in memory
 at once. Everything is checked (run, model, weights sha256, ONNX file, data prefix) before
 anything is written; ``predictions.json`` is written last and marks the output complete.
+
+Images that are the run's own training or validation images (``development``: matched by
+pixel content against the run's ``fingerprints.json``) are scored and marked, but left out of
+the metrics; ``--include-development`` reports them apart, marked as not an evaluation.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ import torch
 
 import gistnet
 from gistnet.data import dataset
+from gistnet.data import fingerprint
 from gistnet.evidence import evaluate
-from gistnet.evidence import predictions
 from gistnet.training import train
+from gistnet.serving import development
 from gistnet.serving import trained as trained_mod
 from gistnet.config import Config
 from gistnet.errors import DataError, GistnetError
@@ -38,7 +43,9 @@ log = logging.getLogger(__name__)
 
 CHUNK = 256  # images downloaded, decoded and scored at a time
 # The run's own predictions.csv columns (gistnet.evidence.predictions), then the call and the model's identity.
-CSV_COLUMNS = ("key", "patient_id", "label", "probability", "score", "call", "model", "weights_sha256", "run_id")
+# Last, the run's key of the development image an image equals (empty: not one of them).
+CSV_COLUMNS = ("key", "patient_id", "label", "probability", "score", "call", "model", "weights_sha256", "run_id",
+               "development_key")
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,7 @@ class Request:
     device: str = "auto"
     threshold: float | None = None  # None: the run's pre-specified threshold (0.5)
     engine: str = "torch"
+    include_development: bool = False  # also report metrics on the run's own images, marked as not an evaluation
 
 
 @dataclass
@@ -60,6 +68,7 @@ class Scored:
     patient_ids: list[str] = field(default_factory=list)
     probabilities: list[torch.Tensor] = field(default_factory=list)
     margins: list[torch.Tensor] = field(default_factory=list)  # logit positive - negative: the ranking score
+    digests: list[str] = field(default_factory=list)  # fingerprint.pixel_digest, aligned with keys
     unusable: list[dict] = field(default_factory=list)
 
 
@@ -110,13 +119,38 @@ def _predict(request: Request, cfg: Config, metrics: PredictMetrics, stats: Tran
 
     probabilities = torch.cat(scored.probabilities).float().cpu()
     margins = torch.cat(scored.margins).double().cpu()
-    evaluation = _evaluate(scored, probabilities, margins, model, threshold) if labeled else None
-    result = _document(request, model, data, scored, probabilities, margins, threshold, evaluation, device, labeled)
+    overlap = development.find(model.run, scored.digests)
+    if overlap.count:
+        log.warning("%d of %d scored images are run %s's development images (training and validation, matched by "
+                    "pixel content)%s", overlap.count, len(scored.keys), model.run_id,
+                    ": excluded from the metrics" if labeled else "")
+    evaluation = dev_evaluation = note = None
+    if labeled:
+        note = development.evaluation_note(overlap)
+        unseen, seen = overlap.unseen(), overlap.development()
+        evaluation = _evaluate(scored, probabilities, margins, model, threshold, unseen) if unseen else None
+        if request.include_development and seen:
+            dev_evaluation = {"note": development.NOT_AN_EVALUATION,
+                              **_evaluate(scored, probabilities, margins, model, threshold, seen)}
+    result = _document(request, model, data, scored, probabilities, margins, threshold, evaluation, device,
+                       labeled)
+    result["counts"]["development"] = overlap.count if overlap.checked else None
+    result["development_data"] = development.section(overlap, labeled)
+    result["evaluation_note"] = note
+    if request.include_development:
+        result["development_evaluation"] = dev_evaluation
+    for row, match in zip(result["predictions"], overlap.matches):
+        row["development_key"] = match
+    result["predictions"].sort(key=lambda r: r["key"])
+    if request.engine == "onnx":
+        result["onnx_sha256"] = score.sha256  # the file scored, verified against its sidecar
     out.write_bytes("predictions.csv", _csv(result).encode())
     out.write_bytes("predictions.json", json.dumps(result, indent=1).encode())  # last: marks the output complete
     log.info("predictions: %s", out.uri_of("predictions.json"))
     return {"uri": out.uri_of("predictions.json"), "scored": len(scored.keys), "unusable": len(scored.unusable),
-            "evaluation": evaluation, "model": model.name, "run_id": model.run_id}
+            "evaluation": evaluation, "model": model.name, "run_id": model.run_id,
+            "development": result["counts"]["development"], "evaluation_note": note,
+            "development_evaluation": dev_evaluation}
 
 
 def _scorer(model: trained_mod.TrainedModel, request: Request, device: torch.device, scratch: str):
@@ -162,18 +196,19 @@ def _score_chunk(items: list[dataset.Labeled], data: Store, data_cfg, score, bat
         scored.keys += [k.key for k in kept]
         scored.labels += [k.label for k in kept]
         scored.patient_ids += [k.patient_id for k in kept]
+        scored.digests += [fingerprint.pixel_digest(a) for a in arrays]
     metrics.chunk_scored(model_name, len(kept), time.perf_counter() - started, len(unusable))
 
 
 def _evaluate(scored: Scored, probabilities: torch.Tensor, margins: torch.Tensor, model: trained_mod.TrainedModel,
-              threshold: float) -> dict:
-    """The run's diagnostic table (same CI method and level) on the labeled images: calls by the
-    probability, ROC AUC ranked on the logit margins, intervals clustered by patient when the
-    manifest gives a patient several images."""
+              threshold: float, rows: list[int]) -> dict:
+    """The run's diagnostic table (same CI method and level) on the labeled images ``rows``: calls
+    by the probability, ROC AUC ranked on the logit margins, intervals clustered by patient when
+    the manifest gives a patient several images."""
     ev = model.config.evaluate
-    labels = torch.tensor(scored.labels, dtype=torch.long)
-    table = evaluate.diagnostic_report(labels, probabilities, ev.ci_method, ev.confidence_level, threshold,
-                                       scores=margins, clusters=scored.patient_ids)
+    labels = torch.tensor([scored.labels[i] for i in rows], dtype=torch.long)
+    table = evaluate.diagnostic_report(labels, probabilities[rows], ev.ci_method, ev.confidence_level, threshold,
+                                       scores=margins[rows], clusters=[scored.patient_ids[i] for i in rows])
     table["counts"] = dataset.class_counts(labels, model.class_names)
     return table
 
@@ -191,7 +226,6 @@ def _document(request: Request, model: trained_mod.TrainedModel, data: Store, sc
         if labeled:
             row["label"] = positive if scored.labels[i] == 1 else negative
         rows.append(row)
-    rows.sort(key=lambda r: r["key"])
     return {
         "schema_version": 1,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -217,5 +251,6 @@ def _csv(result: dict) -> str:
     writer.writerow(CSV_COLUMNS)
     for row in result["predictions"]:
         writer.writerow([row["key"], row["patient_id"], row.get("label", ""), repr(row["probability"]),
-                         repr(row["score"]), row["call"], result["model"], result["weights_sha256"], result["run_id"]])
+                         repr(row["score"]), row["call"], result["model"], result["weights_sha256"], result["run_id"],
+                         row.get("development_key") or ""])
     return buffer.getvalue()
