@@ -143,6 +143,8 @@ def test_pod_failure_policy_follows_the_exit_code_table():
     ignored = [r for r in rules if r["action"] == "Ignore"]
     assert any(c["type"] == "DisruptionTarget" for r in ignored for c in r.get("onPodConditions", []))
     assert any(errors.EXIT_INTERRUPTED in r.get("onExitCodes", {}).get("values", []) for r in ignored)
+    # another live process holds the unit's lease: retried without counting against backoffLimit
+    assert any(errors.EXIT_LEASED in r.get("onExitCodes", {}).get("values", []) for r in ignored)
     for code in (errors.EXIT_STORAGE, errors.EXIT_INTERNAL):  # retried, counted against backoffLimit
         assert not any(code in r.get("onExitCodes", {}).get("values", []) for r in rules)
     assert spec["backoffLimit"] >= 1 and spec["activeDeadlineSeconds"] > 0 and spec["ttlSecondsAfterFinished"] > 0

@@ -96,7 +96,8 @@ ttlSecondsAfterFinished: {{ .Values.job.ttlSecondsAfterFinished }}
 podFailurePolicy:
   # Exit codes: README "Exit codes". 2 usage, 3 config, 4 data, 6 device (no GPU, or out
   # of GPU memory), 7 diverged, 9 unusable model (predict): retrying cannot help. 8 is
-  # SIGTERM (checkpointed): retry without counting it.
+  # SIGTERM (checkpointed), 10 another live process holds the unit's lease (an overlapping
+  # run): retry without counting it.
   rules:
     - action: Ignore
       onPodConditions:
@@ -111,7 +112,7 @@ podFailurePolicy:
       onExitCodes:
         containerName: gistnet
         operator: In
-        values: [8]
+        values: [8, 10]
 {{- end }}
 template:
   metadata:
