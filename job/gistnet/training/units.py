@@ -32,6 +32,7 @@ from gistnet.evidence import evaluate
 from gistnet.evidence import explain
 from gistnet.evidence import model_card
 from gistnet.evidence import predictions
+from gistnet.evidence import publish
 from gistnet.evidence import report
 from gistnet.evidence import report_html
 from gistnet.data import split
@@ -330,7 +331,13 @@ def aggregate(out: Store, config: Config, run_id: str, scratch: str) -> dict:
 
     With every unit finished the report is ``complete``; otherwise it is ``partial`` and
     says which (fold, model) units are missing. No finished unit at all is a DataError.
+    ``report.json`` is written compare-and-swap (``evidence.publish``): never complete ->
+    partial, never over a report that pools more units.
     """
+    return publish.publish(out, lambda: _aggregate_once(out, config, run_id, scratch))
+
+
+def _aggregate_once(out: Store, config: Config, run_id: str, scratch: str):
     expected = all_units(config)
     results, rows = load_finished(out, expected)
     if not results:
@@ -369,8 +376,7 @@ def aggregate(out: Store, config: Config, run_id: str, scratch: str) -> dict:
         environment=results[first]["environment"], created=max(r["finished"] for r in results.values()),
         evaluation=evaluation, comparison=_comparison(list(models), pooled, config),
         status="partial" if missing else "complete")
-    _write_documents(out, final, figures, kfold)
-    return final
+    return final, lambda: _write_documents(out, final, figures, kfold)
 
 
 def _figure_keys(expected: list[Unit], results: dict, first: Unit) -> dict[str, str]:
@@ -386,15 +392,14 @@ def _figure_keys(expected: list[Unit], results: dict, first: Unit) -> dict[str, 
 
 
 def _write_documents(out: Store, final: dict, figures: dict[str, str], kfold: bool) -> None:
-    """Model cards (hold-out: one per stored model), report.md, report.html and checklist.md,
-    then report.json last: its presence marks the run complete."""
+    """Model cards (hold-out: one per stored model), report.md, report.html and checklist.md;
+    report.json follows (``publish``): its presence marks the run complete."""
     if not kfold:  # a k-fold run stores k models per architecture, none of them "the" model to card
         for name in final["models"]:
             out.write_bytes(f"{name}/{model_card.CARD}", model_card.render(final, name).encode())
     out.write_bytes("report.md", report.markdown(final).encode())
     out.write_bytes("report.html", report_html.render(final, {n: out.read(k) for n, k in figures.items()}).encode())
     out.write_bytes("checklist.md", checklist.markdown(final).encode())
-    out.write_bytes("report.json", json.dumps(final, indent=2).encode())
 
 
 def _plots(out: Store, models: dict, pooled: dict[str, Pooled], results: dict, scratch: str) -> None:
