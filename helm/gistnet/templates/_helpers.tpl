@@ -355,7 +355,8 @@ with gistnet's own defaults (config.py: split.folds 5, both ResNets). */}}
 {{- end }}
 {{- end }}
 
-{{/* The S3 endpoint, region and credentials (from a Secret, never inline) of every mode. */}}
+{{/* The S3 endpoint, region and credentials (from a Secret, never inline) of every mode, and
+     the compile cache's MAC key (from a Secret; without it the cache is off). */}}
 {{- define "gistnet.s3Env" -}}
 {{- with .Values.s3.endpoint }}
 - name: AWS_ENDPOINT_URL
@@ -376,5 +377,12 @@ with gistnet's own defaults (config.py: split.folds 5, both ResNets). */}}
     secretKeyRef:
       name: {{ include "gistnet.secretName" . }}
       key: {{ .Values.s3.secretKeys.secretAccessKey }}
+{{- end }}
+{{- with .Values.compileCache.existingSecret }}
+- name: GISTNET_COMPILE_CACHE_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.compileCache.secretKey }}
 {{- end }}
 {{- end }}
