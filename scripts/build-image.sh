@@ -29,8 +29,9 @@ else
   for path in /etc/ssl/certs/ca-certificates.crt /etc/pip.conf /etc/xdg/pip; do
     if [ -e "$path" ]; then args+=(--volume "$path:$path:ro"); fi
   done
-  # Measured: the vfs build of the 6.8 GB image peaks at ~26 GB of disk (the container's
-  # root, the committed layer's blob and the layer itself, each a full copy), 2026-11-27.
+  # One observed vfs build of the 6.8 GB image (2026-11-27; an observation, not a benchmark
+  # row) peaked at ~26 GB of disk: the container's root, the committed layer's blob and the
+  # layer itself are each a full copy. The warning below leaves a margin over it.
   root="$(buildah --storage-driver "${STORAGE_DRIVER:-vfs}" info --format '{{.store.GraphRoot}}' 2>/dev/null || echo /var/lib/containers)"
   while [ ! -d "$root" ]; do root="$(dirname "$root")"; done
   free_gb=$(( $(df -Pk "$root" | awk 'NR==2 {print $4}') / 1024 / 1024 ))

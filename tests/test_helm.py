@@ -143,9 +143,21 @@ def test_pod_failure_policy_follows_the_exit_code_table():
     ignored = [r for r in rules if r["action"] == "Ignore"]
     assert any(c["type"] == "DisruptionTarget" for r in ignored for c in r.get("onPodConditions", []))
     assert any(errors.EXIT_INTERRUPTED in r.get("onExitCodes", {}).get("values", []) for r in ignored)
+    # another live process holds the unit's lease: retried without counting against backoffLimit
+    assert any(errors.EXIT_LEASED in r.get("onExitCodes", {}).get("values", []) for r in ignored)
     for code in (errors.EXIT_STORAGE, errors.EXIT_INTERNAL):  # retried, counted against backoffLimit
         assert not any(code in r.get("onExitCodes", {}).get("values", []) for r in rules)
     assert spec["backoffLimit"] >= 1 and spec["activeDeadlineSeconds"] > 0 and spec["ttlSecondsAfterFinished"] > 0
+
+
+def test_compile_cache_key_comes_from_a_secret_and_without_one_the_cache_is_off():
+    """The compile cache's MAC key reaches the pod only as a secretKeyRef; by default there is
+    none, so gistnet neither reads nor writes the cache (training/compile.py)."""
+    assert "GISTNET_COMPILE_CACHE_KEY" not in env(render([]))
+    docs = render(["--set", "compileCache.existingSecret=gistnet-compile-cache"])
+    assert env(docs)["GISTNET_COMPILE_CACHE_KEY"]["valueFrom"]["secretKeyRef"] == \
+        {"name": "gistnet-compile-cache", "key": "GISTNET_COMPILE_CACHE_KEY"}
+    assert not by_kind(docs, "Secret")  # the chart never holds the key itself
 
 
 def test_secret_reaches_the_pod_only_through_secret_refs():

@@ -16,6 +16,7 @@ EXIT_DEVICE = 6  # --device cuda without a GPU; out of device memory
 EXIT_DIVERGED = 7  # NaN/inf loss during training
 EXIT_INTERRUPTED = 8  # SIGTERM (preemption): checkpoint saved, re-run resumes
 EXIT_MODEL = 9  # predict/export: no such run or model, run incomplete, weights or ONNX not the reported ones
+EXIT_LEASED = 10  # another live process holds the (fold, model) unit's lease: retry later
 EXIT_CTRL_C = 130  # Ctrl-C (SIGINT), the shell's 128 + 2
 
 # The meaning column of README's exit-code table, word for word (a test compares them).
@@ -30,6 +31,7 @@ EXIT_CODES = {
     EXIT_DIVERGED: "training diverged (non-finite loss)",
     EXIT_INTERRUPTED: "interrupted by SIGTERM; checkpoint saved, re-run to resume",
     EXIT_MODEL: "trained model unusable (missing, incomplete run, sha256 mismatch)",
+    EXIT_LEASED: "another live process is training this (fold, model) unit; retry later",
     EXIT_CTRL_C: "interrupted by Ctrl-C (SIGINT); re-run to resume from the last checkpoint",
 }
 
@@ -62,6 +64,13 @@ class StorageError(GistnetError):
     kind = "storage error"
 
 
+class PreconditionFailed(StorageError):
+    """A conditional write found the object changed (or present) since it was read: the
+    caller re-reads and decides again. Not an error a user sees unless a caller gives up."""
+
+    kind = "storage conflict"
+
+
 class DeviceError(GistnetError):
     exit_code = EXIT_DEVICE
     kind = "device error"
@@ -89,3 +98,10 @@ class ModelError(GistnetError):
 
     exit_code = EXIT_MODEL
     kind = "model error"
+
+
+class LeaseHeld(GistnetError):
+    """Another live process holds the lease of the (fold, model) unit this one would train."""
+
+    exit_code = EXIT_LEASED
+    kind = "unit leased"

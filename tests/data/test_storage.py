@@ -202,3 +202,55 @@ def test_persistently_unreachable_endpoint_is_a_storage_exit(cli, s3_env, tmp_pa
     done = cli("train", "--data", "s3://b/data", "--output", tmp_path, env=env)
     assert done.returncode == EXIT_STORAGE, done.stderr
     assert "cannot reach S3 endpoint" in done.stderr and "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------- conditional writes
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_store(request, tmp_path):
+    """A LocalStore, and an S3Store on the loopback SeaweedFS: conditional writes behave alike."""
+    if request.param == "local":
+        return LocalStore(tmp_path / "root")
+    bucket = request.getfixturevalue("bucket")
+    return open_store(f"s3://{bucket}/prefix", StorageConfig())
+
+
+def test_conditional_writes_create_once_and_swap_only_the_version_read(any_store):
+    from gistnet.errors import PreconditionFailed
+
+    first = any_store.write_bytes_if("r/report.json", b"one", if_none_match=True)
+    with pytest.raises(PreconditionFailed):
+        any_store.write_bytes_if("r/report.json", b"two", if_none_match=True)  # exists: never replaced
+    assert any_store.read_with_etag("r/report.json") == (b"one", first)
+    second = any_store.write_bytes_if("r/report.json", b"two", if_match=first)
+    assert second != first and any_store.read_with_etag("r/report.json") == (b"two", second)
+    with pytest.raises(PreconditionFailed):
+        any_store.write_bytes_if("r/report.json", b"three", if_match=first)  # a stale tag loses
+    with pytest.raises(PreconditionFailed):
+        any_store.write_bytes_if("r/other.json", b"x", if_match=first)  # nothing there to match
+    assert any_store.read("r/report.json") == b"two" and not any_store.exists("r/other.json")
+    assert any_store.list() == ["r/report.json"]  # no lock or temporary files left behind
+    with pytest.raises(FileNotFoundError):
+        any_store.read_with_etag("r/missing.json")
+
+
+def test_concurrent_compare_and_swap_has_exactly_one_winner(any_store):
+    """Eight writers read the same version, then all swap at once: one wins, seven are told."""
+    from gistnet.errors import PreconditionFailed
+
+    tag = any_store.write_bytes_if("lease.json", b"v0", if_none_match=True)
+    start = threading.Barrier(8, timeout=30)
+
+    def swap(i: int) -> bool:
+        start.wait()
+        try:
+            any_store.write_bytes_if("lease.json", f"v{i + 1}".encode(), if_match=tag)
+            return True
+        except PreconditionFailed:
+            return False
+
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(swap, range(8)))
+    assert won.count(True) == 1
+    assert any_store.read("lease.json") == f"v{won.index(True) + 1}".encode()

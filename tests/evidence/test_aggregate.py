@@ -113,6 +113,10 @@ class RecordingStore(LocalStore):
         self.written.append(key)
         return super().write_bytes(key, data)
 
+    def write_bytes_if(self, key, data, **condition):
+        self.written.append(key)
+        return super().write_bytes_if(key, data, **condition)
+
 
 def test_kfold_report_embeds_every_folds_gradcam_and_writes_html_and_checklist_before_json(kfold_run, tmp_path):
     images, cfg, _, plan, root = kfold_run
@@ -155,3 +159,81 @@ def test_holdout_report_keeps_the_units_explain_summary_and_writes_model_cards(t
     assert (tmp_path / "run" / "report.html").is_file() and (tmp_path / "run" / "checklist.md").is_file()
 
 
+def _seed_run(out, images, cfg, plan):
+    """What the pipeline writes before training: config, split and data set description."""
+    out.write_bytes("config.yaml", cfg.to_yaml().encode())
+    out.write_bytes("split.json", json.dumps(plan.to_dict()).encode())
+    out.write_bytes(runs.DATASET, json.dumps({"uri": "data", "classes": {"GIST": "positive", "LM": "negative"},
+                                                  "images": images.counts(NAMES), "split_method": "stratified-kfold",
+                                                  "skipped": []}).encode())
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_the_last_unit_finishing_during_a_hand_run_aggregate_ends_complete(where, tmp_path, monkeypatch, request):
+    """The race of issue 19 item 4, made deterministic: a hand-run ``gistnet aggregate`` lists
+    the units (the last one not finished yet) and is held there; meanwhile the last unit
+    finishes and its process writes the complete report; then the hand-run one goes on. Before
+    compare-and-swap it wrote its partial report over the complete one."""
+    import threading
+
+    from gistnet.config import StorageConfig
+    from gistnet.data.storage import open_store
+
+    images = image_set()
+    cfg = config.load_config(None, {"split.method": "kfold", "split.folds": 3, "train.models": "resnet34"},
+                             environ={})
+    plan = split.make_plan(images.keys, images.labels.numpy(), [], cfg.split, 0, NAMES)
+    if where == "local":
+        out = LocalStore(tmp_path / "run")
+    else:
+        out = open_store(f"s3://{request.getfixturevalue('bucket')}/run", StorageConfig())
+    _seed_run(out, images, cfg, plan)
+    units = runs.all_units(cfg)
+    for i, unit in enumerate(units[:-1]):
+        fake_unit(out, unit, images, plan.part(unit.fold), cfg, seed=i)
+
+    listed, go_on = threading.Event(), threading.Event()
+    real_load = aggregation.load_finished
+
+    def load_then_hold(store, expected):
+        found = real_load(store, expected)
+        if threading.current_thread() is hand and not listed.is_set():
+            listed.set()  # the hand-run aggregate saw 2 of 3 units finished
+            assert go_on.wait(120)
+        return found
+
+    monkeypatch.setattr(aggregation, "load_finished", load_then_hold)
+    returned = []
+    hand = threading.Thread(target=lambda: returned.append(aggregation.aggregate(out, cfg, "r", str(tmp_path))))
+    hand.start()
+    try:
+        assert listed.wait(120)
+        fake_unit(out, units[-1], images, plan.part(units[-1].fold), cfg, seed=9)  # the last unit finishes
+        assert aggregation.aggregate(out, cfg, "r", str(tmp_path))["status"] == "complete"  # ... and its process aggregates
+    finally:
+        go_on.set()
+        hand.join(300)
+    assert not hand.is_alive()
+    stored = json.loads(out.read("report.json"))
+    assert stored["status"] == "complete" and stored["evaluation"]["missing"] == []
+    assert returned[0] == stored  # the hand-run one aggregated again and agrees
+    assert "PARTIAL REPORT" not in out.read("report.md").decode()  # its documents follow the stored report
+    assert len(predictions.read(out)) == len(images.keys)
+
+
+def test_publish_never_replaces_a_report_that_pools_more(tmp_path):
+    """A build made from an older listing (it misses a unit the stored report pools) is
+    built again; one that still pools less after that leaves the stored report as it is."""
+    from gistnet.evidence import publish
+
+    out = LocalStore(tmp_path)
+    full = {"status": "complete", "evaluation": {"finished": [{"fold": 0, "model": "a"}, {"fold": 1, "model": "a"}]}}
+    less = {"status": "partial", "evaluation": {"finished": [{"fold": 0, "model": "a"}]}}
+    out.write_bytes("report.json", json.dumps(full).encode())
+    documents = []
+    builds = iter([less, full])
+    assert publish.publish(out, lambda: (b := next(builds), lambda: documents.append(b["status"]))) == full
+    assert documents == ["complete"]  # the partial build's documents were never written
+    assert publish.publish(out, lambda: (less, lambda: documents.append("partial"))) == full
+    assert json.loads(out.read("report.json")) == full and documents == ["complete"]
+    assert publish.may_replace(full, less) and publish.may_replace(full, full) and not publish.may_replace(less, full)

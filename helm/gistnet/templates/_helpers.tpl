@@ -96,7 +96,8 @@ ttlSecondsAfterFinished: {{ .Values.job.ttlSecondsAfterFinished }}
 podFailurePolicy:
   # Exit codes: README "Exit codes". 2 usage, 3 config, 4 data, 6 device (no GPU, or out
   # of GPU memory), 7 diverged, 9 unusable model (predict): retrying cannot help. 8 is
-  # SIGTERM (checkpointed): retry without counting it.
+  # SIGTERM (checkpointed), 10 another live process holds the unit's lease (an overlapping
+  # run): retry without counting it.
   rules:
     - action: Ignore
       onPodConditions:
@@ -111,7 +112,7 @@ podFailurePolicy:
       onExitCodes:
         containerName: gistnet
         operator: In
-        values: [8]
+        values: [8, 10]
 {{- end }}
 template:
   metadata:
@@ -354,7 +355,8 @@ with gistnet's own defaults (config.py: split.folds 5, both ResNets). */}}
 {{- end }}
 {{- end }}
 
-{{/* The S3 endpoint, region and credentials (from a Secret, never inline) of every mode. */}}
+{{/* The S3 endpoint, region and credentials (from a Secret, never inline) of every mode, and
+     the compile cache's MAC key (from a Secret; without it the cache is off). */}}
 {{- define "gistnet.s3Env" -}}
 {{- with .Values.s3.endpoint }}
 - name: AWS_ENDPOINT_URL
@@ -375,5 +377,12 @@ with gistnet's own defaults (config.py: split.folds 5, both ResNets). */}}
     secretKeyRef:
       name: {{ include "gistnet.secretName" . }}
       key: {{ .Values.s3.secretKeys.secretAccessKey }}
+{{- end }}
+{{- with .Values.compileCache.existingSecret }}
+- name: GISTNET_COMPILE_CACHE_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.compileCache.secretKey }}
 {{- end }}
 {{- end }}

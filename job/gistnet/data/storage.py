@@ -8,6 +8,8 @@ connections are botocore's own retry modes, configured in ``StorageConfig``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from gistnet.config import StorageConfig, redact
-from gistnet.errors import StorageError
+from gistnet.errors import PreconditionFailed, StorageError
 from gistnet.observe.transfers import TransferStats
 
 
@@ -62,6 +64,18 @@ class Store:
         raise NotImplementedError
 
     def write_bytes(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def read_with_etag(self, key: str) -> tuple[bytes, str]:
+        """The object and its entity tag (the one ``write_bytes_if(if_match=...)`` compares);
+        FileNotFoundError when there is none."""
+        raise NotImplementedError
+
+    def write_bytes_if(self, key: str, data: bytes, *, if_none_match: bool = False,
+                       if_match: str | None = None) -> str:
+        """Write ``key`` only if it does not exist (``if_none_match``) or only if its entity tag
+        is still ``if_match``; return the new entity tag. ``PreconditionFailed`` when the
+        condition does not hold (someone else wrote first): the caller re-reads and decides."""
         raise NotImplementedError
 
     def delete(self, key: str) -> None:
@@ -153,6 +167,51 @@ class LocalStore(Store):
         self._atomic_write(key, lambda p: p.write_bytes(data))
         self.stats.add(uploaded=len(data))
 
+    def read_with_etag(self, key: str) -> tuple[bytes, str]:
+        data = self.read(key)
+        return data, local_etag(data)
+
+    @contextlib.contextmanager
+    def _folder_lock(self, target: Path):
+        """An exclusive ``flock`` on the object's folder: conditional writers to one folder go
+        one at a time (across processes on this host, and on file systems whose ``flock``
+        spans hosts). Readers never need it: a write is an atomic rename."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def write_bytes_if(self, key: str, data: bytes, *, if_none_match: bool = False,
+                       if_match: str | None = None) -> str:
+        if if_none_match == (if_match is not None):
+            raise ValueError("write_bytes_if needs exactly one of if_none_match and if_match")
+        target = self._path(key)
+        try:
+            with self._folder_lock(target):
+                if if_match is not None:
+                    current = local_etag(target.read_bytes()) if target.is_file() else None
+                    if current != if_match:
+                        raise PreconditionFailed(f"{target} changed since it was read (entity tag {current}, "
+                                                 f"expected {if_match})")
+                    self._atomic_write(key, lambda p: p.write_bytes(data))
+                else:  # a hard link fails if the name exists, even for a writer that takes no lock
+                    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+                    try:
+                        with os.fdopen(fd, "wb") as f:
+                            f.write(data)
+                        os.link(tmp, target)
+                    except FileExistsError:
+                        raise PreconditionFailed(f"{target} exists already") from None
+                    finally:
+                        os.unlink(tmp)
+        except OSError as exc:
+            raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from None
+        self.stats.add(uploaded=len(data))
+        return local_etag(data)
+
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
@@ -228,6 +287,35 @@ class S3Store(Store):
             raise self._fail(exc, "write", key) from None
         self.stats.add(uploaded=len(data))
 
+    def read_with_etag(self, key: str) -> tuple[bytes, str]:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            body = response["Body"].read()
+        except Exception as exc:  # noqa: BLE001
+            if _error_code(exc) in ("NoSuchKey", "404"):
+                raise FileNotFoundError(self.uri_of(key)) from None
+            raise self._fail(exc, "read", key) from None
+        self.stats.add(downloaded=len(body))
+        return body, response["ETag"]
+
+    def write_bytes_if(self, key: str, data: bytes, *, if_none_match: bool = False,
+                       if_match: str | None = None) -> str:
+        """``PutObject`` with ``If-None-Match: *`` or ``If-Match: <etag>`` (AWS S3, MinIO and
+        SeaweedFS enforce both; a store that ignored them would make this unconditional)."""
+        if if_none_match == (if_match is not None):
+            raise ValueError("write_bytes_if needs exactly one of if_none_match and if_match")
+        condition = {"IfNoneMatch": "*"} if if_none_match else {"IfMatch": if_match}
+        try:
+            response = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
+        except Exception as exc:  # noqa: BLE001
+            # 412: the condition does not hold; 409 (AWS): a concurrent conditional write won
+            if _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                raise PreconditionFailed(f"{self.uri_of(key)} changed since it was read ({_error_code(exc)})") \
+                    from None
+            raise self._fail(exc, "write", key) from None
+        self.stats.add(uploaded=len(data))
+        return response["ETag"]
+
     def delete(self, key: str) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
@@ -258,6 +346,11 @@ class S3Store(Store):
 
     def child(self, sub: str) -> "S3Store":
         return S3Store(f"s3://{self.bucket}/{self._key(sub)}", self.config, stats=self.stats, client=self.client)
+
+
+def local_etag(data: bytes) -> str:
+    """A local object's entity tag: the sha256 of its bytes (same bytes, same tag, as on S3)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def resolve_endpoint(config: StorageConfig) -> str | None:

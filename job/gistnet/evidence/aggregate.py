@@ -20,8 +20,8 @@ from gistnet.data import split
 from gistnet.data.runs import DATASET, RESULT, Unit, all_units, gradcam_key, is_finished
 from gistnet.data.storage import Store
 from gistnet.errors import DataError
-from gistnet.evidence import (calibration, checklist, compare, evaluate, explain, model_card, predictions, report,
-                              report_html, stats)
+from gistnet.evidence import (calibration, checklist, compare, evaluate, explain, model_card, predictions, publish,
+                              report, report_html, stats)
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,13 @@ def aggregate(out: Store, config: Config, run_id: str, scratch: str) -> dict:
 
     With every unit finished the report is ``complete``; otherwise it is ``partial`` and
     says which (fold, model) units are missing. No finished unit at all is a DataError.
+    ``report.json`` is written compare-and-swap (``evidence.publish``): never complete ->
+    partial, never over a report that pools more units.
     """
+    return publish.publish(out, lambda: _aggregate_once(out, config, run_id, scratch))
+
+
+def _aggregate_once(out: Store, config: Config, run_id: str, scratch: str):
     expected = all_units(config)
     results, rows = load_finished(out, expected)
     if not results:
@@ -168,8 +174,7 @@ def aggregate(out: Store, config: Config, run_id: str, scratch: str) -> dict:
         environment=results[first]["environment"], created=max(r["finished"] for r in results.values()),
         evaluation=evaluation, comparison=_comparison(list(models), pooled, config),
         status="partial" if missing else "complete")
-    _write_documents(out, final, figures, kfold)
-    return final
+    return final, lambda: _write_documents(out, final, figures, kfold)
 
 
 def _figure_keys(expected: list[Unit], results: dict, first: Unit) -> dict[str, str]:
@@ -185,15 +190,14 @@ def _figure_keys(expected: list[Unit], results: dict, first: Unit) -> dict[str, 
 
 
 def _write_documents(out: Store, final: dict, figures: dict[str, str], kfold: bool) -> None:
-    """Model cards (hold-out: one per stored model), report.md, report.html and checklist.md,
-    then report.json last: its presence marks the run complete."""
+    """Model cards (hold-out: one per stored model), report.md, report.html and checklist.md;
+    report.json follows (``publish``): its presence marks the run complete."""
     if not kfold:  # a k-fold run stores k models per architecture, none of them "the" model to card
         for name in final["models"]:
             out.write_bytes(f"{name}/{model_card.CARD}", model_card.render(final, name).encode())
     out.write_bytes("report.md", report.markdown(final).encode())
     out.write_bytes("report.html", report_html.render(final, {n: out.read(k) for n, k in figures.items()}).encode())
     out.write_bytes("checklist.md", checklist.markdown(final).encode())
-    out.write_bytes("report.json", json.dumps(final, indent=2).encode())
 
 
 def _plots(out: Store, models: dict, pooled: dict[str, Pooled], results: dict, scratch: str) -> None:

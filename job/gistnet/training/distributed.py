@@ -102,11 +102,13 @@ def backend_for(device: torch.device) -> str:
 def process_group(world: World, device: torch.device, timeout_s: float) -> Iterator[None]:
     """Join the process group for the duration; leave it cleanly whatever happens.
 
-    Known trap (torch 2.14.1, CPU/gloo): a process that destroys the group while a
+    Reported trap (torch 2.14.1, CPU/gloo): a process that destroys the group while a
     ``DistributedDataParallel`` model or its optimizer is still alive sometimes aborts at
-    exit after training finished (12 of 40 runs); with both deleted first, 0 of 40. An
-    exception's traceback keeps the frames that hold them alive, so those frames are
-    cleared before the group is destroyed (`benchmarks/bench_ddp.py exit-loop` measures it).
+    exit after training finished. The issue that reported it counted 12 of 40 runs, and none
+    with both deleted first; this project's own runs (`benchmarks/bench_ddp.py exit-loop`,
+    benchmarks/README.md) did not reproduce the abort either way, so the cleanup is a
+    precaution, not a measured fix. An exception's traceback keeps the frames that hold them
+    alive, so those frames are cleared before the group is destroyed.
     """
     if not world.distributed:
         yield
