@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gistnet.training import distributed
+from gistnet.data import augmentation
+from gistnet.training import distributed, train
 from gistnet.training.distributed import World
 from gistnet.errors import ConfigError
 from tests.conftest import free_port
@@ -45,6 +46,60 @@ def test_rank_slices_of_each_global_batch_cover_what_one_process_trains_on():
     assert all(len(s) == len(single) for s in slices)  # every rank runs the same number of steps
     for step, batch in enumerate(single):
         assert torch.equal(torch.cat([slices[r][step] for r in range(world)]), batch)
+
+
+class InputRecorder(train.Preprocess):
+    """Records every batch a training step feeds the model (before normalisation)."""
+
+    def __init__(self):
+        super().__init__(torch.device("cpu"))
+        object.__setattr__(self, "batches", [])
+
+    def __call__(self, images):
+        self.batches.append(images.clone())
+        return super().__call__(images)
+
+
+def _epoch_inputs(mode: str, world: World, per_rank: int, epochs: int = 2):
+    """The images each step of ``epochs`` epochs of train.train_one_epoch feeds rank
+    ``world.rank``, with the data and generator every rank starts from."""
+    from gistnet.config import AugmentationConfig, TrainConfig
+
+    cfg = TrainConfig(batch_size=per_rank)
+    aug = AugmentationConfig(online_probability=0.5, rotation_degrees=25.0, clahe_grid=4)
+    g = torch.Generator().manual_seed(3)
+    images = (torch.rand(12, 3, 32, 32, generator=g) * 255).to(torch.uint8)
+    labels = torch.arange(12) % 2
+    train_set = augmentation.PaperSet(images, labels, aug, seed=5) if mode == "paper" else None
+    data = train.TrainData(images, labels, images[:4], labels[:4], train_set)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 2))
+    state = train.TrainState(model, *train.make_optimizer(model, cfg), torch.Generator().manual_seed(7))
+    recorder = InputRecorder()
+    for _ in range(epochs):
+        train.train_one_epoch(state, data, per_rank, recorder, aug if mode == "online" else None, lambda k: None,
+                              world)
+    return recorder.batches, state.generator.get_state()
+
+
+@pytest.mark.parametrize("mode", ["online", "paper"])
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_each_rank_trains_on_its_slice_of_what_one_process_would_train_on(mode, world_size):
+    """Through train_one_epoch (the code path training uses): the ranks' inputs of each step,
+    put together in rank order, are bit for bit the global batch one process trains on,
+    augmentation included, and every rank's generator ends where that process's does. With
+    every rank drawing its own slice's augmentation from an identically seeded generator,
+    image j of each rank's slice got the same flips, masks and angle, and this fails."""
+    per_rank = 2
+    single, single_gen = _epoch_inputs(mode, distributed.SINGLE, per_rank * world_size)
+    ranks = [_epoch_inputs(mode, World(world_size, r, r), per_rank) for r in range(world_size)]
+    assert len(single) >= 2 and all(len(batches) == len(single) for batches, _ in ranks)
+    for step, batch in enumerate(single):
+        assert torch.equal(torch.cat([batches[step] for batches, _ in ranks]), batch), f"step {step}"
+    assert all(torch.equal(gen, single_gen) for _, gen in ranks)
+    if mode == "online":  # the slices are not copies of one another's augmentation
+        assert not torch.equal(ranks[0][0][0], ranks[1][0][0])
 
 
 def test_scaled_batch_gives_every_rank_a_full_batch_and_scales_the_learning_rate():

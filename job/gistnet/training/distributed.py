@@ -172,14 +172,39 @@ def learning_rate(base: float, world: World, scale_batch: bool) -> float:
     return base * world.size if scale_batch else base
 
 
-def rank_batches(order: torch.Tensor, per_rank: int, world: World) -> Iterator[torch.Tensor]:
-    """This rank's slice of every full global batch of ``order`` (``per_rank * world.size``
-    images); the last partial global batch is dropped, so every rank runs the same number
-    of steps and each step has the same shape."""
+def rank_slices(n: int, per_rank: int, world: World) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of this rank's slice of every full global batch of ``n`` items in
+    epoch order (``per_rank * world.size`` items each); the last partial global batch is
+    dropped, so every rank runs the same number of steps and each step has the same shape."""
     global_batch = per_rank * world.size
-    for start in range(0, len(order) - global_batch + 1, global_batch):
+    for start in range(0, n - global_batch + 1, global_batch):
         first = start + world.rank * per_rank
-        yield order[first:first + per_rank]
+        yield first, first + per_rank
+
+
+def rank_batches(order: torch.Tensor, per_rank: int, world: World) -> Iterator[torch.Tensor]:
+    """This rank's slice of every full global batch of ``order`` (``rank_slices``)."""
+    for start, stop in rank_slices(len(order), per_rank, world):
+        yield order[start:stop]
+
+
+def epoch_batches(train_set, order: torch.Tensor, per_rank: int, world: World, aug_cfg,
+                  generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """What one epoch of training feeds this rank, step by step: its slice of each full global
+    batch of ``order`` (``rank_slices``) as float [0, 1] images and labels, augmented online
+    when ``aug_cfg`` is given. The online augmentation draws the global batch's parameters and
+    keeps this rank's slice of them (``augmentation.online_batch(part=...)``): the ranks'
+    slices together are exactly the batch one process would train on, augmentation included.
+    ``train_set`` is a ``train.TensorSet`` or an ``augmentation.PaperSet`` (planned here in
+    per-rank batches: each rank's slice is one)."""
+    from gistnet.data import augmentation
+
+    train_set.prepare(order, per_rank)
+    for start, stop in rank_slices(len(order), per_rank, world):
+        x, y = train_set.batch(start, stop)
+        if aug_cfg is not None:
+            x = augmentation.online_batch(x, aug_cfg, generator, part=(world.rank, world.size))
+        yield x, y
 
 
 def sum_and_stop(totals: torch.Tensor, stop: bool, world: World) -> tuple[torch.Tensor, bool]:

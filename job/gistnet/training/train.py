@@ -321,7 +321,7 @@ def train_one_epoch(state: TrainState, data: TrainData, batch_size: int, preproc
     the last ``n % (batch_size x processes)`` images of it are left out, so each epoch drops
     different images, BatchNorm never sees a batch of one and every step has the same shape.
     Under torchrun ``batch_size`` is this process's share and it trains on its slice of each
-    global batch (``distributed.rank_batches``); ``model`` is what to call (the DDP wrapper).
+    global batch, augmented per rank (``distributed.epoch_batches``); ``model`` is what to call (the DDP wrapper).
     Loss and correct counts stay on the device (no per-step host sync); the caller reads them
     once per epoch."""
     model, device = model or state.model, data.train_images.device
@@ -332,15 +332,10 @@ def train_one_epoch(state: TrainState, data: TrainData, batch_size: int, preproc
     global_batch = batch_size * world.size
     check_trainable(n, global_batch)
     order = torch.randperm(n, generator=state.generator)
-    data.train_set.prepare(order, batch_size)  # planned in per-rank batches: each rank's slice is one
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     steps = steps_per_epoch(n, global_batch)
-    for step in range(steps):  # this rank's slice of each full global batch, as distributed.rank_batches
-        start = step * global_batch + world.rank * batch_size
-        x, y = data.train_set.batch(start, start + batch_size)
-        if aug_cfg is not None:
-            x = augmentation.online_batch(x, aug_cfg, state.generator)
+    for x, y in distributed.epoch_batches(data.train_set, order, batch_size, world, aug_cfg, state.generator):
         with _autocast(device):
             logits = forward(preprocess(x))
             loss = torch.nn.functional.cross_entropy(logits.float(), y)
