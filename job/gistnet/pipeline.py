@@ -300,13 +300,13 @@ def _fit_timed(name: str, state: train.TrainState, data: train.TrainData, per_ra
     the ranks other than 0 pass ``save_checkpoint=None``: they write nothing."""
     checkpoint_seconds = 0.0
 
-    def save(s: train.TrainState) -> None:
+    def save(s: train.TrainState, durable: bool = False) -> None:
         nonlocal checkpoint_seconds
         if save_checkpoint is None:
             return
         start = time.perf_counter()
         with _timed(metrics, "checkpoint", name):
-            save_checkpoint(s)
+            save_checkpoint(s, durable=durable)
         checkpoint_seconds += time.perf_counter() - start
 
     start = time.perf_counter()

@@ -26,6 +26,7 @@ import contextlib
 import gc
 import logging
 import os
+import signal
 import socket
 import time
 import traceback
@@ -276,11 +277,36 @@ def launch(command: list[str], master_wait_s: float, environ: Mapping[str, str] 
     Returns the exit code of the first process that failed (by time), so the chart's
     podFailurePolicy still reads gistnet's exit codes: ``torchrun`` itself exits 1 for any
     failure. A process killed by a signal gives 128 + the signal's number, like a shell.
+    SIGTERM or SIGINT to the launcher itself is forwarded to the training processes
+    (``launcher.SignalForwarder``): they checkpoint and exit 8 (SIGINT: 130), and so does it.
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
+    from gistnet.errors import EXIT_CTRL_C, EXIT_INTERRUPTED
+    from gistnet.training import launcher
+
     environ = os.environ if environ is None else environ
+    args = get_args_parser().parse_args(["--signals-to-handle", launcher.TORCHRUN_SIGNALS, "--module", "gistnet",
+                                         *command])
+    forwarder = launcher.SignalForwarder(launcher.grace_seconds(environ))
+    with forwarder.installed():
+        try:
+            _wait_for_the_master(environ, master_wait_s)
+            run(args)
+        except launcher.SignalledBeforeStart as exc:
+            log.warning("received %s before any training process ran; nothing to checkpoint", forwarder.name)
+            return EXIT_CTRL_C if exc.signum == signal.SIGINT else EXIT_INTERRUPTED
+        except ChildFailedError as exc:
+            rank, failure = exc.get_first_failure()
+            code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
+            if not (forwarder.signum and code in (EXIT_INTERRUPTED, EXIT_CTRL_C)):  # else: as asked, said once
+                log.error("training process of rank %d failed first (exit code %d)", rank, code)
+            return code
+    return 0
+
+
+def _wait_for_the_master(environ: Mapping[str, str], master_wait_s: float) -> None:
     nodes = environ.get("PET_NNODES", "1")
     addr = environ.get("PET_MASTER_ADDR", "")
     if addr and nodes not in ("1", "1:1"):
@@ -288,12 +314,3 @@ def launch(command: list[str], master_wait_s: float, environ: Mapping[str, str] 
         node_rank = _int_env(environ, "PET_NODE_RANK", 0)
         waited = wait_for_master(addr, port, master_wait_s, connect=node_rank != 0)
         log.info("node %d: master %s:%d reachable after %.1fs", node_rank, addr, port, waited)
-    args = get_args_parser().parse_args(["--module", "gistnet", *command])
-    try:
-        run(args)
-    except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
-        code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
-        log.error("training process of rank %d failed first (exit code %d)", rank, code)
-        return code
-    return 0

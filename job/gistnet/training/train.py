@@ -13,8 +13,6 @@ import contextlib
 import logging
 import math
 import os
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -23,11 +21,12 @@ import torch
 import torchvision
 
 from gistnet.data import augmentation
-from gistnet.training import distributed
+from gistnet.training import distributed, stopping
+from gistnet.training.stopping import StopFlag  # re-exported: train.StopFlag, as callers know it
 from gistnet.evidence import evaluate
 from gistnet.training import compile as compiling
 from gistnet.config import AugmentationConfig, TrainConfig
-from gistnet.errors import ConfigError, DataError, DeviceError, DivergedError, Interrupted, OutOfDeviceMemory
+from gistnet.errors import ConfigError, DataError, DeviceError, DivergedError, OutOfDeviceMemory
 
 log = logging.getLogger(__name__)
 
@@ -131,38 +130,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, **fused)
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-
-
-class StopFlag:
-    """Set by SIGTERM; the loop checks it between epochs, checkpoints and exits."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.signal_name = ""
-
-    def set(self, signal_name: str = "SIGTERM") -> None:
-        self.signal_name = signal_name
-        self._event.set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    @contextlib.contextmanager
-    def installed(self):
-        """Handle SIGTERM (what Kubernetes sends before eviction) for the duration."""
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-
-        def handler(signum, frame):
-            log.warning("received %s: finishing the current epoch, then checkpointing", signal.Signals(signum).name)
-            self.set(signal.Signals(signum).name)
-
-        previous = signal.signal(signal.SIGTERM, handler)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGTERM, previous)
 
 
 class Observer(Protocol):
@@ -418,13 +385,7 @@ def fit(name: str, state: TrainState, data: TrainData, cfg: TrainConfig, preproc
                  state.epoch, cfg.epochs, record["train_loss"], record["train_accuracy"], seen, record["val_loss"],
                  record["val_accuracy"], record["seconds"])
         if stop.is_set() if agreed_stop is None else agreed_stop:
-            save_checkpoint(state)
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                # Every rank agreed to stop here; no rank exits (and makes torchrun kill the others)
-                # before rank 0's checkpoint is written.
-                torch.distributed.barrier()
-            raise Interrupted(f"{name}: stopped by {stop.signal_name} after epoch {state.epoch}/{cfg.epochs}; "
-                              "checkpoint saved")
+            stopping.stop_with_checkpoint(name, state, cfg.epochs, save_checkpoint, stop, world, device)
         if state.epoch < cfg.epochs and checkpoint_due(cfg, state.epoch, clock() - last_saved):
             save_checkpoint(state)
             last_saved = clock()
