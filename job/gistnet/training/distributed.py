@@ -136,17 +136,26 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def wrap(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:
-    """``DistributedDataParallel`` around ``model`` (SyncBatchNorm first on CUDA); the
-    model itself in one process. DDP broadcasts rank 0's weights and buffers on entry."""
+def wrap(model: torch.nn.Module, world: World, device: torch.device,
+         sync_batchnorm: bool = True) -> torch.nn.Module:
+    """``DistributedDataParallel`` around ``model`` (SyncBatchNorm first: ``with_batchnorm``);
+    the model itself in one process. DDP broadcasts rank 0's weights and buffers on entry."""
     if not world.distributed:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
+    model = with_batchnorm(model, device, sync_batchnorm)
     if device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return DistributedDataParallel(model, device_ids=[device.index], output_device=device.index)
     return DistributedDataParallel(model)
+
+
+def with_batchnorm(model: torch.nn.Module, device: torch.device, sync: bool) -> torch.nn.Module:
+    """``train.sync_batchnorm``: BatchNorm over the global batch (``torch.nn.SyncBatchNorm``,
+    which torch runs only on GPUs) or over each process's slice (CPU processes always)."""
+    if sync and device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

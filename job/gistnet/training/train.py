@@ -348,7 +348,7 @@ def fit(name: str, state: TrainState, data: TrainData, cfg: TrainConfig, preproc
     device = data.train_images.device
     batch = per_rank_batch or cfg.batch_size
     check_trainable(len(data.train_set), batch * world.size)
-    net = distributed.wrap(state.model, world, device)
+    net = distributed.wrap(state.model, world, device, cfg.sync_batchnorm)
     last_saved = clock()
     while state.epoch < cfg.epochs:
         started = time.perf_counter()
