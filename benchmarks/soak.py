@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             rng = random.Random(args.seed)
             identical, missing, rounds = True, [], 0
             with FaultProxy(server.endpoint, pattern=FAULTS) as proxy:
+                proxy.server.handle_error = lambda request, address: None  # a killed client's reset is expected
                 soak = Soak(proxy.url, rng, args.interruptions, args.probability, args.per_unit)
                 while rounds == 0 or (soak.interruptions < args.interruptions and rounds < 20):
                     run = f"soak{rounds}"  # each round: both runs again under new run ids
@@ -215,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                     rounds += 1
                 faults = {k: v for k, v in proxy.counts.items() if k != "ok"}
                 requests = sum(proxy.counts.values())
-    print(f"interruptions: {soak.interruptions} (SIGKILL {soak.sent['SIGKILL']}, SIGTERM {soak.sent['SIGTERM']}); "
+    stopped = sum(code != 0 for code in soak.exit_codes)
+    print(f"interruptions: {soak.interruptions} (SIGKILL {soak.sent['SIGKILL']}, SIGTERM {soak.sent['SIGTERM']}; "
+          f"{stopped} stopped a process before it finished, the others came after its last checkpoint check); "
           f"processes started: {len(soak.exit_codes)}; exit codes: {sorted(set(soak.exit_codes))}")
     print(f"faults injected: {sum(faults.values())} ({', '.join(f'{k} {v}' for k, v in faults.items())}); "
           f"requests through the proxy: {requests}; rounds: {rounds}")
