@@ -24,7 +24,7 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +74,15 @@ def _alive(pid: int) -> bool:
 class SignalForwarder:
     """Forwards SIGTERM/SIGINT to the training processes and bounds their shutdown."""
 
-    def __init__(self, grace_s: float):
-        self.grace_s = grace_s
+    def __init__(self, grace_s: float, workers: Callable[[], list[int]] = children):
+        self.grace_s, self.workers = grace_s, workers
         self.signum: int | None = None
         self._timer: threading.Timer | None = None
 
     def handle(self, signum, frame) -> None:
         first = self.signum is None
         self.signum = signum
-        workers = children()
+        workers = self.workers()
         if not workers:
             raise SignalledBeforeStart(signum)
         for pid in workers:
@@ -96,7 +96,7 @@ class SignalForwarder:
             self._timer.start()
 
     def _kill_the_rest(self) -> None:
-        left = children()
+        left = self.workers()
         if left:
             log.error("%d training processes still running %.0fs after the signal: SIGKILL", len(left), self.grace_s)
         for pid in left:
