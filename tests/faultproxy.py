@@ -14,6 +14,7 @@ import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 from urllib.parse import urlsplit
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
@@ -22,7 +23,11 @@ SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, pattern: str = "ok,503,ok,reset,delay,ok,503,ok", delay: float = 0.3):
+    def __init__(self, upstream: str, pattern: str = "ok,503,ok,reset,delay,ok,503,ok", delay: float = 0.3,
+                 before: Callable[[str, str], None] | None = None):
+        """``before(method, path)``, when given, runs before each request is answered (it may
+        hold the request back, e.g. to make one upload slow)."""
+        self.before = before
         self.upstream = urlsplit(upstream)
         self.pattern = pattern.split(",")
         self.delay = delay
@@ -53,6 +58,8 @@ class FaultProxy:
 
             def _handle(self):
                 body = self._body()
+                if proxy.before is not None:
+                    proxy.before(self.command, self.path)
                 fault = proxy.next_fault()
                 if fault == "reset":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import logging
 import re
 import zlib
 from pathlib import Path
@@ -411,3 +412,25 @@ def test_aggregate_without_a_finished_fold_fails_and_writes_nothing(cli, tmp_pat
     (run / "config.yaml").write_text("split:\n  method: kfold\n  folds: 3\n")
     _one_line_error(cli("aggregate", "--run", run), errors.EXIT_DATA, "no finished fold to aggregate")
     assert [p.name for p in run.iterdir()] == ["config.yaml"]
+
+
+@pytest.mark.parametrize("environ, level, prefix", [({}, logging.INFO, ""),
+                                                    ({"WORLD_SIZE": "2", "RANK": "0"}, logging.INFO, ""),
+                                                    ({"WORLD_SIZE": "2", "RANK": "1"}, logging.WARNING, "rank 1: ")])
+def test_under_torchrun_only_rank_0_logs_info_and_the_others_name_their_rank(environ, level, prefix, monkeypatch,
+                                                                              capsys):
+    """A 2-rank run printed every line twice: the ranks other than 0 log WARNING and above, prefixed."""
+    from gistnet import cli as cli_mod
+
+    for name in ("WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    try:
+        cli_mod.setup_logging()
+        assert logging.getLogger().level == level
+        logging.getLogger("gistnet.test").warning("stopping")
+        assert f"gistnet.test: {prefix}stopping" in capsys.readouterr().err
+    finally:
+        monkeypatch.undo()
+        cli_mod.setup_logging()

@@ -21,10 +21,28 @@ from gistnet.errors import GistnetError
 log = logging.getLogger("gistnet")
 
 
+def other_rank(environ=None) -> int | None:
+    """Under torchrun, this process's rank when it is not rank 0 (None: rank 0 or one process)."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    try:
+        size, rank = int(environ.get("WORLD_SIZE") or 1), int(environ.get("RANK") or 0)
+    except ValueError:
+        return None  # distributed.world_from_env refuses it with one line later
+    return rank if size > 1 and rank > 0 else None
+
+
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S",
-                        force=True)
+    """INFO (DEBUG with -v) on stderr. Under torchrun only rank 0 logs INFO: the other ranks
+    train in step with it and would repeat every line, so they log WARNING and above, each
+    line prefixed with its rank."""
+    rank = other_rank()
+    level = logging.DEBUG if verbose else logging.INFO if rank is None else logging.WARNING
+    prefix = "" if rank is None else f"rank {rank}: "
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s %(name)s: {prefix}%(message)s",
+                        datefmt="%Y-%m-%dT%H:%M:%S", force=True)
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "matplotlib", "PIL", "onnxscript", "onnx_ir",
                   "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -45,16 +63,21 @@ def user_errors(fn=None, *, after_interrupt: str = RESUME_HINT):
         try:
             return fn(*args, **kwargs)
         except errors.Interrupted as exc:
-            click.echo(f"gistnet: {exc.kind}: {exc}; {after_interrupt}", err=True)
+            click.echo(f"gistnet: {_rank()}{exc.kind}: {exc}; {after_interrupt}", err=True)
             sys.exit(exc.exit_code)
         except GistnetError as exc:
-            click.echo(f"gistnet: {exc.kind}: {exc}", err=True)
+            click.echo(f"gistnet: {_rank()}{exc.kind}: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo(f"gistnet: interrupted (Ctrl-C); {after_interrupt}", err=True)
+            click.echo(f"gistnet: {_rank()}interrupted (Ctrl-C); {after_interrupt}", err=True)
             sys.exit(errors.EXIT_CTRL_C)
 
     return wrapper
+
+
+def _rank() -> str:
+    rank = other_rank()
+    return "" if rank is None else f"rank {rank}: "
 
 
 def _resolve(config_file, flags: dict) -> config_mod.Config:
@@ -149,6 +172,8 @@ def _run_training(cfg: config_mod.Config, fold: str | None = None, model: str | 
             raise errors.ConfigError(f"no {key} URI: pass --{key} or set {key}.uri in the config")
     outcome = pipeline.run(cfg, fold=fold, model=model)
     if outcome.report is None:
+        if other_rank() is not None:  # trained in step with rank 0, which writes the report and says where
+            return outcome
         click.echo(f"{outcome.uri}/ (this process's part is done; the process that finishes the last (fold, "
                    "model) unit writes the report, or run gistnet aggregate --run on it)")
         return outcome

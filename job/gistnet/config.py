@@ -81,6 +81,7 @@ class TrainConfig:
     checkpoint_interval_s: int = 300
     compile: str = "auto"
     compile_cache: bool = True
+    sync_batchnorm: bool = True
 
 
 @dataclass(frozen=True)

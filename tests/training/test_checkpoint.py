@@ -185,3 +185,28 @@ def test_a_failed_background_upload_is_a_storage_error_on_the_training_thread(s3
     with pytest.raises(StorageError), writer:  # a SIGTERM exit waits for the upload: its failure is the outcome
         writer.save(state(4))
         raise Interrupted("stopped by SIGTERM")
+
+
+class SlowStore(LocalStore):
+    """A local folder whose uploads take half a second, like a slow bucket."""
+
+    def upload_file(self, key, path, sha256=None):
+        import time
+
+        time.sleep(0.5)
+        super().upload_file(key, path, sha256)
+
+
+def test_a_stop_checkpoint_is_stored_before_save_returns(tmp_path):
+    """A background upload returns at once; the stop checkpoint (durable) returns only once the
+    object and its pointer are stored, so no rank exits while rank 0 still uploads."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 2)
+    s = train.TrainState(model, *train.make_optimizer(model, CFG), torch.Generator().manual_seed(0), epoch=1)
+    store = SlowStore(tmp_path / "run")
+    with checkpoint.CheckpointWriter(store, "resnet34", str(tmp_path), background=True) as writer:
+        writer.save(s)
+        assert checkpoint.read_pointer(store, "resnet34") is None  # still uploading on its thread
+        s.epoch = 2
+        writer.save(s, durable=True)
+        assert checkpoint.read_pointer(store, "resnet34")["epoch"] == 2

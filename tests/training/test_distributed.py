@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from gistnet.training import distributed
+from gistnet.data import augmentation
+from gistnet.training import distributed, train
 from gistnet.training.distributed import World
 from gistnet.errors import ConfigError
-from tests.conftest import free_port
+from tests.conftest import REPO, free_port
+from tests.training import rank_writes
 
 
 def test_world_from_env_reads_torchrun_variables_and_defaults_to_one_process():
@@ -45,6 +47,60 @@ def test_rank_slices_of_each_global_batch_cover_what_one_process_trains_on():
     assert all(len(s) == len(single) for s in slices)  # every rank runs the same number of steps
     for step, batch in enumerate(single):
         assert torch.equal(torch.cat([slices[r][step] for r in range(world)]), batch)
+
+
+class InputRecorder(train.Preprocess):
+    """Records every batch a training step feeds the model (before normalisation)."""
+
+    def __init__(self):
+        super().__init__(torch.device("cpu"))
+        object.__setattr__(self, "batches", [])
+
+    def __call__(self, images):
+        self.batches.append(images.clone())
+        return super().__call__(images)
+
+
+def _epoch_inputs(mode: str, world: World, per_rank: int, epochs: int = 2):
+    """The images each step of ``epochs`` epochs of train.train_one_epoch feeds rank
+    ``world.rank``, with the data and generator every rank starts from."""
+    from gistnet.config import AugmentationConfig, TrainConfig
+
+    cfg = TrainConfig(batch_size=per_rank)
+    aug = AugmentationConfig(online_probability=0.5, rotation_degrees=25.0, clahe_grid=4)
+    g = torch.Generator().manual_seed(3)
+    images = (torch.rand(12, 3, 32, 32, generator=g) * 255).to(torch.uint8)
+    labels = torch.arange(12) % 2
+    train_set = augmentation.PaperSet(images, labels, aug, seed=5) if mode == "paper" else None
+    data = train.TrainData(images, labels, images[:4], labels[:4], train_set)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 2))
+    state = train.TrainState(model, *train.make_optimizer(model, cfg), torch.Generator().manual_seed(7))
+    recorder = InputRecorder()
+    for _ in range(epochs):
+        train.train_one_epoch(state, data, per_rank, recorder, aug if mode == "online" else None, lambda k: None,
+                              world)
+    return recorder.batches, state.generator.get_state()
+
+
+@pytest.mark.parametrize("mode", ["online", "paper"])
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_each_rank_trains_on_its_slice_of_what_one_process_would_train_on(mode, world_size):
+    """Through train_one_epoch (the code path training uses): the ranks' inputs of each step,
+    put together in rank order, are bit for bit the global batch one process trains on,
+    augmentation included, and every rank's generator ends where that process's does. With
+    every rank drawing its own slice's augmentation from an identically seeded generator,
+    image j of each rank's slice got the same flips, masks and angle, and this fails."""
+    per_rank = 2
+    single, single_gen = _epoch_inputs(mode, distributed.SINGLE, per_rank * world_size)
+    ranks = [_epoch_inputs(mode, World(world_size, r, r), per_rank) for r in range(world_size)]
+    assert len(single) >= 2 and all(len(batches) == len(single) for batches, _ in ranks)
+    for step, batch in enumerate(single):
+        assert torch.equal(torch.cat([batches[step] for batches, _ in ranks]), batch), f"step {step}"
+    assert all(torch.equal(gen, single_gen) for _, gen in ranks)
+    if mode == "online":  # the slices are not copies of one another's augmentation
+        assert not torch.equal(ranks[0][0][0], ranks[1][0][0])
 
 
 def test_scaled_batch_gives_every_rank_a_full_batch_and_scales_the_learning_rate():
@@ -120,8 +176,24 @@ def _train_flags(data, out, run_id, epochs):
 
 def _env(**extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PET_", "GISTNET_"))}
-    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+    python_path = [str(REPO / "job"), str(REPO), *filter(None, [env.get("PYTHONPATH")])]
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(python_path), **extra)
     return env
+
+
+def test_the_write_recorder_catches_a_write_by_rank_1(tmp_path, monkeypatch):
+    """The check of "rank 0 alone wrote" can fail: a write made by rank 1 is recorded as rank 1's."""
+    from gistnet.data import storage
+
+    for cls in (storage.LocalStore, storage.S3Store):  # undone after the test
+        for name in rank_writes.METHODS:
+            if name in cls.__dict__:
+                monkeypatch.setattr(cls, name, cls.__dict__[name])
+    monkeypatch.setenv("RANK", "1")
+    rank_writes.install(tmp_path)
+    storage.LocalStore(tmp_path / "run").write_bytes("resnet34/result.json", b"{}")
+    assert rank_writes.writers_other_than_rank_0(rank_writes.read(tmp_path)) == [
+        (1, "write_bytes", f"{tmp_path / 'run'}/resnet34/result.json")]
 
 
 def _history(out, run_id):
@@ -139,16 +211,25 @@ def test_torchrun_two_processes_train_like_one_with_the_same_global_batch(tiny_d
     one = subprocess.run([sys.executable, "-m", "gistnet", *_train_flags(tiny_data, tmp_path, "one", 2)],
                          env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert one.returncode == 0, one.stderr
+    writes = tmp_path / "writes"
+    writes.mkdir()
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                          "-m", "gistnet", *_train_flags(tiny_data, tmp_path, "two", 2)],
-                         env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+                          "-m", "tests.training.rank_writes", *_train_flags(tiny_data, tmp_path, "two", 2)],
+                         env=_env(**{rank_writes.WRITES_ENV: str(writes)}), capture_output=True, text=True,
+                         timeout=TIMEOUT)
     assert two.returncode == 0, two.stderr[-3000:]
     single, ddp = _history(tmp_path, "one"), _history(tmp_path, "two")
     assert [e["images"] for e in ddp["history"]] == [e["images"] for e in single["history"]]
     assert abs(ddp["history"][0]["train_loss"] - single["history"][0]["train_loss"]) < 0.25
-    assert "rank 1 done; rank 0 writes the report" in two.stderr
-    written = sorted(p.name for p in (tmp_path / "two" / "resnet34").iterdir())
-    assert written == sorted(p.name for p in (tmp_path / "one" / "resnet34").iterdir())  # rank 0 alone wrote
+    # Rank 0 alone wrote: every write of the run, recorded with the rank that made it.
+    recorded = rank_writes.read(writes)
+    assert any(uri.endswith("resnet34/result.json") for _, _, uri in recorded), recorded
+    assert rank_writes.writers_other_than_rank_0(recorded) == []
+    # DDP logs once: INFO from rank 0 only, and no fan-out wording for a DDP run.
+    assert two.stderr.count("resnet34 epoch 1/2") == 1, two.stderr[-3000:]
+    assert two.stderr.count("run two: data") == 1
+    assert "the process that finishes the last (fold, model) unit" not in two.stdout + two.stderr
+    assert two.stdout.strip().splitlines() == [f"{tmp_path / 'two'}/report.json"]
 
 
 @pytest.mark.e2e
@@ -191,30 +272,125 @@ def _worker_of_rank(launcher: subprocess.Popen, rank: int, timeout=120) -> int:
     raise AssertionError(f"no worker with RANK={rank} under pid {launcher.pid}")
 
 
-@pytest.mark.e2e
-def test_sigterm_on_one_rank_stops_all_checkpoints_and_one_process_resumes(tiny_data, tmp_path):
-    args = [sys.executable, "-m", "gistnet", "launch", *_train_flags(tiny_data, tmp_path, "stop", 4)]
-    launcher = subprocess.Popen(args, env=_env(PET_STANDALONE="1", PET_NPROC_PER_NODE="2"),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _alive(pid: int) -> bool:
+    """Running (not exited, not a zombie waiting to be reaped)."""
     try:
-        rank1 = _worker_of_rank(launcher, 1)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+class Lines:
+    """A process's stderr, read line by line on a thread, so a test can wait for a line."""
+
+    def __init__(self, stream):
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=lambda: self.lines.extend(iter(stream.readline, "")), daemon=True)
+        self._thread.start()
+
+    def wait_for(self, fragment: str, proc: subprocess.Popen, timeout: float = TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(fragment in line for line in self.lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(self.lines)[-3000:]
+            time.sleep(0.1)
+
+    def text(self) -> str:
+        self._thread.join(timeout=60)
+        return "".join(self.lines)
+
+
+@pytest.mark.e2e
+def test_sigterm_on_one_rank_stores_the_checkpoint_before_any_rank_exits(tiny_data, tmp_path, s3_env, bucket):
+    """S3 output with a slow checkpoint pointer (the fault proxy holds its PUT back for 4 s):
+    SIGTERM to rank 1 stops both ranks after the same epoch; while rank 0's pointer is still
+    being written, no rank has exited (before, rank 1 left as soon as the upload was handed to
+    a thread, torchrun then stopped rank 0, and a slower upload was lost); the pointer is
+    stored and a re-run resumes from it."""
+    from tests.faultproxy import FaultProxy
+
+    workers: dict[int, int] = {}
+    held: list[dict[int, bool]] = []
+    armed = threading.Event()
+
+    def slow_pointer(method: str, path: str) -> None:
+        if armed.is_set() and method == "PUT" and path.split("?")[0].endswith("/resnet34/checkpoint.json"):
+            for _ in range(40):  # 4 s, watching the ranks
+                held.append({rank: _alive(pid) for rank, pid in workers.items()})
+                time.sleep(0.1)
+
+    output = f"s3://{bucket}"
+    flags = _train_flags(tiny_data, output, "stop", 4)
+    flags[flags.index("--checkpoint-every") + 1] = "0"  # only the stop checkpoint: one upload through the proxy
+    with FaultProxy(s3_env["AWS_ENDPOINT_URL"], pattern="ok", before=slow_pointer) as proxy:
+        launcher = subprocess.Popen([sys.executable, "-m", "gistnet", "launch", *flags],
+                                    env=_env(PET_STANDALONE="1", PET_NPROC_PER_NODE="2", AWS_ENDPOINT_URL=proxy.url),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            stderr = Lines(launcher.stderr)
+            workers.update({rank: _worker_of_rank(launcher, rank) for rank in (0, 1)})
+            stderr.wait_for("resnet34 epoch 1/4", launcher)
+            armed.set()
+            os.kill(workers[1], signal.SIGTERM)
+            launcher.wait(timeout=TIMEOUT)
+        finally:
+            launcher.kill()
+        log = stderr.text()
+    assert launcher.returncode == 8, log[-3000:]
+    assert held and all(all(alive.values()) for alive in held), held  # nobody left while the pointer was written
+    assert "stopped by SIGTERM on another rank" in log and "stopped by SIGTERM after" in log
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"])
+    stopped_at = json.loads(s3.get_object(Bucket=bucket, Key="stop/resnet34/checkpoint.json")["Body"].read())["epoch"]
+    assert 1 <= stopped_at < 4
+    again = subprocess.run([sys.executable, "-m", "gistnet", *flags], env=_env(), capture_output=True, text=True,
+                           timeout=TIMEOUT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    model = json.loads(s3.get_object(Bucket=bucket, Key="stop/report.json")["Body"].read())["models"]["resnet34"]
+    assert model["resumed_from_epoch"] == stopped_at and len(model["history"]) == 4
+
+
+def _outcome(out: Path, run_id: str) -> dict:
+    """What a run computed, timestamps and durations aside: each epoch's metrics, the
+    predictions and the weights' sha256."""
+    model = _history(out, run_id)
+    timeless = [{k: v for k, v in e.items() if k not in ("seconds", "train_seconds")} for e in model["history"]]
+    varying = ("history", "checkpoint", "resumable_checkpoint", "resumed_from_epoch")
+    return {"history": timeless, "weights": model["checkpoint"]["sha256"],
+            "evaluation": {k: v for k, v in model.items() if k not in varying},
+            "predictions": (out / run_id / "predictions.csv").read_text()}
+
+
+@pytest.mark.e2e
+def test_sigterm_to_the_launcher_exits_8_and_the_rerun_ends_like_an_uninterrupted_run(tiny_data, tmp_path):
+    """The pod's SIGTERM reaches gistnet launch, not a worker: every rank checkpoints, the
+    launcher exits 8 with one line and no traceback (before: torchrun's SignalException, exit 1),
+    and re-running the launch resumes and ends with the same metrics, predictions and weights
+    as a run that was never interrupted."""
+    env = _env(PET_STANDALONE="1", PET_NPROC_PER_NODE="2")
+    whole = subprocess.run([sys.executable, "-m", "gistnet", "launch", *_train_flags(tiny_data, tmp_path, "whole", 3)],
+                           env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    args = [sys.executable, "-m", "gistnet", "launch", *_train_flags(tiny_data, tmp_path, "stop", 3)]
+    launcher = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
         pointer = tmp_path / "stop" / "resnet34" / "checkpoint.json"
         deadline = time.monotonic() + TIMEOUT
         while not pointer.exists() and launcher.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        os.kill(rank1, signal.SIGTERM)
+        launcher.send_signal(signal.SIGTERM)
         _, stderr = launcher.communicate(timeout=TIMEOUT)
     finally:
         launcher.kill()
-    assert launcher.returncode == 8, stderr[-3000:]  # gistnet launch passes the ranks' exit code through
-    assert "stopped by SIGTERM on another rank" in stderr and "stopped by SIGTERM after" in stderr
+    assert launcher.returncode == 8, stderr[-3000:]
+    assert "Traceback" not in stderr and "SignalException" not in stderr, stderr[-3000:]
+    assert stderr.count("received SIGTERM: forwarded to the 2 training processes") == 1
     stopped_at = json.loads(pointer.read_text())["epoch"]
-    assert 1 <= stopped_at < 4 and not (tmp_path / "stop" / "report.json").exists()
-    again = subprocess.run([sys.executable, "-m", "gistnet", *_train_flags(tiny_data, tmp_path, "stop", 4)],
-                           env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert 1 <= stopped_at < 3 and not (tmp_path / "stop" / "report.json").exists()
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert again.returncode == 0, again.stderr[-3000:]
-    model = _history(tmp_path, "stop")
-    assert model["resumed_from_epoch"] == stopped_at and len(model["history"]) == 4
+    assert _history(tmp_path, "stop")["resumed_from_epoch"] == stopped_at
+    assert _outcome(tmp_path, "stop") == _outcome(tmp_path, "whole")
 
 
 def test_torchrun_without_a_run_id_is_refused_before_anything_runs(tiny_data, tmp_path, monkeypatch):
@@ -227,3 +403,20 @@ def test_torchrun_without_a_run_id_is_refused_before_anything_runs(tiny_data, tm
     with pytest.raises(ConfigError, match="every process needs the same run id: pass --run-id"):
         pipeline.run(cfg)
     assert not any(tmp_path.iterdir())
+
+
+def test_sync_batchnorm_is_a_choice_on_gpus_and_per_process_on_cpus():
+    """train.sync_batchnorm: SyncBatchNorm on GPUs when true, per-process BatchNorm when false;
+    torch's SyncBatchNorm does not run on CPU, so CPU processes keep theirs."""
+    from gistnet import config
+
+    assert config.load_config(None, {"train.sync_batchnorm": False}, environ={}).train.sync_batchnorm is False
+    assert config.Config().train.sync_batchnorm is True
+
+    def kinds(model):
+        return {type(m).__name__ for m in model.modules() if "BatchNorm" in type(m).__name__}
+
+    cuda = torch.device("cuda", 0)  # converting the modules needs no GPU
+    assert kinds(distributed.with_batchnorm(train.build_model("resnet34"), cuda, True)) == {"SyncBatchNorm"}
+    assert kinds(distributed.with_batchnorm(train.build_model("resnet34"), cuda, False)) == {"BatchNorm2d"}
+    assert kinds(distributed.with_batchnorm(train.build_model("resnet34"), torch.device("cpu"), True)) == {"BatchNorm2d"}

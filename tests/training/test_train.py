@@ -171,8 +171,8 @@ def test_stop_flag_checkpoints_and_interrupts():
     saved = []
     with pytest.raises(Interrupted, match="after epoch 1/5"):
         train.fit("resnet34", state, tiny_data(), cfg, train.Preprocess(torch.device("cpu")), None,
-                  train.NullObserver(), stop, lambda s: saved.append(s.epoch))
-    assert saved == [1]
+                  train.NullObserver(), stop, lambda s, durable=False: saved.append((s.epoch, durable)))
+    assert saved == [(1, True)]  # stored before fit returns: no rank may exit first
 
 
 def test_non_finite_loss_is_reported():

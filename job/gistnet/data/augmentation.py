@@ -149,7 +149,7 @@ class PaperSet:
 
 
 def online_batch(batch: torch.Tensor, cfg: AugmentationConfig, gen: torch.Generator,
-                 whole_batch: bool | None = None) -> torch.Tensor:
+                 whole_batch: bool | None = None, part: tuple[int, int] = (0, 1)) -> torch.Tensor:
     """A random composition of the five operations: each applied to a random subset of the
     float [0, 1] batch with probability ``online_probability``, in a fixed order.
 
@@ -162,9 +162,20 @@ def online_batch(batch: torch.Tensor, cfg: AugmentationConfig, gen: torch.Genera
     only the chosen images are gathered and written back, by indices computed on the host:
     half the arithmetic at probability 0.5, which is what counts on a CPU. Both give the
     same images.
+
+    ``part = (r, k)``: ``batch`` is slice ``r`` of ``k`` equal slices of a global batch (rank
+    ``r`` of ``k`` data-parallel processes). The parameters of the whole global batch are
+    drawn and slice ``r`` of them is used, so the slices of all ranks together get exactly
+    what one process draws for the global batch, and every rank's generator stays in step
+    with that one process.
     """
     ops = operations(cfg)
-    chosen, params = _draw_online(ops, batch.shape[0], cfg.online_probability, gen)
+    index, parts = part
+    n = batch.shape[0]
+    chosen, params = _draw_online(ops, n * parts, cfg.online_probability, gen)
+    if parts > 1:
+        chosen = chosen[:, index * n:(index + 1) * n].contiguous()
+        params = params[:, index * n:(index + 1) * n].contiguous()
     if not chosen.any():  # a host tensor: no device sync
         return batch
     if batch.device.type == "cuda" if whole_batch is None else whole_batch:

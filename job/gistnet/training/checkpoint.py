@@ -77,9 +77,11 @@ class CheckpointWriter:
         self._pending: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def save(self, state: TrainState) -> None:
+    def save(self, state: TrainState, durable: bool = False) -> None:
+        """Checkpoint ``state``; with ``durable`` (a stop) return only once it is stored and
+        its pointer written."""
         self.wait()
-        if not self.background:
+        if not self.background or durable:
             self.pointer = save_checkpoint(self.store, self.model_name, state, self.scratch)
             return
         data, epoch = serialize(state), state.epoch

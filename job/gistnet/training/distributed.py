@@ -26,6 +26,7 @@ import contextlib
 import gc
 import logging
 import os
+import signal
 import socket
 import time
 import traceback
@@ -137,17 +138,26 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def wrap(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:
-    """``DistributedDataParallel`` around ``model`` (SyncBatchNorm first on CUDA); the
-    model itself in one process. DDP broadcasts rank 0's weights and buffers on entry."""
+def wrap(model: torch.nn.Module, world: World, device: torch.device,
+         sync_batchnorm: bool = True) -> torch.nn.Module:
+    """``DistributedDataParallel`` around ``model`` (SyncBatchNorm first: ``with_batchnorm``);
+    the model itself in one process. DDP broadcasts rank 0's weights and buffers on entry."""
     if not world.distributed:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
+    model = with_batchnorm(model, device, sync_batchnorm)
     if device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return DistributedDataParallel(model, device_ids=[device.index], output_device=device.index)
     return DistributedDataParallel(model)
+
+
+def with_batchnorm(model: torch.nn.Module, device: torch.device, sync: bool) -> torch.nn.Module:
+    """``train.sync_batchnorm``: BatchNorm over the global batch (``torch.nn.SyncBatchNorm``,
+    which torch runs only on GPUs) or over each process's slice (CPU processes always)."""
+    if sync and device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -174,14 +184,39 @@ def learning_rate(base: float, world: World, scale_batch: bool) -> float:
     return base * world.size if scale_batch else base
 
 
-def rank_batches(order: torch.Tensor, per_rank: int, world: World) -> Iterator[torch.Tensor]:
-    """This rank's slice of every full global batch of ``order`` (``per_rank * world.size``
-    images); the last partial global batch is dropped, so every rank runs the same number
-    of steps and each step has the same shape."""
+def rank_slices(n: int, per_rank: int, world: World) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of this rank's slice of every full global batch of ``n`` items in
+    epoch order (``per_rank * world.size`` items each); the last partial global batch is
+    dropped, so every rank runs the same number of steps and each step has the same shape."""
     global_batch = per_rank * world.size
-    for start in range(0, len(order) - global_batch + 1, global_batch):
+    for start in range(0, n - global_batch + 1, global_batch):
         first = start + world.rank * per_rank
-        yield order[first:first + per_rank]
+        yield first, first + per_rank
+
+
+def rank_batches(order: torch.Tensor, per_rank: int, world: World) -> Iterator[torch.Tensor]:
+    """This rank's slice of every full global batch of ``order`` (``rank_slices``)."""
+    for start, stop in rank_slices(len(order), per_rank, world):
+        yield order[start:stop]
+
+
+def epoch_batches(train_set, order: torch.Tensor, per_rank: int, world: World, aug_cfg,
+                  generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """What one epoch of training feeds this rank, step by step: its slice of each full global
+    batch of ``order`` (``rank_slices``) as float [0, 1] images and labels, augmented online
+    when ``aug_cfg`` is given. The online augmentation draws the global batch's parameters and
+    keeps this rank's slice of them (``augmentation.online_batch(part=...)``): the ranks'
+    slices together are exactly the batch one process would train on, augmentation included.
+    ``train_set`` is a ``train.TensorSet`` or an ``augmentation.PaperSet`` (planned here in
+    per-rank batches: each rank's slice is one)."""
+    from gistnet.data import augmentation
+
+    train_set.prepare(order, per_rank)
+    for start, stop in rank_slices(len(order), per_rank, world):
+        x, y = train_set.batch(start, stop)
+        if aug_cfg is not None:
+            x = augmentation.online_batch(x, aug_cfg, generator, part=(world.rank, world.size))
+        yield x, y
 
 
 def sum_and_stop(totals: torch.Tensor, stop: bool, world: World) -> tuple[torch.Tensor, bool]:
@@ -253,11 +288,36 @@ def launch(command: list[str], master_wait_s: float, environ: Mapping[str, str] 
     Returns the exit code of the first process that failed (by time), so the chart's
     podFailurePolicy still reads gistnet's exit codes: ``torchrun`` itself exits 1 for any
     failure. A process killed by a signal gives 128 + the signal's number, like a shell.
+    SIGTERM or SIGINT to the launcher itself is forwarded to the training processes
+    (``launcher.SignalForwarder``): they checkpoint and exit 8 (SIGINT: 130), and so does it.
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
+    from gistnet.errors import EXIT_CTRL_C, EXIT_INTERRUPTED
+    from gistnet.training import launcher
+
     environ = os.environ if environ is None else environ
+    args = get_args_parser().parse_args(["--signals-to-handle", launcher.TORCHRUN_SIGNALS, "--module", "gistnet",
+                                         *command])
+    forwarder = launcher.SignalForwarder(launcher.grace_seconds(environ))
+    with forwarder.installed():
+        try:
+            _wait_for_the_master(environ, master_wait_s)
+            run(args)
+        except launcher.SignalledBeforeStart as exc:
+            log.warning("received %s before any training process ran; nothing to checkpoint", forwarder.name)
+            return EXIT_CTRL_C if exc.signum == signal.SIGINT else EXIT_INTERRUPTED
+        except ChildFailedError as exc:
+            rank, failure = exc.get_first_failure()
+            code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
+            if not (forwarder.signum and code in (EXIT_INTERRUPTED, EXIT_CTRL_C)):  # else: as asked, said once
+                log.error("training process of rank %d failed first (exit code %d)", rank, code)
+            return code
+    return 0
+
+
+def _wait_for_the_master(environ: Mapping[str, str], master_wait_s: float) -> None:
     nodes = environ.get("PET_NNODES", "1")
     addr = environ.get("PET_MASTER_ADDR", "")
     if addr and nodes not in ("1", "1:1"):
@@ -265,12 +325,3 @@ def launch(command: list[str], master_wait_s: float, environ: Mapping[str, str] 
         node_rank = _int_env(environ, "PET_NODE_RANK", 0)
         waited = wait_for_master(addr, port, master_wait_s, connect=node_rank != 0)
         log.info("node %d: master %s:%d reachable after %.1fs", node_rank, addr, port, waited)
-    args = get_args_parser().parse_args(["--module", "gistnet", *command])
-    try:
-        run(args)
-    except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
-        code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
-        log.error("training process of rank %d failed first (exit code %d)", rank, code)
-        return code
-    return 0

@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -22,11 +20,12 @@ import torch
 import torchvision
 
 from gistnet.data import augmentation
-from gistnet.training import distributed
+from gistnet.training import distributed, stopping
+from gistnet.training.stopping import StopFlag  # re-exported: train.StopFlag, as callers know it
 from gistnet.evidence import evaluate
 from gistnet.training import compile as compiling
 from gistnet.config import AugmentationConfig, TrainConfig
-from gistnet.errors import ConfigError, DataError, DivergedError, Interrupted
+from gistnet.errors import ConfigError, DataError, DivergedError
 from gistnet.training.device import (cuda_rng_state, out_of_memory_is_a_device_error, resolve_device,  # noqa: F401
                                      restore_cuda_rng_state, set_determinism, threads_hint)
 
@@ -116,38 +115,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, **fused)
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-
-
-class StopFlag:
-    """Set by SIGTERM; the loop checks it between epochs, checkpoints and exits."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.signal_name = ""
-
-    def set(self, signal_name: str = "SIGTERM") -> None:
-        self.signal_name = signal_name
-        self._event.set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    @contextlib.contextmanager
-    def installed(self):
-        """Handle SIGTERM (what Kubernetes sends before eviction) for the duration."""
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-
-        def handler(signum, frame):
-            log.warning("received %s: finishing the current epoch, then checkpointing", signal.Signals(signum).name)
-            self.set(signal.Signals(signum).name)
-
-        previous = signal.signal(signal.SIGTERM, handler)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGTERM, previous)
 
 
 class Observer(Protocol):
@@ -285,7 +252,7 @@ def train_one_epoch(state: TrainState, data: TrainData, batch_size: int, preproc
     the last ``n % (batch_size x processes)`` images of it are left out, so each epoch drops
     different images, BatchNorm never sees a batch of one and every step has the same shape.
     Under torchrun ``batch_size`` is this process's share and it trains on its slice of each
-    global batch (``distributed.rank_batches``); ``model`` is what to call (the DDP wrapper).
+    global batch, augmented per rank (``distributed.epoch_batches``); ``model`` is what to call (the DDP wrapper).
     Loss and correct counts stay on the device (no per-step host sync); the caller reads them
     once per epoch."""
     model, device = model or state.model, data.train_images.device
@@ -296,15 +263,10 @@ def train_one_epoch(state: TrainState, data: TrainData, batch_size: int, preproc
     global_batch = batch_size * world.size
     check_trainable(n, global_batch)
     order = torch.randperm(n, generator=state.generator)
-    data.train_set.prepare(order, batch_size)  # planned in per-rank batches: each rank's slice is one
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     steps = steps_per_epoch(n, global_batch)
-    for step in range(steps):  # this rank's slice of each full global batch, as distributed.rank_batches
-        start = step * global_batch + world.rank * batch_size
-        x, y = data.train_set.batch(start, start + batch_size)
-        if aug_cfg is not None:
-            x = augmentation.online_batch(x, aug_cfg, state.generator)
+    for x, y in distributed.epoch_batches(data.train_set, order, batch_size, world, aug_cfg, state.generator):
         with _autocast(device):
             logits = forward(preprocess(x))
             loss = torch.nn.functional.cross_entropy(logits.float(), y)
@@ -350,7 +312,7 @@ def fit(name: str, state: TrainState, data: TrainData, cfg: TrainConfig, preproc
     device = data.train_images.device
     batch = per_rank_batch or cfg.batch_size
     check_trainable(len(data.train_set), batch * world.size)
-    net = distributed.wrap(state.model, world, device)
+    net = distributed.wrap(state.model, world, device, cfg.sync_batchnorm)
     last_saved = clock()
     while state.epoch < cfg.epochs:
         started = time.perf_counter()
@@ -387,13 +349,7 @@ def fit(name: str, state: TrainState, data: TrainData, cfg: TrainConfig, preproc
                  state.epoch, cfg.epochs, record["train_loss"], record["train_accuracy"], seen, record["val_loss"],
                  record["val_accuracy"], record["seconds"])
         if stop.is_set() if agreed_stop is None else agreed_stop:
-            save_checkpoint(state)
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                # Every rank agreed to stop here; no rank exits (and makes torchrun kill the others)
-                # before rank 0's checkpoint is written.
-                torch.distributed.barrier()
-            raise Interrupted(f"{name}: stopped by {stop.signal_name} after epoch {state.epoch}/{cfg.epochs}; "
-                              "checkpoint saved")
+            stopping.stop_with_checkpoint(name, state, cfg.epochs, save_checkpoint, stop, world, device)
         if state.epoch < cfg.epochs and checkpoint_due(cfg, state.epoch, clock() - last_saved):
             save_checkpoint(state)
             last_saved = clock()

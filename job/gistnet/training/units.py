@@ -162,13 +162,13 @@ def _fit(ctx: RunContext, name: str, state: train.TrainState, data: train.TrainD
     online = ctx.config.augmentation if ctx.config.augmentation.mode == "online" else None
     checkpoint_seconds = 0.0
 
-    def save(s: train.TrainState) -> None:
+    def save(s: train.TrainState, durable: bool = False) -> None:
         nonlocal checkpoint_seconds
         if save_checkpoint is None:
             return
         start = time.perf_counter()
         with ctx.timed("checkpoint", name):
-            save_checkpoint(s)
+            save_checkpoint(s, durable=durable)
         checkpoint_seconds += time.perf_counter() - start
 
     start = time.perf_counter()
