@@ -22,7 +22,8 @@ import yaml
 
 from gistnet.data import augmentation
 from gistnet.training import units as crossval
-from gistnet.data import dataset
+from gistnet.data import dataset, privacy
+from gistnet.data.overlap import check_apart
 from gistnet.training import distributed
 from gistnet.evidence import report
 from gistnet.data import split
@@ -137,6 +138,7 @@ def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunM
     writes, and the others wait for what it wrote before reading it (barriers)."""
     metrics.run_started(run_id, device.type)
     threads = config.data.download_threads
+    check_apart(config.data.uri, config.output.uri)  # before anything is written
     data_store = open_store(config.data.uri, config.storage, threads, stats)
     out = open_store(config.output.uri, config.storage, threads, stats).child(run_id)
     done = complete_report(out)
@@ -145,13 +147,16 @@ def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunM
                  run_id, out.uri_of("report.json"))
         return RunOutcome(run_id, out.uri, done, already_complete=True)
     log.info("run %s: data %s -> outputs %s (device %s)", run_id, redact(data_store.uri), out.uri, device)
+    pseudo = privacy.for_run(out, config.data.pseudonymize_keys)
     loaded = dataset.load_images(data_store, config.data, device,
-                                 on_stage=lambda name, seconds, n: metrics.stage(name, seconds))
+                                 on_stage=lambda name, seconds, n: metrics.stage(name, seconds), pseudo=pseudo)
+    privacy.check_shared(pseudo, world.distributed or set(selected) != set(crossval.all_units(config)))
     metrics.skipped.set(len(loaded.skipped))
     names = (config.data.positive_class, config.data.negative_class)
     if world.is_main:  # rank 0 plans (an impossible split is refused before anything is written) and writes
         plan = _plan(out, loaded.images, config, fresh=config.output.force)
         _prepare_output(out, config, selected)
+        pseudo.save(out)
         _write_once(out, "split.json", plan.to_dict())
         _write_once(out, crossval.DATASET, {
             "uri": redact(data_store.uri), "classes": {names[0]: "positive", names[1]: "negative"},

@@ -24,7 +24,8 @@ from datetime import datetime, timezone
 import torch
 
 import gistnet
-from gistnet.data import dataset
+from gistnet.data import dataset, privacy
+from gistnet.data.overlap import check_apart
 from gistnet.evidence import evaluate
 from gistnet.evidence import predictions
 from gistnet.training import train
@@ -83,6 +84,7 @@ def run(request: Request, cfg: Config, scratch: str | None = None) -> dict:
 
 
 def _predict(request: Request, cfg: Config, metrics: PredictMetrics, stats: TransferStats, scratch: str) -> dict:
+    check_apart(request.data, request.output, "--data", "--output")  # before anything is written
     model = trained_mod.open_run(request.run, request.model, cfg.storage)
     device = train.resolve_device(request.device)
     metrics.run_started(model.run_id, device.type)
@@ -100,6 +102,9 @@ def _predict(request: Request, cfg: Config, metrics: PredictMetrics, stats: Tran
     scored = Scored(unusable=list(unsafe))
     for start in range(0, len(items), CHUNK):
         _score_chunk(items[start:start + CHUNK], data, data_cfg, score, batch_size, scored, metrics, model.name)
+    pseudo = privacy.for_run(model.run, data_cfg.pseudonymize_keys)  # the run's key: the run's pseudonyms
+    scored.keys, scored.patient_ids = privacy.outputs(scored.keys, scored.patient_ids, scored.unusable, data, pseudo)
+    pseudo.save(out)
         log.info("scored %d/%d images (%d unusable)", len(scored.keys), len(items), len(scored.unusable))
     if not scored.keys:
         first = scored.unusable[0]["reason"] if scored.unusable else "none listed"
@@ -142,7 +147,8 @@ def _score_chunk(items: list[dataset.Labeled], data: Store, data_cfg, score, bat
     metrics.stage("download", time.perf_counter() - started)
     started = time.perf_counter()
     kept, arrays, skipped = dataset.decode_all(raw, items, data_cfg.image_size, data_cfg.max_image_pixels,
-                                               data_cfg.download_threads, dedupe=False)
+                                               data_cfg.download_threads, dedupe=False, roi_mode=data_cfg.roi,
+                                               where=data.uri_of)
     metrics.stage("decode", time.perf_counter() - started)
     unusable = [{"uri": data.uri_of(s["key"]), "reason": s["reason"]} for s in skipped]
     scored.unusable += unusable
