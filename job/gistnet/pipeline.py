@@ -220,7 +220,7 @@ def _train_fold(fold_index: int | None, units: list[crossval.Unit], plan: split.
     with _timed(metrics, "augmentation"), _out_of_memory_guard("augmentation", config):
         fold = crossval.prepare_fold(images, part, config)
         del images
-        if world.is_main:
+        if world.is_main and config.explain.gallery:  # explain.gallery: false shows no pixels at all
             _examples_figure(fold, config, out, todo[0].prefix, scratch)
     names = (config.data.positive_class, config.data.negative_class)
     log.info("%s: train %s, validation %s", "hold-out" if fold_index is None else f"fold {fold_index}",

@@ -178,6 +178,7 @@ def _to_8bit(img: Image.Image) -> Image.Image:
 class Decoded:
     pixels: np.ndarray  # uint8 size x size (gray) or size x size x 3
     patient_id: str = ""  # a DICOM's raw PatientID: pseudonymize before it goes anywhere
+    first_of_frames: bool = False  # a multi-frame DICOM read at its first frame, no frame asked for
 
 
 def decode_item(data: bytes, size: int, max_pixels: int, roi_mode: str = "none", frame: int | None = None,
@@ -188,13 +189,14 @@ def decode_item(data: bytes, size: int, max_pixels: int, roi_mode: str = "none",
     manifest or the region asks for what the object does not have."""
     if not data:
         raise ValueError("empty object (0 bytes)")
-    patient_id, dicom_roi = "", None
+    patient_id, dicom_roi, first_of_frames = "", None, False
     if dicom.is_dicom(data):
         try:
             image = dicom.read(data, max_pixels, frame, where)
         except IndexError as exc:
             raise DataError(f"{where}: {exc}") from None
         source, dicom_roi, patient_id = image.pixels, image.region, image.patient_id
+        first_of_frames = frame is None and image.frames > 1
     else:
         if frame:
             raise DataError(f"{where}: frame {frame} is out of range: not a multi-frame DICOM (only frame 0)")
@@ -205,7 +207,7 @@ def decode_item(data: bytes, size: int, max_pixels: int, roi_mode: str = "none",
     array = np.array(ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC), dtype=np.uint8)  # writable
     if array.ndim == 3 and (array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all():
         array = array[..., 0]
-    return Decoded(array, patient_id)
+    return Decoded(array, patient_id, first_of_frames)
 
 
 def decode_pixels(data: bytes, size: int, max_pixels: int, roi_mode: str = "auto") -> np.ndarray:
@@ -290,7 +292,7 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
     duplicates (the first in listing order is kept), fails on cross-class ones. A DICOM's
     PatientID fills ``patient_id`` of an item the manifest gave none (raw: pseudonymize it)."""
     canvas = Canvas(len(labeled), size)
-    dicom_ids = [""] * len(labeled)
+    dicom_ids, first_frames = [""] * len(labeled), [False] * len(labeled)
 
     def work(row: int) -> tuple[str | None, str | None]:
         item = labeled[row]
@@ -303,7 +305,7 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
         try:
             decoded = decode_item(data, size, max_pixels, roi_mode, item.frame, item.roi, store.uri_of(item.key))
             canvas.put(row, decoded.pixels)
-            dicom_ids[row] = decoded.patient_id
+            dicom_ids[row], first_frames[row] = decoded.patient_id, decoded.first_of_frames
         except ValueError as exc:
             return str(exc), None
         return None, hashlib.sha256(data).hexdigest()
@@ -314,6 +316,9 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
             outcomes.append(outcome)
             if on_done:
                 on_done(n)
+    if any(first_frames):  # counted, not named: object keys may be patient data (data.pseudonymize_keys)
+        log.info("%d multi-frame DICOM objects read at their first frame (a manifest 'frame' column chooses "
+                 "another)", sum(first_frames))
     kept_rows, skipped, seen = [], [], {}
     for row, (reason, digest) in enumerate(outcomes):
         if _keep(labeled[row], reason, digest, seen, skipped):

@@ -92,8 +92,6 @@ def read(data: bytes, max_pixels: int, frame: int | None = None, where: str = ""
     index = 0 if frame is None else frame
     if index >= frames:
         raise IndexError(f"frame {index} is out of range: the DICOM has {frames} frame(s) (0..{frames - 1})")
-    if frame is None and frames > 1:
-        log.info("%s: %d frames, using the first (a manifest 'frame' column chooses another)", where or "DICOM", frames)
     try:
         arr = px.pixel_array(ds, index=index if frames > 1 else None)  # YBR_* converted to RGB
     except Exception as exc:  # noqa: BLE001 - decoders raise many kinds; no header value in the message
@@ -119,7 +117,7 @@ def _to_8bit(arr: np.ndarray, photometric: str, bits_stored: int, signed: int) -
     arr = arr.astype(np.float64)
     lo, hi = float(arr.min()), float(arr.max())
     arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
-    return np.round(arr).astype(np.uint8)
+    return arr.astype(np.uint8)  # truncated, exactly as the 16-bit PNG rule
 
 
 def _us_region(ds, columns: int, rows: int) -> tuple[int, int, int, int] | None:

@@ -205,7 +205,7 @@ def train_unit(unit: Unit, fold: FoldData, config: Config, out: Store, *, init_w
                    "train_augmented": dataset.class_counts(data.train_set.labels, names)},
         "environment": environment,
     }
-    if config.explain.enabled:
+    if config.explain.enabled and config.explain.gallery:  # the sanity check is computed with the gallery
         with timed("explain", name), guard(f"{name} Grad-CAM"):
             result["explain"] = _explain(unit, state.model, data, scored.probabilities, preprocess, config, out,
                                          scratch)
