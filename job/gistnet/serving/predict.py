@@ -102,10 +102,9 @@ def _predict(request: Request, cfg: Config, metrics: PredictMetrics, stats: Tran
     scored = Scored(unusable=list(unsafe))
     for start in range(0, len(items), CHUNK):
         _score_chunk(items[start:start + CHUNK], data, data_cfg, score, batch_size, scored, metrics, model.name)
+        log.info("scored %d/%d images (%d unusable)", len(scored.keys), len(items), len(scored.unusable))
     pseudo = privacy.for_run(model.run, data_cfg.pseudonymize_keys)  # the run's key: the run's pseudonyms
     scored.keys, scored.patient_ids = privacy.outputs(scored.keys, scored.patient_ids, scored.unusable, data, pseudo)
-    pseudo.save(out)
-        log.info("scored %d/%d images (%d unusable)", len(scored.keys), len(items), len(scored.unusable))
     if not scored.keys:
         first = scored.unusable[0]["reason"] if scored.unusable else "none listed"
         raise DataError(f"no usable images under {redact(data.uri)} ({len(scored.unusable)} unusable; first: {first})")
@@ -115,6 +114,7 @@ def _predict(request: Request, cfg: Config, metrics: PredictMetrics, stats: Tran
     probabilities = torch.cat(scored.probabilities).float().cpu()
     evaluation = _evaluate(scored, probabilities, model, threshold) if labeled else None
     result = _document(request, model, data, scored, probabilities, threshold, evaluation, device, labeled)
+    pseudo.save(out)  # a key made here (a run from before pseudonyms had none), under private/
     out.write_bytes("predictions.csv", _csv(result).encode())
     out.write_bytes("predictions.json", json.dumps(result, indent=1).encode())  # last: marks the output complete
     log.info("predictions: %s", out.uri_of("predictions.json"))
