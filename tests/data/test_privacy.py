@@ -48,6 +48,6 @@ def test_several_processes_need_the_environment_key(tmp_path):
     p = privacy.for_run(LocalStore(tmp_path), False, environ={})
     privacy.check_shared(p, True)  # no pseudonym made yet: nothing to agree on
     p.patient("x")
-    with pytest.raises(ConfigError, match=f"set {privacy.ENV_KEY}"):
+    with pytest.raises(ConfigError, match="set GISTNET_PSEUDONYM_KEY"):
         privacy.check_shared(p, True)
     privacy.check_shared(p, False)

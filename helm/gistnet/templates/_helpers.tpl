@@ -354,7 +354,7 @@ with gistnet's own defaults (config.py: split.folds 5, both ResNets). */}}
 {{- end }}
 {{- end }}
 
-{{/* The S3 endpoint, region and credentials (from a Secret, never inline) of every mode. */}}
+{{/* The S3 endpoint, region and credentials (from a Secret, never inline) of every mode, and the pseudonym key. */}}
 {{- define "gistnet.s3Env" -}}
 {{- with .Values.s3.endpoint }}
 - name: AWS_ENDPOINT_URL
@@ -375,5 +375,12 @@ with gistnet's own defaults (config.py: split.folds 5, both ResNets). */}}
     secretKeyRef:
       name: {{ include "gistnet.secretName" . }}
       key: {{ .Values.s3.secretKeys.secretAccessKey }}
+{{- end }}
+{{- with .Values.pseudonym.existingSecret }}
+- name: GISTNET_PSEUDONYM_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.pseudonym.secretKey }}
 {{- end }}
 {{- end }}
