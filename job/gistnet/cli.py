@@ -249,17 +249,20 @@ def config_cmd(config_file, **kwargs) -> None:
 @click.option("--n-lm", type=click.IntRange(min=0), default=73, show_default=True)
 @click.option("--image-size", type=click.IntRange(min=16), default=224, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["png", "dicom"]), default="png", show_default=True,
+              help="dicom: an archive-like mix of DICOM and screenshot PNGs with fake patients (docs/real-data.md).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (storage and class names).")
 @user_errors
-def synth_cmd(output, n_gist, n_lm, image_size, seed, config_file) -> None:
+def synth_cmd(output, n_gist, n_lm, image_size, seed, fmt, config_file) -> None:
     """Write a synthetic EUS-like data set (Table 1 of the paper drives each class)."""
-    from gistnet.data import synth
+    from gistnet.data import synth, synth_dicom
     from gistnet.data.storage import open_store
 
     cfg = config_mod.load_config(config_file)
     store = open_store(output, cfg.storage)
     started = time.perf_counter()
-    synth.write_dataset(store, n_gist, n_lm, image_size, seed, (cfg.data.positive_class, cfg.data.negative_class))
+    (synth_dicom if fmt == "dicom" else synth).write_dataset(store, n_gist, n_lm, image_size, seed,
+                                                             (cfg.data.positive_class, cfg.data.negative_class))
     log.info("wrote %d synthetic images in %.1fs", n_gist + n_lm, time.perf_counter() - started)
     click.echo(store.uri)
 

@@ -27,7 +27,9 @@ COMPILE_SETTINGS = ("auto", "off", "default", "reduce-overhead")  # gistnet.trai
 CI_METHODS = ("wald", "wilson", "agresti-coull", "clopper-pearson")
 ENV_PREFIX = "GISTNET_"
 # Environment variables with the prefix that are not config keys.
-ENV_NON_KEYS = {"GISTNET_CONFIG", "GISTNET_TEST_S3_ENDPOINT"}
+ENV_NON_KEYS = {"GISTNET_CONFIG", "GISTNET_TEST_S3_ENDPOINT", "GISTNET_PSEUDONYM_KEY"}
+# data.roi: where the region of interest comes from (gistnet.data.region).
+ROI_MODES = ("auto", "dicom", "none")
 # Keys that moved: the old name is refused with a line naming the new one.
 MOVED_KEYS = {("data", "val_fraction"): "split.val_fraction"}
 
@@ -42,6 +44,8 @@ class DataConfig:
     min_images_per_class: int = 5
     download_threads: int = 16
     max_image_pixels: int = 100_000_000
+    roi: str = "auto"
+    pseudonymize_keys: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class ExplainConfig:
     enabled: bool = True
     max_misclassified: int = 12
     correct_per_class: int = 3
+    gallery: bool = True
 
 
 @dataclass(frozen=True)
@@ -334,7 +339,10 @@ def load_config(
 
 def load_saved(text: str, source: str) -> Config:
     """A run's saved ``config.yaml`` exactly as it was: no environment, no flags."""
-    return _build(_from_yaml(parse_yaml(text, source), source))
+    raw = parse_yaml(text, source)
+    if isinstance(raw.get("data"), dict) and "roi" not in raw["data"]:
+        raw["data"]["roi"] = "none"  # a run saved before data.roi existed used the whole image
+    return _build(_from_yaml(raw, source))
 
 
 def _build(merged: dict[tuple[str, str], Any]) -> Config:
@@ -368,6 +376,7 @@ def _check_bounds(c: Config) -> None:
 
 def validate(c: Config) -> None:
     _check_bounds(c)
+    _check(c.data.roi in ROI_MODES, f"data.roi must be one of {', '.join(ROI_MODES)}, got {c.data.roi!r}")
     _check(c.split.method in ("holdout", "kfold"), f"split.method must be holdout or kfold, got {c.split.method!r}")
     _check(c.data.positive_class != c.data.negative_class, "data.positive_class and data.negative_class must differ")
     for name in (c.data.positive_class, c.data.negative_class):

@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 
 import yaml
 
-from gistnet.data import fingerprint
+from gistnet.data import fingerprint, privacy
+from gistnet.data.overlap import check_apart
 from gistnet.config import Config, load_saved
 from gistnet.data import dataset, runs, split
 from gistnet.data.storage import Store, TransferStats, open_store, redact
@@ -117,6 +118,7 @@ def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics,
     with distributed.process_group(world, device, config.distributed.timeout_s):
         metrics.run_started(run_id, device.type)
         threads = config.data.download_threads
+        check_apart(config.data.uri, config.output.uri)  # before anything is written
         data_store = open_store(config.data.uri, config.storage, threads, stats)
         out = open_store(config.output.uri, config.storage, threads, stats).child(run_id)
         ctx = RunContext(config, run_id, out, metrics, stop, world, device, scratch, report.environment(device))
@@ -134,13 +136,16 @@ def _run_stages(ctx: RunContext, data_store: Store, selected: list[runs.Unit]) -
                  run_id, out.uri_of("report.json"))
         return RunOutcome(run_id, out.uri, done, already_complete=True)
     log.info("run %s: data %s -> outputs %s (device %s)", run_id, redact(data_store.uri), out.uri, ctx.device)
+    pseudo = privacy.for_run(out, config.data.pseudonymize_keys)
     loaded = dataset.load_images(data_store, config.data, ctx.device,
-                                 on_stage=lambda name, seconds, n: ctx.metrics.stage(name, seconds))
+                                 on_stage=lambda name, seconds, n: ctx.metrics.stage(name, seconds), pseudo=pseudo)
+    privacy.check_shared(pseudo, world.distributed or set(selected) != set(runs.all_units(config)))
     ctx.metrics.skipped.set(len(loaded.skipped))
     names = ctx.class_names
     if world.is_main:  # rank 0 plans (an impossible split is refused before anything is written) and writes
         plan = _plan(out, loaded.images, config, fresh=config.output.force)
         _prepare_output(out, config, selected)
+        pseudo.save(out)
         _write_once(out, "split.json", plan.to_dict())
         _write_once(out, runs.DATASET, {
             "uri": redact(data_store.uri), "classes": {names[0]: "positive", names[1]: "negative"},

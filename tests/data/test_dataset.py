@@ -125,7 +125,9 @@ def test_manifest_with_patients(tmp_path):
     store.write_bytes("manifest.csv", "\n".join(rows).encode())
     result = dataset.load_images(store, DataConfig(image_size=32, min_images_per_class=2), torch.device("cpu"))
     patient = dict(zip(result.images.keys, result.images.patient_ids))
-    assert patient["img/3.png"] == "p1" and len(set(patient.values())) == 10
+    # Grouped as the manifest says (10 patients, 2 images each), but only pseudonyms come out.
+    assert patient["img/3.png"] == patient["img/2.png"] != patient["img/4.png"] and len(set(patient.values())) == 10
+    assert all(p.startswith("p-") and p not in {f"p{i}" for i in range(10)} for p in patient.values())
 
 
 def test_test_data_seeds_are_deterministic(tmp_path):

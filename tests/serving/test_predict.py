@@ -79,7 +79,7 @@ def test_predict_over_s3_reproduces_the_runs_validation_probabilities(cli, bucke
     result = json.loads(get("scored/new/predictions.json"))
     assert result["evaluation"] is None and result["threshold"] == 0.3
     assert result["unusable"] == [{"uri": f"s3://{bucket}/new/notes.txt",
-                                   "reason": "not a recognised image (PNG, JPEG, BMP or TIFF)"}]
+                                   "reason": "not a recognised image (PNG, JPEG, BMP, TIFF or DICOM)"}]
 
     # the same predictions from the exported ONNX file under ONNX Runtime
     exported = cli("export", "--run", run, "--format", "onnx", env=s3_env)

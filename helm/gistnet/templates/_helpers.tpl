@@ -355,8 +355,8 @@ with gistnet's own defaults (config.py: split.folds 5, both ResNets). */}}
 {{- end }}
 {{- end }}
 
-{{/* The S3 endpoint, region and credentials (from a Secret, never inline) of every mode, and
-     the compile cache's MAC key (from a Secret; without it the cache is off). */}}
+{{/* The S3 endpoint, region and credentials (from a Secret, never inline) of every mode, the
+     compile cache's MAC key (from a Secret; without it the cache is off) and the pseudonym key. */}}
 {{- define "gistnet.s3Env" -}}
 {{- with .Values.s3.endpoint }}
 - name: AWS_ENDPOINT_URL
@@ -384,5 +384,12 @@ with gistnet's own defaults (config.py: split.folds 5, both ResNets). */}}
     secretKeyRef:
       name: {{ . }}
       key: {{ $.Values.compileCache.secretKey }}
+{{- end }}
+{{- with .Values.pseudonym.existingSecret }}
+- name: GISTNET_PSEUDONYM_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.pseudonym.secretKey }}
 {{- end }}
 {{- end }}

@@ -1,15 +1,16 @@
 """From objects in a store to one uint8 image tensor on the training device.
 
-Layout: ``<data>/<class>/<image>``, or a ``manifest.csv`` (``path,label[,patient_id]``)
-at the data root. Every image is decoded once, converted to 3-channel 8-bit, resized
-(shorter side) and centre-cropped to ``image_size``. Objects that cannot be used are
+Layout: ``<data>/<class>/<image>``, or a ``manifest.csv`` (``manifest.read_manifest``) at the
+data root. Images are PNG, JPEG, BMP, TIFF or DICOM (``dicom``), recognised by content. Every
+image is decoded once, cut to its region of interest (``region``), converted to 8 bits, resized
+(shorter side) and centre-cropped to ``image_size``. Patient ids (the manifest's, else a
+DICOM's PatientID) are replaced by pseudonyms (``privacy``) as they are loaded. Objects that cannot be used are
 skipped and listed with the reason; problems with the data set as a whole raise
 ``DataError``.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import logging
@@ -25,6 +26,10 @@ from PIL import Image, ImageOps
 from gistnet.config import DataConfig
 from gistnet.errors import DataError, StorageError
 from gistnet.data.fingerprint import pixel_digest
+from gistnet.data import dicom, region
+from gistnet.data.manifest import read_manifest
+from gistnet.data import privacy
+from gistnet.data.privacy import Pseudonymizer
 from gistnet.data.storage import Store, is_safe_key
 
 log = logging.getLogger(__name__)
@@ -34,7 +39,7 @@ log = logging.getLogger(__name__)
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 # Names that look like images: such an object at the data root (outside any class folder) is
 # listed in dataset.skipped; other root files (a README, synth.json) are only logged.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 
 
 @dataclass
@@ -42,6 +47,10 @@ class Labeled:
     key: str
     label: int  # 1 positive (GIST), 0 negative (LM)
     patient_id: str = ""
+    site: str | None = None
+    covariates: dict[str, str] = field(default_factory=dict)
+    frame: int | None = None  # of a multi-frame DICOM; None: the first
+    roi: tuple[int, int, int, int] | None = None  # x0 y0 x1 y1 in source pixels (manifest)
 
 
 @dataclass
@@ -82,22 +91,15 @@ class LoadResult:
 
 
 def _read_manifest(store: Store, cfg: DataConfig) -> list[Labeled]:
-    text = store.read(cfg.manifest).decode("utf-8-sig")
-    rows = list(csv.reader(io.StringIO(text)))
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
-        rows = rows[1:]
+    where = store.uri_of(cfg.manifest)
     names = {cfg.positive_class: 1, cfg.negative_class: 0}
     out = []
-    for n, row in enumerate(rows, 2):
-        if not row or not "".join(row).strip():
-            continue
-        if len(row) < 2:
-            raise DataError(f"{store.uri_of(cfg.manifest)} line {n}: expected path,label[,patient_id]")
-        label = row[1].strip()
-        if label not in names:
-            raise DataError(f"{store.uri_of(cfg.manifest)} line {n}: unknown label {label!r} "
+    for row in read_manifest(store.read(cfg.manifest).decode("utf-8-sig"), where):
+        if row.label not in names:
+            raise DataError(f"{where}: {row.path}: unknown label {row.label!r} "
                             f"(configured: {cfg.positive_class}, {cfg.negative_class})")
-        out.append(Labeled(row[0].strip(), names[label], row[2].strip() if len(row) > 2 else ""))
+        out.append(Labeled(row.path, names[row.label], row.patient_id or "", row.site, dict(row.covariates),
+                           row.frame, row.roi))
     return out
 
 
@@ -175,11 +177,49 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return img.convert("L") if img.mode in ("L", "1") else img.convert("RGB")
 
 
-def decode_pixels(data: bytes, size: int, max_pixels: int) -> np.ndarray:
-    """Bytes -> uint8 array resized and centre-cropped to size x size: HxW when the image is
-    grayscale (a single-channel mode, or RGB with three equal channels), else HxWx3."""
+@dataclass
+class Decoded:
+    pixels: np.ndarray  # uint8 size x size (gray) or size x size x 3
+    patient_id: str = ""  # a DICOM's raw PatientID: pseudonymize before it goes anywhere
+    first_of_frames: bool = False  # a multi-frame DICOM read at its first frame, no frame asked for
+
+
+def decode_item(data: bytes, size: int, max_pixels: int, roi_mode: str = "none", frame: int | None = None,
+                roi: tuple[int, int, int, int] | None = None, where: str = "image") -> Decoded:
+    """Bytes -> the region of interest (``region.select``) resized and centre-cropped to
+    size x size: HxW when the image is grayscale (a single-channel mode, or RGB with three equal
+    channels), else HxWx3. ValueError: skip the object; DataError (naming ``where``): the
+    manifest or the region asks for what the object does not have."""
     if not data:
         raise ValueError("empty object (0 bytes)")
+    patient_id, dicom_roi, first_of_frames = "", None, False
+    if dicom.is_dicom(data):
+        try:
+            image = dicom.read(data, max_pixels, frame, where)
+        except IndexError as exc:
+            raise DataError(f"{where}: {exc}") from None
+        source, dicom_roi, patient_id = image.pixels, image.region, image.patient_id
+        first_of_frames = frame is None and image.frames > 1
+    else:
+        if frame:
+            raise DataError(f"{where}: frame {frame} is out of range: not a multi-frame DICOM (only frame 0)")
+        source = np.asarray(_open_8bit(data, max_pixels))
+    pixels = region.select(source, roi_mode, roi, dicom_roi, size, where)
+    img = Image.fromarray(np.ascontiguousarray(pixels))
+    # PIL resizes each 8-bit channel alike, so a gray image resized as L equals it resized as RGB.
+    array = np.array(ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC), dtype=np.uint8)  # writable
+    if array.ndim == 3 and (array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all():
+        array = array[..., 0]
+    return Decoded(array, patient_id, first_of_frames)
+
+
+def decode_pixels(data: bytes, size: int, max_pixels: int, roi_mode: str = "auto") -> np.ndarray:
+    """``decode_item``'s pixels (no manifest frame or roi); ``roi_mode`` defaults to data.roi's default."""
+    return decode_item(data, size, max_pixels, roi_mode).pixels
+
+
+def _open_8bit(data: bytes, max_pixels: int) -> Image.Image:
+    """A PNG, JPEG, BMP or TIFF as an ``L`` or ``RGB`` PIL image; ValueError when it is none."""
     Image.MAX_IMAGE_PIXELS = max_pixels
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -192,19 +232,15 @@ def decode_pixels(data: bytes, size: int, max_pixels: int) -> np.ndarray:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ValueError(f"decompression bomb guard: {exc}") from None
         except Image.UnidentifiedImageError:
-            raise ValueError("not a recognised image (PNG, JPEG, BMP or TIFF)") from None
+            raise ValueError("not a recognised image (PNG, JPEG, BMP, TIFF or DICOM)") from None
         except OSError as exc:
             raise ValueError(f"corrupt or truncated image ({exc})") from None
-    # PIL resizes each 8-bit channel alike, so a gray image resized as L equals it resized as RGB.
-    array = np.array(ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC), dtype=np.uint8)  # writable
-    if array.ndim == 3 and (array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all():
-        return array[..., 0]
-    return array
+    return img
 
 
-def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
+def decode_image(data: bytes, size: int, max_pixels: int, roi_mode: str = "auto") -> np.ndarray:
     """Bytes -> uint8 HxWx3 array, resized and centre-cropped to size x size."""
-    array = decode_pixels(data, size, max_pixels)
+    array = decode_pixels(data, size, max_pixels, roi_mode)
     return np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array
 
 
@@ -252,14 +288,16 @@ def _runs(flags: np.ndarray):
 
 
 def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels: int, threads: int,
-                     on_done=None) -> tuple[list[Labeled], torch.Tensor, list[dict], list[str]]:
+                     on_done=None, roi_mode: str = "none") -> tuple[list[Labeled], torch.Tensor, list[dict], list[str]]:
     """Read and decode each object in a worker thread straight into its row of one
     preallocated tensor; its bytes are dropped as soon as it is decoded, so at most
     ``threads`` objects are held at once. Drops undecodable objects and same-class
-    duplicates (the first in listing order is kept), fails on cross-class ones.
+    duplicates (the first in listing order is kept), fails on cross-class ones. A DICOM's
+    PatientID fills ``patient_id`` of an item the manifest gave none (raw: pseudonymize it).
     Returns the kept items, their pixels, the skipped objects and the kept items' pixel digests."""
     canvas = Canvas(len(labeled), size)
     pixel_digests: list[str | None] = [None] * len(labeled)
+    dicom_ids, first_frames = [""] * len(labeled), [False] * len(labeled)
 
     def work(row: int) -> tuple[str | None, str | None]:
         item = labeled[row]
@@ -270,9 +308,10 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
         except Exception as exc:  # noqa: BLE001 - reported per object
             return f"could not be read: {type(exc).__name__}: {exc}", None
         try:
-            pixels = decode_pixels(data, size, max_pixels)
-            canvas.put(row, pixels)
-            pixel_digests[row] = pixel_digest(pixels)
+            decoded = decode_item(data, size, max_pixels, roi_mode, item.frame, item.roi, store.uri_of(item.key))
+            canvas.put(row, decoded.pixels)
+            pixel_digests[row] = pixel_digest(decoded.pixels)
+            dicom_ids[row], first_frames[row] = decoded.patient_id, decoded.first_of_frames
         except ValueError as exc:
             return str(exc), None
         return None, hashlib.sha256(data).hexdigest()
@@ -283,10 +322,15 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
             outcomes.append(outcome)
             if on_done:
                 on_done(n)
+    if any(first_frames):  # counted, not named: object keys may be patient data (data.pseudonymize_keys)
+        log.info("%d multi-frame DICOM objects read at their first frame (a manifest 'frame' column chooses "
+                 "another)", sum(first_frames))
     kept_rows, skipped, seen = [], [], {}
     for row, (reason, digest) in enumerate(outcomes):
         if _keep(labeled[row], reason, digest, seen, skipped):
             kept_rows.append(row)
+            if dicom_ids[row] and not labeled[row].patient_id:
+                labeled[row].patient_id = dicom_ids[row]
     return ([labeled[r] for r in kept_rows], canvas.compact(kept_rows), skipped,
             [pixel_digests[r] for r in kept_rows])
 
@@ -310,18 +354,25 @@ def _keep(item: Labeled, reason: str | None, digest: str | None, seen: dict, ski
 
 
 def decode_all(raw: dict[str, bytes | Exception], labeled: list[Labeled], size: int, max_pixels: int,
-               threads: int, on_done=None, dedupe: bool = True) -> tuple[list[Labeled], list[np.ndarray], list[dict]]:
+               threads: int, on_done=None, dedupe: bool = True, roi_mode: str = "none",
+               where=lambda key: key) -> tuple[list[Labeled], list[np.ndarray], list[dict]]:
     """Decode in parallel; drop undecodable objects and same-class duplicates, fail on cross-class
-    ones. ``dedupe=False`` (scoring) keeps duplicates: every object gets its own prediction."""
+    ones. ``dedupe=False`` (scoring) keeps duplicates: every object gets its own prediction.
+    A DICOM's PatientID fills ``patient_id`` where the manifest gave none (raw: pseudonymize it)."""
 
     def work(item: Labeled):
         value = raw[item.key]
         if isinstance(value, Exception):
             return item, None, f"could not be read: {type(value).__name__}: {value}", None
         try:
-            return item, decode_image(value, size, max_pixels), None, hashlib.sha256(value).hexdigest()
+            decoded = decode_item(value, size, max_pixels, roi_mode, item.frame, item.roi, where(item.key))
         except ValueError as exc:
             return item, None, str(exc), None
+        if decoded.patient_id and not item.patient_id:
+            item.patient_id = decoded.patient_id
+        pixels = decoded.pixels
+        return item, (np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels), None, \
+            hashlib.sha256(value).hexdigest()
 
     kept, arrays, skipped, seen = [], [], [], {}
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -345,22 +396,27 @@ def _progress(verb: str, total: int):
     return on_done
 
 
-def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=None) -> LoadResult:
+def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=None,
+                pseudo: Pseudonymizer | None = None) -> LoadResult:
     """Download and decode the whole data set into one uint8 tensor on ``device``
-    (N x 1 x S x S when every image is grayscale, else N x 3 x S x S).
+    (N x 1 x S x S when every image is grayscale, else N x 3 x S x S). Keys and patient ids
+    come out as ``pseudo`` shows them (a throw-away random key when None).
 
     ``on_stage(name, seconds, count)`` is called after the load (download and decode overlap).
     """
+    import secrets
     import time
 
+    pseudo = pseudo or Pseudonymizer(secrets.token_bytes(32), False, cfg.pseudonymize_keys)
     labeled, unsafe = list_labeled(store, cfg)
     log.info("loading %d images from %s with %d threads", len(labeled), store.uri, cfg.download_threads)
     start = time.perf_counter()
     kept, images, skipped, digests = load_into_tensor(store, labeled, cfg.image_size, cfg.max_image_pixels,
-                                             cfg.download_threads, _progress("loaded", len(labeled)))
+                                                      cfg.download_threads, _progress("loaded", len(labeled)), cfg.roi)
     if on_stage:
         on_stage("load", time.perf_counter() - start, len(kept))
     skipped = unsafe + [{"uri": store.uri_of(s["key"]), "reason": s["reason"]} for s in skipped]
+    keys, patient_ids = privacy.outputs([k.key for k in kept], [k.patient_id for k in kept], skipped, store, pseudo)
     for s in skipped:
         log.warning("skipped %s: %s", s["uri"], s["reason"])
     for label, name in ((1, cfg.positive_class), (0, cfg.negative_class)):
@@ -369,6 +425,5 @@ def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=No
             raise DataError(f"class {name!r} has {n} usable images in {store.uri}; "
                             f"at least data.min_images_per_class={cfg.min_images_per_class} are needed")
     labels = torch.tensor([k.label for k in kept], dtype=torch.long)
-    return LoadResult(ImageSet([k.key for k in kept], images.to(device), labels.to(device),
-                               [k.patient_id for k in kept]), skipped,
-                      {k.key: d for k, d in zip(kept, digests)})
+    return LoadResult(ImageSet(keys, images.to(device), labels.to(device), patient_ids), skipped,
+                      {k: d for k, d in zip(keys, digests)})

@@ -28,8 +28,8 @@ from datetime import datetime, timezone
 import torch
 
 import gistnet
-from gistnet.data import dataset
-from gistnet.data import fingerprint
+from gistnet.data import dataset, fingerprint, privacy
+from gistnet.data.overlap import check_apart
 from gistnet.evidence import evaluate
 from gistnet.training import train
 from gistnet.serving import development
@@ -93,6 +93,7 @@ def run(request: Request, cfg: Config, scratch: str | None = None) -> dict:
 
 
 def _predict(request: Request, cfg: Config, metrics: PredictMetrics, stats: TransferStats, scratch: str) -> dict:
+    check_apart(request.data, request.output, "--data", "--output")  # before anything is written
     model = trained_mod.open_run(request.run, request.model, cfg.storage)
     device = train.resolve_device(request.device)
     metrics.run_started(model.run_id, device.type)
@@ -111,6 +112,8 @@ def _predict(request: Request, cfg: Config, metrics: PredictMetrics, stats: Tran
     for start in range(0, len(items), CHUNK):
         _score_chunk(items[start:start + CHUNK], data, data_cfg, score, batch_size, scored, metrics, model.name)
         log.info("scored %d/%d images (%d unusable)", len(scored.keys), len(items), len(scored.unusable))
+    pseudo = privacy.for_run(model.run, data_cfg.pseudonymize_keys)  # the run's key: the run's pseudonyms
+    scored.keys, scored.patient_ids = privacy.outputs(scored.keys, scored.patient_ids, scored.unusable, data, pseudo)
     if not scored.keys:
         first = scored.unusable[0]["reason"] if scored.unusable else "none listed"
         raise DataError(f"no usable images under {redact(data.uri)} ({len(scored.unusable)} unusable; first: {first})")
@@ -144,6 +147,7 @@ def _predict(request: Request, cfg: Config, metrics: PredictMetrics, stats: Tran
     result["predictions"].sort(key=lambda r: r["key"])
     if request.engine == "onnx":
         result["onnx_sha256"] = score.sha256  # the file scored, verified against its sidecar
+    pseudo.save(out)  # a key made here (a run from before pseudonyms had none), under private/
     out.write_bytes("predictions.csv", _csv(result).encode())
     out.write_bytes("predictions.json", json.dumps(result, indent=1).encode())  # last: marks the output complete
     log.info("predictions: %s", out.uri_of("predictions.json"))
@@ -180,7 +184,8 @@ def _score_chunk(items: list[dataset.Labeled], data: Store, data_cfg, score, bat
     metrics.stage("download", time.perf_counter() - started)
     started = time.perf_counter()
     kept, arrays, skipped = dataset.decode_all(raw, items, data_cfg.image_size, data_cfg.max_image_pixels,
-                                               data_cfg.download_threads, dedupe=False)
+                                               data_cfg.download_threads, dedupe=False, roi_mode=data_cfg.roi,
+                                               where=data.uri_of)
     metrics.stage("decode", time.perf_counter() - started)
     unusable = [{"uri": data.uri_of(s["key"]), "reason": s["reason"]} for s in skipped]
     scored.unusable += unusable

@@ -68,7 +68,7 @@ def train_fold(ctx: RunContext, fold_index: int | None, units: list[Unit], plan:
     with ctx.timed("augmentation"), ctx.guard("augmentation"):
         fold = prepare_fold(images, plan.part(fold_index), config)
         del images
-        if ctx.world.is_main:
+        if ctx.world.is_main and config.explain.gallery:  # explain.gallery: false shows no pixels at all
             _examples_figure(ctx, fold, todo[0].prefix)
     log.info("%s: train %s, validation %s", "hold-out" if fold_index is None else f"fold {fold_index}",
              fold.train_set.counts(ctx.class_names), fold.val_set.counts(ctx.class_names))
@@ -136,7 +136,7 @@ def train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.Pr
                    "train_augmented": dataset.class_counts(data.train_set.labels, names)},
         "environment": ctx.environment,
     }
-    if config.explain.enabled:
+    if config.explain.enabled and config.explain.gallery:  # the sanity check is computed with the gallery
         with ctx.timed("explain", name), ctx.guard(f"{name} Grad-CAM"):
             result["explain"] = _explain(ctx, unit, state.model, data, scored.probabilities, preprocess)
     result["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

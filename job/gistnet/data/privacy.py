@@ -1,0 +1,103 @@
+"""Pseudonyms for patient ids and object keys: what outputs carry instead of the real values.
+
+A pseudonym is an HMAC-SHA256 of the value, never an unkeyed hash (an MRN space is small
+enough to hash every number and invert it). The key comes from ``GISTNET_PSEUDONYM_KEY`` (a
+Secret in the chart: the same key gives the same pseudonyms across runs, so predictions can be
+linked back by whoever holds it), or else is random, generated once per run and kept only at
+``<run>/private/pseudonym.key``. With ``data.pseudonymize_keys`` the mapping pseudonym -> object
+key is kept at ``<run>/private/keys.json``; nothing under ``private/`` is referenced by a report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+
+from gistnet.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ENV_KEY = "GISTNET_PSEUDONYM_KEY"
+PRIVATE = "private/"
+KEY_FILE = "private/pseudonym.key"
+KEYS_FILE = "private/keys.json"
+
+
+class Pseudonymizer:
+    def __init__(self, secret: bytes, from_env: bool, pseudonymize_keys: bool = False, generated: bool = True):
+        if len(secret) < 16:
+            raise ConfigError(f"{ENV_KEY} must be at least 16 bytes")
+        self._secret = secret
+        self.from_env = from_env
+        self.generated = generated and not from_env  # new in this process: save() keeps it
+        self.pseudonymize_keys = pseudonymize_keys
+        self.keys: dict[str, str] = {}  # pseudonym -> object key
+        self.used = False  # whether any pseudonym was made (the key then matters)
+
+    def _digest(self, kind: str, value: str) -> str:
+        self.used = True
+        return hmac.new(self._secret, f"{kind}\0{value}".encode(), hashlib.sha256).hexdigest()[:20]
+
+    def patient(self, value: str) -> str:
+        """``p-<hmac>`` for a patient id; "" stays "" (no id)."""
+        return f"p-{self._digest('patient', value)}" if value else ""
+
+    def key(self, key: str) -> str:
+        """The object key as outputs show it: itself, or ``k-<hmac>`` with ``data.pseudonymize_keys``."""
+        if not self.pseudonymize_keys:
+            return key
+        name = f"k-{self._digest('key', key)}"
+        self.keys[name] = key
+        return name
+
+    def save(self, out) -> None:
+        """Keep a key generated here (never an environment one), once used, and the key mapping, under ``private/``."""
+        if self.generated and self.used:
+            out.write_bytes(KEY_FILE, self._secret.hex().encode())
+        if self.keys:
+            out.write_bytes(KEYS_FILE, json.dumps(self.keys, indent=1, sort_keys=True).encode())
+
+
+def for_run(out, pseudonymize_keys: bool, environ=None) -> Pseudonymizer:
+    """The key from the environment, else the one this run saved (a resumed run), else a new one."""
+    environ = os.environ if environ is None else environ
+    if environ.get(ENV_KEY):
+        return Pseudonymizer(environ[ENV_KEY].encode(), True, pseudonymize_keys)
+    try:
+        saved = out.read(KEY_FILE).decode().strip()
+        return Pseudonymizer(bytes.fromhex(saved), False, pseudonymize_keys, generated=False)
+    except (FileNotFoundError, ValueError):
+        pass
+    log.info("no %s: pseudonyms use a random key kept at %s", ENV_KEY, out.uri_of(KEY_FILE))
+    return Pseudonymizer(secrets.token_bytes(32), False, pseudonymize_keys)
+
+
+def outputs(keys: list[str], patient_ids: list[str], unusable: list[dict], store, pseudo: Pseudonymizer
+            ) -> tuple[list[str], list[str]]:
+    """(keys, patient ids) as outputs show them, and ``unusable`` entries' ``uri`` rewritten in
+    place. Patient ids become pseudonyms; when only some images have one, each image without one
+    is its own patient (so a split still groups)."""
+    shown = [pseudo.key(k) for k in keys]
+    if any(patient_ids):
+        patient_ids = [pseudo.patient(p) if p else pseudo.patient(f"\0image\0{k}") for k, p in zip(keys, patient_ids)]
+    else:
+        patient_ids = [""] * len(keys)
+    if pseudo.pseudonymize_keys:
+        prefix = store.uri.rstrip("/") + "/"
+        for entry in unusable:
+            if entry.get("uri", "").startswith(prefix):
+                entry["uri"] = store.uri_of(pseudo.key(entry["uri"][len(prefix):]))
+            if str(entry.get("reason", "")).startswith("duplicate of "):
+                entry["reason"] = "duplicate of another object (same bytes)"
+    return shown, patient_ids
+
+
+def check_shared(pseudo: Pseudonymizer, several_processes: bool) -> None:
+    """Processes sharing one run must make the same pseudonyms: a random key each cannot."""
+    if several_processes and pseudo.used and pseudo.generated:
+        raise ConfigError(f"this run is shared by several processes (torchrun, --fold or --model) and has pseudonymized "
+                          f"patient ids or keys: set {ENV_KEY} (the chart's Secret) so they all use one key")
