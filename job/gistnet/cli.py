@@ -100,8 +100,9 @@ def train_options(fn):
         _option("--device", "train.device", "Training device.", type=click.Choice(["auto", "cpu", "cuda"])),
         _option("--augmentation", "augmentation.mode", "Augmentation mode.",
                 type=click.Choice(["paper", "online", "none"])),
-        _option("--split", "split.method", "holdout (the paper's 8:2) or kfold cross-validation.", "split_method",
-                type=click.Choice(["holdout", "kfold"])),
+        _option("--split", "split.method", "holdout (the paper's 8:2), kfold cross-validation, or site "
+                "(leave-one-site-out; manifest.csv's site column).", "split_method",
+                type=click.Choice(["holdout", "kfold", "site"])),
         _option("--folds", "split.folds", "Number of folds for --split kfold (>= 2).", type=int),
         _option("--ci", "evaluate.ci_method", "Confidence interval method.", "ci_method",
                 type=click.Choice(config_mod.CI_METHODS)),
