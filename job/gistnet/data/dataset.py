@@ -9,7 +9,6 @@ skipped and listed with the reason; problems with the data set as a whole raise
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import logging
@@ -24,6 +23,7 @@ from PIL import Image, ImageOps
 
 from gistnet.config import DataConfig
 from gistnet.errors import DataError, StorageError
+from gistnet.data import manifest
 from gistnet.data.storage import Store, is_safe_key
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ class Labeled:
     key: str
     label: int  # 1 positive (GIST), 0 negative (LM)
     patient_id: str = ""
+    site: str = ""
+    covariates: dict[str, str] = field(default_factory=dict)  # manifest columns beyond the known ones
 
 
 @dataclass
@@ -51,13 +53,19 @@ class ImageSet:
     images: torch.Tensor  # uint8, N x 3 x S x S
     labels: torch.Tensor  # int64, N
     patient_ids: list[str] = field(default_factory=list)
+    sites: list[str] = field(default_factory=list)  # manifest.csv's site column ("" where none)
+    covariates: list[dict[str, str]] = field(default_factory=list)
 
     def subset(self, keys: list[str]) -> "ImageSet":
         index = {k: i for i, k in enumerate(self.keys)}
         idx = torch.tensor([index[k] for k in keys], dtype=torch.long)
+
+        def pick(values: list) -> list:
+            return [values[index[k]] for k in keys] if values else []
+
         return ImageSet(keys=list(keys), images=self.images[idx.to(self.images.device)],
-                        labels=self.labels[idx.to(self.labels.device)],
-                        patient_ids=[self.patient_ids[index[k]] for k in keys] if self.patient_ids else [])
+                        labels=self.labels[idx.to(self.labels.device)], patient_ids=pick(self.patient_ids),
+                        sites=pick(self.sites), covariates=pick(self.covariates))
 
     def counts(self, names: tuple[str, str]) -> dict[str, int]:
         return class_counts(self.labels, names)
@@ -79,23 +87,14 @@ class LoadResult:
 
 
 def _read_manifest(store: Store, cfg: DataConfig) -> list[Labeled]:
-    text = store.read(cfg.manifest).decode("utf-8-sig")
-    rows = list(csv.reader(io.StringIO(text)))
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
-        rows = rows[1:]
+    where = store.uri_of(cfg.manifest)
+    rows = manifest.read_manifest(store.read(cfg.manifest).decode("utf-8-sig"), where)
     names = {cfg.positive_class: 1, cfg.negative_class: 0}
-    out = []
-    for n, row in enumerate(rows, 2):
-        if not row or not "".join(row).strip():
-            continue
-        if len(row) < 2:
-            raise DataError(f"{store.uri_of(cfg.manifest)} line {n}: expected path,label[,patient_id]")
-        label = row[1].strip()
-        if label not in names:
-            raise DataError(f"{store.uri_of(cfg.manifest)} line {n}: unknown label {label!r} "
-                            f"(configured: {cfg.positive_class}, {cfg.negative_class})")
-        out.append(Labeled(row[0].strip(), names[label], row[2].strip() if len(row) > 2 else ""))
-    return out
+    unknown = sorted({r.label for r in rows} - set(names))
+    if unknown:
+        raise DataError(f"{where}: unknown label(s) {', '.join(repr(u) for u in unknown)} "
+                        f"(configured: {cfg.positive_class}, {cfg.negative_class})")
+    return [Labeled(r.path, names[r.label], r.patient_id or "", r.site or "", dict(r.covariates)) for r in rows]
 
 
 def _listed(store: Store) -> tuple[list[str], list[dict]]:
@@ -362,4 +361,5 @@ def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=No
                             f"at least data.min_images_per_class={cfg.min_images_per_class} are needed")
     labels = torch.tensor([k.label for k in kept], dtype=torch.long)
     return LoadResult(ImageSet([k.key for k in kept], images.to(device), labels.to(device),
-                               [k.patient_id for k in kept]), skipped)
+                               [k.patient_id for k in kept], [k.site for k in kept],
+                               [k.covariates for k in kept]), skipped)
