@@ -225,9 +225,11 @@ def config_cmd(config_file, **kwargs) -> None:
 @click.option("--n-lm", type=click.IntRange(min=0), default=73, show_default=True)
 @click.option("--image-size", type=click.IntRange(min=16), default=224, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--sites", type=click.IntRange(min=1), help="Draw K sites, each with its own acquisition effect and "
+              "class mix; --n-gist + --n-lm images in all, split evenly; manifest.csv gets patient_id and site.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (storage and class names).")
 @user_errors
-def synth_cmd(output, n_gist, n_lm, image_size, seed, config_file) -> None:
+def synth_cmd(output, n_gist, n_lm, image_size, seed, sites, config_file) -> None:
     """Write a synthetic EUS-like data set (Table 1 of the paper drives each class)."""
     from gistnet.data import synth
     from gistnet.data.storage import open_store
@@ -235,7 +237,11 @@ def synth_cmd(output, n_gist, n_lm, image_size, seed, config_file) -> None:
     cfg = config_mod.load_config(config_file)
     store = open_store(output, cfg.storage)
     started = time.perf_counter()
-    synth.write_dataset(store, n_gist, n_lm, image_size, seed, (cfg.data.positive_class, cfg.data.negative_class))
+    names = (cfg.data.positive_class, cfg.data.negative_class)
+    if sites:
+        synth.write_sites(store, synth.sites(sites, seed), (n_gist + n_lm) // sites, image_size, seed, names)
+    else:
+        synth.write_dataset(store, n_gist, n_lm, image_size, seed, names)
     log.info("wrote %d synthetic images in %.1fs", n_gist + n_lm, time.perf_counter() - started)
     click.echo(store.uri)
 
