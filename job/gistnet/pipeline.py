@@ -25,9 +25,11 @@ from gistnet.training import units as crossval
 from gistnet.data import dataset
 from gistnet.training import distributed
 from gistnet.evidence import report
+from gistnet.evidence import sections
+from gistnet.evidence import subgroups
 from gistnet.data import split
 from gistnet.training import train
-from gistnet.config import Config, load_saved
+from gistnet.config import Config, load_saved, replace
 from gistnet.errors import ConfigError, DataError, GistnetError, Interrupted
 from gistnet.observe.metrics import RunMetrics
 from gistnet.data.storage import Store, TransferStats, open_store, redact
@@ -127,12 +129,12 @@ def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics,
     train.set_determinism(config.train.deterministic, device)
     distributed.per_rank_batch(config.train.batch_size, world, config.distributed.scale_batch)  # fail early
     with distributed.process_group(world, device, config.distributed.timeout_s):
-        return _run_stages(config, run_id, stats, metrics, stop, scratch, world, device, selected)
+        return _run_stages(config, run_id, stats, metrics, stop, scratch, world, device, selected, fold, model)
 
 
 def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics, stop: train.StopFlag,
                 scratch: str, world: distributed.World, device: torch.device,
-                selected: list[crossval.Unit]) -> RunOutcome:
+                selected: list[crossval.Unit], fold: str | None = None, model: str | None = None) -> RunOutcome:
     """The stages in order, for the ``selected`` units this process trains. Under torchrun every rank loads the data and trains; only rank 0
     writes, and the others wait for what it wrote before reading it (barriers)."""
     metrics.run_started(run_id, device.type)
@@ -149,9 +151,14 @@ def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunM
                                  on_stage=lambda name, seconds, n: metrics.stage(name, seconds))
     metrics.skipped.set(len(loaded.skipped))
     names = (config.data.positive_class, config.data.negative_class)
+    covariates = sections.covariate_map(loaded.images.keys, loaded.images.sites, loaded.images.covariates)
+    subgroups.check_columns(config.evaluate.subgroups, sections.columns(covariates), data_store.uri_of(config.data.manifest))
     if world.is_main:  # rank 0 plans (an impossible split is refused before anything is written) and writes
         plan = _plan(out, loaded.images, config, fresh=config.output.force)
+        config, selected = _site_folds(config, plan, selected, fold, model)
         _prepare_output(out, config, selected)
+        if covariates:
+            _write_once(out, sections.COVARIATES, covariates)
         _write_once(out, "split.json", plan.to_dict())
         _write_once(out, crossval.DATASET, {
             "uri": redact(data_store.uri), "classes": {names[0]: "positive", names[1]: "negative"},
@@ -160,6 +167,7 @@ def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunM
     distributed.barrier(world)
     if not world.is_main:  # the others read what rank 0 saved
         plan = _plan(out, loaded.images, config, fresh=False)
+        config, selected = _site_folds(config, plan, selected, fold, model)
     _stop_if_asked(stop, "after loading the data", world, device)
 
     environment = report.environment(device)
@@ -289,7 +297,15 @@ def _plan(out: Store, images: dataset.ImageSet, config: Config, fresh: bool = Fa
         log.info("reusing the split saved with this run (%s)", out.uri_of("split.json"))
         return plan
     return split.make_plan(images.keys, images.labels.cpu().numpy(), images.patient_ids, config.split,
-                           config.train.seed, (config.data.positive_class, config.data.negative_class))
+                           config.train.seed, (config.data.positive_class, config.data.negative_class), images.sites)
+
+
+def _site_folds(config: Config, plan: split.Plan, selected: list, fold: str | None, model: str | None):
+    """Leave-one-site-out: the folds are the sites, known once the data is listed (split.folds = their number)."""
+    if plan.method != split.SITE:
+        return config, selected
+    config = replace(config, split={"folds": len(plan.parts)})
+    return config, crossval.select(fold, model, config)
 
 
 def _fit_timed(name: str, state: train.TrainState, data: train.TrainData, per_rank_batch: int, train_cfg,
