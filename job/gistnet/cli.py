@@ -318,6 +318,35 @@ def predict_cmd(run_uri, model, data, output, batch_size, device, threshold, eng
     click.echo(summary["uri"])
 
 
+@cli.command("evaluate")
+@click.option("--run", "run_uri", required=True, help="The finished run: <output>/<run-id> (folder or s3://).")
+@click.option("--data", required=True, help="A labelled data set from elsewhere: class folders or manifest.csv.")
+@click.option("--output", help="Where the evaluation goes [default: <run>/external/<name>].")
+@click.option("--name", help="Name of this evaluation [default: the last part of --data].")
+@click.option("--model", default="all", show_default=True, type=click.Choice([*config_mod.MODEL_NAMES, "best", "all"]),
+              help="Which of the run's models; a k-fold run's models score as fold ensembles.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per forward pass [default: the run's].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML config (storage, metrics, evaluate.subgroups).")
+@click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on this port (0: off).")
+@click.option("--pushgateway", help="Pushgateway URL for the final push.")
+@user_errors
+def evaluate_cmd(run_uri, data, output, name, model, batch_size, device, config_file, metrics_port, pushgateway) -> None:
+    """Score a labelled external data set with a finished run's models; write report.json/.md/.html."""
+    from gistnet.serving import external
+
+    cfg = _storage_and_metrics(config_file, metrics_port, pushgateway)
+    summary = external.run(external.Request(run=run_uri, data=data, output=output, name=name, model=model,
+                                            batch_size=batch_size, device=device), cfg)
+    for model_name, m in summary["report"]["models"].items():
+        auc = m["roc_auc"]
+        click.echo(f"{model_name} ({m['scoring']}): external ROC AUC "
+                   f"{'n/a' if auc['value'] is None else format(auc['value'], '.3f')}", err=True)
+    click.echo(f"overlap with development data: {summary['report']['external']['overlap']['status']}", err=True)
+    click.echo(summary["uri"])
+
+
 @cli.command("export")
 @click.option("--run", "run_uri", required=True, help="The finished run: <output>/<run-id> (folder or s3://).")
 @click.option("--model", default="best", show_default=True, type=MODEL_CHOICE)

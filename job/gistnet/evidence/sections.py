@@ -71,7 +71,7 @@ def markdown(report: dict) -> str:
     lines = []
     for name, m in report.get("models", {}).items():
         if "sites" in m:
-            lines += [sites_mod.markdown(m["sites"], f"{name}: per site (held-out site of each fold)"), ""]
+            lines += [sites_mod.markdown(m["sites"], f"{name}: per site"), ""]
         if "subgroups" in m:
             lines += [f"### {name}: subgroups", "", subgroups_mod.markdown(m["subgroups"])]
     dc = report.get("decision_curve")
