@@ -92,6 +92,7 @@ def test_development_images_are_excluded_and_counted(tiny_runs, external_data, t
     rep = json.loads((tmp_path / "ev" / "report.json").read_text())
     overlap = rep["external"]["overlap"]
     assert overlap["count"] == 5 and overlap["examples"] == shared
+    assert overlap["status"] == "5 of 24 images are development images, excluded from every metric"
     assert rep["external"]["counts"]["evaluated"] == 19 and sum(rep["models"]["resnet34"]["confusion_matrix"].values()) == 19
     flagged = {r["key"] for r in csv.DictReader((tmp_path / "ev" / "predictions.csv").open()) if r["in_development"] == "yes"}
     assert flagged == set(shared)
@@ -121,6 +122,7 @@ def test_unfinished_run_or_bad_weights_are_refused(tiny_runs, external_data, tmp
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
     done = cli("evaluate", "--run", run, "--data", external_data)
     one_line_error(done, EXIT_MODEL, "does not match the")
+    assert "in report.json; refusing to use these weights" in done.stderr
     (run / "report.json").unlink()
     done = cli("evaluate", "--run", run, "--data", external_data)
     one_line_error(done, EXIT_MODEL, "is not complete (no report.json yet)")
