@@ -253,8 +253,13 @@ def synth_cmd(output, n_gist, n_lm, image_size, seed, sites, config_file) -> Non
 @click.option("--models", default="resnet34,resnet50", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--folds", type=int, help="k-fold cross-validation with this many folds [default: the hold-out].")
+@click.option("--split", "split_method", type=click.Choice(["site"]),
+              help="site: three synthetic sites, leave-one-site-out cross-validation.")
+@click.option("--external", is_flag=True, help="Three synthetic sites: train on two, gistnet evaluate on the third.")
+@click.option("--per-site", type=click.IntRange(min=12), default=60, show_default=True,
+              help="Images per site with --split site or --external.")
 @user_errors(after_interrupt=DEMO_RESTART_HINT)
-def demo_cmd(output, epochs, image_size, models, device, folds) -> None:
+def demo_cmd(output, epochs, image_size, models, device, folds, split_method, external, per_site) -> None:
     """Synthesize a data set, train both ResNets on it and write the report: no bucket needed.
 
     The demo always starts its run over (--force): re-running it after an interruption trains
@@ -264,15 +269,32 @@ def demo_cmd(output, epochs, image_size, models, device, folds) -> None:
 
     root = Path(output)
     data = root / "data"
-    if not (data / "synth.json").exists():
+    if split_method == "site" or external:  # sites A, B (and C), each its own acquisition and class mix
+        sites = synth.sites(3, 0)
+        data = root / ("data-sites-ab" if external else "data-sites")
+        if not (data / "synth.json").exists():
+            synth.write_sites(LocalStore(data), sites[:2] if external else sites, per_site, image_size, seed=0)
+        if external and not (root / "data-site-c" / "synth.json").exists():
+            synth.write_sites(LocalStore(root / "data-site-c"), sites[2:], per_site, image_size, seed=0)
+    elif not (data / "synth.json").exists():
         synth.write_dataset(LocalStore(data), 69, 73, image_size, seed=0)
+    site_flags = {"split.method": "site"} if split_method == "site" else {}
     cfg = config_mod.load_config(None, {"data.uri": str(data), "output.uri": str(root / "runs"),
-                                        "output.run_id": "demo", "train.epochs": epochs,
+                                        **site_flags, "train.epochs": epochs,
+                                        "output.run_id": "demo-site" if split_method else
+                                        "demo-external" if external else "demo",
                                         "data.image_size": image_size, "train.models": models,
                                         "output.force": True, "train.device": device,
                                         **({"split.method": "kfold", "split.folds": folds} if folds is not None else {})})
     outcome = _run_training(cfg)
-    weights = "folds/<i>/<model>/model.safetensors" if folds is not None else "<model>/model.safetensors"
+    if external:
+        from gistnet.serving import external as external_mod
+
+        done = external_mod.run(external_mod.Request(run=outcome.uri, data=str(root / "data-site-c"), name="site-C",
+                                                     device=device), cfg)
+        click.echo("\n".join(external_mod.summary_lines(done["report"])), err=True)
+        click.echo(f"external evaluation: {done['uri']} (report.html beside it)", err=True)
+    weights = "folds/<i>/<model>/model.safetensors" if folds is not None or split_method else "<model>/model.safetensors"
     click.echo(f"demo outputs: {outcome.uri} (report.html: open it in a browser; report.json, checklist.md, "
                f"predictions.csv, training_curves.png, roc.png, reliability.png, gradcam-<model>.png, {weights})",
                err=True)
@@ -339,11 +361,7 @@ def evaluate_cmd(run_uri, data, output, name, model, batch_size, device, config_
     cfg = _storage_and_metrics(config_file, metrics_port, pushgateway)
     summary = external.run(external.Request(run=run_uri, data=data, output=output, name=name, model=model,
                                             batch_size=batch_size, device=device), cfg)
-    for model_name, m in summary["report"]["models"].items():
-        auc = m["roc_auc"]
-        click.echo(f"{model_name} ({m['scoring']}): external ROC AUC "
-                   f"{'n/a' if auc['value'] is None else format(auc['value'], '.3f')}", err=True)
-    click.echo(f"overlap with development data: {summary['report']['external']['overlap']['status']}", err=True)
+    click.echo("\n".join(external.summary_lines(summary["report"])), err=True)
     click.echo(summary["uri"])
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import zlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -253,7 +254,8 @@ def write_sites(store, site_list: list[Site], images_per_site: int, size: int, s
     second image (another frame of the same lesion)."""
     records, lines = [], ["path,label,patient_id,site"]
     total, done = images_per_site * len(site_list), 0
-    for s_index, site in enumerate(site_list):
+    for site in site_list:
+        s_index = zlib.crc32(site.name.encode())  # by name: a site drawn alone is the same site
         n_gist = int(round(images_per_site * site.gist_fraction))
         for label, folder, count in (("GIST", class_names[0], n_gist), ("LM", class_names[1], images_per_site - n_gist)):
             written, patient = 0, 0

@@ -223,6 +223,19 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
             "excluded": int(inside.sum())}
 
 
+def summary_lines(rep: dict) -> list[str]:
+    """For the terminal: each model's development and external ROC AUC, and the overlap."""
+    def auc(m: dict) -> str:
+        return "n/a" if m["value"] is None else f"{m['value']:.3f} ({m['ci_low']:.3f}-{m['ci_high']:.3f})"
+
+    lines = []
+    for name, m in rep["models"].items():
+        row = next(r for r in m["side_by_side"]["rows"] if r["metric"] == "roc_auc")
+        lines.append(f"{name} ({m['scoring']}): ROC AUC development {auc(row['development'])}, "
+                     f"external {auc(row['external'])}")
+    return lines + [f"overlap with the development data: {rep['external']['overlap']['status']}"]
+
+
 @dataclass
 class _Pooled:
     keys: list
