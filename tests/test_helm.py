@@ -36,6 +36,9 @@ VARIANTS = {
     "predict-cron": ["--set", "mode=predict", "--set", "predict.run=s3://gistnet/runs/nightly-1", "--set",
                      "predict.data=s3://gistnet/new", "--set", "predict.output=s3://gistnet/scored",
                      "--set", "schedule=0 6 * * 1"],
+    "evaluate": ["--set", "mode=evaluate", "--set", "evaluate.run=s3://gistnet/runs/nightly-1", "--set",
+                 "evaluate.data=s3://gistnet/hospital-b", "--set", "evaluate.model=best", "--set",
+                 "evaluate.batchSize=8", "--set", "metrics.pushgateway=http://pushgateway:9091"],
     "pinned-cpu-limit": ["--set", f"image.digest={DIGEST}", "--set", "resources.limits.cpu=8"],
     "egress-allow-all": ["--set", "networkPolicy.egress.allowAll=true"],
     "no-networkpolicy": ["--set", "networkPolicy.enabled=false"],
@@ -256,6 +259,10 @@ def test_aws_irsa_annotation():
     (["--set", "predict.threshold=1.5"], "/predict/threshold"),
     (["--set", "predict.model=vgg16"], "/predict/model"),
     (["--set", "mode=predict"], "predict.run is required with mode: predict"),
+    (["--set", "mode=evaluate"], "evaluate.run is required with mode: evaluate"),
+    (["--set", "mode=evaluate", "--set", "evaluate.run=s3://b/r"], "evaluate.data is required with mode: evaluate"),
+    (["--set", "evaluate.model=vgg16"], "/evaluate/model"),
+    (["--set", "evaluate.name=../x"], "/evaluate/name"),
     (["--set", "mode=predict", "--set", "predict.run=s3://b/r"], "predict.data is required with mode: predict"),
 ])
 def test_schema_rejects_unknown_and_mistyped_values(bad, message):
@@ -311,6 +318,27 @@ def test_predict_mode_runs_gistnet_predict_with_the_values(tmp_path):
         else:
             assert (params["engine"], params["threshold"], params["batch_size"]) == ("torch", None, None)
     assert container(render([]))["args"][0] == "train"
+
+
+def test_evaluate_mode_runs_gistnet_evaluate_with_the_values():
+    from gistnet import cli
+
+    docs = render(VARIANTS["evaluate"])
+    assert by_kind(docs, "Job") and network_policy(docs)
+    c, e = container(docs), env(docs)
+    assert e["JOB_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['batch.kubernetes.io/job-name']"
+    assert not {"GISTNET_DATA_URI", "GISTNET_OUTPUT_URI", "GISTNET_OUTPUT_RUN_ID"} & set(e)
+    assert e["GISTNET_METRICS_PUSHGATEWAY"]["value"] == "http://pushgateway:9091"  # the exit code is pushed
+    args = [a.replace("$(JOB_NAME)", "gistnet-29000000") for a in c["args"]]
+    assert args[0] == "evaluate"
+    params = cli.evaluate_cmd.make_context("evaluate", args[1:]).params
+    assert params["run_uri"] == "s3://gistnet/runs/nightly-1" and params["data"] == "s3://gistnet/hospital-b"
+    assert (params["model"], params["batch_size"], params["name"], params["output"]) == ("best", 8, "gistnet-29000000",
+                                                                                          None)
+    assert params["config_file"] == "/etc/gistnet/config.yaml"
+    named = container(render(VARIANTS["evaluate"] + ["--set", "evaluate.name=site-c", "--set",
+                                                     "evaluate.output=s3://gistnet/ext"]))["args"]
+    assert named[named.index("--name") + 1] == "site-c" and named[named.index("--output") + 1] == "s3://gistnet/ext"
 
 
 def network_policy(docs):

@@ -62,8 +62,8 @@ def test_run_writes_everything_and_a_valid_report(tiny_data, tmp_path):
         assert (run / f"gradcam-{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert rep["artifacts"][f"gradcam_{name}"].endswith(f"gradcam-{name}.png")
     html = (run / "report.html").read_text()
-    # curves, ROC, reliability diagram, Fig 2 and one Grad-CAM gallery per model
-    assert html.count('src="data:image/png;base64,') == 6 and "| called GIST |" not in html
+    # curves, ROC, reliability diagram, Fig 2, the decision curve and one Grad-CAM gallery per model
+    assert html.count('src="data:image/png;base64,') == 7 and "| called GIST |" not in html
     assert "## To be filled by the authors" in (run / "checklist.md").read_text()
     assert {"report_html", "checklist"} <= set(rep["artifacts"])
     written = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()}

@@ -75,6 +75,7 @@ BOUNDS: dict[tuple[str, str], Bound] = {
     ("train", "checkpoint_every"): Bound(0),
     ("train", "checkpoint_interval_s"): Bound(0),
     ("evaluate", "confidence_level"): Bound(0.5, 1, low_open=True, high_open=True),
+    ("evaluate", "min_subgroup"): Bound(1),
     ("explain", "max_misclassified"): Bound(0),
     ("explain", "correct_per_class"): Bound(0),
     ("storage", "max_attempts"): Bound(1),

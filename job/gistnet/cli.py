@@ -123,8 +123,9 @@ def train_options(fn):
         _option("--device", "train.device", "Training device.", type=click.Choice(["auto", "cpu", "cuda"])),
         _option("--augmentation", "augmentation.mode", "Augmentation mode.",
                 type=click.Choice(["paper", "online", "none"])),
-        _option("--split", "split.method", "holdout (the paper's 8:2) or kfold cross-validation.", "split_method",
-                type=click.Choice(["holdout", "kfold"])),
+        _option("--split", "split.method", "holdout (the paper's 8:2), kfold cross-validation, or site "
+                "(leave-one-site-out; manifest.csv's site column).", "split_method",
+                type=click.Choice(["holdout", "kfold", "site"])),
         _option("--folds", "split.folds", "Number of folds for --split kfold (>= 2).", type=int),
         _option("--ci", "evaluate.ci_method", "Confidence interval method.", "ci_method",
                 type=click.Choice(config_mod.CI_METHODS)),
@@ -251,9 +252,11 @@ def config_cmd(config_file, **kwargs) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["png", "dicom"]), default="png", show_default=True,
               help="dicom: an archive-like mix of DICOM and screenshot PNGs with fake patients (docs/real-data.md).")
+@click.option("--sites", type=click.IntRange(min=1), help="Draw K sites, each with its own acquisition effect and "
+              "class mix; --n-gist + --n-lm images in all, split evenly; manifest.csv gets patient_id and site.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (storage and class names).")
 @user_errors
-def synth_cmd(output, n_gist, n_lm, image_size, seed, fmt, config_file) -> None:
+def synth_cmd(output, n_gist, n_lm, image_size, seed, fmt, sites, config_file) -> None:
     """Write a synthetic EUS-like data set (Table 1 of the paper drives each class)."""
     from gistnet.data import synth, synth_dicom
     from gistnet.data.storage import open_store
@@ -261,8 +264,13 @@ def synth_cmd(output, n_gist, n_lm, image_size, seed, fmt, config_file) -> None:
     cfg = config_mod.load_config(config_file)
     store = open_store(output, cfg.storage)
     started = time.perf_counter()
-    (synth_dicom if fmt == "dicom" else synth).write_dataset(store, n_gist, n_lm, image_size, seed,
-                                                             (cfg.data.positive_class, cfg.data.negative_class))
+    names = (cfg.data.positive_class, cfg.data.negative_class)
+    if sites and fmt == "dicom":
+        raise click.UsageError("--sites draws PNG sites; it does not combine with --format dicom")
+    if sites:
+        synth.write_sites(store, synth.sites(sites, seed), (n_gist + n_lm) // sites, image_size, seed, names)
+    else:
+        (synth_dicom if fmt == "dicom" else synth).write_dataset(store, n_gist, n_lm, image_size, seed, names)
     log.info("wrote %d synthetic images in %.1fs", n_gist + n_lm, time.perf_counter() - started)
     click.echo(store.uri)
 
@@ -274,8 +282,13 @@ def synth_cmd(output, n_gist, n_lm, image_size, seed, fmt, config_file) -> None:
 @click.option("--models", default="resnet34,resnet50", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--folds", type=int, help="k-fold cross-validation with this many folds [default: the hold-out].")
+@click.option("--split", "split_method", type=click.Choice(["site"]),
+              help="site: three synthetic sites, leave-one-site-out cross-validation.")
+@click.option("--external", is_flag=True, help="Three synthetic sites: train on two, gistnet evaluate on the third.")
+@click.option("--per-site", type=click.IntRange(min=12), default=60, show_default=True,
+              help="Images per site with --split site or --external.")
 @user_errors(after_interrupt=DEMO_RESTART_HINT)
-def demo_cmd(output, epochs, image_size, models, device, folds) -> None:
+def demo_cmd(output, epochs, image_size, models, device, folds, split_method, external, per_site) -> None:
     """Synthesize a data set, train both ResNets on it and write the report: no bucket needed.
 
     The demo always starts its run over (--force): re-running it after an interruption trains
@@ -285,15 +298,32 @@ def demo_cmd(output, epochs, image_size, models, device, folds) -> None:
 
     root = Path(output)
     data = root / "data"
-    if not (data / "synth.json").exists():
+    if split_method == "site" or external:  # sites A, B (and C), each its own acquisition and class mix
+        sites = synth.sites(3, 0)
+        data = root / ("data-sites-ab" if external else "data-sites")
+        if not (data / "synth.json").exists():
+            synth.write_sites(LocalStore(data), sites[:2] if external else sites, per_site, image_size, seed=0)
+        if external and not (root / "data-site-c" / "synth.json").exists():
+            synth.write_sites(LocalStore(root / "data-site-c"), sites[2:], per_site, image_size, seed=0)
+    elif not (data / "synth.json").exists():
         synth.write_dataset(LocalStore(data), 69, 73, image_size, seed=0)
+    site_flags = {"split.method": "site"} if split_method == "site" else {}
     cfg = config_mod.load_config(None, {"data.uri": str(data), "output.uri": str(root / "runs"),
-                                        "output.run_id": "demo", "train.epochs": epochs,
+                                        **site_flags, "train.epochs": epochs,
+                                        "output.run_id": "demo-site" if split_method else
+                                        "demo-external" if external else "demo",
                                         "data.image_size": image_size, "train.models": models,
                                         "output.force": True, "train.device": device,
                                         **({"split.method": "kfold", "split.folds": folds} if folds is not None else {})})
     outcome = _run_training(cfg)
-    weights = "folds/<i>/<model>/model.safetensors" if folds is not None else "<model>/model.safetensors"
+    if external:
+        from gistnet.serving import external as external_mod
+
+        done = external_mod.run(external_mod.Request(run=outcome.uri, data=str(root / "data-site-c"), name="site-C",
+                                                     device=device), cfg)
+        click.echo("\n".join(external_mod.summary_lines(done["report"])), err=True)
+        click.echo(f"external evaluation: {done['uri']} (report.html beside it)", err=True)
+    weights = "folds/<i>/<model>/model.safetensors" if folds is not None or split_method else "<model>/model.safetensors"
     click.echo(f"demo outputs: {outcome.uri} (report.html: open it in a browser; report.json, checklist.md, "
                f"predictions.csv, training_curves.png, roc.png, reliability.png, gradcam-<model>.png, {weights})",
                err=True)
@@ -345,6 +375,31 @@ def predict_cmd(run_uri, model, data, output, batch_size, device, threshold, eng
     if summary["development_evaluation"]:
         click.echo(summary["development_evaluation"]["note"], err=True)
         click.echo(stats.format_table(summary["development_evaluation"]["metrics"]), err=True)
+    click.echo(summary["uri"])
+
+
+@cli.command("evaluate")
+@click.option("--run", "run_uri", required=True, help="The finished run: <output>/<run-id> (folder or s3://).")
+@click.option("--data", required=True, help="A labelled data set from elsewhere: class folders or manifest.csv.")
+@click.option("--output", help="Where the evaluation goes [default: <run>/external/<name>].")
+@click.option("--name", help="Name of this evaluation [default: the last part of --data].")
+@click.option("--model", default="all", show_default=True, type=click.Choice([*config_mod.MODEL_NAMES, "best", "all"]),
+              help="Which of the run's models; a k-fold run's models score as fold ensembles.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per forward pass [default: the run's].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML config (storage, metrics, evaluate.subgroups).")
+@click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on this port (0: off).")
+@click.option("--pushgateway", help="Pushgateway URL for the final push.")
+@user_errors
+def evaluate_cmd(run_uri, data, output, name, model, batch_size, device, config_file, metrics_port, pushgateway) -> None:
+    """Score a labelled external data set with a finished run's models; write report.json/.md/.html."""
+    from gistnet.serving import external
+
+    cfg = _storage_and_metrics(config_file, metrics_port, pushgateway)
+    summary = external.run(external.Request(run=run_uri, data=data, output=output, name=name, model=model,
+                                            batch_size=batch_size, device=device), cfg)
+    click.echo("\n".join(external.summary_lines(summary["report"])), err=True)
     click.echo(summary["uri"])
 
 

@@ -93,6 +93,8 @@ class EvaluateConfig:
     ci_method: str = "wilson"
     confidence_level: float = 0.95
     selection_metric: str = "accuracy"
+    subgroups: tuple[str, ...] = ()
+    min_subgroup: int = 10
 
 
 @dataclass(frozen=True)
@@ -377,7 +379,8 @@ def _check_bounds(c: Config) -> None:
 def validate(c: Config) -> None:
     _check_bounds(c)
     _check(c.data.roi in ROI_MODES, f"data.roi must be one of {', '.join(ROI_MODES)}, got {c.data.roi!r}")
-    _check(c.split.method in ("holdout", "kfold"), f"split.method must be holdout or kfold, got {c.split.method!r}")
+    _check(c.split.method in ("holdout", "kfold", "site"),
+           f"split.method must be holdout, kfold or site, got {c.split.method!r}")
     _check(c.data.positive_class != c.data.negative_class, "data.positive_class and data.negative_class must differ")
     for name in (c.data.positive_class, c.data.negative_class):
         _check(bool(name) and "/" not in name, f"class folder name {name!r} must be non-empty and contain no '/'")

@@ -8,6 +8,7 @@ one resumes from its newest complete checkpoint with the same split.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -18,13 +19,13 @@ import yaml
 
 from gistnet.data import fingerprint, privacy
 from gistnet.data.overlap import check_apart
-from gistnet.config import Config, load_saved
+from gistnet.config import Config, load_saved, replace
 from gistnet.data import dataset, runs, split
 from gistnet.data.storage import Store, TransferStats, open_store, redact
 from gistnet.errors import ConfigError, DataError, GistnetError
 from gistnet.evidence import aggregate as aggregation
 from gistnet.evidence import clustered
-from gistnet.evidence import report
+from gistnet.evidence import report, sections, subgroups
 from gistnet.observe.metrics import RunMetrics
 from gistnet.training import distributed, train, units
 from gistnet.training.context import RunContext
@@ -122,10 +123,11 @@ def _run(config: Config, run_id: str, stats: TransferStats, metrics: RunMetrics,
         data_store = open_store(config.data.uri, config.storage, threads, stats)
         out = open_store(config.output.uri, config.storage, threads, stats).child(run_id)
         ctx = RunContext(config, run_id, out, metrics, stop, world, device, scratch, report.environment(device))
-        return _run_stages(ctx, data_store, selected)
+        return _run_stages(ctx, data_store, selected, fold, model)
 
 
-def _run_stages(ctx: RunContext, data_store: Store, selected: list[runs.Unit]) -> RunOutcome:
+def _run_stages(ctx: RunContext, data_store: Store, selected: list[runs.Unit], fold: str | None = None,
+                model: str | None = None) -> RunOutcome:
     """The stages in order, for the ``selected`` units this process trains. Under torchrun every
     rank loads the data and trains; only rank 0 writes, and the others wait for what it wrote
     before reading it (barriers)."""
@@ -142,10 +144,15 @@ def _run_stages(ctx: RunContext, data_store: Store, selected: list[runs.Unit]) -
     privacy.check_shared(pseudo, world.distributed or set(selected) != set(runs.all_units(config)))
     ctx.metrics.skipped.set(len(loaded.skipped))
     names = ctx.class_names
+    covariates = sections.covariate_map(loaded.images.keys, loaded.images.sites, loaded.images.covariates)
+    subgroups.check_columns(config.evaluate.subgroups, sections.columns(covariates), data_store.uri_of(config.data.manifest))
     if world.is_main:  # rank 0 plans (an impossible split is refused before anything is written) and writes
         plan = _plan(out, loaded.images, config, fresh=config.output.force)
+        config, selected = _site_folds(config, plan, selected, fold, model)
         _prepare_output(out, config, selected)
         pseudo.save(out)
+        if covariates:
+            _write_once(out, sections.COVARIATES, covariates)
         _write_once(out, "split.json", plan.to_dict())
         _write_once(out, runs.DATASET, {
             "uri": redact(data_store.uri), "classes": {names[0]: "positive", names[1]: "negative"},
@@ -158,6 +165,8 @@ def _run_stages(ctx: RunContext, data_store: Store, selected: list[runs.Unit]) -
     distributed.barrier(world)
     if not world.is_main:  # the others read what rank 0 saved
         plan = _plan(out, loaded.images, config, fresh=False)
+        config, selected = _site_folds(config, plan, selected, fold, model)
+    ctx = dataclasses.replace(ctx, config=config)  # leave-one-site-out: split.folds = the number of sites
     ctx.stop_if_asked("after loading the data")
 
     folds = list(dict.fromkeys(u.fold for u in selected))  # in order, each prepared once
@@ -226,7 +235,15 @@ def _plan(out: Store, images: dataset.ImageSet, config: Config, fresh: bool = Fa
         log.info("reusing the split saved with this run (%s)", out.uri_of("split.json"))
         return plan
     return split.make_plan(images.keys, images.labels.cpu().numpy(), images.patient_ids, config.split,
-                           config.train.seed, (config.data.positive_class, config.data.negative_class))
+                           config.train.seed, (config.data.positive_class, config.data.negative_class), images.sites)
+
+
+def _site_folds(config: Config, plan: split.Plan, selected: list, fold: str | None, model: str | None):
+    """Leave-one-site-out: the folds are the sites, known once the data is listed (split.folds = their number)."""
+    if plan.method != split.SITE:
+        return config, selected
+    config = replace(config, split={"folds": len(plan.parts)})
+    return config, runs.select(fold, model, config)
 
 
 def aggregate(run_uri: str, storage_config: Config) -> RunOutcome:

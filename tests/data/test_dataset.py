@@ -193,3 +193,28 @@ def test_skipped_rows_are_compacted_in_listing_order(tmp_path):
     assert result.images.keys == sorted(result.images.keys) and len(result.images.keys) == 8
     for key, row in zip(result.images.keys, result.images.images):
         assert torch.equal(row[0], torch.from_numpy(dataset.decode_pixels(store.read(key), 32, 10**8))), key
+
+
+def test_manifest_with_a_header_gives_sites_and_covariates(tmp_path):
+    store = LocalStore(tmp_path / "d")
+    rows = ["path,label,patient_id,site,sex"]
+    for i in range(6):
+        for cls in ("GIST", "LM"):
+            key = f"img/{cls}_{i}.png"
+            store.write_bytes(key, png(gray(zlib.crc32(key.encode()))))
+            rows.append(f"{key},{cls},P{i}{cls},site{i % 3},{'F' if i % 2 else ''}")
+    store.write_bytes("manifest.csv", "\n".join(rows).encode())
+    loaded = dataset.load_images(store, DataConfig(image_size=32), torch.device("cpu"))
+    by_key = dict(zip(loaded.images.keys, zip(loaded.images.sites, loaded.images.covariates)))
+    assert by_key["img/GIST_1.png"] == ("site1", {"sex": "F"})
+    assert by_key["img/LM_2.png"] == ("site2", {"sex": ""})
+    sub = loaded.images.subset(["img/LM_2.png"])
+    assert sub.sites == ["site2"] and sub.covariates == [{"sex": ""}]
+
+
+def test_manifest_unknown_labels_are_named_together(tmp_path):
+    store = LocalStore(tmp_path / "d")
+    store.write_bytes("x.png", png(gray(1)))
+    store.write_bytes("manifest.csv", b"path,label\nx.png,Schwannoma\nx.png,GIST\nx.png,Lipoma\n")
+    with pytest.raises(DataError, match=r"unknown label\(s\) 'Lipoma', 'Schwannoma'"):
+        dataset.load_images(store, DataConfig(image_size=32), torch.device("cpu"))

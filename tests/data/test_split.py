@@ -101,3 +101,27 @@ def test_feasible_split_has_both_classes_on_both_sides():
     label = dict(zip(keys, labels))
     for side in (part.train, part.val):
         assert 0 < sum(label[k] for k in side) < len(side)
+
+
+def test_leave_one_site_out_holds_out_each_site_once():
+    keys = [f"k{i}" for i in range(12)]
+    labels = [i % 2 for i in range(12)]
+    sites = ["C", "A", "B", "A", "B", "C", "A", "B", "C", "A", "B", "C"]
+    plan = split.make_plan(keys, labels, [""] * 12, SplitConfig(method="site"), 0, ("GIST", "LM"), sites)
+    assert plan.method == "site" and [p.site for p in plan.parts] == ["A", "B", "C"]
+    for part in plan.parts:
+        assert set(part.val) == {k for k, s in zip(keys, sites) if s == part.site}
+        assert set(part.train) == set(keys) - set(part.val)
+    again = split.Plan.from_dict(plan.to_dict())
+    assert again.method == "site" and [p.site for p in again.parts] == ["A", "B", "C"] and again.parts == plan.parts
+
+
+def test_fewer_than_three_sites_is_a_data_error_naming_the_counts():
+    keys = [f"k{i}" for i in range(6)]
+    with pytest.raises(DataError) as caught:
+        split.make_plan(keys, [0, 1] * 3, [""] * 6, SplitConfig(method="site"), 0, ("GIST", "LM"),
+                        ["A", "A", "A", "A", "B", "B"])
+    assert "split.method=site needs at least 3 sites, the data has 2 (A: 4 images, B: 2 images)" in str(caught.value)
+    with pytest.raises(DataError, match="2 of 6 images have none"):
+        split.make_plan(keys, [0, 1] * 3, [""] * 6, SplitConfig(method="site"), 0, ("GIST", "LM"),
+                        ["A", "B", "C", "A", "", ""])

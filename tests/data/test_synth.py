@@ -57,3 +57,40 @@ def test_learnable_but_no_single_pixel_separates_the_classes():
     best_pixel = max(separation(x[:, j]) for j in range(x.shape[1]))
     assert 0.6 < best_pixel < 0.95, best_pixel
     assert separation(x.mean(axis=1)) < 0.95
+
+
+def test_sites_differ_in_acquisition_and_class_mix(tmp_path):
+    from gistnet.data.manifest import read_manifest
+
+    store = LocalStore(tmp_path / "d")
+    summary = synth.write_sites(store, synth.sites(4, 0), 20, 48, seed=1)
+    rows = read_manifest((tmp_path / "d" / "manifest.csv").read_text(), "manifest.csv")
+    assert (tmp_path / "d" / "manifest.csv").read_text().startswith("path,label,patient_id,site\n")
+    assert len(rows) == 80 and {r.site for r in rows} == {"site-A", "site-B", "site-C", "site-D"}
+    assert all((tmp_path / "d" / r.path).exists() and r.path.startswith(f"{r.site}/{r.label}/") for r in rows)
+    per_patient = {}
+    for r in rows:
+        per_patient.setdefault(r.patient_id, []).append(r)
+    assert any(len(v) == 2 for v in per_patient.values())  # some patients have two images
+    assert all(len({r.site for r in v}) == 1 and len({r.label for r in v}) == 1 for v in per_patient.values())
+    mix = {s: sum(r.label == "GIST" for r in rows if r.site == s) for s in ("site-A", "site-C")}
+    assert mix["site-A"] == 10 and mix["site-C"] == round(20 * synth.SITE_PRESETS[2].gist_fraction)
+    brightness = {}
+    for site in ("site-A", "site-C"):
+        arrays = [np.asarray(Image.open(tmp_path / "d" / r.path), float) for r in rows if r.site == site]
+        brightness[site] = np.mean(arrays)
+    assert brightness["site-C"] < 0.7 * brightness["site-A"]  # the acquisition effect is visible
+    assert [s["name"] for s in summary["sites"]] == ["site-A", "site-B", "site-C", "site-D"]
+    assert synth.write_sites(LocalStore(tmp_path / "e"), synth.sites(4, 0), 20, 48, seed=1) == summary
+
+
+def test_synth_cli_sites(tmp_path):
+    from click.testing import CliRunner
+
+    from gistnet.cli import cli
+
+    result = CliRunner().invoke(cli, ["synth", "--output", str(tmp_path / "d"), "--sites", "3", "--n-gist", "9",
+                                      "--n-lm", "9", "--image-size", "32"])
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "d" / "manifest.csv").read_text().splitlines()
+    assert lines[0] == "path,label,patient_id,site" and len(lines) == 19

@@ -150,6 +150,8 @@ template:
         args:
           {{- if eq .Values.mode "predict" }}
           {{- include "gistnet.predictArgs" . | nindent 10 }}
+          {{- else if eq .Values.mode "evaluate" }}
+          {{- include "gistnet.evaluateArgs" . | nindent 10 }}
           {{- else }}
           {{- if $ddp }}
           - launch
@@ -166,8 +168,9 @@ template:
           - {{ . | quote }}
           {{- end }}
         env:
-          {{- if eq .Values.mode "predict" }}
-          # Each predict Job writes under <predict.output>/<its own name> ($(JOB_NAME) in args).
+          {{- if ne .Values.mode "train" }}
+          # Each predict Job writes under <predict.output>/<its own name>; an evaluate Job is named after it
+          # unless evaluate.name says otherwise ($(JOB_NAME) in args).
           - name: JOB_NAME
             valueFrom:
               fieldRef:
@@ -298,6 +301,29 @@ template:
 {{- end }}
 {{- end }}
 
+{{/* `gistnet evaluate` arguments for mode: evaluate. */}}
+{{- define "gistnet.evaluateArgs" -}}
+- evaluate
+- --config
+- /etc/gistnet/config.yaml
+- --run
+- {{ required "evaluate.run is required with mode: evaluate" .Values.evaluate.run | quote }}
+- --data
+- {{ required "evaluate.data is required with mode: evaluate" .Values.evaluate.data | quote }}
+- --model
+- {{ .Values.evaluate.model | quote }}
+- --name
+- {{ .Values.evaluate.name | default "$(JOB_NAME)" | quote }}
+{{- with .Values.evaluate.output }}
+- --output
+- {{ . | quote }}
+{{- end }}
+{{- if .Values.evaluate.batchSize }}
+- --batch-size
+- {{ .Values.evaluate.batchSize | quote }}
+{{- end }}
+{{- end }}
+
 {{/* The headless Service that gives each pod of the distributed Job a DNS name. */}}
 {{- define "gistnet.workersService" -}}
 {{- printf "%s-workers" (include "gistnet.fullname" .) | trunc 63 | trimSuffix "-" }}
@@ -334,16 +360,16 @@ with gistnet's own defaults (config.py: split.folds 5, both ResNets). */}}
 
 {{- define "gistnet.checkDistributed" -}}
 {{- if .Values.fanout.enabled }}
-{{- if eq .Values.mode "predict" }}
-{{- fail "fanout.enabled is for training; mode: predict runs one process" }}
+{{- if ne .Values.mode "train" }}
+{{- fail (printf "fanout.enabled is for training; mode: %s runs one process" .Values.mode) }}
 {{- end }}
 {{- if .Values.distributed.enabled }}
 {{- fail "fanout.enabled and distributed.enabled together are not supported: choose one pod per (fold, model) unit or one data-parallel run" }}
 {{- end }}
 {{- end }}
 {{- if .Values.distributed.enabled }}
-{{- if eq .Values.mode "predict" }}
-{{- fail "distributed.enabled is for training; mode: predict runs one process" }}
+{{- if ne .Values.mode "train" }}
+{{- fail (printf "distributed.enabled is for training; mode: %s runs one process" .Values.mode) }}
 {{- end }}
 {{- if .Values.schedule }}
 {{- fail "distributed.enabled with a schedule is not supported: the pods find the master by the Job's name, which a CronJob varies" }}

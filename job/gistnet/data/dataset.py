@@ -61,13 +61,19 @@ class ImageSet:
     images: torch.Tensor  # uint8, N x 3 x S x S
     labels: torch.Tensor  # int64, N
     patient_ids: list[str] = field(default_factory=list)
+    sites: list[str] = field(default_factory=list)  # manifest.csv's site column ("" where none)
+    covariates: list[dict[str, str]] = field(default_factory=list)
 
     def subset(self, keys: list[str]) -> "ImageSet":
         index = {k: i for i, k in enumerate(self.keys)}
         idx = torch.tensor([index[k] for k in keys], dtype=torch.long)
+
+        def pick(values: list) -> list:
+            return [values[index[k]] for k in keys] if values else []
+
         return ImageSet(keys=list(keys), images=self.images[idx.to(self.images.device)],
-                        labels=self.labels[idx.to(self.labels.device)],
-                        patient_ids=[self.patient_ids[index[k]] for k in keys] if self.patient_ids else [])
+                        labels=self.labels[idx.to(self.labels.device)], patient_ids=pick(self.patient_ids),
+                        sites=pick(self.sites), covariates=pick(self.covariates))
 
     def counts(self, names: tuple[str, str]) -> dict[str, int]:
         return class_counts(self.labels, names)
@@ -93,14 +99,13 @@ class LoadResult:
 def _read_manifest(store: Store, cfg: DataConfig) -> list[Labeled]:
     where = store.uri_of(cfg.manifest)
     names = {cfg.positive_class: 1, cfg.negative_class: 0}
-    out = []
-    for row in read_manifest(store.read(cfg.manifest).decode("utf-8-sig"), where):
-        if row.label not in names:
-            raise DataError(f"{where}: {row.path}: unknown label {row.label!r} "
-                            f"(configured: {cfg.positive_class}, {cfg.negative_class})")
-        out.append(Labeled(row.path, names[row.label], row.patient_id or "", row.site, dict(row.covariates),
-                           row.frame, row.roi))
-    return out
+    rows = read_manifest(store.read(cfg.manifest).decode("utf-8-sig"), where)
+    unknown = sorted({r.label for r in rows} - set(names))
+    if unknown:
+        raise DataError(f"{where}: unknown label(s) {', '.join(repr(u) for u in unknown)} "
+                        f"(configured: {cfg.positive_class}, {cfg.negative_class})")
+    return [Labeled(r.path, names[r.label], r.patient_id or "", r.site, dict(r.covariates), r.frame, r.roi)
+            for r in rows]
 
 
 def _listed(store: Store) -> tuple[list[str], list[dict]]:
@@ -425,5 +430,6 @@ def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=No
             raise DataError(f"class {name!r} has {n} usable images in {store.uri}; "
                             f"at least data.min_images_per_class={cfg.min_images_per_class} are needed")
     labels = torch.tensor([k.label for k in kept], dtype=torch.long)
-    return LoadResult(ImageSet(keys, images.to(device), labels.to(device), patient_ids), skipped,
+    return LoadResult(ImageSet(keys, images.to(device), labels.to(device), patient_ids,
+                               [k.site or "" for k in kept], [k.covariates for k in kept]), skipped,
                       {k: d for k, d in zip(keys, digests)})

@@ -18,7 +18,8 @@ import numpy as np
 from gistnet.config import SplitConfig
 from gistnet.errors import ConfigError, DataError
 
-HOLDOUT, KFOLD = "holdout", "kfold"
+HOLDOUT, KFOLD, SITE = "holdout", "kfold", "site"
+MIN_SITES = 3  # a meta-analysis of fewer sites has no prediction interval (t with k-2 df)
 
 
 @dataclass
@@ -31,22 +32,23 @@ class Split:
     seed: int
     val_fraction: float | None = None
     fold: int | None = None
+    site: str | None = None  # the held-out site of a leave-one-site-out fold
 
     def to_dict(self) -> dict:
         return {"method": self.method, "seed": self.seed, "val_fraction": self.val_fraction, "fold": self.fold,
-                "train": self.train, "val": self.val}
+                **({"site": self.site} if self.site is not None else {}), "train": self.train, "val": self.val}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Split":
         return cls(train=list(d["train"]), val=list(d["val"]), method=d["method"], seed=int(d["seed"]),
-                   val_fraction=d.get("val_fraction"), fold=d.get("fold"))
+                   val_fraction=d.get("val_fraction"), fold=d.get("fold"), site=d.get("site"))
 
 
 @dataclass
 class Plan:
     """The run's partition: ``parts[0]`` for a hold-out, ``parts[i]`` for fold i."""
 
-    method: str  # holdout | kfold
+    method: str  # holdout | kfold | site
     parts: list[Split]
 
     def part(self, fold: int | None) -> Split:
@@ -58,19 +60,21 @@ class Plan:
     def to_dict(self) -> dict:
         if self.method == HOLDOUT:
             return self.parts[0].to_dict()
-        return {"method": KFOLD, "folds": [p.to_dict() for p in self.parts]}
+        return {"method": self.method, "folds": [p.to_dict() for p in self.parts]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":
-        if d.get("method") == KFOLD:
-            return cls(KFOLD, [Split.from_dict(p) for p in d["folds"]])
+        if d.get("method") in (KFOLD, SITE):
+            return cls(d["method"], [Split.from_dict(p) for p in d["folds"]])
         return cls(HOLDOUT, [Split.from_dict(d)])
 
 
 def make_plan(keys: list[str], labels, patient_ids: list[str], cfg: SplitConfig, seed: int,
-              class_names: tuple[str, str] = ("positive", "negative")) -> Plan:
-    """The hold-out or k-fold partition of ``keys`` (labels 1 positive, 0 negative)."""
+              class_names: tuple[str, str] = ("positive", "negative"), sites: list[str] | None = None) -> Plan:
+    """The hold-out, k-fold or leave-one-site-out partition of ``keys`` (labels 1 positive, 0 negative)."""
     labels = np.asarray(labels).astype(int)
+    if cfg.method == SITE:
+        return Plan(SITE, make_site_folds(keys, labels, sites or [], seed, class_names))
     if cfg.method == KFOLD:
         return Plan(KFOLD, make_folds(keys, labels, patient_ids, cfg.folds, seed, class_names))
     return Plan(HOLDOUT, [make_holdout(keys, labels, patient_ids, cfg.val_fraction, seed)])
@@ -159,6 +163,34 @@ def make_folds(keys: list[str], labels, patient_ids: list[str], k: int, seed: in
     return folds
 
 
+def make_site_folds(keys: list[str], labels, sites: list[str], seed: int,
+                    class_names: tuple[str, str]) -> list[Split]:
+    """Leave-one-site-out ("internal-external" cross-validation): fold i validates on the i-th
+    site (sorted by name) and trains on all the others. A held-out site may have one class
+    (its metrics that need both are n/a); every training part needs both."""
+    labels = np.asarray(labels).astype(int)
+    if len(sites) != len(keys) or any(not s for s in sites):
+        missing = len(keys) if len(sites) != len(keys) else sum(1 for s in sites if not s)
+        raise DataError(f"split.method=site needs a site for every image: {missing} of {len(keys)} images have none "
+                        "(manifest.csv with a header row and a site column)")
+    counts = {s: sites.count(s) for s in sorted(set(sites))}
+    if len(counts) < MIN_SITES:
+        listed = ", ".join(f"{s}: {n} images" for s, n in counts.items())
+        raise DataError(f"split.method=site needs at least {MIN_SITES} sites, the data has {len(counts)} ({listed}); "
+                        "use --split kfold or add sites")
+    folds = []
+    for fold, site in enumerate(counts):
+        val = [k for k, s in zip(keys, sites) if s == site]
+        train = [k for k, s in zip(keys, sites) if s != site]
+        part = Split(_plain(train), _plain(val), "leave-one-site-out", seed, None, fold, site)
+        positives = sum(int(y) for y, s in zip(labels, sites) if s != site)
+        if positives == 0 or positives == len(train):
+            raise DataError(f"the training set of fold {fold} (all sites but {site}) has {positives} "
+                            f"{class_names[0]} and {len(train) - positives} {class_names[1]} images: a class is missing")
+        folds.append(part)
+    return folds
+
+
 def select_folds(fold: str | None, cfg: SplitConfig) -> list[int | None]:
     """The folds this process trains: all of them, or the one ``--fold`` names (0-based)."""
     if fold is None or fold == "":
@@ -169,6 +201,8 @@ def select_folds(fold: str | None, cfg: SplitConfig) -> list[int | None]:
         index = int(fold)
     except ValueError:
         raise ConfigError(f"--fold must be an integer in 0..{cfg.folds - 1}, got {fold!r}") from None
+    if cfg.method == SITE and index >= 0:
+        return [index]  # the number of sites is known once the data is listed: checked against the plan then
     if not 0 <= index < cfg.folds:
         raise ConfigError(f"--fold {index} is out of range: split.folds={cfg.folds} gives folds 0..{cfg.folds - 1}")
     return [index]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import zlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -95,9 +96,9 @@ def _sector_mask(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _lesion_mask(lesion: Lesion, size: int, depth: np.ndarray, angle: np.ndarray,
-                 rng: np.random.Generator) -> tuple[np.ndarray, float, float]:
+                 rng: np.random.Generator, field_depth_mm: float = FIELD_DEPTH_MM) -> tuple[np.ndarray, float, float]:
     """Soft mask (0..1) of the lesion in the wall, and its centre depth and half-height."""
-    long_axis = lesion.diameter_mm / FIELD_DEPTH_MM / 2  # in image-height units
+    long_axis = lesion.diameter_mm / field_depth_mm / 2  # in image-height units
     aspect = {"round": 1.0, "oval": 1.5, "fusiform": 2.3, "irregular": 1.3}[lesion.shape]
     half_w, half_h = long_axis, long_axis / aspect
     centre = LAYER_DEPTH[lesion.layer] + {"intraluminal": -0.6, "extraluminal": 0.6, "mixed": 0.0}[lesion.growth] * half_h
@@ -120,8 +121,8 @@ def _lesion_mask(lesion: Lesion, size: int, depth: np.ndarray, angle: np.ndarray
     return mask, centre, half_h
 
 
-def render(lesion: Lesion, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One uint8 grayscale EUS-like image."""
+def render(lesion: Lesion, size: int, rng: np.random.Generator, site: "Site | None" = None) -> np.ndarray:
+    """One uint8 grayscale EUS-like image (with ``site``: that site's acquisition effect)."""
     fan, depth, angle = _sector_mask(size)
     tissue = np.full((size, size), 0.45, dtype=np.float32)
     # Five-layer wall: hyper / hypo (muscularis mucosae) / hyper (submucosa) / hypo (propria) / hyper.
@@ -129,7 +130,8 @@ def render(lesion: Lesion, size: int, rng: np.random.Generator) -> np.ndarray:
                             (0.45, 0.015, 0.85)):
         tissue = np.where(np.abs(depth - d) < width, level, tissue)
     tissue = np.where(depth < 0.2, 0.08, tissue)  # water-filled lumen above the wall
-    mask, centre, half_h = _lesion_mask(lesion, size, depth, angle, rng)
+    mask, centre, half_h = _lesion_mask(lesion, size, depth, angle, rng,
+                                        site.field_depth_mm if site else FIELD_DEPTH_MM)
     base = {"hypo": 0.16, "medium_low": 0.3, "mixed": 0.24}[lesion.echo]
     texture_sigma = size / 30
     texture = ndimage.gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), texture_sigma)
@@ -160,6 +162,8 @@ def render(lesion: Lesion, size: int, rng: np.random.Generator) -> np.ndarray:
     speckle = ndimage.gaussian_filter(speckle, 0.6)
     attenuation = np.exp(-0.9 * np.clip(depth, 0, None))
     image = tissue * speckle * attenuation
+    if site is not None:
+        image = site.acquire(image, depth, rng)
     image = ndimage.gaussian_filter(image, 0.7) * fan
     return (np.clip(image, 0, 1) * 255).astype(np.uint8)
 
@@ -192,5 +196,89 @@ def write_dataset(store, n_gist: int, n_lm: int, size: int, seed: int,
                 on_progress(done, total)
     summary = {"generator": "gistnet.data.synth", "seed": seed, "image_size": size,
                "counts": {class_names[0]: n_gist, class_names[1]: n_lm}, "images": records}
+    store.write_bytes("synth.json", json.dumps(summary, indent=1).encode())
+    return summary
+
+
+# ---------------------------------------------------------------- sites
+
+
+@dataclass(frozen=True)
+class Site:
+    """One hospital's acquisition: scanner gain, contrast (a gamma), extra speckle, stronger
+    depth attenuation, a depth setting (the field of view, which changes every lesion's apparent
+    size: the strongest cue the classes differ by) and its own class mix."""
+
+    name: str
+    gain: float = 1.0
+    contrast: float = 1.0  # gamma applied to the echo image: > 1 darker mid-tones
+    speckle: float = 0.0  # strength of an extra multiplicative Rayleigh speckle
+    attenuation: float = 0.0  # extra exp(-a * depth)
+    field_depth_mm: float = FIELD_DEPTH_MM
+    gist_fraction: float = 0.5
+
+    def acquire(self, image: np.ndarray, depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        image = np.clip(image * self.gain, 0, 1) ** self.contrast
+        if self.speckle:
+            noise = rng.rayleigh(1.0, image.shape).astype(np.float32) / np.sqrt(np.pi / 2)
+            image = image * (1 + self.speckle * (noise - 1))
+        return image * np.exp(-self.attenuation * np.clip(depth, 0, None))
+
+
+# The first three sites: A and B close to each other, C (a different scanner, a shallower depth
+# setting, more GISTs referred) far from both: gistnet demo --external trains on A and B, tests on C.
+SITE_PRESETS = (
+    Site("site-A"),
+    Site("site-B", gain=1.15, contrast=0.9, speckle=0.15, attenuation=0.3, field_depth_mm=45.0, gist_fraction=0.42),
+    Site("site-C", gain=0.85, contrast=1.35, speckle=0.45, attenuation=0.9, field_depth_mm=34.0, gist_fraction=0.62),
+)
+SECOND_IMAGE_FRACTION = 0.25  # patients with a second image of the same lesion (another frame)
+
+
+def sites(k: int, seed: int) -> list[Site]:
+    """``k`` sites: the presets, then sites drawn at random (deterministic for ``seed``)."""
+    out = list(SITE_PRESETS[:k])
+    rng = np.random.default_rng([seed, 7919])
+    for i in range(len(out), k):
+        out.append(Site(f"site-{chr(ord('A') + i) if i < 26 else i}", gain=float(rng.uniform(0.7, 1.3)),
+                        contrast=float(rng.uniform(0.8, 1.6)), speckle=float(rng.uniform(0, 0.5)),
+                        attenuation=float(rng.uniform(0, 1.2)), field_depth_mm=float(rng.uniform(34, 55)),
+                        gist_fraction=float(rng.uniform(0.35, 0.65))))
+    return out
+
+
+def write_sites(store, site_list: list[Site], images_per_site: int, size: int, seed: int,
+                class_names: tuple[str, str] = ("GIST", "LM"), on_progress=None) -> dict:
+    """Write ``<site>/<class>/<image>.png`` for each site, ``manifest.csv`` with a header row
+    (path,label,patient_id,site) and ``synth.json``. About a quarter of the patients have a
+    second image (another frame of the same lesion)."""
+    records, lines = [], ["path,label,patient_id,site"]
+    total, done = images_per_site * len(site_list), 0
+    for site in site_list:
+        s_index = zlib.crc32(site.name.encode())  # by name: a site drawn alone is the same site
+        n_gist = int(round(images_per_site * site.gist_fraction))
+        for label, folder, count in (("GIST", class_names[0], n_gist), ("LM", class_names[1], images_per_site - n_gist)):
+            written, patient = 0, 0
+            while written < count:
+                rng = np.random.default_rng([seed, 104729 + s_index, CLASSES.index(label), patient])
+                lesion = sample_lesion(label, rng)
+                views = 2 if rng.random() < SECOND_IMAGE_FRACTION and count - written >= 2 else 1
+                patient_id = f"{site.name}-{label.lower()}-{patient:04d}"
+                for view in range(views):
+                    pixels = render(lesion, size, np.random.default_rng([seed, 104729 + s_index,
+                                                                        CLASSES.index(label), patient, view]), site)
+                    buf = io.BytesIO()
+                    Image.fromarray(pixels, mode="L").save(buf, format="PNG", optimize=False)
+                    key = f"{site.name}/{folder}/{label.lower()}_{patient:04d}_{view}.png"
+                    store.write_bytes(key, buf.getvalue())
+                    lines.append(f"{key},{folder},{patient_id},{site.name}")
+                    records.append({"key": key, "patient_id": patient_id, "site": site.name, **asdict(lesion)})
+                    written, done = written + 1, done + 1
+                    if on_progress:
+                        on_progress(done, total)
+                patient += 1
+    store.write_bytes("manifest.csv", ("\n".join(lines) + "\n").encode())
+    summary = {"generator": "gistnet.data.synth", "seed": seed, "image_size": size,
+               "sites": [asdict(s) for s in site_list], "images": records}
     store.write_bytes("synth.json", json.dumps(summary, indent=1).encode())
     return summary

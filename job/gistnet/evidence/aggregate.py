@@ -20,8 +20,8 @@ from gistnet.data import split
 from gistnet.data.runs import DATASET, RESULT, Unit, all_units, gradcam_key, is_finished
 from gistnet.data.storage import Store
 from gistnet.errors import DataError
-from gistnet.evidence import (calibration, checklist, compare, evaluate, explain, model_card, predictions, publish,
-                              report, report_html, stats)
+from gistnet.evidence import (calibration, checklist, compare, decision, evaluate, explain, model_card, predictions,
+                              publish, report, report_html, sections, stats)
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def _aggregate_once(out: Store, config: Config, run_id: str, scratch: str):
         raise DataError(f"{out.uri}: no finished fold to aggregate (none of the {len(expected)} (fold, model) "
                         f"units has a {RESULT}); train first")
     missing = [u for u in expected if u not in results]
-    kfold = config.split.method == split.KFOLD
+    kfold = config.split.method in (split.KFOLD, split.SITE)
     models, pooled = {}, {}
     for name in config.train.models:
         done = [u for u in expected if u.model == name and u in results]
@@ -157,7 +157,10 @@ def _aggregate_once(out: Store, config: Config, run_id: str, scratch: str):
     if missing:
         log.warning("aggregating %d of %d units; missing: %s", len(results), len(expected),
                     ", ".join(u.name() for u in missing))
+    decision_curve = sections.add(models, pooled, config.evaluate, sections.read_covariates(out),
+                                  with_sites=config.split.method == split.SITE)  # subgroups, sites, decision curves
     _plots(out, models, pooled, results, scratch)
+    out.upload_drawn("decision_curve.png", lambda path: decision.figure(decision_curve, path), scratch)
     artifacts = {}
     all_rows = [r for u in expected if u in rows for r in rows[u]]
     predictions.write(out, all_rows)
@@ -174,6 +177,8 @@ def _aggregate_once(out: Store, config: Config, run_id: str, scratch: str):
         environment=results[first]["environment"], created=max(r["finished"] for r in results.values()),
         evaluation=evaluation, comparison=_comparison(list(models), pooled, config),
         status="partial" if missing else "complete")
+    final["decision_curve"] = decision_curve
+    report.validate(final)
     return final, lambda: _write_documents(out, final, figures, kfold)
 
 
@@ -181,7 +186,7 @@ def _figure_keys(expected: list[Unit], results: dict, first: Unit) -> dict[str, 
     """Figure name (as report_html places it) -> stored key: the run's plots, Fig 2 of the first
     finished fold, and each finished unit's Grad-CAM gallery."""
     figures = {"training_curves": "training_curves.png", "roc": "roc.png", "reliability_diagram": "reliability.png",
-               "augmentation_examples": f"{first.prefix}augmentation_examples.png"}
+               "augmentation_examples": f"{first.prefix}augmentation_examples.png", "decision_curve": "decision_curve.png"}
     for unit in expected:
         if unit in results and "explain" in results[unit]:
             name = f"gradcam_{unit.model}" if unit.fold is None else f"gradcam_{unit.model}_fold{unit.fold}"

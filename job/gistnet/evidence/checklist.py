@@ -128,7 +128,7 @@ def _selection(r):
 
 def _folds(r):
     ev = r.get("evaluation") or {}
-    if ev.get("method") != "kfold":
+    if ev.get("method") not in ("kfold", "site"):
         return None
     missing = ev.get("missing") or []
     return (f"{ev['folds']}-fold cross-validation, metrics pooled over the out-of-fold predictions, mean and SD across "

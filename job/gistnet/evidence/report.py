@@ -133,7 +133,12 @@ def _num(value, fmt: str = ".3f") -> str:
 def _evaluation_lines(report: dict) -> list[str]:
     ev, ds = report["evaluation"], report["dataset"]
     lines = ["## Evaluation", ""]
-    if ev["method"] == "kfold":
+    if ev["method"] == "site":
+        lines.append(f"Leave-one-site-out (internal-external) cross-validation over {ev['folds']} sites: each fold "
+                     "trains on all sites but one and validates on the held-out site. The metrics below pool these "
+                     "out-of-fold predictions; the per-site table and the random-effects meta-analysis show how "
+                     "much performance varies between sites.")
+    elif ev["method"] == "kfold":
         lines.append(f"{ev['folds']}-fold cross-validation ({ds['split_method']}): every image is validated once, "
                      "by the models of the fold that did not train on it. The metrics below pool these out-of-fold "
                      "predictions over all images; their intervals come from the pooled predictions, the mean and "
@@ -259,6 +264,9 @@ def markdown(report: dict) -> str:
     for name, m in report["models"].items():
         lines += _model_lines(name, m, level, positive, negative)
     lines += _comparison_lines(report.get("comparison"))
+    from gistnet.evidence import sections  # sites, subgroups, decision curve (issue 21)
+
+    lines += [sections.markdown(report)]
     if ds["skipped"]:
         lines += ["## Skipped images", ""] + [f"- `{s['uri']}`: {s['reason']}" for s in ds["skipped"]] + [""]
     lines += [f"Sensitivity: {positive} cases called {positive}. PPV: {positive} calls that are {positive}. "

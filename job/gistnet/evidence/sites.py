@@ -1,0 +1,178 @@
+"""Performance across sites: per-site metrics and a random-effects meta-analysis of per-site
+ROC AUC on the logit scale (the heterogeneity of "internal-external" cross-validation).
+
+Each site's AUC and its DeLong variance (``compare.delong``) move to the logit scale by the
+delta method, var(logit A) = var(A) / (A (1 - A))^2. The sites are pooled with statsmodels'
+``combine_effects`` (DerSimonian-Laird tau^2, truncated at 0 as DerSimonian and Laird do:
+statsmodels leaves a negative moment estimate as it is, so with tau^2 <= 0 the fixed-effect
+mean is the random-effects mean). The 95% prediction interval for the AUC of a new site is
+mu +- t(k-2) sqrt(tau^2 + se(mu)^2) (Higgins, Thompson & Spiegelhalter 2009), back-transformed;
+with 3 sites t has 1 degree of freedom and the interval is very wide, which the report says.
+
+A site whose AUC is 0 or 1 (complete separation: the DeLong variance is 0 and the logit
+infinite) enters with a continuity correction: AUC' = (U + 0.5) / (m n + 1), U being the
+Mann-Whitney count, and the Hanley & McNeil (1982) variance of AUC'. A site with one class
+has no AUC, sensitivity or specificity (whichever needs the missing class): n/a, stated,
+and it is left out of the meta-analysis.
+``tests/evidence/test_sites.py`` recomputes all of it by hand.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from scipy.stats import norm, t as student_t
+
+from gistnet.evidence import compare
+from gistnet.evidence import evaluate
+from gistnet.evidence import stats
+
+CORRECTION = ("continuity correction: AUC 0 or 1 replaced by (U + 0.5) / (m n + 1) with the Hanley-McNeil "
+              "variance, so that its logit is finite")
+ONE_CLASS = "n/a: the site has images of one class only"
+FEW_SITES = ("with k sites the prediction interval uses t with k-2 degrees of freedom: with few sites it is very "
+             "wide, an honest statement of how little k sites say about a new one")
+
+
+def hanley_mcneil_variance(auc: float, m: int, n: int) -> float:
+    """Var(AUC) by Hanley & McNeil (1982), m positives and n negatives."""
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    return (auc * (1 - auc) + (m - 1) * (q1 - auc * auc) + (n - 1) * (q2 - auc * auc)) / (m * n)
+
+
+def logit_auc(labels, scores) -> dict | None:
+    """A site's AUC, its variance and their logit-scale versions; None with one class."""
+    y = np.asarray(labels).astype(bool)
+    m, n = int(y.sum()), int((~y).sum())
+    if m == 0 or n == 0:
+        return None
+    aucs, cov = compare.delong(np.asarray(scores, dtype=np.float64)[None, :], y.astype(int))
+    auc, variance = float(aucs[0]), float(cov[0, 0])
+    corrected = False
+    if auc <= 0.0 or auc >= 1.0 or not variance > 0:
+        u = auc * m * n
+        auc = (u + 0.5) / (m * n + 1)
+        variance = hanley_mcneil_variance(auc, m, n)
+        corrected = True
+    return {"auc": auc, "variance": variance, "logit": math.log(auc / (1 - auc)),
+            "variance_logit": variance / (auc * (1 - auc)) ** 2, "corrected": corrected, "positives": m,
+            "negatives": n}
+
+
+def _expit(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def meta_analysis(names: list[str], effects, variances, level: float = 0.95) -> dict:
+    """Random-effects (DerSimonian-Laird) pooling of logit AUCs: pooled AUC with its interval,
+    tau^2, I^2, Cochran's Q and the prediction interval for a new site (t, k-2 df)."""
+    from statsmodels.stats.meta_analysis import combine_effects
+
+    y, v = np.asarray(effects, dtype=np.float64), np.asarray(variances, dtype=np.float64)
+    k = len(y)
+    if k < 2:
+        return {"k": k, "status": "n/a: fewer than 2 sites with both classes", "sites": list(names)}
+    with warnings.catch_warnings():  # a negative DL moment estimate makes statsmodels take sqrt of < 0
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = combine_effects(y, v, method_re="dl", row_names=list(names))
+    tau2 = max(0.0, float(res.tau2))
+    if tau2 > 0:
+        mu, se = float(res.mean_effect_re), float(res.sd_eff_w_re)
+    else:  # DL truncated at 0: the random-effects mean is the fixed-effect mean
+        mu, se = float(res.mean_effect_fe), float(res.sd_eff_w_fe)
+    q, df = float(res.q), k - 1
+    i2 = max(0.0, (q - df) / q) if q > 0 else 0.0
+    z = norm.ppf(0.5 + level / 2)
+    out = {
+        "k": k, "sites": list(names), "scale": "logit(AUC)", "method": "random effects, DerSimonian-Laird "
+        "(statsmodels combine_effects), tau^2 truncated at 0",
+        "pooled_logit": mu, "pooled_logit_se": se,
+        "pooled_auc": {"value": _expit(mu), "ci_low": _expit(mu - z * se), "ci_high": _expit(mu + z * se)},
+        "tau2": tau2, "i2": i2, "q": q, "q_df": df, "confidence_level": level,
+    }
+    if k >= 3:
+        half = float(student_t.ppf(0.5 + level / 2, k - 2)) * math.sqrt(tau2 + se * se)
+        out["prediction_interval"] = {"ci_low": _expit(mu - half), "ci_high": _expit(mu + half), "df": k - 2,
+                                      "note": FEW_SITES}
+    else:
+        out["prediction_interval"] = {"ci_low": None, "ci_high": None, "df": k - 2,
+                                      "note": "n/a: a prediction interval needs at least 3 sites (t with k-2 df)"}
+    return out
+
+
+def per_site(sites, labels, probabilities, scores, threshold: float, ci_method: str, level: float) -> list[dict]:
+    """One row per site: n, counts, sensitivity, specificity and AUC with intervals (n/a, stated,
+    where the site lacks the class a metric needs)."""
+    sites = [str(s) for s in sites]
+    y = np.asarray(labels).astype(int)
+    p, s = np.asarray(probabilities, np.float64), np.asarray(scores, np.float64)
+    rows = []
+    for site in sorted(set(sites)):
+        idx = np.array([i for i, v in enumerate(sites) if v == site])
+        diag = evaluate.diagnostic_report(y[idx], p[idx], ci_method, level, threshold, scores=s[idx])
+        positives = int(y[idx].sum())
+        row = {"site": site, "n": len(idx), "positives": positives, "negatives": len(idx) - positives,
+               "confusion_matrix": diag["confusion_matrix"],
+               "sensitivity": diag["metrics"]["sensitivity"], "specificity": diag["metrics"]["specificity"],
+               "accuracy": diag["metrics"]["accuracy"], "roc_auc": diag["roc_auc"]}
+        one = logit_auc(y[idx], s[idx])
+        if one is None:
+            row["note"] = ONE_CLASS
+        elif one["corrected"]:
+            row["roc_auc_corrected"] = one["auc"]
+            row["note"] = CORRECTION
+        row["_logit"] = one
+        rows.append(row)
+    return rows
+
+
+def heterogeneity(sites, labels, probabilities, scores, threshold: float, ci_method: str, level: float) -> dict:
+    """The report's ``sites`` section: per-site rows and the meta-analysis of their AUCs."""
+    rows = per_site(sites, labels, probabilities, scores, threshold, ci_method, level)
+    usable = [r for r in rows if r["_logit"] is not None]
+    meta = meta_analysis([r["site"] for r in usable], [r["_logit"]["logit"] for r in usable],
+                         [r["_logit"]["variance_logit"] for r in usable], level)
+    meta["left_out"] = [{"site": r["site"], "reason": ONE_CLASS} for r in rows if r["_logit"] is None]
+    meta["corrected"] = [r["site"] for r in usable if r["_logit"]["corrected"]]
+    if meta["corrected"]:
+        meta["correction"] = CORRECTION
+    for r in rows:
+        one = r.pop("_logit")
+        r["logit_auc"] = None if one is None else {"value": one["logit"], "variance": one["variance_logit"]}
+    return {"per_site": rows, "meta_analysis": meta, "threshold": threshold}
+
+
+def markdown(section: dict, title: str = "Sites") -> str:
+    """Per-site table and the meta-analysis, for report.md."""
+    def pct(m):
+        return "n/a" if m["value"] is None else f"{m['value'] * 100:.1f}% ({m['ci_low'] * 100:.1f}-{m['ci_high'] * 100:.1f})"
+
+    def auc(m):
+        return "n/a" if m["value"] is None else f"{m['value']:.3f} ({m['ci_low']:.3f}-{m['ci_high']:.3f})"
+
+    lines = [f"### {title}", "", "| site | n | GIST/LM | sensitivity | specificity | ROC AUC | note |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in section["per_site"]:
+        lines.append(f"| {r['site']} | {r['n']} | {r['positives']}/{r['negatives']} | {pct(r['sensitivity'])} | "
+                     f"{pct(r['specificity'])} | {auc(r['roc_auc'])} | {r.get('note', '')} |")
+    meta = section["meta_analysis"]
+    lines.append("")
+    if "pooled_auc" not in meta:
+        lines.append(f"Meta-analysis: {meta['status']}.")
+        return "\n".join(lines)
+    pooled, pi = meta["pooled_auc"], meta["prediction_interval"]
+    lines.append(f"Random-effects pooled AUC ({meta['k']} sites, logit scale, DerSimonian-Laird): "
+                 f"{pooled['value']:.3f} (95% CI {pooled['ci_low']:.3f}-{pooled['ci_high']:.3f}); "
+                 f"tau^2 = {meta['tau2']:.3f}, I^2 = {meta['i2'] * 100:.0f}%, Q = {meta['q']:.2f} on {meta['q_df']} df.")
+    if pi["ci_low"] is not None:
+        lines.append(f"95% prediction interval for a new site: {pi['ci_low']:.3f}-{pi['ci_high']:.3f} "
+                     f"(t, {pi['df']} df; {pi['note']}).")
+    else:
+        lines.append(f"Prediction interval: {pi['note']}.")
+    if meta.get("corrected"):
+        lines.append(f"Sites {', '.join(meta['corrected'])}: {meta['correction']}.")
+    for left in meta.get("left_out", []):
+        lines.append(f"Site {left['site']} left out of the meta-analysis: {left['reason']}.")
+    return "\n".join(lines)

@@ -1,0 +1,304 @@
+"""``gistnet evaluate``: score a labelled data set from elsewhere (another hospital, scanner or
+year) with a finished run's models, and write its report beside the run.
+
+storage -> dataset (the run's decoding and image size) -> each model (a hold-out's network or
+a k-fold run's fold ensemble, weights checked) -> the run's metrics and CI method, frozen
+thresholds, calibration, paired comparison, side-by-side development vs external, overlap
+with the development images (by pixel content), decision curve, subgroups, sites ->
+``<run>/external/<name>/``: predictions.csv, report.md, report.html, report.json (last: it
+marks the evaluation complete).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+from gistnet import config as config_mod
+from gistnet.config import Config
+from gistnet.data import dataset
+from gistnet.data import fingerprint
+from gistnet.data.storage import Store, TransferStats, open_store, redact
+from gistnet.errors import ConfigError, DataError, GistnetError, ModelError
+from gistnet.evidence import calibration, compare, decision, evaluate, external_report, report as report_mod
+from gistnet.evidence import report_html, sections, subgroups
+from gistnet.observe.metrics import PredictMetrics
+from gistnet.serving import ensemble
+from gistnet.training import train
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256
+CSV_COLUMNS = ("key", "patient_id", "site", "label", "model", "probability", "score", "in_development")
+
+
+@dataclass(frozen=True)
+class Request:
+    run: str
+    data: str
+    output: str | None = None  # default <run>/external/<name>
+    name: str | None = None  # default: the last part of the data URI
+    model: str = "all"  # all | best | resnet34 | resnet50
+    batch_size: int | None = None
+    device: str = "auto"
+
+
+@dataclass
+class Images:
+    items: list
+    pixels: list
+    digests: list
+
+
+def run(request: Request, cfg: Config, scratch: str | None = None) -> dict:
+    """Evaluate, write the outputs, push the outcome to the Pushgateway whatever happens."""
+    stats = TransferStats()
+    metrics = PredictMetrics(stats)
+    exit_code = 1
+    try:
+        metrics.serve(cfg.metrics.port)
+        summary = evaluate_external(request, cfg, metrics, stats, scratch or tempfile.gettempdir())
+        exit_code = 0
+        return summary
+    except GistnetError as exc:
+        exit_code = exc.exit_code
+        raise
+    finally:
+        metrics.run_ended(exit_code)
+        metrics.push(cfg.metrics.pushgateway, cfg.metrics.job_name, {**cfg.metrics.grouping_labels, "mode": "evaluate"},
+                     succeeded=exit_code == 0)
+        metrics.close()
+
+
+def _open(request: Request, cfg: Config) -> tuple[Store, dict, Config, list[str]]:
+    run = open_store(request.run, cfg.storage)
+    try:
+        rep = json.loads(run.read("report.json"))
+    except FileNotFoundError:
+        if run.exists("config.yaml"):
+            raise ModelError(f"run {run.uri} is not complete (no report.json yet): wait for it to finish or "
+                             "resume it with the same --run-id") from None
+        raise ModelError(f"no gistnet run at {run.uri} (neither report.json nor config.yaml found)") from None
+    except ValueError:
+        raise ModelError(f"{run.uri_of('report.json')} is not valid JSON") from None
+    if rep.get("status") != "complete":
+        raise ModelError(f"run {run.uri} is not complete (report status {rep.get('status')!r})")
+    try:
+        run_cfg = config_mod.load_saved(run.read("config.yaml").decode(), run.uri_of("config.yaml"))
+    except FileNotFoundError:
+        raise ModelError(f"run {run.uri} has no config.yaml: its preprocessing is unknown") from None
+    trained = list(rep["models"])
+    names = trained if request.model == "all" else [rep["best_model"] if request.model == "best" else request.model]
+    for name in names:
+        if name not in trained:
+            raise ModelError(f"run {run.uri} has no model {name!r} (it trained: {', '.join(trained)})")
+    return run, rep, run_cfg, names
+
+
+def _name(request: Request) -> str:
+    name = request.name or request.data.rstrip("/").rpartition("/")[2] or "external"
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name in (".", ".."):
+        raise ConfigError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only")
+    return name
+
+
+def _load(data: Store, data_cfg, metrics: PredictMetrics) -> tuple[Images, list[dict]]:
+    items, unsafe, labeled = dataset.list_for_scoring(data, data_cfg)
+    if not labeled:
+        raise DataError(f"{redact(data.uri)} has no labels (neither {data_cfg.manifest} nor class folders "
+                        f"{data_cfg.positive_class}/, {data_cfg.negative_class}/): evaluate needs labelled images")
+    images, unusable = Images([], [], []), [{"uri": u["uri"], "reason": u["reason"]} for u in unsafe]
+    for start in range(0, len(items), CHUNK):
+        chunk = items[start:start + CHUNK]
+        began = time.perf_counter()
+        raw = data.read_many([i.key for i in chunk], data_cfg.download_threads)
+        kept, arrays, skipped = dataset.decode_all(raw, chunk, data_cfg.image_size, data_cfg.max_image_pixels,
+                                                   data_cfg.download_threads, dedupe=False)
+        metrics.stage("decode", time.perf_counter() - began)
+        unusable += [{"uri": data.uri_of(s["key"]), "reason": s["reason"]} for s in skipped]
+        images.items += kept
+        images.pixels += arrays
+        images.digests += [fingerprint.pixel_digest(a) for a in arrays]
+    if not images.items:
+        first = unusable[0]["reason"] if unusable else "none listed"
+        raise DataError(f"no usable images under {redact(data.uri)} ({len(unusable)} unusable; first: {first})")
+    return images, unusable
+
+
+def _overlap(run: Store, images: Images) -> tuple[np.ndarray, dict]:
+    """Which images are development images (by pixel content); the report's ``overlap`` section."""
+    known = fingerprint.read_fingerprints(run)
+    if not known:
+        return np.zeros(len(images.items), bool), {
+            "status": "not checked (the run has no fingerprints.json)", "checked": False, "count": None,
+            "method": fingerprint.METHOD}
+    inside = np.array([d in known for d in images.digests])
+    count = int(inside.sum())
+    if count == len(inside):
+        raise DataError(f"all {count} external images are development images of run {run.uri} (same decoded pixels "
+                        f"as {fingerprint.FINGERPRINTS} lists): this is not an external set")
+    return inside, {"status": f"{count} of {len(inside)} images are development images, excluded from every metric",
+                    "checked": True, "count": count, "method": fingerprint.METHOD,
+                    "examples": sorted(images.items[i].key for i in np.flatnonzero(inside))[:20]}
+
+
+def _score(run: Store, model: ensemble.RunModel, images: Images, device: torch.device, batch: int, scratch: str,
+           metrics: PredictMetrics) -> np.ndarray:
+    scorer = ensemble.EnsembleScorer(ensemble.load_members(run, model, device, scratch), device)
+    margins = []
+    for start in range(0, len(images.pixels), batch):
+        began = time.perf_counter()
+        x = torch.from_numpy(np.stack(images.pixels[start:start + batch])).permute(0, 3, 1, 2).contiguous()
+        margins.append(scorer(x.to(device)).double().cpu())
+        metrics.chunk_scored(model.name, len(x), time.perf_counter() - began, 0)
+    return torch.cat(margins).numpy()
+
+
+def _model_section(model: ensemble.RunModel, labels, margins, ev, pooled_dev: bool) -> dict:
+    probabilities = 1 / (1 + np.exp(-margins))
+    section = evaluate.diagnostic_report(labels, probabilities, ev.ci_method, ev.confidence_level, 0.5, scores=margins)
+    section["calibration"] = calibration.calibration(labels, probabilities, margins)
+    primary = external_report.at_threshold(labels, probabilities, 0.5, ev.ci_method, ev.confidence_level,
+                                           "pre-specified before training")
+    youden = external_report.at_threshold(labels, probabilities, model.youden, ev.ci_method, ev.confidence_level,
+                                          "the development run's Youden threshold, frozen: never re-chosen here"
+                                          + (" (median of the folds')" if model.is_ensemble else ""))
+    section["thresholds"] = {"primary": {**primary, "pre_specified": True},
+                             "youden": {**youden, "exploratory": True, "values": [model.youden]}}
+    section["side_by_side"] = external_report.side_by_side(model.development, section, pooled_dev)
+    section["scoring"] = model.kind
+    section["weights"] = [{"key": m.key, "sha256": m.sha256, "fold": m.fold} for m in model.members]
+    section["development"] = {"roc_auc": model.development["roc_auc"], "metrics": model.development["metrics"]}
+    return section
+
+
+def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, stats: TransferStats,
+                      scratch: str) -> dict:
+    run, rep, run_cfg, names = _open(request, cfg)
+    name = _name(request)
+    models = [ensemble.run_model(rep, n, run.uri) for n in names]
+    device = train.resolve_device(request.device)
+    metrics.run_started(rep["run_id"], device.type)
+    data_cfg = run_cfg.data  # the run's class names, image size, manifest name
+    data = open_store(request.data, cfg.storage, data_cfg.download_threads, stats)
+    ev = run_cfg.evaluate
+    wanted = cfg.evaluate.subgroups or ev.subgroups
+    images, unusable = _load(data, data_cfg, metrics)
+    covariates = sections.covariate_map([i.key for i in images.items], [i.site for i in images.items],
+                                        [i.covariates for i in images.items])
+    subgroups.check_columns(wanted, sections.columns(covariates), data.uri_of(data_cfg.manifest))
+    inside, overlap = _overlap(run, images)
+    out = open_store(request.output, cfg.storage, stats=stats) if request.output else run.child(f"external/{name}")
+    labels_all = np.array([i.label for i in images.items], int)
+    keep = ~inside
+    labels = labels_all[keep]
+    log.info("evaluating %d images under %s (%d development images excluded) with %s of run %s",
+             int(keep.sum()), redact(data.uri), int(inside.sum()), ", ".join(names), rep["run_id"])
+    batch = request.batch_size or run_cfg.train.batch_size
+    pooled_dev = rep["evaluation"]["pooled"]
+    margins_by, sections_by, pooled = {}, {}, {}
+    for model in models:
+        margins_by[model.name] = _score(run, model, images, device, batch, scratch, metrics)
+        m = margins_by[model.name][keep]
+        sections_by[model.name] = _model_section(model, labels, m, ev, pooled_dev)
+        pooled[model.name] = _Pooled([i.key for i, k in zip(images.items, keep) if k], labels, 1 / (1 + np.exp(-m)), m)
+    ext_cfg = config_mod.replace(run_cfg, evaluate={"subgroups": tuple(wanted)}).evaluate
+    site_count = len({covariates.get(k, {}).get("site", "") for k in pooled[names[0]].keys} - {""})
+    dc = sections.add(sections_by, pooled, ext_cfg, covariates, with_sites=site_count >= 2)
+    comparison = _comparison(names, pooled, ev, run_cfg.train.seed)
+    final = _document(request, name, rep, run_cfg, data, out, images, unusable, overlap, keep, sections_by,
+                      comparison, dc, device)
+    _write(out, final, images, margins_by, inside, covariates, scratch)
+    return {"uri": out.uri_of("report.json"), "report": final, "evaluated": int(keep.sum()),
+            "excluded": int(inside.sum())}
+
+
+def summary_lines(rep: dict) -> list[str]:
+    """For the terminal: each model's development and external ROC AUC, and the overlap."""
+    def auc(m: dict) -> str:
+        return "n/a" if m["value"] is None else f"{m['value']:.3f} ({m['ci_low']:.3f}-{m['ci_high']:.3f})"
+
+    lines = []
+    for name, m in rep["models"].items():
+        row = next(r for r in m["side_by_side"]["rows"] if r["metric"] == "roc_auc")
+        lines.append(f"{name} ({m['scoring']}): ROC AUC development {auc(row['development'])}, "
+                     f"external {auc(row['external'])}")
+    return lines + [f"overlap with the development data: {rep['external']['overlap']['status']}"]
+
+
+@dataclass
+class _Pooled:
+    keys: list
+    labels: np.ndarray
+    probabilities: np.ndarray
+    scores: np.ndarray
+
+
+def _comparison(names, pooled, ev, seed: int) -> dict | None:
+    if len(names) < 2 or len(set(pooled[names[0]].labels.tolist())) < 2:
+        return None
+    a, b = pooled[names[0]], pooled[names[1]]
+    correct = tuple((p.probabilities >= 0.5).astype(int) == p.labels for p in (a, b))
+    return compare.compare((names[0], names[1]), a.labels, (a.scores, b.scores), correct, ev.confidence_level, seed)
+
+
+def _document(request, name, rep, run_cfg, data, out, images, unusable, overlap, keep, models, comparison, dc,
+              device) -> dict:
+    positive, negative = run_cfg.data.positive_class, run_cfg.data.negative_class
+    labels = np.array([i.label for i in images.items], int)[keep]
+    counts = {positive: int(labels.sum()), negative: int(len(labels) - labels.sum())}
+    dataset_section = {"uri": redact(data.uri), "classes": {positive: "positive", negative: "negative"},
+                       "skipped": unusable, "split_method": "external (none: every image is evaluated)",
+                       "images": counts}
+    artifacts = {k: out.uri_of(v) for k, v in (("report_markdown", "report.md"), ("report_html", "report.html"),
+                                               ("predictions", "predictions.csv"))}
+    artifacts["run_report"] = run_report_uri = f"{redact(request.run.rstrip('/'))}/report.json"
+    evaluation = {"method": "external", "kind": "external", "folds": 1, "pooled": False, "finished": [],
+                  "missing": []}
+    final = report_mod.build(rep["run_id"], run_cfg.to_dict(), dataset_section, models, "accuracy", artifacts,
+                             environment=report_mod.environment(device),
+                             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                             evaluation=evaluation, comparison=comparison)
+    final["best_model"] = rep["best_model"] if rep["best_model"] in models else next(iter(models))
+    final["selection"] = {"metric": "the development run's choice", "note": "external data chooses nothing: "
+                          "no model, no threshold is selected on these images"}
+    final["decision_curve"] = dc
+    final["external"] = {"name": name, "run_uri": run_report_uri, "data_uri": redact(data.uri), "overlap": overlap,
+                         "counts": {"scored": len(images.items), "evaluated": int(keep.sum()),
+                                    "excluded_development": int((~keep).sum()), "unusable": len(unusable)},
+                         "clustered": False,
+                         "clustering_note": "intervals treat images as independent (clustered intervals come with "
+                                            "the evidence branch's clusters argument)"}
+    report_mod.validate(final)
+    return final
+
+
+def _write(out: Store, final: dict, images: Images, margins_by: dict, inside, covariates: dict, scratch: str) -> None:
+    positive, negative = report_mod.class_names(final)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for model, margins in margins_by.items():
+        for i, item in sorted(enumerate(images.items), key=lambda pair: pair[1].key):
+            writer.writerow([item.key, item.patient_id, item.site, positive if item.label == 1 else negative, model,
+                             repr(float(1 / (1 + np.exp(-margins[i])))), repr(float(margins[i])),
+                             "yes" if inside[i] else "no"])
+    out.write_bytes("predictions.csv", buffer.getvalue().encode())
+    figures = {}
+    if final.get("decision_curve"):
+        out.upload_drawn("decision_curve.png", lambda path: decision.figure(final["decision_curve"], path,
+                                                                            "Decision curve (external)"), scratch)
+        figures["decision_curve"] = out.read("decision_curve.png")
+    out.write_bytes("report.md", external_report.markdown(final).encode())
+    out.write_bytes("report.html", report_html.render(final, figures).encode())
+    out.write_bytes("report.json", json.dumps(final, indent=2).encode())  # last: marks the evaluation complete

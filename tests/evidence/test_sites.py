@@ -1,0 +1,103 @@
+"""Site heterogeneity: the meta-analysis and the per-site logit AUCs recomputed by hand."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import t as student_t
+
+from gistnet.evidence import sites
+
+
+def _dl_by_hand(y, v):
+    """DerSimonian-Laird, written out from the textbook formulas (not statsmodels)."""
+    y, v = np.asarray(y, float), np.asarray(v, float)
+    k = len(y)
+    w = 1 / v
+    mu_fe = (w * y).sum() / w.sum()
+    q = (w * (y - mu_fe) ** 2).sum()
+    c = w.sum() - (w ** 2).sum() / w.sum()
+    tau2 = max(0.0, (q - (k - 1)) / c)
+    ws = 1 / (v + tau2)
+    mu = (ws * y).sum() / ws.sum()
+    se = math.sqrt(1 / ws.sum())
+    i2 = max(0.0, (q - (k - 1)) / q)
+    half = student_t.ppf(0.975, k - 2) * math.sqrt(tau2 + se ** 2)
+    return mu, se, tau2, i2, q, mu - half, mu + half
+
+
+def _expit(x):
+    return 1 / (1 + math.exp(-x))
+
+
+@pytest.mark.parametrize("effects, variances", [
+    ([0.4, 1.6, 2.5, 0.9], [0.10, 0.20, 0.15, 0.08]),  # heterogeneous: tau^2 > 0
+    ([1.0, 1.1, 0.95], [0.3, 0.25, 0.4]),  # homogeneous: Q < df, tau^2 truncated at 0
+])
+def test_meta_analysis_matches_hand_computation(effects, variances):
+    mu, se, tau2, i2, q, low, high = _dl_by_hand(effects, variances)
+    meta = sites.meta_analysis(["a", "b", "c", "d"][:len(effects)], effects, variances)
+    assert meta["pooled_logit"] == pytest.approx(mu)
+    assert meta["pooled_logit_se"] == pytest.approx(se)
+    assert meta["tau2"] == pytest.approx(tau2) and meta["tau2"] >= 0
+    assert meta["i2"] == pytest.approx(i2)
+    assert meta["q"] == pytest.approx(q)
+    assert meta["pooled_auc"]["value"] == pytest.approx(_expit(mu))
+    assert meta["pooled_auc"]["ci_low"] == pytest.approx(_expit(mu - 1.959963985 * se))
+    assert meta["prediction_interval"]["ci_low"] == pytest.approx(_expit(low))
+    assert meta["prediction_interval"]["ci_high"] == pytest.approx(_expit(high))
+    assert meta["prediction_interval"]["df"] == len(effects) - 2
+
+
+def test_two_sites_have_no_prediction_interval():
+    meta = sites.meta_analysis(["a", "b"], [0.5, 1.0], [0.1, 0.1])
+    assert meta["prediction_interval"]["ci_low"] is None and "at least 3 sites" in meta["prediction_interval"]["note"]
+
+
+def test_logit_auc_by_hand():
+    # positives 0.9, 0.8, 0.3; negatives 0.5, 0.1: pairs won 5 of 6 -> AUC 5/6
+    y = np.array([1, 1, 1, 0, 0])
+    s = np.array([0.9, 0.8, 0.3, 0.5, 0.1])
+    one = sites.logit_auc(y, s)
+    assert one["auc"] == pytest.approx(5 / 6) and not one["corrected"]
+    # DeLong by its placement values: V10 (positives) = (1, 1, 0.5), V01 (negatives) = (2/3, 1)
+    v10, v01 = np.array([1, 1, 0.5]), np.array([2 / 3, 1.0])
+    var = v10.var(ddof=1) / 3 + v01.var(ddof=1) / 2
+    assert one["variance"] == pytest.approx(var)
+    assert one["logit"] == pytest.approx(math.log(5))
+    assert one["variance_logit"] == pytest.approx(var / (5 / 36) ** 2)
+
+
+def test_perfect_site_gets_the_stated_continuity_correction():
+    y = np.array([1, 1, 0, 0])
+    s = np.array([0.9, 0.8, 0.2, 0.1])
+    one = sites.logit_auc(y, s)
+    a = 4.5 / 5  # (U + 0.5) / (m n + 1), U = 4
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    hm = (a * (1 - a) + (2 - 1) * (q1 - a * a) + (2 - 1) * (q2 - a * a)) / 4
+    assert one["corrected"] and one["auc"] == pytest.approx(a) and one["variance"] == pytest.approx(hm)
+    assert sites.logit_auc(y, -s)["auc"] == pytest.approx(0.5 / 5)  # AUC 0 the same way
+
+
+def test_heterogeneity_section_states_one_class_and_corrected_sites():
+    rng = np.random.default_rng(0)
+    site_of, y, s = [], [], []
+    for site, n, shift in (("A", 30, 1.5), ("B", 30, 0.5), ("C", 30, 1.0)):
+        labels = rng.integers(0, 2, n)
+        site_of += [site] * n
+        y += labels.tolist()
+        s += (labels * shift + rng.standard_normal(n)).tolist()
+    site_of += ["D"] * 4 + ["E"] * 4
+    y += [1, 1, 1, 1] + [1, 1, 0, 0]
+    s += [0.3, 0.2, 0.1, 0.0] + [3.0, 2.0, -1.0, -2.0]
+    p = 1 / (1 + np.exp(-np.array(s)))
+    section = sites.heterogeneity(site_of, y, p, s, 0.5, "wilson", 0.95)
+    rows = {r["site"]: r for r in section["per_site"]}
+    assert rows["D"]["roc_auc"]["value"] is None and rows["D"]["note"] == sites.ONE_CLASS
+    assert rows["D"]["specificity"]["value"] is None and rows["D"]["n"] == 4
+    assert rows["E"]["note"] == sites.CORRECTION
+    meta = section["meta_analysis"]
+    assert meta["k"] == 4 and meta["sites"] == ["A", "B", "C", "E"]
+    assert meta["left_out"] == [{"site": "D", "reason": sites.ONE_CLASS}] and meta["corrected"] == ["E"]
+    text = sites.markdown(section)
+    assert "prediction interval for a new site" in text and "Site D left out" in text

@@ -1,0 +1,128 @@
+"""gistnet evaluate end to end (32 px, the session's 1-epoch ResNet-34 run): the report's numbers
+recomputed from its predictions.csv, frozen thresholds, overlap by pixel content, bad input."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from gistnet.data import dataset, fingerprint, synth
+from gistnet.data.storage import LocalStore
+from gistnet.errors import EXIT_DATA, EXIT_MODEL
+from gistnet.evidence import report
+from tests.conftest import copy_run, one_line_error
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def external_data(tmp_path_factory):
+    """Sites B and C at 32 px (12 images each) with an extra, entirely empty manifest column ``sex``."""
+    root = tmp_path_factory.mktemp("external-data")
+    synth.write_sites(LocalStore(root), synth.sites(3, 0)[1:], 12, 32, seed=5)
+    lines = (root / "manifest.csv").read_text().splitlines()
+    (root / "manifest.csv").write_text("\n".join([lines[0] + ",sex"] + [ln + "," for ln in lines[1:]]) + "\n")
+    return root
+
+
+def _run(tiny_runs, tmp_path):
+    return copy_run(tiny_runs / "a", tmp_path / "run")
+
+
+def _digests(data_root) -> dict[str, str]:
+    """Each image's pixel digest, decoded independently of gistnet evaluate (one by one)."""
+    out = {}
+    for path in sorted(data_root.rglob("*.png")):
+        pixels = dataset.decode_image(path.read_bytes(), 32, 10**8)
+        out[str(path.relative_to(data_root))] = fingerprint.pixel_digest(pixels)
+    return out
+
+
+def test_evaluate_writes_a_schema_checked_external_report(tiny_runs, external_data, tmp_path, cli):
+    run = _run(tiny_runs, tmp_path)
+    (tmp_path / "c.yaml").write_text("evaluate:\n  subgroups: [sex, site]\n  min_subgroup: 5\n")
+    done = cli("evaluate", "--run", run, "--data", external_data, "--name", "hospital-bc", "--config", tmp_path / "c.yaml")
+    assert done.returncode == 0, done.stderr
+    out = run / "external" / "hospital-bc"
+    assert done.stdout.strip() == str(out / "report.json")
+    rep = json.loads((out / "report.json").read_text())
+    report.validate(rep)
+    assert rep["evaluation"]["kind"] == "external" and rep["external"]["counts"]["evaluated"] == 24
+    assert rep["external"]["overlap"]["status"].startswith("not checked")
+    dev = json.loads((run / "report.json").read_text())["models"]["resnet34"]
+    m = rep["models"]["resnet34"]
+    assert m["thresholds"]["primary"]["value"] == 0.5
+    assert m["thresholds"]["youden"]["value"] == dev["thresholds"]["youden"]["values"][0]  # frozen, not re-chosen
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    y = np.array([r["label"] == "GIST" for r in rows], int)
+    p = np.array([float(r["probability"]) for r in rows])
+    s = np.array([float(r["score"]) for r in rows])
+    assert m["roc_auc"]["value"] == pytest.approx(roc_auc_score(y, s))
+    t = m["thresholds"]["youden"]["value"]
+    assert m["thresholds"]["youden"]["confusion_matrix"]["tp"] == int(((p >= t) & (y == 1)).sum())
+    side = {r["metric"]: r for r in m["side_by_side"]["rows"]}
+    assert side["roc_auc"]["development"]["value"] == dev["roc_auc"]["value"]
+    assert side["sensitivity"]["external"]["value"] == pytest.approx(((p >= 0.5) & (y == 1)).sum() / y.sum())
+    dc = rep["decision_curve"]
+    i = dc["thresholds"].index(0.2)
+    nb = ((p >= 0.2) & (y == 1)).sum() / len(y) - ((p >= 0.2) & (y == 0)).sum() / len(y) * 0.2 / 0.8
+    assert dc["net_benefit"]["resnet34"][i] == pytest.approx(nb, abs=1e-6)
+    sex = m["subgroups"]["columns"]["sex"]  # an empty subgroup column: n/a rows, not a crash
+    assert sex == [{**sex[0], "value": "(missing)", "n": 24, "status": "n/a: no value recorded"}]
+    assert [r["value"] for r in m["subgroups"]["columns"]["site"]] == ["site-B", "site-C"]
+    assert [r["site"] for r in m["sites"]["per_site"]] == ["site-B", "site-C"]
+    md = (out / "report.md").read_text()
+    assert "| roc_auc |" in md and "frozen" in md and "## Decision curve" in md
+    html = (out / "report.html").read_text()
+    assert 'id="fig-decision_curve"' in html and 'id="decision-curve"' in html
+
+
+def test_development_images_are_excluded_and_counted(tiny_runs, external_data, tmp_path, cli):
+    run = _run(tiny_runs, tmp_path)
+    digests = _digests(external_data)
+    shared = sorted(digests)[:5]
+    (run / "fingerprints.json").write_text(json.dumps({
+        "method": fingerprint.METHOD, "image_size": 32,
+        "images": {f"dev/{k}": digests[k] for k in shared}}))
+    done = cli("evaluate", "--run", run, "--data", external_data, "--output", tmp_path / "ev")
+    assert done.returncode == 0, done.stderr
+    rep = json.loads((tmp_path / "ev" / "report.json").read_text())
+    overlap = rep["external"]["overlap"]
+    assert overlap["count"] == 5 and overlap["examples"] == shared
+    assert overlap["status"] == "5 of 24 images are development images, excluded from every metric"
+    assert rep["external"]["counts"]["evaluated"] == 19 and sum(rep["models"]["resnet34"]["confusion_matrix"].values()) == 19
+    flagged = {r["key"] for r in csv.DictReader((tmp_path / "ev" / "predictions.csv").open()) if r["in_development"] == "yes"}
+    assert flagged == set(shared)
+
+
+def test_an_external_set_that_is_all_development_data_is_refused(tiny_runs, external_data, tmp_path, cli):
+    run = _run(tiny_runs, tmp_path)
+    (run / "fingerprints.json").write_text(json.dumps({"method": fingerprint.METHOD, "image_size": 32,
+                                                       "images": _digests(external_data)}))
+    done = cli("evaluate", "--run", run, "--data", external_data)
+    one_line_error(done, EXIT_DATA, "all 24 external images are development images of run")
+    assert not (run / "external").exists()
+
+
+def test_unknown_external_classes_are_named(tiny_runs, external_data, tmp_path, cli):
+    data = tmp_path / "data"
+    shutil.copytree(external_data, data)
+    text = (data / "manifest.csv").read_text().replace(",LM,", ",Schwannoma,", 2)
+    (data / "manifest.csv").write_text(text)
+    done = cli("evaluate", "--run", _run(tiny_runs, tmp_path), "--data", data)
+    one_line_error(done, EXIT_DATA, "unknown label(s) 'Schwannoma'")
+
+
+def test_unfinished_run_or_bad_weights_are_refused(tiny_runs, external_data, tmp_path, cli):
+    run = _run(tiny_runs, tmp_path)
+    weights = run / "resnet34" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    done = cli("evaluate", "--run", run, "--data", external_data)
+    one_line_error(done, EXIT_MODEL, "does not match the")
+    assert "in report.json; refusing to use these weights" in done.stderr
+    (run / "report.json").unlink()
+    done = cli("evaluate", "--run", run, "--data", external_data)
+    one_line_error(done, EXIT_MODEL, "is not complete (no report.json yet)")

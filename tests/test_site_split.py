@@ -1,0 +1,69 @@
+"""Leave-one-site-out end to end: 3 synthetic sites, 32 px, 1 epoch, ResNet-34."""
+
+import json
+
+import pytest
+
+from gistnet import config, pipeline
+from gistnet.data import synth
+from gistnet.data.storage import LocalStore
+from gistnet.errors import ConfigError
+from gistnet.evidence import report, sites
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def site_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("site-data")
+    synth.write_sites(LocalStore(root), synth.sites(3, 0), 16, 32, seed=2)
+    return root
+
+
+def _config(data, out, **flags):
+    return config.load_config(None, {"data.uri": str(data), "output.uri": str(out), "output.run_id": "s",
+                                     "data.image_size": 32, "train.models": "resnet34", "train.batch_size": 8,
+                                     "train.epochs": 1, "augmentation.mode": "none", "explain.enabled": False,
+                                     "data.min_images_per_class": 2, "split.method": "site", **flags}, environ={})
+
+
+def test_leave_one_site_out_report_has_sites_heterogeneity_subgroups_and_decision_curve(site_data, tmp_path):
+    outcome = pipeline.run(_config(site_data, tmp_path, **{"evaluate.subgroups": ["site"],
+                                                           "evaluate.min_subgroup": 20}))
+    run = tmp_path / "s"
+    rep = json.loads((run / "report.json").read_text())
+    report.validate(rep)
+    assert rep == outcome.report and rep["status"] == "complete"
+    assert rep["evaluation"]["method"] == "site" and rep["evaluation"]["folds"] == 3
+    assert yaml_folds(run) == 3
+    plan = json.loads((run / "split.json").read_text())
+    assert [f["site"] for f in plan["folds"]] == ["site-A", "site-B", "site-C"]
+    m = rep["models"]["resnet34"]
+    assert [r["site"] for r in m["sites"]["per_site"]] == ["site-A", "site-B", "site-C"]
+    assert all(r["n"] == 16 for r in m["sites"]["per_site"]) and sum(m["confusion_matrix"].values()) == 48
+    meta = m["sites"]["meta_analysis"]
+    usable = [r for r in m["sites"]["per_site"] if r["logit_auc"] is not None]
+    again = sites.meta_analysis([r["site"] for r in usable], [r["logit_auc"]["value"] for r in usable],
+                                [r["logit_auc"]["variance"] for r in usable])
+    assert meta["pooled_auc"] == again["pooled_auc"] and meta["prediction_interval"]["df"] == 1
+    rows = m["subgroups"]["columns"]["site"]
+    assert [(r["value"], r["n"]) for r in rows] == [("site-A", 16), ("site-B", 16), ("site-C", 16)]
+    assert all(r["sensitivity"]["value"] is None and "min_subgroup=20" in r["status"] for r in rows)
+    dc = rep["decision_curve"]
+    assert dc["thresholds"][0] == 0.05 and dc["thresholds"][-1] == 0.95 and set(dc["net_benefit"]) == {"resnet34"}
+    md = (run / "report.md").read_text()
+    assert "Leave-one-site-out" in md and "prediction interval for a new site" in md and "## Decision curve" in md
+    html = (run / "report.html").read_text()
+    assert 'id="sites-resnet34"' in html and 'id="fig-decision_curve"' in html and "very wide" in html
+
+
+def yaml_folds(run):
+    return config.load_config(run / "config.yaml", environ={}).split.folds
+
+
+def test_unknown_subgroup_column_is_refused_before_training(site_data, tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        pipeline.run(_config(site_data, tmp_path, **{"evaluate.subgroups": ["sex"]}))
+    assert "evaluate.subgroups: column(s) 'sex' not in" in str(caught.value)
+    assert "manifest.csv (its covariate columns: site)" in str(caught.value)
+    assert not (tmp_path / "s" / "config.yaml").exists()
