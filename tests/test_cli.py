@@ -312,7 +312,7 @@ def test_every_bad_input_row_is_asserted_by_its_test():
             if line.startswith("| ") and "`tests/" in line]
     assert len(rows) >= 35
     for case, outcome, code, test in rows:
-        path, name = re.fullmatch(r"`(tests/test_\w+\.py)::(\w+)`", test).groups()
+        path, name = re.fullmatch(r"`(tests/(?:\w+/)*test_\w+\.py)::(\w+)`", test).groups()
         source = _test_source(repo / path, name)
         for quoted in re.findall(r'"([^"]+)"', outcome):
             for piece in re.split(r"\.\.\.|<[^>]+>", quoted):

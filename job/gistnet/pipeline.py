@@ -23,6 +23,7 @@ import yaml
 from gistnet.data import augmentation
 from gistnet.training import units as crossval
 from gistnet.data import dataset
+from gistnet.data import lineage
 from gistnet.training import distributed
 from gistnet.evidence import report
 from gistnet.data import split
@@ -152,11 +153,13 @@ def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunM
     if world.is_main:  # rank 0 plans (an impossible split is refused before anything is written) and writes
         plan = _plan(out, loaded.images, config, fresh=config.output.force)
         _prepare_output(out, config, selected)
+        used = lineage.settle(out, loaded.lineage, fresh=config.output.force)  # a resume on changed data: exit 4
         _write_once(out, "split.json", plan.to_dict())
         _write_once(out, crossval.DATASET, {
             "uri": redact(data_store.uri), "classes": {names[0]: "positive", names[1]: "negative"},
             "images": loaded.images.counts(names), "augmentation_mode": config.augmentation.mode,
-            "split_method": plan.parts[0].method, "skipped": loaded.skipped})
+            "split_method": plan.parts[0].method, "skipped": loaded.skipped,
+            "lineage": used.summary(lineage.name_of(redact(data_store.uri)), redact(data_store.uri))})
     distributed.barrier(world)
     if not world.is_main:  # the others read what rank 0 saved
         plan = _plan(out, loaded.images, config, fresh=False)
@@ -244,7 +247,7 @@ def _prepare_output(out: Store, config: Config, selected: list[crossval.Unit]) -
     or check that a resumed run keeps its configuration; then save it."""
     if config.output.force:
         whole = set(selected) == set(crossval.all_units(config))
-        shared = ["report.json", "split.json", crossval.DATASET] if whole else ["report.json"]
+        shared = ["report.json", "split.json", crossval.DATASET, lineage.FILENAME] if whole else ["report.json"]
         for key in shared + [u.key(f) for u in selected for f in ("result.json", "checkpoint.json")]:
             out.delete(key)
     else:

@@ -24,6 +24,7 @@ from PIL import Image, ImageOps
 
 from gistnet.config import DataConfig
 from gistnet.errors import DataError, StorageError
+from gistnet.data.lineage import Lineage, relative_key
 from gistnet.data.storage import Store, is_safe_key
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def class_counts(labels: torch.Tensor, names: tuple[str, str]) -> dict[str, int]
 class LoadResult:
     images: ImageSet
     skipped: list[dict]
+    lineage: Lineage | None = None  # what was read: (size, sha256) per kept key, and the skipped keys
 
 
 # ---------------------------------------------------------------- listing
@@ -249,26 +251,27 @@ def _runs(flags: np.ndarray):
 
 
 def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels: int, threads: int,
-                     on_done=None) -> tuple[list[Labeled], torch.Tensor, list[dict]]:
+                     on_done=None, lineage: Lineage | None = None) -> tuple[list[Labeled], torch.Tensor, list[dict]]:
     """Read and decode each object in a worker thread straight into its row of one
     preallocated tensor; its bytes are dropped as soon as it is decoded, so at most
     ``threads`` objects are held at once. Drops undecodable objects and same-class
-    duplicates (the first in listing order is kept), fails on cross-class ones."""
+    duplicates (the first in listing order is kept), fails on cross-class ones. ``lineage``, when
+    given, receives the size and sha256 of each kept object and the keys skipped."""
     canvas = Canvas(len(labeled), size)
 
-    def work(row: int) -> tuple[str | None, str | None]:
+    def work(row: int) -> tuple[str | None, str | None, int]:
         item = labeled[row]
         try:
             data = store.read(item.key)
         except StorageError:
             raise
         except Exception as exc:  # noqa: BLE001 - reported per object
-            return f"could not be read: {type(exc).__name__}: {exc}", None
+            return f"could not be read: {type(exc).__name__}: {exc}", None, 0
         try:
             canvas.put(row, decode_pixels(data, size, max_pixels))
         except ValueError as exc:
-            return str(exc), None
-        return None, hashlib.sha256(data).hexdigest()
+            return str(exc), None, len(data)
+        return None, hashlib.sha256(data).hexdigest(), len(data)
 
     outcomes = []
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -277,9 +280,13 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
             if on_done:
                 on_done(n)
     kept_rows, skipped, seen = [], [], {}
-    for row, (reason, digest) in enumerate(outcomes):
+    for row, (reason, digest, nbytes) in enumerate(outcomes):
         if _keep(labeled[row], reason, digest, seen, skipped):
             kept_rows.append(row)
+            if lineage is not None:
+                lineage.objects[labeled[row].key] = (nbytes, digest)
+    if lineage is not None:
+        lineage.skipped += [s["key"] for s in skipped]
     return [labeled[r] for r in kept_rows], canvas.compact(kept_rows), skipped
 
 
@@ -348,8 +355,9 @@ def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=No
     labeled, unsafe = list_labeled(store, cfg)
     log.info("loading %d images from %s with %d threads", len(labeled), store.uri, cfg.download_threads)
     start = time.perf_counter()
+    lineage = Lineage(skipped=[relative_key(store, s["uri"]) for s in unsafe])
     kept, images, skipped = load_into_tensor(store, labeled, cfg.image_size, cfg.max_image_pixels,
-                                             cfg.download_threads, _progress("loaded", len(labeled)))
+                                             cfg.download_threads, _progress("loaded", len(labeled)), lineage)
     if on_stage:
         on_stage("load", time.perf_counter() - start, len(kept))
     skipped = unsafe + [{"uri": store.uri_of(s["key"]), "reason": s["reason"]} for s in skipped]
@@ -362,4 +370,4 @@ def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=No
                             f"at least data.min_images_per_class={cfg.min_images_per_class} are needed")
     labels = torch.tensor([k.label for k in kept], dtype=torch.long)
     return LoadResult(ImageSet([k.key for k in kept], images.to(device), labels.to(device),
-                               [k.patient_id for k in kept]), skipped)
+                               [k.patient_id for k in kept]), skipped, lineage)
