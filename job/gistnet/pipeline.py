@@ -17,10 +17,9 @@ from datetime import datetime, timezone
 
 import yaml
 
-from gistnet.data import fingerprint, privacy
-from gistnet.data.overlap import check_apart
 from gistnet.config import Config, load_saved, replace
-from gistnet.data import dataset, runs, split
+from gistnet.data import dataset, fingerprint, lineage, privacy, runs, split
+from gistnet.data.overlap import check_apart
 from gistnet.data.storage import Store, TransferStats, open_store, redact
 from gistnet.errors import ConfigError, DataError, GistnetError
 from gistnet.evidence import aggregate as aggregation
@@ -153,12 +152,16 @@ def _run_stages(ctx: RunContext, data_store: Store, selected: list[runs.Unit], f
         pseudo.save(out)
         if covariates:
             _write_once(out, sections.COVARIATES, covariates)
+        # lineage.json lists every object key: with data.pseudonymize_keys it stays under private/
+        used = lineage.settle(out.child("private") if config.data.pseudonymize_keys else out, loaded.lineage,
+                              fresh=config.output.force)  # a resume on changed data: exit 4
         _write_once(out, "split.json", plan.to_dict())
         _write_once(out, runs.DATASET, {
             "uri": redact(data_store.uri), "classes": {names[0]: "positive", names[1]: "negative"},
             "images": loaded.images.counts(names), "augmentation_mode": config.augmentation.mode,
             "patients": clustered.images_per_patient(loaded.images.patient_ids),
-            "split_method": plan.parts[0].method, "skipped": loaded.skipped})
+            "split_method": plan.parts[0].method, "skipped": loaded.skipped,
+            "lineage": used.summary(lineage.name_of(redact(data_store.uri)), redact(data_store.uri))})
         # the development images (training + validation) by pixel content: predict leaves them out of its metrics
         _write_once(out, fingerprint.FILENAME, fingerprint.document(
             {k: loaded.fingerprints[k] for k in plan.keys()}, config.data.image_size))
@@ -203,7 +206,7 @@ def _prepare_output(out: Store, config: Config, selected: list[runs.Unit]) -> No
     or check that a resumed run keeps its configuration; then save it."""
     if config.output.force:
         whole = set(selected) == set(runs.all_units(config))
-        shared = ["report.json", "split.json", runs.DATASET] if whole else ["report.json"]
+        shared = ["report.json", "split.json", runs.DATASET, lineage.FILENAME, f"private/{lineage.FILENAME}"] if whole else ["report.json"]
         for key in shared + [u.key(f) for u in selected for f in ("result.json", "checkpoint.json")]:
             out.delete(key)
     else:

@@ -30,6 +30,7 @@ from gistnet.data import dicom, region
 from gistnet.data.manifest import read_manifest
 from gistnet.data import privacy
 from gistnet.data.privacy import Pseudonymizer
+from gistnet.data.lineage import Lineage, relative_key
 from gistnet.data.storage import Store, is_safe_key
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class LoadResult:
     skipped: list[dict]
     # key -> fingerprint.pixel_digest of the decoded, resized pixels, for every kept image
     fingerprints: dict[str, str] = field(default_factory=dict)
+    lineage: Lineage | None = None  # what was read: (size, sha256) per kept key, and the skipped keys
 
 
 # ---------------------------------------------------------------- listing
@@ -293,33 +295,35 @@ def _runs(flags: np.ndarray):
 
 
 def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels: int, threads: int,
-                     on_done=None, roi_mode: str = "none") -> tuple[list[Labeled], torch.Tensor, list[dict], list[str]]:
+                     on_done=None, roi_mode: str = "none",
+                     lineage: Lineage | None = None) -> tuple[list[Labeled], torch.Tensor, list[dict], list[str]]:
     """Read and decode each object in a worker thread straight into its row of one
     preallocated tensor; its bytes are dropped as soon as it is decoded, so at most
     ``threads`` objects are held at once. Drops undecodable objects and same-class
     duplicates (the first in listing order is kept), fails on cross-class ones. A DICOM's
     PatientID fills ``patient_id`` of an item the manifest gave none (raw: pseudonymize it).
+    ``lineage``, when given, receives the size and sha256 of each kept object and the keys skipped.
     Returns the kept items, their pixels, the skipped objects and the kept items' pixel digests."""
     canvas = Canvas(len(labeled), size)
     pixel_digests: list[str | None] = [None] * len(labeled)
     dicom_ids, first_frames = [""] * len(labeled), [False] * len(labeled)
 
-    def work(row: int) -> tuple[str | None, str | None]:
+    def work(row: int) -> tuple[str | None, str | None, int]:
         item = labeled[row]
         try:
             data = store.read(item.key)
         except StorageError:
             raise
         except Exception as exc:  # noqa: BLE001 - reported per object
-            return f"could not be read: {type(exc).__name__}: {exc}", None
+            return f"could not be read: {type(exc).__name__}: {exc}", None, 0
         try:
             decoded = decode_item(data, size, max_pixels, roi_mode, item.frame, item.roi, store.uri_of(item.key))
             canvas.put(row, decoded.pixels)
             pixel_digests[row] = pixel_digest(decoded.pixels)
             dicom_ids[row], first_frames[row] = decoded.patient_id, decoded.first_of_frames
         except ValueError as exc:
-            return str(exc), None
-        return None, hashlib.sha256(data).hexdigest()
+            return str(exc), None, len(data)
+        return None, hashlib.sha256(data).hexdigest(), len(data)
 
     outcomes = []
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -331,11 +335,15 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
         log.info("%d multi-frame DICOM objects read at their first frame (a manifest 'frame' column chooses "
                  "another)", sum(first_frames))
     kept_rows, skipped, seen = [], [], {}
-    for row, (reason, digest) in enumerate(outcomes):
+    for row, (reason, digest, nbytes) in enumerate(outcomes):
         if _keep(labeled[row], reason, digest, seen, skipped):
             kept_rows.append(row)
             if dicom_ids[row] and not labeled[row].patient_id:
                 labeled[row].patient_id = dicom_ids[row]
+            if lineage is not None:
+                lineage.objects[labeled[row].key] = (nbytes, digest)
+    if lineage is not None:
+        lineage.skipped += [s["key"] for s in skipped]
     return ([labeled[r] for r in kept_rows], canvas.compact(kept_rows), skipped,
             [pixel_digests[r] for r in kept_rows])
 
@@ -416,8 +424,10 @@ def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=No
     labeled, unsafe = list_labeled(store, cfg)
     log.info("loading %d images from %s with %d threads", len(labeled), store.uri, cfg.download_threads)
     start = time.perf_counter()
+    lineage = Lineage(skipped=[relative_key(store, s["uri"]) for s in unsafe])
     kept, images, skipped, digests = load_into_tensor(store, labeled, cfg.image_size, cfg.max_image_pixels,
-                                                      cfg.download_threads, _progress("loaded", len(labeled)), cfg.roi)
+                                                      cfg.download_threads, _progress("loaded", len(labeled)), cfg.roi,
+                                                      lineage)
     if on_stage:
         on_stage("load", time.perf_counter() - start, len(kept))
     skipped = unsafe + [{"uri": store.uri_of(s["key"]), "reason": s["reason"]} for s in skipped]
@@ -432,4 +442,4 @@ def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=No
     labels = torch.tensor([k.label for k in kept], dtype=torch.long)
     return LoadResult(ImageSet(keys, images.to(device), labels.to(device), patient_ids,
                                [k.site or "" for k in kept], [k.covariates for k in kept]), skipped,
-                      {k: d for k, d in zip(keys, digests)})
+                      {k: d for k, d in zip(keys, digests)}, lineage)

@@ -67,6 +67,9 @@ def _training_data(report: dict) -> str:
         "## Training data",
         "",
         f"- Source: `{ds['uri']}`",
+        *([f"- Data digest: `{ds['lineage']['digest']}` ({ds['lineage']['images']} images, "
+           f"{ds['lineage']['skipped']} skipped; {ds['lineage']['method']}; per object in the run's `lineage.json`)"]
+          if ds.get("lineage") else []),
         f"- Split: {ds['split_method']} (seed {report['config']['train']['seed']}, validation fraction "
         f"{report['config']['split']['val_fraction']}); the keys are in the run's `split.json`",
         f"- Training images: {_counts(ds['train'])}; after augmentation ({ds.get('augmentation_mode')}): "
