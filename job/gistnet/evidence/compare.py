@@ -84,7 +84,7 @@ def auc_interval(scores, labels, level: float, clusters=None) -> dict:
     if not (math.isfinite(variance) and variance > 1e-15):
         return {"value": auc, "ci_low": None, "ci_high": None, "method": method,
                 "note": _no_variance_reason(labels, clusters, method)}
-    half = norm.ppf(0.5 + level / 2) * math.sqrt(variance)
+    half = float(norm.ppf(0.5 + level / 2)) * math.sqrt(variance)
     return {"value": auc, "ci_low": max(0.0, auc - half), "ci_high": min(1.0, auc + half), "method": method}
 
 
