@@ -122,3 +122,13 @@ def test_mcnemar_exact_and_honest_wording():
     text = compare.interpretation("resnet34", "resnet50", result["p"], 0.05, "accuracy")
     assert "no evidence of a difference" in text and "equivalent" in text and "not" in text
     assert "evidence that resnet34 and resnet50 differ" in compare.interpretation("resnet34", "resnet50", 0.01, 0.05, "x")
+
+
+def test_a_bootstrap_with_one_image_in_a_class_is_na_not_a_crash():
+    labels = np.array([1, 0, 0, 0, 0])
+    a, b = np.array([0.9, 0.1, 0.2, 0.3, 0.4]), np.array([0.5, 0.1, 0.6, 0.3, 0.4])
+    d = compare.bootstrap_auc_difference(a, b, labels, 0.95, seed=0, n_resamples=100)
+    assert d["ci_low"] is None and "fewer than 2 images in a class" in d["note"]
+    d = compare.bootstrap_auc_difference(np.repeat(a, 3), np.repeat(b, 3), np.repeat(labels, 3), 0.95, seed=0,
+                                         n_resamples=100, clusters=np.repeat(np.arange(5), 3))
+    assert d["ci_low"] is None and "fewer than 2 patients in a class" in d["note"]

@@ -175,6 +175,8 @@ def bootstrap_auc_difference(a, b, labels, groups: np.ndarray, level: float, see
         data = (np.flatnonzero(patient_class == 1), np.flatnonzero(patient_class == 0))
     else:
         data = (np.arange(k),)
+    if min(len(d) for d in data) < 2:  # nothing to resample
+        return float("nan"), float("nan"), stratified
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = bootstrap(data, difference, n_resamples=n_resamples, confidence_level=level, method="percentile",

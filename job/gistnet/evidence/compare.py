@@ -84,7 +84,7 @@ def auc_interval(scores, labels, level: float, clusters=None) -> dict:
     if not (math.isfinite(variance) and variance > 1e-15):
         return {"value": auc, "ci_low": None, "ci_high": None, "method": method,
                 "note": _no_variance_reason(labels, clusters, method)}
-    half = norm.ppf(0.5 + level / 2) * math.sqrt(variance)
+    half = float(norm.ppf(0.5 + level / 2)) * math.sqrt(variance)
     return {"value": auc, "ci_low": max(0.0, auc - half), "ci_high": min(1.0, auc + half), "method": method}
 
 
@@ -123,6 +123,9 @@ def bootstrap_auc_difference(scores_a, scores_b, labels, level: float, seed: int
                   f"{n_resamples} resamples")
         return _difference_interval(value, low, high, method)
     pa, na, pb, nb = a[labels], a[~labels], b[labels], b[~labels]
+    if min(len(pa), len(na)) < 2:
+        return {"value": value, "ci_low": None, "ci_high": None, "method": "paired stratified bootstrap",
+                "note": "fewer than 2 images in a class: nothing to resample"}
 
     def difference(pos_idx, neg_idx, axis=-1):
         return _mann_whitney_auc(pa[pos_idx], na[neg_idx]) - _mann_whitney_auc(pb[pos_idx], nb[neg_idx])
@@ -138,6 +141,9 @@ def bootstrap_auc_difference(scores_a, scores_b, labels, level: float, seed: int
 
 
 def _difference_interval(value: float, low: float, high: float, method: str) -> dict:
+    if math.isnan(low) and math.isnan(high):
+        return {"value": value, "ci_low": None, "ci_high": None, "method": method,
+                "note": "fewer than 2 patients in a class (or no resample with both classes): nothing to resample"}
     if not (math.isfinite(low) and math.isfinite(high) and high > low):
         return {"value": value, "ci_low": None, "ci_high": None, "method": method,
                 "note": "the difference does not vary across the resamples: no interval"}
