@@ -12,7 +12,8 @@ from gistnet.data import split
 from gistnet.data.storage import LocalStore
 from gistnet.evidence import predictions
 from gistnet.evidence import report
-from gistnet.training import units as crossval
+from gistnet.data import runs
+from gistnet.evidence import aggregate as aggregation
 from tests.training.test_units import NAMES, image_set
 
 
@@ -22,7 +23,7 @@ def test_a_holdout_report_with_three_images_per_patient_is_clustered(tmp_path):
     out = LocalStore(tmp_path / "run")
     plan = split.make_plan(images.keys, images.labels.numpy(), [], cfg.split, 0, NAMES)
     out.write_bytes("config.yaml", cfg.to_yaml().encode())
-    out.write_bytes(crossval.DATASET, json.dumps({
+    out.write_bytes(runs.DATASET, json.dumps({
         "uri": "data", "classes": {"GIST": "positive", "LM": "negative"}, "images": images.counts(NAMES),
         "split_method": "stratified-holdout", "skipped": [],
         "patients": {"patients": 20, "images": 60, "min": 3, "median": 3.0, "max": 3}}).encode())
@@ -30,7 +31,7 @@ def test_a_holdout_report_with_three_images_per_patient_is_clustered(tmp_path):
     patient = {k: f"patient-{i // 3}" for i, k in enumerate(sorted(val.keys))}
     y = val.labels.numpy()
     for seed, model in enumerate(("resnet34", "resnet50")):
-        unit = crossval.Unit(None, model)
+        unit = runs.Unit(None, model)
         scores = y * 1.5 + np.random.default_rng(seed).normal(size=len(y))
         predictions.write(out, predictions.rows(val.keys, [patient[k] for k in val.keys], y, NAMES, None, model,
                                                 1 / (1 + np.exp(-scores)), scores), unit.key(predictions.FILENAME))
@@ -42,7 +43,7 @@ def test_a_holdout_report_with_three_images_per_patient_is_clustered(tmp_path):
             "counts": {"train": {"GIST": 12, "LM": 12}, "val": {"GIST": 3, "LM": 3},
                        "train_augmented": {"GIST": 12, "LM": 12}},
             "environment": report.environment(torch.device("cpu")), "finished": "2026-01-01T00:00:00+00:00"}).encode())
-    final = crossval.aggregate(out, cfg, "r", str(tmp_path))
+    final = aggregation.aggregate(out, cfg, "r", str(tmp_path))
     n = len(val.keys)
     patients = len(set(patient.values()))
     wanted = f"per image, clustered by patient: {patients} patients, {n} images"

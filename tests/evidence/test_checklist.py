@@ -148,8 +148,10 @@ def test_every_rows_pointer_resolves_in_an_aggregated_kfold_run(tmp_path):
     from gistnet import config
     from gistnet.data import split
     from gistnet.data.storage import LocalStore
-    from gistnet.training import units as crossval
-    from tests.training.test_units import NAMES, fake_unit, image_set
+    from gistnet.data import runs
+    from gistnet.evidence import aggregate as aggregation
+    from tests.evidence.test_aggregate import fake_unit
+    from tests.training.test_units import NAMES, image_set
 
     images = image_set()
     cfg = config.load_config(None, {"split.method": "kfold", "split.folds": 3, "train.models": "resnet34"},
@@ -158,12 +160,12 @@ def test_every_rows_pointer_resolves_in_an_aggregated_kfold_run(tmp_path):
     plan = split.make_plan(images.keys, images.labels.numpy(), [], cfg.split, 0, NAMES)
     out.write_bytes("config.yaml", cfg.to_yaml().encode())
     out.write_bytes("split.json", json.dumps(plan.to_dict()).encode())
-    out.write_bytes(crossval.DATASET, json.dumps({"uri": "data", "classes": {"GIST": "positive", "LM": "negative"},
+    out.write_bytes(runs.DATASET, json.dumps({"uri": "data", "classes": {"GIST": "positive", "LM": "negative"},
                                                   "images": images.counts(NAMES), "split_method": "stratified-kfold",
                                                   "skipped": []}).encode())
-    for i, unit in enumerate(crossval.all_units(cfg)):
+    for i, unit in enumerate(runs.all_units(cfg)):
         fake_unit(out, unit, images, plan.part(unit.fold), cfg, seed=i)
-    crossval.aggregate(out, cfg, "r", str(tmp_path))
+    aggregation.aggregate(out, cfg, "r", str(tmp_path))
     rep = json.loads((tmp_path / "run" / "report.json").read_text())
     text = (tmp_path / "run" / "checklist.md").read_text()
     for row in rows(text, "## Filled by the job"):
