@@ -168,3 +168,4 @@ def test_dicom_ultrasound_region_is_cropped_before_the_resize():
     inside = dataset.decode_item(data, 32, 10**8, "dicom").pixels
     assert inside.max() < 255  # nothing of the white frame
     assert dataset.decode_item(data, 32, 10**8, "none").pixels.max() == 255  # the test can fail
+
