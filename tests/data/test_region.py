@@ -6,12 +6,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from gistnet.config import DataConfig
 from gistnet.data import dataset, region, synth_dicom
 from gistnet.data.storage import LocalStore
-from gistnet.errors import DataError, EXIT_DATA
+from gistnet.errors import EXIT_DATA, DataError
+from PIL import Image
 
 from tests.data.test_dataset import png
 from tests.data.test_dicom import make_dicom
