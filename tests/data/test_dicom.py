@@ -6,20 +6,24 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from gistnet.config import DataConfig
 from gistnet.data import dataset, dicom
 from gistnet.data.storage import LocalStore
-from gistnet.errors import DataError, EXIT_DATA
+from gistnet.errors import EXIT_DATA, DataError
+from PIL import Image
 
 from tests.data.test_dataset import png
 
 pydicom = pytest.importorskip("pydicom")
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.encaps import encapsulate  # noqa: E402
-from pydicom.uid import (ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLosslessSV1,  # noqa: E402
-                         SecondaryCaptureImageStorage, generate_uid)
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 SECRET_NAME = "ZZSECRET^PATIENT"
 SECRET_ID = "MRN-99887766"
@@ -168,3 +172,4 @@ def test_dicom_ultrasound_region_is_cropped_before_the_resize():
     inside = dataset.decode_item(data, 32, 10**8, "dicom").pixels
     assert inside.max() < 255  # nothing of the white frame
     assert dataset.decode_item(data, 32, 10**8, "none").pixels.max() == 255  # the test can fail
+

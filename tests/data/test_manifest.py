@@ -2,12 +2,11 @@
 
 import pytest
 import torch
-
 from gistnet.config import DataConfig
 from gistnet.data import dataset
 from gistnet.data.manifest import ManifestRow, read_manifest
 from gistnet.data.storage import LocalStore
-from gistnet.errors import DataError, EXIT_DATA
+from gistnet.errors import EXIT_DATA, DataError
 
 from tests.data.test_dataset import gray, png
 

@@ -1,9 +1,8 @@
 """An output inside the data, or data inside an output, is refused before anything is written."""
 
 import pytest
-
 from gistnet.data.overlap import check_apart, inside
-from gistnet.errors import ConfigError, EXIT_CONFIG
+from gistnet.errors import EXIT_CONFIG, ConfigError
 
 
 def test_inside_compares_whole_segments(tmp_path):

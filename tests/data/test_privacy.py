@@ -5,7 +5,6 @@ import hmac
 import json
 
 import pytest
-
 from gistnet.data import privacy
 from gistnet.data.storage import LocalStore
 from gistnet.errors import ConfigError

@@ -28,7 +28,7 @@ def _png_text(data: bytes) -> bytes:
             out += body
         elif kind in (b"zTXt", b"iTXt"):
             out += body
-            keyword, _, rest = body.partition(b"\0")
+            _, _, rest = body.partition(b"\0")
             for start in (1, 3):
                 try:
                     out += zlib.decompress(rest[start:].split(b"\0", 2)[-1] if kind == b"iTXt" else rest[1:])
@@ -86,7 +86,7 @@ def test_mixed_archive_trains_and_predicts_and_no_patient_data_leaves(cli, tmp_p
     rows = list(csv.DictReader(io.StringIO((scored / "predictions.csv").read_text())))
     assert len(rows) == 24 and all(r["key"].startswith("k-") and r["patient_id"].startswith("p-") for r in rows)
 
-    logs = "\n".join([trained.stderr, trained.stdout, predicted.stderr, predicted.stdout])
+    logs = f"{trained.stderr}\n{trained.stdout}\n{predicted.stderr}\n{predicted.stdout}"
     assert _leaks(run, secrets, logs) == [] and _leaks(scored, secrets) == []
     # the mapping and the random key are kept, under private/ only
     mapping = json.loads((run / "private" / "keys.json").read_text())

@@ -6,12 +6,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from gistnet.config import DataConfig
 from gistnet.data import dataset, region, synth_dicom
 from gistnet.data.storage import LocalStore
-from gistnet.errors import DataError, EXIT_DATA
+from gistnet.errors import EXIT_DATA, DataError
+from PIL import Image
 
 from tests.data.test_dataset import png
 from tests.data.test_dicom import make_dicom
@@ -106,3 +105,11 @@ def test_synth_dicom_records_its_regions_and_header_values(tmp_path):
     pixels = np.asarray(Image.open(io.BytesIO(store.read(shot["key"]))))
     x0, y0, x1, y1 = shot["region"]
     assert (pixels == 255).any() and not (pixels[y0:y1, x0:x1] == 255).any()  # text burned in, outside only
+
+
+def test_auto_keeps_a_sector_that_touches_the_image_edge():
+    screen = np.zeros((60, 80), np.uint8)
+    screen[0:60, 20:80] = 120  # the sector runs to the top, bottom and right edges
+    screen[5, 2:10] = 255  # text on the left
+    pixels, box = region.auto(screen)
+    assert box == (20, 0, 80, 60) and (pixels == 120).all()

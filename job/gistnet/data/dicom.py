@@ -65,6 +65,8 @@ def read(data: bytes, max_pixels: int, frame: int | None = None, where: str = ""
     import pydicom
     from pydicom import pixels as px
 
+    # pydicom's warnings about malformed values quote the value (a name, a birth date): never emit them.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on a damaged file

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gistnet.errors import ConfigError
 from gistnet.data.storage import is_s3, redact
+from gistnet.errors import ConfigError
 
 
 def _parts(uri: str) -> tuple[str, ...]:

@@ -53,7 +53,9 @@ def auto(pixels: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]] | N
     if foreground.all() or not foreground.any():
         return None
     # Join speckle separated by dark pixels, then keep the largest 8-connected component.
-    joined = ndimage.binary_closing(foreground, structure=np.ones((3, 3), bool), iterations=2)
+    # (Padded first: a closing erodes from the array's edge, and a sector may touch the edge.)
+    padded = ndimage.binary_closing(np.pad(foreground, 3), structure=np.ones((3, 3), bool), iterations=2)
+    joined = padded[3:-3, 3:-3]
     labels, count = ndimage.label(joined, structure=np.ones((3, 3), bool))
     sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
     component = ndimage.binary_fill_holes(labels == (int(np.argmax(sizes)) + 1))

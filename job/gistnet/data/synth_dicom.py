@@ -87,8 +87,13 @@ def _dataset(kind: str, frames: list[np.ndarray], box, person: dict[str, str], s
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
     from pydicom.sequence import Sequence
-    from pydicom.uid import (ExplicitVRLittleEndian, JPEGBaseline8Bit, UltrasoundImageStorage,
-                             UltrasoundMultiFrameImageStorage, generate_uid)
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        JPEGBaseline8Bit,
+        UltrasoundImageStorage,
+        UltrasoundMultiFrameImageStorage,
+        generate_uid,
+    )
 
     multi = kind == "dicom-multiframe-rgb"
     ds = Dataset()
