@@ -28,6 +28,7 @@ from gistnet.training import checkpoint
 from gistnet.evidence import compare
 from gistnet.data import dataset
 from gistnet.training import distributed
+from gistnet.training import lease
 from gistnet.evidence import evaluate
 from gistnet.evidence import explain
 from gistnet.evidence import model_card
@@ -150,9 +151,21 @@ def prepare_fold(images: dataset.ImageSet, part: Split, config: Config) -> FoldD
 # ---------------------------------------------------------------- one unit
 
 
-def train_unit(unit: Unit, fold: FoldData, config: Config, out: Store, *, init_weights: str | None, preprocess,
-               observer, scratch: str, timed, guard, fit, environment: dict,
-               world: distributed.World = distributed.SINGLE) -> dict | None:
+def train_unit(unit: Unit, fold: FoldData, config: Config, out: Store, **kwargs) -> dict | None:
+    """``_train_unit`` while this process holds the unit's lease (``training/lease.py``; under
+    torchrun rank 0 holds it for the group); a unit another process finished meanwhile is not
+    trained again."""
+    world = kwargs.get("world", distributed.SINGLE)
+    with lease.hold(out, unit.key(lease.LEASE), config.output.lease_ttl_s, unit.name(), enabled=world.is_main):
+        if not world.distributed and is_finished(out, unit):
+            log.info("%s: finished by another process meanwhile; reusing %s", unit.name(), out.uri_of(unit.key(RESULT)))
+            return json.loads(out.read(unit.key(RESULT)))
+        return _train_unit(unit, fold, config, out, **kwargs)
+
+
+def _train_unit(unit: Unit, fold: FoldData, config: Config, out: Store, *, init_weights: str | None, preprocess,
+                observer, scratch: str, timed, guard, fit, environment: dict,
+                world: distributed.World = distributed.SINGLE) -> dict | None:
     """Train (every rank), then evaluate and store one (fold, model) (rank 0; the others
     return None); ``result.json`` is written last.
 
