@@ -9,7 +9,6 @@ connections are botocore's own retry modes, configured in ``StorageConfig``.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import os
