@@ -78,6 +78,7 @@ BOUNDS: dict[tuple[str, str], Bound] = {
     ("evaluate", "min_subgroup"): Bound(1),
     ("explain", "max_misclassified"): Bound(0),
     ("explain", "correct_per_class"): Bound(0),
+    ("output", "lease_ttl_s"): Bound(1, 3600),
     ("storage", "max_attempts"): Bound(1),
     ("storage", "connect_timeout"): Bound(0, low_open=True),
     ("storage", "read_timeout"): Bound(0, low_open=True),

@@ -110,6 +110,7 @@ class OutputConfig:
     uri: str = ""
     run_id: str = ""
     force: bool = False
+    lease_ttl_s: int = 60
 
 
 @dataclass(frozen=True)

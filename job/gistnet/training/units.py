@@ -23,7 +23,7 @@ from gistnet.data.split import Split
 from gistnet.data.storage import open_store
 from gistnet.errors import ConfigError
 from gistnet.evidence import evaluate, explain, predictions
-from gistnet.training import checkpoint, distributed, train
+from gistnet.training import checkpoint, distributed, lease, train
 from gistnet.training import compile as compiling
 from gistnet.training.context import RunContext
 
@@ -84,6 +84,19 @@ def train_fold(ctx: RunContext, fold_index: int | None, units: list[Unit], plan:
 
 def train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.Preprocess,
                per_rank_batch: int) -> dict | None:
+    """``_train_unit`` while this process holds the unit's lease (``training/lease.py``; under
+    torchrun rank 0 holds it for the group); a unit another process finished meanwhile is not
+    trained again."""
+    out, world = ctx.out, ctx.world
+    with lease.hold(out, unit.key(lease.LEASE), ctx.config.output.lease_ttl_s, unit.name(), enabled=world.is_main):
+        if not world.distributed and is_finished(out, unit):
+            log.info("%s: finished by another process meanwhile; reusing %s", unit.name(), out.uri_of(unit.key(RESULT)))
+            return json.loads(out.read(unit.key(RESULT)))
+        return _train_unit(ctx, unit, fold, preprocess, per_rank_batch)
+
+
+def _train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.Preprocess,
+                per_rank_batch: int) -> dict | None:
     """Train (every rank), then evaluate and store one (fold, model) (rank 0; the others
     return None); ``result.json`` is written last."""
     config, out, world = ctx.config, ctx.out, ctx.world
