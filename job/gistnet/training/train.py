@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import torch
-import torchvision
 
 from gistnet.data import augmentation
 from gistnet.training import distributed
 from gistnet.evidence import evaluate
 from gistnet.training import compile as compiling
 from gistnet.config import AugmentationConfig, TrainConfig
+from gistnet.models import build_model, load_state_dict_file  # noqa: F401 - the builder lives in models.py
 from gistnet.errors import ConfigError, DataError, DeviceError, DivergedError, Interrupted, OutOfDeviceMemory
 
 log = logging.getLogger(__name__)
@@ -85,42 +85,6 @@ class Preprocess:
         if images.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         return x
-
-
-def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
-    """Weights from safetensors or a torch file, never executing pickled code."""
-    from safetensors.torch import load_file
-
-    with open(path, "rb") as f:
-        magic = f.read(8)
-    try:
-        if path.endswith(".safetensors"):
-            return load_file(path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to parse is the file's fault
-        raise ConfigError(f"{path}: not loadable as weights without executing code ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:200]})") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # a gistnet checkpoint
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"{path}: expected a state dict of tensors (file starts {magic[:4]!r})")
-    return state
-
-
-def build_model(name: str, init_weights: str | None = None) -> torch.nn.Module:
-    """A torchvision ResNet with a 2-class head; optional local weights (ImageNet or ours)."""
-    model = getattr(torchvision.models, name)(weights=None, num_classes=2)
-    if init_weights:
-        state = load_state_dict_file(init_weights)
-        own = model.state_dict()
-        compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        missing = [k for k in own if k not in compatible]
-        if len(compatible) < len(own) // 2:
-            raise ConfigError(f"{init_weights}: only {len(compatible)} of {len(own)} tensors match {name}")
-        model.load_state_dict(compatible, strict=False)
-        log.info("%s: loaded %d tensors from %s (%d left at init: %s)", name, len(compatible), init_weights,
-                 len(missing), ", ".join(missing[:4]))
-    return model
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
@@ -288,7 +252,7 @@ def restore_cuda_rng_state(saved, device: torch.device) -> None:
 
 def new_state(name: str, cfg: TrainConfig, device: torch.device, init_weights: str | None) -> TrainState:
     torch.manual_seed(cfg.seed)  # the same initial weights for a given seed, whatever ran before
-    model = build_model(name, init_weights).to(device)
+    model = build_model(name, init_weights=init_weights).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = make_optimizer(model, cfg)
