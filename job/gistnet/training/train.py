@@ -26,7 +26,8 @@ from gistnet.training import distributed
 from gistnet.evidence import evaluate
 from gistnet.training import compile as compiling
 from gistnet.config import AugmentationConfig, TrainConfig
-from gistnet.models import build_model, load_state_dict_file  # noqa: F401 - the builder lives in models.py
+from gistnet import models
+from gistnet.models import load_state_dict_file  # noqa: F401 - kept importable from here
 from gistnet.errors import ConfigError, DataError, DeviceError, DivergedError, Interrupted, OutOfDeviceMemory
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,11 @@ class Preprocess:
         if images.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+def build_model(name: str, init_weights: str | None = None) -> torch.nn.Module:
+    """Training's call of the one model factory (``models.build_model``), kept under its old name."""
+    return models.build_model(name, init_weights=init_weights)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
@@ -252,7 +258,7 @@ def restore_cuda_rng_state(saved, device: torch.device) -> None:
 
 def new_state(name: str, cfg: TrainConfig, device: torch.device, init_weights: str | None) -> TrainState:
     torch.manual_seed(cfg.seed)  # the same initial weights for a given seed, whatever ran before
-    model = build_model(name, init_weights=init_weights).to(device)
+    model = build_model(name, init_weights).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = make_optimizer(model, cfg)
