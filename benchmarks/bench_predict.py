@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from gistnet.serving import export
-from gistnet.training import train
+from gistnet import models
 from gistnet.serving import trained
 
 
@@ -51,7 +51,7 @@ def main() -> None:
           f"batch {args.batch_size}")
     for name in args.models.split(","):
         torch.manual_seed(0)
-        scorer = trained.Scorer(train.build_model(name).eval(), torch.device("cpu")).eval()
+        scorer = trained.Scorer(models.build_model(name).eval(), torch.device("cpu")).eval()
         with torch.no_grad():
             torch_rate = throughput(lambda x: scorer(x)[:, 1], images, args.batch_size)
         with tempfile.TemporaryDirectory() as tmp:

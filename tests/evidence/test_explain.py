@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from gistnet import models
 from gistnet.evidence import explain
 from gistnet.training import train
 
@@ -106,18 +107,23 @@ def test_explain_flags_maps_that_do_not_change_under_randomisation(tmp_path, mon
     args = (model, images(4, 96), labels, p, train.Preprocess(CPU), 4, ("GIST", "LM"), 12, 3, 0)
 
     honest = explain.explain("resnet34", *args, tmp_path / "a.png")
-    assert honest["images"] == 4 and honest["misclassified_shown"] == 2 and honest["layer"] == "layer4"
+    # at 96 px layer4 is 3x3 and layer3 6x6: the check runs at layer2 (12x12 cells)
+    assert honest["images"] == 4 and honest["misclassified_shown"] == 2
+    assert honest["layer"] == "layer2" and honest["layer_cells"] == [12, 12]
     assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    assert honest["randomisation_images"] == 4 and honest["randomisation_spearman"] < explain.FLAG_SPEARMAN
 
     monkeypatch.setattr(explain, "randomised_copy", lambda m, seed: m)  # a "randomisation" that changes nothing
     broken = explain.explain("resnet34", *args, tmp_path / "b.png")
     assert broken["randomisation_spearman"] == pytest.approx(1.0)
-    assert broken["randomisation_flagged"] and broken["note"].startswith("FLAG")
+    assert broken["randomisation_flagged"] and broken["note"].startswith("FLAG: the maps at layer2 (12x12 cells) "
+                                                                         "barely change")
     # the honest check ran on every shown image and did not flag the trained maps (it was
     # "is None or < 1.0", which a check that never ran, or one that returned 0.99, passed)
     assert honest["randomisation_images"] == 4 and len(honest["randomisation_values"]) == 4
     assert honest["randomisation_spearman"] is not None and honest["randomisation_spearman"] < explain.FLAG_SPEARMAN
-    assert not honest["randomisation_flagged"] and not honest["note"].startswith("FLAG")
+    # (the honest model here is barely trained, so its maps may be flagged as untrained-like: the
+    # comparison against an untrained network is asserted in test_an_untrained_network_is_flagged)
 
 
 def test_folds_combine_into_one_check_over_every_image():
@@ -129,3 +135,47 @@ def test_folds_combine_into_one_check_over_every_image():
     assert combined["images"] == 7 and combined["misclassified_shown"] == 2 and combined["folds"] == [0, 2]
     assert combined["randomisation_spearman"] == pytest.approx(0.7)  # median of all five images, not of folds
     assert combined["randomisation_images"] == 5 and combined["randomisation_flagged"]
+
+    def with_reference(values, reference):
+        return {**fold(values, len(values)), "reference_model": "resnet34",
+                **explain._randomisation(values, len(values), "layer2", (8, 8), reference, "resnet34")}
+
+    # the untrained reference pools across folds too: three images per fold are too few alone, six are enough
+    low, near_zero = [-0.9, -0.8, -0.85], [0.05, -0.02, 0.1]
+    alone = with_reference(low, near_zero)
+    assert alone["reference_p_value"] is None and alone["randomisation_flagged"] and "not computable" in alone["note"]
+    pooled = explain.combine({0: alone, 1: with_reference([-0.7, -0.75, -0.95], [0.0, 0.08, -0.05])})
+    from scipy.stats import mannwhitneyu
+
+    assert pooled["reference_p_value"] == pytest.approx(mannwhitneyu(low + [-0.7, -0.75, -0.95],
+                                                                     near_zero + [0.0, 0.08, -0.05]).pvalue)
+    assert pooled["reference_p_value"] < explain.ALPHA and not pooled["randomisation_flagged"]
+    assert "an untrained resnet34" in pooled["note"] and "this is all the check shows" in pooled["note"]
+
+
+@pytest.mark.parametrize("size, layer, cells", [(224, "layer4", (7, 7)), (112, "layer3", (7, 7)),
+                                                (64, "layer2", (8, 8)), (32, "layer1", (8, 8))])
+def test_the_target_layer_gives_at_least_7x7_cells_at_the_image_size(size, layer, cells):
+    model = models.build_model("resnet34", seed=0).eval()
+    assert explain.target_layer(model, size) == (layer, cells)
+    # Grad-CAM at that layer has that many cells
+    maps = explain.gradcam_maps(model, images(2, size), torch.tensor([0, 1]), train.Preprocess(CPU), 2, layer)
+    assert maps.shape == (2, *cells)
+
+
+def test_an_untrained_network_is_flagged(tmp_path):
+    """A freshly initialised ResNet-34 passes the plain randomisation check (its maps change when
+    re-initialised); compared against an untrained network of the same architecture, it is flagged."""
+    untrained = models.build_model("resnet34", seed=11).eval()
+    labels = torch.tensor([1, 0] * 6)
+    p = torch.tensor([0.9, 0.1, 0.8, 0.3, 0.6, 0.45, 0.7, 0.2, 0.55, 0.35, 0.3, 0.65])
+    result = explain.explain("resnet34", untrained, images(12, 64, seed=4), labels, p, train.Preprocess(CPU), 6,
+                             ("GIST", "LM"), 12, 6, 0, tmp_path / "g.png")
+    assert result["layer"] == "layer2" and result["layer_cells"] == [8, 8]  # not layer4's 2x2 at 64 px
+    assert result["randomisation_images"] >= explain.MIN_IMAGES
+    assert result["randomisation_spearman"] < explain.FLAG_SPEARMAN  # the plain check alone would pass it
+    assert result["reference_p_value"] >= explain.ALPHA
+    assert result["untrained_like"] and result["randomisation_flagged"]
+    assert result["note"].startswith("FLAG: the maps at layer2 (8x8 cells) change when the weights are re-initialised")
+    assert "cannot tell these maps from an untrained network's" in result["note"]
+    assert "learned weights" not in result["note"] and "as the check requires" not in result["note"]

@@ -189,7 +189,8 @@ def _explain(r):
         rho = e["randomisation_spearman"]
         return (f"{name}: {e['method']} at {e['layer']} on {e['images']} validation images, randomisation check "
                 f"median Spearman {'n/a' if rho is None else f'{rho:.2f}'}"
-                + (" (FLAGGED: maps explain nothing)" if e.get("randomisation_flagged") else ""))
+                + (" (FLAGGED: " + ("not distinguishable from an untrained network" if e.get("untrained_like")
+                                    else "maps do not follow the weights") + ")" if e.get("randomisation_flagged") else ""))
     return "; ".join(one(n, e) for n, e in found.items())
 
 

@@ -1,14 +1,20 @@
 """Grad-CAM maps of a trained model on its validation images, and their sanity check.
 
-Grad-CAM (Selvaraju et al. 2017) weights the feature maps of the last ResNet stage
-(``layer4``) by the gradient of the called class: the map shows where, at that stage's
-resolution (7x7 cells at 224 px), the evidence for the call lies. It is computed with
-captum's ``LayerGradCam``, batched, on the device the model trained on.
+Grad-CAM (Selvaraju et al. 2017) weights the feature maps of a ResNet stage by the gradient
+of the called class: the map shows where, at that stage's resolution, the evidence for the
+call lies. The stage is the deepest whose map has at least 7 x 7 cells at the run's image
+size (``layer4`` from 224 px; ``layer3``, ``layer2`` or ``layer1`` for smaller images, named in
+the report): a rank correlation over 2 x 2 cells moves in steps of 0.2 and says nothing.
+It is computed with captum's ``LayerGradCam``, batched, on the device the model trained on.
 
 The model-randomisation check (Adebayo et al. 2018, "Sanity checks for saliency maps")
 computes the same maps with a copy of the model whose weights are re-initialised. Maps that
-barely change (high Spearman rank correlation) reflect the image, not what the model learned,
-and explain nothing; the report flags them.
+barely change (high Spearman rank correlation) reflect the image, not the weights; the
+report flags them. That check passes any network, an untrained one too, so it is run
+again on an untrained network of the same architecture (``models.build_model``); when the
+model's per-image correlations cannot be told from that reference's (two-sided Mann-Whitney
+U, p >= 0.05), the check has not shown that the maps reflect anything learned, and the
+report flags that. The note states what the check showed, nothing more.
 """
 
 from __future__ import annotations
@@ -21,8 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gistnet import models
+
 METHOD = "Grad-CAM (captum LayerGradCam, ReLU; shown upsampled bilinearly)"
 LAYER = "layer4"
+STAGES = ("layer4", "layer3", "layer2", "layer1")  # deepest first
+MIN_CELLS = 7  # a map of at least MIN_CELLS x MIN_CELLS at the run's image size
+ALPHA = 0.05  # model vs untrained reference: p at or above this cannot tell them apart
+MIN_IMAGES = 5  # fewer correlations on either side: the comparison is not computable
 TARGET = "the class the model called (probability >= 0.5: positive)"
 # Median rank correlation at or above which the maps count as unchanged by randomisation.
 FLAG_SPEARMAN = 0.5
@@ -105,17 +117,75 @@ def spearman_per_image(maps_a: torch.Tensor, maps_b: torch.Tensor) -> list[float
     return out
 
 
-def randomisation_note(median: float | None, checked: int, shown: int) -> str:
+def target_layer(model: torch.nn.Module, image_size: int) -> tuple[str, tuple[int, int]]:
+    """The deepest ResNet stage whose output has at least ``MIN_CELLS`` x ``MIN_CELLS`` cells for
+    ``image_size`` px inputs, and that size (measured by one forward pass of a blank image); the
+    shallowest stage when none has (the report then says how many cells the map has)."""
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = [model.get_submodule(name).register_forward_hook(
+        lambda _m, _i, out, name=name: sizes.update({name: tuple(out.shape[-2:])})) for name in STAGES]
+    device = next(model.parameters()).device
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    for name in STAGES:
+        if min(sizes[name]) >= MIN_CELLS:
+            return name, sizes[name]
+    return STAGES[-1], sizes[STAGES[-1]]
+
+
+def untrained_reference(model_name: str, seed: int, device: torch.device) -> torch.nn.Module:
+    """An untrained network of the model's architecture, built as training builds it."""
+    return models.build_model(model_name, seed=seed).to(device).eval()
+
+
+def compare_with_untrained(rhos: list[float], reference: list[float]) -> float | None:
+    """Two-sided Mann-Whitney U p-value: do the model's per-image correlations differ from an
+    untrained network's? None when either side has fewer than ``MIN_IMAGES`` values."""
+    from scipy.stats import mannwhitneyu
+
+    if len(rhos) < MIN_IMAGES or len(reference) < MIN_IMAGES:
+        return None
+    return float(mannwhitneyu(rhos, reference, alternative="two-sided").pvalue)
+
+
+def _cells(cells) -> str:
+    return f"{cells[0]}x{cells[1]}"
+
+
+def randomisation_note(median: float | None, checked: int, shown: int, layer: str = LAYER, cells=(7, 7),
+                       reference: float | None = None, p_value: float | None = None, model_name: str = "model",
+                       reference_images: int = 0) -> str:
+    where = f"at {layer} ({_cells(cells)} cells)"
+    small = (f"; the map has fewer than {MIN_CELLS}x{MIN_CELLS} cells at this image size, so each correlation "
+             "is coarse") if min(cells) < MIN_CELLS else ""
     if median is None:
-        return ("randomisation check not computable: every map was constant (no positive Grad-CAM evidence, or "
-                "a single layer4 cell at small image sizes) or no image was shown; the maps cannot be interpreted")
+        return (f"randomisation check not computable {where}: every map was constant (no positive Grad-CAM "
+                f"evidence) or no image was shown; the check shows nothing about these maps{small}")
+    ref = "n/a" if reference is None else f"{reference:.2f}"
     if median >= FLAG_SPEARMAN:
-        return (f"FLAG: the maps barely change when the weights are randomised (median Spearman {median:.2f} >= "
-                f"{FLAG_SPEARMAN} over {checked} of {shown} images): they reflect the image rather than what the "
-                "model learned, so they explain nothing about its decisions")
-    return (f"the maps change when the weights are randomised (median Spearman {median:.2f} < {FLAG_SPEARMAN} over "
-            f"{checked} of {shown} images): they depend on the learned weights, as the check requires; they show "
-            "where the evidence for the call lies at layer4 resolution, not why, and are not a localisation of the lesion")
+        return (f"FLAG: the maps {where} barely change when the weights are re-initialised (median Spearman "
+                f"{median:.2f} >= {FLAG_SPEARMAN} over {checked} of {shown} images; an untrained {model_name}: "
+                f"{ref}): they follow the image rather than the weights{small}")
+    changed = (f"the maps {where} change when the weights are re-initialised (median Spearman {median:.2f} < "
+               f"{FLAG_SPEARMAN} over {checked} of {shown} images)")
+    if p_value is None:
+        return (f"FLAG: {changed}, but the comparison with an untrained {model_name} of the same architecture is not "
+                f"computable ({checked} and {reference_images} correlations; at least {MIN_IMAGES} each are needed), "
+                f"so the check does not show that the maps reflect anything the model learned{small}")
+    if p_value >= ALPHA:
+        return (f"FLAG: {changed}, as they do for an untrained {model_name} of the same architecture (median {ref}; "
+                f"Mann-Whitney p = {p_value:.2f}): the check cannot tell these maps from an untrained network's, "
+                f"so it does not show that they reflect anything the model learned{small}")
+    return (f"{changed}, and differently from an untrained {model_name} of the same architecture (median {ref}; "
+            f"Mann-Whitney p = {p_value:.3g}); this is all the check shows: the maps mark where the evidence for the "
+            f"call lies at {layer} resolution, not why, and are not a localisation of the lesion{small}")
 
 
 def explain(model_name: str, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -129,37 +199,59 @@ def explain(model_name: str, model: torch.nn.Module, images: torch.Tensor, label
     index = torch.tensor(gallery.indices, dtype=torch.long, device=images.device)
     shown_images = images.index_select(0, index)
     called = (probabilities.detach().index_select(0, index.to(probabilities.device)) >= 0.5).long()
-    trained_maps = gradcam_maps(model, shown_images, called, preprocess, batch_size)
-    random_maps = gradcam_maps(randomised_copy(model, seed), shown_images, called, preprocess, batch_size)
+    layer, cells = target_layer(model, images.shape[-1])
+    trained_maps = gradcam_maps(model, shown_images, called, preprocess, batch_size, layer)
+    random_maps = gradcam_maps(randomised_copy(model, seed), shown_images, called, preprocess, batch_size, layer)
     rhos = spearman_per_image(trained_maps, random_maps)
+    untrained = untrained_reference(model_name, seed + 1, next(model.parameters()).device)
+    reference = spearman_per_image(gradcam_maps(untrained, shown_images, called, preprocess, batch_size, layer),
+                                   gradcam_maps(randomised_copy(untrained, seed), shown_images, called, preprocess,
+                                                batch_size, layer))
     gallery_figure(model_name, shown_images.cpu(), upsample(trained_maps, tuple(images.shape[-2:])),
-                   labels.cpu()[gallery.indices], probabilities.detach().float().cpu()[gallery.indices], class_names, figure_path)
+                   labels.cpu()[gallery.indices], probabilities.detach().float().cpu()[gallery.indices], class_names,
+                   figure_path, layer)
     return {
         "method": METHOD,
-        "layer": LAYER,
+        "layer": layer,
+        "layer_cells": list(cells),
         "target": TARGET,
         "images": len(gallery.indices),
         "misclassified_shown": gallery.misclassified,
-        **_randomisation(rhos, len(gallery.indices)),
+        "reference": f"an untrained {model_name} of the same architecture (torchvision initialisation, seed {seed + 1})",
+        "reference_model": model_name,
+        **_randomisation(rhos, len(gallery.indices), layer, cells, reference, model_name),
     }
 
 
-def _randomisation(rhos: list[float], shown: int) -> dict:
+def _randomisation(rhos: list[float], shown: int, layer: str = LAYER, cells=(7, 7), reference: list[float] | None = None,
+                   model_name: str = "model") -> dict:
+    reference = reference or []
     median = float(np.median(rhos)) if rhos else None
+    ref_median = float(np.median(reference)) if reference else None
+    p_value = compare_with_untrained(rhos, reference)
+    unchanged = median is not None and median >= FLAG_SPEARMAN
+    like_untrained = median is not None and not unchanged and (p_value is None or p_value >= ALPHA)
     return {"randomisation_spearman": median, "randomisation_images": len(rhos), "randomisation_values": rhos,
-            "randomisation_flagged": median is not None and median >= FLAG_SPEARMAN,
-            "note": randomisation_note(median, len(rhos), shown)}
+            "reference_spearman": ref_median, "reference_values": reference, "reference_p_value": p_value,
+            "untrained_like": like_untrained,
+            "randomisation_flagged": unchanged or like_untrained,
+            "note": randomisation_note(median, len(rhos), shown, layer, cells, ref_median, p_value, model_name,
+                                       len(reference))}
 
 
 def combine(summaries: dict[int, dict]) -> dict:
     """One model's explain section over its folds (fold index -> that fold's summary): the
-    randomisation check pools the per-image correlations of every fold."""
+    randomisation check pools the per-image correlations of every fold, the reference's too."""
     rhos = [rho for s in summaries.values() for rho in s["randomisation_values"]]
+    reference = [rho for s in summaries.values() for rho in s.get("reference_values", [])]
     shown = sum(s["images"] for s in summaries.values())
     first = next(iter(summaries.values()))
-    return {"method": first["method"], "layer": first["layer"], "target": first["target"], "images": shown,
-            "misclassified_shown": sum(s["misclassified_shown"] for s in summaries.values()),
-            "folds": sorted(summaries), **_randomisation(rhos, shown)}
+    cells = first.get("layer_cells", [7, 7])
+    model_name = first.get("reference_model", "model")
+    return {"method": first["method"], "layer": first["layer"], "layer_cells": cells, "target": first["target"],
+            "images": shown, "misclassified_shown": sum(s["misclassified_shown"] for s in summaries.values()),
+            "reference": first.get("reference", ""), "reference_model": model_name, "folds": sorted(summaries),
+            **_randomisation(rhos, shown, first["layer"], cells, reference, model_name)}
 
 
 def image_title(label: int, probability: float, class_names: tuple[str, str]) -> tuple[str, bool]:
@@ -171,7 +263,7 @@ def image_title(label: int, probability: float, class_names: tuple[str, str]) ->
 
 def gallery_figure(model_name: str, images: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor,
                    probabilities: torch.Tensor, class_names: tuple[str, str], path: str | Path,
-                   columns: int = 6) -> None:
+                   layer: str = LAYER, columns: int = 6) -> None:
     """Each map over its grayscale image; the title gives the true class and P(positive), red when misclassified."""
     import matplotlib
 
@@ -195,7 +287,7 @@ def gallery_figure(model_name: str, images: torch.Tensor, maps: torch.Tensor, la
         ax.set_title(text, fontsize=8, color="red" if wrong else "black")
     if n == 0:
         axes.flat[0].text(0.5, 0.5, "no validation image selected", ha="center", va="center")
-    fig.suptitle(f"{model_name}: Grad-CAM ({LAYER}) on validation images; red title: misclassified", fontsize=9)
+    fig.suptitle(f"{model_name}: Grad-CAM ({layer}) on validation images; red title: misclassified", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

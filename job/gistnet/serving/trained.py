@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from gistnet import config as config_mod
+from gistnet import models
 from gistnet.training import train
 from gistnet.config import Config, StorageConfig
 from gistnet.errors import ModelError
@@ -110,8 +111,8 @@ def load_weights(trained: TrainedModel, scratch: str) -> torch.nn.Module:
     if digest != trained.sha256:
         raise ModelError(f"{trained.run.uri_of(trained.key(WEIGHTS))}: sha256 {digest[:12]}... does not match "
                          f"the {trained.sha256[:12]}... in report.json; refusing to use these weights")
-    model = train.build_model(trained.name)
-    model.load_state_dict(train.load_state_dict_file(str(path)), strict=True)
+    model = models.build_model(trained.name)
+    model.load_state_dict(models.load_state_dict_file(str(path)), strict=True)
     path.unlink()
     return model.eval()
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import torch
-import torchvision
 
 from gistnet.data import augmentation
 from gistnet.training import distributed, stopping
@@ -25,6 +24,8 @@ from gistnet.training.stopping import StopFlag  # re-exported: train.StopFlag, a
 from gistnet.evidence import evaluate
 from gistnet.training import compile as compiling
 from gistnet.config import AugmentationConfig, TrainConfig
+from gistnet import models
+from gistnet.models import load_state_dict_file  # noqa: F401 - kept importable from here
 from gistnet.errors import ConfigError, DataError, DivergedError
 from gistnet.training.device import (cuda_rng_state, out_of_memory_is_a_device_error, resolve_device,  # noqa: F401
                                      restore_cuda_rng_state, set_determinism, threads_hint)
@@ -71,40 +72,9 @@ class Preprocess:
         return x
 
 
-def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
-    """Weights from safetensors or a torch file, never executing pickled code."""
-    from safetensors.torch import load_file
-
-    with open(path, "rb") as f:
-        magic = f.read(8)
-    try:
-        if path.endswith(".safetensors"):
-            return load_file(path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to parse is the file's fault
-        raise ConfigError(f"{path}: not loadable as weights without executing code ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:200]})") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # a gistnet checkpoint
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"{path}: expected a state dict of tensors (file starts {magic[:4]!r})")
-    return state
-
-
 def build_model(name: str, init_weights: str | None = None) -> torch.nn.Module:
-    """A torchvision ResNet with a 2-class head; optional local weights (ImageNet or ours)."""
-    model = getattr(torchvision.models, name)(weights=None, num_classes=2)
-    if init_weights:
-        state = load_state_dict_file(init_weights)
-        own = model.state_dict()
-        compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        missing = [k for k in own if k not in compatible]
-        if len(compatible) < len(own) // 2:
-            raise ConfigError(f"{init_weights}: only {len(compatible)} of {len(own)} tensors match {name}")
-        model.load_state_dict(compatible, strict=False)
-        log.info("%s: loaded %d tensors from %s (%d left at init: %s)", name, len(compatible), init_weights,
-                 len(missing), ", ".join(missing[:4]))
-    return model
+    """Training's call of the one model factory (``models.build_model``), kept under its old name."""
+    return models.build_model(name, init_weights=init_weights)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
