@@ -173,7 +173,7 @@ def test_moved_val_fraction_names_its_new_key(tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [({"split.folds": 1}, "split.folds must be >= 2"),
-                                            ({"split.method": "loo"}, "split.method must be holdout or kfold")])
+                                            ({"split.method": "loo"}, "split.method must be holdout, kfold or site")])
 def test_bad_split_settings(flags, message):
     with pytest.raises(ConfigError, match=message):
         config.load_config(None, flags, environ={})
