@@ -27,7 +27,6 @@ from scipy.stats import norm, t as student_t
 
 from gistnet.evidence import compare
 from gistnet.evidence import evaluate
-from gistnet.evidence import stats
 
 CORRECTION = ("continuity correction: AUC 0 or 1 replaced by (U + 0.5) / (m n + 1) with the Hanley-McNeil "
               "variance, so that its logit is finite")

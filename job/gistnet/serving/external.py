@@ -27,10 +27,11 @@ import torch
 from gistnet import config as config_mod
 from gistnet.config import Config
 from gistnet.data import dataset
-from gistnet.data import fingerprint
+from gistnet.data import fingerprint, privacy
+from gistnet.data.overlap import check_apart
 from gistnet.data.storage import Store, TransferStats, open_store, redact
 from gistnet.errors import ConfigError, DataError, GistnetError, ModelError
-from gistnet.evidence import calibration, compare, decision, evaluate, external_report, report as report_mod
+from gistnet.evidence import calibration, clustered, compare, decision, evaluate, external_report, report as report_mod
 from gistnet.evidence import report_html, sections, subgroups
 from gistnet.observe.metrics import PredictMetrics
 from gistnet.serving import ensemble
@@ -123,7 +124,8 @@ def _load(data: Store, data_cfg, metrics: PredictMetrics) -> tuple[Images, list[
         began = time.perf_counter()
         raw = data.read_many([i.key for i in chunk], data_cfg.download_threads)
         kept, arrays, skipped = dataset.decode_all(raw, chunk, data_cfg.image_size, data_cfg.max_image_pixels,
-                                                   data_cfg.download_threads, dedupe=False)
+                                                   data_cfg.download_threads, dedupe=False, roi_mode=data_cfg.roi,
+                                                   where=data.uri_of)
         metrics.stage("decode", time.perf_counter() - began)
         unusable += [{"uri": data.uri_of(s["key"]), "reason": s["reason"]} for s in skipped]
         images.items += kept
@@ -137,7 +139,10 @@ def _load(data: Store, data_cfg, metrics: PredictMetrics) -> tuple[Images, list[
 
 def _overlap(run: Store, images: Images) -> tuple[np.ndarray, dict]:
     """Which images are development images (by pixel content); the report's ``overlap`` section."""
-    known = fingerprint.read_fingerprints(run)
+    try:
+        known = fingerprint.read_fingerprints(run)
+    except FileNotFoundError:
+        known = {}
     if not known:
         return np.zeros(len(images.items), bool), {
             "status": "not checked (the run has no fingerprints.json)", "checked": False, "count": None,
@@ -146,7 +151,7 @@ def _overlap(run: Store, images: Images) -> tuple[np.ndarray, dict]:
     count = int(inside.sum())
     if count == len(inside):
         raise DataError(f"all {count} external images are development images of run {run.uri} (same decoded pixels "
-                        f"as {fingerprint.FINGERPRINTS} lists): this is not an external set")
+                        f"as {fingerprint.FILENAME} lists): this is not an external set")
     return inside, {"status": f"{count} of {len(inside)} images are development images, excluded from every metric",
                     "checked": True, "count": count, "method": fingerprint.METHOD,
                     "examples": sorted(images.items[i].key for i in np.flatnonzero(inside))[:20]}
@@ -164,9 +169,10 @@ def _score(run: Store, model: ensemble.RunModel, images: Images, device: torch.d
     return torch.cat(margins).numpy()
 
 
-def _model_section(model: ensemble.RunModel, labels, margins, ev, pooled_dev: bool) -> dict:
+def _model_section(model: ensemble.RunModel, labels, margins, ev, pooled_dev: bool, clusters) -> dict:
     probabilities = 1 / (1 + np.exp(-margins))
-    section = evaluate.diagnostic_report(labels, probabilities, ev.ci_method, ev.confidence_level, 0.5, scores=margins)
+    section = evaluate.diagnostic_report(labels, probabilities, ev.ci_method, ev.confidence_level, 0.5, scores=margins,
+                                         clusters=clusters)
     section["calibration"] = calibration.calibration(labels, probabilities, margins)
     primary = external_report.at_threshold(labels, probabilities, 0.5, ev.ci_method, ev.confidence_level,
                                            "pre-specified before training")
@@ -193,7 +199,14 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
     data = open_store(request.data, cfg.storage, data_cfg.download_threads, stats)
     ev = run_cfg.evaluate
     wanted = cfg.evaluate.subgroups or ev.subgroups
+    if request.output:
+        check_apart(request.data, request.output, "--data", "--output")  # before anything is written
     images, unusable = _load(data, data_cfg, metrics)
+    pseudo = privacy.for_run(run, data_cfg.pseudonymize_keys)  # the run's key: the run's pseudonyms
+    shown, patients = privacy.outputs([i.key for i in images.items], [i.patient_id for i in images.items], unusable,
+                                      data, pseudo)
+    for item, key, patient in zip(images.items, shown, patients):
+        item.key, item.patient_id = key, patient
     covariates = sections.covariate_map([i.key for i in images.items], [i.site for i in images.items],
                                         [i.covariates for i in images.items])
     subgroups.check_columns(wanted, sections.columns(covariates), data.uri_of(data_cfg.manifest))
@@ -202,6 +215,7 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
     labels_all = np.array([i.label for i in images.items], int)
     keep = ~inside
     labels = labels_all[keep]
+    clusters = [i.patient_id for i, k in zip(images.items, keep) if k]
     log.info("evaluating %d images under %s (%d development images excluded) with %s of run %s",
              int(keep.sum()), redact(data.uri), int(inside.sum()), ", ".join(names), rep["run_id"])
     batch = request.batch_size or run_cfg.train.batch_size
@@ -210,14 +224,15 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
     for model in models:
         margins_by[model.name] = _score(run, model, images, device, batch, scratch, metrics)
         m = margins_by[model.name][keep]
-        sections_by[model.name] = _model_section(model, labels, m, ev, pooled_dev)
+        sections_by[model.name] = _model_section(model, labels, m, ev, pooled_dev, clusters)
         pooled[model.name] = _Pooled([i.key for i, k in zip(images.items, keep) if k], labels, 1 / (1 + np.exp(-m)), m)
     ext_cfg = config_mod.replace(run_cfg, evaluate={"subgroups": tuple(wanted)}).evaluate
     site_count = len({covariates.get(k, {}).get("site", "") for k in pooled[names[0]].keys} - {""})
     dc = sections.add(sections_by, pooled, ext_cfg, covariates, with_sites=site_count >= 2)
-    comparison = _comparison(names, pooled, ev, run_cfg.train.seed)
+    comparison = _comparison(names, pooled, ev, run_cfg.train.seed, clusters)
     final = _document(request, name, rep, run_cfg, data, out, images, unusable, overlap, keep, sections_by,
                       comparison, dc, device)
+    pseudo.save(out)  # a key made here (a run from before pseudonyms had none), under private/
     _write(out, final, images, margins_by, inside, covariates, scratch)
     return {"uri": out.uri_of("report.json"), "report": final, "evaluated": int(keep.sum()),
             "excluded": int(inside.sum())}
@@ -244,12 +259,13 @@ class _Pooled:
     scores: np.ndarray
 
 
-def _comparison(names, pooled, ev, seed: int) -> dict | None:
+def _comparison(names, pooled, ev, seed: int, clusters) -> dict | None:
     if len(names) < 2 or len(set(pooled[names[0]].labels.tolist())) < 2:
         return None
     a, b = pooled[names[0]], pooled[names[1]]
     correct = tuple((p.probabilities >= 0.5).astype(int) == p.labels for p in (a, b))
-    return compare.compare((names[0], names[1]), a.labels, (a.scores, b.scores), correct, ev.confidence_level, seed)
+    return compare.compare((names[0], names[1]), a.labels, (a.scores, b.scores), correct, ev.confidence_level, seed,
+                           clusters=clusters)
 
 
 def _document(request, name, rep, run_cfg, data, out, images, unusable, overlap, keep, models, comparison, dc,
@@ -276,9 +292,10 @@ def _document(request, name, rep, run_cfg, data, out, images, unusable, overlap,
     final["external"] = {"name": name, "run_uri": run_report_uri, "data_uri": redact(data.uri), "overlap": overlap,
                          "counts": {"scored": len(images.items), "evaluated": int(keep.sum()),
                                     "excluded_development": int((~keep).sum()), "unusable": len(unusable)},
-                         "clustered": False,
-                         "clustering_note": "intervals treat images as independent (clustered intervals come with "
-                                            "the evidence branch's clusters argument)"}
+                         "clustered": clustered.codes([i.patient_id for i, k in zip(images.items, keep) if k],
+                                                      int(keep.sum())) is not None,
+                         "unit_of_analysis": clustered.unit_of_analysis(
+                             [i.patient_id for i, k in zip(images.items, keep) if k], int(keep.sum()))["text"]}
     report_mod.validate(final)
     return final
 
