@@ -44,7 +44,7 @@ def test_the_walk_from_a_unit_to_fit_never_calls_back_into_the_pipeline():
     """No module below the pipeline names it, not even lazily inside a function."""
     offenders = []
     for path in PACKAGE.rglob("*.py"):
-        if path.name in ("cli.py", "pipeline.py", "__main__.py"):
+        if path.name in ("pipeline.py", "__main__.py") or path.parent.name == "cli":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else

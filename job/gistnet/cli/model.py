@@ -1,0 +1,88 @@
+"""Commands that use a finished run: predict, evaluate (external data) and export."""
+
+from __future__ import annotations
+
+import click
+
+from gistnet import config as config_mod
+from gistnet.cli.base import MODEL_CHOICE, _storage_and_metrics, cli, user_errors
+from gistnet.evidence import stats
+
+
+@cli.command("predict")
+@click.option("--run", "run_uri", required=True, help="The finished run: <output>/<run-id> (folder or s3://).")
+@click.option("--model", default="best", show_default=True, type=MODEL_CHOICE,
+              help="Which of the run's models; best: the report's best_model.")
+@click.option("--data", required=True, help="Images to score: a folder or s3://bucket/prefix (class folders optional).")
+@click.option("--output", required=True, help="Where predictions.csv and predictions.json go.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per forward pass [default: the run's].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threshold", type=click.FloatRange(0, 1), help="Call positive at P >= X [default: the run's, 0.5].")
+@click.option("--engine", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="onnx: <model>/model.onnx (gistnet export) under ONNX Runtime.")
+@click.option("--include-development", is_flag=True,
+              help="Also report metrics on the run's own training and validation images, apart and marked as "
+                   "not an evaluation (they are always left out of the metrics).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (storage, metrics).")
+@click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on this port (0: off).")
+@click.option("--pushgateway", help="Pushgateway URL for the final push.")
+@user_errors
+def predict_cmd(run_uri, model, data, output, batch_size, device, threshold, engine, include_development, config_file,
+                metrics_port, pushgateway) -> None:
+    """Score every image under --data with a finished run's model; write predictions.csv/.json."""
+    from gistnet.serving import predict
+
+    cfg = _storage_and_metrics(config_file, metrics_port, pushgateway)
+    request = predict.Request(run=run_uri, data=data, output=output, model=model, batch_size=batch_size,
+                              device=device, threshold=threshold, engine=engine,
+                              include_development=include_development)
+    summary = predict.run(request, cfg)
+    if summary["evaluation_note"]:
+        click.echo(f"metrics {summary['evaluation_note']}", err=True)
+    if summary["evaluation"]:
+        click.echo(stats.format_table(summary["evaluation"]["metrics"]), err=True)
+    if summary["development_evaluation"]:
+        click.echo(summary["development_evaluation"]["note"], err=True)
+        click.echo(stats.format_table(summary["development_evaluation"]["metrics"]), err=True)
+    click.echo(summary["uri"])
+
+@cli.command("evaluate")
+@click.option("--run", "run_uri", required=True, help="The finished run: <output>/<run-id> (folder or s3://).")
+@click.option("--data", required=True, help="A labelled data set from elsewhere: class folders or manifest.csv.")
+@click.option("--output", help="Where the evaluation goes [default: <run>/external/<name>].")
+@click.option("--name", help="Name of this evaluation [default: the last part of --data].")
+@click.option("--model", default="all", show_default=True, type=click.Choice([*config_mod.MODEL_NAMES, "best", "all"]),
+              help="Which of the run's models; a k-fold run's models score as fold ensembles.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per forward pass [default: the run's].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML config (storage, metrics, evaluate.subgroups).")
+@click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on this port (0: off).")
+@click.option("--pushgateway", help="Pushgateway URL for the final push.")
+@user_errors
+def evaluate_cmd(run_uri, data, output, name, model, batch_size, device, config_file, metrics_port, pushgateway) -> None:
+    """Score a labelled external data set with a finished run's models; write report.json/.md/.html."""
+    from gistnet.serving import external
+
+    cfg = _storage_and_metrics(config_file, metrics_port, pushgateway)
+    summary = external.run(external.Request(run=run_uri, data=data, output=output, name=name, model=model,
+                                            batch_size=batch_size, device=device), cfg)
+    click.echo("\n".join(external.summary_lines(summary["report"])), err=True)
+    click.echo(summary["uri"])
+
+@cli.command("export")
+@click.option("--run", "run_uri", required=True, help="The finished run: <output>/<run-id> (folder or s3://).")
+@click.option("--model", default="best", show_default=True, type=MODEL_CHOICE)
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (storage).")
+@user_errors
+def export_cmd(run_uri, model, fmt, config_file) -> None:
+    """Export a run's model beside its weights: <model>/model.onnx (dynamic batch) and model.onnx.json."""
+    import tempfile
+
+    from gistnet.serving import export, trained
+
+    cfg = _storage_and_metrics(config_file, None, None)
+    chosen = trained.open_run(run_uri, model, cfg.storage)
+    export.export_onnx(chosen, tempfile.gettempdir())
+    click.echo(chosen.run.uri_of(chosen.key(export.ONNX_FILE)))
