@@ -88,7 +88,7 @@ class Soak:
         for attempt in range(self.per_unit + 2):  # bounded: the interrupted starts, then one that runs to the end
             proc = subprocess.Popen([sys.executable, "-m", "gistnet", *args], env={**env_for(self.endpoint), **extra},
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            signalled = None
+            signalled = None  # a moment drawn after the process ended sends nothing and is not counted
             if (self.interruptions < self.budget and attempt < self.per_unit
                     and self.rng.random() < self.probability):
                 at = self.rng.uniform(0.5, max(1.0, window_s))
@@ -213,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                         missing += gone
                         print(f"{run}-{kind}: identical {'yes' if same else 'no'}, objects lost {len(gone)}",
                               flush=True)
+                    print(f"after round {rounds}: {soak.interruptions} signals sent, faults so far "
+                          f"{ {k: v for k, v in proxy.counts.items() if k != 'ok'} }", flush=True)
                     rounds += 1
                 faults = {k: v for k, v in proxy.counts.items() if k != "ok"}
                 requests = sum(proxy.counts.values())
