@@ -75,6 +75,7 @@ class Soak:
     def __init__(self, endpoint: str, rng: random.Random, budget: int, probability: float, per_unit: int):
         self.endpoint, self.rng, self.budget = endpoint, rng, budget
         self.probability, self.per_unit = probability, per_unit
+        self.durations: dict[str, float] = {}  # each unit's last uninterrupted wall time
         self.sent = {"SIGKILL": 0, "SIGTERM": 0}
         self.exit_codes: list[int] = []
 
@@ -85,10 +86,13 @@ class Soak:
     def run_unit(self, args: list[str], extra: dict, window_s: float) -> None:
         """Run one unit to completion; while the budget lasts, each start of it is signalled at
         a random moment with ``probability`` (at most ``per_unit`` times per unit)."""
+        unit = args[args.index("--run-id") + 1].split("-", 1)[1] + extra.get("JOB_COMPLETION_INDEX", "")
+        window_s = self.durations.get(unit, window_s)  # the reference's time was measured under other load
         for attempt in range(self.per_unit + 2):  # bounded: the interrupted starts, then one that runs to the end
+            started = time.monotonic()
             proc = subprocess.Popen([sys.executable, "-m", "gistnet", *args], env={**env_for(self.endpoint), **extra},
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            signalled = None
+            signalled = None  # a moment drawn after the process ended sends nothing and is not counted
             if (self.interruptions < self.budget and attempt < self.per_unit
                     and self.rng.random() < self.probability):
                 at = self.rng.uniform(0.5, max(1.0, window_s))
@@ -100,14 +104,16 @@ class Soak:
                     self.sent[signalled] += 1
             _, err = proc.communicate(timeout=TIMEOUT_S)
             self.exit_codes.append(proc.returncode)
-            unit = args[args.index("--run-id") + 1] + (f" unit {extra['JOB_COMPLETION_INDEX']}" if extra else "")
-            print(f"  {unit} start {attempt + 1}: {signalled or 'no signal'} -> exit {proc.returncode}", flush=True)
+            if signalled is None and proc.returncode == 0:
+                self.durations[unit] = time.monotonic() - started
+            name = args[args.index("--run-id") + 1] + (f" unit {extra['JOB_COMPLETION_INDEX']}" if extra else "")
+            print(f"  {name} start {attempt + 1}: {signalled or 'no signal'} -> exit {proc.returncode}", flush=True)
             if proc.returncode == 0:
                 return
             if proc.returncode in PERMANENT:
-                raise SystemExit(f"{unit}: permanent exit {proc.returncode}: {err[-2000:]}")
+                raise SystemExit(f"{name}: permanent exit {proc.returncode}: {err[-2000:]}")
             if signalled is None:
-                raise SystemExit(f"{unit}: exit {proc.returncode} with no signal sent: {err[-2000:]}")
+                raise SystemExit(f"{name}: exit {proc.returncode} with no signal sent: {err[-2000:]}")
         raise SystemExit(f"{unit}: never finished")
 
 
@@ -213,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                         missing += gone
                         print(f"{run}-{kind}: identical {'yes' if same else 'no'}, objects lost {len(gone)}",
                               flush=True)
+                    print(f"after round {rounds}: {soak.interruptions} signals sent, faults so far "
+                          f"{ {k: v for k, v in proxy.counts.items() if k != 'ok'} }", flush=True)
                     rounds += 1
                 faults = {k: v for k, v in proxy.counts.items() if k != "ok"}
                 requests = sum(proxy.counts.values())

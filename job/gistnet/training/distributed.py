@@ -10,7 +10,9 @@ The batch. Every rank holds the whole (small) data set and draws the same epoch 
 the same seeded generator; global batch ``i`` is ``order[i*B:(i+1)*B]`` and rank ``r``
 trains on its ``r``-th contiguous slice of ``B / world_size`` images. So by default the
 global batch stays ``train.batch_size`` (it must divide by the world size): the optimizer
-sees the same batches, in the same order, as a single-process run. With
+sees the same batches, in the same order, as a single-process run; online augmentation draws
+the global batch's random parameters on every rank and applies its slice of them
+(``epoch_batches``), so it matches that run too. With
 ``distributed.scale_batch: true`` every rank takes ``train.batch_size`` images, the global
 batch is ``batch_size * world_size``, and the learning rate is multiplied by the world size
 (the linear scaling rule of Goyal et al. 2017, "Accurate, Large Minibatch SGD").
