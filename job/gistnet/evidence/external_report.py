@@ -35,11 +35,7 @@ def side_by_side(development: dict, external: dict, pooled: bool) -> dict:
 
 
 def _ci(m: dict, pct: bool) -> str:
-    if m["value"] is None:
-        return "n/a"
-    if pct:
-        return f"{m['value'] * 100:.1f}% ({m['ci_low'] * 100:.1f}-{m['ci_high'] * 100:.1f})"
-    return f"{m['value']:.3f} ({m['ci_low']:.3f}-{m['ci_high']:.3f})"
+    return stats.value_with_interval(m, pct)
 
 
 def markdown(report: dict) -> str:

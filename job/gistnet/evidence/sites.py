@@ -26,7 +26,7 @@ import numpy as np
 from scipy.stats import norm, t as student_t
 
 from gistnet.evidence import compare
-from gistnet.evidence import evaluate
+from gistnet.evidence import evaluate, stats
 
 CORRECTION = ("continuity correction: AUC 0 or 1 replaced by (U + 0.5) / (m n + 1) with the Hanley-McNeil "
               "variance, so that its logit is finite")
@@ -146,10 +146,10 @@ def heterogeneity(sites, labels, probabilities, scores, threshold: float, ci_met
 def markdown(section: dict, title: str = "Sites") -> str:
     """Per-site table and the meta-analysis, for report.md."""
     def pct(m):
-        return "n/a" if m["value"] is None else f"{m['value'] * 100:.1f}% ({m['ci_low'] * 100:.1f}-{m['ci_high'] * 100:.1f})"
+        return stats.value_with_interval(m, percent=True)
 
     def auc(m):
-        return "n/a" if m["value"] is None else f"{m['value']:.3f} ({m['ci_low']:.3f}-{m['ci_high']:.3f})"
+        return stats.value_with_interval(m, percent=False)
 
     lines = [f"### {title}", "", "| site | n | GIST/LM | sensitivity | specificity | ROC AUC | note |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -163,10 +163,10 @@ def markdown(section: dict, title: str = "Sites") -> str:
         return "\n".join(lines)
     pooled, pi = meta["pooled_auc"], meta["prediction_interval"]
     lines.append(f"Random-effects pooled AUC ({meta['k']} sites, logit scale, DerSimonian-Laird): "
-                 f"{pooled['value']:.3f} (95% CI {pooled['ci_low']:.3f}-{pooled['ci_high']:.3f}); "
+                 f"{pooled['value']:.3f} (95% CI {stats.interval_text(pooled['ci_low'], pooled['ci_high'])}); "
                  f"tau^2 = {meta['tau2']:.3f}, I^2 = {meta['i2'] * 100:.0f}%, Q = {meta['q']:.2f} on {meta['q_df']} df.")
     if pi["ci_low"] is not None:
-        lines.append(f"95% prediction interval for a new site: {pi['ci_low']:.3f}-{pi['ci_high']:.3f} "
+        lines.append(f"95% prediction interval for a new site: {stats.interval_text(pi['ci_low'], pi['ci_high'])} "
                      f"(t, {pi['df']} df; {pi['note']}).")
     else:
         lines.append(f"Prediction interval: {pi['note']}.")

@@ -72,6 +72,18 @@ def interval_text(low, high, fmt: str = ".3f", note: str | None = None) -> str:
     return f"{format(low, fmt)} to {format(high, fmt)}"
 
 
+def value_with_interval(m: dict, percent: bool) -> str:
+    """A table cell: "85.7% (67.4 to 100.0)" or "0.912 (0.801 to 0.987)"; "n/a" without a value,
+    and "interval n/a (reason)" when the interval is not estimable."""
+    if m.get("value") is None:
+        return "n/a"
+    scale, fmt, unit = (100, ".1f", "%") if percent else (1, ".3f", "")
+    low, high = m.get("ci_low"), m.get("ci_high")
+    interval = interval_text(None if low is None else low * scale, None if high is None else high * scale, fmt,
+                             m.get("note") or "not estimable")
+    return f"{format(m['value'] * scale, fmt)}{unit} ({'interval ' if low is None else ''}{interval})"
+
+
 def format_table(metrics: dict) -> str:
     """The metrics as the paper prints them: 85.71% (12/14) (95% CI 67.38-100.00%)."""
     lines = []

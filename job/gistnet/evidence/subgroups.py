@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from gistnet.errors import ConfigError
-from gistnet.evidence import evaluate
+from gistnet.evidence import evaluate, stats
 
 MISSING = "(missing)"
 
@@ -69,10 +69,10 @@ def subgroups(columns, covariates: list[dict], labels, probabilities, scores, th
 
 def markdown(section: dict) -> str:
     def pct(m):
-        return "n/a" if m["value"] is None else f"{m['value'] * 100:.1f}% ({m['ci_low'] * 100:.1f}-{m['ci_high'] * 100:.1f})"
+        return stats.value_with_interval(m, percent=True)
 
     def auc(m):
-        return "n/a" if m["value"] is None else f"{m['value']:.3f} ({m['ci_low']:.3f}-{m['ci_high']:.3f})"
+        return stats.value_with_interval(m, percent=False)
 
     lines = []
     for column, rows in section["columns"].items():
