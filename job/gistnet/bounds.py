@@ -84,6 +84,10 @@ BOUNDS: dict[tuple[str, str], Bound] = {
     ("metrics", "port"): Bound(0, 65535),
     ("distributed", "timeout_s"): Bound(1),
     ("distributed", "master_wait_s"): Bound(0),
+    # a margin of 0 is superiority-or-equal; beyond 0.2 AUC "non-inferior" no longer means anything
+    ("promotion", "auc_margin"): Bound(0, 0.2),
+    ("promotion", "alpha"): Bound(0, 0.5, low_open=True, high_open=True),
+    ("promotion", "max_calibration_shift"): Bound(0, 1, low_open=True),
 }
 
 BOUND_HINTS = {
@@ -92,4 +96,5 @@ BOUND_HINTS = {
     ("train", "checkpoint_every"): " (0: only on SIGTERM and at the end)",
     ("train", "checkpoint_interval_s"): " (0: no time-based checkpoints)",
     ("storage", "multipart_threshold_mb"): " (S3's part size limits, in MiB)",
+    ("promotion", "auc_margin"): " (the largest AUC loss still called non-inferior)",
 }

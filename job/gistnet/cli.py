@@ -197,6 +197,27 @@ def aggregate_cmd(run_uri, config_file) -> None:
     click.echo(f"{outcome.uri}/report.json")
 
 
+@cli.command("promote")
+@click.option("--run", "run_uri", required=True, help="The finished challenger run: <output>/<run-id>.")
+@click.option("--registry", help="Where production.json lives (folder or s3://) [default: promotion.registry].")
+@click.option("--data", "promotion_data", help="The locked promotion set [default: promotion.data].")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (promotion, storage, "
+              "tracking, metrics).")
+@user_errors
+def promote_cmd(run_uri, registry, promotion_data, config_file) -> None:
+    """Champion/challenger gate: promote the run's best model if it is non-inferior to production.
+    Exit 10 (with the reason) when refused; promotion.json beside the run holds the evidence."""
+    from gistnet.ops import promotion
+
+    flags = {"promotion.data": promotion_data, "promotion.registry": registry}
+    cfg = _resolve(config_file, {k: v for k, v in flags.items() if v is not None})
+    if not cfg.promotion.registry:
+        raise errors.ConfigError("no registry: pass --registry or set promotion.registry")
+    record = promotion.gate(run_uri, cfg.promotion.registry, cfg)
+    click.echo(f"promoted: {record['reason']}", err=True)
+    click.echo(record["pointer"]["evidence"])
+
+
 @cli.command("launch", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @user_errors
@@ -283,7 +304,9 @@ MODEL_CHOICE = click.Choice([*config_mod.MODEL_NAMES, "best"])
 
 
 @cli.command("predict")
-@click.option("--run", "run_uri", required=True, help="The finished run: <output>/<run-id> (folder or s3://).")
+@click.option("--run", "run_uri", required=True, help="The finished run: <output>/<run-id> (folder or s3://), or "
+              "production: the promoted model of --registry.")
+@click.option("--registry", help="With --run production: the registry holding production.json.")
 @click.option("--model", default="best", show_default=True, type=MODEL_CHOICE,
               help="Which of the run's models; best: the report's best_model.")
 @click.option("--data", required=True, help="Images to score: a folder or s3://bucket/prefix (class folders optional).")
@@ -297,12 +320,13 @@ MODEL_CHOICE = click.Choice([*config_mod.MODEL_NAMES, "best"])
 @click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on this port (0: off).")
 @click.option("--pushgateway", help="Pushgateway URL for the final push.")
 @user_errors
-def predict_cmd(run_uri, model, data, output, batch_size, device, threshold, engine, config_file, metrics_port,
-                pushgateway) -> None:
+def predict_cmd(run_uri, registry, model, data, output, batch_size, device, threshold, engine, config_file,
+                metrics_port, pushgateway) -> None:
     """Score every image under --data with a finished run's model; write predictions.csv/.json."""
-    from gistnet.serving import predict
+    from gistnet.serving import predict, trained
 
     cfg = _storage_and_metrics(config_file, metrics_port, pushgateway)
+    run_uri, model = trained.resolve(run_uri, model, registry, cfg.storage)
     request = predict.Request(run=run_uri, data=data, output=output, model=model, batch_size=batch_size,
                               device=device, threshold=threshold, engine=engine)
     summary = predict.run(request, cfg)

@@ -131,6 +131,23 @@ class DistributedConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    mlflow_uri: str = ""
+    experiment: str = "gistnet"
+    model_prefix: str = "gistnet"
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class PromotionConfig:
+    data: str = ""
+    registry: str = ""
+    auc_margin: float = 0.02
+    alpha: float = 0.05
+    max_calibration_shift: float = 0.1
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -142,6 +159,8 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The tree as plain data, with credentials in URLs redacted: what is saved and reported."""
@@ -383,6 +402,8 @@ def validate(c: Config) -> None:
     _check(c.evaluate.ci_method in CI_METHODS, f"evaluate.ci_method must be one of {', '.join(CI_METHODS)}, got {c.evaluate.ci_method!r}")
     _check(c.evaluate.selection_metric in ("accuracy", "roc_auc"), "evaluate.selection_metric must be accuracy or roc_auc")
     _check("/" not in c.output.run_id and ".." not in c.output.run_id, f"output.run_id {c.output.run_id!r} must not contain '/' or '..'")
+    _check(bool(c.tracking.model_prefix) and "/" not in c.tracking.model_prefix,
+           f"tracking.model_prefix must be non-empty and contain no '/', got {c.tracking.model_prefix!r}")
     _check(c.storage.retry_mode in ("standard", "adaptive", "legacy"), "storage.retry_mode must be standard, adaptive or legacy")
 
 

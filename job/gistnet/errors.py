@@ -16,6 +16,7 @@ EXIT_DEVICE = 6  # --device cuda without a GPU; out of device memory
 EXIT_DIVERGED = 7  # NaN/inf loss during training
 EXIT_INTERRUPTED = 8  # SIGTERM (preemption): checkpoint saved, re-run resumes
 EXIT_MODEL = 9  # predict/export: no such run or model, run incomplete, weights or ONNX not the reported ones
+EXIT_REFUSED = 10  # promote: the challenger was not promoted (a decision, not a failure)
 EXIT_CTRL_C = 130  # Ctrl-C (SIGINT), the shell's 128 + 2
 
 # The meaning column of README's exit-code table, word for word (a test compares them).
@@ -30,11 +31,12 @@ EXIT_CODES = {
     EXIT_DIVERGED: "training diverged (non-finite loss)",
     EXIT_INTERRUPTED: "interrupted by SIGTERM; checkpoint saved, re-run to resume",
     EXIT_MODEL: "trained model unusable (missing, incomplete run, sha256 mismatch)",
+    EXIT_REFUSED: "promotion refused: the challenger is not non-inferior to the champion (promotion.json says why)",
     EXIT_CTRL_C: "interrupted by Ctrl-C (SIGINT); re-run to resume from the last checkpoint",
 }
 
 # Codes that retrying cannot fix: the chart fails the Job at once on these.
-PERMANENT_EXIT_CODES = (EXIT_USAGE, EXIT_CONFIG, EXIT_DATA, EXIT_DEVICE, EXIT_DIVERGED, EXIT_MODEL)
+PERMANENT_EXIT_CODES = (EXIT_USAGE, EXIT_CONFIG, EXIT_DATA, EXIT_DEVICE, EXIT_DIVERGED, EXIT_MODEL, EXIT_REFUSED)
 
 
 class GistnetError(Exception):
@@ -60,6 +62,29 @@ class DataError(GistnetError):
 class StorageError(GistnetError):
     exit_code = EXIT_STORAGE
     kind = "storage error"
+
+
+class TrackingError(StorageError):
+    """The MLflow tracking server failed and ``tracking.required`` is true."""
+
+    kind = "tracking error"
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write found the object changed (or present) since it was read."""
+
+    kind = "conditional write refused"
+
+
+class PromotionRefused(GistnetError):
+    """The gate kept the champion: a decision, not a failure (the chart does not retry it)."""
+
+    exit_code = EXIT_REFUSED
+    kind = "promotion refused"
+
+    def __init__(self, message: str, record: dict | None = None):
+        super().__init__(message)
+        self.record = record  # what promotion.json holds
 
 
 class DeviceError(GistnetError):

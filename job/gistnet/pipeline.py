@@ -31,6 +31,8 @@ from gistnet.training import train
 from gistnet.config import Config, load_saved
 from gistnet.errors import ConfigError, DataError, GistnetError, Interrupted
 from gistnet.observe.metrics import RunMetrics
+from gistnet.observe.tracking import Tracker
+from gistnet.ops import record
 from gistnet.data.storage import Store, TransferStats, open_store, redact
 
 log = logging.getLogger(__name__)
@@ -160,6 +162,10 @@ def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunM
             "images": loaded.images.counts(names), "augmentation_mode": config.augmentation.mode,
             "split_method": plan.parts[0].method, "skipped": loaded.skipped,
             "lineage": used.summary(lineage.name_of(redact(data_store.uri)), redact(data_store.uri))})
+    tracker = Tracker(config.tracking, active=world.is_main)  # under torchrun rank 0 logs
+    if world.is_main:
+        tracker.start(run_id, config.to_dict(), used.summary(lineage.name_of(redact(data_store.uri)),
+                                                             redact(data_store.uri)))
     distributed.barrier(world)
     if not world.is_main:  # the others read what rank 0 saved
         plan = _plan(out, loaded.images, config, fresh=False)
@@ -171,7 +177,7 @@ def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunM
     del loaded
     for n, fold_index in enumerate(folds):
         _train_fold(fold_index, [u for u in selected if u.fold == fold_index], plan, full_set, n == len(folds) - 1,
-                    config, out, metrics, stop, scratch, environment, world)
+                    config, out, metrics, stop, scratch, environment, world, tracker)
     if not world.is_main:
         log.info("rank %d done; rank 0 writes the report", world.rank)
         return RunOutcome(run_id, out.uri, None)
@@ -183,9 +189,14 @@ def _run_stages(config: Config, run_id: str, stats: TransferStats, metrics: RunM
         return RunOutcome(run_id, out.uri, None)
     with _timed(metrics, "report"):
         final = crossval.aggregate(out, config, run_id, scratch)
+        final = record.finish(tracker, out, final, config, scratch)
     for name, m in final["models"].items():
         metrics.model_evaluated(name, m["metrics"])
     log.info("report: %s", out.uri_of("report.json"))
+    if config.promotion.registry and final["status"] == "complete":  # the one process that wrote the report
+        from gistnet.ops import promotion
+
+        promotion.gate(out.uri, config.promotion.registry, config, scratch)  # refused: exit 10
     return RunOutcome(run_id, out.uri, final)
 
 
@@ -202,7 +213,7 @@ def _out_of_memory_guard(stage: str, config: Config):
 def _train_fold(fold_index: int | None, units: list[crossval.Unit], plan: split.Plan,
                 full_set: list[dataset.ImageSet], last: bool, config: Config, out: Store, metrics: RunMetrics,
                 stop: train.StopFlag, scratch: str, environment: dict,
-                world: distributed.World = distributed.SINGLE) -> None:
+                world: distributed.World = distributed.SINGLE, tracker: Tracker | None = None) -> None:
     """Train the ``units`` of one fold that have not finished yet, on that fold's training part only.
     The ``last`` fold takes the full image set out of ``full_set`` and drops it once split, so
     only the split's tensors stay on the device while training."""
@@ -231,6 +242,8 @@ def _train_fold(fold_index: int | None, units: list[crossval.Unit], plan: split.
     online = config.augmentation if config.augmentation.mode == "online" else None
     for unit in todo:
         _stop_if_asked(stop, f"before training {unit.name()}", world, device)
+        tracked = (tracker or Tracker(config.tracking, active=False)).unit(unit.name(), unit.model, unit.fold)
+        observer = train.Observers(metrics, tracked)  # Prometheus and MLflow hear every step and epoch
         crossval.train_unit(
             unit, fold, config, out, init_weights=_local_weights(config.train.init_weights.get(unit.model), config,
                                                                  scratch),
@@ -239,7 +252,8 @@ def _train_fold(fold_index: int | None, units: list[crossval.Unit], plan: split.
             guard=lambda stage: _out_of_memory_guard(stage, config),
             fit=lambda name, state, train_cfg, save, after_epoch: _fit_timed(
                 name, state, fold.tensors, batch, train_cfg, preprocess, online, metrics, stop, save, world,
-                after_epoch))
+                after_epoch, observer))
+        tracked.finished()
 
 
 def _prepare_output(out: Store, config: Config, selected: list[crossval.Unit]) -> None:
@@ -297,7 +311,7 @@ def _plan(out: Store, images: dataset.ImageSet, config: Config, fresh: bool = Fa
 
 def _fit_timed(name: str, state: train.TrainState, data: train.TrainData, per_rank_batch: int, train_cfg,
                preprocess, online, metrics: RunMetrics, stop: train.StopFlag, save_checkpoint,
-               world: distributed.World = distributed.SINGLE, after_epoch=None) -> None:
+               world: distributed.World = distributed.SINGLE, after_epoch=None, observer=None) -> None:
     """Train, timing checkpoint saves as the ``checkpoint`` stage (what training waits for:
     serializing, and an upload still in flight) and the rest as ``train``. Under torchrun
     the ranks other than 0 pass ``save_checkpoint=None``: they write nothing."""
@@ -314,7 +328,7 @@ def _fit_timed(name: str, state: train.TrainState, data: train.TrainData, per_ra
 
     start = time.perf_counter()
     try:
-        train.fit(name, state, data, train_cfg, preprocess, online, metrics, stop, save, world=world,
+        train.fit(name, state, data, train_cfg, preprocess, online, observer or metrics, stop, save, world=world,
                   per_rank_batch=per_rank_batch,
                   after_epoch=after_epoch)
     finally:
@@ -347,4 +361,8 @@ def aggregate(run_uri: str, storage_config: Config) -> RunOutcome:
     config = load_saved(saved, out.uri_of("config.yaml"))
     run_id = run_uri.rstrip("/").rpartition("/")[2]
     final = crossval.aggregate(out, config, run_id, tempfile.gettempdir())
+    tracker = Tracker(config.tracking)
+    if tracker.uri and final["status"] == "complete":
+        tracker.start(run_id, config.to_dict(), json.loads(out.read(crossval.DATASET)).get("lineage"))
+        final = record.finish(tracker, out, final, config, tempfile.gettempdir())
     return RunOutcome(run_id, out.uri, final)

@@ -106,7 +106,7 @@ podFailurePolicy:
       onExitCodes:
         containerName: gistnet
         operator: In
-        values: [2, 3, 4, 6, 7, 9]
+        values: [2, 3, 4, 6, 7, 9, 10]
     - action: Ignore
       onExitCodes:
         containerName: gistnet

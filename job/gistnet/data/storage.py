@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from gistnet.config import StorageConfig, redact
-from gistnet.errors import StorageError
+from gistnet.errors import PreconditionFailed, StorageError
 
 
 def is_s3(uri: str) -> bool:
@@ -76,6 +76,11 @@ class Store:
         raise NotImplementedError
 
     def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def write_bytes_if(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
+        """Write only if the object is absent (``if_none_match``) or still has the ETag ``if_match``
+        (the MD5 hex of its bytes: ``etag_of``); returns the new ETag. ``PreconditionFailed`` otherwise."""
         raise NotImplementedError
 
     def write_bytes(self, key: str, data: bytes) -> None:
@@ -170,6 +175,25 @@ class LocalStore(Store):
         self._atomic_write(key, lambda p: p.write_bytes(data))
         self.stats.add(uploaded=len(data))
 
+    def write_bytes_if(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
+        import fcntl
+
+        target = self._path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(target.parent / f".{target.name}.lock", "w")
+        except OSError as exc:
+            raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from None
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one conditional writer at a time; released on close
+            current = etag_of(target.read_bytes()) if target.is_file() else None
+            if if_none_match and current is not None:
+                raise PreconditionFailed(f"{target} exists (written since it was read)")
+            if if_match is not None and current != if_match:
+                raise PreconditionFailed(f"{target} changed since it was read")
+            self.write_bytes(key, data)
+        return etag_of(data)
+
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
@@ -245,6 +269,19 @@ class S3Store(Store):
             raise self._fail(exc, "write", key) from None
         self.stats.add(uploaded=len(data))
 
+    def write_bytes_if(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
+        condition = {"IfNoneMatch": "*"} if if_none_match else {}
+        if if_match is not None:
+            condition["IfMatch"] = f'"{if_match}"'
+        try:
+            response = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
+        except Exception as exc:  # noqa: BLE001
+            if _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                raise PreconditionFailed(f"{self.uri_of(key)} changed since it was read") from None
+            raise self._fail(exc, "write", key) from None
+        self.stats.add(uploaded=len(data))
+        return response.get("ETag", "").strip('"') or etag_of(data)
+
     def delete(self, key: str) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
@@ -275,6 +312,11 @@ class S3Store(Store):
 
     def child(self, sub: str) -> "S3Store":
         return S3Store(f"s3://{self.bucket}/{self._key(sub)}", self.config, stats=self.stats, client=self.client)
+
+
+def etag_of(data: bytes) -> str:
+    """The ETag an object of these bytes has (S3's single-part ETag: MD5 hex; not a security hash)."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
 def resolve_endpoint(config: StorageConfig) -> str | None:
