@@ -152,3 +152,9 @@ def test_an_unreachable_registry_bucket_is_exit_5(cli, s3_env, tmp_path):
     done = cli("promote", "--run", tmp_path / "run", "--registry", "s3://no-such-registry-bucket/prod",
                "--data", tmp_path, env=s3_env)
     one_line_error(done, EXIT_STORAGE, "bucket 'no-such-registry-bucket' does not exist")
+    from tests.conftest import free_port
+
+    down = {**s3_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "GISTNET_STORAGE_MAX_ATTEMPTS": "1",
+            "GISTNET_STORAGE_CONNECT_TIMEOUT": "2"}
+    done = cli("promote", "--run", tmp_path / "run", "--registry", "s3://registry/prod", "--data", tmp_path, env=down)
+    one_line_error(done, EXIT_STORAGE, "cannot reach S3 endpoint")

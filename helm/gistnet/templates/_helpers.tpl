@@ -201,6 +201,13 @@ template:
           - name: GISTNET_METRICS_PUSHGATEWAY
             value: {{ . | quote }}
           {{- end }}
+          {{- if and .Values.promotion.enabled (ne .Values.mode "predict") }}
+          # The champion/challenger gate runs after training, in the process that writes the complete report.
+          - name: GISTNET_PROMOTION_REGISTRY
+            value: {{ required "promotion.registry is required with promotion.enabled" .Values.promotion.registry | quote }}
+          - name: GISTNET_PROMOTION_DATA
+            value: {{ required "promotion.data is required with promotion.enabled" .Values.promotion.data | quote }}
+          {{- end }}
           {{- with include "gistnet.s3Env" . }}
           {{- . | nindent 10 }}
           {{- end }}
