@@ -44,6 +44,7 @@ from gistnet.serving import predict, trained
 log = logging.getLogger(__name__)
 
 RECORD = "promotion.json"
+REQUIRED_METRICS = ("sensitivity", "specificity", "accuracy")  # with roc_auc: what a complete evaluation defines
 REFUSALS = "refusals.json"  # <registry>/refusals.json: consecutive refusals since the last promotion
 
 
@@ -127,11 +128,15 @@ def _arrays(document: dict) -> tuple[list[str], np.ndarray, np.ndarray, list[str
 
 
 def _complete(document: dict) -> str | None:
-    """Why an evaluation on the promotion set is not complete (None: it is)."""
+    """Why an evaluation on the promotion set is not complete (None: it is): ROC AUC, sensitivity,
+    specificity and accuracy each need a value and an interval (both classes scored). PPV and NPV
+    are left out: they are undefined whenever a model makes no call of one class, a property of
+    the model the AUC test judges, not a gap in the set."""
     evaluation = document.get("evaluation")
     if not evaluation:
         return "the promotion set has no labels"
-    undefined = [n for n, m in evaluation["metrics"].items() if m.get("value") is None or m.get("ci_low") is None]
+    named = {"roc_auc": evaluation["roc_auc"], **{k: evaluation["metrics"][k] for k in REQUIRED_METRICS}}
+    undefined = [n for n, m in named.items() if m.get("value") is None or m.get("ci_low") is None]
     return f"intervals undefined on the promotion set: {', '.join(undefined)}" if undefined else None
 
 
