@@ -31,6 +31,7 @@ from gistnet.training import train
 from gistnet.config import Config, load_saved
 from gistnet.errors import ConfigError, DataError, GistnetError, Interrupted
 from gistnet.observe.metrics import RunMetrics
+from gistnet.observe.observers import Observers
 from gistnet.observe.tracking import Tracker
 from gistnet.ops import record
 from gistnet.data.storage import Store, TransferStats, open_store, redact
@@ -243,7 +244,7 @@ def _train_fold(fold_index: int | None, units: list[crossval.Unit], plan: split.
     for unit in todo:
         _stop_if_asked(stop, f"before training {unit.name()}", world, device)
         tracked = (tracker or Tracker(config.tracking, active=False)).unit(unit.name(), unit.model, unit.fold)
-        observer = train.Observers(metrics, tracked)  # Prometheus and MLflow hear every step and epoch
+        observer = Observers(metrics, tracked)  # Prometheus and MLflow hear every step and epoch
         crossval.train_unit(
             unit, fold, config, out, init_weights=_local_weights(config.train.init_weights.get(unit.model), config,
                                                                  scratch),

@@ -166,3 +166,25 @@ def test_a_server_down_during_training_does_not_lose_the_run(cli, tiny_data, tmp
     assert done.stderr.count("MLflow tracking at") == 1
     report = json.loads((tmp_path / "o" / "r" / "report.json").read_text())
     assert report["status"] == "complete" and report["tracking"]["status"] == "failed"
+
+
+def test_observers_compose_every_event_in_order():
+    from gistnet.observe.observers import Observers
+
+    heard = []
+
+    class Ear:
+        def __init__(self, name):
+            self.name = name
+
+        def on_step(self, model, images):
+            heard.append((self.name, "step", model, images))
+
+        def on_epoch(self, model, record, total):
+            heard.append((self.name, "epoch", model, record["epoch"], total))
+
+    both = Observers(Ear("prometheus"), Ear("mlflow"))
+    both.on_step("resnet34", 16)
+    both.on_epoch("resnet34", {"epoch": 1}, 2)
+    assert heard == [("prometheus", "step", "resnet34", 16), ("mlflow", "step", "resnet34", 16),
+                     ("prometheus", "epoch", "resnet34", 1, 2), ("mlflow", "epoch", "resnet34", 1, 2)]

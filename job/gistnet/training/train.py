@@ -179,22 +179,6 @@ class NullObserver:
         pass
 
 
-class Observers:
-    """Several observers heard as one (the Prometheus metrics, MLflow tracking): composed, so the
-    training loop has a single observer and no branch per backend."""
-
-    def __init__(self, *observers: Observer):
-        self.observers = observers
-
-    def on_step(self, model_name, images):
-        for o in self.observers:
-            o.on_step(model_name, images)
-
-    def on_epoch(self, model_name, record, total_epochs):
-        for o in self.observers:
-            o.on_epoch(model_name, record, total_epochs)
-
-
 class TensorSet:
     """Training images held as they are; ``batch`` gives float [0, 1] images and labels."""
 
