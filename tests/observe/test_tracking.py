@@ -19,6 +19,7 @@ MLFLOW_PASSWORD = "mlflow-SENTINEL-pw-83jdK2"
 
 
 def _flags(**extra) -> list[str]:
+    extra = {"--epochs": 1, **extra}
     return ["--image-size", "32", "--models", "resnet34", "--batch-size", "16", "--augmentation", "none",
             "--device", "cpu", *[str(x) for kv in extra.items() for x in kv]]
 
