@@ -20,7 +20,8 @@ from tests.test_helm import CHART, by_kind, helm, render
 FILES = REPO / "helm" / "gistnet" / "files"
 PROMETHEUS_TESTS = REPO / "tests" / "prometheus"
 MONITORING = ["--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.grafanaDashboard.enabled=true"]
-ALERTS = {"GistnetNoRecentSuccess", "GistnetNeverSucceeded", "GistnetLastRunFailed", "GistnetTrainingStalled"}
+ALERTS = {"GistnetNoRecentSuccess", "GistnetNeverSucceeded", "GistnetLastRunFailed", "GistnetTrainingStalled",
+          "GistnetChallengersRefused"}
 # Sample values for the dashboard's Grafana variables, so its queries are plain PromQL.
 GRAFANA_VARIABLES = {"$__rate_interval": "2m", "$__interval": "30s", "$__range": "1h", "$job": "gistnet",
                      "$cronjob": "gistnet-nightly", "${datasource}": "prometheus"}

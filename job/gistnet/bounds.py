@@ -4,7 +4,9 @@ it, docs/configuration.md shows it and the Helm chart's values.schema.json carri
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,10 @@ BOUNDS: dict[tuple[str, str], Bound] = {
     ("metrics", "port"): Bound(0, 65535),
     ("distributed", "timeout_s"): Bound(1),
     ("distributed", "master_wait_s"): Bound(0),
+    # a margin of 0 is superiority-or-equal; beyond 0.2 AUC "non-inferior" no longer means anything
+    ("promotion", "auc_margin"): Bound(0, 0.2),
+    ("promotion", "alpha"): Bound(0, 0.5, low_open=True, high_open=True),
+    ("promotion", "max_calibration_shift"): Bound(0, 1, low_open=True),
 }
 
 BOUND_HINTS = {
@@ -94,4 +100,30 @@ BOUND_HINTS = {
     ("train", "checkpoint_every"): " (0: only on SIGTERM and at the end)",
     ("train", "checkpoint_interval_s"): " (0: no time-based checkpoints)",
     ("storage", "multipart_threshold_mb"): " (S3's part size limits, in MiB)",
+    ("promotion", "auc_margin"): " (the largest AUC loss still called non-inferior)",
 }
+
+
+def _json_type(typ: Any) -> dict[str, Any]:
+    if typ is bool:
+        return {"type": "boolean"}
+    if typ is int:
+        return {"type": "integer"}
+    if typ is float:
+        return {"type": "number"}
+    if typ is str:
+        return {"type": "string"}
+    if typing.get_origin(typ) is tuple:
+        return {"type": "array", "items": {"type": "string"}}
+    return {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+def config_schema(leaf_keys: list[tuple[str, str, Any]]) -> dict[str, Any]:
+    """JSON Schema of a config file: each (section, key, type) with its type and, where it has
+    one, its bound (what the Helm chart's values.schema.json carries)."""
+    sections: dict[str, Any] = {}
+    for section, key, typ in leaf_keys:
+        body = sections.setdefault(section, {"type": "object", "additionalProperties": False, "properties": {}})
+        body["properties"][key] = {**_json_type(typ), **(BOUNDS[section, key].json_schema() if (section, key) in BOUNDS else {})}
+    return {"type": "object", "additionalProperties": False, "properties": sections,
+            "description": "gistnet configuration; see docs/configuration.md"}

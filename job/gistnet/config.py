@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from gistnet import bounds
 from gistnet.bounds import BOUND_HINTS, BOUNDS, Bound  # noqa: F401 - re-exported: config.BOUNDS
 from gistnet.errors import ConfigError
 
@@ -140,6 +141,23 @@ class DistributedConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    mlflow_uri: str = ""
+    experiment: str = "gistnet"
+    model_prefix: str = "gistnet"
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class PromotionConfig:
+    data: str = ""
+    registry: str = ""
+    auc_margin: float = 0.02
+    alpha: float = 0.05
+    max_calibration_shift: float = 0.1
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -151,6 +169,8 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The tree as plain data, with credentials in URLs redacted: what is saved and reported."""
@@ -397,32 +417,14 @@ def validate(c: Config) -> None:
     _check(c.evaluate.ci_method in CI_METHODS, f"evaluate.ci_method must be one of {', '.join(CI_METHODS)}, got {c.evaluate.ci_method!r}")
     _check(c.evaluate.selection_metric in ("accuracy", "roc_auc"), "evaluate.selection_metric must be accuracy or roc_auc")
     _check("/" not in c.output.run_id and ".." not in c.output.run_id, f"output.run_id {c.output.run_id!r} must not contain '/' or '..'")
+    _check(bool(c.tracking.model_prefix) and "/" not in c.tracking.model_prefix,
+           f"tracking.model_prefix must be non-empty and contain no '/', got {c.tracking.model_prefix!r}")
     _check(c.storage.retry_mode in ("standard", "adaptive", "legacy"), "storage.retry_mode must be standard, adaptive or legacy")
 
 
 def json_schema() -> dict[str, Any]:
     """JSON Schema of a config file (used by the Helm chart's values.schema.json)."""
-
-    def of(typ: Any) -> dict[str, Any]:
-        origin = typing.get_origin(typ)
-        if typ is bool:
-            return {"type": "boolean"}
-        if typ is int:
-            return {"type": "integer"}
-        if typ is float:
-            return {"type": "number"}
-        if typ is str:
-            return {"type": "string"}
-        if origin is tuple:
-            return {"type": "array", "items": {"type": "string"}}
-        return {"type": "object", "additionalProperties": {"type": "string"}}
-
-    sections: dict[str, Any] = {}
-    for section, key, typ in leaf_keys():
-        body = sections.setdefault(section, {"type": "object", "additionalProperties": False, "properties": {}})
-        body["properties"][key] = {**of(typ), **(BOUNDS[section, key].json_schema() if (section, key) in BOUNDS else {})}
-    return {"type": "object", "additionalProperties": False, "properties": sections,
-            "description": "gistnet configuration; see docs/configuration.md"}
+    return bounds.config_schema(leaf_keys())
 
 
 def replace(config: Config, **sections: Mapping[str, Any]) -> Config:

@@ -17,6 +17,7 @@ EXIT_DIVERGED = 7  # NaN/inf loss during training
 EXIT_INTERRUPTED = 8  # SIGTERM (preemption): checkpoint saved, re-run resumes
 EXIT_MODEL = 9  # predict/export: no such run or model, run incomplete, weights or ONNX not the reported ones
 EXIT_LEASED = 10  # another live process holds the (fold, model) unit's lease: retry later
+EXIT_REFUSED = 11  # promote: the challenger was not promoted (a decision, not a failure)
 EXIT_CTRL_C = 130  # Ctrl-C (SIGINT), the shell's 128 + 2
 
 # The meaning column of README's exit-code table, word for word (a test compares them).
@@ -32,11 +33,12 @@ EXIT_CODES = {
     EXIT_INTERRUPTED: "interrupted by SIGTERM; checkpoint saved, re-run to resume",
     EXIT_MODEL: "trained model unusable (missing, incomplete run, sha256 mismatch)",
     EXIT_LEASED: "another live process is training this (fold, model) unit; retry later",
+    EXIT_REFUSED: "promotion refused: the challenger is not non-inferior to the champion (promotion.json says why)",
     EXIT_CTRL_C: "interrupted by Ctrl-C (SIGINT); re-run to resume from the last checkpoint",
 }
 
 # Codes that retrying cannot fix: the chart fails the Job at once on these.
-PERMANENT_EXIT_CODES = (EXIT_USAGE, EXIT_CONFIG, EXIT_DATA, EXIT_DEVICE, EXIT_DIVERGED, EXIT_MODEL)
+PERMANENT_EXIT_CODES = (EXIT_USAGE, EXIT_CONFIG, EXIT_DATA, EXIT_DEVICE, EXIT_DIVERGED, EXIT_MODEL, EXIT_REFUSED)
 
 
 class GistnetError(Exception):
@@ -64,11 +66,28 @@ class StorageError(GistnetError):
     kind = "storage error"
 
 
+class TrackingError(StorageError):
+    """The MLflow tracking server failed and ``tracking.required`` is true."""
+
+    kind = "tracking error"
+
+
 class PreconditionFailed(StorageError):
     """A conditional write found the object changed (or present) since it was read: the
     caller re-reads and decides again. Not an error a user sees unless a caller gives up."""
 
     kind = "storage conflict"
+
+
+class PromotionRefused(GistnetError):
+    """The gate kept the champion: a decision, not a failure (the chart does not retry it)."""
+
+    exit_code = EXIT_REFUSED
+    kind = "promotion refused"
+
+    def __init__(self, message: str, record: dict | None = None):
+        super().__init__(message)
+        self.record = record  # what promotion.json holds
 
 
 class DeviceError(GistnetError):

@@ -20,6 +20,8 @@ import yaml
 from gistnet.config import Config, load_saved, replace
 from gistnet.data import dataset, fingerprint, lineage, privacy, runs, split
 from gistnet.data.overlap import check_apart
+from gistnet.observe.tracking import Tracker
+from gistnet.ops import record
 from gistnet.data.storage import Store, TransferStats, open_store, redact
 from gistnet.errors import ConfigError, DataError, GistnetError
 from gistnet.evidence import aggregate as aggregation
@@ -165,11 +167,16 @@ def _run_stages(ctx: RunContext, data_store: Store, selected: list[runs.Unit], f
         # the development images (training + validation) by pixel content: predict leaves them out of its metrics
         _write_once(out, fingerprint.FILENAME, fingerprint.document(
             {k: loaded.fingerprints[k] for k in plan.keys()}, config.data.image_size))
+    tracker = Tracker(config.tracking, active=world.is_main)  # under torchrun rank 0 logs
+    if world.is_main:
+        tracker.start(run_id, config.to_dict(), used.summary(lineage.name_of(redact(data_store.uri)),
+                                                             redact(data_store.uri)))
     distributed.barrier(world)
     if not world.is_main:  # the others read what rank 0 saved
         plan = _plan(out, loaded.images, config, fresh=False)
         config, selected = _site_folds(config, plan, selected, fold, model)
-    ctx = dataclasses.replace(ctx, config=config)  # leave-one-site-out: split.folds = the number of sites
+    # leave-one-site-out: split.folds = the number of sites
+    ctx = dataclasses.replace(ctx, config=config, tracker=tracker)
     ctx.stop_if_asked("after loading the data")
 
     folds = list(dict.fromkeys(u.fold for u in selected))  # in order, each prepared once
@@ -189,9 +196,14 @@ def _run_stages(ctx: RunContext, data_store: Store, selected: list[runs.Unit], f
         return RunOutcome(run_id, out.uri, None)
     with ctx.timed("report"):
         final = aggregation.aggregate(out, config, run_id, ctx.scratch)
+        final = record.finish(ctx.tracker, out, final, config, ctx.scratch)
     for name, m in final["models"].items():
         ctx.metrics.model_evaluated(name, m["metrics"])
     log.info("report: %s", out.uri_of("report.json"))
+    if config.promotion.registry and final["status"] == "complete":  # the one process that wrote the report
+        from gistnet.ops import promotion
+
+        promotion.gate(out.uri, config.promotion.registry, config, ctx.scratch)  # refused: exit 11
     return RunOutcome(run_id, out.uri, final)
 
 
@@ -260,4 +272,8 @@ def aggregate(run_uri: str, storage_config: Config) -> RunOutcome:
     config = load_saved(saved, out.uri_of("config.yaml"))
     run_id = run_uri.rstrip("/").rpartition("/")[2]
     final = aggregation.aggregate(out, config, run_id, tempfile.gettempdir())
+    tracker = Tracker(config.tracking)
+    if tracker.uri and final["status"] == "complete":
+        tracker.start(run_id, config.to_dict(), json.loads(out.read(runs.DATASET)).get("lineage"))
+        final = record.finish(tracker, out, final, config, tempfile.gettempdir())
     return RunOutcome(run_id, out.uri, final)

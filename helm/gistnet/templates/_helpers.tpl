@@ -95,9 +95,9 @@ ttlSecondsAfterFinished: {{ .Values.job.ttlSecondsAfterFinished }}
 {{- if .Values.job.podFailurePolicy }}
 podFailurePolicy:
   # Exit codes: README "Exit codes". 2 usage, 3 config, 4 data, 6 device (no GPU, or out
-  # of GPU memory), 7 diverged, 9 unusable model (predict): retrying cannot help. 8 is
-  # SIGTERM (checkpointed), 10 another live process holds the unit's lease (an overlapping
-  # run): retry without counting it.
+  # of GPU memory), 7 diverged, 9 unusable model (predict), 11 a refused promotion (a
+  # decision): retrying cannot help. 8 is SIGTERM (checkpointed), 10 another live process
+  # holds the unit's lease (an overlapping run): retry without counting it.
   rules:
     - action: Ignore
       onPodConditions:
@@ -107,7 +107,7 @@ podFailurePolicy:
       onExitCodes:
         containerName: gistnet
         operator: In
-        values: [2, 3, 4, 6, 7, 9]
+        values: [2, 3, 4, 6, 7, 9, 11]
     - action: Ignore
       onExitCodes:
         containerName: gistnet
@@ -204,6 +204,13 @@ template:
           {{- with .Values.metrics.pushgateway }}
           - name: GISTNET_METRICS_PUSHGATEWAY
             value: {{ . | quote }}
+          {{- end }}
+          {{- if and .Values.promotion.enabled (ne .Values.mode "predict") }}
+          # The champion/challenger gate runs after training, in the process that writes the complete report.
+          - name: GISTNET_PROMOTION_REGISTRY
+            value: {{ required "promotion.registry is required with promotion.enabled" .Values.promotion.registry | quote }}
+          - name: GISTNET_PROMOTION_DATA
+            value: {{ required "promotion.data is required with promotion.enabled" .Values.promotion.data | quote }}
           {{- end }}
           {{- with include "gistnet.s3Env" . }}
           {{- . | nindent 10 }}

@@ -1,16 +1,22 @@
-"""Commands that use a finished run: predict, evaluate (external data) and export."""
+"""Commands that use a finished run: predict, evaluate (external data), export and promote."""
 
 from __future__ import annotations
 
 import click
 
 from gistnet import config as config_mod
-from gistnet.cli.base import MODEL_CHOICE, _storage_and_metrics, cli, user_errors
+from gistnet import errors
+from gistnet.cli.base import MODEL_CHOICE, _resolve, _storage_and_metrics, cli, user_errors
 from gistnet.evidence import stats
 
 
+RUN_HELP = "The finished run: <output>/<run-id> (folder or s3://), or production: the promoted model of --registry."
+REGISTRY_HELP = "With --run production: the registry holding production.json."
+
+
 @cli.command("predict")
-@click.option("--run", "run_uri", required=True, help="The finished run: <output>/<run-id> (folder or s3://).")
+@click.option("--run", "run_uri", required=True, help=RUN_HELP)
+@click.option("--registry", help=REGISTRY_HELP)
 @click.option("--model", default="best", show_default=True, type=MODEL_CHOICE,
               help="Which of the run's models; best: the report's best_model.")
 @click.option("--data", required=True, help="Images to score: a folder or s3://bucket/prefix (class folders optional).")
@@ -27,12 +33,13 @@ from gistnet.evidence import stats
 @click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on this port (0: off).")
 @click.option("--pushgateway", help="Pushgateway URL for the final push.")
 @user_errors
-def predict_cmd(run_uri, model, data, output, batch_size, device, threshold, engine, include_development, config_file,
-                metrics_port, pushgateway) -> None:
+def predict_cmd(run_uri, registry, model, data, output, batch_size, device, threshold, engine, include_development,
+                config_file, metrics_port, pushgateway) -> None:
     """Score every image under --data with a finished run's model; write predictions.csv/.json."""
-    from gistnet.serving import predict
+    from gistnet.serving import predict, trained
 
     cfg = _storage_and_metrics(config_file, metrics_port, pushgateway)
+    run_uri, model = trained.resolve(run_uri, model, registry, cfg.storage)
     request = predict.Request(run=run_uri, data=data, output=output, model=model, batch_size=batch_size,
                               device=device, threshold=threshold, engine=engine,
                               include_development=include_development)
@@ -47,7 +54,8 @@ def predict_cmd(run_uri, model, data, output, batch_size, device, threshold, eng
     click.echo(summary["uri"])
 
 @cli.command("evaluate")
-@click.option("--run", "run_uri", required=True, help="The finished run: <output>/<run-id> (folder or s3://).")
+@click.option("--run", "run_uri", required=True, help=RUN_HELP)
+@click.option("--registry", help=REGISTRY_HELP)
 @click.option("--data", required=True, help="A labelled data set from elsewhere: class folders or manifest.csv.")
 @click.option("--output", help="Where the evaluation goes [default: <run>/external/<name>].")
 @click.option("--name", help="Name of this evaluation [default: the last part of --data].")
@@ -60,11 +68,14 @@ def predict_cmd(run_uri, model, data, output, batch_size, device, threshold, eng
 @click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on this port (0: off).")
 @click.option("--pushgateway", help="Pushgateway URL for the final push.")
 @user_errors
-def evaluate_cmd(run_uri, data, output, name, model, batch_size, device, config_file, metrics_port, pushgateway) -> None:
+def evaluate_cmd(run_uri, registry, data, output, name, model, batch_size, device, config_file, metrics_port,
+                 pushgateway) -> None:
     """Score a labelled external data set with a finished run's models; write report.json/.md/.html."""
-    from gistnet.serving import external
+    from gistnet.serving import external, trained
 
     cfg = _storage_and_metrics(config_file, metrics_port, pushgateway)
+    if run_uri == trained.PRODUCTION:  # the promoted model alone, unless --model names another of its run
+        run_uri, model = trained.resolve(run_uri, "best" if model == "all" else model, registry, cfg.storage)
     summary = external.run(external.Request(run=run_uri, data=data, output=output, name=name, model=model,
                                             batch_size=batch_size, device=device), cfg)
     click.echo("\n".join(external.summary_lines(summary["report"])), err=True)
@@ -86,3 +97,24 @@ def export_cmd(run_uri, model, fmt, config_file) -> None:
     chosen = trained.open_run(run_uri, model, cfg.storage)
     export.export_onnx(chosen, tempfile.gettempdir())
     click.echo(chosen.run.uri_of(chosen.key(export.ONNX_FILE)))
+
+
+@cli.command("promote")
+@click.option("--run", "run_uri", required=True, help="The finished challenger run: <output>/<run-id>.")
+@click.option("--registry", help="Where production.json lives (folder or s3://) [default: promotion.registry].")
+@click.option("--data", "promotion_data", help="The locked promotion set [default: promotion.data].")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (promotion, storage, "
+              "tracking, metrics).")
+@user_errors
+def promote_cmd(run_uri, registry, promotion_data, config_file) -> None:
+    """Champion/challenger gate: promote the run's best model if it is non-inferior to production.
+    Exit 11 (with the reason) when refused; promotion.json beside the run holds the evidence."""
+    from gistnet.ops import promotion
+
+    flags = {"promotion.data": promotion_data, "promotion.registry": registry}
+    cfg = _resolve(config_file, {k: v for k, v in flags.items() if v is not None})
+    if not cfg.promotion.registry:
+        raise errors.ConfigError("no registry: pass --registry or set promotion.registry")
+    record = promotion.gate(run_uri, cfg.promotion.registry, cfg)
+    click.echo(f"promoted: {record['reason']}", err=True)
+    click.echo(record["pointer"]["evidence"])

@@ -210,3 +210,32 @@ class PredictMetrics(JobMetrics):
         self._score_seconds[model] = self._score_seconds.get(model, 0.0) + seconds
         if self._score_seconds[model] > 0:
             self.score_rate.labels(model=model).set(self._scored[model] / self._score_seconds[model])
+
+
+PROMOTION_DECISION = "gistnet_promotion_decision"
+PROMOTION_REFUSALS = "gistnet_promotion_consecutive_refusals"
+
+
+def promotion_registry(promoted: bool, consecutive_refusals: int) -> CollectorRegistry:
+    """``gistnet promote``'s outcome: the decision (1 promoted, 0 refused) and the refusals in a row."""
+    r = CollectorRegistry(auto_describe=True)
+    Gauge(PROMOTION_DECISION, "The last champion/challenger decision: 1 promoted, 0 refused.",
+          registry=r).set(1 if promoted else 0)
+    Gauge(PROMOTION_REFUSALS, "Challengers refused in a row since the last promotion (the registry's count).",
+          registry=r).set(consecutive_refusals)
+    Gauge("gistnet_promotion_timestamp_seconds", "When the last promotion decision was made (Unix time).",
+          registry=r).set(time.time())
+    return r
+
+
+def push_promotion(url: str, job: str, grouping: dict[str, str], promoted: bool, consecutive_refusals: int) -> None:
+    """Push the gate's decision (push-add, grouped like the run's other metrics plus mode=promote)."""
+    if not url:
+        return
+    url, handler = _auth_handler(url)
+    try:
+        pushadd_to_gateway(url, job=job, registry=promotion_registry(promoted, consecutive_refusals),
+                           grouping_key={**grouping, "mode": "promote"}, timeout=10, handler=handler)
+        log.info("pushed the promotion decision to %s (job=%s)", redact(url), job)
+    except Exception as exc:  # noqa: BLE001 - the decision is recorded; a dead gateway must not undo it
+        log.warning("could not push the promotion decision to %s: %s", redact(url), type(exc).__name__)

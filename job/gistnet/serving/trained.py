@@ -24,6 +24,8 @@ from gistnet.errors import ModelError
 from gistnet.data.storage import Store, open_store, sha256_file
 
 WEIGHTS = "model.safetensors"
+POINTER = "production.json"  # <registry>/production.json: the model in production (ops/promotion.py writes it)
+PRODUCTION = "production"  # --run production --registry URI
 DEFAULT_THRESHOLD = 0.5  # the threshold every run pre-specifies (evaluate.diagnostic_report)
 
 
@@ -84,6 +86,38 @@ def open_run(uri: str, model: str, storage: StorageConfig) -> TrainedModel:
         raise ModelError(f"run {run.uri} has no config.yaml: its preprocessing is unknown") from None
     cfg = config_mod.load_saved(text, run.uri_of("config.yaml"))
     return TrainedModel(run, report["run_id"], report, cfg, name, report["models"][name]["checkpoint"]["sha256"])
+
+
+def read_pointer(registry: Store) -> tuple[dict | None, str | None]:
+    """The production pointer and its ETag, or (None, None) when nothing was promoted yet.
+    A pointer that is not valid JSON or lacks a field is a ModelError naming the key."""
+    try:
+        data, etag = registry.read_with_etag(POINTER)
+    except FileNotFoundError:
+        return None, None
+    try:
+        pointer = json.loads(data)
+    except ValueError:
+        raise ModelError(f"{registry.uri_of(POINTER)} is not valid JSON; fix or remove the production pointer") from None
+    missing = [f for f in ("run_uri", "model", "sha256", "run_id") if not isinstance(pointer, dict) or f not in pointer]
+    if missing:
+        raise ModelError(f"{registry.uri_of(POINTER)} is malformed: no {', '.join(missing)}") from None
+    return pointer, etag
+
+
+def resolve(run: str, model: str, registry: str | None, storage: StorageConfig) -> tuple[str, str]:
+    """``--run production --registry URI`` -> the promoted run's URI and model; any other ``run``
+    is returned as given. ModelError (exit 9) when there is no pointer yet."""
+    if run != PRODUCTION:
+        return run, model
+    if not registry:
+        raise ModelError("--run production needs --registry URI (where production.json is)")
+    store = open_store(registry, storage)
+    pointer, _ = read_pointer(store)
+    if pointer is None:
+        raise ModelError(f"no production model: {store.uri_of(POINTER)} does not exist (nothing promoted yet; "
+                         "run gistnet promote)")
+    return pointer["run_uri"], pointer["model"] if model == "best" else model
 
 
 def _read_json(store: Store, key: str) -> dict | None:

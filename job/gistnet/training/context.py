@@ -13,6 +13,7 @@ from gistnet.config import Config
 from gistnet.data.storage import Store
 from gistnet.errors import Interrupted
 from gistnet.observe.metrics import RunMetrics
+from gistnet.observe.tracking import Tracker
 from gistnet.training import distributed, train
 
 
@@ -27,6 +28,7 @@ class RunContext:
     device: torch.device
     scratch: str  # local folder for temporary files
     environment: dict  # versions and hardware, recorded in each unit's result
+    tracker: Tracker | None = None  # MLflow (observe/tracking.py); inactive when off or not rank 0
 
     @property
     def class_names(self) -> tuple[str, str]:

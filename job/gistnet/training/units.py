@@ -25,6 +25,8 @@ from gistnet.errors import ConfigError
 from gistnet.evidence import evaluate, explain, predictions
 from gistnet.training import checkpoint, distributed, lease, train
 from gistnet.training import compile as compiling
+from gistnet.observe.observers import Observers
+from gistnet.observe.tracking import Tracker
 from gistnet.training.context import RunContext
 
 log = logging.getLogger(__name__)
@@ -77,13 +79,16 @@ def train_fold(ctx: RunContext, fold_index: int | None, units: list[Unit], plan:
                           f"the training set{'' if fold_index is None else f' of fold {fold_index}'} after "
                           f"{config.augmentation.mode!r} augmentation")
     preprocess = train.Preprocess(fold.tensors.train_images.device)
+    tracker = ctx.tracker or Tracker(config.tracking, active=False)
     for unit in todo:
         ctx.stop_if_asked(f"before training {unit.name()}")
-        train_unit(ctx, unit, fold, preprocess, batch)
+        tracked = tracker.unit(unit.name(), unit.model, unit.fold)
+        train_unit(ctx, unit, fold, preprocess, batch, Observers(ctx.metrics, tracked))  # Prometheus and MLflow
+        tracked.finished()
 
 
 def train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.Preprocess,
-               per_rank_batch: int) -> dict | None:
+               per_rank_batch: int, observer=None) -> dict | None:
     """``_train_unit`` while this process holds the unit's lease (``training/lease.py``; under
     torchrun rank 0 holds it for the group); a unit another process finished meanwhile is not
     trained again."""
@@ -92,11 +97,11 @@ def train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.Pr
         if not world.distributed and is_finished(out, unit):
             log.info("%s: finished by another process meanwhile; reusing %s", unit.name(), out.uri_of(unit.key(RESULT)))
             return json.loads(out.read(unit.key(RESULT)))
-        return _train_unit(ctx, unit, fold, preprocess, per_rank_batch)
+        return _train_unit(ctx, unit, fold, preprocess, per_rank_batch, observer or ctx.metrics)
 
 
 def _train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.Preprocess,
-                per_rank_batch: int) -> dict | None:
+                per_rank_batch: int, observer) -> dict | None:
     """Train (every rank), then evaluate and store one (fold, model) (rank 0; the others
     return None); ``result.json`` is written last."""
     config, out, world = ctx.config, ctx.out, ctx.world
@@ -116,7 +121,7 @@ def _train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.P
         cache_store = open_store(config.output.uri, config.storage) if config.train.compile_cache else None
         after_epoch = compiling.attach(state, name, config.train.compile, config.train.batch_size,
                                        config.data.image_size, data.train_images.device, cache_store)
-    train_args = (ctx, name, state, data, train_cfg, preprocess, per_rank_batch, after_epoch)
+    train_args = (ctx, name, state, data, train_cfg, preprocess, per_rank_batch, after_epoch, observer)
     if not world.is_main:  # trains in step with rank 0, which alone checkpoints, evaluates and writes
         with ctx.guard(f"{name} training"):
             _fit(*train_args, save_checkpoint=None)
@@ -168,7 +173,7 @@ def _explain(ctx: RunContext, unit: Unit, model, data: train.TrainData, probabil
 
 
 def _fit(ctx: RunContext, name: str, state: train.TrainState, data: train.TrainData, train_cfg,
-         preprocess: train.Preprocess, per_rank_batch: int, after_epoch, save_checkpoint) -> None:
+         preprocess: train.Preprocess, per_rank_batch: int, after_epoch, observer, save_checkpoint) -> None:
     """Train one model, timing checkpoint saves as the ``checkpoint`` stage (what training waits
     for: serializing, and an upload still in flight) and the rest as ``train``. Under torchrun
     the ranks other than 0 pass ``save_checkpoint=None``: they write nothing."""
@@ -186,7 +191,7 @@ def _fit(ctx: RunContext, name: str, state: train.TrainState, data: train.TrainD
 
     start = time.perf_counter()
     try:
-        train.fit(name, state, data, train_cfg, preprocess, online, ctx.metrics, ctx.stop, save, world=ctx.world,
+        train.fit(name, state, data, train_cfg, preprocess, online, observer, ctx.stop, save, world=ctx.world,
                   per_rank_batch=per_rank_batch, after_epoch=after_epoch)
     finally:
         ctx.metrics.stage("train", time.perf_counter() - start - checkpoint_seconds, name)

@@ -1,0 +1,256 @@
+"""MLflow experiment tracking: optional (``pip install 'gistnet[mlflow]'``), beside the Prometheus metrics.
+
+On when ``tracking.mlflow_uri`` is set, or else when MLflow's own ``MLFLOW_TRACKING_URI`` is
+(the config key wins). One gistnet run is one MLflow parent run (tag ``gistnet.run_id``); each
+(fold, model) unit is a child run holding that unit's per-epoch losses and accuracies
+(step = epoch). Processes that share a run id (fan-out) find the same parent by its tag. The
+parent holds the resolved config as params, the data set as an input, the final metrics and
+their intervals, the report and figures as artifacts, and each trained model, registered as
+``<tracking.model_prefix>-<model>``.
+
+A server that fails does not lose the training: the first failure is logged once as a warning,
+tracking stops for the rest of the run, and the report records it (``tracking.status: failed``).
+With ``tracking.required: true`` the failure is a ``TrackingError`` (exit 5) instead. MLflow's
+credentials (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``/``TOKEN``, or a ``user:password@`` in
+the URI) never reach a log line, an error or the report: every message is redacted.
+
+Only ``config`` and ``errors`` are imported from gistnet; stored files and trained models come
+in as plain bytes and torch modules.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Mapping
+
+from gistnet.config import TrackingConfig, redact
+from gistnet.errors import TrackingError
+
+log = logging.getLogger(__name__)
+
+RUN_TAG = "gistnet.run_id"
+ROLE_TAG = "gistnet.role"
+UNIT_TAG = "gistnet.unit"
+DIGEST_TAG = "gistnet.data_digest"
+PARENT_TAG = "mlflow.parentRunId"
+# MLflow's HTTP client retries a refused connection for minutes by default; a job bounds it.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+# MLflow's dataset digest column holds 36 characters: the first 32 hex digits of the sha256 go
+# there, the full digest is the run tag gistnet.data_digest and the dataset profile.
+MLFLOW_DIGEST_CHARS = 32
+
+
+def tracking_uri(cfg: TrackingConfig, environ: Mapping[str, str] = os.environ) -> str:
+    return cfg.mlflow_uri or environ.get("MLFLOW_TRACKING_URI", "")
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = redact(" ".join(str(text).split()))
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def flat_params(tree: dict, prefix: str = "") -> dict[str, str]:
+    """The config tree as MLflow params: ``section.key`` -> its value as text."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and prefix == "":
+            out.update(flat_params(value, f"{name}."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return out
+
+
+class Tracker:
+    """MLflow logging for one gistnet run; a no-op when tracking is off or has failed."""
+
+    def __init__(self, cfg: TrackingConfig, environ: Mapping[str, str] = os.environ, active: bool = True):
+        self.cfg = cfg
+        self.uri = tracking_uri(cfg, environ) if active else ""  # under DDP only rank 0 is active
+        self.error: str | None = None
+        self.client = None
+        self.parent_id: str | None = None
+        self.experiment_id: str | None = None
+        self.registered: dict[str, dict] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.uri) and self.error is None
+
+    def status(self) -> dict | None:
+        """What report.json records under ``tracking`` (None when tracking is off)."""
+        if not self.uri:
+            return None
+        out = {"status": "failed" if self.error else "logged", "uri": redact(self.uri),
+               "experiment": self.cfg.experiment, "mlflow_run_id": self.parent_id, "models": self.registered}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+    def _call(self, what: str, fn: Callable):
+        """Run one MLflow call; on failure warn once (or raise with tracking.required) and stop tracking."""
+        if not self.enabled:
+            return None
+        try:
+            return fn()
+        except TrackingError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any client/server failure is a tracking failure
+            self.error = _one_line(f"{what}: {type(exc).__name__}: {exc}")
+            if self.cfg.required:
+                raise TrackingError(f"MLflow at {redact(self.uri)} failed and tracking.required is true: "
+                                    f"{self.error}") from None
+            log.warning("MLflow tracking at %s failed (%s); training goes on without tracking, and "
+                        "report.json records the failure", redact(self.uri), self.error)
+            return None
+
+    # ------------------------------------------------------------ the parent run
+
+    def start(self, run_id: str, config: dict, dataset: dict | None) -> None:
+        """Find (a resumed or fan-out run) or create the parent run of ``run_id``; log the
+        resolved config as params and the data set as an input."""
+        if not self.uri:
+            return
+        for name, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+        self._call("connecting", lambda: self._start(run_id, config, dataset))
+
+    def _start(self, run_id: str, config: dict, dataset: dict | None) -> None:
+        try:
+            from mlflow.tracking import MlflowClient
+        except ImportError:
+            raise RuntimeError("the mlflow package is not installed (pip install 'gistnet[mlflow]')") from None
+        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        experiment = self.client.get_experiment_by_name(self.cfg.experiment)
+        self.experiment_id = (experiment.experiment_id if experiment is not None
+                              else self.client.create_experiment(self.cfg.experiment))
+        found = self.client.search_runs([self.experiment_id],
+                                        f"tags.`{RUN_TAG}` = '{run_id}' and tags.`{ROLE_TAG}` = 'run'",
+                                        max_results=1)
+        if found:
+            self.parent_id = found[0].info.run_id
+            return
+        tags = {RUN_TAG: run_id, ROLE_TAG: "run"}
+        if dataset:
+            tags[DIGEST_TAG] = dataset["digest"]
+        self.parent_id = self.client.create_run(self.experiment_id, tags=tags, run_name=run_id).info.run_id
+        from mlflow.entities import Param
+
+        params = [Param(k, v[:6000]) for k, v in flat_params(config).items()]
+        for start in range(0, len(params), 100):  # MLflow's batch limit
+            self.client.log_batch(self.parent_id, params=params[start:start + 100])
+        if dataset:
+            self._log_dataset(dataset)
+
+    def _log_dataset(self, dataset: dict) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        digest = dataset["digest"].partition(":")[2][:MLFLOW_DIGEST_CHARS]
+        entry = Dataset(name=dataset["name"], digest=digest, source_type="gistnet",
+                        source=json.dumps({"uri": dataset["source"]}),
+                        profile=json.dumps({"digest": dataset["digest"], "method": dataset["method"],
+                                            "images": dataset["images"], "skipped": dataset["skipped"]}))
+        self.client.log_inputs(self.parent_id, [DatasetInput(entry, [InputTag("mlflow.data.context", "training")])])
+
+    # ------------------------------------------------------------ units (child runs)
+
+    def unit(self, name: str, model: str, fold: int | None) -> "UnitTracker":
+        """The observer of one (fold, model) unit: its child run, found again on resume."""
+        child = self._call(f"starting {name}", lambda: self._child(name, model, fold))
+        return UnitTracker(self, child)
+
+    def _child(self, name: str, model: str, fold: int | None) -> str:
+        found = self.client.search_runs([self.experiment_id],
+                                        f"tags.`{PARENT_TAG}` = '{self.parent_id}' and tags.`{UNIT_TAG}` = '{name}'",
+                                        max_results=1)
+        if found:
+            return found[0].info.run_id
+        tags = {PARENT_TAG: self.parent_id, UNIT_TAG: name, ROLE_TAG: "unit", "gistnet.model": model,
+                "gistnet.fold": "holdout" if fold is None else str(fold)}
+        return self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
+
+    # ------------------------------------------------------------ the finished run
+
+    def finish(self, report: dict, files: dict[str, bytes], models: dict[str, tuple]) -> None:
+        """Log the final metrics and intervals, the report and figures (``files``: artifact path ->
+        bytes) and each model (``models``: name -> (torch module, input example)), then end the run."""
+        self._call("logging the final metrics", lambda: self._final_metrics(report))
+        self._call("logging the artifacts", lambda: self._artifacts(files))
+        for name, (module, example) in models.items():
+            self._call(f"logging model {name}", lambda: self._model(name, module, example))
+        self._call("ending the run", lambda: self.client.set_terminated(self.parent_id, "FINISHED"))
+
+    def _final_metrics(self, report: dict) -> None:
+        from mlflow.entities import Metric
+        import time
+
+        now = int(time.time() * 1000)
+        metrics = []
+        for model, section in report["models"].items():
+            named = {**section["metrics"], "roc_auc": section["roc_auc"]}
+            for metric, m in named.items():
+                for field, suffix in (("value", ""), ("ci_low", ".ci_low"), ("ci_high", ".ci_high")):
+                    if m.get(field) is not None:
+                        metrics.append(Metric(f"{model}.{metric}{suffix}", float(m[field]), now, 0))
+        for start in range(0, len(metrics), 1000):
+            self.client.log_batch(self.parent_id, metrics=metrics[start:start + 1000])
+        self.client.set_tag(self.parent_id, "gistnet.best_model", report["best_model"])
+        self.client.set_tag(self.parent_id, "gistnet.status", report["status"])
+
+    def _artifacts(self, files: dict[str, bytes]) -> None:
+        with tempfile.TemporaryDirectory(prefix="gistnet-mlflow-") as tmp:
+            for path, data in files.items():
+                target = Path(tmp) / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            self.client.log_artifacts(self.parent_id, tmp)
+
+    def _model(self, name: str, module, example) -> None:
+        import mlflow
+        import mlflow.pytorch
+        import torch
+        import torchvision
+
+        registered = f"{self.cfg.model_prefix}-{name}"
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        with mlflow.start_run(run_id=self.parent_id):
+            info = mlflow.pytorch.log_model(
+                module, name=name, registered_model_name=registered, input_example=example,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                  f"torchvision=={torchvision.__version__.split('+')[0]}"])
+        self.registered[name] = {"name": registered, "version": str(info.registered_model_version)}
+
+
+class UnitTracker:
+    """The training loop's observer for one unit (``train.Observer``): per-epoch metrics, step = epoch."""
+
+    def __init__(self, tracker: Tracker, run_id: str | None):
+        self.tracker, self.run_id = tracker, run_id
+
+    def on_step(self, model_name: str, images: int) -> None:
+        pass
+
+    def on_epoch(self, model_name: str, record: dict, total_epochs: int) -> None:
+        if self.run_id is None:
+            return
+
+        def log_epoch():
+            from mlflow.entities import Metric
+            import time
+
+            now = int(time.time() * 1000)
+            self.tracker.client.log_batch(self.run_id, metrics=[
+                Metric(name, float(record[name]), now, int(record["epoch"]))
+                for name in ("train_loss", "val_loss", "train_accuracy", "val_accuracy")])
+
+        self.tracker._call(f"logging epoch {record['epoch']} of {model_name}", log_epoch)
+
+    def finished(self) -> None:
+        if self.run_id is not None:
+            self.tracker._call("ending a unit", lambda: self.tracker.client.set_terminated(self.run_id, "FINISHED"))

@@ -1,0 +1,283 @@
+"""The champion/challenger gate: does a finished run's chosen model replace the production model?
+
+Both models are scored (``serving.predict``, each with its own run's preprocessing) on the same
+locked set, ``promotion.data``, used for nothing else. The set is first checked against the
+challenger's development images (training and validation) by the content hash of the decoded
+pixels (``data/fingerprint.py``); any overlap refuses. The challenger is promoted when
+
+- its ROC AUC is non-inferior to the champion's: one-sided DeLong test of
+  H0: AUC(challenger) - AUC(champion) <= -``promotion.auc_margin`` rejected at ``promotion.alpha``
+  (DeLong's covariance from ``evidence/compare.py``; clustered by patient when that function
+  takes ``clusters`` and the set has patient ids, else with images independent: the record says which);
+- and its calibration-in-the-large on the set, |mean predicted P(positive) - observed prevalence|,
+  is within ``promotion.max_calibration_shift``.
+
+With no production model yet, a challenger whose evaluation on the set is complete (every
+interval defined) is promoted, and the pointer says it had no champion to beat.
+
+Promoting writes ``<registry>/production.json`` with a conditional write on the pointer that was
+read (two promotions never interleave) and moves MLflow's ``champion`` alias when tracking is
+on. Every decision is written next to the run as ``promotion.json``; a refusal is
+``PromotionRefused`` (exit 11) with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import tempfile
+from datetime import datetime, timezone
+
+import numpy as np
+from scipy.stats import norm
+
+from gistnet.config import Config, replace
+from gistnet.data import dataset, fingerprint, split as split_mod
+from gistnet.data.lineage import Lineage
+from gistnet.data.storage import Store, open_store, redact
+from gistnet.errors import DataError, PreconditionFailed, PromotionRefused, StorageError
+from gistnet.evidence import compare
+from gistnet.serving import predict, trained
+
+log = logging.getLogger(__name__)
+
+RECORD = "promotion.json"
+REQUIRED_METRICS = ("sensitivity", "specificity", "accuracy")  # with roc_auc: what a complete evaluation defines
+REFUSALS = "refusals.json"  # <registry>/refusals.json: consecutive refusals since the last promotion
+
+
+def non_inferiority(challenger, champion, labels, margin: float, clusters=None) -> dict:
+    """One-sided DeLong test that AUC(challenger) > AUC(champion) - margin, on the same images."""
+    scores = np.vstack([np.asarray(challenger, float), np.asarray(champion, float)])
+    if clusters is not None and "clusters" in inspect.signature(compare.delong).parameters:
+        aucs, cov = compare.delong(scores, labels, clusters=clusters)
+        method = "one-sided DeLong, clustered by patient"
+    else:
+        aucs, cov = compare.delong(scores, labels)
+        method = "one-sided DeLong, images independent" + (
+            " (patient ids present, but no clustered DeLong is available)" if clusters is not None else "")
+    difference = float(aucs[0] - aucs[1])
+    variance = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    if variance > 1e-15:
+        z = (difference + margin) / math.sqrt(variance)
+        p = float(norm.sf(z))
+    else:  # no variance (e.g. both separate the classes): the difference itself decides
+        z, p = None, 0.0 if difference + margin > 0 else 1.0
+    return {"method": method, "auc_challenger": float(aucs[0]), "auc_champion": float(aucs[1]),
+            "difference": difference, "margin": margin, "z": z, "p": p,
+            "se": math.sqrt(max(variance, 0.0))}
+
+
+def calibration_in_the_large(labels, probabilities) -> float:
+    """Mean predicted probability minus the observed prevalence (0: calibrated in the large)."""
+    return float(np.mean(np.asarray(probabilities, float)) - np.mean(np.asarray(labels, float)))
+
+
+# ------------------------------------------------------------------ the promotion set
+
+
+def _scan_set(data: Store, cfg, size: int) -> tuple[dict[str, str], Lineage]:
+    """Pixel digest of each image of the promotion set (decoded at the challenger's size) and its lineage."""
+    import hashlib
+
+    labeled, unsafe = dataset.list_labeled(data, cfg)
+    digests, lineage = {}, Lineage(skipped=[u["uri"] for u in unsafe])
+    for item in labeled:
+        raw = data.read(item.key)
+        try:
+            digests[item.key] = fingerprint.pixel_digest(dataset.decode_pixels(raw, size, cfg.max_image_pixels))
+        except ValueError:
+            lineage.skipped.append(item.key)
+            continue
+        lineage.objects[item.key] = (len(raw), hashlib.sha256(raw).hexdigest())
+    return digests, lineage
+
+
+def _development_digests(model: trained.TrainedModel, config: Config) -> dict[str, str]:
+    """digest -> key of the challenger's training and validation images: its ``fingerprints.json``,
+    or, for a run without one, computed from its split and data."""
+    try:
+        return fingerprint.read_fingerprints(model.run)
+    except FileNotFoundError:
+        pass
+    plan = split_mod.Plan.from_dict(json.loads(model.run.read("split.json")))
+    data = open_store(model.config.data.uri, config.storage, model.config.data.download_threads)
+    out = {}
+    for key in sorted(plan.keys()):
+        pixels = dataset.decode_pixels(data.read(key), model.image_size, model.config.data.max_image_pixels)
+        out[fingerprint.pixel_digest(pixels)] = key
+    return out
+
+
+def _score(model_run: str, model: str, data_uri: str, out: Store, where: str, config: Config, scratch: str) -> dict:
+    """Score the promotion set with one model; its predictions.json goes under ``out/<where>``."""
+    request = predict.Request(run=model_run, data=data_uri, output=out.uri_of(f"promotion/{where}"), model=model,
+                              device=config.train.device)
+    quiet = replace(config, metrics={"pushgateway": "", "port": 0})  # the gate pushes its own decision
+    predict.run(request, quiet, scratch)
+    return json.loads(out.read(f"promotion/{where}/predictions.json"))
+
+
+def _arrays(document: dict) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    rows = document["predictions"]
+    positive = document["positive_class"]
+    return ([r["key"] for r in rows], np.array([r["label"] == positive for r in rows], dtype=int),
+            np.array([r["probability"] for r in rows], dtype=float), [r["patient_id"] for r in rows])
+
+
+def _complete(document: dict) -> str | None:
+    """Why an evaluation on the promotion set is not complete (None: it is): ROC AUC, sensitivity,
+    specificity and accuracy each need a value and an interval (both classes scored). PPV and NPV
+    are left out: they are undefined whenever a model makes no call of one class, a property of
+    the model the AUC test judges, not a gap in the set."""
+    evaluation = document.get("evaluation")
+    if not evaluation:
+        return "the promotion set has no labels"
+    named = {"roc_auc": evaluation["roc_auc"], **{k: evaluation["metrics"][k] for k in REQUIRED_METRICS}}
+    undefined = [n for n, m in named.items() if m.get("value") is None or m.get("ci_low") is None]
+    return f"intervals undefined on the promotion set: {', '.join(undefined)}" if undefined else None
+
+
+# ------------------------------------------------------------------ the gate
+
+
+def promote(run_uri: str, registry_uri: str, config: Config, scratch: str | None = None) -> dict:
+    """Decide, record (``promotion.json`` next to the run) and, when promoted, move the pointer."""
+    scratch = scratch or tempfile.gettempdir()
+    pc = config.promotion
+    if not pc.data:
+        from gistnet.errors import ConfigError
+
+        raise ConfigError("promotion.data is not set: the locked, labelled set both models are scored on")
+    registry = open_store(registry_uri, config.storage)
+    pointer, etag = trained.read_pointer(registry)  # an unreachable bucket: exit 5; a malformed pointer: exit 9
+    challenger = trained.open_run(run_uri, "best", config.storage)
+    run = challenger.run
+    record = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run_id": challenger.run_id,
+              "run_uri": run.uri, "model": challenger.name, "sha256": challenger.sha256, "registry": registry.uri,
+              "promotion_data": redact(pc.data), "champion": pointer,
+              "data_digest": challenger.report.get("dataset", {}).get("lineage", {}).get("digest"),
+              "criteria": {"auc_margin": pc.auc_margin, "alpha": pc.alpha,
+                           "max_calibration_shift": pc.max_calibration_shift}}
+
+    data = open_store(pc.data, config.storage, challenger.config.data.download_threads)
+    set_digests, set_lineage = _scan_set(data, challenger.config.data, challenger.image_size)
+    record["promotion_data_digest"] = set_lineage.digest()
+    development = _development_digests(challenger, config)
+    overlap = sorted(k for k, d in set_digests.items() if d in development)
+    record["overlap"] = {"count": len(overlap), "keys": overlap[:20], "method": fingerprint.METHOD}
+    if overlap:
+        return _refuse(record, run, registry, config,
+                       f"the promotion set {redact(pc.data)} shares {len(overlap)} images with the challenger's "
+                       f"development data (first: {overlap[0]}); it must be a locked set used for nothing else")
+
+    mine = _score(run.uri, challenger.name, pc.data, run, "challenger", config, scratch)
+    keys, labels, p_new, patients = _arrays(mine)
+    citl = calibration_in_the_large(labels, p_new)
+    record["challenger"] = {"evaluation": mine["evaluation"], "calibration_in_the_large": citl, "n_images": len(keys)}
+    incomplete = _complete(mine)
+    if incomplete:
+        return _refuse(record, run, registry, config, f"challenger {challenger.name}: {incomplete}")
+    if pointer is None:
+        record["decision"] = "promoted"
+        record["reason"] = "no champion to beat: first production model (its evaluation on the promotion set is complete)"
+        return _promote(record, challenger, run, registry, None, config)
+
+    theirs = _score(pointer["run_uri"], pointer["model"], pc.data, run, "champion", config, scratch)
+    keys_old, labels_old, p_old, _ = _arrays(theirs)
+    if keys_old != keys or not np.array_equal(labels_old, labels):
+        raise DataError(f"champion and challenger scored different images of {redact(pc.data)} "
+                        f"({len(keys_old)} vs {len(keys)}): the two runs decode the set differently")
+    clusters = patients if any(patients) else None
+    test = non_inferiority(p_new, p_old, labels, pc.auc_margin, clusters)
+    record["non_inferiority"] = test
+    record["champion_evaluation"] = theirs["evaluation"]
+    if not test["p"] < pc.alpha:
+        return _refuse(record, run, registry, config,
+                       f"challenger AUC {test['auc_challenger']:.3f} vs champion {test['auc_champion']:.3f} "
+                       f"(difference {test['difference']:+.3f}): not non-inferior within margin {pc.auc_margin:g} "
+                       f"(one-sided DeLong p = {test['p']:.3g} >= {pc.alpha:g})")
+    if abs(citl) > pc.max_calibration_shift:
+        return _refuse(record, run, registry, config,
+                       f"challenger calibration-in-the-large {citl:+.3f} on the promotion set exceeds "
+                       f"promotion.max_calibration_shift={pc.max_calibration_shift:g}")
+    record["decision"] = "promoted"
+    record["reason"] = (f"non-inferior: AUC {test['auc_challenger']:.3f} vs {test['auc_champion']:.3f} "
+                        f"(one-sided DeLong p = {test['p']:.3g} < {pc.alpha:g}, margin {pc.auc_margin:g}); "
+                        f"calibration-in-the-large {citl:+.3f}")
+    return _promote(record, challenger, run, registry, etag, config)
+
+
+def _promote(record: dict, challenger: trained.TrainedModel, run: Store, registry: Store, etag: str | None,
+             config: Config) -> dict:
+    pointer = {"run_uri": run.uri, "model": challenger.name, "sha256": challenger.sha256,
+               "run_id": challenger.run_id, "model_uri": run.uri_of(challenger.key(trained.WEIGHTS)),
+               "promoted": record["time"], "no_champion": record["champion"] is None,
+               "data_digest": record["data_digest"], "promotion_data_digest": record["promotion_data_digest"],
+               "evidence": run.uri_of(RECORD), "reason": record["reason"]}
+    try:
+        registry.write_bytes_if(trained.POINTER, json.dumps(pointer, indent=1).encode(),
+                                if_none_match=etag is None, if_match=etag)
+    except PreconditionFailed:
+        raise StorageError(f"{registry.uri_of(trained.POINTER)} changed while this promotion was decided "
+                           "(another promotion ran); run gistnet promote again") from None
+    record["pointer"] = pointer
+    record["mlflow"] = _move_alias(challenger, config)
+    registry.write_bytes(REFUSALS, json.dumps({"consecutive": 0, "last_promoted": challenger.run_id}).encode())
+    record["consecutive_refusals"] = 0
+    run.write_bytes(RECORD, json.dumps(record, indent=1).encode())
+    log.info("promoted %s of run %s: %s", challenger.name, challenger.run_id, record["reason"])
+    return record
+
+
+def _refuse(record: dict, run: Store, registry: Store, config: Config, reason: str) -> dict:
+    record["decision"], record["reason"] = "refused", reason
+    try:
+        previous = json.loads(registry.read(REFUSALS)).get("consecutive", 0)
+    except (FileNotFoundError, ValueError):
+        previous = 0
+    record["consecutive_refusals"] = previous + 1
+    registry.write_bytes(REFUSALS, json.dumps({"consecutive": previous + 1, "last_refused": record["run_id"]}).encode())
+    run.write_bytes(RECORD, json.dumps(record, indent=1).encode())
+    raise PromotionRefused(reason, record)
+
+
+def _move_alias(challenger: trained.TrainedModel, config: Config) -> dict | None:
+    """Point MLflow's ``champion`` alias at the challenger's registered version (tracking on)."""
+    from gistnet.observe.tracking import tracking_uri
+
+    uri = tracking_uri(config.tracking)
+    registered = ((challenger.report.get("tracking") or {}).get("models") or {}).get(challenger.name)
+    if not uri or not registered:
+        return None
+    moved = {"registered_model": registered["name"], "version": registered["version"], "alias": "champion"}
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.set_registered_model_alias(registered["name"], "champion", registered["version"])
+    except Exception as exc:  # noqa: BLE001 - the pointer is the source of truth; the alias follows it
+        log.warning("promoted, but MLflow's champion alias was not moved: %s", redact(type(exc).__name__))
+        moved["error"] = redact(f"{type(exc).__name__}: {exc}")[:300]
+        if config.tracking.required:
+            from gistnet.errors import TrackingError
+
+            raise TrackingError(f"promoted, but MLflow's champion alias was not moved: {moved['error']}") from None
+    return moved
+
+
+def gate(run_uri: str, registry_uri: str, config: Config, scratch: str | None = None) -> dict:
+    """``promote`` and push its decision (``gistnet_promotion_decision``) whatever it was."""
+    from gistnet.observe.metrics import push_promotion
+
+    m = config.metrics
+    try:
+        record = promote(run_uri, registry_uri, config, scratch)
+    except PromotionRefused as exc:
+        push_promotion(m.pushgateway, m.job_name, m.grouping_labels, False,
+                       (exc.record or {}).get("consecutive_refusals", 0))
+        raise
+    push_promotion(m.pushgateway, m.job_name, m.grouping_labels, True, 0)
+    return record

@@ -1,0 +1,160 @@
+"""The champion/challenger gate: its statistics against independent computations, the pointer's
+conditional write, and the gate's bad inputs through the CLI."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+from sklearn.metrics import roc_auc_score
+
+from gistnet.config import StorageConfig
+from gistnet.data import fingerprint
+from gistnet.data.storage import LocalStore, etag_of, open_store
+from gistnet.errors import EXIT_MODEL, EXIT_REFUSED, EXIT_STORAGE, PreconditionFailed
+from gistnet.ops import promotion
+from tests.conftest import one_line_error
+
+
+def _placement_delong(a, b, y):
+    """DeLong, DeLong & Clarke-Pearson (1988) by its O(n^2) placement values, for the difference a - b."""
+    y = np.asarray(y).astype(bool)
+
+    def placements(s):
+        pos, neg = s[y], s[~y]
+        psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+        return psi.mean(axis=1), psi.mean(axis=0)
+
+    (va, wa), (vb, wb) = placements(np.asarray(a)), placements(np.asarray(b))
+    m, n = y.sum(), (~y).sum()
+    s10 = np.cov(np.vstack([va, vb])) / m
+    s01 = np.cov(np.vstack([wa, wb])) / n
+    cov = s10 + s01
+    return cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
+
+
+def test_non_inferiority_matches_an_independent_delong():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 80)
+    champion = y + rng.normal(0, 0.9, 80)
+    challenger = y + rng.normal(0, 1.0, 80)
+    got = promotion.non_inferiority(challenger, champion, y, margin=0.05)
+    diff = roc_auc_score(y, challenger) - roc_auc_score(y, champion)
+    z = (diff + 0.05) / math.sqrt(_placement_delong(challenger, champion, y))
+    assert got["difference"] == pytest.approx(diff)
+    assert got["z"] == pytest.approx(z) and got["p"] == pytest.approx(norm.sf(z))
+    assert "images independent" in got["method"]
+    # the margin moves p the right way; a much worse challenger is not non-inferior
+    assert promotion.non_inferiority(challenger, champion, y, 0.0)["p"] > got["p"]
+    worse = promotion.non_inferiority(rng.normal(size=80), champion, y, 0.02)
+    assert worse["p"] > 0.5 and worse["difference"] < -0.2
+
+
+def test_calibration_in_the_large_is_mean_predicted_minus_prevalence():
+    assert promotion.calibration_in_the_large([1, 0, 0, 0], [0.5, 0.5, 0.5, 0.5]) == pytest.approx(0.25)
+    assert promotion.calibration_in_the_large([1, 0], [0.9, 0.1]) == pytest.approx(0.0)
+
+
+def test_pixel_digest_is_of_shape_and_bytes():
+    a = np.arange(12, dtype=np.uint8).reshape(2, 6)
+    import hashlib
+
+    assert fingerprint.pixel_digest(a) == hashlib.sha256(b"2x6" + a.tobytes()).hexdigest()
+    assert fingerprint.pixel_digest(a) != fingerprint.pixel_digest(a.reshape(3, 4))
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_conditional_write_refuses_a_stale_pointer(where, tmp_path, request):
+    if where == "local":
+        store = LocalStore(tmp_path / "registry")
+    else:
+        request.getfixturevalue("s3_env")
+        store = open_store(f"s3://{request.getfixturevalue('bucket')}/registry", StorageConfig())
+    first = store.write_bytes_if("production.json", b"one", if_none_match=True)
+    assert first == etag_of(b"one")
+    with pytest.raises(PreconditionFailed):
+        store.write_bytes_if("production.json", b"two", if_none_match=True)
+    second = store.write_bytes_if("production.json", b"two", if_match=first)
+    with pytest.raises(PreconditionFailed):  # a writer still holding the first pointer loses
+        store.write_bytes_if("production.json", b"three", if_match=first)
+    assert store.read("production.json") == b"two" and second == etag_of(b"two")
+
+
+# ------------------------------------------------------------------ through the CLI
+
+
+def _promotion_set(tmp_path: Path) -> Path:
+    from gistnet.data import synth
+
+    root = tmp_path / "promotion-set"
+    synth.write_dataset(LocalStore(root), 12, 12, 32, seed=77)
+    return root
+
+
+@pytest.mark.e2e
+def test_a_promotion_set_that_overlaps_training_is_refused_with_the_count(cli, tiny_runs, tmp_path):
+    import yaml
+
+    run = tmp_path / "a"
+    shutil.copytree(Path(tiny_runs) / "a", run)
+    data = yaml.safe_load((run / "config.yaml").read_text())["data"]["uri"]
+    done = cli("promote", "--run", run, "--registry", tmp_path / "registry", "--data", data)
+    one_line_error(done, EXIT_REFUSED, "shares 40 images with the challenger's development data")
+    record = json.loads((run / "promotion.json").read_text())
+    assert record["decision"] == "refused" and record["overlap"]["count"] == 40
+    assert not (tmp_path / "registry" / "production.json").exists()
+
+
+@pytest.mark.e2e
+def test_first_run_promoted_then_pointer_used_by_predict(cli, tiny_runs, tmp_path):
+    run = tmp_path / "a"
+    shutil.copytree(Path(tiny_runs) / "a", run)
+    registry, data = tmp_path / "registry", _promotion_set(tmp_path)
+    done = cli("promote", "--run", run, "--registry", registry, "--data", data)
+    assert done.returncode == 0, done.stderr
+    pointer = json.loads((registry / "production.json").read_text())
+    report = json.loads((run / "report.json").read_text())
+    assert pointer["no_champion"] is True and pointer["run_uri"] == str(run)
+    assert pointer["sha256"] == report["models"]["resnet34"]["checkpoint"]["sha256"]
+    assert pointer["data_digest"] == report["dataset"]["lineage"]["digest"]
+    record = json.loads((run / "promotion.json").read_text())
+    assert record["decision"] == "promoted" and "no champion to beat" in record["reason"]
+    assert record["overlap"]["count"] == 0
+    scored = cli("predict", "--run", "production", "--registry", registry, "--data", data, "--output",
+                 tmp_path / "p", "--device", "cpu")
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads((tmp_path / "p" / "predictions.json").read_text())["run_uri"] == str(run)
+
+
+def test_production_without_a_pointer_is_exit_9(cli, tmp_path):
+    (tmp_path / "registry").mkdir()
+    done = cli("predict", "--run", "production", "--registry", tmp_path / "registry", "--data", tmp_path,
+               "--output", tmp_path / "p")
+    one_line_error(done, EXIT_MODEL, "no production model")
+    assert "production.json does not exist" in done.stderr
+
+
+@pytest.mark.parametrize("content, fragment", [(b"{not json", "is not valid JSON"),
+                                               (b'{"model": "resnet34"}', "is malformed: no run_uri")])
+def test_a_malformed_pointer_is_exit_9_naming_the_key(cli, tmp_path, content, fragment):
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    (registry / "production.json").write_bytes(content)
+    done = cli("predict", "--run", "production", "--registry", registry, "--data", tmp_path, "--output",
+               tmp_path / "p")
+    one_line_error(done, EXIT_MODEL, f"{registry}/production.json {fragment}")
+
+
+def test_an_unreachable_registry_bucket_is_exit_5(cli, s3_env, tmp_path):
+    done = cli("promote", "--run", tmp_path / "run", "--registry", "s3://no-such-registry-bucket/prod",
+               "--data", tmp_path, env=s3_env)
+    one_line_error(done, EXIT_STORAGE, "bucket 'no-such-registry-bucket' does not exist")
+    from tests.conftest import free_port
+
+    down = {**s3_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "GISTNET_STORAGE_MAX_ATTEMPTS": "1",
+            "GISTNET_STORAGE_CONNECT_TIMEOUT": "2"}
+    done = cli("promote", "--run", tmp_path / "run", "--registry", "s3://registry/prod", "--data", tmp_path, env=down)
+    one_line_error(done, EXIT_STORAGE, "cannot reach S3 endpoint")
