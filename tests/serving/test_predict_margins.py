@@ -55,7 +55,7 @@ def test_torch_scores_and_auc_come_from_the_logits(monkeypatch, tmp_path):
     np.testing.assert_allclose(margins.numpy(), margins_in)
     scored = predict.Scored(keys=[f"k{i}" for i in range(6)], labels=LABELS, patient_ids=[""] * 6,
                             probabilities=[p], margins=[margins])
-    evaluation = predict._evaluate(scored, p, margins.double(), stub_model(), 0.5)
+    evaluation = predict._evaluate(scored, p, margins.double(), stub_model(), 0.5, list(range(6)))
     assert evaluation["roc_auc"]["value"] == 1.0  # the probabilities give 0.667
     doc = predict._document(predict.Request("r", "d", "o"), stub_model(), SimpleNamespace(uri="local"), scored, p,
                             margins.double(), 0.5, evaluation, torch.device("cpu"), True)
@@ -69,7 +69,7 @@ def test_labelled_metrics_are_clustered_by_patient_when_a_patient_has_several_im
     p = torch.sigmoid(margins).float()
     patients = list(np.repeat([f"p{i}" for i in range(29)], 3))
     scored = predict.Scored(keys=[f"k{i}" for i in range(87)], labels=labels.tolist(), patient_ids=patients)
-    evaluation = predict._evaluate(scored, p, margins, stub_model(), 0.5)
+    evaluation = predict._evaluate(scored, p, margins, stub_model(), 0.5, list(range(87)))
     assert evaluation["unit_of_analysis"]["text"] == "per image, clustered by patient: 29 patients, 87 images"
     assert evaluation["roc_auc"]["method"] == "obuchowski"
     assert evaluation["metrics"]["sensitivity"]["patients"] == 14
@@ -108,6 +108,9 @@ def test_an_onnx_file_without_logits_is_refused(tmp_path, monkeypatch):
     model.key = lambda name: f"resnet34/{name}"
     export._add_metadata(path, model, export.OPSET)
     monkeypatch.setattr(trained_mod, "fetch", lambda m, name, scratch: path)
+    # the file and its sidecar check out (tested in test_predict.py): this test is about the outputs
+    monkeypatch.setattr(export, "read_sidecar", lambda m: {})
+    monkeypatch.setattr(export, "verify_file", lambda m, p, sidecar: "0" * 64)
     with pytest.raises(errors.ModelError) as caught:
         export.OnnxScorer(model, str(tmp_path), "cpu")
     assert caught.value.exit_code == 9

@@ -119,7 +119,7 @@ def spearman_per_image(maps_a: torch.Tensor, maps_b: torch.Tensor) -> list[float
 
 def target_layer(model: torch.nn.Module, image_size: int) -> tuple[str, tuple[int, int]]:
     """The deepest ResNet stage whose output has at least ``MIN_CELLS`` x ``MIN_CELLS`` cells for
-    ``image_size`` px inputs, and that size (measured by one forward pass of a blank image); the
+    ``image_size`` px inputs, and that size (found by one forward pass of a blank image); the
     shallowest stage when none has (the report then says how many cells the map has)."""
     sizes: dict[str, tuple[int, int]] = {}
     hooks = [model.get_submodule(name).register_forward_hook(

@@ -175,7 +175,7 @@ def images_per_patient(ds: dict) -> str:
 
 
 def measured_calibration(m: dict) -> str:
-    """The calibration this run measured on its validation predictions."""
+    """The calibration of this run's validation predictions (Brier, calibration-in-the-large, slope)."""
     c = m.get("calibration")
     if not c:
         return "Calibration: not measured in this run."
@@ -183,7 +183,7 @@ def measured_calibration(m: dict) -> str:
     def num(v):
         return "n/a" if v is None else f"{v:.2f}"
 
-    text = (f"Calibration measured on the validation predictions: Brier score {c['brier']:.3f}, "
+    text = (f"Calibration on the validation predictions: Brier score {c['brier']:.3f}, "
             f"calibration-in-the-large {num(c.get('intercept'))} (ideal 0; above 0 the model under-predicts), "
             f"calibration slope {num(c.get('slope'))} (ideal 1; below 1 over-confident).")
     return text + (f" Note: {c['note']}." if c.get("note") else "")
