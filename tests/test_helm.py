@@ -537,21 +537,21 @@ def test_distributed_values_that_cannot_work_are_refused(bad, message):
 @pytest.mark.parametrize("variant", ["fanout", "fanout-cron"])
 def test_fanout_is_an_indexed_job_with_one_completion_per_unit_the_pods_resolve(variant, tmp_path):
     """completions = the (fold, model) units of the config the pods mount, as gistnet counts them
-    (crossval.all_units); each index resolves to a distinct unit; a failed unit fails only its
+    (runs.all_units); each index resolves to a distinct unit; a failed unit fails only its
     index, permanently on the bad-input codes; preemption is ignored."""
-    from gistnet.data import runs as crossval
+    from gistnet.data import runs
 
     docs = render(VARIANTS[variant])
     spec = job_spec(docs)
     (tmp_path / "config.yaml").write_text(by_kind(docs, "ConfigMap")["data"]["config.yaml"])
     e = env(docs)
     cfg = config.load_config(tmp_path / "config.yaml", environ={k: v["value"] for k, v in e.items() if "value" in v})
-    units = crossval.all_units(cfg)
+    units = runs.all_units(cfg)
     assert spec["completionMode"] == "Indexed" and spec["completions"] == len(units)
     assert len(units) == (8 if variant == "fanout" else 10)  # 4 or (the default) 5 folds x 2 models
     assert spec["parallelism"] == (3 if variant == "fanout" else 2)
     assert spec["backoffLimitPerIndex"] == 1 and spec["maxFailedIndexes"] == 0 and "backoffLimit" not in spec
-    resolved = [crossval.select("auto", None, cfg, {"JOB_COMPLETION_INDEX": str(i)})[0] for i in range(len(units))]
+    resolved = [runs.select("auto", None, cfg, {"JOB_COMPLETION_INDEX": str(i)})[0] for i in range(len(units))]
     assert sorted(resolved, key=str) == sorted(units, key=str)
     c = container(docs)
     assert c["args"] == ["train", "--config", "/etc/gistnet/config.yaml", "--fold", "auto"]

@@ -117,11 +117,11 @@ def test_report_md_and_summary_use_the_configured_class_names():
 
 
 def test_units_are_named_alike_everywhere_and_a_hold_out_has_no_fold():
-    from gistnet.data import runs as crossval
+    from gistnet.data import runs
 
     assert report.unit_name({"fold": 2, "model": "resnet50"}) == "resnet50 fold 2"
     assert report.unit_name({"fold": None, "model": "resnet50"}) == "resnet50"  # never "fold None"
-    assert crossval.Unit(None, "resnet34").name() == "resnet34" and crossval.Unit(0, "resnet34").name() == \
+    assert runs.Unit(None, "resnet34").name() == "resnet34" and runs.Unit(0, "resnet34").name() == \
         "resnet34 fold 0"
 
 
