@@ -34,19 +34,19 @@ def fake_unit(out, unit, images, part, cfg, seed, finished="2026-01-01T00:00:00+
         "environment": report.environment(torch.device("cpu")), "finished": finished}).encode())
 
 
+def seeded_kfold_run(root, models="resnet34,resnet50"):
+    """A 3-fold run as the pipeline leaves it before training: config, split and data set description."""
+    images = image_set()
+    cfg = config.load_config(None, {"split.method": "kfold", "split.folds": 3, "train.models": models}, environ={})
+    out = LocalStore(root)
+    plan = split.make_plan(images.keys, images.labels.numpy(), [], cfg.split, 0, NAMES)
+    _seed_run(out, images, cfg, plan)
+    return images, cfg, out, plan
+
+
 @pytest.fixture
 def kfold_run(tmp_path):
-    images = image_set()
-    cfg = config.load_config(None, {"split.method": "kfold", "split.folds": 3, "train.models": "resnet34,resnet50"},
-                             environ={})
-    out = LocalStore(tmp_path / "run")
-    plan = split.make_plan(images.keys, images.labels.numpy(), [], cfg.split, 0, NAMES)
-    out.write_bytes("config.yaml", cfg.to_yaml().encode())
-    out.write_bytes("split.json", json.dumps(plan.to_dict()).encode())
-    out.write_bytes(runs.DATASET, json.dumps({"uri": "data", "classes": {"GIST": "positive", "LM": "negative"},
-                                                  "images": images.counts(NAMES), "split_method": "stratified-kfold",
-                                                  "skipped": []}).encode())
-    return images, cfg, out, plan, tmp_path / "run"
+    return (*seeded_kfold_run(tmp_path / "run"), tmp_path / "run")
 
 
 def test_aggregation_names_missing_units_then_completes_deterministically(kfold_run, tmp_path):

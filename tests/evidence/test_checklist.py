@@ -145,24 +145,11 @@ def test_every_rows_pointer_resolves_in_an_aggregated_kfold_run(tmp_path):
     """The rows of a real k-fold aggregation (no dataset.train or dataset.val there)."""
     import json
 
-    from gistnet import config
-    from gistnet.data import split
-    from gistnet.data.storage import LocalStore
     from gistnet.data import runs
     from gistnet.evidence import aggregate as aggregation
-    from tests.evidence.test_aggregate import fake_unit
-    from tests.training.test_units import NAMES, image_set
+    from tests.evidence.test_aggregate import fake_unit, seeded_kfold_run
 
-    images = image_set()
-    cfg = config.load_config(None, {"split.method": "kfold", "split.folds": 3, "train.models": "resnet34"},
-                             environ={})
-    out = LocalStore(tmp_path / "run")
-    plan = split.make_plan(images.keys, images.labels.numpy(), [], cfg.split, 0, NAMES)
-    out.write_bytes("config.yaml", cfg.to_yaml().encode())
-    out.write_bytes("split.json", json.dumps(plan.to_dict()).encode())
-    out.write_bytes(runs.DATASET, json.dumps({"uri": "data", "classes": {"GIST": "positive", "LM": "negative"},
-                                                  "images": images.counts(NAMES), "split_method": "stratified-kfold",
-                                                  "skipped": []}).encode())
+    images, cfg, out, plan = seeded_kfold_run(tmp_path / "run", models="resnet34")
     for i, unit in enumerate(runs.all_units(cfg)):
         fake_unit(out, unit, images, plan.part(unit.fold), cfg, seed=i)
     aggregation.aggregate(out, cfg, "r", str(tmp_path))

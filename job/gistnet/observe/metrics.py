@@ -16,7 +16,7 @@ from prometheus_client.exposition import basic_auth_handler, default_handler
 from prometheus_client.core import CounterMetricFamily, Metric
 
 import gistnet
-from gistnet.errors import ConfigError
+from gistnet.errors import ConfigError, GistnetError
 from gistnet.config import redact
 from gistnet.observe.transfers import TransferStats
 
@@ -239,3 +239,24 @@ def push_promotion(url: str, job: str, grouping: dict[str, str], promoted: bool,
         log.info("pushed the promotion decision to %s (job=%s)", redact(url), job)
     except Exception as exc:  # noqa: BLE001 - the decision is recorded; a dead gateway must not undo it
         log.warning("could not push the promotion decision to %s: %s", redact(url), type(exc).__name__)
+
+
+def pushed_job(metrics_cfg, mode: str, work):
+    """``work(metrics, stats)`` of a scoring job (``predict``, ``evaluate``) with ``/metrics`` served,
+    then its outcome (the exit code) pushed under ``mode`` whatever happens."""
+    stats = TransferStats()
+    metrics = PredictMetrics(stats)
+    exit_code = 1
+    try:
+        metrics.serve(metrics_cfg.port)
+        summary = work(metrics, stats)
+        exit_code = 0
+        return summary
+    except GistnetError as exc:
+        exit_code = exc.exit_code
+        raise
+    finally:
+        metrics.run_ended(exit_code)
+        metrics.push(metrics_cfg.pushgateway, metrics_cfg.job_name, {**metrics_cfg.grouping_labels, "mode": mode},
+                     succeeded=exit_code == 0)
+        metrics.close()

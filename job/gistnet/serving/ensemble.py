@@ -11,14 +11,13 @@ folds' thresholds), frozen: external data never chooses a threshold.
 from __future__ import annotations
 
 import statistics
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from gistnet.data.storage import Store, sha256_file
+from gistnet.data.storage import Store
 from gistnet.errors import ModelError
+from gistnet.serving import trained
 from gistnet.training import train
 
 WEIGHTS = "model.safetensors"
@@ -66,21 +65,8 @@ def run_model(report: dict, name: str, run_uri: str) -> RunModel:
 
 def load_members(run: Store, model: RunModel, device: torch.device, scratch: str) -> list[torch.nn.Module]:
     """Every member network, each after checking its weights' sha256 against the report."""
-    networks = []
-    for member in model.members:
-        if not run.exists(member.key):
-            raise ModelError(f"{run.uri_of(member.key)} does not exist")
-        local = Path(tempfile.mkdtemp(prefix="gistnet-model-", dir=scratch)) / WEIGHTS
-        run.download_file(member.key, local)
-        digest = sha256_file(local)
-        if digest != member.sha256:
-            raise ModelError(f"{run.uri_of(member.key)}: sha256 {digest[:12]}... does not match the "
-                             f"{member.sha256[:12]}... in report.json; refusing to use these weights")
-        network = train.build_model(model.name)
-        network.load_state_dict(train.load_state_dict_file(str(local)), strict=True)
-        local.unlink()
-        networks.append(network.to(device).eval())
-    return networks
+    return [trained.verified_network(run, member.key, member.sha256, model.name, scratch).to(device)
+            for member in model.members]
 
 
 class EnsembleScorer(torch.nn.Module):

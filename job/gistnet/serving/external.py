@@ -30,10 +30,10 @@ from gistnet.data import dataset
 from gistnet.data import fingerprint, privacy
 from gistnet.data.overlap import check_apart
 from gistnet.data.storage import Store, TransferStats, open_store, redact
-from gistnet.errors import ConfigError, DataError, GistnetError, ModelError
+from gistnet.errors import ConfigError, DataError, ModelError
 from gistnet.evidence import calibration, clustered, compare, decision, evaluate, external_report, report as report_mod
 from gistnet.evidence import report_html, sections, subgroups
-from gistnet.observe.metrics import PredictMetrics
+from gistnet.observe.metrics import PredictMetrics, pushed_job
 from gistnet.serving import ensemble
 from gistnet.training import train
 
@@ -63,22 +63,8 @@ class Images:
 
 def run(request: Request, cfg: Config, scratch: str | None = None) -> dict:
     """Evaluate, write the outputs, push the outcome to the Pushgateway whatever happens."""
-    stats = TransferStats()
-    metrics = PredictMetrics(stats)
-    exit_code = 1
-    try:
-        metrics.serve(cfg.metrics.port)
-        summary = evaluate_external(request, cfg, metrics, stats, scratch or tempfile.gettempdir())
-        exit_code = 0
-        return summary
-    except GistnetError as exc:
-        exit_code = exc.exit_code
-        raise
-    finally:
-        metrics.run_ended(exit_code)
-        metrics.push(cfg.metrics.pushgateway, cfg.metrics.job_name, {**cfg.metrics.grouping_labels, "mode": "evaluate"},
-                     succeeded=exit_code == 0)
-        metrics.close()
+    return pushed_job(cfg.metrics, "evaluate", lambda metrics, stats: evaluate_external(request, cfg, metrics, stats,
+                                                                   scratch or tempfile.gettempdir()))
 
 
 def _open(request: Request, cfg: Config) -> tuple[Store, dict, Config, list[str]]:

@@ -35,8 +35,8 @@ from gistnet.training import train
 from gistnet.serving import development
 from gistnet.serving import trained as trained_mod
 from gistnet.config import Config
-from gistnet.errors import DataError, GistnetError
-from gistnet.observe.metrics import PredictMetrics
+from gistnet.errors import DataError
+from gistnet.observe.metrics import PredictMetrics, pushed_job
 from gistnet.data.storage import Store, TransferStats, open_store, redact
 
 log = logging.getLogger(__name__)
@@ -74,22 +74,8 @@ class Scored:
 
 def run(request: Request, cfg: Config, scratch: str | None = None) -> dict:
     """Score, write the outputs, push the outcome to the Pushgateway whatever happens."""
-    stats = TransferStats()
-    metrics = PredictMetrics(stats)
-    exit_code = 1
-    try:
-        metrics.serve(cfg.metrics.port)
-        summary = _predict(request, cfg, metrics, stats, scratch or tempfile.gettempdir())
-        exit_code = 0
-        return summary
-    except GistnetError as exc:
-        exit_code = exc.exit_code
-        raise
-    finally:
-        metrics.run_ended(exit_code)
-        metrics.push(cfg.metrics.pushgateway, cfg.metrics.job_name, {**cfg.metrics.grouping_labels, "mode": "predict"},
-                     succeeded=exit_code == 0)
-        metrics.close()
+    return pushed_job(cfg.metrics, "predict", lambda metrics, stats: _predict(request, cfg, metrics, stats,
+                                                                   scratch or tempfile.gettempdir()))
 
 
 def _predict(request: Request, cfg: Config, metrics: PredictMetrics, stats: TransferStats, scratch: str) -> dict:

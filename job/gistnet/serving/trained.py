@@ -140,12 +140,22 @@ def fetch(trained: TrainedModel, filename: str, scratch: str) -> Path:
 
 def load_weights(trained: TrainedModel, scratch: str) -> torch.nn.Module:
     """The model with its final weights, after checking their sha256 against the report."""
-    path = fetch(trained, WEIGHTS, scratch)
+    return verified_network(trained.run, trained.key(WEIGHTS), trained.sha256, trained.name, scratch)
+
+
+def verified_network(run: Store, key: str, sha256: str, name: str, scratch: str) -> torch.nn.Module:
+    """Network ``name`` with the weights stored at ``key`` of ``run``, once their sha256 is the
+    one ``report.json`` recorded; ModelError naming the object otherwise."""
+    if not run.exists(key):
+        raise ModelError(f"{run.uri_of(key)} does not exist")
+    path = Path(tempfile.mkdtemp(prefix="gistnet-model-", dir=scratch)) / WEIGHTS
+    run.download_file(key, path)
     digest = sha256_file(path)
-    if digest != trained.sha256:
-        raise ModelError(f"{trained.run.uri_of(trained.key(WEIGHTS))}: sha256 {digest[:12]}... does not match "
-                         f"the {trained.sha256[:12]}... in report.json; refusing to use these weights")
-    model = models.build_model(trained.name)
+    if digest != sha256:
+        path.unlink()
+        raise ModelError(f"{run.uri_of(key)}: sha256 {digest[:12]}... does not match the {sha256[:12]}... in "
+                         "report.json; refusing to use these weights")
+    model = models.build_model(name)
     model.load_state_dict(models.load_state_dict_file(str(path)), strict=True)
     path.unlink()
     return model.eval()
