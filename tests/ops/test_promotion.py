@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from gistnet.config import StorageConfig
 from gistnet.data import fingerprint
-from gistnet.data.storage import LocalStore, etag_of, open_store
+from gistnet.data.storage import LocalStore, open_store
 from gistnet.errors import EXIT_MODEL, EXIT_REFUSED, EXIT_STORAGE, PreconditionFailed
 from gistnet.ops import promotion
 from tests.conftest import one_line_error
@@ -74,13 +74,13 @@ def test_conditional_write_refuses_a_stale_pointer(where, tmp_path, request):
         request.getfixturevalue("s3_env")
         store = open_store(f"s3://{request.getfixturevalue('bucket')}/registry", StorageConfig())
     first = store.write_bytes_if("production.json", b"one", if_none_match=True)
-    assert first == etag_of(b"one")
+    assert store.read_with_etag("production.json") == (b"one", first)  # the tag a reader gets is the writer's
     with pytest.raises(PreconditionFailed):
         store.write_bytes_if("production.json", b"two", if_none_match=True)
     second = store.write_bytes_if("production.json", b"two", if_match=first)
     with pytest.raises(PreconditionFailed):  # a writer still holding the first pointer loses
         store.write_bytes_if("production.json", b"three", if_match=first)
-    assert store.read("production.json") == b"two" and second == etag_of(b"two")
+    assert store.read_with_etag("production.json") == (b"two", second) and second != first
 
 
 # ------------------------------------------------------------------ through the CLI
