@@ -248,6 +248,11 @@ def test_rules_and_dashboard_use_only_metric_names_gistnet_exposes(tiny_data, tm
     pushed = _names(_scrape(f"{pushgateway}/metrics"))
     assert "gistnet_images_processed_total" in live and "gistnet_run_end_timestamp_seconds" in live  # the stall alert
     assert {"gistnet_last_success_timestamp_seconds", "gistnet_run_exit_code"} <= pushed
+    # what gistnet promote pushes (GistnetChallengersRefused), from the registry it pushes
+    from prometheus_client import generate_latest
+
+    from gistnet.observe.metrics import promotion_registry
+    pushed |= _names(generate_latest(promotion_registry(False, 1)).decode())
     rules = " ".join(r["expr"] for r in alerting_rules(rule_groups()))
     variables = " ".join(json.dumps(v.get("query", "")) for v in dashboard()["templating"]["list"])
     used = set(METRIC_NAME.findall(rules + " " + " ".join(dashboard_queries()) + " " + variables))
