@@ -8,6 +8,7 @@ into the report is ``evidence/aggregate.py``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import tempfile
@@ -121,14 +122,14 @@ def _train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.P
         cache_store = open_store(config.output.uri, config.storage) if config.train.compile_cache else None
         after_epoch = compiling.attach(state, name, config.train.compile, config.train.batch_size,
                                        config.data.image_size, data.train_images.device, cache_store)
-    train_args = (ctx, name, state, data, train_cfg, preprocess, per_rank_batch, after_epoch, observer)
+    fit = functools.partial(_fit, ctx, name, state, data, train_cfg, preprocess, per_rank_batch, after_epoch, observer)
     if not world.is_main:  # trains in step with rank 0, which alone checkpoints, evaluates and writes
         with ctx.guard(f"{name} training"):
-            _fit(*train_args, save_checkpoint=None)
+            fit(save_checkpoint=None)
         return None
     with checkpoint.CheckpointWriter(store, name, ctx.scratch) as writer:
         with ctx.guard(f"{name} training"):
-            _fit(*train_args, save_checkpoint=writer.save)
+            fit(save_checkpoint=writer.save)
         with ctx.timed("upload", name):
             if state.resumed_from_epoch != state.epoch:
                 writer.save(state)
