@@ -1,5 +1,7 @@
 """manifest.csv with a header row naming its columns, and the old positional form."""
 
+import re
+
 import pytest
 import torch
 from gistnet.config import DataConfig
@@ -24,6 +26,11 @@ def test_positional_form_without_a_header_still_works():
     assert read_manifest("path,label\nc.png,LM\n", "m.csv") == [ManifestRow("c.png", "LM")]
 
 
+def test_two_frames_of_one_file_with_one_label_are_two_images():
+    rows = read_manifest("path,label,frame\ncine.dcm,GIST,0\ncine.dcm,GIST,3\n", "m.csv")
+    assert [(r.path, r.frame) for r in rows] == [("cine.dcm", 0), ("cine.dcm", 3)]
+
+
 @pytest.mark.parametrize("text, message", [
     ("path,label,roi\na.png,GIST,1 2 3\n", "roi '1 2 3' is not 'x0 y0 x1 y1'"),
     ("path,label,roi\na.png,GIST,5 5 5 9\n", "roi '5 5 5 9' is empty or negative"),
@@ -31,9 +38,15 @@ def test_positional_form_without_a_header_still_works():
     ("path,label,site\na.png,GIST\n", "m.csv line 2: 2 fields, the header names 3"),
     ("path,label,site,site\na.png,GIST,x,y\n", "names column 'site' twice"),
     ("a.png\n", "m.csv line 1: expected path,label[,patient_id]"),
+    ("path,diagnosis\na.png,GIST\n", "m.csv: the header names no 'label' column (it names: path, diagnosis)"),
+    ("\ufeffpath,diagnosis\na.png,GIST\n", "the header names no 'label' column (it names: path, diagnosis)"),
+    ("path,label\na.png,GIST\nb.png,LM\na.png,GIST\n", "m.csv line 4: lists the same path as line 2"),
+    ("path,label\na.png,GIST\na.png,LM\n", "m.csv line 3: lists the same path as line 2"),
+    ("path,label,frame\na.dcm,GIST,0\na.dcm,LM,1\n", "m.csv line 3: labels a path 'LM' that line 2 labels 'GIST'"),
+    ("a.png,GIST\na.png,LM\n", "m.csv line 2: lists the same path as line 1"),
 ])
 def test_bad_manifests_are_data_errors_naming_the_line(text, message):
-    with pytest.raises(DataError, match=message.replace("[", r"\[").replace("]", r"\]")) as info:
+    with pytest.raises(DataError, match=re.escape(message)) as info:
         read_manifest(text, "m.csv")
     assert info.value.exit_code == EXIT_DATA
 

@@ -126,3 +126,18 @@ def test_unfinished_run_or_bad_weights_are_refused(tiny_runs, external_data, tmp
     (run / "report.json").unlink()
     done = cli("evaluate", "--run", run, "--data", external_data)
     one_line_error(done, EXIT_MODEL, "is not complete (no report.json yet)")
+
+
+def test_summary_lines_name_an_interval_that_is_not_estimable():
+    """Two external images (one per class) give an AUC without an interval: the terminal
+    summary says so instead of failing on the missing bounds."""
+    from gistnet.serving.external import summary_lines
+    rows = [{"metric": "roc_auc",
+             "development": {"value": 0.8, "ci_low": 0.7, "ci_high": 0.9},
+             "external": {"value": 0.0, "ci_low": None, "ci_high": None, "note": "two images"}}]
+    rep = {"models": {"resnet34": {"scoring": "single model", "side_by_side": {"rows": rows}}},
+           "external": {"overlap": {"status": "0 of 2 images are development images"}}}
+    assert summary_lines(rep) == [
+        "resnet34 (single model): ROC AUC development 0.800 (0.700 to 0.900), "
+        "external 0.000 [interval n/a (two images)]",
+        "overlap with the development data: 0 of 2 images are development images"]

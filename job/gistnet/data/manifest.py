@@ -50,15 +50,38 @@ def parse_roi(text: str, where: str) -> tuple[int, int, int, int]:
     return values  # type: ignore[return-value]
 
 
-def _header(first: list[str]) -> list[str] | None:
-    names = [c.strip().lower() for c in first]
-    return names if names[:2] and set(REQUIRED) <= set(names) else None
+def _header(first: list[str], where: str) -> list[str] | None:
+    """The column names when the first row is a header (it names ``path``), else None."""
+    names = [c.strip().lstrip("\ufeff").lower() for c in first]
+    if "path" not in names:
+        return None
+    missing = [c for c in REQUIRED if c not in names]
+    if missing:
+        raise DataError(f"{where}: the header names no {' or '.join(map(repr, missing))} column "
+                        f"(it names: {', '.join(names)})")
+    return names
+
+
+def _check_unique(rows: list[tuple[int, ManifestRow]], where: str) -> None:
+    """A path (and frame) listed twice would be scored twice; one path with two labels is a
+    contradiction. Both name line numbers only: a path may carry patient data."""
+    first_line: dict[tuple[str, int | None], int] = {}
+    label_of: dict[str, tuple[str, int]] = {}
+    for n, row in rows:
+        key = (row.path, row.frame)
+        if key in first_line:
+            raise DataError(f"{where} line {n}: lists the same path{' and frame' if row.frame is not None else ''} "
+                            f"as line {first_line[key]}")
+        first_line[key] = n
+        label, m = label_of.setdefault(row.path, (row.label, n))
+        if label != row.label:
+            raise DataError(f"{where} line {n}: labels a path {row.label!r} that line {m} labels {label!r}")
 
 
 def read_manifest(text: str, where: str) -> list[ManifestRow]:
     """Rows of a manifest's ``text`` (``where`` names it in errors: the object's URI)."""
     rows = list(csv.reader(io.StringIO(text)))
-    columns = _header(rows[0]) if rows else None
+    columns = _header(rows[0], where) if rows else None
     if columns is not None:
         rows = rows[1:]
         seen = set()
@@ -78,8 +101,9 @@ def read_manifest(text: str, where: str) -> list[ManifestRow]:
             if len(row) != len(columns):
                 raise DataError(f"{where} line {n}: {len(row)} fields, the header names {len(columns)}")
             values = {name: c.strip() for name, c in zip(columns, row)}
-        out.append(_row(values, f"{where} line {n}"))
-    return out
+        out.append((n, _row(values, f"{where} line {n}")))
+    _check_unique(out, where)
+    return [row for _, row in out]
 
 
 def _row(values: dict[str, str], where: str) -> ManifestRow:
