@@ -110,6 +110,8 @@ def test_missing_class_and_too_few_and_empty(tmp_path):
     store.write_bytes("GIST/a.png", png(gray(1)))
     with pytest.raises(DataError, match="class folder 'LM' is missing"):
         dataset.list_labeled(store, DataConfig())
+    with pytest.raises(DataError, match=re.escape("d/GIST/a.png is a file: the data is a folder (or S3 prefix)")):
+        dataset.list_labeled(LocalStore(tmp_path / "d" / "GIST" / "a.png"), DataConfig())
     store.write_bytes("LM/a.png", png(gray(2)))
     with pytest.raises(DataError, match="class 'GIST' has 1 usable images"):
         dataset.load_images(store, DataConfig(image_size=32), torch.device("cpu"))
