@@ -94,6 +94,25 @@ def _promotion_set(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.parametrize("roi", ["none", "auto"])
+def test_the_promotion_set_is_hashed_as_training_decoded_its_images(tmp_path, roi):
+    """The overlap check compares the set's digests with the run's fingerprints.json: both must
+    decode alike (the run's data.roi, the manifest's roi), or a training image would pass as new."""
+    import torch
+    from gistnet.config import DataConfig
+    from gistnet.data import dataset, synth
+
+    store = LocalStore(tmp_path / "d")
+    synth.write_dataset(store, 5, 5, 48, seed=5)
+    keys = sorted(k for k in store.list() if k.endswith(".png"))
+    store.write_bytes("manifest.csv", ("path,label,roi\n" + "".join(
+        f"{k},{k.split('/')[0]},{'2 2 46 46' if n % 2 else ''}\n" for n, k in enumerate(keys))).encode())
+    cfg = DataConfig(image_size=32, roi=roi)
+    trained_on = dataset.load_images(store, cfg, torch.device("cpu")).fingerprints
+    scanned, _ = promotion._scan_set(store, cfg, 32)
+    assert len(trained_on) == 10 and scanned == trained_on
+
+
 @pytest.mark.e2e
 def test_a_promotion_set_that_overlaps_training_is_refused_with_the_count(cli, tiny_runs, tmp_path):
     import yaml

@@ -79,7 +79,8 @@ def calibration_in_the_large(labels, probabilities) -> float:
 
 
 def _scan_set(data: Store, cfg, size: int) -> tuple[dict[str, str], Lineage]:
-    """Pixel digest of each image of the promotion set (decoded at the challenger's size) and its lineage."""
+    """Pixel digest of each image of the promotion set, decoded as the challenger's training decoded
+    its images (its size and ``data.roi``, the manifest's frame and roi), and the set's lineage."""
     import hashlib
 
     labeled, unsafe = dataset.list_labeled(data, cfg)
@@ -87,7 +88,9 @@ def _scan_set(data: Store, cfg, size: int) -> tuple[dict[str, str], Lineage]:
     for item in labeled:
         raw = data.read(item.key)
         try:
-            digests[item.key] = fingerprint.pixel_digest(dataset.decode_pixels(raw, size, cfg.max_image_pixels))
+            pixels = dataset.decode_item(raw, size, cfg.max_image_pixels, cfg.roi, item.frame, item.roi,
+                                         data.uri_of(item.key)).pixels
+            digests[item.key] = fingerprint.pixel_digest(pixels)
         except ValueError:
             lineage.skipped.append(item.key)
             continue
@@ -106,7 +109,8 @@ def _development_digests(model: trained.TrainedModel, config: Config) -> dict[st
     data = open_store(model.config.data.uri, config.storage, model.config.data.download_threads)
     out = {}
     for key in sorted(plan.keys()):
-        pixels = dataset.decode_pixels(data.read(key), model.image_size, model.config.data.max_image_pixels)
+        pixels = dataset.decode_pixels(data.read(key), model.image_size, model.config.data.max_image_pixels,
+                                       model.config.data.roi)
         out[fingerprint.pixel_digest(pixels)] = key
     return out
 
