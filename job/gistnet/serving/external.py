@@ -211,7 +211,8 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
         margins_by[model.name] = _score(run, model, images, device, batch, scratch, metrics)
         m = margins_by[model.name][keep]
         sections_by[model.name] = _model_section(model, labels, m, ev, pooled_dev, clusters)
-        pooled[model.name] = _Pooled([i.key for i, k in zip(images.items, keep) if k], labels, 1 / (1 + np.exp(-m)), m)
+        pooled[model.name] = _Pooled([i.key for i, k in zip(images.items, keep) if k], labels, 1 / (1 + np.exp(-m)), m,
+                                     clusters)
     ext_cfg = config_mod.replace(run_cfg, evaluate={"subgroups": tuple(wanted)}).evaluate
     site_count = len({covariates.get(k, {}).get("site", "") for k in pooled[names[0]].keys} - {""})
     dc = sections.add(sections_by, pooled, ext_cfg, covariates, with_sites=site_count >= 2)
@@ -243,6 +244,7 @@ class _Pooled:
     labels: np.ndarray
     probabilities: np.ndarray
     scores: np.ndarray
+    clusters: list  # patient id per image ("" without one)
 
 
 def _comparison(names, pooled, ev, seed: int, clusters) -> dict | None:
