@@ -16,7 +16,7 @@ from gistnet.config import load_config
 from gistnet.data import dataset, synth
 from gistnet.data.storage import LocalStore, sha256_file
 from gistnet.serving import export, predict, trained
-from tests.conftest import TINY_RUN, one_line_error
+from tests.conftest import TINY_RUN
 
 pytestmark = pytest.mark.e2e
 
@@ -120,7 +120,7 @@ def test_export_writes_one_onnx_ensemble_that_predict_verifies_and_agrees_with_t
         assert abs(row["probability"] - torch_rows[row["key"]]["probability"]) <= 1e-4
 
 
-def test_a_tampered_fold_weights_file_is_refused_naming_it(kfold_run, new_data, tmp_path, cli):
+def test_a_tampered_fold_weights_file_is_refused_naming_it(kfold_run, new_data, tmp_path):
     run = tmp_path / "run"
     for key in ("report.json", "config.yaml", "fingerprints.json", "folds/0/resnet34/model.safetensors",
                 "folds/1/resnet34/model.safetensors"):
@@ -130,9 +130,13 @@ def test_a_tampered_fold_weights_file_is_refused_naming_it(kfold_run, new_data, 
     blob = bytearray(weights.read_bytes())
     blob[-1] ^= 1
     weights.write_bytes(bytes(blob))
-    done = cli("predict", "--run", run, "--data", new_data, "--output", tmp_path / "out")
-    one_line_error(done, 9, "folds/1/resnet34/model.safetensors: sha256")
-    assert "does not match" in done.stderr and "refusing to use these weights" in done.stderr
+    with pytest.raises(errors.ModelError) as caught:  # the CLI prints this one line and exits 9
+        predict.run(predict.Request(run=str(run), data=str(new_data), output=str(tmp_path / "out")), CFG,
+                    scratch=str(tmp_path))
+    assert caught.value.exit_code == 9
+    message = str(caught.value)
+    assert f"{run}/folds/1/resnet34/model.safetensors: sha256" in message and "does not match" in message
+    assert "refusing to use these weights" in message and "\n" not in message
     with pytest.raises(errors.ModelError, match="folds/1/resnet34/model.safetensors: sha256 .* does not match"):
         export.export_onnx(trained.open_run(str(run), "best", CFG.storage), str(tmp_path))
     assert not (tmp_path / "out").exists() and not (run / "resnet34").exists()

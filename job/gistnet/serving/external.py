@@ -169,7 +169,7 @@ def _model_section(model: ensemble.RunModel, labels, margins, ev, pooled_dev: bo
                              "youden": {**youden, "exploratory": True, "values": [model.youden]}}
     section["side_by_side"] = external_report.side_by_side(model.development, section, pooled_dev)
     section["scoring"] = model.kind
-    section["weights"] = [{"key": m.key, "sha256": m.sha256, "fold": m.fold} for m in model.members]
+    section["weights"] = model.weights()
     section["development"] = {"roc_auc": model.development["roc_auc"], "metrics": model.development["metrics"]}
     return section
 
