@@ -137,7 +137,9 @@ def test_kfold_report_embeds_every_folds_gradcam_and_writes_html_and_checklist_b
     assert {"report_html", "checklist", "reliability_diagram"} <= set(final["artifacts"])
     assert out.written.index("report.html") < out.written.index("report.json")
     assert out.written.index("checklist.md") < out.written.index("report.json") == len(out.written) - 1
-    assert not list(root.glob("*/model_card.md"))  # k models per architecture: no single model to card
+    for model in ("resnet34", "resnet50"):  # one card per architecture: its fold ensemble's
+        assert "ensemble of its 3 fold models (mean logit margin)" in (root / model / "model_card.md").read_text()
+        assert final["artifacts"][f"model_card_{model}"].endswith(f"{model}/model_card.md")
 
 
 def test_holdout_report_keeps_the_units_explain_summary_and_writes_model_cards(tmp_path):

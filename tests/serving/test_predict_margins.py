@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gistnet.config import load_config
-from gistnet.serving import predict
+from gistnet.serving import ensemble, predict
 from gistnet.serving import trained as trained_mod
 
 LABELS = [1, 1, 1, 0, 0, 0]
@@ -37,8 +37,10 @@ def images(margins, size=2):
 
 def stub_model():
     cfg = load_config(None, {}, environ={})
+    scoring = ensemble.RunModel("resnet34", (ensemble.Member("resnet34/model.safetensors", "0" * 64, None),), {}, 0.5,
+                                ensemble.SINGLE)
     return SimpleNamespace(config=cfg, class_names=("GIST", "LM"), name="resnet34", run_id="r", sha256="0" * 64,
-                           image_size=2, run=SimpleNamespace(uri="local"))
+                           image_size=2, run=SimpleNamespace(uri="local"), scoring=scoring, is_ensemble=False)
 
 
 def whole_margins():
@@ -47,7 +49,7 @@ def whole_margins():
 
 
 def test_torch_scores_and_auc_come_from_the_logits(monkeypatch, tmp_path):
-    monkeypatch.setattr(trained_mod, "load_weights", lambda model, scratch: ChosenLogits())
+    monkeypatch.setattr(ensemble, "load_members", lambda run, model, device, scratch: [ChosenLogits()])
     score = predict._scorer(stub_model(), predict.Request("r", "d", "o"), torch.device("cpu"), str(tmp_path))
     margins_in = whole_margins()
     p, margins = score(images(margins_in))

@@ -170,8 +170,7 @@ def _aggregate_once(out: Store, config: Config, run_id: str, scratch: str):
     artifacts.update({"config": out.uri_of("config.yaml"), "split": out.uri_of("split.json"),
                       "predictions": out.uri_of(predictions.FILENAME), "report_markdown": out.uri_of("report.md"),
                       "report_html": out.uri_of("report.html"), "checklist": out.uri_of("checklist.md")})
-    if not kfold:
-        artifacts.update({f"model_card_{name}": out.uri_of(f"{name}/{model_card.CARD}") for name in models})
+    artifacts.update({f"model_card_{name}": out.uri_of(f"{name}/{model_card.CARD}") for name in models})
     final = report.build(
         run_id, config.to_dict(), dataset_section, models, config.evaluate.selection_metric, artifacts,
         environment=results[first]["environment"], created=max(r["finished"] for r in results.values()),
@@ -179,7 +178,7 @@ def _aggregate_once(out: Store, config: Config, run_id: str, scratch: str):
         status="partial" if missing else "complete")
     final["decision_curve"] = decision_curve
     report.validate(final)
-    return final, lambda: _write_documents(out, final, figures, kfold)
+    return final, lambda: _write_documents(out, final, figures)
 
 
 def _figure_keys(expected: list[Unit], results: dict, first: Unit) -> dict[str, str]:
@@ -194,12 +193,11 @@ def _figure_keys(expected: list[Unit], results: dict, first: Unit) -> dict[str, 
     return figures
 
 
-def _write_documents(out: Store, final: dict, figures: dict[str, str], kfold: bool) -> None:
-    """Model cards (hold-out: one per stored model), report.md, report.html and checklist.md;
-    report.json follows (``publish``): its presence marks the run complete."""
-    if not kfold:  # a k-fold run stores k models per architecture, none of them "the" model to card
-        for name in final["models"]:
-            out.write_bytes(f"{name}/{model_card.CARD}", model_card.render(final, name).encode())
+def _write_documents(out: Store, final: dict, figures: dict[str, str]) -> None:
+    """Model cards (one per architecture; a k-fold run's card is its fold ensemble's), report.md,
+    report.html and checklist.md; report.json follows (``publish``): its presence marks the run complete."""
+    for name in final["models"]:
+        out.write_bytes(f"{name}/{model_card.CARD}", model_card.render(final, name).encode())
     out.write_bytes("report.md", report.markdown(final).encode())
     out.write_bytes("report.html", report_html.render(final, {n: out.read(k) for n, k in figures.items()}).encode())
     out.write_bytes("checklist.md", checklist.markdown(final).encode())

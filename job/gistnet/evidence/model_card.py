@@ -1,14 +1,38 @@
 """``<model>/model_card.md``: a model card per trained model, in the sections of the
 Hugging Face model card template (model details, intended use, training data,
 preprocessing, training procedure, evaluation, limitations, how to reproduce), rendered
-from the run's report so every number in it is the report's."""
+from the run's report so every number in it is the report's.
+
+A k-fold (or leave-one-site-out) run's card describes the model as it is used: the ensemble of
+its K fold models (the mean of their logit margins, as ``gistnet predict``, ``evaluate`` and
+``export`` score it), with the median of the folds' Youden thresholds as the exploratory
+threshold, and performance figures that are the pooled out-of-fold evaluation."""
 
 from __future__ import annotations
+
+import statistics
 
 from gistnet.evidence import stats
 from gistnet.evidence.report import interval_words, percent_with_ci
 
 CARD = "model_card.md"
+
+
+def is_ensemble(m: dict) -> bool:
+    """A k-fold (or leave-one-site-out) model: one network per fold, no single checkpoint."""
+    return "checkpoint" not in m and bool(m.get("folds"))
+
+
+def ensemble_words(m: dict) -> str:
+    """How a k-fold run's model is used, in one sentence."""
+    k = len(m["folds"])
+    youden = statistics.median(float(f["youden_threshold"]) for f in m["folds"])
+    return (f"This model is used as an ensemble of its {k} fold models (mean logit margin): `gistnet predict`, "
+            f"`evaluate` and `export` average the {k} fold networks' logit margins logit(positive) - logit(negative), "
+            "and the probability is the sigmoid of that mean. The call uses the pre-specified threshold "
+            f"{m.get('threshold', 0.5)}; the exploratory threshold is the median of the folds' Youden thresholds, "
+            f"{youden:.3f}. Its performance figures are pooled out-of-fold: each image scored once, by the fold model "
+            "that did not train on it (not by the ensemble, which has seen every image).")
 
 
 def render(report: dict, name: str) -> str:
@@ -29,6 +53,13 @@ def _front_matter(report: dict, name: str) -> str:
 def _details(report: dict, name: str, m: dict) -> str:
     positive, negative = _classes(report)
     best = " It is the run's best model." if report["best_model"] == name else ""
+    if is_ensemble(m):
+        weights = [f"- Weights of fold {f['fold']}: `{f['checkpoint']['uri']}` (safetensors, sha256 "
+                   f"`{f['checkpoint']['sha256']}`)" for f in m["folds"]]
+        onnx = "writes one `model.onnx` of the ensemble under the run's `" + name + "/`"
+    else:
+        weights = [f"- Weights: `{m['checkpoint']['uri']}` (safetensors, sha256 `{m['checkpoint']['sha256']}`)"]
+        onnx = "writes `model.onnx` beside the weights"
     return "\n".join([
         f"# gistnet {name}, run {report['run_id']}",
         "",
@@ -38,10 +69,11 @@ def _details(report: dict, name: str, m: dict) -> str:
         f"{report['gistnet_version']} on {report['created']} ({report['environment']['device']}, torch "
         f"{report['environment']['torch']}).{best} It reproduces the protocol of Guo et al., Chin J Dig Endosc "
         "2024;41(6):449-454.",
+        *(["", ensemble_words(m)] if is_ensemble(m) else []),
         "",
-        f"- Weights: `{m['checkpoint']['uri']}` (safetensors, sha256 `{m['checkpoint']['sha256']}`)",
+        *weights,
         f"- Input: one EUS still image; output: P({positive}), called {positive} at P >= {m.get('threshold', 0.5)}",
-        "- ONNX: `gistnet export --run <run> --model " + name + "` writes `model.onnx` beside the weights",
+        "- ONNX: `gistnet export --run <run> --model " + name + "` " + onnx,
         "",
     ])
 
@@ -63,6 +95,13 @@ def _intended_use(cfg: dict) -> str:
 
 def _training_data(report: dict) -> str:
     ds = report["dataset"]
+    if "train" not in ds:  # k-fold, site: every image trains K-1 fold models and validates one
+        split = report["config"]["split"]
+        images = [f"- Images: {_counts(ds['images'])}, each in the validation part of one fold and the training "
+                  f"part of the others ({split['method']}, {report['evaluation']['folds']} folds)"]
+    else:
+        images = [f"- Training images: {_counts(ds['train'])}; after augmentation ({ds.get('augmentation_mode')}): "
+                  f"{_counts(ds['train_augmented'])}", f"- Validation images: {_counts(ds['val'])}"]
     return "\n".join([
         "## Training data",
         "",
@@ -70,11 +109,10 @@ def _training_data(report: dict) -> str:
         *([f"- Data digest: `{ds['lineage']['digest']}` ({ds['lineage']['images']} images, "
            f"{ds['lineage']['skipped']} skipped; {ds['lineage']['method']}; per object in the run's `lineage.json`)"]
           if ds.get("lineage") else []),
-        f"- Split: {ds['split_method']} (seed {report['config']['train']['seed']}, validation fraction "
-        f"{report['config']['split']['val_fraction']}); the keys are in the run's `split.json`",
-        f"- Training images: {_counts(ds['train'])}; after augmentation ({ds.get('augmentation_mode')}): "
-        f"{_counts(ds['train_augmented'])}",
-        f"- Validation images: {_counts(ds['val'])}",
+        f"- Split: {ds['split_method']} (seed {report['config']['train']['seed']}"
+        + (f", validation fraction {report['config']['split']['val_fraction']}" if "train" in ds else "")
+        + "); the keys are in the run's `split.json`",
+        *images,
         f"- Patients: {images_per_patient(ds)}",
         f"- Images skipped as unusable: {len(ds['skipped'])} (listed in `report.json`)",
         "",
@@ -102,15 +140,18 @@ def _preprocessing(cfg: dict) -> str:
 
 def _training(cfg: dict, m: dict, name: str) -> str:
     t = cfg["train"]
-    last = m["history"][-1]
+    histories = [f["history"] for f in m["folds"]] if is_ensemble(m) else [m["history"]]
+    last = histories[0][-1]
     init = t["init_weights"].get(name)
+    where = f"Fold {m['folds'][0]['fold']}'s last epoch" if is_ensemble(m) else "Last epoch"
     return "\n".join([
         "## Training procedure",
         "",
         f"{t['optimizer']} (learning rate {t['learning_rate']}, weight decay {t['weight_decay']}), cosine annealing, "
-        f"cross-entropy, batch {t['batch_size']}, {len(m['history'])} epochs, seed {t['seed']}; initial weights: "
+        f"cross-entropy, batch {t['batch_size']}, {len(histories[0])} epochs, seed {t['seed']}"
+        + (f", once per fold ({len(histories)} fold models)" if is_ensemble(m) else "") + "; initial weights: "
         f"{f'`{init}`' if init else 'random (trained from scratch)'}. The final-epoch weights are "
-        f"kept (no checkpoint picked on the validation set). Last epoch: training loss {last['train_loss']:.4f}, "
+        f"kept (no checkpoint picked on the validation set). {where}: training loss {last['train_loss']:.4f}, "
         f"validation loss {last['val_loss']:.4f}.",
         "",
     ])
@@ -127,10 +168,13 @@ def _evaluation(m: dict) -> str:
     if auc["value"] is not None:
         rows.append(f"| ROC AUC | {auc['value']:.3f} ({interval_words(auc)}) |")
     unit = m.get("unit_of_analysis", {}).get("text")
+    where = (f"Pooled out-of-fold over the run's {len(m['folds'])} folds ({sum(cm.values())} images, each scored by "
+             "the fold model that did not train on it)" if is_ensemble(m)
+             else f"On the run's validation set ({sum(cm.values())} images)")
     return "\n".join([
         "## Evaluation",
         "",
-        f"On the run's validation set ({sum(cm.values())} images), threshold {m.get('threshold', 0.5)}: "
+        f"{where}, threshold {m.get('threshold', 0.5)}: "
         f"TP {cm['tp']}, FN {cm['fn']}, TN {cm['tn']}, FP {cm['fp']}.",
         "",
         f"| metric | value ({level:.0%} CI) |",
@@ -149,11 +193,15 @@ def _limitations(report: dict, name: str, m: dict) -> str:
     selection = (report["selection"]["note"].capitalize() if report["best_model"] == name else
                  "The run picked its best model on this same validation set; this model's numbers are not an "
                  "independent test either")
+    kind = "pooled out-of-fold evaluation" if is_ensemble(m) else "validation set"
     lines = [
         "## Limitations",
         "",
-        f"- The validation set is small ({n_val} images): the intervals above are wide, and they are the honest "
-        "measure of what is known.",
+        f"- The {kind} is small ({n_val} images): the intervals above are wide, and they are the honest measure of "
+        "what is known.",
+        *(["- The pooled out-of-fold figures measure the fold models, each on images it did not train on; the "
+           "ensemble itself has seen every image, so only new data (`gistnet evaluate`) measures it."]
+          if is_ensemble(m) else []),
         f"- {selection}.",
         "- One data source: performance on other hospitals, scanners, frequencies or operators is unknown.",
         f"- Images per patient: {images_per_patient(report['dataset'])}.",

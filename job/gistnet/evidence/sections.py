@@ -46,7 +46,8 @@ def add(models: dict, pooled: dict, evaluate_cfg, covariates: dict[str, dict[str
     """Add ``sites`` (when ``with_sites``) and ``subgroups`` (when configured) to each model's
     section; return the run's ``decision_curve`` section (None without a model).
 
-    ``pooled[name]`` has ``keys``, ``labels``, ``probabilities``, ``scores`` (aligned);
+    ``pooled[name]`` has ``keys``, ``labels``, ``probabilities``, ``scores`` and ``clusters``
+    (patient ids, "" without one; intervals cluster by patient when a patient has several images);
     ``threshold_of(name)`` is the threshold of the per-site and subgroup tables (0.5 by default)."""
     if not pooled:
         return None
@@ -56,11 +57,12 @@ def add(models: dict, pooled: dict, evaluate_cfg, covariates: dict[str, dict[str
         rows = [covariates.get(k, {}) for k in p.keys]
         if with_sites:
             models[name]["sites"] = sites_mod.heterogeneity([r.get("site", "") for r in rows], p.labels,
-                                                            p.probabilities, p.scores, threshold, method, level)
+                                                            p.probabilities, p.scores, threshold, method, level,
+                                                            p.clusters)
         if evaluate_cfg.subgroups:
             models[name]["subgroups"] = subgroups_mod.subgroups(evaluate_cfg.subgroups, rows, p.labels,
                                                                 p.probabilities, p.scores, threshold, method, level,
-                                                                evaluate_cfg.min_subgroup)
+                                                                evaluate_cfg.min_subgroup, p.clusters)
     first = next(iter(pooled.values()))
     same = {n: p.probabilities for n, p in pooled.items() if list(p.keys) == list(first.keys)}
     return decision.decision_curves(first.labels, same)

@@ -9,9 +9,15 @@ mean is the random-effects mean). The 95% prediction interval for the AUC of a n
 mu +- t(k-2) sqrt(tau^2 + se(mu)^2) (Higgins, Thompson & Spiegelhalter 2009), back-transformed;
 with 3 sites t has 1 degree of freedom and the interval is very wide, which the report says.
 
+With patient ids where a patient has several images (``clusters``), every per-site interval is
+clustered by patient (``evaluate.diagnostic_report``), and a site's AUC variance is Obuchowski's
+clustered one (``clustered.obuchowski``) instead of DeLong's, so the meta-analysis weighs
+patients, not repeated images; the section states the unit of analysis.
+
 A site whose AUC is 0 or 1 (complete separation: the DeLong variance is 0 and the logit
 infinite) enters with a continuity correction: AUC' = (U + 0.5) / (m n + 1), U being the
-Mann-Whitney count, and the Hanley & McNeil (1982) variance of AUC'. A site with one class
+Mann-Whitney count, and the Hanley & McNeil (1982) variance of AUC' (clustered: with m and n
+the numbers of patients with a positive and with a negative image). A site with one class
 has no AUC, sensitivity or specificity (whichever needs the missing class): n/a, stated,
 and it is left out of the meta-analysis.
 ``tests/evidence/test_sites.py`` recomputes all of it by hand.
@@ -25,7 +31,7 @@ import warnings
 import numpy as np
 from scipy.stats import norm, t as student_t
 
-from gistnet.evidence import compare
+from gistnet.evidence import clustered, compare
 from gistnet.evidence import evaluate, stats
 
 CORRECTION = ("continuity correction: AUC 0 or 1 replaced by (U + 0.5) / (m n + 1) with the Hanley-McNeil "
@@ -41,23 +47,34 @@ def hanley_mcneil_variance(auc: float, m: int, n: int) -> float:
     return (auc * (1 - auc) + (m - 1) * (q1 - auc * auc) + (n - 1) * (q2 - auc * auc)) / (m * n)
 
 
-def logit_auc(labels, scores) -> dict | None:
-    """A site's AUC, its variance and their logit-scale versions; None with one class."""
+DELONG, OBUCHOWSKI = "DeLong", "Obuchowski (clustered by patient)"
+
+
+def logit_auc(labels, scores, clusters=None) -> dict | None:
+    """A site's AUC, its variance and their logit-scale versions; None with one class. With
+    ``clusters`` (a patient with several images) the variance is Obuchowski's."""
     y = np.asarray(labels).astype(bool)
     m, n = int(y.sum()), int((~y).sum())
     if m == 0 or n == 0:
         return None
-    aucs, cov = compare.delong(np.asarray(scores, dtype=np.float64)[None, :], y.astype(int))
+    s = np.asarray(scores, dtype=np.float64)[None, :]
+    groups = clustered.codes(clusters, len(y))
+    if groups is None:
+        aucs, cov = compare.delong(s, y.astype(int))
+        method, hm_m, hm_n = DELONG, m, n
+    else:
+        aucs, cov = clustered.obuchowski(s, y, groups)
+        method, hm_m, hm_n = OBUCHOWSKI, len(set(groups[y].tolist())), len(set(groups[~y].tolist()))
     auc, variance = float(aucs[0]), float(cov[0, 0])
     corrected = False
     if auc <= 0.0 or auc >= 1.0 or not variance > 0:
         u = auc * m * n
         auc = (u + 0.5) / (m * n + 1)
-        variance = hanley_mcneil_variance(auc, m, n)
+        variance = hanley_mcneil_variance(auc, hm_m, hm_n)
         corrected = True
     return {"auc": auc, "variance": variance, "logit": math.log(auc / (1 - auc)),
             "variance_logit": variance / (auc * (1 - auc)) ** 2, "corrected": corrected, "positives": m,
-            "negatives": n}
+            "negatives": n, "variance_method": method}
 
 
 def _expit(x: float) -> float:
@@ -101,22 +118,27 @@ def meta_analysis(names: list[str], effects, variances, level: float = 0.95) -> 
     return out
 
 
-def per_site(sites, labels, probabilities, scores, threshold: float, ci_method: str, level: float) -> list[dict]:
+def per_site(sites, labels, probabilities, scores, threshold: float, ci_method: str, level: float,
+             clusters=None) -> list[dict]:
     """One row per site: n, counts, sensitivity, specificity and AUC with intervals (n/a, stated,
-    where the site lacks the class a metric needs)."""
+    where the site lacks the class a metric needs), clustered by patient with ``clusters``."""
     sites = [str(s) for s in sites]
+    ids = None if clusters is None else np.asarray([str(c or "") for c in clusters], dtype=object)
     y = np.asarray(labels).astype(int)
     p, s = np.asarray(probabilities, np.float64), np.asarray(scores, np.float64)
     rows = []
     for site in sorted(set(sites)):
         idx = np.array([i for i, v in enumerate(sites) if v == site])
-        diag = evaluate.diagnostic_report(y[idx], p[idx], ci_method, level, threshold, scores=s[idx])
+        site_ids = None if ids is None else list(ids[idx])
+        diag = evaluate.diagnostic_report(y[idx], p[idx], ci_method, level, threshold, scores=s[idx],
+                                          clusters=site_ids)
         positives = int(y[idx].sum())
         row = {"site": site, "n": len(idx), "positives": positives, "negatives": len(idx) - positives,
                "confusion_matrix": diag["confusion_matrix"],
                "sensitivity": diag["metrics"]["sensitivity"], "specificity": diag["metrics"]["specificity"],
-               "accuracy": diag["metrics"]["accuracy"], "roc_auc": diag["roc_auc"]}
-        one = logit_auc(y[idx], s[idx])
+               "accuracy": diag["metrics"]["accuracy"], "roc_auc": diag["roc_auc"],
+               "unit_of_analysis": diag["unit_of_analysis"]["text"]}
+        one = logit_auc(y[idx], s[idx], site_ids)
         if one is None:
             row["note"] = ONE_CLASS
         elif one["corrected"]:
@@ -127,20 +149,26 @@ def per_site(sites, labels, probabilities, scores, threshold: float, ci_method: 
     return rows
 
 
-def heterogeneity(sites, labels, probabilities, scores, threshold: float, ci_method: str, level: float) -> dict:
-    """The report's ``sites`` section: per-site rows and the meta-analysis of their AUCs."""
-    rows = per_site(sites, labels, probabilities, scores, threshold, ci_method, level)
+def heterogeneity(sites, labels, probabilities, scores, threshold: float, ci_method: str, level: float,
+                  clusters=None) -> dict:
+    """The report's ``sites`` section: per-site rows and the meta-analysis of their AUCs (their
+    variances clustered by patient with ``clusters``)."""
+    rows = per_site(sites, labels, probabilities, scores, threshold, ci_method, level, clusters)
     usable = [r for r in rows if r["_logit"] is not None]
     meta = meta_analysis([r["site"] for r in usable], [r["_logit"]["logit"] for r in usable],
                          [r["_logit"]["variance_logit"] for r in usable], level)
+    unit = clustered.unit_of_analysis(clusters, len(labels))
+    meta["auc_variance"] = OBUCHOWSKI if unit["clustered_by"] == "patient" else DELONG
     meta["left_out"] = [{"site": r["site"], "reason": ONE_CLASS} for r in rows if r["_logit"] is None]
     meta["corrected"] = [r["site"] for r in usable if r["_logit"]["corrected"]]
     if meta["corrected"]:
         meta["correction"] = CORRECTION
     for r in rows:
         one = r.pop("_logit")
-        r["logit_auc"] = None if one is None else {"value": one["logit"], "variance": one["variance_logit"]}
-    return {"per_site": rows, "meta_analysis": meta, "threshold": threshold}
+        r["logit_auc"] = None if one is None else {"value": one["logit"], "variance": one["variance_logit"],
+                                                   "variance_method": one["variance_method"]}
+    return {"per_site": rows, "meta_analysis": meta, "threshold": threshold,
+            "clustered": unit["clustered_by"] == "patient", "unit_of_analysis": unit["text"]}
 
 
 def markdown(section: dict, title: str = "Sites") -> str:
@@ -158,6 +186,10 @@ def markdown(section: dict, title: str = "Sites") -> str:
                      f"{pct(r['specificity'])} | {auc(r['roc_auc'])} | {r.get('note', '')} |")
     meta = section["meta_analysis"]
     lines.append("")
+    if section.get("unit_of_analysis"):
+        lines.append(f"Unit of analysis: {section['unit_of_analysis']}"
+                     + ("; every interval is clustered by patient and each site's AUC variance is Obuchowski's."
+                        if section.get("clustered") else "."))
     if "pooled_auc" not in meta:
         lines.append(f"Meta-analysis: {meta['status']}.")
         return "\n".join(lines)

@@ -4,6 +4,10 @@ sensitivity, specificity and ROC AUC with their intervals, at the evaluation's t
 A subgroup with fewer than ``evaluate.min_subgroup`` images is listed with its n and n/a
 metrics (never dropped); images with no value in the column form a "(missing)" row, also
 n/a. A column the data does not have is a configuration error naming it.
+
+With patient ids (``clusters``) where a patient has several images, every interval is clustered
+by patient as the rest of the report's are (``evaluate.diagnostic_report``: Rao-Scott
+proportions, Obuchowski AUC), and each row and the section state the unit of analysis.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from gistnet.errors import ConfigError
-from gistnet.evidence import evaluate, stats
+from gistnet.evidence import clustered, evaluate, stats
 
 MISSING = "(missing)"
 
@@ -32,9 +36,11 @@ def _na(value: str, n: int, positives: int, reason: str) -> dict:
 
 
 def subgroup_rows(values, labels, probabilities, scores, threshold: float, ci_method: str, level: float,
-                  min_n: int) -> list[dict]:
-    """One row per value of one column (sorted; "(missing)" last)."""
+                  min_n: int, clusters=None) -> list[dict]:
+    """One row per value of one column (sorted; "(missing)" last); ``clusters``: patient ids
+    aligned with the images (None: independent images)."""
     values = [(v or "").strip() or MISSING for v in values]
+    ids = None if clusters is None else np.asarray([str(c or "") for c in clusters], dtype=object)
     y = np.asarray(labels).astype(int)
     p, s = np.asarray(probabilities, np.float64), np.asarray(scores, np.float64)
     rows = []
@@ -47,24 +53,28 @@ def subgroup_rows(values, labels, probabilities, scores, threshold: float, ci_me
         if len(idx) < min_n:
             rows.append(_na(value, len(idx), positives, f"n/a: fewer than evaluate.min_subgroup={min_n} images"))
             continue
-        diag = evaluate.diagnostic_report(y[idx], p[idx], ci_method, level, threshold, scores=s[idx])
+        diag = evaluate.diagnostic_report(y[idx], p[idx], ci_method, level, threshold, scores=s[idx],
+                                          clusters=None if ids is None else list(ids[idx]))
         m = diag["metrics"]
         status = "ok" if diag["roc_auc"]["value"] is not None else "AUC n/a: one class only"
         rows.append({"value": value, "n": len(idx), "positives": positives, "negatives": len(idx) - positives,
                      "status": status, "sensitivity": m["sensitivity"], "specificity": m["specificity"],
-                     "roc_auc": diag["roc_auc"]})
+                     "roc_auc": diag["roc_auc"], "unit_of_analysis": diag["unit_of_analysis"]["text"]})
     return rows
 
 
 def subgroups(columns, covariates: list[dict], labels, probabilities, scores, threshold: float, ci_method: str,
-              level: float, min_n: int) -> dict:
+              level: float, min_n: int, clusters=None) -> dict:
     """The report's ``subgroups`` section: {column: rows}; ``covariates[i]`` is image i's
-    manifest columns (the caller checked the column names with ``check_columns``)."""
+    manifest columns (the caller checked the column names with ``check_columns``);
+    ``clusters``: patient ids aligned with the images, or None."""
     out = {}
     for column in columns:
         out[column] = subgroup_rows([c.get(column, "") for c in covariates], labels, probabilities, scores,
-                                    threshold, ci_method, level, min_n)
-    return {"threshold": threshold, "min_subgroup": min_n, "columns": out}
+                                    threshold, ci_method, level, min_n, clusters)
+    unit = clustered.unit_of_analysis(clusters, len(labels))
+    return {"threshold": threshold, "min_subgroup": min_n, "columns": out,
+            "clustered": unit["clustered_by"] == "patient", "unit_of_analysis": unit["text"]}
 
 
 def markdown(section: dict) -> str:
@@ -83,4 +93,7 @@ def markdown(section: dict) -> str:
             lines.append(f"| {r['value']} | {r['n']} | {r['positives']}/{r['negatives']} | {pct(r['sensitivity'])} | "
                          f"{pct(r['specificity'])} | {auc(r['roc_auc'])} | {r['status']} |")
         lines.append("")
+    if lines and section.get("unit_of_analysis"):
+        lines += [f"Unit of analysis: {section['unit_of_analysis']}"
+                  + ("; every interval is clustered by patient." if section.get("clustered") else "."), ""]
     return "\n".join(lines)

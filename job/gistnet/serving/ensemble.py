@@ -10,17 +10,21 @@ folds' thresholds), frozen: external data never chooses a threshold.
 
 from __future__ import annotations
 
+import hashlib
 import statistics
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from gistnet.data.storage import Store
+from gistnet import models
+from gistnet.data.storage import Store, sha256_file
 from gistnet.errors import ModelError
-from gistnet.serving import trained
 from gistnet.training import train
 
 WEIGHTS = "model.safetensors"
+SINGLE = "single model (hold-out)"
 
 
 @dataclass(frozen=True)
@@ -38,11 +42,31 @@ class RunModel:
     members: tuple[Member, ...]
     development: dict  # the report's section of this model
     youden: float
-    kind: str  # "single model (hold-out)" | "ensemble of K fold models (mean logit margin)"
+    kind: str  # "single model (hold-out)" | "ensemble of K fold models (mean logit margin); ..."
 
     @property
     def is_ensemble(self) -> bool:
         return len(self.members) > 1
+
+    @property
+    def scoring(self) -> str:
+        """One line for predictions: "single model (hold-out)" or "ensemble of K fold models (mean logit margin)"."""
+        return f"ensemble of {len(self.members)} fold models (mean logit margin)" if self.is_ensemble else SINGLE
+
+    @property
+    def sha256(self) -> str:
+        """The weights' identity: a single model's weights sha256; for an ensemble, the sha256 of its
+        members' weights sha256s in fold order, one per line (``members_digest``)."""
+        return members_digest(self.members) if self.is_ensemble else self.members[0].sha256
+
+    def weights(self) -> list[dict]:
+        """Each member's weights, as predictions.json, the ONNX sidecar and the external report list them."""
+        return [{"key": m.key, "sha256": m.sha256, "fold": m.fold} for m in self.members]
+
+
+def members_digest(members: tuple[Member, ...]) -> str:
+    """sha256 over the members' weights sha256s (fold order, each followed by a newline)."""
+    return hashlib.sha256("".join(f"{m.sha256}\n" for m in members).encode("ascii")).hexdigest()
 
 
 def run_model(report: dict, name: str, run_uri: str) -> RunModel:
@@ -52,7 +76,7 @@ def run_model(report: dict, name: str, run_uri: str) -> RunModel:
     youden_values = section.get("thresholds", {}).get("youden", {}).get("values") or [0.5]
     if "checkpoint" in section:
         return RunModel(name, (Member(f"{name}/{WEIGHTS}", section["checkpoint"]["sha256"], None),), section,
-                        float(youden_values[0]), "single model (hold-out)")
+                        float(youden_values[0]), SINGLE)
     folds = section.get("folds") or []
     if not folds:
         raise ModelError(f"run {run_uri}: model {name} has neither a checkpoint nor folds in report.json")
@@ -65,17 +89,42 @@ def run_model(report: dict, name: str, run_uri: str) -> RunModel:
 
 def load_members(run: Store, model: RunModel, device: torch.device, scratch: str) -> list[torch.nn.Module]:
     """Every member network, each after checking its weights' sha256 against the report."""
-    return [trained.verified_network(run, member.key, member.sha256, model.name, scratch).to(device)
+    return [verified_network(run, member.key, member.sha256, model.name, scratch).to(device)
             for member in model.members]
 
 
+def verified_network(run: Store, key: str, sha256: str, name: str, scratch: str) -> torch.nn.Module:
+    """Network ``name`` with the weights stored at ``key`` of ``run``, once their sha256 is the
+    one ``report.json`` recorded; ModelError naming the object otherwise."""
+    if not run.exists(key):
+        raise ModelError(f"{run.uri_of(key)} does not exist")
+    path = Path(tempfile.mkdtemp(prefix="gistnet-model-", dir=scratch)) / WEIGHTS
+    run.download_file(key, path)
+    digest = sha256_file(path)
+    if digest != sha256:
+        path.unlink()
+        raise ModelError(f"{run.uri_of(key)}: sha256 {digest[:12]}... does not match the {sha256[:12]}... in "
+                         "report.json; refusing to use these weights")
+    network = models.build_model(name)
+    network.load_state_dict(models.load_state_dict_file(str(path)), strict=True)
+    path.unlink()
+    return network.eval()
+
+
 class EnsembleScorer(torch.nn.Module):
-    """uint8 N x 3 x S x S -> the mean logit margin (positive - negative) of the members, N."""
+    """uint8 N x 3 x S x S -> the mean logit margin (positive - negative) of the members, N.
+
+    ``logits`` gives the mean of the members' logits N x 2, whose difference is that mean margin
+    and whose softmax is its sigmoid: what ``gistnet export`` writes into one ONNX graph."""
 
     def __init__(self, networks: list[torch.nn.Module], device: torch.device):
         super().__init__()
         self.networks = torch.nn.ModuleList(networks)
         self.preprocess = train.Preprocess(device)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(images)
+        return torch.stack([network(x).float() for network in self.networks]).mean(dim=0)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,13 @@ difference, which does not saturate), so training's normalisation travels inside
 is dynamic. The exporter is torch's ``torch.export``-based one (``dynamo=True``, the
 default since torch 2.9; it needs onnxscript): the TorchScript exporter is deprecated.
 
+A k-fold (or leave-one-site-out) run's model is exported as one graph of its K fold networks
+(``ensemble.EnsembleScorer``): the logits output is the mean of theirs, so its margin is the
+mean logit margin ``gistnet evaluate`` and ``predict`` score with, and the probabilities are
+its softmax. It goes to ``<model>/model.onnx`` under the run root; its sidecar lists the K
+members' weights (key, fold, sha256) and its ``weights_sha256`` is their digest
+(``ensemble.members_digest``), both checked against report.json before scoring.
+
 ``<model>/model.onnx`` carries in its metadata the sha256 of the weights it was made
 from; ``<model>/model.onnx.json`` (the sidecar) records the opset, versions, the file's
 own sha256 and the check against torch made at export time. Before scoring, ``predict
@@ -42,9 +49,9 @@ TOLERANCE = 1e-4  # max abs difference of probabilities, ONNX Runtime vs torch
 
 
 def export_onnx(model: trained_mod.TrainedModel, scratch: str, opset: int = OPSET) -> dict:
-    """Write ``<model>/model.onnx`` and its sidecar beside the weights; returns the sidecar."""
-    network = trained_mod.load_weights(model, scratch)
-    scorer = trained_mod.Scorer(network, torch.device("cpu")).eval()
+    """Write ``<model>/model.onnx`` and its sidecar (under the run root's ``<model>/``, beside a
+    hold-out's weights); returns the sidecar."""
+    scorer = trained_mod.scorer(model, torch.device("cpu"), scratch)
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         path = Path(tmp) / ONNX_FILE
         _export(scorer, model.image_size, path, opset)
@@ -59,6 +66,7 @@ def export_onnx(model: trained_mod.TrainedModel, scratch: str, opset: int = OPSE
             "logits": {"name": LOGITS, "dtype": "float32", "shape": ["batch", 2],
                        "columns": [model.class_names[1], model.class_names[0]]},
             "run_id": model.run_id, "model": model.name, "weights_sha256": model.sha256,
+            "scoring": model.scoring.scoring, "members": model.scoring.weights(),
             "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
             "gistnet_version": gistnet.__version__,
             "check": {"inputs": "4 random uint8 images", "max_abs_difference_vs_torch": difference},
@@ -71,7 +79,8 @@ def export_onnx(model: trained_mod.TrainedModel, scratch: str, opset: int = OPSE
 
 
 class _Graph(torch.nn.Module):
-    """What the file computes: ``Scorer``'s probabilities and the logits behind them."""
+    """What the file computes: ``Scorer``'s probabilities and the logits behind them (an
+    ``EnsembleScorer``'s: the mean of its members' logits, and their softmax)."""
 
     def __init__(self, scorer: torch.nn.Module):
         super().__init__()
@@ -98,7 +107,8 @@ def _add_metadata(path: Path, model: trained_mod.TrainedModel, opset: int) -> No
     positive, negative = model.class_names
     values = {"gistnet.weights_sha256": model.sha256, "gistnet.model": model.name, "gistnet.run_id": model.run_id,
               "gistnet.image_size": str(model.image_size), "gistnet.classes": f"{negative},{positive}",
-              "gistnet.opset": str(opset), "gistnet.version": gistnet.__version__}
+              "gistnet.opset": str(opset), "gistnet.version": gistnet.__version__,
+              "gistnet.scoring": model.scoring.scoring}
     del proto.metadata_props[:]
     for key, value in values.items():
         proto.metadata_props.add(key=key, value=value)
@@ -109,7 +119,7 @@ def _add_metadata(path: Path, model: trained_mod.TrainedModel, opset: int) -> No
 def _check_against_torch(scorer: torch.nn.Module, path: Path, size: int) -> float:
     images = torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = scorer(images).numpy()
+        expected = _Graph(scorer).eval()(images)[0].numpy()
     got = OnnxScorer.session(str(path), "cpu").run([OUTPUT], {INPUT: images.numpy()})[0]
     difference = float(np.abs(got - expected).max())
     if not difference <= TOLERANCE:
@@ -130,6 +140,7 @@ def read_sidecar(model: trained_mod.TrainedModel) -> dict:
         raise ModelError(f"{where} is not valid JSON; run gistnet export again") from None
     if not isinstance(sidecar, dict) or not isinstance(sidecar.get("sha256"), str):
         raise ModelError(f"{where} records no sha256 of {ONNX_FILE}; run gistnet export again")
+    # a fold ensemble's weights_sha256 is the digest of its members' sha256s: it checks all K of them
     recorded = {"run_id": sidecar.get("run_id"), "model": sidecar.get("model"),
                 "weights_sha256": sidecar.get("weights_sha256")}
     expected = {"run_id": model.run_id, "model": model.name, "weights_sha256": model.sha256}

@@ -169,7 +169,7 @@ def _model_section(model: ensemble.RunModel, labels, margins, ev, pooled_dev: bo
                              "youden": {**youden, "exploratory": True, "values": [model.youden]}}
     section["side_by_side"] = external_report.side_by_side(model.development, section, pooled_dev)
     section["scoring"] = model.kind
-    section["weights"] = [{"key": m.key, "sha256": m.sha256, "fold": m.fold} for m in model.members]
+    section["weights"] = model.weights()
     section["development"] = {"roc_auc": model.development["roc_auc"], "metrics": model.development["metrics"]}
     return section
 
@@ -211,7 +211,8 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
         margins_by[model.name] = _score(run, model, images, device, batch, scratch, metrics)
         m = margins_by[model.name][keep]
         sections_by[model.name] = _model_section(model, labels, m, ev, pooled_dev, clusters)
-        pooled[model.name] = _Pooled([i.key for i, k in zip(images.items, keep) if k], labels, 1 / (1 + np.exp(-m)), m)
+        pooled[model.name] = _Pooled([i.key for i, k in zip(images.items, keep) if k], labels, 1 / (1 + np.exp(-m)), m,
+                                     clusters)
     ext_cfg = config_mod.replace(run_cfg, evaluate={"subgroups": tuple(wanted)}).evaluate
     site_count = len({covariates.get(k, {}).get("site", "") for k in pooled[names[0]].keys} - {""})
     dc = sections.add(sections_by, pooled, ext_cfg, covariates, with_sites=site_count >= 2)
@@ -247,6 +248,7 @@ class _Pooled:
     labels: np.ndarray
     probabilities: np.ndarray
     scores: np.ndarray
+    clusters: list  # patient id per image ("" without one)
 
 
 def _comparison(names, pooled, ev, seed: int, clusters) -> dict | None:

@@ -3,6 +3,13 @@
 storage -> dataset (the run's decoding and image size) -> trained.Scorer or ONNX Runtime
 -> predictions.csv, predictions.json -> storage.
 
+A k-fold (or leave-one-site-out) run's model is its K fold networks as an ensemble
+(``ensemble.EnsembleScorer``, as ``gistnet evaluate`` scores it): the score is the mean of their
+logit margins and the probability its sigmoid (the softmax of the mean logits), every fold's
+weights checked against the report; the call uses the run's pre-specified threshold (0.5)
+unless ``--threshold`` says otherwise, and predictions.json names the folds' median Youden
+threshold as the exploratory one.
+
 The preprocessing is the run's own: its saved ``config.yaml`` gives the image size and
 class names, ``dataset`` lists and decodes exactly as training did, and the scorer applies
 ``train.Preprocess``. Images are handled in chunks, so a large archive never sits in memory
@@ -44,8 +51,9 @@ log = logging.getLogger(__name__)
 CHUNK = 256  # images downloaded, decoded and scored at a time
 # The run's own predictions.csv columns (gistnet.evidence.predictions), then the call and the model's identity.
 # Last, the run's key of the development image an image equals (empty: not one of them).
+# Then the threshold the call used and how the model scores (a single model or a fold ensemble).
 CSV_COLUMNS = ("key", "patient_id", "label", "probability", "score", "call", "model", "weights_sha256", "run_id",
-               "development_key")
+               "development_key", "threshold", "scoring")
 
 
 @dataclass(frozen=True)
@@ -90,8 +98,8 @@ def _predict(request: Request, cfg: Config, metrics: PredictMetrics, stats: Tran
     out = open_store(request.output, cfg.storage, stats=stats)
     threshold = model.threshold if request.threshold is None else request.threshold
     batch_size = request.batch_size or model.config.train.batch_size
-    log.info("scoring %d objects under %s with %s %s of run %s (%s, threshold %g, %s labels)", len(items),
-             redact(data.uri), request.engine, model.name, model.run_id, device, threshold,
+    log.info("scoring %d objects under %s with %s %s (%s) of run %s (%s, threshold %g, %s labels)", len(items),
+             redact(data.uri), request.engine, model.name, model.scoring.scoring, model.run_id, device, threshold,
              "with" if labeled else "without")
 
     scored = Scored(unusable=list(unsafe))
@@ -144,19 +152,20 @@ def _predict(request: Request, cfg: Config, metrics: PredictMetrics, stats: Tran
 
 
 def _scorer(model: trained_mod.TrainedModel, request: Request, device: torch.device, scratch: str):
-    """(P(positive), logit margin) for a uint8 batch: torch (weights checked against the report)
-    or ONNX Runtime."""
+    """(P(positive), logit margin) for a uint8 batch: torch (every weights file checked against
+    the report) or ONNX Runtime. A fold ensemble's margin is the mean of its members' margins
+    (``EnsembleScorer``, as evaluate computes it) and its probability that mean's sigmoid."""
     if request.engine == "onnx":
         from gistnet.serving.export import OnnxScorer
 
         return OnnxScorer(model, scratch, request.device, threads=train.threads_hint())
-    network = trained_mod.load_weights(model, scratch).to(device)
-    if device.type == "cuda":
-        network = network.to(memory_format=torch.channels_last)
-    scorer = trained_mod.Scorer(network, device).eval()
+    scorer = trained_mod.scorer(model, device, scratch)
 
     @torch.no_grad()
     def score(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if model.is_ensemble:
+            margins = scorer(images.to(device))
+            return torch.sigmoid(margins), margins
         logits = scorer.logits(images.to(device))
         return logits.softmax(dim=1)[:, 1], logits[:, 1] - logits[:, 0]
 
@@ -209,6 +218,7 @@ def _document(request: Request, model: trained_mod.TrainedModel, data: Store, sc
               device: torch.device, labeled: bool) -> dict:
     positive, negative = model.class_names
     scores = margins.numpy()
+    k = len(model.scoring.members)
     rows = []
     for i, key in enumerate(scored.keys):
         p = float(probabilities[i])
@@ -222,13 +232,20 @@ def _document(request: Request, model: trained_mod.TrainedModel, data: Store, sc
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "gistnet_version": gistnet.__version__,
         "run_id": model.run_id, "run_uri": model.run.uri, "model": model.name, "weights_sha256": model.sha256,
+        "scoring": model.scoring.scoring, "weights": model.scoring.weights(),
         "engine": request.engine, "device": device.type, "data_uri": redact(data.uri),
         "positive_class": positive, "negative_class": negative,
-        "probability": f"P({positive}) after the run's preprocessing ({model.image_size} px)",
-        "score": f"the logit margin logit({positive}) - logit({negative}): ranks the images (ROC AUC) where the "
-                 "probability saturates at 0 or 1",
+        "probability": f"P({positive}) after the run's preprocessing ({model.image_size} px)" + (
+            f": the sigmoid of the score (the softmax of the {k} fold models' mean logits)" if model.is_ensemble else ""),
+        "score": ("the mean over the " + str(k) + " fold models of " if model.is_ensemble else "")
+        + f"the logit margin logit({positive}) - logit({negative}): ranks the images (ROC AUC) where the probability "
+          "saturates at 0 or 1",
         "threshold": threshold,
         "threshold_source": "--threshold" if request.threshold is not None else "the run's pre-specified threshold",
+        "exploratory_threshold": {
+            "value": model.scoring.youden, "used": False,
+            "source": "the median of the folds' Youden thresholds (development run)" if model.is_ensemble
+            else "the development run's Youden threshold"},
         "counts": {"scored": len(rows), "unusable": len(scored.unusable)},
         "unusable": scored.unusable,
         "evaluation": evaluation,
@@ -243,5 +260,5 @@ def _csv(result: dict) -> str:
     for row in result["predictions"]:
         writer.writerow([row["key"], row["patient_id"], row.get("label", ""), repr(row["probability"]),
                          repr(row["score"]), row["call"], result["model"], result["weights_sha256"], result["run_id"],
-                         row.get("development_key") or ""])
+                         row.get("development_key") or "", repr(result["threshold"]), result["scoring"]])
     return buffer.getvalue()

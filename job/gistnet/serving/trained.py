@@ -2,6 +2,10 @@
 model, its weights checked against the sha256 in the run's report, and the scoring
 module (training's exact preprocessing, the network, softmax).
 
+A hold-out run's model is one network; a k-fold (or leave-one-site-out) run's model is the
+ensemble of its K fold networks (``ensemble.run_model``: the mean of their logit margins, every
+fold's weights checked), as ``gistnet evaluate`` scores it.
+
 ``predict.py`` scores images with it and ``export.py`` turns it into ONNX; neither
 re-types the preprocessing: both go through ``train.Preprocess`` on images decoded by
 ``dataset.decode_image``, as training did.
@@ -17,13 +21,13 @@ from pathlib import Path
 import torch
 
 from gistnet import config as config_mod
-from gistnet import models
 from gistnet.training import train
 from gistnet.config import Config, StorageConfig
 from gistnet.errors import ModelError
-from gistnet.data.storage import Store, open_store, sha256_file
+from gistnet.data.storage import Store, open_store
+from gistnet.serving import ensemble
 
-WEIGHTS = "model.safetensors"
+WEIGHTS = ensemble.WEIGHTS
 POINTER = "production.json"  # <registry>/production.json: the model in production (ops/promotion.py writes it)
 PRODUCTION = "production"  # --run production --registry URI
 DEFAULT_THRESHOLD = 0.5  # the threshold every run pre-specifies (evaluate.diagnostic_report)
@@ -38,7 +42,17 @@ class TrainedModel:
     report: dict
     config: Config  # the run's saved config.yaml
     name: str  # resnet34 | resnet50
-    sha256: str  # of <name>/model.safetensors, from the report
+    scoring: ensemble.RunModel  # its weights: one network (hold-out) or the K fold networks (k-fold, site)
+
+    @property
+    def sha256(self) -> str:
+        """Of <name>/model.safetensors, from the report; for a fold ensemble, the digest of its
+        members' sha256s (``ensemble.members_digest``)."""
+        return self.scoring.sha256
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.scoring.is_ensemble
 
     @property
     def result(self) -> dict:
@@ -74,18 +88,13 @@ def open_run(uri: str, model: str, storage: StorageConfig) -> TrainedModel:
     if report.get("status") != "complete":
         raise ModelError(f"run {run.uri} is not complete (report status {report.get('status')!r})")
     name = report["best_model"] if model == "best" else model
-    if name not in report.get("models", {}):
-        raise ModelError(f"run {run.uri} has no model {name!r} (it trained: {', '.join(report.get('models', {}))})")
-    if "checkpoint" not in report["models"][name]:
-        raise ModelError(f"run {run.uri} is a {report.get('evaluation', {}).get('folds')}-fold cross-validation: it "
-                         f"holds one {name} per fold, none of them the model to use; train a hold-out run "
-                         "(--split holdout) for predict or export")
+    scoring = ensemble.run_model(report, name, run.uri)  # a k-fold run: its fold ensemble
     try:
         text = run.read("config.yaml").decode()
     except FileNotFoundError:
         raise ModelError(f"run {run.uri} has no config.yaml: its preprocessing is unknown") from None
     cfg = config_mod.load_saved(text, run.uri_of("config.yaml"))
-    return TrainedModel(run, report["run_id"], report, cfg, name, report["models"][name]["checkpoint"]["sha256"])
+    return TrainedModel(run, report["run_id"], report, cfg, name, scoring)
 
 
 def read_pointer(registry: Store) -> tuple[dict | None, str | None]:
@@ -139,26 +148,24 @@ def fetch(trained: TrainedModel, filename: str, scratch: str) -> Path:
 
 
 def load_weights(trained: TrainedModel, scratch: str) -> torch.nn.Module:
-    """The model with its final weights, after checking their sha256 against the report."""
-    return verified_network(trained.run, trained.key(WEIGHTS), trained.sha256, trained.name, scratch)
+    """A hold-out model with its final weights, after checking their sha256 against the report."""
+    if trained.is_ensemble:
+        raise ModelError(f"run {trained.run.uri}: {trained.name} is an ensemble of {len(trained.scoring.members)} "
+                         "fold models, not one network")
+    member = trained.scoring.members[0]
+    return ensemble.verified_network(trained.run, member.key, member.sha256, trained.name, scratch)
 
 
-def verified_network(run: Store, key: str, sha256: str, name: str, scratch: str) -> torch.nn.Module:
-    """Network ``name`` with the weights stored at ``key`` of ``run``, once their sha256 is the
-    one ``report.json`` recorded; ModelError naming the object otherwise."""
-    if not run.exists(key):
-        raise ModelError(f"{run.uri_of(key)} does not exist")
-    path = Path(tempfile.mkdtemp(prefix="gistnet-model-", dir=scratch)) / WEIGHTS
-    run.download_file(key, path)
-    digest = sha256_file(path)
-    if digest != sha256:
-        path.unlink()
-        raise ModelError(f"{run.uri_of(key)}: sha256 {digest[:12]}... does not match the {sha256[:12]}... in "
-                         "report.json; refusing to use these weights")
-    model = models.build_model(name)
-    model.load_state_dict(models.load_state_dict_file(str(path)), strict=True)
-    path.unlink()
-    return model.eval()
+def scorer(trained: TrainedModel, device: torch.device, scratch: str) -> torch.nn.Module:
+    """The model's scoring module, every weights file checked (``ensemble.load_members``): a
+    ``Scorer`` around a hold-out's network, or an ``ensemble.EnsembleScorer`` of the K fold
+    networks. Both have ``logits(images)`` (an ensemble's: the mean of its members' logits)."""
+    networks = ensemble.load_members(trained.run, trained.scoring, device, scratch)
+    if device.type == "cuda":
+        networks = [n.to(memory_format=torch.channels_last) for n in networks]
+    if trained.is_ensemble:
+        return ensemble.EnsembleScorer(networks, device).eval()
+    return Scorer(networks[0], device).eval()
 
 
 class Scorer(torch.nn.Module):
