@@ -217,6 +217,6 @@ def test_manifest_with_a_header_gives_sites_and_covariates(tmp_path):
 def test_manifest_unknown_labels_are_named_together(tmp_path):
     store = LocalStore(tmp_path / "d")
     store.write_bytes("x.png", png(gray(1)))
-    store.write_bytes("manifest.csv", b"path,label\nx.png,Schwannoma\nx.png,GIST\nx.png,Lipoma\n")
+    store.write_bytes("manifest.csv", b"path,label\nx.png,Schwannoma\ny.png,GIST\nz.png,Lipoma\n")
     with pytest.raises(DataError, match=r"unknown label\(s\) 'Lipoma', 'Schwannoma'"):
         dataset.load_images(store, DataConfig(image_size=32), torch.device("cpu"))
