@@ -229,7 +229,11 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
 def summary_lines(rep: dict) -> list[str]:
     """For the terminal: each model's development and external ROC AUC, and the overlap."""
     def auc(m: dict) -> str:
-        return "n/a" if m["value"] is None else f"{m['value']:.3f} ({m['ci_low']:.3f}-{m['ci_high']:.3f})"
+        if m["value"] is None:
+            return "n/a"
+        if m.get("ci_low") is None or m.get("ci_high") is None:  # a point estimate whose interval is undefined
+            return f"{m['value']:.3f} (interval n/a)"
+        return f"{m['value']:.3f} ({m['ci_low']:.3f}-{m['ci_high']:.3f})"
 
     lines = []
     for name, m in rep["models"].items():
