@@ -111,7 +111,8 @@ def test_train_stopped_by_a_bad_file_in_an_mrn_folder_never_prints_the_key(cli, 
     done = cli("train", "--data", data, "--output", runs, "--run-id", "r", "--image-size", 32, "--device", "cpu",
                env=env)
     one_line_error(done, EXIT_DATA, "frame 5 is out of range")
-    assert HINT in done.stderr and str(runs / "r" / "private" / "keys.json") in done.stderr
+    assert "(a pseudonym: data.pseudonymize_keys; its object key is in " in done.stderr
+    assert str(runs / "r" / "private" / "keys.json") in done.stderr
     assert MRN not in done.stdout + done.stderr
     written = [p for p in runs.rglob("*") if p.is_file() and "private" not in p.relative_to(runs).parts]
     assert not any(MRN.encode() in p.read_bytes() for p in written), written
@@ -130,3 +131,20 @@ def test_evaluate_summary_prints_an_auc_whose_interval_is_undefined():
            "external": {"overlap": {"status": "0 of 12"}}}
     assert external.summary_lines(rep)[0] == ("resnet34 (single): ROC AUC development 1.000 (interval n/a), "
                                               "external 0.750 (0.500-0.900)")
+
+
+def test_any_key_left_in_a_stopping_error_is_replaced_and_the_mapping_kept(tmp_path):
+    """The belt under the targeted naming: e.g. a resumed run refused because an object changed
+    content names the first such key, raw, deep in the lineage check."""
+    out = LocalStore(tmp_path / "run")
+    pseudo = privacy.Pseudonymizer(b"k" * 32, True, pseudonymize_keys=True)
+    key = f"GIST/{MRN}/1.png"
+    pseudo.watch([key, f"GIST/{MRN}/10.png"])
+    with pytest.raises(DataError) as info, privacy.kept_on_failure(pseudo, out):
+        raise DataError(f"1 object of the data changed content since run r started (first: {key}; ...)")
+    assert str(info.value) == (f"1 object of the data changed content since run r started (first: {pseudo.key(key)}; "
+                               f"...) (object keys shown as pseudonyms: data.pseudonymize_keys; the mapping is in "
+                               f"{out.uri_of(privacy.KEYS_FILE)})")
+    assert json.loads(out.read(privacy.KEYS_FILE)) == {pseudo.key(key): key}
+    with pytest.raises(DataError, match="manifest.csv line 3"), privacy.kept_on_failure(pseudo, out):
+        raise DataError("manifest.csv line 3: empty path")  # no key: left alone (listing watches image keys only)
