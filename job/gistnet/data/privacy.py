@@ -93,11 +93,12 @@ def namer(store, pseudo: Pseudonymizer | None, out=None):
 
 
 @contextmanager
-def kept_on_failure(pseudo: Pseudonymizer | None, out):
+def kept_on_failure(pseudo: Pseudonymizer | None, out, save: bool = True):
     """With data.pseudonymize_keys, an error a user can fix that stops the run names object keys by
     their pseudonyms only: any key of the data (``watch``) left in its message is replaced, and the
     mapping is saved under ``out``'s ``private/`` so the pseudonym can be looked up. Otherwise the
-    message is today's and nothing is written."""
+    message is today's and nothing is written. ``save=False`` (a torchrun rank other than 0): only
+    rank 0 writes the mapping."""
     try:
         yield
     except GistnetError as exc:
@@ -109,7 +110,7 @@ def kept_on_failure(pseudo: Pseudonymizer | None, out):
             if scrubbed != text:
                 exc.args = (f"{scrubbed} (object keys shown as pseudonyms: data.pseudonymize_keys; the mapping is in "
                             f"{out.uri_of(KEYS_FILE)})",)
-            if pseudo.keys:
+            if pseudo.keys and save:
                 pseudo.save(out)
         raise
 
