@@ -121,18 +121,6 @@ def test_train_stopped_by_a_bad_file_in_an_mrn_folder_never_prints_the_key(cli, 
     assert named in done.stderr
 
 
-def test_evaluate_summary_prints_an_auc_whose_interval_is_undefined():
-    """(Found by the mixed-archive evaluate: a point AUC without an interval crashed the summary line.)"""
-    from gistnet.serving import external
-
-    row = {"metric": "roc_auc", "development": {"value": 1.0, "ci_low": None, "ci_high": None},
-           "external": {"value": 0.75, "ci_low": 0.5, "ci_high": 0.9}}
-    rep = {"models": {"resnet34": {"scoring": "single", "side_by_side": {"rows": [row]}}},
-           "external": {"overlap": {"status": "0 of 12"}}}
-    assert external.summary_lines(rep)[0] == ("resnet34 (single): ROC AUC development 1.000 (interval n/a), "
-                                              "external 0.750 (0.500-0.900)")
-
-
 def test_any_key_left_in_a_stopping_error_is_replaced_and_the_mapping_kept(tmp_path):
     """The belt under the targeted naming: e.g. a resumed run refused because an object changed
     content names the first such key, raw, deep in the lineage check."""

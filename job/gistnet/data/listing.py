@@ -12,7 +12,7 @@ from gistnet.config import DataConfig
 from gistnet.data import privacy
 from gistnet.data.manifest import read_manifest
 from gistnet.data.privacy import Pseudonymizer
-from gistnet.data.storage import Store, is_safe_key
+from gistnet.data.storage import LocalStore, Store, is_safe_key
 from gistnet.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,9 @@ def _listed(store: Store) -> tuple[list[str], list[dict]]:
     """Every object key, and the keys skipped as unsafe (absolute or with '..': never trusted as paths)."""
     keys = store.list()
     if not keys:
+        if isinstance(store, LocalStore) and store.root.is_file():
+            raise DataError(f"{store.uri} is a file: the data is a folder (or S3 prefix) of class folders "
+                            "or with a manifest.csv")
         raise DataError(f"no objects found under {store.uri} (empty or wrong prefix)")
     unsafe = [{"uri": f"{store.uri}/{k}", "reason": "unsafe object key (absolute or contains '..')"}
               for k in keys if not is_safe_key(k)]

@@ -231,9 +231,9 @@ def summary_lines(rep: dict) -> list[str]:
     def auc(m: dict) -> str:
         if m["value"] is None:
             return "n/a"
-        if m.get("ci_low") is None or m.get("ci_high") is None:  # a point estimate whose interval is undefined
-            return f"{m['value']:.3f} (interval n/a)"
-        return f"{m['value']:.3f} ({m['ci_low']:.3f}-{m['ci_high']:.3f})"
+        if m.get("ci_low") is None:
+            return f"{m['value']:.3f} [{report_mod.interval_words(m)}]"
+        return f"{m['value']:.3f} ({report_mod.interval_words(m)})"
 
     lines = []
     for name, m in rep["models"].items():
