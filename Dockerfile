@@ -45,7 +45,11 @@ RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 kornia==0.9.0
 COPY pyproject.toml README.md ./
 COPY job ./job
 COPY scripts/bake_imagenet_weights.py ./scripts/
-RUN pip install --no-cache-dir . \
+# The mlflow extra (mlflow-skinny: the tracking and registry client only, no server) so that
+# tracking.mlflow_uri / MLFLOW_TRACKING_URI work in the shipped image. (DL3013: this is the local
+# project and its extra, whose versions pyproject.toml states; hadolint reads ".[extra]" as a package.)
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[mlflow]" \
  && mkdir -p /opt/gistnet/weights \
  && if [ "${BAKE_IMAGENET_WEIGHTS}" = "true" ]; then \
       python scripts/bake_imagenet_weights.py /opt/gistnet/weights; \

@@ -63,6 +63,20 @@ def test_image_installs_the_pins_the_project_tests_with():
     assert kornia.__version__ == pinned["kornia"].split("==")[1]
 
 
+def test_image_installs_the_mlflow_extra_with_the_client_only():
+    """Tracking (tracking.mlflow_uri, MLFLOW_TRACKING_URI) must work in the shipped image: the
+    project is installed with its mlflow extra, which is mlflow-skinny (the client: REST tracking
+    and registry stores, mlflow.pytorch) and pandas (mlflow.pytorch imports it), not full mlflow
+    with its server, UI and SQL stores."""
+    import tomllib
+
+    install = re.search(r"^RUN pip install --no-cache-dir (\S+)", DOCKERFILE.split("COPY job ./job", 1)[1], re.M)
+    assert install and install.group(1).strip("'\"") == ".[mlflow]", "the image installs gistnet without its mlflow extra"
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["mlflow"]
+    names = {re.split(r"[<>=!\[ ]", d, maxsplit=1)[0] for d in extra}
+    assert names == {"mlflow-skinny", "pandas"}, extra
+
+
 def test_runtime_is_non_root_read_only_friendly():
     runtime = DOCKERFILE.split("AS runtime", 1)[1]
     assert re.search(r"^USER 10001:10001$", runtime, re.M)

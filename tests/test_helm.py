@@ -39,6 +39,11 @@ VARIANTS = {
     "evaluate": ["--set", "mode=evaluate", "--set", "evaluate.run=s3://gistnet/runs/nightly-1", "--set",
                  "evaluate.data=s3://gistnet/hospital-b", "--set", "evaluate.model=best", "--set",
                  "evaluate.batchSize=8", "--set", "metrics.pushgateway=http://pushgateway:9091"],
+    "tracking": ["--set", "schedule=0 2 * * *", "--set", "tracking.mlflowUri=http://mlflow.mlflow.svc:5000",
+                 "--set", "tracking.existingSecret=gistnet-mlflow", "--set", "metrics.pushgateway=http://pg:9091",
+                 "--set", "promotion.enabled=true", "--set", "promotion.registry=s3://gistnet/registry",
+                 "--set", "promotion.data=s3://gistnet/promotion"],
+    "tracking-config-key": ["--set", "config.tracking.mlflow_uri=https://mlflow.example.org"],
     "pinned-cpu-limit": ["--set", f"image.digest={DIGEST}", "--set", "resources.limits.cpu=8"],
     "egress-allow-all": ["--set", "networkPolicy.egress.allowAll=true"],
     "no-networkpolicy": ["--set", "networkPolicy.enabled=false"],
@@ -373,6 +378,46 @@ def test_network_policy_ports_follow_the_endpoints_and_peers_come_from_values():
     assert push["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
     assert spec["ingress"][0]["from"] == [{"podSelector": {"matchLabels": {"app": "prometheus"}}}]
     assert network_policy(render(["--set", "s3.endpoint=http://minio"]))["spec"]["egress"][1]["ports"][0]["port"] == 80
+
+
+def test_network_policy_opens_the_tracking_server_only_when_tracking_is_set():
+    """With an MLflow server configured (tracking.mlflowUri, or config.tracking.mlflow_uri) the job
+    may reach it, on its URI's port, at the peers in networkPolicy.egress.tracking; otherwise no rule."""
+    mlflow_ns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mlflow"}}}
+    assert len(network_policy(render([]))["spec"]["egress"]) == 2  # DNS and S3 only
+    _, _, push, tracking = network_policy(render(VARIANTS["tracking"]))["spec"]["egress"]
+    assert tracking == {"to": [mlflow_ns], "ports": [{"port": 5000, "protocol": "TCP"}]}
+    assert push["ports"] == [{"port": 9091, "protocol": "TCP"}]
+    _, _, by_config = network_policy(render(VARIANTS["tracking-config-key"]))["spec"]["egress"]
+    assert by_config == {"to": [mlflow_ns], "ports": [{"port": 443, "protocol": "TCP"}]}
+    peers = [{"ipBlock": {"cidr": "10.20.0.0/16"}}, {"podSelector": {"matchLabels": {"app": "mlflow"}}}]
+    _, _, own = network_policy(render(["--set", "tracking.mlflowUri=http://10.20.1.5:8080",
+                                       "--set-json", f"networkPolicy.egress.tracking={json.dumps(peers)}"])
+                               )["spec"]["egress"]
+    assert own == {"to": peers, "ports": [{"port": 8080, "protocol": "TCP"}]}
+    assert network_policy(render(VARIANTS["egress-allow-all"] + VARIANTS["tracking"][2:4]))["spec"]["egress"] == [{}]
+
+
+def test_tracking_uri_and_credentials_reach_the_pod_and_credentials_only_from_a_secret(tmp_path):
+    docs = render(VARIANTS["tracking"])
+    e = env(docs)
+    text = by_kind(docs, "ConfigMap")["data"]["config.yaml"]
+    (tmp_path / "config.yaml").write_text(text)
+    cfg = config.load_config(tmp_path / "config.yaml", environ={k: v["value"] for k, v in e.items() if "value" in v})
+    assert cfg.tracking.mlflow_uri == "http://mlflow.mlflow.svc:5000"  # what the pod resolves
+    for var, key in (("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_USERNAME"),
+                     ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_PASSWORD"), ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_TOKEN")):
+        assert e[var] == {"name": var, "valueFrom": {"secretKeyRef": {"name": "gistnet-mlflow", "key": key,
+                                                                       "optional": True}}}
+    assert not by_kind(docs, "Secret")  # the chart never holds the credentials
+    assert not {n for n in env(render([])) if n.startswith("MLFLOW_") or "TRACKING" in n}
+    assert "MLFLOW_TRACKING_USERNAME" not in env(render(VARIANTS["tracking"][:4]))  # no Secret named: none injected
+    for bad in (["--set", "tracking.mlflowUri=http://gistnet:hunter2@mlflow:5000"],
+                ["--set", "config.tracking.mlflow_uri=http://gistnet:hunter2@mlflow:5000",
+                 "--set", "networkPolicy.enabled=false"]):
+        done = helm("template", "gistnet", str(CHART), *bad, check=False)
+        assert done.returncode != 0 and "hunter2" not in done.stdout, done.stderr
+        assert "user:password@" in done.stderr or "does not match pattern" in done.stderr, done.stderr
 
 
 def test_network_policy_escapes_and_off_switch():

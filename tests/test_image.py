@@ -25,8 +25,9 @@ pytestmark = [pytest.mark.image,
               pytest.mark.skipif(not IMAGE, reason="set GISTNET_TEST_IMAGE (make image-test builds the image)")]
 
 
-def image_command(*args) -> list[str]:
-    passed = [a for name in PASSED for a in ("-e", name)]
+def image_command(*args, setting: tuple[str, ...] = ()) -> list[str]:
+    """The runner's command line; ``setting``: extra NAME=VALUE for the job's environment."""
+    passed = [a for name in PASSED for a in ("-e", name)] + [a for pair in setting for a in ("-e", pair)]
     return ["bash", str(RUNNER), *passed, IMAGE, *map(str, args)]
 
 
@@ -100,3 +101,23 @@ def test_image_root_filesystem_is_read_only_and_tmp_writable():
     scratch = subprocess.run(image_command("synth", "--output", "/tmp/data", "--n-gist", 1, "--n-lm", 1,
                                            "--image-size", 32), capture_output=True, text=True, timeout=300)
     assert scratch.returncode == 0 and scratch.stdout.strip() == "/tmp/data", scratch.stderr
+
+
+def test_image_has_the_mlflow_client(bucket, s3_env):
+    """Tracking works in the shipped image (the mlflow extra, mlflow-skinny, is installed): with
+    tracking required and no server listening, the job gets as far as connecting and fails on the
+    connection (exit 5), not on a missing package."""
+    from gistnet import errors
+    from tests.conftest import free_port
+
+    synth = subprocess.run(image_command("synth", "--output", f"s3://{bucket}/data", "--n-gist", 6, "--n-lm", 6,
+                                         "--image-size", 32), capture_output=True, text=True, env=s3_env, timeout=300)
+    assert synth.returncode == 0, synth.stderr
+    setting = (f"GISTNET_TRACKING_MLFLOW_URI=http://127.0.0.1:{free_port()}", "GISTNET_TRACKING_REQUIRED=true",
+               "MLFLOW_HTTP_REQUEST_MAX_RETRIES=0")
+    train = subprocess.run(image_command("train", "--data", f"s3://{bucket}/data", "--output", f"s3://{bucket}/runs",
+                                         "--run-id", "tracked", "--models", "resnet34", "--epochs", 1, "--image-size",
+                                         32, "--batch-size", 4, "--device", "cpu", setting=setting),
+                           capture_output=True, text=True, env=s3_env, timeout=600)
+    assert train.returncode == errors.EXIT_STORAGE, train.stderr
+    assert "tracking.required is true" in train.stderr and "not installed" not in train.stderr, train.stderr

@@ -140,33 +140,8 @@ def _run_stages(ctx: RunContext, data_store: Store, selected: list[runs.Unit], f
         return RunOutcome(run_id, out.uri, done, already_complete=True)
     log.info("run %s: data %s -> outputs %s (device %s)", run_id, redact(data_store.uri), out.uri, ctx.device)
     pseudo = privacy.for_run(out, config.data.pseudonymize_keys)
-    loaded = dataset.load_images(data_store, config.data, ctx.device,
-                                 on_stage=lambda name, seconds, n: ctx.metrics.stage(name, seconds), pseudo=pseudo)
-    privacy.check_shared(pseudo, world.distributed or set(selected) != set(runs.all_units(config)))
-    ctx.metrics.skipped.set(len(loaded.skipped))
-    names = ctx.class_names
-    covariates = sections.covariate_map(loaded.images.keys, loaded.images.sites, loaded.images.covariates)
-    subgroups.check_columns(config.evaluate.subgroups, sections.columns(covariates), data_store.uri_of(config.data.manifest))
-    if world.is_main:  # rank 0 plans (an impossible split is refused before anything is written) and writes
-        plan = _plan(out, loaded.images, config, fresh=config.output.force)
-        config, selected = _site_folds(config, plan, selected, fold, model)
-        _prepare_output(out, config, selected)
-        pseudo.save(out)
-        if covariates:
-            _write_once(out, sections.COVARIATES, covariates)
-        # lineage.json lists every object key: with data.pseudonymize_keys it stays under private/
-        used = lineage.settle(out.child("private") if config.data.pseudonymize_keys else out, loaded.lineage,
-                              fresh=config.output.force)  # a resume on changed data: exit 4
-        _write_once(out, "split.json", plan.to_dict())
-        _write_once(out, runs.DATASET, {
-            "uri": redact(data_store.uri), "classes": {names[0]: "positive", names[1]: "negative"},
-            "images": loaded.images.counts(names), "augmentation_mode": config.augmentation.mode,
-            "patients": clustered.images_per_patient(loaded.images.patient_ids),
-            "split_method": plan.parts[0].method, "skipped": loaded.skipped,
-            "lineage": used.summary(lineage.name_of(redact(data_store.uri)), redact(data_store.uri))})
-        # the development images (training + validation) by pixel content: predict leaves them out of its metrics
-        _write_once(out, fingerprint.FILENAME, fingerprint.document(
-            {k: loaded.fingerprints[k] for k in plan.keys()}, config.data.image_size))
+    with privacy.kept_on_failure(pseudo, out, save=world.is_main):  # an error names keys by their pseudonyms
+        loaded, plan, config, selected, used = _load_and_plan(ctx, data_store, pseudo, selected, fold, model)
     tracker = Tracker(config.tracking, active=world.is_main)  # under torchrun rank 0 logs
     if world.is_main:
         tracker.start(run_id, config.to_dict(), used.summary(lineage.name_of(redact(data_store.uri)),
@@ -205,6 +180,43 @@ def _run_stages(ctx: RunContext, data_store: Store, selected: list[runs.Unit], f
 
         promotion.gate(out.uri, config.promotion.registry, config, ctx.scratch)  # refused: exit 11
     return RunOutcome(run_id, out.uri, final)
+
+
+def _load_and_plan(ctx: RunContext, data_store: Store, pseudo, selected: list[runs.Unit], fold: str | None,
+                   model: str | None):
+    """Load the data; on rank 0 plan the split and write the run's inputs. Returns (loaded, plan
+    (None on other ranks), config, selected, lineage used (None on other ranks))."""
+    config, out, world = ctx.config, ctx.out, ctx.world
+    plan = used = None
+    loaded = dataset.load_images(data_store, config.data, ctx.device,
+                                 on_stage=lambda name, seconds, n: ctx.metrics.stage(name, seconds), pseudo=pseudo,
+                                 mapping=out)
+    privacy.check_shared(pseudo, world.distributed or set(selected) != set(runs.all_units(config)))
+    ctx.metrics.skipped.set(len(loaded.skipped))
+    names = ctx.class_names
+    covariates = sections.covariate_map(loaded.images.keys, loaded.images.sites, loaded.images.covariates)
+    subgroups.check_columns(config.evaluate.subgroups, sections.columns(covariates), data_store.uri_of(config.data.manifest))
+    if world.is_main:  # rank 0 plans (an impossible split is refused before anything is written) and writes
+        plan = _plan(out, loaded.images, config, fresh=config.output.force)
+        config, selected = _site_folds(config, plan, selected, fold, model)
+        _prepare_output(out, config, selected)
+        pseudo.save(out)
+        if covariates:
+            _write_once(out, sections.COVARIATES, covariates)
+        # lineage.json lists every object key: with data.pseudonymize_keys it stays under private/
+        used = lineage.settle(out.child("private") if config.data.pseudonymize_keys else out, loaded.lineage,
+                              fresh=config.output.force)  # a resume on changed data: exit 4
+        _write_once(out, "split.json", plan.to_dict())
+        _write_once(out, runs.DATASET, {
+            "uri": redact(data_store.uri), "classes": {names[0]: "positive", names[1]: "negative"},
+            "images": loaded.images.counts(names), "augmentation_mode": config.augmentation.mode,
+            "patients": clustered.images_per_patient(loaded.images.patient_ids),
+            "split_method": plan.parts[0].method, "skipped": loaded.skipped,
+            "lineage": used.summary(lineage.name_of(redact(data_store.uri)), redact(data_store.uri))})
+        # the development images (training + validation) by pixel content: predict leaves them out of its metrics
+        _write_once(out, fingerprint.FILENAME, fingerprint.document(
+            {k: loaded.fingerprints[k] for k in plan.keys()}, config.data.image_size))
+    return loaded, plan, config, selected, used
 
 
 def complete_report(out: Store) -> dict | None:

@@ -1,5 +1,6 @@
 """A mixed archive (DICOM of every kind and screenshot PNGs, fake patients burned in and in the
-headers) trains and predicts on CPU, and no output holds a header value or an object key."""
+headers) trains, predicts and is evaluated on a second archive on CPU, and no output holds a header
+value or an object key; an error that stops evaluate names a key by its pseudonym only."""
 
 import base64
 import binascii
@@ -12,6 +13,7 @@ import re
 import struct
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -59,9 +61,11 @@ def _leaks(root: Path, secrets: list[str], extra: str = "") -> list[str]:
     return found + [f"log: {s}" for s in secrets if s in extra]
 
 
-def test_mixed_archive_trains_and_predicts_and_no_patient_data_leaves(cli, tmp_path):
-    data, runs, scored = tmp_path / "data", tmp_path / "runs", tmp_path / "scored"
-    made = cli("synth", "--format", "dicom", "--output", data, "--n-gist", 12, "--n-lm", 12, "--image-size", 64)
+def _synth(cli, data: Path, seed: int, n: int) -> list[str]:
+    """A mixed archive; the strings that must never reach an output: every header value, the unkeyed
+    hashes of its patient ids, and the object keys' names (data.pseudonymize_keys)."""
+    made = cli("synth", "--format", "dicom", "--output", data, "--n-gist", n, "--n-lm", n, "--image-size", 64,
+               "--seed", seed)
     assert made.returncode == 0, made.stderr
     summary = json.loads((data / "synth.json").read_text())
     kinds = {r["kind"] for r in summary["images"]}
@@ -71,13 +75,30 @@ def test_mixed_archive_trains_and_predicts_and_no_patient_data_leaves(cli, tmp_p
     secrets = header_values + [hashlib.sha256(p.encode()).hexdigest()[:16] for p in patient_ids] + \
         [Path(r["key"]).stem for r in summary["images"]]  # object keys: data.pseudonymize_keys
     assert _leaks(data, secrets)  # the scan finds what is there (the data's own synth.json)
+    return secrets
 
+
+@pytest.fixture(scope="module")
+def archive_run(tmp_path_factory):
+    """One run trained on a mixed archive with data.pseudonymize_keys and a random pseudonym key."""
+    from tests.conftest import run_cli as cli
+
+    tmp = tmp_path_factory.mktemp("real-data")
+    data, runs = tmp / "data", tmp / "runs"
+    secrets = _synth(cli, data, 0, 12)
     env = {**os.environ, "GISTNET_DATA_PSEUDONYMIZE_KEYS": "true"}
     env.pop("GISTNET_PSEUDONYM_KEY", None)
     trained = cli("train", "--data", data, "--output", runs, "--run-id", "r", "--models", "resnet34", "--epochs", 1,
                   "--image-size", 32, "--batch-size", 8, env=env)
     assert trained.returncode == 0, trained.stderr
-    run = runs / "r"
+    return SimpleNamespace(tmp=tmp, data=data, run=runs / "r", secrets=secrets, env=env,
+                           summary=json.loads((data / "synth.json").read_text()),
+                           logs=f"{trained.stderr}\n{trained.stdout}")
+
+
+def test_mixed_archive_trains_and_predicts_and_no_patient_data_leaves(cli, archive_run):
+    data, run, secrets, env = archive_run.data, archive_run.run, archive_run.secrets, archive_run.env
+    scored, summary = archive_run.tmp / "scored", archive_run.summary
     report = json.loads((run / "report.json").read_text())
     assert report["status"] == "complete" and sum(report["dataset"]["images"].values()) == 24
     assert (run / "augmentation_examples.png").exists() and (run / "gradcam-resnet34.png").exists()
@@ -86,11 +107,46 @@ def test_mixed_archive_trains_and_predicts_and_no_patient_data_leaves(cli, tmp_p
     rows = list(csv.DictReader(io.StringIO((scored / "predictions.csv").read_text())))
     assert len(rows) == 24 and all(r["key"].startswith("k-") and r["patient_id"].startswith("p-") for r in rows)
 
-    logs = f"{trained.stderr}\n{trained.stdout}\n{predicted.stderr}\n{predicted.stdout}"
+    logs = f"{archive_run.logs}\n{predicted.stderr}\n{predicted.stdout}"
     assert _leaks(run, secrets, logs) == [] and _leaks(scored, secrets) == []
     # the mapping and the random key are kept, under private/ only
     mapping = json.loads((run / "private" / "keys.json").read_text())
-    assert sorted(mapping.values()) == sorted(r["key"] for r in summary["images"])
+    # (synth.json at the data root is logged as ignored, by its pseudonym too: a root file's name may be an MRN)
+    assert sorted(mapping.values()) == sorted([r["key"] for r in summary["images"]] + ["synth.json"])
     assert (run / "private" / "pseudonym.key").exists()
     run_ids = {r["key"]: r["patient_id"] for r in csv.DictReader(io.StringIO((run / "predictions.csv").read_text()))}
     assert all(run_ids[k] == next(r["patient_id"] for r in rows if r["key"] == k) for k in run_ids)  # same key
+
+
+def test_evaluate_on_a_second_archive_leaks_no_patient_data(cli, archive_run):
+    external = archive_run.tmp / "site-b"
+    secrets = archive_run.secrets + _synth(cli, external, 1, 6)
+    done = cli("evaluate", "--run", archive_run.run, "--data", external, env=archive_run.env)
+    assert done.returncode == 0, done.stderr
+    out = archive_run.run / "external" / "site-b"
+    report = json.loads((out / "report.json").read_text())
+    assert report["external"]["counts"]["evaluated"] == 12 and report["external"]["overlap"]["count"] == 0
+    rows = list(csv.DictReader(io.StringIO((out / "predictions.csv").read_text())))
+    assert len(rows) == 12 and all(r["key"].startswith("k-") and r["patient_id"].startswith("p-") for r in rows)
+    assert {"report.md", "report.html"} <= {p.name for p in out.iterdir()}
+    assert _leaks(out, secrets, f"{done.stderr}\n{done.stdout}") == []
+    mapping = json.loads((out / "private" / "keys.json").read_text())  # the evaluation's mapping, under private/
+    assert sorted(mapping.values()) == sorted(
+        [r["key"] for r in json.loads((external / "synth.json").read_text())["images"]] + ["synth.json"])
+
+
+def test_evaluate_stopped_by_a_bad_file_in_an_mrn_folder_names_its_pseudonym(cli, archive_run):
+    from gistnet.data.storage import LocalStore
+
+    from tests.data.test_key_privacy import HINT, MRN, _images
+
+    bad_set = archive_run.tmp / "bad-set"
+    bad = _images(LocalStore(bad_set), "roi")
+    done = cli("evaluate", "--run", archive_run.run, "--data", bad_set, env=archive_run.env)
+    assert done.returncode == 4 and "Traceback" not in done.stderr, done.stderr
+    assert "is not inside the 80x60 image" in done.stderr and HINT in done.stderr
+    assert MRN not in done.stdout + done.stderr
+    out = archive_run.run / "external" / "bad-set"
+    assert not (out / "report.json").exists()
+    mapping = json.loads((out / "private" / "keys.json").read_text())
+    assert next(k for k, v in mapping.items() if v == bad) in done.stderr

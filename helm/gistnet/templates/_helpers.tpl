@@ -41,6 +41,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/* The TCP port of a URL: its explicit port, else 80 for http and 443 otherwise (AWS S3 when empty). */}}
+{{/* The MLflow tracking server the job talks to: tracking.mlflowUri, else config.tracking.mlflow_uri; "" when none.
+     Credentials never ride in it (they come from tracking.existingSecret). */}}
+{{- define "gistnet.trackingUri" -}}
+{{- $uri := .Values.tracking.mlflowUri | default (dig "tracking" "mlflow_uri" "" (.Values.config | default dict)) -}}
+{{- if and $uri (urlParse $uri).userinfo }}
+{{- fail "tracking.mlflowUri / config.tracking.mlflow_uri must not carry user:password@: put the credentials in the Secret named by tracking.existingSecret" }}
+{{- end }}
+{{- $uri -}}
+{{- end }}
+
 {{- define "gistnet.urlPort" -}}
 {{- $host := (urlParse .).host | default "" -}}
 {{- $parts := splitList ":" $host -}}
@@ -389,7 +399,8 @@ with gistnet's own defaults (config.py: split.folds 5, both ResNets). */}}
 {{- end }}
 
 {{/* The S3 endpoint, region and credentials (from a Secret, never inline) of every mode, the
-     compile cache's MAC key (from a Secret; without it the cache is off) and the pseudonym key. */}}
+     compile cache's MAC key (from a Secret; without it the cache is off), the pseudonym key, and
+     the MLflow server with its credentials (from a Secret, each key optional). */}}
 {{- define "gistnet.s3Env" -}}
 {{- with .Values.s3.endpoint }}
 - name: AWS_ENDPOINT_URL
@@ -424,5 +435,19 @@ with gistnet's own defaults (config.py: split.folds 5, both ResNets). */}}
     secretKeyRef:
       name: {{ . }}
       key: {{ $.Values.pseudonym.secretKey }}
+{{- end }}
+{{- with .Values.tracking.mlflowUri }}
+- name: GISTNET_TRACKING_MLFLOW_URI
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.tracking.existingSecret }}
+{{- range $var, $key := dict "MLFLOW_TRACKING_USERNAME" $.Values.tracking.secretKeys.username "MLFLOW_TRACKING_PASSWORD" $.Values.tracking.secretKeys.password "MLFLOW_TRACKING_TOKEN" $.Values.tracking.secretKeys.token }}
+- name: {{ $var }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $.Values.tracking.existingSecret }}
+      key: {{ $key }}
+      optional: true
+{{- end }}
 {{- end }}
 {{- end }}

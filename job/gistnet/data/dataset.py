@@ -27,31 +27,17 @@ from gistnet.config import DataConfig
 from gistnet.errors import DataError, StorageError
 from gistnet.data.fingerprint import pixel_digest
 from gistnet.data import dicom, region
-from gistnet.data.manifest import read_manifest
 from gistnet.data import privacy
 from gistnet.data.privacy import Pseudonymizer
 from gistnet.data.lineage import Lineage, relative_key
-from gistnet.data.storage import LocalStore, Store, is_safe_key
+from gistnet.data.storage import Store
+from gistnet.data.listing import IMAGE_SUFFIXES, Labeled, list_for_scoring, list_labeled  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
 # What the decoder accepts, by content (Pillow's format names; docs/data.md's list): a GIF or WebP,
 # whatever its name, is skipped as "not a recognised image".
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
-# Names that look like images: such an object at the data root (outside any class folder) is
-# listed in dataset.skipped; other root files (a README, synth.json) are only logged.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
-
-
-@dataclass
-class Labeled:
-    key: str
-    label: int  # 1 positive (GIST), 0 negative (LM)
-    patient_id: str = ""
-    site: str | None = None
-    covariates: dict[str, str] = field(default_factory=dict)
-    frame: int | None = None  # of a multi-frame DICOM; None: the first
-    roi: tuple[int, int, int, int] | None = None  # x0 y0 x1 y1 in source pixels (manifest)
 
 
 @dataclass
@@ -93,80 +79,6 @@ class LoadResult:
     # key -> fingerprint.pixel_digest of the decoded, resized pixels, for every kept image
     fingerprints: dict[str, str] = field(default_factory=dict)
     lineage: Lineage | None = None  # what was read: (size, sha256) per kept key, and the skipped keys
-
-
-# ---------------------------------------------------------------- listing
-
-
-def _read_manifest(store: Store, cfg: DataConfig) -> list[Labeled]:
-    where = store.uri_of(cfg.manifest)
-    names = {cfg.positive_class: 1, cfg.negative_class: 0}
-    rows = read_manifest(store.read(cfg.manifest).decode("utf-8-sig"), where)
-    unknown = sorted({r.label for r in rows} - set(names))
-    if unknown:
-        raise DataError(f"{where}: unknown label(s) {', '.join(repr(u) for u in unknown)} "
-                        f"(configured: {cfg.positive_class}, {cfg.negative_class})")
-    return [Labeled(r.path, names[r.label], r.patient_id or "", r.site, dict(r.covariates), r.frame, r.roi)
-            for r in rows]
-
-
-def _listed(store: Store) -> tuple[list[str], list[dict]]:
-    """Every object key, and the keys skipped as unsafe (absolute or with '..': never trusted as paths)."""
-    keys = store.list()
-    if not keys:
-        if isinstance(store, LocalStore) and store.root.is_file():
-            raise DataError(f"{store.uri} is a file: the data is a folder (or S3 prefix) of class folders "
-                            "or with a manifest.csv")
-        raise DataError(f"no objects found under {store.uri} (empty or wrong prefix)")
-    unsafe = [{"uri": f"{store.uri}/{k}", "reason": "unsafe object key (absolute or contains '..')"}
-              for k in keys if not is_safe_key(k)]
-    return [k for k in keys if is_safe_key(k)], unsafe
-
-
-def list_labeled(store: Store, cfg: DataConfig) -> tuple[list[Labeled], list[dict]]:
-    """Labeled object keys, from the manifest if there is one, else from class folders;
-    and the keys skipped as unsafe (absolute or with '..': never trusted as paths)."""
-    keys, unsafe = _listed(store)
-    return _labeled(store, keys, unsafe, cfg, require_both_classes=True)
-
-
-def list_for_scoring(store: Store, cfg: DataConfig) -> tuple[list[Labeled], list[dict], bool]:
-    """Objects to score, the unsafe keys, and whether they are labeled. Labeled when there is a
-    manifest or class folders (one class is enough); otherwise every object is scored, with
-    ``label`` -1."""
-    keys, unsafe = _listed(store)
-    names = (cfg.positive_class, cfg.negative_class)
-    if cfg.manifest in keys or any(k.partition("/")[0] in names and "/" in k for k in keys):
-        labeled, unsafe = _labeled(store, keys, unsafe, cfg, require_both_classes=False)
-        return labeled, unsafe, True
-    return [Labeled(k, -1) for k in keys], unsafe, False
-
-
-def _labeled(store: Store, keys: list[str], unsafe: list[dict], cfg: DataConfig,
-             require_both_classes: bool) -> tuple[list[Labeled], list[dict]]:
-    if cfg.manifest in keys:
-        labeled = _read_manifest(store, cfg)
-        unsafe += [{"uri": f"{store.uri}/{lab.key}", "reason": "unsafe path in manifest (absolute or contains '..')"}
-                   for lab in labeled if not is_safe_key(lab.key)]
-        return [lab for lab in labeled if is_safe_key(lab.key)], unsafe
-    names = {cfg.positive_class: 1, cfg.negative_class: 0}
-    labeled = []
-    for key in keys:
-        folder, sep, rest = key.partition("/")
-        if not sep:
-            log.info("ignoring %s at the data root (not in a class folder)", store.uri_of(key))
-            if key.lower().endswith(IMAGE_SUFFIXES):
-                unsafe.append({"uri": store.uri_of(key), "reason": "image at the data root, not in a class folder"})
-            continue
-        if folder not in names:
-            raise DataError(f"unknown class folder {folder!r} in {store.uri} "
-                            f"(configured classes: {cfg.positive_class}, {cfg.negative_class})")
-        labeled.append(Labeled(key, names[folder]))
-    present = [name for name in names if any(lab.key.startswith(f"{name}/") for lab in labeled)]
-    for name in names:
-        if name not in present and (require_both_classes or not present):
-            raise DataError(f"class folder {name!r} is missing or empty in {store.uri}")
-    return labeled, unsafe
 
 
 # ---------------------------------------------------------------- decoding
@@ -298,15 +210,19 @@ def _runs(flags: np.ndarray):
 
 
 def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels: int, threads: int,
-                     on_done=None, roi_mode: str = "none",
-                     lineage: Lineage | None = None) -> tuple[list[Labeled], torch.Tensor, list[dict], list[str]]:
+                     on_done=None, roi_mode: str = "none", lineage: Lineage | None = None,
+                     pseudo: Pseudonymizer | None = None,
+                     where=None) -> tuple[list[Labeled], torch.Tensor, list[dict], list[str]]:
     """Read and decode each object in a worker thread straight into its row of one
     preallocated tensor; its bytes are dropped as soon as it is decoded, so at most
     ``threads`` objects are held at once. Drops undecodable objects and same-class
     duplicates (the first in listing order is kept), fails on cross-class ones. A DICOM's
     PatientID fills ``patient_id`` of an item the manifest gave none (raw: pseudonymize it).
     ``lineage``, when given, receives the size and sha256 of each kept object and the keys skipped.
+    ``where(key)`` names an object in errors (default its URI; ``privacy.namer``), ``pseudo`` scrubs
+    keys from skip reasons (data.pseudonymize_keys).
     Returns the kept items, their pixels, the skipped objects and the kept items' pixel digests."""
+    where = where or store.uri_of
     canvas = Canvas(len(labeled), size)
     pixel_digests: list[str | None] = [None] * len(labeled)
     dicom_ids, first_frames = [""] * len(labeled), [False] * len(labeled)
@@ -318,9 +234,9 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
         except StorageError:
             raise
         except Exception as exc:  # noqa: BLE001 - reported per object
-            return f"could not be read: {type(exc).__name__}: {exc}", None, 0
+            return _unreadable(exc, item.key, pseudo), None, 0
         try:
-            decoded = decode_item(data, size, max_pixels, roi_mode, item.frame, item.roi, store.uri_of(item.key))
+            decoded = decode_item(data, size, max_pixels, roi_mode, item.frame, item.roi, where(item.key))
             canvas.put(row, decoded.pixels)
             pixel_digests[row] = pixel_digest(decoded.pixels)
             dicom_ids[row], first_frames[row] = decoded.patient_id, decoded.first_of_frames
@@ -339,7 +255,7 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
                  "another)", sum(first_frames))
     kept_rows, skipped, seen = [], [], {}
     for row, (reason, digest, nbytes) in enumerate(outcomes):
-        if _keep(labeled[row], reason, digest, seen, skipped):
+        if _keep(labeled[row], reason, digest, seen, skipped, where=where):
             kept_rows.append(row)
             if dicom_ids[row] and not labeled[row].patient_id:
                 labeled[row].patient_id = dicom_ids[row]
@@ -351,8 +267,14 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
             [pixel_digests[r] for r in kept_rows])
 
 
+def _unreadable(exc: Exception, key: str, pseudo: Pseudonymizer | None) -> str:
+    """A read failure's skip reason; an exception's text may quote the key (a local path)."""
+    reason = f"could not be read: {type(exc).__name__}: {exc}"
+    return pseudo.scrub(reason, key) if pseudo is not None else reason
+
+
 def _keep(item: Labeled, reason: str | None, digest: str | None, seen: dict, skipped: list,
-          dedupe: bool = True) -> bool:
+          dedupe: bool = True, where=lambda key: key) -> bool:
     """Whether a decoded object joins the set: not when it failed (listed with ``reason``) or,
     with ``dedupe``, when it repeats an earlier object's bytes (listed as a duplicate; an error
     when the two are labeled differently)."""
@@ -362,7 +284,7 @@ def _keep(item: Labeled, reason: str | None, digest: str | None, seen: dict, ski
     if dedupe and digest in seen:
         first = seen[digest]
         if first.label != item.label:
-            raise DataError(f"the same image is labeled both classes: {first.key} and {item.key}")
+            raise DataError(f"the same image is labeled both classes: {where(first.key)} and {where(item.key)}")
         skipped.append({"key": item.key, "reason": f"duplicate of {first.key} (same bytes)"})
         return False
     seen[digest] = item
@@ -371,7 +293,8 @@ def _keep(item: Labeled, reason: str | None, digest: str | None, seen: dict, ski
 
 def decode_all(raw: dict[str, bytes | Exception], labeled: list[Labeled], size: int, max_pixels: int,
                threads: int, on_done=None, dedupe: bool = True, roi_mode: str = "none",
-               where=lambda key: key) -> tuple[list[Labeled], list[np.ndarray], list[dict]]:
+               where=lambda key: key, pseudo: Pseudonymizer | None = None
+               ) -> tuple[list[Labeled], list[np.ndarray], list[dict]]:
     """Decode in parallel; drop undecodable objects and same-class duplicates, fail on cross-class
     ones. ``dedupe=False`` (scoring) keeps duplicates: every object gets its own prediction.
     A DICOM's PatientID fills ``patient_id`` where the manifest gave none (raw: pseudonymize it)."""
@@ -379,7 +302,7 @@ def decode_all(raw: dict[str, bytes | Exception], labeled: list[Labeled], size: 
     def work(item: Labeled):
         value = raw[item.key]
         if isinstance(value, Exception):
-            return item, None, f"could not be read: {type(value).__name__}: {value}", None
+            return item, None, _unreadable(value, item.key, pseudo), None
         try:
             decoded = decode_item(value, size, max_pixels, roi_mode, item.frame, item.roi, where(item.key))
         except ValueError as exc:
@@ -395,7 +318,7 @@ def decode_all(raw: dict[str, bytes | Exception], labeled: list[Labeled], size: 
         for n, (item, array, reason, digest) in enumerate(pool.map(work, labeled), 1):
             if on_done:
                 on_done(n)
-            if _keep(item, reason, digest, seen, skipped, dedupe):
+            if _keep(item, reason, digest, seen, skipped, dedupe, where):
                 kept.append(item)
                 arrays.append(array)
     return kept, arrays, skipped
@@ -413,10 +336,11 @@ def _progress(verb: str, total: int):
 
 
 def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=None,
-                pseudo: Pseudonymizer | None = None) -> LoadResult:
+                pseudo: Pseudonymizer | None = None, mapping: Store | None = None) -> LoadResult:
     """Download and decode the whole data set into one uint8 tensor on ``device``
     (N x 1 x S x S when every image is grayscale, else N x 3 x S x S). Keys and patient ids
-    come out as ``pseudo`` shows them (a throw-away random key when None).
+    come out as ``pseudo`` shows them (a throw-away random key when None); errors name a key by
+    its pseudonym and ``mapping`` (the run's store) as where the mapping is kept.
 
     ``on_stage(name, seconds, count)`` is called after the load (download and decode overlap).
     """
@@ -424,13 +348,13 @@ def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=No
     import time
 
     pseudo = pseudo or Pseudonymizer(secrets.token_bytes(32), False, cfg.pseudonymize_keys)
-    labeled, unsafe = list_labeled(store, cfg)
+    labeled, unsafe = list_labeled(store, cfg, pseudo)
     log.info("loading %d images from %s with %d threads", len(labeled), store.uri, cfg.download_threads)
     start = time.perf_counter()
     lineage = Lineage(skipped=[relative_key(store, s["uri"]) for s in unsafe])
     kept, images, skipped, digests = load_into_tensor(store, labeled, cfg.image_size, cfg.max_image_pixels,
                                                       cfg.download_threads, _progress("loaded", len(labeled)), cfg.roi,
-                                                      lineage)
+                                                      lineage, pseudo, privacy.namer(store, pseudo, mapping))
     if on_stage:
         on_stage("load", time.perf_counter() - start, len(kept))
     skipped = unsafe + [{"uri": store.uri_of(s["key"]), "reason": s["reason"]} for s in skipped]

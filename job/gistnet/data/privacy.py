@@ -16,8 +16,9 @@ import json
 import logging
 import os
 import secrets
+from contextlib import contextmanager
 
-from gistnet.errors import ConfigError
+from gistnet.errors import ConfigError, GistnetError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,12 @@ class Pseudonymizer:
         self.pseudonymize_keys = pseudonymize_keys
         self.keys: dict[str, str] = {}  # pseudonym -> object key
         self.used = False  # whether any pseudonym was made (the key then matters)
+        self.listed: set[str] = set()  # the data's object keys: scrubbed from an error that stops the run
+
+    def watch(self, keys) -> None:
+        """Remember the data's object keys, so that ``kept_on_failure`` can name any of them by its pseudonym."""
+        if self.pseudonymize_keys:
+            self.listed.update(k for k in keys if k)
 
     def _digest(self, kind: str, value: str) -> str:
         self.used = True
@@ -55,11 +62,57 @@ class Pseudonymizer:
         return name
 
     def save(self, out) -> None:
-        """Keep a key generated here (never an environment one), once used, and the key mapping, under ``private/``."""
+        """Keep a key generated here (never an environment one), once used, and the key mapping, under
+        ``private/`` (merged with a mapping already there: a resumed run, an earlier failed attempt)."""
         if self.generated and self.used:
             out.write_bytes(KEY_FILE, self._secret.hex().encode())
         if self.keys:
-            out.write_bytes(KEYS_FILE, json.dumps(self.keys, indent=1, sort_keys=True).encode())
+            try:
+                kept = json.loads(out.read(KEYS_FILE))
+            except (FileNotFoundError, ValueError):
+                kept = {}
+            out.write_bytes(KEYS_FILE, json.dumps({**kept, **self.keys}, indent=1, sort_keys=True).encode())
+
+    def scrub(self, text: str, key: str) -> str:
+        """``text`` (a skip reason, an error's message) with object ``key`` replaced by its pseudonym when
+        keys are pseudonymized: an exception's text may quote the path it failed on."""
+        return text.replace(key, self.key(key)) if self.pseudonymize_keys and key and key in text else text
+
+
+def namer(store, pseudo: Pseudonymizer | None, out=None):
+    """How an error or a log line names an object key of ``store``: its URI; with
+    ``data.pseudonymize_keys`` the URI of its pseudonym instead, and where the mapping is kept
+    (``out``'s ``private/keys.json``, written by ``kept_on_failure`` when the error stops the run)."""
+    if pseudo is None or not pseudo.pseudonymize_keys:
+        return store.uri_of
+    mapping = f"; its object key is in {out.uri_of(KEYS_FILE)}" if out is not None else ""
+
+    def name(key: str) -> str:
+        return f"{store.uri_of(pseudo.key(key))} (a pseudonym: data.pseudonymize_keys{mapping})"
+    return name
+
+
+@contextmanager
+def kept_on_failure(pseudo: Pseudonymizer | None, out, save: bool = True):
+    """With data.pseudonymize_keys, an error a user can fix that stops the run names object keys by
+    their pseudonyms only: any key of the data (``watch``) left in its message is replaced, and the
+    mapping is saved under ``out``'s ``private/`` so the pseudonym can be looked up. Otherwise the
+    message is today's and nothing is written. ``save=False`` (a torchrun rank other than 0): only
+    rank 0 writes the mapping."""
+    try:
+        yield
+    except GistnetError as exc:
+        if pseudo is not None and pseudo.pseudonymize_keys:
+            text = str(exc)
+            scrubbed = text
+            for key in sorted((k for k in pseudo.listed if k in scrubbed), key=len, reverse=True):
+                scrubbed = scrubbed.replace(key, pseudo.key(key))
+            if scrubbed != text:
+                exc.args = (f"{scrubbed} (object keys shown as pseudonyms: data.pseudonymize_keys; the mapping is in "
+                            f"{out.uri_of(KEYS_FILE)})",)
+            if pseudo.keys and save:
+                pseudo.save(out)
+        raise
 
 
 def for_run(out, pseudonymize_keys: bool, environ=None) -> Pseudonymizer:

@@ -99,8 +99,9 @@ def _name(request: Request) -> str:
     return name
 
 
-def _load(data: Store, data_cfg, metrics: PredictMetrics) -> tuple[Images, list[dict]]:
-    items, unsafe, labeled = dataset.list_for_scoring(data, data_cfg)
+def _load(data: Store, data_cfg, metrics: PredictMetrics, pseudo: privacy.Pseudonymizer, out: Store
+          ) -> tuple[Images, list[dict]]:
+    items, unsafe, labeled = dataset.list_for_scoring(data, data_cfg, pseudo)
     if not labeled:
         raise DataError(f"{redact(data.uri)} has no labels (neither {data_cfg.manifest} nor class folders "
                         f"{data_cfg.positive_class}/, {data_cfg.negative_class}/): evaluate needs labelled images")
@@ -111,7 +112,7 @@ def _load(data: Store, data_cfg, metrics: PredictMetrics) -> tuple[Images, list[
         raw = data.read_many([i.key for i in chunk], data_cfg.download_threads)
         kept, arrays, skipped = dataset.decode_all(raw, chunk, data_cfg.image_size, data_cfg.max_image_pixels,
                                                    data_cfg.download_threads, dedupe=False, roi_mode=data_cfg.roi,
-                                                   where=data.uri_of)
+                                                   where=privacy.namer(data, pseudo, out), pseudo=pseudo)
         metrics.stage("decode", time.perf_counter() - began)
         unusable += [{"uri": data.uri_of(s["key"]), "reason": s["reason"]} for s in skipped]
         images.items += kept
@@ -187,8 +188,10 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
     wanted = cfg.evaluate.subgroups or ev.subgroups
     if request.output:
         check_apart(request.data, request.output, "--data", "--output")  # before anything is written
-    images, unusable = _load(data, data_cfg, metrics)
+    out = open_store(request.output, cfg.storage, stats=stats) if request.output else run.child(f"external/{name}")
     pseudo = privacy.for_run(run, data_cfg.pseudonymize_keys)  # the run's key: the run's pseudonyms
+    with privacy.kept_on_failure(pseudo, out):  # data.pseudonymize_keys: an error names keys by their pseudonyms
+        images, unusable = _load(data, data_cfg, metrics, pseudo, out)
     shown, patients = privacy.outputs([i.key for i in images.items], [i.patient_id for i in images.items], unusable,
                                       data, pseudo)
     for item, key, patient in zip(images.items, shown, patients):
@@ -197,7 +200,6 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
                                         [i.covariates for i in images.items])
     subgroups.check_columns(wanted, sections.columns(covariates), data.uri_of(data_cfg.manifest))
     inside, overlap = _overlap(run, images)
-    out = open_store(request.output, cfg.storage, stats=stats) if request.output else run.child(f"external/{name}")
     labels_all = np.array([i.label for i in images.items], int)
     keep = ~inside
     labels = labels_all[keep]

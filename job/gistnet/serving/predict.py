@@ -93,9 +93,17 @@ def _predict(request: Request, cfg: Config, metrics: PredictMetrics, stats: Tran
     metrics.run_started(model.run_id, device.type)
     data_cfg = model.config.data  # the run's class names, image size, manifest name, pixel limit
     data = open_store(request.data, cfg.storage, data_cfg.download_threads, stats)
-    items, unsafe, labeled = dataset.list_for_scoring(data, data_cfg)
-    score = _scorer(model, request, device, scratch)
     out = open_store(request.output, cfg.storage, stats=stats)
+    pseudo = privacy.for_run(model.run, data_cfg.pseudonymize_keys)  # the run's key: the run's pseudonyms
+    with privacy.kept_on_failure(pseudo, out):  # data.pseudonymize_keys: an error names keys by their pseudonyms
+        return _predict_data(request, model, data, out, pseudo, device, metrics, scratch)
+
+
+def _predict_data(request: Request, model, data: Store, out: Store, pseudo, device, metrics: PredictMetrics,
+                  scratch: str) -> dict:
+    data_cfg = model.config.data
+    items, unsafe, labeled = dataset.list_for_scoring(data, data_cfg, pseudo)
+    score = _scorer(model, request, device, scratch)
     threshold = model.threshold if request.threshold is None else request.threshold
     batch_size = request.batch_size or model.config.train.batch_size
     log.info("scoring %d objects under %s with %s %s (%s) of run %s (%s, threshold %g, %s labels)", len(items),
@@ -104,9 +112,9 @@ def _predict(request: Request, cfg: Config, metrics: PredictMetrics, stats: Tran
 
     scored = Scored(unusable=list(unsafe))
     for start in range(0, len(items), CHUNK):
-        _score_chunk(items[start:start + CHUNK], data, data_cfg, score, batch_size, scored, metrics, model.name)
+        _score_chunk(items[start:start + CHUNK], data, data_cfg, score, batch_size, scored, metrics, model.name,
+                     pseudo, privacy.namer(data, pseudo, out))
         log.info("scored %d/%d images (%d unusable)", len(scored.keys), len(items), len(scored.unusable))
-    pseudo = privacy.for_run(model.run, data_cfg.pseudonymize_keys)  # the run's key: the run's pseudonyms
     scored.keys, scored.patient_ids = privacy.outputs(scored.keys, scored.patient_ids, scored.unusable, data, pseudo)
     if not scored.keys:
         first = scored.unusable[0]["reason"] if scored.unusable else "none listed"
@@ -173,14 +181,14 @@ def _scorer(model: trained_mod.TrainedModel, request: Request, device: torch.dev
 
 
 def _score_chunk(items: list[dataset.Labeled], data: Store, data_cfg, score, batch_size: int, scored: Scored,
-                 metrics: PredictMetrics, model_name: str) -> None:
+                 metrics: PredictMetrics, model_name: str, pseudo=None, where=None) -> None:
     started = time.perf_counter()
     raw = data.read_many([i.key for i in items], data_cfg.download_threads)
     metrics.stage("download", time.perf_counter() - started)
     started = time.perf_counter()
     kept, arrays, skipped = dataset.decode_all(raw, items, data_cfg.image_size, data_cfg.max_image_pixels,
                                                data_cfg.download_threads, dedupe=False, roi_mode=data_cfg.roi,
-                                               where=data.uri_of)
+                                               where=where or data.uri_of, pseudo=pseudo)
     metrics.stage("decode", time.perf_counter() - started)
     unusable = [{"uri": data.uri_of(s["key"]), "reason": s["reason"]} for s in skipped]
     scored.unusable += unusable
