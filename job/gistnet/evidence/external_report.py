@@ -12,10 +12,14 @@ from gistnet.evidence import stats
 SIDE_BY_SIDE = ("roc_auc", "sensitivity", "specificity", "ppv", "npv", "accuracy")
 
 
-def at_threshold(labels, probabilities, threshold: float, ci_method: str, level: float, how: str) -> dict:
+def at_threshold(labels, probabilities, threshold: float, ci_method: str, level: float, how: str,
+                 clusters=None) -> dict:
+    """The confusion matrix and the five metrics at a frozen ``threshold``; intervals clustered by
+    patient as the rest of the report's are (``clusters``)."""
     cm = evaluate.confusion(labels, probabilities, threshold)
+    called = np.asarray(probabilities) >= threshold
     return {"value": threshold, "frozen": True, "chosen_on": how, "confusion_matrix": cm,
-            "metrics": stats.diagnostic_table(cm["tp"], cm["fp"], cm["tn"], cm["fn"], ci_method, level)}
+            "metrics": stats.diagnostic_metrics(labels, called, ci_method, level, clusters)}
 
 
 def _metric(section: dict, name: str) -> dict:

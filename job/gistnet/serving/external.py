@@ -162,10 +162,10 @@ def _model_section(model: ensemble.RunModel, labels, margins, ev, pooled_dev: bo
                                          clusters=clusters)
     section["calibration"] = calibration.calibration(labels, probabilities, margins)
     primary = external_report.at_threshold(labels, probabilities, 0.5, ev.ci_method, ev.confidence_level,
-                                           "pre-specified before training")
+                                           "pre-specified before training", clusters)
     youden = external_report.at_threshold(labels, probabilities, model.youden, ev.ci_method, ev.confidence_level,
                                           "the development run's Youden threshold, frozen: never re-chosen here"
-                                          + (" (median of the folds')" if model.is_ensemble else ""))
+                                          + (" (median of the folds')" if model.is_ensemble else ""), clusters)
     section["thresholds"] = {"primary": {**primary, "pre_specified": True},
                              "youden": {**youden, "exploratory": True, "values": [model.youden]}}
     section["side_by_side"] = external_report.side_by_side(model.development, section, pooled_dev)
