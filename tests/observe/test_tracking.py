@@ -132,8 +132,31 @@ def test_a_run_is_logged_registered_and_its_artifacts_reach_the_bucket(cli, tiny
     batch = torch.rand(3, 3, 32, 32)  # a batch of 3: the registered graph is not fixed to the example's 2
     with torch.no_grad():
         assert torch.allclose(loaded(batch), ours(batch), atol=1e-4)
+    # gistnet export adds the ONNX file to the same run and registers it as the next version
+    exported = cli("export", "--run", run, env=env)
+    assert exported.returncode == 0, exported.stderr
+    sidecar = json.loads((run / "resnet34" / "model.onnx.json").read_text())
+    onnx_versions = [v for v in client.search_model_versions("name='gistnet-resnet34'")
+                     if v.tags.get("gistnet.format") == "onnx"]
+    assert [(v.version, v.run_id) for v in onnx_versions] == [("2", parent.info.run_id)]
+    assert onnx_versions[0].tags["gistnet.torch_version"] == "1"
+    assert onnx_versions[0].tags["gistnet.weights_sha256"] == report["models"]["resnet34"]["checkpoint"]["sha256"]
+    assert client.get_model_version("gistnet-resnet34", "1").tags["gistnet.onnx_version"] == "2"
+    assert sidecar["tracking"] == {"status": "logged", "mlflow_run_id": parent.info.run_id,
+                                   "registered_model": {"name": "gistnet-resnet34", "version": "2"}}
+    import mlflow.onnx as mlflow_onnx
+    import onnxruntime
+
+    (tmp_path / "onnx").mkdir()
+    proto = mlflow_onnx.load_model("models:/gistnet-resnet34/2", dst_path=str(tmp_path / "onnx"))
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    probabilities = session.run(["probabilities"], {"images": images.numpy()})[0]
+    with torch.no_grad():
+        expected = trained.Scorer(ours, torch.device("cpu"))(images).numpy()
+    assert abs(probabilities - expected).max() < 1e-4
     # no credential anywhere
-    for text in [done.stdout, done.stderr, *(p.read_text(errors="ignore") for p in run.rglob("*") if p.is_file()
+    for text in [done.stdout, done.stderr, exported.stdout, exported.stderr, *(p.read_text(errors="ignore") for p in run.rglob("*") if p.is_file()
                                              and p.suffix in (".json", ".md", ".html", ".yaml", ".csv"))]:
         assert MLFLOW_PASSWORD not in text
 
@@ -156,6 +179,39 @@ def test_fanned_out_folds_are_child_runs_of_one_parent(cli, tiny_data, tmp_path,
     assert sorted(c.data.tags["gistnet.unit"] for c in children) == ["resnet34 fold 0", "resnet34 fold 1"]
     assert all(c.data.metrics.get("train_loss") is not None for c in children)
     assert "resnet34.accuracy" in parents[0].data.metrics
+    # the K fold networks registered as one ensemble, on the parent run
+    import statistics
+
+    import torch
+
+    from gistnet.data.storage import LocalStore
+    from gistnet.serving import ensemble, trained
+    from gistnet.training import train
+
+    versions = client.search_model_versions("name='gistnet-resnet34'")
+    assert [(v.version, v.run_id) for v in versions] == [("1", parents[0].info.run_id)]
+    assert report["tracking"]["models"]["resnet34"] == {"name": "gistnet-resnet34", "version": "1"}
+    folds = report["models"]["resnet34"]["folds"]
+    tags = versions[0].tags
+    assert tags["gistnet.kind"] == "ensemble of 2 folds" and "ensemble of 2 folds" in versions[0].description
+    assert float(tags["gistnet.threshold"]) == pytest.approx(statistics.median(f["youden_threshold"] for f in folds),
+                                                             rel=1e-5)
+    run = LocalStore(tmp_path / "o" / "k")
+    networks = [trained.verified_network(run, f"folds/{f['fold']}/resnet34/model.safetensors",
+                                         f["checkpoint"]["sha256"], "resnet34", str(tmp_path)) for f in folds]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        mp.setenv("MLFLOW_REGISTRY_URI", mlflow_server)
+        (tmp_path / "m").mkdir()
+        loaded = mlflow.pytorch.load_model("models:/gistnet-resnet34/1", dst_path=str(tmp_path / "m"))
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    x = train.Preprocess(torch.device("cpu"))(images)
+    with torch.no_grad():
+        logits = loaded(x)
+        margins = torch.stack([(lambda out: out[:, 1] - out[:, 0])(n(x)) for n in networks])
+        assert torch.allclose(logits[:, 1] - logits[:, 0], margins.mean(dim=0), atol=1e-4)
+        scorer = ensemble.EnsembleScorer(networks, torch.device("cpu"))
+        assert torch.allclose(logits[:, 1] - logits[:, 0], scorer(images), atol=1e-4)
 
 
 @pytest.mark.e2e
@@ -189,3 +245,25 @@ def test_observers_compose_every_event_in_order():
     both.on_epoch("resnet34", {"epoch": 1}, 2)
     assert heard == [("prometheus", "step", "resnet34", 16), ("mlflow", "step", "resnet34", 16),
                      ("prometheus", "epoch", "resnet34", 1, 2), ("mlflow", "epoch", "resnet34", 1, 2)]
+
+
+@pytest.mark.e2e
+def test_export_with_the_server_down_warns_once_and_still_exports(cli, tiny_runs, tmp_path):
+    from tests.conftest import copy_run
+
+    run = copy_run(Path(tiny_runs) / "a", tmp_path / "a")
+    report = json.loads((run / "report.json").read_text())
+    report["tracking"] = {"status": "logged", "mlflow_run_id": "0123456789abcdef", "models": {}}
+    (run / "report.json").write_text(json.dumps(report))
+    env = {**__import__("os").environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+           "GISTNET_TRACKING_MLFLOW_URI": f"http://user:{MLFLOW_PASSWORD}@127.0.0.1:{free_port()}"}
+    done = cli("export", "--run", run, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("MLflow tracking at") == 1 and MLFLOW_PASSWORD not in done.stderr
+    assert (run / "resnet34" / "model.onnx").exists()
+    sidecar = json.loads((run / "resnet34" / "model.onnx.json").read_text())
+    assert sidecar["tracking"]["status"] == "failed" and sidecar["tracking"]["registered_model"] is None
+    assert MLFLOW_PASSWORD not in json.dumps(sidecar)
+    required = cli("export", "--run", run, env={**env, "GISTNET_TRACKING_REQUIRED": "true"})
+    one_line_error(required, EXIT_STORAGE, "tracking.required is true")
+    assert MLFLOW_PASSWORD not in required.stderr
