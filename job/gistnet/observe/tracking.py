@@ -5,8 +5,10 @@ On when ``tracking.mlflow_uri`` is set, or else when MLflow's own ``MLFLOW_TRACK
 (fold, model) unit is a child run holding that unit's per-epoch losses and accuracies
 (step = epoch). Processes that share a run id (fan-out) find the same parent by its tag. The
 parent holds the resolved config as params, the data set as an input, the final metrics and
-their intervals, the report and figures as artifacts, and each trained model, registered as
-``<tracking.model_prefix>-<model>``.
+their intervals, the report and figures as artifacts, and each trained model (a hold-out network
+or a k-fold run's fold ensemble), registered as ``<tracking.model_prefix>-<model>``. ``gistnet
+export`` later attaches to the same parent run (its id from report.json) and registers the ONNX
+file as another version of that name (tag ``gistnet.format: onnx``).
 
 A server that fails does not lose the training: the first failure is logged once as a warning,
 tracking stops for the rest of the run, and the report records it (``tracking.status: failed``).

@@ -122,6 +122,7 @@ def log_onnx(run_uri: str, model: str, config: Config, scratch: str) -> dict | N
         outputs = export.OnnxScorer.session(str(local), "cpu").run([export.OUTPUT, export.LOGITS], {export.INPUT: images})
         tags = {"gistnet.run_id": report["run_id"], "gistnet.weights_sha256": str(sidecar.get("weights_sha256")),
                 "gistnet.onnx_sha256": sidecar["sha256"], "gistnet.opset": str(sidecar.get("opset")),
+                "gistnet.kind": str(sidecar.get("scoring", "single model (hold-out)")),
                 "gistnet.input": f"uint8 N x 3 x {size} x {size}"}
         description = (f"{model} of gistnet run {report['run_id']} as ONNX (gistnet export, opset "
                        f"{sidecar.get('opset')}): uint8 images in (normalisation inside), {export.OUTPUT} and "
