@@ -253,22 +253,27 @@ def test_observers_compose_every_event_in_order():
 
 
 @pytest.mark.e2e
-def test_export_with_the_server_down_warns_once_and_still_exports(cli, tiny_runs, tmp_path):
+def test_export_with_the_server_down_warns_once_and_still_exports(exported_run, tmp_path, caplog, monkeypatch):
+    """What gistnet export does after writing model.onnx (ops.record.log_onnx), with the server down."""
+    from gistnet import config
+    from gistnet.ops import record
     from tests.conftest import copy_run
 
-    run = copy_run(Path(tiny_runs) / "a", tmp_path / "a")
+    run = copy_run(Path(exported_run), tmp_path / "a", "resnet34/model.onnx", "resnet34/model.onnx.json")
     report = json.loads((run / "report.json").read_text())
     report["tracking"] = {"status": "logged", "mlflow_run_id": "0123456789abcdef", "models": {}}
     (run / "report.json").write_text(json.dumps(report))
-    env = {**__import__("os").environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-           "GISTNET_TRACKING_MLFLOW_URI": f"http://user:{MLFLOW_PASSWORD}@127.0.0.1:{free_port()}"}
-    done = cli("export", "--run", run, env=env)
-    assert done.returncode == 0, done.stderr
-    assert done.stderr.count("MLflow tracking at") == 1 and MLFLOW_PASSWORD not in done.stderr
-    assert (run / "resnet34" / "model.onnx").exists()
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://user:{MLFLOW_PASSWORD}@127.0.0.1:{free_port()}"
+    cfg = config.load_config(None, {"tracking.mlflow_uri": uri}, environ={})
+    with caplog.at_level(logging.WARNING):
+        outcome = record.log_onnx(str(run), "resnet34", cfg, str(tmp_path))
+    assert len([r for r in caplog.records if "MLflow tracking at" in r.getMessage()]) == 1
+    assert outcome["status"] == "failed" and outcome["registered_model"] is None
     sidecar = json.loads((run / "resnet34" / "model.onnx.json").read_text())
-    assert sidecar["tracking"]["status"] == "failed" and sidecar["tracking"]["registered_model"] is None
-    assert MLFLOW_PASSWORD not in json.dumps(sidecar)
-    required = cli("export", "--run", run, env={**env, "GISTNET_TRACKING_REQUIRED": "true"})
-    one_line_error(required, EXIT_STORAGE, "tracking.required is true")
-    assert MLFLOW_PASSWORD not in required.stderr
+    assert sidecar["tracking"] == outcome and (run / "resnet34" / "model.onnx").exists()
+    assert MLFLOW_PASSWORD not in json.dumps(sidecar) and MLFLOW_PASSWORD not in caplog.text
+    required = config.load_config(None, {"tracking.mlflow_uri": uri, "tracking.required": True}, environ={})
+    with pytest.raises(TrackingError, match="tracking.required is true") as caught:
+        record.log_onnx(str(run), "resnet34", required, str(tmp_path))
+    assert caught.value.exit_code == EXIT_STORAGE and MLFLOW_PASSWORD not in str(caught.value)
