@@ -147,10 +147,10 @@ def test_production_without_a_pointer_is_exit_9(cli, tmp_path, command):
     assert "production.json does not exist" in done.stderr
 
 
-@pytest.mark.parametrize("content, fragment", [(b"{not json", "is not valid JSON"),
-                                               (b'{"model": "resnet34"}', "is malformed: no run_uri")])
-@pytest.mark.parametrize("command", ["predict", "evaluate"])
-def test_a_malformed_pointer_is_exit_9_naming_the_key(cli, tmp_path, content, fragment, command):
+@pytest.mark.parametrize("command, content, fragment", [("predict", b"{not json", "is not valid JSON"),
+                                                        ("predict", b'{"model": "resnet34"}', "is malformed: no run_uri"),
+                                                        ("evaluate", b'{"model": "resnet34"}', "is malformed: no run_uri")])
+def test_a_malformed_pointer_is_exit_9_naming_the_key(cli, tmp_path, command, content, fragment):
     registry = tmp_path / "registry"
     registry.mkdir()
     (registry / "production.json").write_bytes(content)
