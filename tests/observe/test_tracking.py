@@ -132,8 +132,31 @@ def test_a_run_is_logged_registered_and_its_artifacts_reach_the_bucket(cli, tiny
     batch = torch.rand(3, 3, 32, 32)  # a batch of 3: the registered graph is not fixed to the example's 2
     with torch.no_grad():
         assert torch.allclose(loaded(batch), ours(batch), atol=1e-4)
+    # gistnet export adds the ONNX file to the same run and registers it as the next version
+    exported = cli("export", "--run", run, env=env)
+    assert exported.returncode == 0, exported.stderr
+    sidecar = json.loads((run / "resnet34" / "model.onnx.json").read_text())
+    onnx_versions = [v for v in client.search_model_versions("name='gistnet-resnet34'")
+                     if v.tags.get("gistnet.format") == "onnx"]
+    assert [(v.version, v.run_id) for v in onnx_versions] == [("2", parent.info.run_id)]
+    assert onnx_versions[0].tags["gistnet.torch_version"] == "1"
+    assert onnx_versions[0].tags["gistnet.weights_sha256"] == report["models"]["resnet34"]["checkpoint"]["sha256"]
+    assert client.get_model_version("gistnet-resnet34", "1").tags["gistnet.onnx_version"] == "2"
+    assert sidecar["tracking"] == {"status": "logged", "mlflow_run_id": parent.info.run_id,
+                                   "registered_model": {"name": "gistnet-resnet34", "version": "2"}}
+    import mlflow.onnx as mlflow_onnx
+    import onnxruntime
+
+    (tmp_path / "onnx").mkdir()
+    proto = mlflow_onnx.load_model("models:/gistnet-resnet34/2", dst_path=str(tmp_path / "onnx"))
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    probabilities = session.run(["probabilities"], {"images": images.numpy()})[0]
+    with torch.no_grad():
+        expected = trained.Scorer(ours, torch.device("cpu"))(images).numpy()
+    assert abs(probabilities - expected).max() < 1e-4
     # no credential anywhere
-    for text in [done.stdout, done.stderr, *(p.read_text(errors="ignore") for p in run.rglob("*") if p.is_file()
+    for text in [done.stdout, done.stderr, exported.stdout, exported.stderr, *(p.read_text(errors="ignore") for p in run.rglob("*") if p.is_file()
                                              and p.suffix in (".json", ".md", ".html", ".yaml", ".csv"))]:
         assert MLFLOW_PASSWORD not in text
 
@@ -156,6 +179,44 @@ def test_fanned_out_folds_are_child_runs_of_one_parent(cli, tiny_data, tmp_path,
     assert sorted(c.data.tags["gistnet.unit"] for c in children) == ["resnet34 fold 0", "resnet34 fold 1"]
     assert all(c.data.metrics.get("train_loss") is not None for c in children)
     assert "resnet34.accuracy" in parents[0].data.metrics
+    # the K fold networks registered as one ensemble, on the parent run
+    import hashlib
+    import statistics
+
+    import torch
+
+    from gistnet import models
+    from gistnet.serving import ensemble
+    from gistnet.training import train
+
+    versions = client.search_model_versions("name='gistnet-resnet34'")
+    assert [(v.version, v.run_id) for v in versions] == [("1", parents[0].info.run_id)]
+    assert report["tracking"]["models"]["resnet34"] == {"name": "gistnet-resnet34", "version": "1"}
+    folds = report["models"]["resnet34"]["folds"]
+    tags = versions[0].tags
+    assert tags["gistnet.kind"] == "ensemble of 2 folds" and "ensemble of 2 folds" in versions[0].description
+    assert float(tags["gistnet.threshold"]) == pytest.approx(statistics.median(f["youden_threshold"] for f in folds),
+                                                             rel=1e-5)
+    networks = []  # each fold's network, loaded here from its weights file
+    for f in folds:
+        weights = tmp_path / "o" / "k" / "folds" / str(f["fold"]) / "resnet34" / "model.safetensors"
+        assert hashlib.sha256(weights.read_bytes()).hexdigest() == f["checkpoint"]["sha256"]
+        network = models.build_model("resnet34")
+        network.load_state_dict(models.load_state_dict_file(str(weights)))
+        networks.append(network.eval())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        mp.setenv("MLFLOW_REGISTRY_URI", mlflow_server)
+        (tmp_path / "m").mkdir()
+        loaded = mlflow.pytorch.load_model("models:/gistnet-resnet34/1", dst_path=str(tmp_path / "m"))
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    x = train.Preprocess(torch.device("cpu"))(images)
+    with torch.no_grad():
+        logits = loaded(x)
+        margins = torch.stack([(lambda out: out[:, 1] - out[:, 0])(n(x)) for n in networks])
+        assert torch.allclose(logits[:, 1] - logits[:, 0], margins.mean(dim=0), atol=1e-4)
+        scorer = ensemble.EnsembleScorer(networks, torch.device("cpu"))
+        assert torch.allclose(logits[:, 1] - logits[:, 0], scorer(images), atol=1e-4)
 
 
 @pytest.mark.e2e
@@ -189,3 +250,30 @@ def test_observers_compose_every_event_in_order():
     both.on_epoch("resnet34", {"epoch": 1}, 2)
     assert heard == [("prometheus", "step", "resnet34", 16), ("mlflow", "step", "resnet34", 16),
                      ("prometheus", "epoch", "resnet34", 1, 2), ("mlflow", "epoch", "resnet34", 1, 2)]
+
+
+@pytest.mark.e2e
+def test_export_with_the_server_down_warns_once_and_still_exports(exported_run, tmp_path, caplog, monkeypatch):
+    """What gistnet export does after writing model.onnx (ops.record.log_onnx), with the server down."""
+    from gistnet import config
+    from gistnet.ops import record
+    from tests.conftest import copy_run
+
+    run = copy_run(Path(exported_run), tmp_path / "a", "resnet34/model.onnx", "resnet34/model.onnx.json")
+    report = json.loads((run / "report.json").read_text())
+    report["tracking"] = {"status": "logged", "mlflow_run_id": "0123456789abcdef", "models": {}}
+    (run / "report.json").write_text(json.dumps(report))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://user:{MLFLOW_PASSWORD}@127.0.0.1:{free_port()}"
+    cfg = config.load_config(None, {"tracking.mlflow_uri": uri}, environ={})
+    with caplog.at_level(logging.WARNING):
+        outcome = record.log_onnx(str(run), "resnet34", cfg, str(tmp_path))
+    assert len([r for r in caplog.records if "MLflow tracking at" in r.getMessage()]) == 1
+    assert outcome["status"] == "failed" and outcome["registered_model"] is None
+    sidecar = json.loads((run / "resnet34" / "model.onnx.json").read_text())
+    assert sidecar["tracking"] == outcome and (run / "resnet34" / "model.onnx").exists()
+    assert MLFLOW_PASSWORD not in json.dumps(sidecar) and MLFLOW_PASSWORD not in caplog.text
+    required = config.load_config(None, {"tracking.mlflow_uri": uri, "tracking.required": True}, environ={})
+    with pytest.raises(TrackingError, match="tracking.required is true") as caught:
+        record.log_onnx(str(run), "resnet34", required, str(tmp_path))
+    assert caught.value.exit_code == EXIT_STORAGE and MLFLOW_PASSWORD not in str(caught.value)

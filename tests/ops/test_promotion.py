@@ -146,23 +146,34 @@ def test_first_run_promoted_then_pointer_used_by_predict(cli, tiny_runs, tmp_pat
                  tmp_path / "p", "--device", "cpu")
     assert scored.returncode == 0, scored.stderr
     assert json.loads((tmp_path / "p" / "predictions.json").read_text())["run_uri"] == str(run)
+    # evaluate resolves the same pointer and scores with the promoted model alone
+    evaluated = cli("evaluate", "--run", "production", "--registry", registry, "--data", data, "--output",
+                    tmp_path / "e", "--device", "cpu")
+    assert evaluated.returncode == 0, evaluated.stderr
+    external = json.loads((tmp_path / "e" / "report.json").read_text())
+    assert external["run_id"] == pointer["run_id"] and external["external"]["run_uri"] == f"{run}/report.json"
+    assert list(external["models"]) == [pointer["model"]] == ["resnet34"]
+    assert external["models"]["resnet34"]["weights"] == [
+        {"key": "resnet34/model.safetensors", "sha256": pointer["sha256"], "fold": None}]
 
 
-def test_production_without_a_pointer_is_exit_9(cli, tmp_path):
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_production_without_a_pointer_is_exit_9(cli, tmp_path, command):
     (tmp_path / "registry").mkdir()
-    done = cli("predict", "--run", "production", "--registry", tmp_path / "registry", "--data", tmp_path,
+    done = cli(command, "--run", "production", "--registry", tmp_path / "registry", "--data", tmp_path,
                "--output", tmp_path / "p")
     one_line_error(done, EXIT_MODEL, "no production model")
     assert "production.json does not exist" in done.stderr
 
 
-@pytest.mark.parametrize("content, fragment", [(b"{not json", "is not valid JSON"),
-                                               (b'{"model": "resnet34"}', "is malformed: no run_uri")])
-def test_a_malformed_pointer_is_exit_9_naming_the_key(cli, tmp_path, content, fragment):
+@pytest.mark.parametrize("command, content, fragment", [("predict", b"{not json", "is not valid JSON"),
+                                                        ("predict", b'{"model": "resnet34"}', "is malformed: no run_uri"),
+                                                        ("evaluate", b'{"model": "resnet34"}', "is malformed: no run_uri")])
+def test_a_malformed_pointer_is_exit_9_naming_the_key(cli, tmp_path, command, content, fragment):
     registry = tmp_path / "registry"
     registry.mkdir()
     (registry / "production.json").write_bytes(content)
-    done = cli("predict", "--run", "production", "--registry", registry, "--data", tmp_path, "--output",
+    done = cli(command, "--run", "production", "--registry", registry, "--data", tmp_path, "--output",
                tmp_path / "p")
     one_line_error(done, EXIT_MODEL, f"{registry}/production.json {fragment}")
 

@@ -85,17 +85,20 @@ def evaluate_cmd(run_uri, registry, data, output, name, model, batch_size, devic
 @click.option("--run", "run_uri", required=True, help="The finished run: <output>/<run-id> (folder or s3://).")
 @click.option("--model", default="best", show_default=True, type=MODEL_CHOICE)
 @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (storage).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (storage, tracking).")
 @user_errors
 def export_cmd(run_uri, model, fmt, config_file) -> None:
-    """Export a run's model beside its weights: <model>/model.onnx (dynamic batch) and model.onnx.json."""
+    """Export a run's model beside its weights: <model>/model.onnx (dynamic batch) and model.onnx.json.
+    With MLflow tracking on, model.onnx is also logged to the run's MLflow run and registered."""
     import tempfile
 
+    from gistnet.ops import record
     from gistnet.serving import export, trained
 
     cfg = _storage_and_metrics(config_file, None, None)
     chosen = trained.open_run(run_uri, model, cfg.storage)
     export.export_onnx(chosen, tempfile.gettempdir())
+    record.log_onnx(run_uri, chosen.name, cfg, tempfile.gettempdir())  # MLflow, when tracking is on
     click.echo(chosen.run.uri_of(chosen.key(export.ONNX_FILE)))
 
 

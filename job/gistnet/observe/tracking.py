@@ -5,8 +5,10 @@ On when ``tracking.mlflow_uri`` is set, or else when MLflow's own ``MLFLOW_TRACK
 (fold, model) unit is a child run holding that unit's per-epoch losses and accuracies
 (step = epoch). Processes that share a run id (fan-out) find the same parent by its tag. The
 parent holds the resolved config as params, the data set as an input, the final metrics and
-their intervals, the report and figures as artifacts, and each trained model, registered as
-``<tracking.model_prefix>-<model>``.
+their intervals, the report and figures as artifacts, and each trained model (a hold-out network
+or a k-fold run's fold ensemble), registered as ``<tracking.model_prefix>-<model>``. ``gistnet
+export`` later attaches to the same parent run (its id from report.json) and registers the ONNX
+file as another version of that name (tag ``gistnet.format: onnx``).
 
 A server that fails does not lose the training: the first failure is logged once as a warning,
 tracking stops for the rest of the run, and the report records it (``tracking.status: failed``).
@@ -24,6 +26,7 @@ import json
 import logging
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -176,13 +179,13 @@ class Tracker:
 
     # ------------------------------------------------------------ the finished run
 
-    def finish(self, report: dict, files: dict[str, bytes], models: dict[str, tuple]) -> None:
+    def finish(self, report: dict, files: dict[str, bytes], models: dict[str, "ModelToLog"]) -> None:
         """Log the final metrics and intervals, the report and figures (``files``: artifact path ->
-        bytes) and each model (``models``: name -> (torch module, input example)), then end the run."""
+        bytes) and each model (``models``: name -> what to register), then end the run."""
         self._call("logging the final metrics", lambda: self._final_metrics(report))
         self._call("logging the artifacts", lambda: self._artifacts(files))
-        for name, (module, example) in models.items():
-            self._call(f"logging model {name}", lambda: self._model(name, module, example))
+        for name, model in models.items():
+            self._call(f"logging model {name}", lambda: self._model(name, model))
         self._call("ending the run", lambda: self.client.set_terminated(self.parent_id, "FINISHED"))
 
     def _final_metrics(self, report: dict) -> None:
@@ -210,21 +213,92 @@ class Tracker:
                 target.write_bytes(data)
             self.client.log_artifacts(self.parent_id, tmp)
 
-    def _model(self, name: str, module, example) -> None:
+    def _model(self, name: str, model: "ModelToLog") -> None:
         import mlflow
         import mlflow.pytorch
         import torch
         import torchvision
 
         registered = f"{self.cfg.model_prefix}-{name}"
-        mlflow.set_tracking_uri(self.uri)
-        mlflow.set_registry_uri(self.uri)
-        with mlflow.start_run(run_id=self.parent_id):
+        with self._active_parent(mlflow):
             info = mlflow.pytorch.log_model(
-                module, name=name, registered_model_name=registered, input_example=example,
+                model.module, name=name, registered_model_name=registered, input_example=model.example,
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                                   f"torchvision=={torchvision.__version__.split('+')[0]}"])
-        self.registered[name] = {"name": registered, "version": str(info.registered_model_version)}
+        version = str(info.registered_model_version)
+        self._describe(registered, version, {"gistnet.format": "torch", **model.tags}, model.description)
+        self.registered[name] = {"name": registered, "version": version}
+
+    def _active_parent(self, mlflow):
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        return mlflow.start_run(run_id=self.parent_id)
+
+    def _describe(self, registered: str, version: str, tags: dict[str, str], description: str) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(registered, version, key, str(value))
+        if description:
+            self.client.update_model_version(registered, version, description=description)
+
+    # ------------------------------------------------------------ after the run: gistnet export
+
+    def attach(self, parent_id: str) -> None:
+        """Continue a finished run's parent run (its id from report.json), e.g. to add its ONNX model."""
+        if not self.uri:
+            return
+        for name, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+
+        def find():
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            self.experiment_id = self.client.get_run(parent_id).info.experiment_id
+            self.parent_id = parent_id
+
+        self._call(f"finding run {parent_id}", find)
+
+    def log_onnx(self, name: str, path: Path, example: tuple, tags: dict[str, str], description: str,
+                 torch_version: str | None) -> dict | None:
+        """Log an exported ``model.onnx`` to the parent run with MLflow's onnx flavour and register it as
+        a new version of ``<model_prefix>-<name>`` (tag ``gistnet.format: onnx``); the run's torch
+        version (``torch_version``) and the ONNX version name each other in a tag. Returns
+        ``{name, version}``, or None when tracking is off or failed. ``example``: (input array,
+        {output name: array}), from which the version's signature is inferred."""
+        def log():
+            import mlflow
+            import mlflow.onnx
+            import onnx
+            import onnxruntime
+            from mlflow.models import infer_signature
+
+            signature = infer_signature(*example)
+
+            registered = f"{self.cfg.model_prefix}-{name}"
+            with self._active_parent(mlflow):
+                info = mlflow.onnx.log_model(
+                    onnx.load(str(path)), name=f"{name}-onnx", registered_model_name=registered, signature=signature,
+                    save_as_external_data=False,
+                    pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"])
+            version = str(info.registered_model_version)
+            linked = {"gistnet.torch_version": torch_version} if torch_version else {}
+            self._describe(registered, version, {"gistnet.format": "onnx", **tags, **linked}, description)
+            if torch_version:
+                self.client.set_model_version_tag(registered, torch_version, "gistnet.onnx_version", version)
+            return {"name": registered, "version": version}
+
+        return self._call(f"logging the ONNX model of {name}", log)
+
+
+@dataclass
+class ModelToLog:
+    """A trained model for the registry: the torch module, an input example (its batch of 2 keeps the
+    exported graph's batch axis dynamic), model-version tags and a description."""
+
+    module: object
+    example: object
+    tags: dict[str, str] = field(default_factory=dict)
+    description: str = ""
 
 
 class UnitTracker:
