@@ -178,6 +178,21 @@ def test_a_malformed_pointer_is_exit_9_naming_the_key(cli, tmp_path, command, co
     one_line_error(done, EXIT_MODEL, f"{registry}/production.json {fragment}")
 
 
+@pytest.mark.e2e
+def test_a_pointer_whose_run_changed_after_promotion_is_exit_9(cli, tiny_runs, tmp_path):
+    """production.json pins the promoted weights' sha256: a run re-trained under the same id (or
+    edited) afterwards is not silently served in its place."""
+    run = Path(tiny_runs) / "a"
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    (registry / "production.json").write_text(json.dumps(
+        {"run_uri": str(run), "model": "resnet34", "sha256": "0" * 64, "run_id": "a"}))
+    done = cli("predict", "--run", "production", "--registry", registry, "--data", tmp_path, "--output",
+               tmp_path / "p")
+    one_line_error(done, EXIT_MODEL, "the run changed after its promotion")
+    assert f"{registry}/production.json promoted resnet34 of {run} with sha256 000000000000..." in done.stderr
+
+
 def test_an_unreachable_registry_bucket_is_exit_5(cli, s3_env, tmp_path):
     done = cli("promote", "--run", tmp_path / "run", "--registry", "s3://no-such-registry-bucket/prod",
                "--data", tmp_path, env=s3_env)

@@ -126,6 +126,11 @@ def resolve(run: str, model: str, registry: str | None, storage: StorageConfig) 
     if pointer is None:
         raise ModelError(f"no production model: {store.uri_of(POINTER)} does not exist (nothing promoted yet; "
                          "run gistnet promote)")
+    promoted = open_run(pointer["run_uri"], pointer["model"], storage)
+    if promoted.sha256 != pointer["sha256"]:  # the run was re-trained or edited after its promotion
+        raise ModelError(f"{store.uri_of(POINTER)} promoted {pointer['model']} of {pointer['run_uri']} with sha256 "
+                         f"{str(pointer['sha256'])[:12]}..., but that run's report now gives {promoted.sha256[:12]}...: "
+                         "the run changed after its promotion; promote it again or restore the pointer")
     return pointer["run_uri"], pointer["model"] if model == "best" else model
 
 
