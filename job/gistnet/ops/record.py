@@ -19,7 +19,7 @@ import torch
 from gistnet.config import Config
 from gistnet.data.storage import Store, open_store
 from gistnet.observe.tracking import ModelToLog, Tracker
-from gistnet.serving import ensemble, export, trained
+from gistnet.serving import ensemble, export
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class FoldMean(torch.nn.Module):
         self.networks = torch.nn.ModuleList(networks)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.stack([network(images).float() for network in self.networks]).mean(dim=0)
+        return ensemble.mean_logits(self.networks, images)
 
 
 def _models(final: dict, out: Store, config: Config, scratch: str) -> dict[str, ModelToLog]:
@@ -78,13 +78,12 @@ def _models(final: dict, out: Store, config: Config, scratch: str) -> dict[str, 
     models = {}
     for name in final["models"]:
         chosen = ensemble.run_model(final, name, out.uri)
+        networks = ensemble.load_members(out, chosen, torch.device("cpu"), scratch)  # each sha256 checked
         if not chosen.is_ensemble:
-            network = trained.load_weights(trained.open_run(out.uri, name, config.storage), scratch)
-            models[name] = ModelToLog(network, example, {**common, "gistnet.kind": "single model (hold-out)",
-                                                         "gistnet.weights_sha256": chosen.members[0].sha256})
+            models[name] = ModelToLog(networks[0], example, {**common, "gistnet.kind": "single model (hold-out)",
+                                                             "gistnet.weights_sha256": chosen.members[0].sha256})
             continue
         folds = len(chosen.members)
-        networks = ensemble.load_members(out, chosen, torch.device("cpu"), scratch)
         tags = {**common, "gistnet.kind": f"ensemble of {folds} folds", "gistnet.folds": str(folds),
                 "gistnet.threshold": f"{chosen.youden:.6g}",
                 "gistnet.threshold_rule": "median of the folds' Youden thresholds (exploratory)",

@@ -111,6 +111,12 @@ def verified_network(run: Store, key: str, sha256: str, name: str, scratch: str)
     return network.eval()
 
 
+def mean_logits(networks, x: torch.Tensor) -> torch.Tensor:
+    """The members' fp32 logits N x 2 on the preprocessed batch ``x``, averaged: their margin is the
+    mean of the members' margins."""
+    return torch.stack([network(x).float() for network in networks]).mean(dim=0)
+
+
 class EnsembleScorer(torch.nn.Module):
     """uint8 N x 3 x S x S -> the mean logit margin (positive - negative) of the members, N.
 
@@ -123,8 +129,7 @@ class EnsembleScorer(torch.nn.Module):
         self.preprocess = train.Preprocess(device)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.preprocess(images)
-        return torch.stack([network(x).float() for network in self.networks]).mean(dim=0)
+        return mean_logits(self.networks, self.preprocess(images))
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -171,10 +171,7 @@ def _scorer(model: trained_mod.TrainedModel, request: Request, device: torch.dev
 
     @torch.no_grad()
     def score(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if model.is_ensemble:
-            margins = scorer(images.to(device))
-            return torch.sigmoid(margins), margins
-        logits = scorer.logits(images.to(device))
+        logits = scorer.logits(images.to(device))  # a fold ensemble's: the mean of its members' logits
         return logits.softmax(dim=1)[:, 1], logits[:, 1] - logits[:, 0]
 
     return score
