@@ -121,3 +121,35 @@ def promote_cmd(run_uri, registry, promotion_data, config_file) -> None:
     record = promotion.gate(run_uri, cfg.promotion.registry, cfg)
     click.echo(f"promoted: {record['reason']}", err=True)
     click.echo(record["pointer"]["evidence"])
+
+
+@cli.command("readers")
+@click.option("--readers", "readers_uri", required=True,
+              help="The readers file: a CSV, local or s3://bucket/key (case, reader[, modality, rating, call, truth, "
+                   "patient_id, lesion_id]; docs/reader-study.md).")
+@click.option("--run", "run_uri", help=RUN_HELP + " With --data, the model joins the study.")
+@click.option("--registry", help=REGISTRY_HELP)
+@click.option("--data", help="With --run: the data set whose images are the cases (their keys are the case ids).")
+@click.option("--output", help="Where readers.json/.md/.html go [default: <run>/readers; required without --run].")
+@click.option("--model", default="best", show_default=True, type=MODEL_CHOICE, help="Which of the run's models.")
+@click.option("--covariance", type=click.Choice(["jackknife", "delong"]), default="jackknife", show_default=True,
+              help="How the covariances of the reader AUCs over cases are estimated (Obuchowski-Rockette).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per forward pass [default: the run's].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML config (storage, metrics; data.positive_class and evaluate.ci_method without --run).")
+@user_errors
+def readers_cmd(readers_uri, run_uri, registry, data, output, model, covariance, batch_size, device,
+                config_file) -> None:
+    """A reader study: each reader, modalities compared (Obuchowski-Rockette, Hillis), and with --run and --data
+    the model against the readers. Writes readers.json/.md/.html and readers_roc.png."""
+    from gistnet.serving import readers, trained
+
+    cfg = _storage_and_metrics(config_file, None, None)
+    if run_uri == trained.PRODUCTION:
+        run_uri, model = trained.resolve(run_uri, model, registry, cfg.storage)
+    done = readers.run(readers.Request(readers=readers_uri, output=output, run=run_uri, data=data, model=model,
+                                       batch_size=batch_size, device=device, covariance=covariance), cfg)
+    for line in readers.summary_lines(done["document"]):
+        click.echo(line, err=True)
+    click.echo(done["uri"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -108,9 +109,11 @@ def config_cmd(config_file, **kwargs) -> None:
               help="dicom: an archive-like mix of DICOM and screenshot PNGs with fake patients (docs/real-data.md).")
 @click.option("--sites", type=click.IntRange(min=1), help="Draw K sites, each with its own acquisition effect and "
               "class mix; --n-gist + --n-lm images in all, split evenly; manifest.csv gets patient_id and site.")
+@click.option("--readers", "n_readers", type=click.IntRange(min=1), help="Also write readers.csv: N simulated readers "
+              "rating every image unaided and aided (gistnet readers; docs/reader-study.md).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (storage and class names).")
 @user_errors
-def synth_cmd(output, n_gist, n_lm, image_size, seed, fmt, sites, config_file) -> None:
+def synth_cmd(output, n_gist, n_lm, image_size, seed, fmt, sites, n_readers, config_file) -> None:
     """Write a synthetic EUS-like data set (Table 1 of the paper drives each class)."""
     from gistnet.data import synth, synth_dicom
     from gistnet.data.storage import open_store
@@ -122,11 +125,24 @@ def synth_cmd(output, n_gist, n_lm, image_size, seed, fmt, sites, config_file) -
     if sites and fmt == "dicom":
         raise click.UsageError("--sites draws PNG sites; it does not combine with --format dicom")
     if sites:
-        synth.write_sites(store, synth.sites(sites, seed), (n_gist + n_lm) // sites, image_size, seed, names)
+        summary = synth.write_sites(store, synth.sites(sites, seed), (n_gist + n_lm) // sites, image_size, seed, names)
     else:
-        (synth_dicom if fmt == "dicom" else synth).write_dataset(store, n_gist, n_lm, image_size, seed, names)
+        summary = (synth_dicom if fmt == "dicom" else synth).write_dataset(store, n_gist, n_lm, image_size, seed, names)
+    if n_readers:
+        _write_readers(store, summary, names[0], n_readers, seed)
     log.info("wrote %d synthetic images in %.1fs", n_gist + n_lm, time.perf_counter() - started)
     click.echo(store.uri)
+
+def _write_readers(store, summary: dict, positive: str, n_readers: int, seed: int, name: str = "readers.csv") -> None:
+    """Simulated readers over every image ``summary`` lists (their keys are the cases)."""
+    from gistnet.data import synth_readers
+
+    images = summary.get("images") or []
+    keys = [r["key"] for r in images]
+    truth = [k.split("/")[-2] for k in keys]  # <class>/<image> or <site>/<class>/<image>
+    patients = [r.get("patient_id") for r in images]
+    text = synth_readers.simulate(keys, truth, positive, n_readers, seed, patients if any(patients) else None)
+    store.write_bytes(name, text.encode())
 
 @cli.command("demo")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Local folder for data and run.")
@@ -139,9 +155,12 @@ def synth_cmd(output, n_gist, n_lm, image_size, seed, fmt, sites, config_file) -
               help="site: three synthetic sites, leave-one-site-out cross-validation.")
 @click.option("--external", is_flag=True, help="Three synthetic sites: train on two, gistnet evaluate on the third.")
 @click.option("--per-site", type=click.IntRange(min=12), default=60, show_default=True,
-              help="Images per site with --split site or --external.")
+              help="Images per site with --split site, --external or --readers.")
+@click.option("--readers", "n_readers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="A reader study: train on sites A and B, then N simulated readers (unaided, aided) and the model "
+                   "read site C's images (gistnet readers).")
 @user_errors(after_interrupt=DEMO_RESTART_HINT)
-def demo_cmd(output, epochs, image_size, models, device, folds, split_method, external, per_site) -> None:
+def demo_cmd(output, epochs, image_size, models, device, folds, split_method, external, per_site, n_readers) -> None:
     """Synthesize a data set, train both ResNets on it and write the report: no bucket needed.
 
     The demo always starts its run over (--force): re-running it after an interruption trains
@@ -151,6 +170,7 @@ def demo_cmd(output, epochs, image_size, models, device, folds, split_method, ex
 
     root = Path(output)
     data = root / "data"
+    external = external or n_readers > 0
     if split_method == "site" or external:  # sites A, B (and C), each its own acquisition and class mix
         sites = synth.sites(3, 0)
         data = root / ("data-sites-ab" if external else "data-sites")
@@ -176,6 +196,15 @@ def demo_cmd(output, epochs, image_size, models, device, folds, split_method, ex
                                                      device=device), cfg)
         click.echo("\n".join(external_mod.summary_lines(done["report"])), err=True)
         click.echo(f"external evaluation: {done['uri']} (report.html beside it)", err=True)
+    if n_readers:
+        from gistnet.serving import readers as readers_mod
+
+        site_c = json.loads((root / "data-site-c" / "synth.json").read_text())
+        _write_readers(LocalStore(root), site_c, "GIST", n_readers, 0, "readers-site-c.csv")
+        study = readers_mod.run(readers_mod.Request(readers=str(root / "readers-site-c.csv"), run=outcome.uri,
+                                                    data=str(root / "data-site-c"), device=device), cfg)
+        click.echo("\n".join(readers_mod.summary_lines(study["document"])), err=True)
+        click.echo(f"reader study: {study['uri']} (readers.html beside it)", err=True)
     weights = "folds/<i>/<model>/model.safetensors" if folds is not None or split_method else "<model>/model.safetensors"
     click.echo(f"demo outputs: {outcome.uri} (report.html: open it in a browser; report.json, checklist.md, "
                f"predictions.csv, training_curves.png, roc.png, reliability.png, gradcam-<model>.png, {weights})",
