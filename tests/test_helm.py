@@ -39,6 +39,8 @@ VARIANTS = {
     "evaluate": ["--set", "mode=evaluate", "--set", "evaluate.run=s3://gistnet/runs/nightly-1", "--set",
                  "evaluate.data=s3://gistnet/hospital-b", "--set", "evaluate.model=best", "--set",
                  "evaluate.batchSize=8", "--set", "metrics.pushgateway=http://pushgateway:9091"],
+    "readers": ["--set", "mode=readers", "--set", "readers.file=s3://gistnet/studies/readers.csv", "--set",
+                "readers.run=s3://gistnet/runs/nightly-1", "--set", "readers.data=s3://gistnet/hospital-b"],
     "tracking": ["--set", "schedule=0 2 * * *", "--set", "tracking.mlflowUri=http://mlflow.mlflow.svc:5000",
                  "--set", "tracking.existingSecret=gistnet-mlflow", "--set", "metrics.pushgateway=http://pg:9091",
                  "--set", "promotion.enabled=true", "--set", "promotion.registry=s3://gistnet/registry",
@@ -267,6 +269,11 @@ def test_aws_irsa_annotation():
     (["--set", "mode=evaluate"], "evaluate.run is required with mode: evaluate"),
     (["--set", "mode=evaluate", "--set", "evaluate.run=s3://b/r"], "evaluate.data is required with mode: evaluate"),
     (["--set", "evaluate.model=vgg16"], "/evaluate/model"),
+    (["--set", "mode=readers"], "readers.file is required with mode: readers"),
+    (["--set", "mode=readers", "--set", "readers.file=s3://b/r.csv", "--set", "readers.run=s3://b/run"],
+     "readers.run and readers.data go together"),
+    (["--set", "mode=readers", "--set", "readers.file=s3://b/r.csv"], "readers.output is required"),
+    (["--set", "readers.covariance=bootstrap"], "/readers/covariance"),
     (["--set", "evaluate.name=../x"], "/evaluate/name"),
     (["--set", "mode=predict", "--set", "predict.run=s3://b/r"], "predict.data is required with mode: predict"),
 ])
@@ -344,6 +351,21 @@ def test_evaluate_mode_runs_gistnet_evaluate_with_the_values():
     named = container(render(VARIANTS["evaluate"] + ["--set", "evaluate.name=site-c", "--set",
                                                      "evaluate.output=s3://gistnet/ext"]))["args"]
     assert named[named.index("--name") + 1] == "site-c" and named[named.index("--output") + 1] == "s3://gistnet/ext"
+
+
+def test_readers_mode_runs_gistnet_readers_with_the_values():
+    from gistnet import cli
+
+    docs = render(VARIANTS["readers"])
+    c = container(docs)
+    assert c["args"][0] == "readers"
+    params = cli.readers_cmd.make_context("readers", c["args"][1:]).params
+    assert (params["readers_uri"], params["run_uri"], params["data"]) == (
+        "s3://gistnet/studies/readers.csv", "s3://gistnet/runs/nightly-1", "s3://gistnet/hospital-b")
+    assert (params["model"], params["covariance"], params["output"]) == ("best", "jackknife", None)
+    alone = container(render(["--set", "mode=readers", "--set", "readers.file=s3://b/r.csv", "--set",
+                              "readers.output=s3://b/study"]))["args"]
+    assert "--run" not in alone and alone[alone.index("--output") + 1] == "s3://b/study"
 
 
 def network_policy(docs):

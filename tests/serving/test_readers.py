@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from gistnet import config
+from gistnet import config, errors
 from gistnet.data import synth, synth_readers
 from gistnet.data.storage import LocalStore
 from gistnet.errors import ConfigError, DataError
@@ -173,12 +173,10 @@ def test_model_against_readers_on_external_cases(tiny_runs, tiny_data, tmp_path)
     unknown = tmp_path / "unknown.csv"
     unknown.write_text(readers.read_text().replace("LM/lm_0003.png", "LM/not_there.png"))
     one_line_error(run_cli("readers", "--readers", unknown, "--run", tiny_runs / "a", "--data", data, "--output",
-                           tmp_path / "u"), 4, "1 of 21 cases are not images of --data")
+                           tmp_path / "u"), errors.EXIT_DATA, "1 of 21 cases are not images of --data")
     wrong = tmp_path / "wrong-truth.csv"
-    wrong.write_text(readers.read_text().replace("GIST/gist_0001.png,reader-1,unaided,", "X").replace(
-        "X", "GIST/gist_0001.png,reader-1,unaided,"))
     lines = readers.read_text().splitlines()
     flipped = [ln.rsplit(",", 1)[0] + ",LM" if ln.startswith("GIST/gist_0001.png,") else ln for ln in lines]
     wrong.write_text("\n".join(flipped) + "\n")
     one_line_error(run_cli("readers", "--readers", wrong, "--run", tiny_runs / "a", "--data", data, "--output",
-                           tmp_path / "w"), 4, "case 'GIST/gist_0001.png' has truth 'LM'")
+                           tmp_path / "w"), errors.EXIT_DATA, "case 'GIST/gist_0001.png' has truth 'LM'")

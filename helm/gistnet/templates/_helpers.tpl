@@ -162,6 +162,8 @@ template:
           {{- include "gistnet.predictArgs" . | nindent 10 }}
           {{- else if eq .Values.mode "evaluate" }}
           {{- include "gistnet.evaluateArgs" . | nindent 10 }}
+          {{- else if eq .Values.mode "readers" }}
+          {{- include "gistnet.readersArgs" . | nindent 10 }}
           {{- else }}
           {{- if $ddp }}
           - launch
@@ -339,6 +341,31 @@ template:
 - --batch-size
 - {{ .Values.evaluate.batchSize | quote }}
 {{- end }}
+{{- end }}
+
+{{/* `gistnet readers` arguments for mode: readers. */}}
+{{- define "gistnet.readersArgs" -}}
+- readers
+- --config
+- /etc/gistnet/config.yaml
+- --readers
+- {{ required "readers.file is required with mode: readers" .Values.readers.file | quote }}
+{{- if or .Values.readers.run .Values.readers.data }}
+- --run
+- {{ required "readers.run and readers.data go together" .Values.readers.run | quote }}
+- --data
+- {{ required "readers.run and readers.data go together" .Values.readers.data | quote }}
+- --model
+- {{ .Values.readers.model | quote }}
+{{- end }}
+{{- if .Values.readers.output }}
+- --output
+- {{ .Values.readers.output | quote }}
+{{- else if not .Values.readers.run }}
+{{- fail "readers.output is required with mode: readers when readers.run is empty" }}
+{{- end }}
+- --covariance
+- {{ .Values.readers.covariance | quote }}
 {{- end }}
 
 {{/* The headless Service that gives each pod of the distributed Job a DNS name. */}}
