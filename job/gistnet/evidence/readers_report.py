@@ -13,7 +13,7 @@ import json
 import math
 from importlib import resources
 
-from gistnet.evidence import stats
+from gistnet.evidence import checklist, stats
 
 SCHEMA_ID = "gistnet.readers/1"
 ANALYSES = {
@@ -124,8 +124,23 @@ def _model(doc: dict) -> list:
     return blocks
 
 
+def _items(doc: dict) -> list:
+    """The reporting items this study fills (and the ones only its authors can)."""
+    rows = [[checklist.claim(28, 29), "each reader's AUC, sensitivity and specificity; the Obuchowski-Rockette "
+                                      "analyses; paired tests against each reader"],
+            [checklist.claim(37, 38), "every estimate with its 95% interval, clustered by patient when patients "
+                                      "repeat"],
+            ["TRIPOD+AI 12e", "model comparison: the model against the readers, readers with and without it"],
+            [checklist.claim(16, 18), "the authors': who the readers are (experience, training), how they were "
+                                      "blinded, the reading order and washout; the readers' variability is in the "
+                                      "table of each reader"]]
+    if not doc.get("model"):
+        rows.pop(2)
+    return [("h2", "Reporting items (CLAIM 2024, TRIPOD+AI)"), ("table", ["item", "where"], rows)]
+
+
 def blocks(doc: dict) -> list:
-    return [*_design(doc), *_readers(doc), *_or(doc), *_model(doc), ("p", READING)]
+    return [*_design(doc), *_readers(doc), *_or(doc), *_model(doc), *_items(doc), ("p", READING)]
 
 
 def markdown(doc: dict) -> str:
