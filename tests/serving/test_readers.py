@@ -42,6 +42,15 @@ def table(path):
     return cells, truth
 
 
+def subset(rows, path, keep):
+    """The rows ``keep`` accepts, written as a readers file at ``path``."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=rows[0].keys())
+        writer.writeheader()
+        writer.writerows(r for r in rows if keep(r))
+    return path
+
+
 @pytest.fixture(scope="module")
 def study_file(tmp_path_factory):
     root = tmp_path_factory.mktemp("readers-alone")
@@ -80,21 +89,11 @@ def test_readers_alone_every_number_recomputed(study_file, tmp_path):
 
 def test_one_reader_and_one_modality_say_what_is_missing(study_file, tmp_path):
     rows = list(csv.DictReader(open(study_file)))
-    one_reader = tmp_path / "one-reader.csv"
-    with open(one_reader, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=rows[0].keys())
-        writer.writeheader()
-        writer.writerows(r for r in rows if r["reader"] == "reader-1")
-    analyse(one_reader, tmp_path / "a")
+    analyse(subset(rows, tmp_path / "one-reader.csv", lambda r: r["reader"] == "reader-1"), tmp_path / "a")
     doc = json.loads((tmp_path / "a" / "readers.json").read_text())
     assert doc["or"]["rrrc"]["statistic"] is None and "one reader" in doc["or"]["note"]
     assert doc["or"]["frrc"]["statistic"] is not None
-    one_modality = tmp_path / "one-modality.csv"
-    with open(one_modality, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=rows[0].keys())
-        writer.writeheader()
-        writer.writerows(r for r in rows if r["modality"] == "aided")
-    analyse(one_modality, tmp_path / "b")
+    analyse(subset(rows, tmp_path / "one-modality.csv", lambda r: r["modality"] == "aided"), tmp_path / "b")
     doc = json.loads((tmp_path / "b" / "readers.json").read_text())
     assert doc["or"]["rrrc"]["statistic"] is None and "one modality" in doc["or"]["note"]
     assert len(doc["or"]["rrrc"]["modalities"]) == 1

@@ -241,14 +241,29 @@ def _modality_aucs(ratings, foms, cov, kind: str, alpha: float) -> tuple[Modalit
     return tuple(rows)
 
 
+ONE_READER = "one reader: readers cannot be treated as random"
+ONE_MODALITY = "one modality: no modality comparison"
+
+
+def _untestable(name: str, distribution: str, modalities, note: str) -> Analysis:
+    return Analysis(name, None, distribution, None, None, None, (), tuple(modalities), note)
+
+
+def _prelude(name: str, distribution: str, ratings, foms, cov, alpha, random_readers: bool):
+    """The single-modality intervals, and the analysis itself when there is nothing to test."""
+    n_mod, n_read, _ = ratings.shape
+    if random_readers and n_read < 2:
+        return (), _untestable(name, distribution, (), ONE_READER)
+    modalities = _modality_aucs(ratings, foms, cov, name, alpha)
+    return modalities, (_untestable(name, distribution, modalities, ONE_MODALITY) if n_mod < 2 else None)
+
+
 def _rrrc(ratings, foms, cov, comp, ms, alpha) -> Analysis:
     n_mod, n_read, _ = ratings.shape
     ms_t, _, ms_tr = ms
-    if n_read < 2:
-        return Analysis("rrrc", None, "F", None, None, None, (), (), "one reader: readers cannot be treated as random")
-    modalities = _modality_aucs(ratings, foms, cov, "rrrc", alpha)
-    if n_mod < 2:
-        return Analysis("rrrc", None, "F", None, None, None, (), modalities, "one modality: no modality comparison")
+    modalities, untestable = _prelude("rrrc", "F", ratings, foms, cov, alpha, random_readers=True)
+    if untestable:
+        return untestable
     error = ms_tr + n_read * max(comp.cov2 - comp.cov3, 0.0)
     ndf = n_mod - 1
     ddf = error**2 / (ms_tr**2 / ((n_mod - 1) * (n_read - 1))) if ms_tr > 0 else math.inf
@@ -261,9 +276,9 @@ def _rrrc(ratings, foms, cov, comp, ms, alpha) -> Analysis:
 
 def _frrc(ratings, foms, cov, comp, ms, alpha) -> Analysis:
     n_mod, n_read, _ = ratings.shape
-    modalities = _modality_aucs(ratings, foms, cov, "frrc", alpha)
-    if n_mod < 2:
-        return Analysis("frrc", None, "chi2", None, None, None, (), modalities, "one modality: no modality comparison")
+    modalities, untestable = _prelude("frrc", "chi2", ratings, foms, cov, alpha, random_readers=False)
+    if untestable:
+        return untestable
     error = comp.var - comp.cov1 + (n_read - 1) * max(comp.cov2 - comp.cov3, 0.0)
     statistic = (n_mod - 1) * ms[0] / error
     p = float(stats.chi2.sf(statistic, n_mod - 1))
@@ -275,11 +290,9 @@ def _frrc(ratings, foms, cov, comp, ms, alpha) -> Analysis:
 def _rrfc(ratings, foms, cov, comp, ms, alpha) -> Analysis:
     n_mod, n_read, _ = ratings.shape
     ms_t, _, ms_tr = ms
-    if n_read < 2:
-        return Analysis("rrfc", None, "F", None, None, None, (), (), "one reader: readers cannot be treated as random")
-    modalities = _modality_aucs(ratings, foms, cov, "rrfc", alpha)
-    if n_mod < 2:
-        return Analysis("rrfc", None, "F", None, None, None, (), modalities, "one modality: no modality comparison")
+    modalities, untestable = _prelude("rrfc", "F", ratings, foms, cov, alpha, random_readers=True)
+    if untestable:
+        return untestable
     ndf, ddf = n_mod - 1, (n_mod - 1) * (n_read - 1)
     statistic = ms_t / ms_tr if ms_tr > 0 else math.inf
     p = float(stats.f.sf(statistic, ndf, ddf))
