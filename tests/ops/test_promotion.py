@@ -53,6 +53,70 @@ def test_non_inferiority_matches_an_independent_delong():
     assert worse["p"] > 0.5 and worse["difference"] < -0.2
 
 
+def _triplicated(seed=63, noise=1.5):
+    """30 patients (15 positive), 3 near-identical images each: two models that differ per patient."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat([1, 0], 15)
+    base = y + rng.normal(0, 1, 30)
+    champion = base + rng.normal(0, noise, 30)
+    challenger = base + rng.normal(0, noise, 30)
+    jitter = lambda s: np.repeat(s, 3) + rng.normal(0, 1e-3, 90)  # noqa: E731
+    return y, challenger, champion, np.repeat(y, 3), jitter(challenger), jitter(champion), np.repeat(
+        [f"p{i:02d}" for i in range(30)], 3)
+
+
+def test_non_inferiority_clusters_repeated_patients_obuchowski():
+    """Issue 31.1: 30 patients x 3 near-identical images, margin 0.02. With images independent the
+    triplicates triple the evidence (SE ~0.059, p ~0.023: promoted); clustered by patient, the SE
+    is the one of 30 independent patients (~0.105, p ~0.13: refused)."""
+    y, a, b, labels, a3, b3, patients = _triplicated()
+    unclustered = promotion.non_inferiority(a3, b3, labels, 0.02)
+    clustered = promotion.non_inferiority(a3, b3, labels, 0.02, clusters=patients)
+    assert unclustered["p"] < 0.05 and unclustered["se"] == pytest.approx(0.059, abs=0.002)
+    assert "images independent" in unclustered["method"]
+    assert clustered["p"] >= 0.05 and "clustered by patient" in clustered["method"] and "obuchowski" in clustered["method"]
+    # independent check: exact triplicates carry the information of one image per patient, so the
+    # clustered SE is DeLong's (placement values) on the 30 patients
+    per_patient = math.sqrt(_placement_delong(a, b, y))
+    assert clustered["se"] == pytest.approx(per_patient, rel=0.01) and per_patient == pytest.approx(0.105, abs=0.002)
+    z = (roc_auc_score(y, a) - roc_auc_score(y, b) + 0.02) / per_patient
+    assert clustered["p"] == pytest.approx(norm.sf(z), rel=0.02)
+    # a patient id on every image, none repeated: images independent again
+    assert "images independent" in promotion.non_inferiority(a, b, y, 0.02, clusters=[f"p{i}" for i in range(30)])["method"]
+
+
+def _predictions(keys, labels, logits, patients) -> dict:
+    """A predict.py predictions.json for the gate: float32 softmax probabilities and logit margins."""
+    import torch
+
+    logits = torch.tensor(logits, dtype=torch.float32)
+    probabilities = logits.softmax(dim=1)[:, 1].tolist()
+    margins = (logits[:, 1] - logits[:, 0]).tolist()
+    return {"positive_class": "GIST", "predictions": [
+        {"key": k, "label": "GIST" if y else "LM", "probability": p, "score": m, "patient_id": pid}
+        for k, y, p, m, pid in zip(keys, labels, probabilities, margins, patients)]}
+
+
+def test_the_gate_ranks_on_logit_margins_not_saturated_probabilities():
+    """Issue 31.3: float32 probabilities saturate at 1.0 and tie (AUC 0.667 here) where the logit
+    margins still rank every positive above every negative (AUC 1.0); the gate uses the margins."""
+    keys, labels = [f"k{i}" for i in range(6)], [1, 1, 1, 0, 0, 0]
+    saturated = [[0, 40], [0, 41], [0, 42], [0, 20], [0, 21], [2, 0]]
+    champion = [[0, 3], [0, 1], [0, -1], [0, 2], [0, -2], [0, -3]]
+    patients = [""] * 6
+    mine, theirs = _predictions(keys, labels, saturated, patients), _predictions(keys, labels, champion, patients)
+    probabilities = [r["probability"] for r in mine["predictions"]]
+    assert probabilities[:5] == [1.0] * 5 and roc_auc_score(labels, probabilities) == pytest.approx(2 / 3)
+    test = promotion.paired_test(mine, theirs, 0.02, "set")
+    assert test["auc_challenger"] == 1.0
+    assert test["auc_champion"] == pytest.approx(roc_auc_score(labels, [r["score"] for r in theirs["predictions"]]))
+    # the same documents with repeated patient ids cluster (31.1 through the gate's own path)
+    clustered = [f"p{i // 2}" for i in range(6)]
+    assert "clustered by patient" in promotion.paired_test(_predictions(keys, labels, saturated, clustered),
+                                                           _predictions(keys, labels, champion, clustered),
+                                                           0.02, "set")["method"]
+
+
 def test_calibration_in_the_large_is_mean_predicted_minus_prevalence():
     assert promotion.calibration_in_the_large([1, 0, 0, 0], [0.5, 0.5, 0.5, 0.5]) == pytest.approx(0.25)
     assert promotion.calibration_in_the_large([1, 0], [0.9, 0.1]) == pytest.approx(0.0)

@@ -7,8 +7,9 @@ pixels (``data/fingerprint.py``); any overlap refuses. The challenger is promote
 
 - its ROC AUC is non-inferior to the champion's: one-sided DeLong test of
   H0: AUC(challenger) - AUC(champion) <= -``promotion.auc_margin`` rejected at ``promotion.alpha``
-  (DeLong's covariance from ``evidence/compare.py``; clustered by patient when that function
-  takes ``clusters`` and the set has patient ids, else with images independent: the record says which);
+  on the logit margins (``score`` in predictions.json: saturated probabilities would tie), with
+  DeLong's covariance from ``evidence/compare.py``: Obuchowski's clustered one when a patient of
+  the set has several images, else images independent (the record's ``method`` says which);
 - and its calibration-in-the-large on the set, |mean predicted P(positive) - observed prevalence|,
   is within ``promotion.max_calibration_shift``.
 
@@ -23,7 +24,6 @@ on. Every decision is written next to the run as ``promotion.json``; a refusal i
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -49,15 +49,14 @@ REFUSALS = "refusals.json"  # <registry>/refusals.json: consecutive refusals sin
 
 
 def non_inferiority(challenger, champion, labels, margin: float, clusters=None) -> dict:
-    """One-sided DeLong test that AUC(challenger) > AUC(champion) - margin, on the same images."""
+    """One-sided DeLong test that AUC(challenger) > AUC(champion) - margin, on the same images.
+    With ``clusters`` (patient ids) in which a patient has several images, the covariance is
+    Obuchowski's clustered DeLong (``compare.auc_covariance``, as ``delong_test`` uses); else
+    DeLong's with the images independent. ``method`` says which."""
     scores = np.vstack([np.asarray(challenger, float), np.asarray(champion, float)])
-    if clusters is not None and "clusters" in inspect.signature(compare.delong).parameters:
-        aucs, cov = compare.delong(scores, labels, clusters=clusters)
-        method = "one-sided DeLong, clustered by patient"
-    else:
-        aucs, cov = compare.delong(scores, labels)
-        method = "one-sided DeLong, images independent" + (
-            " (patient ids present, but no clustered DeLong is available)" if clusters is not None else "")
+    aucs, cov, kind = compare.auc_covariance(scores, labels, clusters)
+    method = ("one-sided DeLong, images independent" if kind == "delong"
+              else f"one-sided DeLong, clustered by patient ({kind}: Obuchowski's clustered covariance)")
     difference = float(aucs[0] - aucs[1])
     variance = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     if variance > 1e-15:
@@ -124,11 +123,25 @@ def _score(model_run: str, model: str, data_uri: str, out: Store, where: str, co
     return json.loads(out.read(f"promotion/{where}/predictions.json"))
 
 
-def _arrays(document: dict) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+def _arrays(document: dict) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """keys, labels (1: positive), P(positive), logit margins (the ranking score) and patient ids."""
     rows = document["predictions"]
     positive = document["positive_class"]
     return ([r["key"] for r in rows], np.array([r["label"] == positive for r in rows], dtype=int),
-            np.array([r["probability"] for r in rows], dtype=float), [r["patient_id"] for r in rows])
+            np.array([r["probability"] for r in rows], dtype=float), np.array([r["score"] for r in rows], dtype=float),
+            [r["patient_id"] for r in rows])
+
+
+def paired_test(mine: dict, theirs: dict, margin: float, where: str) -> dict:
+    """``non_inferiority`` of the challenger's predictions.json (``mine``) against the champion's on
+    the same images of ``where``: ranked on the logit margins, as the evaluations' ROC AUC is (float32
+    probabilities saturate at 0 and 1 and tie), clustered by the set's patient ids."""
+    keys, labels, _, scores, patients = _arrays(mine)
+    keys_old, labels_old, _, scores_old, _ = _arrays(theirs)
+    if keys_old != keys or not np.array_equal(labels_old, labels):
+        raise DataError(f"champion and challenger scored different images of {where} "
+                        f"({len(keys_old)} vs {len(keys)}): the two runs decode the set differently")
+    return non_inferiority(scores, scores_old, labels, margin, patients)
 
 
 def _complete(document: dict) -> str | None:
@@ -178,7 +191,7 @@ def promote(run_uri: str, registry_uri: str, config: Config, scratch: str | None
                        f"development data (first: {overlap[0]}); it must be a locked set used for nothing else")
 
     mine = _score(run.uri, challenger.name, pc.data, run, "challenger", config, scratch)
-    keys, labels, p_new, patients = _arrays(mine)
+    keys, labels, p_new, _, _ = _arrays(mine)
     citl = calibration_in_the_large(labels, p_new)
     record["challenger"] = {"evaluation": mine["evaluation"], "calibration_in_the_large": citl, "n_images": len(keys)}
     incomplete = _complete(mine)
@@ -190,12 +203,7 @@ def promote(run_uri: str, registry_uri: str, config: Config, scratch: str | None
         return _promote(record, challenger, run, registry, None, config)
 
     theirs = _score(pointer["run_uri"], pointer["model"], pc.data, run, "champion", config, scratch)
-    keys_old, labels_old, p_old, _ = _arrays(theirs)
-    if keys_old != keys or not np.array_equal(labels_old, labels):
-        raise DataError(f"champion and challenger scored different images of {redact(pc.data)} "
-                        f"({len(keys_old)} vs {len(keys)}): the two runs decode the set differently")
-    clusters = patients if any(patients) else None
-    test = non_inferiority(p_new, p_old, labels, pc.auc_margin, clusters)
+    test = paired_test(mine, theirs, pc.auc_margin, redact(pc.data))
     record["non_inferiority"] = test
     record["champion_evaluation"] = theirs["evaluation"]
     if not test["p"] < pc.alpha:
