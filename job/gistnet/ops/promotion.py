@@ -16,10 +16,12 @@ pixels (``data/fingerprint.py``); any overlap refuses. The challenger is promote
 With no production model yet, a challenger whose evaluation on the set is complete (every
 interval defined) is promoted, and the pointer says it had no champion to beat.
 
-Promoting writes ``<registry>/production.json`` with a conditional write on the pointer that was
-read (two promotions never interleave) and moves MLflow's ``champion`` alias when tracking is
-on. Every decision is written next to the run as ``promotion.json``; a refusal is
-``PromotionRefused`` (exit 11) with a one-line reason.
+The champion is first checked as ``--run production`` checks it (``trained.open_production``: its
+run's weights must still be the sha256 the pointer promoted, else exit 9). Every decision is
+written next to the run as ``promotion.json``; a refusal is ``PromotionRefused`` (exit 11) with a
+one-line reason. Promoting writes the evidence first, moves MLflow's ``champion`` alias when
+tracking is on, and switches ``<registry>/production.json`` last, with a conditional write on the
+pointer that was read (two promotions never interleave).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from gistnet.config import Config, replace
 from gistnet.data import dataset, fingerprint, split as split_mod
 from gistnet.data.lineage import Lineage
 from gistnet.data.storage import Store, open_store, redact
-from gistnet.errors import DataError, PreconditionFailed, PromotionRefused, StorageError
+from gistnet.errors import DataError, GistnetError, PreconditionFailed, PromotionRefused, StorageError
 from gistnet.evidence import compare
 from gistnet.serving import predict, trained
 
@@ -170,6 +172,8 @@ def promote(run_uri: str, registry_uri: str, config: Config, scratch: str | None
         raise ConfigError("promotion.data is not set: the locked, labelled set both models are scored on")
     registry = open_store(registry_uri, config.storage)
     pointer, etag = trained.read_pointer(registry)  # an unreachable bucket: exit 5; a malformed pointer: exit 9
+    if pointer is not None:  # the champion is what was promoted, as --run production checks it: else exit 9
+        trained.open_production(registry, pointer, config.storage)
     challenger = trained.open_run(run_uri, "best", config.storage)
     run = challenger.run
     record = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run_id": challenger.run_id,
@@ -224,24 +228,49 @@ def promote(run_uri: str, registry_uri: str, config: Config, scratch: str | None
 
 def _promote(record: dict, challenger: trained.TrainedModel, run: Store, registry: Store, etag: str | None,
              config: Config) -> dict:
+    """Evidence first, pointer last: ``promotion.json`` (``pointer_switched: false``) and refusals.json
+    are written, MLflow's alias is moved, and only then is ``production.json`` switched. A failure
+    before the switch (MLflow down with ``tracking.required``, a lost conditional write) leaves
+    production unchanged, is recorded in ``promotion.json`` (``error``) and raised; a re-run of the
+    run decides again (``decided``)."""
     pointer = {"run_uri": run.uri, "model": challenger.name, "sha256": challenger.sha256,
                "run_id": challenger.run_id, "model_uri": run.uri_of(challenger.key(trained.WEIGHTS)),
                "promoted": record["time"], "no_champion": record["champion"] is None,
                "data_digest": record["data_digest"], "promotion_data_digest": record["promotion_data_digest"],
                "evidence": run.uri_of(RECORD), "reason": record["reason"]}
+    record["pointer"], record["pointer_switched"], record["consecutive_refusals"] = pointer, False, 0
+    run.write_bytes(RECORD, json.dumps(record, indent=1).encode())
+    registry.write_bytes(REFUSALS, json.dumps({"consecutive": 0, "last_promoted": challenger.run_id}).encode())
     try:
+        record["mlflow"] = _move_alias(challenger, config)  # tracking.required and MLflow down: TrackingError
         registry.write_bytes_if(trained.POINTER, json.dumps(pointer, indent=1).encode(),
                                 if_none_match=etag is None, if_match=etag)
-    except PreconditionFailed:
-        raise StorageError(f"{registry.uri_of(trained.POINTER)} changed while this promotion was decided "
-                           "(another promotion ran); run gistnet promote again") from None
-    record["pointer"] = pointer
-    record["mlflow"] = _move_alias(challenger, config)
-    registry.write_bytes(REFUSALS, json.dumps({"consecutive": 0, "last_promoted": challenger.run_id}).encode())
-    record["consecutive_refusals"] = 0
+    except GistnetError as exc:
+        if isinstance(exc, PreconditionFailed):
+            exc = StorageError(f"{registry.uri_of(trained.POINTER)} changed while this promotion was decided "
+                               "(another promotion ran); run gistnet promote again")
+        record["error"] = f"{exc.kind}: {exc}; production.json was not switched"
+        run.write_bytes(RECORD, json.dumps(record, indent=1).encode())
+        raise exc from None
+    record["pointer_switched"] = True
     run.write_bytes(RECORD, json.dumps(record, indent=1).encode())
     log.info("promoted %s of run %s: %s", challenger.name, challenger.run_id, record["reason"])
     return record
+
+
+def decided(run: Store, registry_uri: str, config: Config) -> bool:
+    """Whether the gate decided for this run and registry: ``promotion.json`` refused it, or
+    promoted it and switched the pointer (a record from before ``pointer_switched`` existed was
+    only written after the switch). False: no record, another registry's, or a promotion that
+    failed before the switch (the pipeline runs the gate again on a re-run)."""
+    try:
+        record = json.loads(run.read(RECORD))
+    except (FileNotFoundError, ValueError):
+        return False
+    if record.get("registry") != open_store(registry_uri, config.storage).uri:
+        return False
+    return record.get("decision") == "refused" or (
+        record.get("decision") == "promoted" and record.get("pointer_switched", True))
 
 
 def _refuse(record: dict, run: Store, registry: Store, config: Config, reason: str) -> dict:
@@ -257,7 +286,8 @@ def _refuse(record: dict, run: Store, registry: Store, config: Config, reason: s
 
 
 def _move_alias(challenger: trained.TrainedModel, config: Config) -> dict | None:
-    """Point MLflow's ``champion`` alias at the challenger's registered version (tracking on)."""
+    """Point MLflow's ``champion`` alias at the challenger's registered version (tracking on); called
+    before ``production.json`` is switched, so a required tracking server that fails stops the switch."""
     from gistnet.observe.tracking import tracking_uri
 
     uri = tracking_uri(config.tracking)
@@ -276,7 +306,8 @@ def _move_alias(challenger: trained.TrainedModel, config: Config) -> dict | None
         if config.tracking.required:
             from gistnet.errors import TrackingError
 
-            raise TrackingError(f"promoted, but MLflow's champion alias was not moved: {moved['error']}") from None
+            raise TrackingError(f"tracking.required is true and MLflow's champion alias could not be moved, so "
+                                f"production was not switched: {moved['error']}") from None
     return moved
 
 
