@@ -95,7 +95,7 @@ def _scan_set(data: Store, cfg, size: int) -> tuple[dict[str, str], Lineage]:
         except ValueError:
             lineage.skipped.append(item.key)
             continue
-        lineage.objects[item.key] = (len(raw), hashlib.sha256(raw).hexdigest())
+        lineage.add(item, len(raw), hashlib.sha256(raw).hexdigest())
     return digests, lineage
 
 
