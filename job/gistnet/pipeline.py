@@ -2,7 +2,8 @@
 storage -> dataset -> augmentation -> train -> evaluate -> report -> storage.
 
 Each stage lives in its own module; this file only orders them, times them for the
-metrics, and makes re-running a run id safe: a finished run is a no-op, an interrupted
+metrics, and makes re-running a run id safe: a finished run is a no-op (or runs the promotion gate it
+configured but never decided; another configuration is refused), an interrupted
 one resumes from its newest complete checkpoint with the same split.
 """
 
@@ -87,7 +88,9 @@ def run(config: Config, stop: train.StopFlag | None = None, scratch: str | None 
         metrics.close()
 
 
-def _check_same_config(out: Store, config: Config) -> None:
+def _check_same_config(out: Store, config: Config, complete: bool = False) -> None:
+    """Refuse (exit 3) to resume, or to call finished (``complete``), a run id saved with another
+    configuration of what a run computes (``RESULT_SECTIONS``, less ``OPERATIONAL_KEYS``)."""
     try:
         saved = yaml.safe_load(out.read("config.yaml"))
     except FileNotFoundError:
@@ -98,6 +101,9 @@ def _check_same_config(out: Store, config: Config) -> None:
         return {k: v for k, v in (values or {}).items() if (section, k) not in OPERATIONAL_KEYS}
 
     changed = [s for s in RESULT_SECTIONS if result_keys(s, saved.get(s)) != result_keys(s, current[s])]
+    if changed and complete:
+        raise ConfigError(f"run {out.uri} is already complete with a different configuration ({', '.join(changed)}): "
+                          "nothing was run; use a new --run-id, or --force to train it again with this configuration")
     if changed:
         raise ConfigError(f"run {out.uri} exists with a different configuration ({', '.join(changed)}); "
                           "use a new --run-id, or --force to start it over")
@@ -135,6 +141,15 @@ def _run_stages(ctx: RunContext, data_store: Store, selected: list[runs.Unit], f
     config, out, world, run_id = ctx.config, ctx.out, ctx.world, ctx.run_id
     done = complete_report(out)
     if done is not None and not config.output.force:
+        _check_same_config(out, config, complete=True)  # other flags on a finished run id: exit 3, not a no-op
+        if config.promotion.registry and world.is_main:
+            from gistnet.ops import promotion
+
+            if not promotion.decided(out, config.promotion.registry, config):  # e.g. the gate failed with exit 5
+                log.info("run %s is complete but its promotion to %s was not decided; running the gate", run_id,
+                         redact(config.promotion.registry))
+                promotion.gate(out.uri, config.promotion.registry, config, ctx.scratch)  # refused: exit 11
+                return RunOutcome(run_id, out.uri, done, already_complete=True)
         log.info("run %s is already complete (%s); nothing to do (use --force to run it again)",
                  run_id, out.uri_of("report.json"))
         return RunOutcome(run_id, out.uri, done, already_complete=True)

@@ -17,15 +17,18 @@ CFG = DataConfig(image_size=32, min_images_per_class=3, download_threads=4)
 
 
 def _independent_digest(root: Path, skipped: list[str]) -> str:
-    """The documented digest computed straight from the files, without gistnet."""
-    h = hashlib.sha256()
+    """The documented digest of a class-folder data set computed straight from the files, without
+    gistnet: each kept image's label is its folder's (GIST positive), with no patient, site or region."""
+    h, uses = hashlib.sha256(), hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix() not in skipped
                        and "/" in p.relative_to(root).as_posix()):
-        data = path.read_bytes()
-        h.update(f"{path.relative_to(root).as_posix()}\t{len(data)}\t{hashlib.sha256(data).hexdigest()}\n".encode())
+        data, key = path.read_bytes(), path.relative_to(root).as_posix()
+        h.update(f"{key}\t{len(data)}\t{hashlib.sha256(data).hexdigest()}\n".encode())
+        uses.update((json.dumps([key, int(key.startswith("GIST/")), "", "", None, None, {}]) + "\n").encode())
     h.update(b"skipped\n")
     for key in sorted(skipped):
         h.update(f"{key}\n".encode())
+    h.update(f"uses\tsha256:{uses.hexdigest()}\n".encode())
     return "sha256:" + h.hexdigest()
 
 
@@ -47,6 +50,43 @@ def test_digest_matches_an_independent_computation_and_skipped_keys_count(data_d
     assert got != _independent_digest(data_dir, [])  # the skipped key is part of it
     (data_dir / "GIST" / "broken.png").unlink()
     assert _digest(LocalStore(data_dir)) == _independent_digest(data_dir, [])
+
+
+def _with_manifest(root: Path, rows: list[tuple[str, str, str]]) -> None:
+    (root / "manifest.csv").write_text("path,label,patient_id,site\n" + "".join(
+        f"{path},{label},{patient},{'A' if n % 2 else 'B'}\n" for n, (path, label, patient) in enumerate(rows)))
+
+
+def test_the_digest_covers_the_manifest_labels_patients_and_sites_not_their_order(data_dir):
+    """Issue 31.7: the digest is of the data as used. Flipping two labels in manifest.csv (same
+    image bytes) changes it; reordering the rows, or renaming the patients consistently (their
+    pseudonyms), does not; regrouping the images by patient or moving one to another site does."""
+    (data_dir / "GIST" / "broken.png").unlink()
+    keys = sorted(p.relative_to(data_dir).as_posix() for p in data_dir.rglob("*.png"))
+    rows = [(k, k.split("/")[0], f"p{n // 2}") for n, k in enumerate(keys)]
+    _with_manifest(data_dir, rows)
+    first = _digest(LocalStore(data_dir))
+    gist, lm = next(i for i, r in enumerate(rows) if r[1] == "GIST"), next(i for i, r in enumerate(rows) if r[1] == "LM")
+    flipped = list(rows)
+    flipped[gist], flipped[lm] = (rows[gist][0], "LM", rows[gist][2]), (rows[lm][0], "GIST", rows[lm][2])
+    _with_manifest(data_dir, flipped)
+    assert _digest(LocalStore(data_dir)) != first
+    # the same rows in another order (the sites go with their rows)
+    (data_dir / "manifest.csv").write_text("path,label,patient_id,site\n" + "".join(
+        f"{p},{label},{pid},{'A' if n % 2 else 'B'}\n" for n, (p, label, pid) in reversed(list(enumerate(rows)))))
+    assert _digest(LocalStore(data_dir)) == first
+    (data_dir / "manifest.csv").write_text("path,label,patient_id,site\n" + "".join(
+        f"{p},{label},renamed-{pid}x,{'A' if n % 2 else 'B'}\n" for n, (p, label, pid) in enumerate(rows)))
+    assert _digest(LocalStore(data_dir)) == first  # only which images share a patient counts
+    _with_manifest(data_dir, [(k, label, f"p{n // 3}") for n, (k, label, _) in enumerate(rows)])
+    assert _digest(LocalStore(data_dir)) != first
+    (data_dir / "manifest.csv").write_text("path,label,patient_id,site\n" + "".join(
+        f"{p},{label},{pid},{'A' if (n % 2) != (n == 0) else 'B'}\n" for n, (p, label, pid) in enumerate(rows)))
+    assert _digest(LocalStore(data_dir)) != first
+    # and the resume guard's lineage.json keeps the uses' digest, never a patient id
+    used = dataset.load_images(LocalStore(data_dir), CFG, torch.device("cpu")).lineage
+    saved = used.to_dict()
+    assert "p0" not in json.dumps(saved) and lineage.Lineage.from_dict(saved).digest() == used.digest()
 
 
 def test_same_data_same_digest_on_local_and_s3_and_one_changed_image_changes_it(data_dir, bucket, s3_env, s3_client):

@@ -53,6 +53,70 @@ def test_non_inferiority_matches_an_independent_delong():
     assert worse["p"] > 0.5 and worse["difference"] < -0.2
 
 
+def _triplicated(seed=63, noise=1.5):
+    """30 patients (15 positive), 3 near-identical images each: two models that differ per patient."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat([1, 0], 15)
+    base = y + rng.normal(0, 1, 30)
+    champion = base + rng.normal(0, noise, 30)
+    challenger = base + rng.normal(0, noise, 30)
+    jitter = lambda s: np.repeat(s, 3) + rng.normal(0, 1e-3, 90)  # noqa: E731
+    return y, challenger, champion, np.repeat(y, 3), jitter(challenger), jitter(champion), np.repeat(
+        [f"p{i:02d}" for i in range(30)], 3)
+
+
+def test_non_inferiority_clusters_repeated_patients_obuchowski():
+    """Issue 31.1: 30 patients x 3 near-identical images, margin 0.02. With images independent the
+    triplicates triple the evidence (SE ~0.059, p ~0.023: promoted); clustered by patient, the SE
+    is the one of 30 independent patients (~0.105, p ~0.13: refused)."""
+    y, a, b, labels, a3, b3, patients = _triplicated()
+    unclustered = promotion.non_inferiority(a3, b3, labels, 0.02)
+    clustered = promotion.non_inferiority(a3, b3, labels, 0.02, clusters=patients)
+    assert unclustered["p"] < 0.05 and unclustered["se"] == pytest.approx(0.059, abs=0.002)
+    assert "images independent" in unclustered["method"]
+    assert clustered["p"] >= 0.05 and "clustered by patient" in clustered["method"] and "obuchowski" in clustered["method"]
+    # independent check: exact triplicates carry the information of one image per patient, so the
+    # clustered SE is DeLong's (placement values) on the 30 patients
+    per_patient = math.sqrt(_placement_delong(a, b, y))
+    assert clustered["se"] == pytest.approx(per_patient, rel=0.01) and per_patient == pytest.approx(0.105, abs=0.002)
+    z = (roc_auc_score(y, a) - roc_auc_score(y, b) + 0.02) / per_patient
+    assert clustered["p"] == pytest.approx(norm.sf(z), rel=0.02)
+    # a patient id on every image, none repeated: images independent again
+    assert "images independent" in promotion.non_inferiority(a, b, y, 0.02, clusters=[f"p{i}" for i in range(30)])["method"]
+
+
+def _predictions(keys, labels, logits, patients) -> dict:
+    """A predict.py predictions.json for the gate: float32 softmax probabilities and logit margins."""
+    import torch
+
+    logits = torch.tensor(logits, dtype=torch.float32)
+    probabilities = logits.softmax(dim=1)[:, 1].tolist()
+    margins = (logits[:, 1] - logits[:, 0]).tolist()
+    return {"positive_class": "GIST", "predictions": [
+        {"key": k, "label": "GIST" if y else "LM", "probability": p, "score": m, "patient_id": pid}
+        for k, y, p, m, pid in zip(keys, labels, probabilities, margins, patients)]}
+
+
+def test_the_gate_ranks_on_logit_margins_not_saturated_probabilities():
+    """Issue 31.3: float32 probabilities saturate at 1.0 and tie (AUC 0.667 here) where the logit
+    margins still rank every positive above every negative (AUC 1.0); the gate uses the margins."""
+    keys, labels = [f"k{i}" for i in range(6)], [1, 1, 1, 0, 0, 0]
+    saturated = [[0, 40], [0, 41], [0, 42], [0, 20], [0, 21], [2, 0]]
+    champion = [[0, 3], [0, 1], [0, -1], [0, 2], [0, -2], [0, -3]]
+    patients = [""] * 6
+    mine, theirs = _predictions(keys, labels, saturated, patients), _predictions(keys, labels, champion, patients)
+    probabilities = [r["probability"] for r in mine["predictions"]]
+    assert probabilities[:5] == [1.0] * 5 and roc_auc_score(labels, probabilities) == pytest.approx(2 / 3)
+    test = promotion.paired_test(mine, theirs, 0.02, "set")
+    assert test["auc_challenger"] == 1.0
+    assert test["auc_champion"] == pytest.approx(roc_auc_score(labels, [r["score"] for r in theirs["predictions"]]))
+    # the same documents with repeated patient ids cluster (31.1 through the gate's own path)
+    clustered = [f"p{i // 2}" for i in range(6)]
+    assert "clustered by patient" in promotion.paired_test(_predictions(keys, labels, saturated, clustered),
+                                                           _predictions(keys, labels, champion, clustered),
+                                                           0.02, "set")["method"]
+
+
 def test_calibration_in_the_large_is_mean_predicted_minus_prevalence():
     assert promotion.calibration_in_the_large([1, 0, 0, 0], [0.5, 0.5, 0.5, 0.5]) == pytest.approx(0.25)
     assert promotion.calibration_in_the_large([1, 0], [0.9, 0.1]) == pytest.approx(0.0)
@@ -191,6 +255,123 @@ def test_a_pointer_whose_run_changed_after_promotion_is_exit_9(cli, tiny_runs, t
                tmp_path / "p")
     one_line_error(done, EXIT_MODEL, "the run changed after its promotion")
     assert f"{registry}/production.json promoted resnet34 of {run} with sha256 000000000000..." in done.stderr
+
+
+@pytest.mark.e2e
+def test_promote_refuses_a_champion_whose_run_changed_after_its_promotion(tiny_runs, tmp_path):
+    """Issue 31.2: the gate verifies the champion against production.json's sha256 with the function
+    --run production uses (trained.open_production): a champion run re-trained or edited after its
+    promotion is exit 9 naming the pointer, not scored and compared; nothing is written."""
+    from gistnet import config
+    from gistnet.errors import ModelError
+
+    challenger = tmp_path / "b"
+    shutil.copytree(Path(tiny_runs) / "b", challenger)
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    pointer = json.dumps({"run_uri": str(Path(tiny_runs) / "a"), "model": "resnet34", "sha256": "0" * 64, "run_id": "a"})
+    (registry / "production.json").write_text(pointer)
+    cfg = config.load_config(None, {"promotion.data": str(_promotion_set(tmp_path)), "train.device": "cpu",
+                                    "promotion.auc_margin": 0.2, "promotion.max_calibration_shift": 0.5}, environ={})
+    with pytest.raises(ModelError, match="the run changed after its promotion") as refused:
+        promotion.promote(str(challenger), str(registry), cfg, str(tmp_path))
+    assert refused.value.exit_code == EXIT_MODEL
+    assert f"{registry}/production.json promoted resnet34 of {Path(tiny_runs) / 'a'} with sha256 000000000000" in str(
+        refused.value)
+    assert not (challenger / "promotion.json").exists() and not (challenger / "promotion").exists()
+    assert (registry / "production.json").read_text() == pointer and not (registry / "refusals.json").exists()
+
+
+def _tiny_config(tiny_runs, out, **extra):
+    """The configuration ``tiny_runs``' run ``a`` was trained with, its output under ``out``."""
+    from gistnet import config
+    from tests.conftest import TINY_RUN
+
+    import yaml
+
+    data = yaml.safe_load((Path(tiny_runs) / "a" / "config.yaml").read_text())["data"]["uri"]
+    return config.load_config(None, {"data.uri": data, "output.uri": str(out), "output.run_id": "a",
+                                     "train.seed": 0, **TINY_RUN, **extra}, environ={})
+
+
+@pytest.mark.e2e
+def test_required_tracking_down_at_promote_time_leaves_production_unchanged(tiny_runs, tmp_path, monkeypatch):
+    """Issue 31.5: tracking.required and MLflow unreachable (a free loopback port, nothing listening):
+    the evidence is written first (promotion.json, refusals.json), production.json is not switched,
+    exit 5; a re-run of the run decides again (promotion.decided is false)."""
+    from gistnet.errors import TrackingError
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    run = tmp_path / "a"
+    shutil.copytree(Path(tiny_runs) / "a", run)
+    report = json.loads((run / "report.json").read_text())  # as a tracked run records its registered model
+    report["tracking"] = {"models": {"resnet34": {"name": "gistnet-resnet34", "version": "1"}}}
+    (run / "report.json").write_text(json.dumps(report))
+    registry = tmp_path / "registry"
+    cfg = _tiny_config(tiny_runs, tmp_path, **{"promotion.data": str(_promotion_set(tmp_path)),
+                                               "tracking.mlflow_uri": f"http://127.0.0.1:{free_port()}",
+                                               "tracking.required": True, "train.device": "cpu"})
+    with pytest.raises(TrackingError, match="production was not switched") as failed:
+        promotion.promote(str(run), str(registry), cfg, str(tmp_path))
+    assert failed.value.exit_code == EXIT_STORAGE
+    assert not (registry / "production.json").exists()
+    record = json.loads((run / "promotion.json").read_text())
+    assert record["decision"] == "promoted" and record["pointer_switched"] is False
+    assert "production.json was not switched" in record["error"] and record["pointer"]["run_id"] == "a"
+    assert json.loads((registry / "refusals.json").read_text())["consecutive"] == 0
+    assert not promotion.decided(LocalStore(run), str(registry), cfg)
+
+
+def test_decided_means_refused_or_switched_for_this_registry(tmp_path):
+    """Issue 31.4: what a re-run of a complete run reads to know whether its gate still has to run."""
+    from gistnet import config
+
+    cfg = config.load_config(None, {}, environ={})
+    run, registry = LocalStore(tmp_path / "run"), str(tmp_path / "registry")
+    assert not promotion.decided(run, registry, cfg)  # the gate never wrote a record (e.g. it failed with exit 5)
+    for record, expected in (({"decision": "refused"}, True), ({"decision": "promoted", "pointer_switched": True}, True),
+                             ({"decision": "promoted", "pointer_switched": False}, False),
+                             ({"decision": "promoted"}, True)):  # written before pointer_switched existed: after it
+        run.write_bytes("promotion.json", json.dumps({"registry": LocalStore(registry).uri, **record}).encode())
+        assert promotion.decided(run, registry, cfg) is expected, record
+        assert not promotion.decided(run, str(tmp_path / "other-registry"), cfg)
+
+
+@pytest.mark.e2e
+def test_a_complete_run_whose_promotion_was_not_decided_runs_the_gate_on_re_run(tiny_runs, tmp_path):
+    """Issue 31.4: the gate failed (exit 5) inside the CronJob after the report was complete; the
+    retry runs the gate instead of "already complete; nothing to do", and a decided one is a no-op."""
+    from gistnet import pipeline
+
+    shutil.copytree(Path(tiny_runs) / "a", tmp_path / "out" / "a")
+    registry = tmp_path / "registry"
+    cfg = _tiny_config(tiny_runs, tmp_path / "out", **{"promotion.registry": str(registry), "train.device": "cpu",
+                                                       "promotion.data": str(_promotion_set(tmp_path))})
+    outcome = pipeline.run(cfg)
+    assert outcome.already_complete
+    record = json.loads((tmp_path / "out" / "a" / "promotion.json").read_text())
+    assert record["decision"] == "promoted" and record["pointer_switched"] is True
+    assert json.loads((registry / "production.json").read_text())["run_id"] == "a"
+    written = (tmp_path / "out" / "a" / "promotion.json").stat().st_mtime_ns
+    assert pipeline.run(cfg).already_complete  # decided: nothing to do
+    assert (tmp_path / "out" / "a" / "promotion.json").stat().st_mtime_ns == written
+
+
+@pytest.mark.e2e
+def test_a_finished_run_re_run_with_other_flags_says_the_configuration_differs(tiny_runs, tmp_path):
+    """Issue 30: `--epochs 2` on a finished run id is exit 3 naming the section, --force and --run-id,
+    not "already complete; nothing to do" (exit 0)."""
+    from gistnet import pipeline
+    from gistnet.errors import EXIT_CONFIG, ConfigError
+
+    shutil.copytree(Path(tiny_runs) / "a", tmp_path / "a")
+    with pytest.raises(ConfigError) as refused:
+        pipeline.run(_tiny_config(tiny_runs, tmp_path, **{"train.epochs": 2}))
+    assert "is already complete with a different configuration (train)" in str(refused.value)
+    assert refused.value.exit_code == EXIT_CONFIG and "--force" in str(refused.value) and "--run-id" in str(refused.value)
+    assert pipeline.run(_tiny_config(tiny_runs, tmp_path, **{"train.device": "cpu"})).already_complete  # how it runs may differ
 
 
 def test_an_unreachable_registry_bucket_is_exit_5(cli, s3_env, tmp_path):

@@ -218,7 +218,8 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
     ``threads`` objects are held at once. Drops undecodable objects and same-class
     duplicates (the first in listing order is kept), fails on cross-class ones. A DICOM's
     PatientID fills ``patient_id`` of an item the manifest gave none (raw: pseudonymize it).
-    ``lineage``, when given, receives the size and sha256 of each kept object and the keys skipped.
+    ``lineage``, when given, receives the size, sha256 and use (``lineage.use_of``) of each kept object and
+    the keys skipped.
     ``where(key)`` names an object in errors (default its URI; ``privacy.namer``), ``pseudo`` scrubs
     keys from skip reasons (data.pseudonymize_keys).
     Returns the kept items, their pixels, the skipped objects and the kept items' pixel digests."""
@@ -260,7 +261,7 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
             if dicom_ids[row] and not labeled[row].patient_id:
                 labeled[row].patient_id = dicom_ids[row]
             if lineage is not None:
-                lineage.objects[labeled[row].key] = (nbytes, digest)
+                lineage.add(labeled[row], nbytes, digest)  # its bytes, label, patient, site, region
     if lineage is not None:
         lineage.skipped += [s["key"] for s in skipped]
     return ([labeled[r] for r in kept_rows], canvas.compact(kept_rows), skipped,

@@ -1,10 +1,16 @@
 """Data lineage: one digest of the data set as a run used it.
 
 The digest is sha256 over the sorted ``(key, size, sha256 of the object's bytes)`` of every
-image kept, followed by the sorted keys of the objects skipped. Keys are relative to the data
-root, so the same objects give the same digest on a local folder and in a bucket; changing one
-image's bytes changes it. The per-object entries are stored with the run (``lineage.json``) so
-that a resumed run can tell which objects changed content under the same key, and refuse.
+image kept, then the sorted keys of the objects skipped, then the digest of how each kept image
+was used (``uses_digest``): its label, the images it shares a patient with, its site, its
+region (DICOM frame, manifest roi) and the manifest's other columns (covariates, lesion ids).
+A patient is named by the first key (in sorted order) of its images, never by its id, so the
+digest does not depend on the ids' spelling or pseudonyms, only on which images belong
+together. Keys are relative to the data root, so the same objects give the same digest on a
+local folder and in a bucket, in any listing or manifest row order; changing one image's bytes,
+one label, a patient's images or a region changes it. The per-object entries (not the uses: they
+hold patient ids) are stored with the run (``lineage.json``, with ``uses_digest``) so that a
+resumed run can tell which objects changed content under the same key, and refuse.
 """
 
 from __future__ import annotations
@@ -17,13 +23,42 @@ from gistnet.data.storage import Store
 from gistnet.errors import DataError
 
 FILENAME = "lineage.json"
-METHOD = "sha256 over sorted (key, size, sha256 of bytes) of the images kept, then the sorted skipped keys"
+METHOD = ("sha256 over sorted (key, size, sha256 of bytes) of the images kept, the sorted skipped keys, and the "
+          "digest of each kept image's use (label, patient group, site, frame, roi, manifest covariates)")
+
+
+def use_of(item) -> tuple:
+    """How a listed image (``listing.Labeled``) is used: label, patient id, site, frame, roi, covariates."""
+    return (int(item.label), item.patient_id or "", item.site or "", item.frame,
+            list(item.roi) if item.roi is not None else None, dict(sorted((item.covariates or {}).items())))
 
 
 @dataclass
 class Lineage:
     objects: dict[str, tuple[int, str]] = field(default_factory=dict)  # key -> (size in bytes, sha256 hex)
     skipped: list[str] = field(default_factory=list)  # keys relative to the data root
+    uses: dict[str, tuple] = field(default_factory=dict)  # key -> use_of(item); in memory only (patient ids)
+    saved_uses_digest: str | None = None  # a saved lineage's (lineage.json keeps no uses)
+
+    def add(self, item, size: int, sha256: str) -> None:
+        """A kept image: its bytes and how it is used."""
+        self.objects[item.key] = (size, sha256)
+        self.uses[item.key] = use_of(item)
+
+    def uses_digest(self) -> str:
+        if not self.uses and self.saved_uses_digest:
+            return self.saved_uses_digest
+        first_key: dict[str, str] = {}  # patient id -> the first key of its images: ids never enter the digest
+        for key in sorted(self.uses):
+            patient = self.uses[key][1]
+            if patient:
+                first_key.setdefault(patient, key)
+        h = hashlib.sha256()
+        for key in sorted(self.uses):
+            label, patient, site, frame, roi, covariates = self.uses[key]
+            h.update((json.dumps([key, label, first_key.get(patient, ""), site, frame, roi, covariates],
+                                 sort_keys=True) + "\n").encode())
+        return "sha256:" + h.hexdigest()
 
     def digest(self) -> str:
         h = hashlib.sha256()
@@ -33,6 +68,7 @@ class Lineage:
         h.update(b"skipped\n")
         for key in sorted(self.skipped):
             h.update(f"{key}\n".encode())
+        h.update(f"uses\t{self.uses_digest()}\n".encode())
         return "sha256:" + h.hexdigest()
 
     def summary(self, name: str, source: str) -> dict:
@@ -41,13 +77,14 @@ class Lineage:
                 "images": len(self.objects), "skipped": len(self.skipped)}
 
     def to_dict(self) -> dict:
-        return {"method": METHOD, "digest": self.digest(),
+        return {"method": METHOD, "digest": self.digest(), "uses_digest": self.uses_digest(),
                 "objects": {k: {"size": s, "sha256": h} for k, (s, h) in sorted(self.objects.items())},
                 "skipped": sorted(self.skipped)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Lineage":
-        return cls({k: (int(v["size"]), v["sha256"]) for k, v in d["objects"].items()}, list(d["skipped"]))
+        return cls({k: (int(v["size"]), v["sha256"]) for k, v in d["objects"].items()}, list(d["skipped"]),
+                   saved_uses_digest=d.get("uses_digest"))
 
 
 def name_of(uri: str) -> str:

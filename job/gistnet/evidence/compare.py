@@ -59,6 +59,13 @@ def _auc_covariance(scores, labels, clusters) -> tuple[np.ndarray, np.ndarray, s
     return *clustered.obuchowski(scores, labels, groups), clustered.AUC_METHOD
 
 
+def auc_covariance(scores, labels, clusters=None) -> tuple[np.ndarray, np.ndarray, str]:
+    """AUCs of ``scores`` (models x images), their covariance and its method: DeLong's, or
+    Obuchowski's clustered DeLong when a patient in ``clusters`` has several images (what
+    ``delong_test`` and ``auc_interval`` use; ``ops/promotion.py``'s gate too)."""
+    return _auc_covariance(scores, labels, clusters)
+
+
 def _no_variance_reason(labels, clusters, method: str) -> str:
     labels = np.asarray(labels).astype(bool)
     if method == clustered.AUC_METHOD:

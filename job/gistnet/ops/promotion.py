@@ -7,23 +7,25 @@ pixels (``data/fingerprint.py``); any overlap refuses. The challenger is promote
 
 - its ROC AUC is non-inferior to the champion's: one-sided DeLong test of
   H0: AUC(challenger) - AUC(champion) <= -``promotion.auc_margin`` rejected at ``promotion.alpha``
-  (DeLong's covariance from ``evidence/compare.py``; clustered by patient when that function
-  takes ``clusters`` and the set has patient ids, else with images independent: the record says which);
+  on the logit margins (``score`` in predictions.json: saturated probabilities would tie), with
+  DeLong's covariance from ``evidence/compare.py``: Obuchowski's clustered one when a patient of
+  the set has several images, else images independent (the record's ``method`` says which);
 - and its calibration-in-the-large on the set, |mean predicted P(positive) - observed prevalence|,
   is within ``promotion.max_calibration_shift``.
 
 With no production model yet, a challenger whose evaluation on the set is complete (every
 interval defined) is promoted, and the pointer says it had no champion to beat.
 
-Promoting writes ``<registry>/production.json`` with a conditional write on the pointer that was
-read (two promotions never interleave) and moves MLflow's ``champion`` alias when tracking is
-on. Every decision is written next to the run as ``promotion.json``; a refusal is
-``PromotionRefused`` (exit 11) with a one-line reason.
+The champion is first checked as ``--run production`` checks it (``trained.open_production``: its
+run's weights must still be the sha256 the pointer promoted, else exit 9). Every decision is
+written next to the run as ``promotion.json``; a refusal is ``PromotionRefused`` (exit 11) with a
+one-line reason. Promoting writes the evidence first, moves MLflow's ``champion`` alias when
+tracking is on, and switches ``<registry>/production.json`` last, with a conditional write on the
+pointer that was read (two promotions never interleave).
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -37,7 +39,7 @@ from gistnet.config import Config, replace
 from gistnet.data import dataset, fingerprint, split as split_mod
 from gistnet.data.lineage import Lineage
 from gistnet.data.storage import Store, open_store, redact
-from gistnet.errors import DataError, PreconditionFailed, PromotionRefused, StorageError
+from gistnet.errors import DataError, GistnetError, PreconditionFailed, PromotionRefused, StorageError
 from gistnet.evidence import compare
 from gistnet.serving import predict, trained
 
@@ -49,15 +51,14 @@ REFUSALS = "refusals.json"  # <registry>/refusals.json: consecutive refusals sin
 
 
 def non_inferiority(challenger, champion, labels, margin: float, clusters=None) -> dict:
-    """One-sided DeLong test that AUC(challenger) > AUC(champion) - margin, on the same images."""
+    """One-sided DeLong test that AUC(challenger) > AUC(champion) - margin, on the same images.
+    With ``clusters`` (patient ids) in which a patient has several images, the covariance is
+    Obuchowski's clustered DeLong (``compare.auc_covariance``, as ``delong_test`` uses); else
+    DeLong's with the images independent. ``method`` says which."""
     scores = np.vstack([np.asarray(challenger, float), np.asarray(champion, float)])
-    if clusters is not None and "clusters" in inspect.signature(compare.delong).parameters:
-        aucs, cov = compare.delong(scores, labels, clusters=clusters)
-        method = "one-sided DeLong, clustered by patient"
-    else:
-        aucs, cov = compare.delong(scores, labels)
-        method = "one-sided DeLong, images independent" + (
-            " (patient ids present, but no clustered DeLong is available)" if clusters is not None else "")
+    aucs, cov, kind = compare.auc_covariance(scores, labels, clusters)
+    method = ("one-sided DeLong, images independent" if kind == "delong"
+              else f"one-sided DeLong, clustered by patient ({kind}: Obuchowski's clustered covariance)")
     difference = float(aucs[0] - aucs[1])
     variance = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     if variance > 1e-15:
@@ -94,7 +95,7 @@ def _scan_set(data: Store, cfg, size: int) -> tuple[dict[str, str], Lineage]:
         except ValueError:
             lineage.skipped.append(item.key)
             continue
-        lineage.objects[item.key] = (len(raw), hashlib.sha256(raw).hexdigest())
+        lineage.add(item, len(raw), hashlib.sha256(raw).hexdigest())
     return digests, lineage
 
 
@@ -124,11 +125,25 @@ def _score(model_run: str, model: str, data_uri: str, out: Store, where: str, co
     return json.loads(out.read(f"promotion/{where}/predictions.json"))
 
 
-def _arrays(document: dict) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+def _arrays(document: dict) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """keys, labels (1: positive), P(positive), logit margins (the ranking score) and patient ids."""
     rows = document["predictions"]
     positive = document["positive_class"]
     return ([r["key"] for r in rows], np.array([r["label"] == positive for r in rows], dtype=int),
-            np.array([r["probability"] for r in rows], dtype=float), [r["patient_id"] for r in rows])
+            np.array([r["probability"] for r in rows], dtype=float), np.array([r["score"] for r in rows], dtype=float),
+            [r["patient_id"] for r in rows])
+
+
+def paired_test(mine: dict, theirs: dict, margin: float, where: str) -> dict:
+    """``non_inferiority`` of the challenger's predictions.json (``mine``) against the champion's on
+    the same images of ``where``: ranked on the logit margins, as the evaluations' ROC AUC is (float32
+    probabilities saturate at 0 and 1 and tie), clustered by the set's patient ids."""
+    keys, labels, _, scores, patients = _arrays(mine)
+    keys_old, labels_old, _, scores_old, _ = _arrays(theirs)
+    if keys_old != keys or not np.array_equal(labels_old, labels):
+        raise DataError(f"champion and challenger scored different images of {where} "
+                        f"({len(keys_old)} vs {len(keys)}): the two runs decode the set differently")
+    return non_inferiority(scores, scores_old, labels, margin, patients)
 
 
 def _complete(document: dict) -> str | None:
@@ -157,6 +172,8 @@ def promote(run_uri: str, registry_uri: str, config: Config, scratch: str | None
         raise ConfigError("promotion.data is not set: the locked, labelled set both models are scored on")
     registry = open_store(registry_uri, config.storage)
     pointer, etag = trained.read_pointer(registry)  # an unreachable bucket: exit 5; a malformed pointer: exit 9
+    if pointer is not None:  # the champion is what was promoted, as --run production checks it: else exit 9
+        trained.open_production(registry, pointer, config.storage)
     challenger = trained.open_run(run_uri, "best", config.storage)
     run = challenger.run
     record = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run_id": challenger.run_id,
@@ -178,7 +195,7 @@ def promote(run_uri: str, registry_uri: str, config: Config, scratch: str | None
                        f"development data (first: {overlap[0]}); it must be a locked set used for nothing else")
 
     mine = _score(run.uri, challenger.name, pc.data, run, "challenger", config, scratch)
-    keys, labels, p_new, patients = _arrays(mine)
+    keys, labels, p_new, _, _ = _arrays(mine)
     citl = calibration_in_the_large(labels, p_new)
     record["challenger"] = {"evaluation": mine["evaluation"], "calibration_in_the_large": citl, "n_images": len(keys)}
     incomplete = _complete(mine)
@@ -190,12 +207,7 @@ def promote(run_uri: str, registry_uri: str, config: Config, scratch: str | None
         return _promote(record, challenger, run, registry, None, config)
 
     theirs = _score(pointer["run_uri"], pointer["model"], pc.data, run, "champion", config, scratch)
-    keys_old, labels_old, p_old, _ = _arrays(theirs)
-    if keys_old != keys or not np.array_equal(labels_old, labels):
-        raise DataError(f"champion and challenger scored different images of {redact(pc.data)} "
-                        f"({len(keys_old)} vs {len(keys)}): the two runs decode the set differently")
-    clusters = patients if any(patients) else None
-    test = non_inferiority(p_new, p_old, labels, pc.auc_margin, clusters)
+    test = paired_test(mine, theirs, pc.auc_margin, redact(pc.data))
     record["non_inferiority"] = test
     record["champion_evaluation"] = theirs["evaluation"]
     if not test["p"] < pc.alpha:
@@ -216,24 +228,49 @@ def promote(run_uri: str, registry_uri: str, config: Config, scratch: str | None
 
 def _promote(record: dict, challenger: trained.TrainedModel, run: Store, registry: Store, etag: str | None,
              config: Config) -> dict:
+    """Evidence first, pointer last: ``promotion.json`` (``pointer_switched: false``) and refusals.json
+    are written, MLflow's alias is moved, and only then is ``production.json`` switched. A failure
+    before the switch (MLflow down with ``tracking.required``, a lost conditional write) leaves
+    production unchanged, is recorded in ``promotion.json`` (``error``) and raised; a re-run of the
+    run decides again (``decided``)."""
     pointer = {"run_uri": run.uri, "model": challenger.name, "sha256": challenger.sha256,
                "run_id": challenger.run_id, "model_uri": run.uri_of(challenger.key(trained.WEIGHTS)),
                "promoted": record["time"], "no_champion": record["champion"] is None,
                "data_digest": record["data_digest"], "promotion_data_digest": record["promotion_data_digest"],
                "evidence": run.uri_of(RECORD), "reason": record["reason"]}
+    record["pointer"], record["pointer_switched"], record["consecutive_refusals"] = pointer, False, 0
+    run.write_bytes(RECORD, json.dumps(record, indent=1).encode())
+    registry.write_bytes(REFUSALS, json.dumps({"consecutive": 0, "last_promoted": challenger.run_id}).encode())
     try:
+        record["mlflow"] = _move_alias(challenger, config)  # tracking.required and MLflow down: TrackingError
         registry.write_bytes_if(trained.POINTER, json.dumps(pointer, indent=1).encode(),
                                 if_none_match=etag is None, if_match=etag)
-    except PreconditionFailed:
-        raise StorageError(f"{registry.uri_of(trained.POINTER)} changed while this promotion was decided "
-                           "(another promotion ran); run gistnet promote again") from None
-    record["pointer"] = pointer
-    record["mlflow"] = _move_alias(challenger, config)
-    registry.write_bytes(REFUSALS, json.dumps({"consecutive": 0, "last_promoted": challenger.run_id}).encode())
-    record["consecutive_refusals"] = 0
+    except GistnetError as exc:
+        if isinstance(exc, PreconditionFailed):
+            exc = StorageError(f"{registry.uri_of(trained.POINTER)} changed while this promotion was decided "
+                               "(another promotion ran); run gistnet promote again")
+        record["error"] = f"{exc.kind}: {exc}; production.json was not switched"
+        run.write_bytes(RECORD, json.dumps(record, indent=1).encode())
+        raise exc from None
+    record["pointer_switched"] = True
     run.write_bytes(RECORD, json.dumps(record, indent=1).encode())
     log.info("promoted %s of run %s: %s", challenger.name, challenger.run_id, record["reason"])
     return record
+
+
+def decided(run: Store, registry_uri: str, config: Config) -> bool:
+    """Whether the gate decided for this run and registry: ``promotion.json`` refused it, or
+    promoted it and switched the pointer (a record from before ``pointer_switched`` existed was
+    only written after the switch). False: no record, another registry's, or a promotion that
+    failed before the switch (the pipeline runs the gate again on a re-run)."""
+    try:
+        record = json.loads(run.read(RECORD))
+    except (FileNotFoundError, ValueError):
+        return False
+    if record.get("registry") != open_store(registry_uri, config.storage).uri:
+        return False
+    return record.get("decision") == "refused" or (
+        record.get("decision") == "promoted" and record.get("pointer_switched", True))
 
 
 def _refuse(record: dict, run: Store, registry: Store, config: Config, reason: str) -> dict:
@@ -249,7 +286,8 @@ def _refuse(record: dict, run: Store, registry: Store, config: Config, reason: s
 
 
 def _move_alias(challenger: trained.TrainedModel, config: Config) -> dict | None:
-    """Point MLflow's ``champion`` alias at the challenger's registered version (tracking on)."""
+    """Point MLflow's ``champion`` alias at the challenger's registered version (tracking on); called
+    before ``production.json`` is switched, so a required tracking server that fails stops the switch."""
     from gistnet.observe.tracking import tracking_uri
 
     uri = tracking_uri(config.tracking)
@@ -268,7 +306,8 @@ def _move_alias(challenger: trained.TrainedModel, config: Config) -> dict | None
         if config.tracking.required:
             from gistnet.errors import TrackingError
 
-            raise TrackingError(f"promoted, but MLflow's champion alias was not moved: {moved['error']}") from None
+            raise TrackingError(f"tracking.required is true and MLflow's champion alias could not be moved, so "
+                                f"production was not switched: {moved['error']}") from None
     return moved
 
 

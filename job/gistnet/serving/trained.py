@@ -126,12 +126,25 @@ def resolve(run: str, model: str, registry: str | None, storage: StorageConfig) 
     if pointer is None:
         raise ModelError(f"no production model: {store.uri_of(POINTER)} does not exist (nothing promoted yet; "
                          "run gistnet promote)")
-    promoted = open_run(pointer["run_uri"], pointer["model"], storage)
+    open_production(store, pointer, storage)
+    return pointer["run_uri"], pointer["model"] if model == "best" else model
+
+
+def open_production(registry: Store, pointer: dict, storage: StorageConfig) -> TrainedModel:
+    """The model ``production.json`` (``pointer``, read from ``registry``) promoted, after checking
+    that its run's weights are still the promoted ones: ModelError (exit 9) naming the pointer when
+    the run is gone or incomplete, or was re-trained or edited after its promotion (its sha256 is
+    not the pointer's). ``--run production`` and the promotion gate's champion both go through it."""
+    where = registry.uri_of(POINTER)
+    try:
+        promoted = open_run(pointer["run_uri"], pointer["model"], storage)
+    except ModelError as exc:
+        raise ModelError(f"{where} promoted {pointer['model']} of {pointer['run_uri']}, but {exc}") from None
     if promoted.sha256 != pointer["sha256"]:  # the run was re-trained or edited after its promotion
-        raise ModelError(f"{store.uri_of(POINTER)} promoted {pointer['model']} of {pointer['run_uri']} with sha256 "
+        raise ModelError(f"{where} promoted {pointer['model']} of {pointer['run_uri']} with sha256 "
                          f"{str(pointer['sha256'])[:12]}..., but that run's report now gives {promoted.sha256[:12]}...: "
                          "the run changed after its promotion; promote it again or restore the pointer")
-    return pointer["run_uri"], pointer["model"] if model == "best" else model
+    return promoted
 
 
 def _read_json(store: Store, key: str) -> dict | None:
