@@ -101,3 +101,47 @@ def test_heterogeneity_section_states_one_class_and_corrected_sites():
     assert meta["left_out"] == [{"site": "D", "reason": sites.ONE_CLASS}] and meta["corrected"] == ["E"]
     text = sites.markdown(section)
     assert "prediction interval for a new site" in text and "Site D left out" in text
+
+
+def test_a_site_whose_variance_cannot_be_estimated_is_left_out_not_corrected():
+    # one positive outranking 5 of 8 negatives: AUC 0.625, a DeLong variance of one value is undefined
+    y = np.array([1] + [0] * 8)
+    s = np.array([0.5, 0.1, 0.2, 0.3, 0.4, 0.45, 0.6, 0.7, 0.8])
+    one = sites.logit_auc(y, s)
+    assert one["auc"] == pytest.approx(0.625) and not one["corrected"]
+    assert one["variance"] is None and "one positive image" in one["excluded"]
+    # clustered: three positive images of one patient (they outrank 4, 6 and 0 of 6 negatives: AUC 10/18)
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0])
+    s = np.array([0.5, 0.9, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.7])
+    ids = ["p1", "p1", "p1", "n1", "n1", "n2", "n3", "n4", "n4"]
+    one = sites.logit_auc(y, s, ids)
+    assert one["auc"] == pytest.approx((4 + 6 + 0) / 18) and not one["corrected"]
+    assert "one patient with a positive image" in one["excluded"] and one["variance_method"] == sites.OBUCHOWSKI
+
+
+def test_heterogeneity_leaves_out_a_site_without_a_variance_with_its_reason():
+    rng = np.random.default_rng(1)
+    site_of, y, s = [], [], []
+    for site, n, shift in (("A", 30, 1.5), ("B", 30, 0.5), ("C", 30, 1.0)):
+        labels = rng.integers(0, 2, n)
+        site_of += [site] * n
+        y += labels.tolist()
+        s += (labels * shift + rng.standard_normal(n)).tolist()
+    site_of += ["F"] * 9
+    y += [1] + [0] * 8
+    s += [0.5, 0.1, 0.2, 0.3, 0.4, 0.45, 0.6, 0.7, 0.8]
+    p = 1 / (1 + np.exp(-np.array(s)))
+    section = sites.heterogeneity(site_of, y, p, s, 0.5, "wilson", 0.95)
+    rows = {r["site"]: r for r in section["per_site"]}
+    meta = section["meta_analysis"]
+    assert meta["sites"] == ["A", "B", "C"] and meta["corrected"] == [] and "correction" not in meta
+    [left] = meta["left_out"]
+    assert left["site"] == "F" and left["reason"].startswith(sites.NO_VARIANCE) and "one positive image" in left["reason"]
+    assert rows["F"]["note"] == left["reason"] and rows["F"]["logit_auc"] is None
+    assert rows["F"]["roc_auc"]["value"] == pytest.approx(0.625)
+    assert f"Site F left out of the meta-analysis: {left['reason']}." in sites.markdown(section)
+    from gistnet.evidence import report_html
+
+    page = report_html._environment().get_template("sections.html.j2").render(
+        models={"resnet34": {"sites": section}}, positive="GIST", negative="LM", r={})
+    assert "Site F left out of the meta-analysis: " in page and "0.625 (interval n/a)" in page

@@ -17,7 +17,10 @@ patients, not repeated images; the section states the unit of analysis.
 A site whose AUC is 0 or 1 (complete separation: the DeLong variance is 0 and the logit
 infinite) enters with a continuity correction: AUC' = (U + 0.5) / (m n + 1), U being the
 Mann-Whitney count, and the Hanley & McNeil (1982) variance of AUC' (clustered: with m and n
-the numbers of patients with a positive and with a negative image). A site with one class
+the numbers of patients with a positive and with a negative image). Only AUC 0 or 1 is
+corrected: a site with another AUC whose variance cannot be estimated (one positive or
+negative image; clustered: one patient with a positive or a negative image; or a variance of
+0) keeps its AUC and is left out of the pooling, with the reason stated. A site with one class
 has no AUC, sensitivity or specificity (whichever needs the missing class): n/a, stated,
 and it is left out of the meta-analysis.
 ``tests/evidence/test_sites.py`` recomputes all of it by hand.
@@ -37,6 +40,7 @@ from gistnet.evidence import evaluate, stats
 CORRECTION = ("continuity correction: AUC 0 or 1 replaced by (U + 0.5) / (m n + 1) with the Hanley-McNeil "
               "variance, so that its logit is finite")
 ONE_CLASS = "n/a: the site has images of one class only"
+NO_VARIANCE = "n/a in the meta-analysis: the variance of the site's AUC cannot be estimated"
 FEW_SITES = ("with k sites the prediction interval uses t with k-2 degrees of freedom: with few sites it is very "
              "wide, an honest statement of how little k sites say about a new one")
 
@@ -66,15 +70,28 @@ def logit_auc(labels, scores, clusters=None) -> dict | None:
         aucs, cov = clustered.obuchowski(s, y, groups)
         method, hm_m, hm_n = OBUCHOWSKI, len(set(groups[y].tolist())), len(set(groups[~y].tolist()))
     auc, variance = float(aucs[0]), float(cov[0, 0])
+    counts = {"positives": m, "negatives": n, "variance_method": method}
     corrected = False
-    if auc <= 0.0 or auc >= 1.0 or not variance > 0:
+    if auc <= 0.0 or auc >= 1.0:
         u = auc * m * n
         auc = (u + 0.5) / (m * n + 1)
         variance = hanley_mcneil_variance(auc, hm_m, hm_n)
         corrected = True
+    elif not (math.isfinite(variance) and variance > 0):
+        return {"auc": auc, "variance": None, "logit": None, "variance_logit": None, "corrected": False,
+                "excluded": no_variance_reason(method, hm_m, hm_n), **counts}
     return {"auc": auc, "variance": variance, "logit": math.log(auc / (1 - auc)),
-            "variance_logit": variance / (auc * (1 - auc)) ** 2, "corrected": corrected, "positives": m,
-            "negatives": n, "variance_method": method}
+            "variance_logit": variance / (auc * (1 - auc)) ** 2, "corrected": corrected, **counts}
+
+
+def no_variance_reason(method: str, positives: int, negatives: int) -> str:
+    """Why a site's AUC (neither 0 nor 1) has no variance: ``positives``/``negatives`` count images,
+    or patients when the variance is Obuchowski's."""
+    for count, cls in ((positives, "positive"), (negatives, "negative")):
+        if count < 2:
+            one = f"one patient with a {cls} image" if method == OBUCHOWSKI else f"one {cls} image"
+            return f"{NO_VARIANCE} ({one}: the {method} variance is not defined); its AUC is not corrected"
+    return f"{NO_VARIANCE} (its {method} variance is 0); its AUC is not corrected"
 
 
 def _expit(x: float) -> float:
@@ -141,6 +158,8 @@ def per_site(sites, labels, probabilities, scores, threshold: float, ci_method: 
         one = logit_auc(y[idx], s[idx], site_ids)
         if one is None:
             row["note"] = ONE_CLASS
+        elif "excluded" in one:
+            row["note"] = one["excluded"]
         elif one["corrected"]:
             row["roc_auc_corrected"] = one["auc"]
             row["note"] = CORRECTION
@@ -154,19 +173,20 @@ def heterogeneity(sites, labels, probabilities, scores, threshold: float, ci_met
     """The report's ``sites`` section: per-site rows and the meta-analysis of their AUCs (their
     variances clustered by patient with ``clusters``)."""
     rows = per_site(sites, labels, probabilities, scores, threshold, ci_method, level, clusters)
-    usable = [r for r in rows if r["_logit"] is not None]
+    usable = [r for r in rows if r["_logit"] is not None and "excluded" not in r["_logit"]]
     meta = meta_analysis([r["site"] for r in usable], [r["_logit"]["logit"] for r in usable],
                          [r["_logit"]["variance_logit"] for r in usable], level)
     unit = clustered.unit_of_analysis(clusters, len(labels))
     meta["auc_variance"] = OBUCHOWSKI if unit["clustered_by"] == "patient" else DELONG
-    meta["left_out"] = [{"site": r["site"], "reason": ONE_CLASS} for r in rows if r["_logit"] is None]
+    meta["left_out"] = [{"site": r["site"], "reason": ONE_CLASS if r["_logit"] is None else r["_logit"]["excluded"]}
+                        for r in rows if r["_logit"] is None or "excluded" in r["_logit"]]
     meta["corrected"] = [r["site"] for r in usable if r["_logit"]["corrected"]]
     if meta["corrected"]:
         meta["correction"] = CORRECTION
     for r in rows:
         one = r.pop("_logit")
-        r["logit_auc"] = None if one is None else {"value": one["logit"], "variance": one["variance_logit"],
-                                                   "variance_method": one["variance_method"]}
+        r["logit_auc"] = None if one is None or "excluded" in one else {
+            "value": one["logit"], "variance": one["variance_logit"], "variance_method": one["variance_method"]}
     return {"per_site": rows, "meta_analysis": meta, "threshold": threshold,
             "clustered": unit["clustered_by"] == "patient", "unit_of_analysis": unit["text"]}
 
