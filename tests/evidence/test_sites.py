@@ -26,6 +26,17 @@ def _dl_by_hand(y, v):
     return mu, se, tau2, i2, q, mu - half, mu + half
 
 
+def _hksj_by_hand(y, v):
+    """Hartung-Knapp-Sidik-Jonkman from its definition (IntHout et al. 2014): the DL weights,
+    the variance from their weighted residuals, t with k-1 df."""
+    y, v = np.asarray(y, float), np.asarray(v, float)
+    mu, _, tau2, *_ = _dl_by_hand(y, v)
+    w = 1 / (v + tau2)
+    se = math.sqrt((w * (y - mu) ** 2).sum() / ((len(y) - 1) * w.sum()))
+    half = student_t.ppf(0.975, len(y) - 1) * se
+    return se, _expit(mu - half), _expit(mu + half)
+
+
 def _expit(x):
     return 1 / (1 + math.exp(-x))
 
@@ -35,6 +46,7 @@ def _expit(x):
     ([1.0, 1.1, 0.95], [0.3, 0.25, 0.4]),  # homogeneous: Q < df, tau^2 truncated at 0
 ])
 def test_meta_analysis_matches_hand_computation(effects, variances):
+    k = len(effects)
     mu, se, tau2, i2, q, low, high = _dl_by_hand(effects, variances)
     meta = sites.meta_analysis(["a", "b", "c", "d"][:len(effects)], effects, variances)
     assert meta["pooled_logit"] == pytest.approx(mu)
@@ -43,7 +55,17 @@ def test_meta_analysis_matches_hand_computation(effects, variances):
     assert meta["i2"] == pytest.approx(i2)
     assert meta["q"] == pytest.approx(q)
     assert meta["pooled_auc"]["value"] == pytest.approx(_expit(mu))
-    assert meta["pooled_auc"]["ci_low"] == pytest.approx(_expit(mu - 1.959963985 * se))
+    dl = meta["intervals"]["dl"]
+    assert dl["ci_low"] == pytest.approx(_expit(mu - 1.959963985 * se))
+    assert dl["ci_high"] == pytest.approx(_expit(mu + 1.959963985 * se))
+    # fewer than 10 sites: the pooled interval is HKSJ's, stated
+    hk_se, hk_low, hk_high = _hksj_by_hand(effects, variances)
+    assert meta["interval"] == "hksj" and meta["pooled_auc"] == meta["intervals"]["hksj"]
+    assert meta["intervals"]["hksj"]["se_logit"] == pytest.approx(hk_se) and meta["intervals"]["hksj"]["df"] == k - 1
+    assert (meta["pooled_auc"]["ci_low"], meta["pooled_auc"]["ci_high"]) == pytest.approx((hk_low, hk_high))
+    assert "the default with fewer than 10 sites" in meta["interval_choice"]
+    chosen = sites.meta_analysis(["a", "b", "c", "d"][:k], effects, variances, interval="dl")
+    assert chosen["pooled_auc"] == dl and chosen["interval_choice"].endswith("(evaluate.meta_analysis_interval: dl)")
     assert meta["prediction_interval"]["ci_low"] == pytest.approx(_expit(low))
     assert meta["prediction_interval"]["ci_high"] == pytest.approx(_expit(high))
     assert meta["prediction_interval"]["df"] == len(effects) - 2
@@ -145,3 +167,34 @@ def test_heterogeneity_leaves_out_a_site_without_a_variance_with_its_reason():
     page = report_html._environment().get_template("sections.html.j2").render(
         models={"resnet34": {"sites": section}}, positive="GIST", negative="LM", r={})
     assert "Site F left out of the meta-analysis: " in page and "0.625 (interval n/a)" in page
+
+
+def test_hksj_from_ten_sites_on_is_dl_by_default_and_the_key_is_checked():
+    rng = np.random.default_rng(3)
+    effects, variances = rng.normal(1.0, 0.5, 12), rng.uniform(0.05, 0.3, 12)
+    names = [f"s{i}" for i in range(12)]
+    nine = sites.meta_analysis(names[:9], effects[:9], variances[:9])
+    assert nine["interval"] == "hksj"
+    ten = sites.meta_analysis(names[:10], effects[:10], variances[:10])
+    mu, se, *_ = _dl_by_hand(effects[:10], variances[:10])
+    assert ten["interval"] == "dl" and ten["pooled_auc"]["ci_low"] == pytest.approx(_expit(mu - 1.959963985 * se))
+    assert "the default with 10 or more sites" in ten["interval_choice"]
+    forced = sites.meta_analysis(names, effects, variances, interval="hksj")
+    assert forced["pooled_auc"]["ci_high"] == pytest.approx(_hksj_by_hand(effects, variances)[2])
+    from gistnet import config
+    from gistnet.errors import ConfigError
+
+    assert config.load_config(None, {}, environ={}).evaluate.meta_analysis_interval == "auto"
+    with pytest.raises(ConfigError, match="evaluate.meta_analysis_interval must be auto, hksj or dl, got 'z'"):
+        config.load_config(None, {"evaluate.meta_analysis_interval": "z"}, environ={})
+
+
+def test_hksj_matches_statsmodels_when_tau2_is_positive():
+    from statsmodels.stats.meta_analysis import combine_effects
+
+    effects, variances = [0.4, 1.6, 2.5, 0.9], [0.10, 0.20, 0.15, 0.08]
+    res = combine_effects(np.array(effects), np.array(variances), method_re="dl", use_t=True)
+    low, high = res.conf_int(alpha=0.05, use_t=True)[3]  # random effects, HKSJ scale
+    meta = sites.meta_analysis(list("abcd"), effects, variances)
+    assert res.tau2 > 0 and (meta["pooled_auc"]["ci_low"], meta["pooled_auc"]["ci_high"]) == pytest.approx(
+        (_expit(low), _expit(high)))
