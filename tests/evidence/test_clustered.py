@@ -282,3 +282,20 @@ def test_diagnostic_metrics_without_clusters_equal_the_count_table():
     tp, fp = int((labels.astype(bool) & called).sum()), int((~labels.astype(bool) & called).sum())
     tn, fn = int((~labels.astype(bool) & ~called).sum()), int((labels.astype(bool) & ~called).sum())
     assert stats.diagnostic_metrics(labels, called, "wilson", 0.95) == stats.diagnostic_table(tp, fp, tn, fn)
+
+
+def test_a_proportion_of_one_patient_has_no_interval_with_the_reason():
+    """Every image of the proportion from one patient: n/a with the reason, not a Wilson interval
+    on an effective n of 1; two patients still get one."""
+    one = clustered.proportion(np.array([True, True, False]), np.array([4, 4, 4]), "wilson", 0.95)
+    assert one["value"] == pytest.approx(2 / 3) and one["ci_low"] is None and one["ci_high"] is None
+    assert one["patients"] == 1 and "effective_n" not in one and "one patient" in one["note"]
+    assert stats.value_with_interval(one, percent=True) == f"66.7% (interval n/a ({one['note']}))"
+    # through the metrics: the positives are all of patient "a" (sensitivity), the negatives of three
+    labels = np.array([1, 1, 1, 0, 0, 0, 0])
+    called = np.array([1, 1, 0, 0, 0, 1, 0])
+    metrics = stats.diagnostic_metrics(labels, called, "wilson", 0.95, ["a", "a", "a", "b", "c", "d", "d"])
+    assert metrics["sensitivity"]["ci_low"] is None and "one patient" in metrics["sensitivity"]["note"]
+    assert metrics["specificity"]["ci_low"] is not None and metrics["specificity"]["patients"] == 3
+    two = clustered.proportion(np.array([True, True, False, True]), np.array([1, 1, 2, 2]), "wilson", 0.95)
+    assert two["ci_low"] is not None and two["patients"] == 2

@@ -11,7 +11,9 @@ analysis and clusters by patient:
   48(2):577-585. d compares the cluster-robust variance of the proportion (statsmodels' OLS
   with ``cov_type="cluster"``: the ratio-estimator variance) with the binomial one; d >= 1
   is enforced (never narrower than the per-image interval). When the proportion is 0 or 1
-  there is no within-patient variance to estimate; each patient then counts once.
+  there is no within-patient variance to estimate; each patient then counts once. A proportion
+  whose images are all of one patient has no interval (n/a, ``note`` says why), not one on an
+  effective n of 1.
 - ROC AUC and the DeLong test: Obuchowski (1997), "Nonparametric analysis of clustered ROC
   curve data", Biometrics 53(2):567-578: DeLong's structural components summed per patient.
   With one image per patient it is DeLong's variance exactly.
@@ -38,6 +40,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 PROPORTION_METHOD = "clustered by patient (Rao-Scott design effect)"
 AUC_METHOD = "obuchowski"  # clustered DeLong
+ONE_PATIENT = "all {n} images are of one patient: clustered by patient that is one observation, which has no interval"
 MCNEMAR_METHOD = "Durkalski clustered McNemar, exact p (sign-flip permutation of the patients' differences)"
 
 
@@ -102,6 +105,9 @@ def proportion(successes, groups: np.ndarray, statsmodels_method: str, level: fl
     if n == 0:
         return {"value": None, "ci_low": None, "ci_high": None, "numerator": 0, "denominator": 0}
     p = float(y.mean())
+    if k == 1:  # an interval on an effective n of 1 would describe one observation as a sample
+        return {"value": p, "ci_low": None, "ci_high": None, "numerator": int(y.sum()), "denominator": n,
+                "patients": 1, "note": ONE_PATIENT.format(n=n)}
     d = design_effect(y, groups)
     n_eff = float(k) if d is None else n / max(d, 1.0)
     low, high = proportion_confint(p * n_eff, n_eff, alpha=1 - level, method=statsmodels_method)
