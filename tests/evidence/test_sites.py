@@ -28,11 +28,13 @@ def _dl_by_hand(y, v):
 
 def _hksj_by_hand(y, v):
     """Hartung-Knapp-Sidik-Jonkman from its definition (IntHout et al. 2014): the DL weights,
-    the variance from their weighted residuals, t with k-1 df."""
+    the variance from their weighted residuals (scale q* at least 1, Knapp & Hartung 2003),
+    t with k-1 df."""
     y, v = np.asarray(y, float), np.asarray(v, float)
     mu, _, tau2, *_ = _dl_by_hand(y, v)
     w = 1 / (v + tau2)
-    se = math.sqrt((w * (y - mu) ** 2).sum() / ((len(y) - 1) * w.sum()))
+    scale = (w * (y - mu) ** 2).sum() / (len(y) - 1)
+    se = math.sqrt(max(1.0, scale) / w.sum())
     half = student_t.ppf(0.975, len(y) - 1) * se
     return se, _expit(mu - half), _expit(mu + half)
 
@@ -196,5 +198,15 @@ def test_hksj_matches_statsmodels_when_tau2_is_positive():
     res = combine_effects(np.array(effects), np.array(variances), method_re="dl", use_t=True)
     low, high = res.conf_int(alpha=0.05, use_t=True)[3]  # random effects, HKSJ scale
     meta = sites.meta_analysis(list("abcd"), effects, variances)
-    assert res.tau2 > 0 and (meta["pooled_auc"]["ci_low"], meta["pooled_auc"]["ci_high"]) == pytest.approx(
-        (_expit(low), _expit(high)))
+    assert res.tau2 > 0 and meta["intervals"]["hksj"]["scale"] > 1  # (statsmodels' HKSJ has no q* >= 1 floor)
+    assert (meta["pooled_auc"]["ci_low"], meta["pooled_auc"]["ci_high"]) == pytest.approx((_expit(low), _expit(high)))
+
+
+def test_hksj_is_never_narrower_than_the_z_interval():
+    """Sites that agree more than their variances expect (Q = 0.03 on 2 df): plain HKSJ's scale
+    q* < 1 would give an interval narrower than DerSimonian-Laird's z; it is taken as 1."""
+    meta = sites.meta_analysis(list("abc"), [1.0, 1.02, 0.99], [0.2, 0.25, 0.3])
+    hksj, dl = meta["intervals"]["hksj"], meta["intervals"]["dl"]
+    assert hksj["scale"] < 1 and "taken as 1" in hksj["method"]
+    assert hksj["se_logit"] == pytest.approx(meta["pooled_logit_se"])
+    assert hksj["ci_low"] < dl["ci_low"] and hksj["ci_high"] > dl["ci_high"]

@@ -11,9 +11,12 @@ with 3 sites t has 1 degree of freedom and the interval is very wide, which the 
 
 The pooled AUC's confidence interval is Hartung-Knapp-Sidik-Jonkman's (t with k-1 df and the
 variance from the weighted residuals, statsmodels' ``var_hksj_re``; ``var_hksj_fe`` when tau^2
-is truncated at 0) by default with fewer than 10 sites, where DerSimonian-Laird's z interval is
-too narrow, and DerSimonian-Laird's z from 10 sites on (``evaluate.meta_analysis_interval``:
-``auto``, ``hksj`` or ``dl``). Both are reported (``intervals``), the chosen one named.
+is truncated at 0) by default with fewer than 10 sites, where DerSimonian-Laird's z interval can
+be too narrow, and DerSimonian-Laird's z from 10 sites on (``evaluate.meta_analysis_interval``:
+``auto``, ``hksj`` or ``dl``). HKSJ's scale q* (residual variance over the DL variance) is taken
+as at least 1 (Knapp & Hartung 2003; Roever, Knapp & Friede 2015): when the sites agree more than
+their variances expect, plain HKSJ would be narrower than the z interval. Both are reported
+(``intervals``), the chosen one named.
 
 With patient ids where a patient has several images (``clusters``), every per-site interval is
 clustered by patient (``evaluate.diagnostic_report``), and a site's AUC variance is Obuchowski's
@@ -119,7 +122,7 @@ def _choice(setting: str, chosen: str, k: int) -> str:
         return f"{name} (evaluate.meta_analysis_interval: {setting})"
     if chosen == HKSJ:
         return (f"{name}, the default with fewer than {HKSJ_BELOW} sites: with {k} sites the z interval of "
-                "DerSimonian-Laird is too narrow")
+                "DerSimonian-Laird can be too narrow")
     return f"{name}, the default with {HKSJ_BELOW} or more sites"
 
 
@@ -139,15 +142,19 @@ def meta_analysis(names: list[str], effects, variances, level: float = 0.95, int
         res = combine_effects(y, v, method_re="dl", row_names=list(names))
     tau2 = max(0.0, float(res.tau2))
     if tau2 > 0:
-        mu, se, se_hksj = float(res.mean_effect_re), float(res.sd_eff_w_re), math.sqrt(float(res.var_hksj_re))
+        mu, se, var_hksj = float(res.mean_effect_re), float(res.sd_eff_w_re), float(res.var_hksj_re)
     else:  # DL truncated at 0: the random-effects mean is the fixed-effect mean (HKSJ's weights too)
-        mu, se, se_hksj = float(res.mean_effect_fe), float(res.sd_eff_w_fe), math.sqrt(float(res.var_hksj_fe))
+        mu, se, var_hksj = float(res.mean_effect_fe), float(res.sd_eff_w_fe), float(res.var_hksj_fe)
     q, df = float(res.q), k - 1
     i2 = max(0.0, (q - df) / q) if q > 0 else 0.0
     z, t = float(norm.ppf(0.5 + level / 2)), float(student_t.ppf(0.5 + level / 2, df))
+    scale = var_hksj / (se * se)  # HKSJ's q*: the weighted residual variance
+    se_hksj = se * math.sqrt(max(1.0, scale))
     intervals = {
-        HKSJ: {**_pooled(mu, t * se_hksj), "se_logit": se_hksj, "df": df,
-               "method": f"Hartung-Knapp-Sidik-Jonkman: t with {df} df, se from the weighted residuals"},
+        HKSJ: {**_pooled(mu, t * se_hksj), "se_logit": se_hksj, "df": df, "scale": scale,
+               "method": f"Hartung-Knapp-Sidik-Jonkman: t with {df} df, se from the weighted residuals "
+                         f"(scale q* = {scale:.3g}{' < 1, taken as 1' if scale < 1 else ''}: never narrower than "
+                         "DerSimonian-Laird's z)"},
         DL: {**_pooled(mu, z * se), "se_logit": se, "df": None, "method": "DerSimonian-Laird: normal (z)"},
     }
     chosen = (HKSJ if k < HKSJ_BELOW else DL) if interval == AUTO else interval
