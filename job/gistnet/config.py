@@ -96,6 +96,7 @@ class EvaluateConfig:
     selection_metric: str = "accuracy"
     subgroups: tuple[str, ...] = ()
     min_subgroup: int = 10
+    meta_analysis_interval: str = "auto"  # pooled site AUC: auto (HKSJ below 10 sites, else DL z), hksj, dl
 
 
 @dataclass(frozen=True)
@@ -416,6 +417,8 @@ def validate(c: Config) -> None:
         _check(m in MODEL_NAMES, f"train.init_weights: unknown model {m!r}")
     _check(c.evaluate.ci_method in CI_METHODS, f"evaluate.ci_method must be one of {', '.join(CI_METHODS)}, got {c.evaluate.ci_method!r}")
     _check(c.evaluate.selection_metric in ("accuracy", "roc_auc"), "evaluate.selection_metric must be accuracy or roc_auc")
+    _check(c.evaluate.meta_analysis_interval in ("auto", "hksj", "dl"),
+           f"evaluate.meta_analysis_interval must be auto, hksj or dl, got {c.evaluate.meta_analysis_interval!r}")
     _check("/" not in c.output.run_id and ".." not in c.output.run_id, f"output.run_id {c.output.run_id!r} must not contain '/' or '..'")
     _check(bool(c.tracking.model_prefix) and "/" not in c.tracking.model_prefix,
            f"tracking.model_prefix must be non-empty and contain no '/', got {c.tracking.model_prefix!r}")

@@ -1,5 +1,6 @@
 """Hold-out and k-fold splits: stratified, grouped by patient, every image validated once."""
 
+import json
 import re
 
 import pytest
@@ -125,3 +126,49 @@ def test_fewer_than_three_sites_is_a_data_error_naming_the_counts():
     with pytest.raises(DataError, match="2 of 6 images have none"):
         split.make_plan(keys, [0, 1] * 3, [""] * 6, SplitConfig(method="site"), 0, ("GIST", "LM"),
                         ["A", "B", "C", "A", "", ""])
+
+
+@pytest.mark.parametrize("method", ["holdout", "kfold"])
+def test_patient_grouped_split_does_not_depend_on_the_pseudonym_key(method):
+    """The same data and seed under two pseudonym keys (two random per-run keys, no
+    GISTNET_PSEUDONYM_KEY) give the same partition: groups are not ordered by their pseudonyms."""
+    from gistnet.data.privacy import Pseudonymizer
+
+    keys = [f"img/{i:03d}.png" for i in range(60)]
+    labels = [int(i % 3 == 0) for i in range(60)]
+    raw = [f"mrn{i // 2}" for i in range(60)]  # 30 patients, 2 images each
+    cfg = SplitConfig(method=method, folds=3)
+    dicts = []
+    for secret in (b"a" * 32, b"b" * 32, b"c" * 32):
+        pseudo = Pseudonymizer(secret, False)
+        plan = split.make_plan(keys, labels, [pseudo.patient(p) for p in raw], cfg, seed=0)
+        dicts.append(json.dumps(plan.to_dict(), sort_keys=True))
+    assert dicts[0] == dicts[1] == dicts[2]
+    patient = dict(zip(keys, raw))
+    for part in split.Plan.from_dict(json.loads(dicts[0])).parts:
+        assert not {patient[k] for k in part.train} & {patient[k] for k in part.val}
+
+
+@pytest.mark.e2e
+def test_a_run_with_patient_ids_is_the_same_under_two_pseudonym_keys(tiny_data, tmp_path, monkeypatch):
+    """Two runs of the same data and seed, each with its own pseudonym key: byte-identical
+    split.json and weights (32 px, 1 epoch, one model)."""
+    import shutil
+
+    from gistnet import config, pipeline
+    from tests.conftest import TINY_RUN
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    images = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.png"))
+    rows = [f"{key},{key.partition('/')[0]},mrn-{key.partition('/')[0]}-{i // 2}" for i, key in enumerate(images)]
+    (data / "manifest.csv").write_text("path,label,patient_id\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "runs"
+    for run_id, secret in (("x", "first-key-0123456789"), ("y", "second-key-0123456789")):
+        monkeypatch.setenv("GISTNET_PSEUDONYM_KEY", secret)
+        pipeline.run(config.load_config(None, {"data.uri": str(data), "output.uri": str(out), "output.run_id": run_id,
+                                               "train.seed": 0, **TINY_RUN}, environ={}))
+    assert "by patient_id" in json.loads((out / "x" / "split.json").read_text())["method"]
+    assert (out / "x" / "split.json").read_bytes() == (out / "y" / "split.json").read_bytes()
+    weights = "resnet34/model.safetensors"
+    assert (out / "x" / weights).read_bytes() == (out / "y" / weights).read_bytes()

@@ -1,7 +1,7 @@
 """Patient-clustered intervals and tests (issue 20, item 1), each against an independent
 computation: Obuchowski's variance from its definition (pairwise loops) and against a patient
-bootstrap, the Rao-Scott design effect by hand, Durkalski's McNemar by hand and, with one image
-per patient, against statsmodels' McNemar; then the property the issue asks for: three identical
+bootstrap, the Rao-Scott design effect by hand, Durkalski's McNemar by hand (its exact sign-flip p
+by enumeration) and, with one image per patient, against statsmodels' McNemar; then the property the issue asks for: three identical
 images per patient leave every interval within 10% of the original's width."""
 
 import warnings
@@ -194,17 +194,57 @@ def test_durkalski_mcnemar_by_hand_and_mcnemar_with_one_image_per_patient():
     statistic = diffs.sum() ** 2 / np.sum(diffs ** 2)
     got = clustered.mcnemar(a, b, groups)
     assert got["statistic"] == pytest.approx(statistic) and got["only_first_correct"] == 5
-    from scipy.stats import chi2
-
-    assert got["p"] == pytest.approx(chi2.sf(statistic, 1))
+    assert got["p"] == pytest.approx(sign_flips_by_enumeration(diffs)) == pytest.approx(0.5)  # 2 of 4 flips reach 2
     rng = np.random.default_rng(1)
     x, z = rng.random(40) < 0.7, rng.random(40) < 0.5
     table = [[int((x & z).sum()), int((x & ~z).sum())], [int((~x & z).sum()), int((~x & ~z).sum())]]
     reference = mcnemar(table, exact=False, correction=False)
+    exact = mcnemar(table, exact=True)
     single = clustered.mcnemar(x, z, np.arange(40))
-    assert single["statistic"] == pytest.approx(reference.statistic) and single["p"] == pytest.approx(reference.pvalue)
+    assert single["statistic"] == pytest.approx(reference.statistic) and single["p"] == pytest.approx(exact.pvalue)
     tripled = compare.mcnemar_test(triple(x), triple(z), triple(np.arange(40)))
     assert tripled["statistic"] == pytest.approx(reference.statistic)  # copies add no evidence
+
+
+def sign_flips_by_enumeration(diffs):
+    """Two-sided sign-flip p over all 2^k sign vectors, by brute force (itertools)."""
+    import itertools
+
+    diffs = np.asarray(diffs, float)
+    observed = abs(diffs.sum())
+    sums = [abs(np.dot(signs, diffs)) for signs in itertools.product((-1, 1), repeat=len(diffs))]
+    return float(np.mean([v >= observed - 1e-9 for v in sums]))
+
+
+def test_clustered_mcnemar_is_never_more_liberal_than_the_exact_test():
+    """4 vs 0 discordant of 20 images (one per patient): exact p 0.125. One extra image of one
+    patient, both models right, makes the data clustered: the p stays 0.125 (a chi-square gave 0.046)."""
+    a = np.array([True] * 20)
+    b = np.array([False] * 4 + [True] * 16)
+    assert compare.mcnemar_test(a, b, [f"p{i}" for i in range(20)])["p"] == pytest.approx(0.125)
+    clustered_p = compare.mcnemar_test(np.r_[a, True], np.r_[b, True], [f"p{i}" for i in range(20)] + ["p7"])
+    assert clustered_p["method"] == clustered.MCNEMAR_METHOD and clustered_p["p"] == pytest.approx(0.125)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_clustered_mcnemar_p_property(seed):
+    """Random one-image-per-patient data plus extra images both models call alike, of random
+    patients: the clustered p equals (so is never below) McNemar's exact p on the one-image data;
+    on random clustered data the p is the brute-force sign-flip enumeration's."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(8, 30))
+    x, z = rng.random(n) < rng.uniform(0.3, 0.9), rng.random(n) < rng.uniform(0.3, 0.9)
+    table = [[int((x & z).sum()), int((x & ~z).sum())], [int((~x & z).sum()), int((~x & ~z).sum())]]
+    exact = mcnemar(table, exact=True).pvalue
+    extra = int(rng.integers(1, 6))
+    who, same = rng.integers(0, n, extra), rng.random(extra) < 0.5
+    got = compare.mcnemar_test(np.r_[x, same], np.r_[z, same], np.r_[np.arange(n), who])
+    assert got["p"] >= exact - 1e-12 and got["p"] == pytest.approx(exact)
+    groups = rng.integers(0, int(rng.integers(3, 11)), 30)
+    a, b = rng.random(30) < 0.6, rng.random(30) < 0.5
+    diffs = np.bincount(groups, weights=(a & ~b).astype(float)) - np.bincount(groups, weights=(~a & b).astype(float))
+    if np.any(diffs):
+        assert clustered.mcnemar(a, b, groups)["p"] == pytest.approx(sign_flips_by_enumeration(diffs), abs=1e-12)
 
 
 def test_patient_bootstrap_with_patients_of_both_classes_is_unstratified_and_reproducible():
@@ -242,3 +282,20 @@ def test_diagnostic_metrics_without_clusters_equal_the_count_table():
     tp, fp = int((labels.astype(bool) & called).sum()), int((~labels.astype(bool) & called).sum())
     tn, fn = int((~labels.astype(bool) & ~called).sum()), int((labels.astype(bool) & ~called).sum())
     assert stats.diagnostic_metrics(labels, called, "wilson", 0.95) == stats.diagnostic_table(tp, fp, tn, fn)
+
+
+def test_a_proportion_of_one_patient_has_no_interval_with_the_reason():
+    """Every image of the proportion from one patient: n/a with the reason, not a Wilson interval
+    on an effective n of 1; two patients still get one."""
+    one = clustered.proportion(np.array([True, True, False]), np.array([4, 4, 4]), "wilson", 0.95)
+    assert one["value"] == pytest.approx(2 / 3) and one["ci_low"] is None and one["ci_high"] is None
+    assert one["patients"] == 1 and "effective_n" not in one and "one patient" in one["note"]
+    assert stats.value_with_interval(one, percent=True) == f"66.7% (interval n/a ({one['note']}))"
+    # through the metrics: the positives are all of patient "a" (sensitivity), the negatives of three
+    labels = np.array([1, 1, 1, 0, 0, 0, 0])
+    called = np.array([1, 1, 0, 0, 0, 1, 0])
+    metrics = stats.diagnostic_metrics(labels, called, "wilson", 0.95, ["a", "a", "a", "b", "c", "d", "d"])
+    assert metrics["sensitivity"]["ci_low"] is None and "one patient" in metrics["sensitivity"]["note"]
+    assert metrics["specificity"]["ci_low"] is not None and metrics["specificity"]["patients"] == 3
+    two = clustered.proportion(np.array([True, True, False, True]), np.array([1, 1, 2, 2]), "wilson", 0.95)
+    assert two["ci_low"] is not None and two["patients"] == 2

@@ -138,17 +138,19 @@ def test_folds_combine_into_one_check_over_every_image():
 
     def with_reference(values, reference):
         return {**fold(values, len(values)), "reference_model": "resnet34",
-                **explain._randomisation(values, len(values), "layer2", (8, 8), reference, "resnet34")}
+                **explain._randomisation(values, len(values), "layer2", (8, 8), reference, "resnet34",
+                                         [list(pair) for pair in zip(values, reference)])}
 
     # the untrained reference pools across folds too: three images per fold are too few alone, six are enough
     low, near_zero = [-0.9, -0.8, -0.85], [0.05, -0.02, 0.1]
     alone = with_reference(low, near_zero)
     assert alone["reference_p_value"] is None and alone["randomisation_flagged"] and "not computable" in alone["note"]
     pooled = explain.combine({0: alone, 1: with_reference([-0.7, -0.75, -0.95], [0.0, 0.08, -0.05])})
-    from scipy.stats import mannwhitneyu
+    from scipy.stats import wilcoxon
 
-    assert pooled["reference_p_value"] == pytest.approx(mannwhitneyu(low + [-0.7, -0.75, -0.95],
-                                                                     near_zero + [0.0, 0.08, -0.05]).pvalue)
+    differences = np.array(low + [-0.7, -0.75, -0.95]) - np.array(near_zero + [0.0, 0.08, -0.05])
+    assert pooled["reference_p_value"] == pytest.approx(wilcoxon(differences, alternative="less").pvalue)
+    assert pooled["reference_p_value"] == pytest.approx(1 / 64)  # all six differences negative: exact 1 of 2^6
     assert pooled["reference_p_value"] < explain.ALPHA and not pooled["randomisation_flagged"]
     assert "an untrained resnet34" in pooled["note"] and "this is all the check shows" in pooled["note"]
 
@@ -179,3 +181,33 @@ def test_an_untrained_network_is_flagged(tmp_path):
     assert result["note"].startswith("FLAG: the maps at layer2 (8x8 cells) change when the weights are re-initialised")
     assert "cannot tell these maps from an untrained network's" in result["note"]
     assert "learned weights" not in result["note"] and "as the check requires" not in result["note"]
+
+
+def test_maps_more_stable_than_an_untrained_networks_are_flagged():
+    """The comparison with the untrained network is one-sided: a model whose maps change *less*
+    under re-initialisation than an untrained network's (higher Spearman, still below 0.5) fails
+    the check; one whose maps change more passes. Paired per image (Wilcoxon signed-rank)."""
+    from scipy.stats import wilcoxon
+
+    reference = [-0.2, 0.0, 0.05, -0.1, 0.1, 0.02, -0.05]
+    stable = [0.3, 0.35, 0.4, 0.45, 0.38, 0.42, 0.33]
+    pairs = [list(pair) for pair in zip(stable, reference)]
+    result = explain._randomisation(stable, 7, "layer2", (8, 8), reference, "resnet34", pairs)
+    assert result["randomisation_spearman"] < explain.FLAG_SPEARMAN
+    expected = wilcoxon(np.subtract(stable, reference), alternative="less").pvalue
+    assert result["reference_p_value"] == pytest.approx(expected) and expected > 0.99
+    assert result["untrained_like"] and result["randomisation_flagged"] and result["note"].startswith("FLAG")
+    changing = [-0.5, -0.4, -0.3, -0.45, -0.2, -0.35, -0.6]
+    passed = explain._randomisation(changing, 7, "layer2", (8, 8), reference, "resnet34",
+                                    [list(pair) for pair in zip(changing, reference)])
+    assert passed["reference_p_value"] == pytest.approx(1 / 128) and not passed["randomisation_flagged"]
+
+
+def test_pairs_keep_only_images_where_both_correlations_are_defined():
+    rng = np.random.default_rng(2)
+    a, b = torch.tensor(rng.random((4, 7, 7))), torch.tensor(rng.random((4, 7, 7)))
+    b[1] = 0.0  # constant: undefined for the model
+    each = explain.spearman_each(a, b)
+    assert each[1] is None and all(r is not None for r in (each[0], each[2], each[3]))
+    reference = [0.1, 0.2, None, 0.4]
+    assert explain.paired(each, reference) == [[each[0], 0.1], [each[3], 0.4]]

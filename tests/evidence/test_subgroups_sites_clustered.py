@@ -94,6 +94,7 @@ def test_the_sections_pass_the_pooled_patient_ids():
 
     class Cfg:
         confidence_level, ci_method, subgroups, min_subgroup = 0.95, "wilson", ("sex",), 5
+        meta_analysis_interval = "auto"
 
     models = {"resnet34": {}}
     sections.add(models, {"resnet34": pooled}, Cfg, covariates, with_sites=True)

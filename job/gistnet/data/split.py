@@ -89,7 +89,7 @@ def make_holdout(keys: list[str], labels, patient_ids: list[str], val_fraction: 
     keys_array = np.array(keys)
     if any(patient_ids):
         folds = StratifiedGroupKFold(n_splits=group_folds(val_fraction), shuffle=True, random_state=seed)
-        train_idx, val_idx = next(folds.split(keys_array, labels, groups=patient_ids))
+        train_idx, val_idx = next(folds.split(keys_array, labels, groups=group_codes(patient_ids)))
         part = Split(_plain(keys_array[train_idx]), _plain(keys_array[val_idx]),
                      "stratified-group-kfold (by patient_id)", seed, val_fraction)
     else:
@@ -98,6 +98,15 @@ def make_holdout(keys: list[str], labels, patient_ids: list[str], val_fraction: 
         part = Split(_plain(train_keys), _plain(val_keys), "stratified-holdout", seed, val_fraction)
     check_both_classes(part, dict(zip(keys, labels.tolist())))
     return part
+
+
+def group_codes(patient_ids: list[str]) -> np.ndarray:
+    """Each image's patient as the rank of that patient's first image in the data's order.
+    Patient ids are pseudonyms (an HMAC whose key may be drawn per run); scikit-learn orders the
+    groups by their labels, so labelling them by pseudonym would make the split depend on the
+    key. Ranked by first appearance, the split is a function of the data and the seed only."""
+    first: dict[str, int] = {}
+    return np.array([first.setdefault(p, len(first)) for p in patient_ids], dtype=np.int64)
 
 
 def group_folds(val_fraction: float) -> int:
@@ -151,7 +160,8 @@ def make_folds(keys: list[str], labels, patient_ids: list[str], k: int, seed: in
     keys_array = np.array(keys)
     if grouped:
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        method, parts = "stratified-group-kfold (by patient_id)", splitter.split(keys_array, labels, groups=patient_ids)
+        parts = splitter.split(keys_array, labels, groups=group_codes(patient_ids))
+        method = "stratified-group-kfold (by patient_id)"
     else:
         splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
         method, parts = "stratified-kfold", splitter.split(keys_array, labels)

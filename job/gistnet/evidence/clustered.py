@@ -11,15 +11,20 @@ analysis and clusters by patient:
   48(2):577-585. d compares the cluster-robust variance of the proportion (statsmodels' OLS
   with ``cov_type="cluster"``: the ratio-estimator variance) with the binomial one; d >= 1
   is enforced (never narrower than the per-image interval). When the proportion is 0 or 1
-  there is no within-patient variance to estimate; each patient then counts once.
+  there is no within-patient variance to estimate; each patient then counts once. A proportion
+  whose images are all of one patient has no interval (n/a, ``note`` says why), not one on an
+  effective n of 1.
 - ROC AUC and the DeLong test: Obuchowski (1997), "Nonparametric analysis of clustered ROC
   curve data", Biometrics 53(2):567-578: DeLong's structural components summed per patient.
   With one image per patient it is DeLong's variance exactly.
 - the AUC difference: a paired bootstrap that resamples patients (stratified by class when
   every patient has one class), percentile interval (SciPy's ``bootstrap``).
 - accuracy of two models: the clustered McNemar test of Durkalski et al. (2003), "Analysis
-  of clustered matched-pair data", Stat Med 22(15):2417-2428; with one image per patient
-  it is McNemar's uncorrected chi-square.
+  of clustered matched-pair data", Stat Med 22(15):2417-2428, whose statistic is the
+  standardised sum of the patients' discordance differences d_k; its p is the exact one of the
+  sign-flip permutation of the d_k (the chi-square is only its large-sample approximation and
+  is liberal with few discordant patients). With one image per patient it is McNemar's exact
+  binomial test, and an extra image both models call alike changes nothing.
 
 ``clusters`` everywhere is a sequence of patient ids aligned with the images; an empty id
 (an image with no patient id) is its own patient; ``None`` means independent images.
@@ -30,12 +35,13 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy.stats import chi2, rankdata
+from scipy.stats import rankdata
 from statsmodels.stats.proportion import proportion_confint
 
 PROPORTION_METHOD = "clustered by patient (Rao-Scott design effect)"
 AUC_METHOD = "obuchowski"  # clustered DeLong
-MCNEMAR_METHOD = "Durkalski clustered McNemar (chi-square, 1 df)"
+ONE_PATIENT = "all {n} images are of one patient: clustered by patient that is one observation, which has no interval"
+MCNEMAR_METHOD = "Durkalski clustered McNemar, exact p (sign-flip permutation of the patients' differences)"
 
 
 def codes(clusters, n: int) -> np.ndarray | None:
@@ -99,6 +105,9 @@ def proportion(successes, groups: np.ndarray, statsmodels_method: str, level: fl
     if n == 0:
         return {"value": None, "ci_low": None, "ci_high": None, "numerator": 0, "denominator": 0}
     p = float(y.mean())
+    if k == 1:  # an interval on an effective n of 1 would describe one observation as a sample
+        return {"value": p, "ci_low": None, "ci_high": None, "numerator": int(y.sum()), "denominator": n,
+                "patients": 1, "note": ONE_PATIENT.format(n=n)}
     d = design_effect(y, groups)
     n_eff = float(k) if d is None else n / max(d, 1.0)
     low, high = proportion_confint(p * n_eff, n_eff, alpha=1 - level, method=statsmodels_method)
@@ -188,8 +197,9 @@ def bootstrap_auc_difference(a, b, labels, groups: np.ndarray, level: float, see
 
 
 def mcnemar(correct_a, correct_b, groups: np.ndarray) -> dict:
-    """Durkalski's clustered McNemar: (sum_k (b_k - c_k))^2 / sum_k (b_k - c_k)^2, chi-square 1 df,
-    b_k and c_k the images of patient k only the first (second) model got right."""
+    """Clustered McNemar: Durkalski's statistic (sum_k d_k)^2 / sum_k d_k^2, d_k = b_k - c_k the
+    images of patient k only the first (second) model got right, with the exact p of the sign-flip
+    permutation test of the d_k (``sign_flip_p``), not its chi-square approximation."""
     a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
     _, g = np.unique(np.asarray(groups), return_inverse=True)
     k = int(g.max()) + 1
@@ -203,4 +213,24 @@ def mcnemar(correct_a, correct_b, groups: np.ndarray) -> dict:
         return {**result, "statistic": 0.0, "p": 1.0,
                 "note": "no patient with more images right by one model than by the other: no evidence either way"}
     statistic = float(diff.sum() ** 2 / denominator)
-    return {**result, "statistic": statistic, "p": float(chi2.sf(statistic, 1))}
+    return {**result, "statistic": statistic, "p": sign_flip_p(diff)}
+
+
+def sign_flip_p(differences) -> float:
+    """Exact two-sided p of the paired sign-flip permutation test of integer per-patient
+    differences: under H0 each patient's d_k is as likely to be -d_k, so p = P(|sum_k s_k d_k| >=
+    |sum_k d_k|) over all 2^k sign vectors s. The distribution is built by convolution (patients
+    with the same |d_k| together, binomially), exact for any number of patients. With every
+    |d_k| = 1 it is McNemar's exact binomial test; patients with d_k = 0 change nothing."""
+    from scipy.stats import binom
+
+    d = np.abs(np.rint(np.asarray(differences, dtype=np.float64))).astype(np.int64)
+    observed, d = abs(int(np.rint(np.sum(differences)))), d[d != 0]
+    pmf = np.ones(1)  # of T, the sum of the |d_k| whose sign is +
+    for value, count in zip(*np.unique(d, return_counts=True)):
+        step = np.zeros(int(value * count) + 1)
+        step[::value] = binom.pmf(np.arange(count + 1), count, 0.5)
+        pmf = np.convolve(pmf, step)
+    total = int(d.sum())
+    s = np.abs(2 * np.arange(total + 1) - total)  # |sum s_k d_k| = |2 T - total|
+    return float(min(1.0, pmf[s >= observed].sum()))

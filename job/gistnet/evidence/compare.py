@@ -10,8 +10,8 @@ checks it against the O(n^2) placement-value definition of DeLong, DeLong & Clar
 
 Every function takes an optional ``clusters`` (patient ids aligned with the images): when a
 patient has more than one image, the AUC variance is Obuchowski's clustered one, the
-bootstrap resamples patients and McNemar's test is Durkalski's clustered version
-(``gistnet.evidence.clustered``). An interval that cannot be estimated (one positive image,
+bootstrap resamples patients and McNemar's test is Durkalski's clustered version with the
+exact p of its sign-flip permutation over patients (``gistnet.evidence.clustered``). An interval that cannot be estimated (one positive image,
 classes separated perfectly, no variation across resamples) has null bounds and a ``note``.
 """
 
@@ -158,7 +158,8 @@ def _difference_interval(value: float, low: float, high: float, method: str) -> 
 
 
 def mcnemar_test(correct_a, correct_b, clusters=None) -> dict:
-    """McNemar's exact test, or Durkalski's clustered McNemar when a patient has several images."""
+    """McNemar's exact test, or, when a patient has several images, the clustered McNemar with its
+    exact patient-level p (never below the exact test's on one image per patient)."""
     a = np.asarray(correct_a, bool)
     groups = clustered.codes(clusters, len(a))
     if groups is None:

@@ -11,10 +11,12 @@ The model-randomisation check (Adebayo et al. 2018, "Sanity checks for saliency 
 computes the same maps with a copy of the model whose weights are re-initialised. Maps that
 barely change (high Spearman rank correlation) reflect the image, not the weights; the
 report flags them. That check passes any network, an untrained one too, so it is run
-again on an untrained network of the same architecture (``models.build_model``); when the
-model's per-image correlations cannot be told from that reference's (two-sided Mann-Whitney
-U, p >= 0.05), the check has not shown that the maps reflect anything learned, and the
-report flags that. The note states what the check showed, nothing more.
+again on an untrained network of the same architecture (``models.build_model``) on the same
+images; unless the model's maps change *more* under re-initialisation than the untrained
+network's do (per image, a paired one-sided Wilcoxon signed-rank test of the model's
+correlation minus the reference's, ``alternative="less"``, p < 0.05), the check has not shown
+that the maps reflect anything learned, and the report flags that: maps as stable as, or more
+stable than, an untrained network's fail. The note states what the check showed, nothing more.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ LAYER = "layer4"
 STAGES = ("layer4", "layer3", "layer2", "layer1")  # deepest first
 MIN_CELLS = 7  # a map of at least MIN_CELLS x MIN_CELLS at the run's image size
 ALPHA = 0.05  # model vs untrained reference: p at or above this cannot tell them apart
-MIN_IMAGES = 5  # fewer correlations on either side: the comparison is not computable
+MIN_IMAGES = 5  # fewer paired correlations: the comparison is not computable
+TEST = "paired one-sided Wilcoxon signed-rank"
 TARGET = "the class the model called (probability >= 0.5: positive)"
 # Median rank correlation at or above which the maps count as unchanged by randomisation.
 FLAG_SPEARMAN = 0.5
@@ -102,19 +105,28 @@ def randomised_copy(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return copied.eval()
 
 
-def spearman_per_image(maps_a: torch.Tensor, maps_b: torch.Tensor) -> list[float]:
+def spearman_each(maps_a: torch.Tensor, maps_b: torch.Tensor) -> list[float | None]:
     """Spearman rank correlation of each pair of maps, compared cell by cell at the layer's resolution
-    (upsampling would only add interpolated values); images where either map is constant are left out."""
+    (upsampling would only add interpolated values); None where either map is constant."""
     from scipy.stats import ConstantInputWarning, spearmanr
 
-    out = []
+    out: list[float | None] = []
     for a, b in zip(maps_a, maps_b):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConstantInputWarning)
             rho = spearmanr(a.flatten().numpy(), b.flatten().numpy()).statistic
-        if np.isfinite(rho):
-            out.append(float(rho))
+        out.append(float(rho) if np.isfinite(rho) else None)
     return out
+
+
+def spearman_per_image(maps_a: torch.Tensor, maps_b: torch.Tensor) -> list[float]:
+    """``spearman_each`` with the images where either map is constant left out."""
+    return [rho for rho in spearman_each(maps_a, maps_b) if rho is not None]
+
+
+def paired(model_each: list[float | None], reference_each: list[float | None]) -> list[list[float]]:
+    """[model, reference] correlations of the images where both are defined."""
+    return [[a, b] for a, b in zip(model_each, reference_each) if a is not None and b is not None]
 
 
 def target_layer(model: torch.nn.Module, image_size: int) -> tuple[str, tuple[int, int]]:
@@ -145,14 +157,19 @@ def untrained_reference(model_name: str, seed: int, device: torch.device) -> tor
     return models.build_model(model_name, seed=seed).to(device).eval()
 
 
-def compare_with_untrained(rhos: list[float], reference: list[float]) -> float | None:
-    """Two-sided Mann-Whitney U p-value: do the model's per-image correlations differ from an
-    untrained network's? None when either side has fewer than ``MIN_IMAGES`` values."""
-    from scipy.stats import mannwhitneyu
+def compare_with_untrained(pairs: list[list[float]]) -> float | None:
+    """One-sided paired Wilcoxon signed-rank p-value (scipy): on the same images, are the model's
+    correlations lower (its maps changed more by re-initialisation) than an untrained network's?
+    ``pairs`` are [model, reference] per image; None with fewer than ``MIN_IMAGES`` pairs; 1 when
+    every difference is 0 (no evidence that they are lower)."""
+    from scipy.stats import wilcoxon
 
-    if len(rhos) < MIN_IMAGES or len(reference) < MIN_IMAGES:
+    if len(pairs) < MIN_IMAGES:
         return None
-    return float(mannwhitneyu(rhos, reference, alternative="two-sided").pvalue)
+    differences = np.array([a - b for a, b in pairs], dtype=np.float64)
+    if not np.any(differences):
+        return 1.0
+    return float(wilcoxon(differences, alternative="less").pvalue)
 
 
 def _cells(cells) -> str:
@@ -161,7 +178,7 @@ def _cells(cells) -> str:
 
 def randomisation_note(median: float | None, checked: int, shown: int, layer: str = LAYER, cells=(7, 7),
                        reference: float | None = None, p_value: float | None = None, model_name: str = "model",
-                       reference_images: int = 0) -> str:
+                       paired_images: int = 0) -> str:
     where = f"at {layer} ({_cells(cells)} cells)"
     small = (f"; the map has fewer than {MIN_CELLS}x{MIN_CELLS} cells at this image size, so each correlation "
              "is coarse") if min(cells) < MIN_CELLS else ""
@@ -177,15 +194,15 @@ def randomisation_note(median: float | None, checked: int, shown: int, layer: st
                f"{FLAG_SPEARMAN} over {checked} of {shown} images)")
     if p_value is None:
         return (f"FLAG: {changed}, but the comparison with an untrained {model_name} of the same architecture is not "
-                f"computable ({checked} and {reference_images} correlations; at least {MIN_IMAGES} each are needed), "
+                f"computable ({paired_images} images with both correlations; at least {MIN_IMAGES} are needed), "
                 f"so the check does not show that the maps reflect anything the model learned{small}")
     if p_value >= ALPHA:
-        return (f"FLAG: {changed}, as they do for an untrained {model_name} of the same architecture (median {ref}; "
-                f"Mann-Whitney p = {p_value:.2f}): the check cannot tell these maps from an untrained network's, "
-                f"so it does not show that they reflect anything the model learned{small}")
-    return (f"{changed}, and differently from an untrained {model_name} of the same architecture (median {ref}; "
-            f"Mann-Whitney p = {p_value:.3g}); this is all the check shows: the maps mark where the evidence for the "
-            f"call lies at {layer} resolution, not why, and are not a localisation of the lesion{small}")
+        return (f"FLAG: {changed}, but not more than an untrained {model_name} of the same architecture's do on the "
+                f"same images (median {ref}; {TEST} p = {p_value:.2f}): the check cannot tell these maps from an "
+                f"untrained network's, so it does not show that they reflect anything the model learned{small}")
+    return (f"{changed}, and more than an untrained {model_name} of the same architecture's do on the same images "
+            f"(median {ref}; {TEST} p = {p_value:.3g}); this is all the check shows: the maps mark where the evidence "
+            f"for the call lies at {layer} resolution, not why, and are not a localisation of the lesion{small}")
 
 
 def explain(model_name: str, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -202,11 +219,11 @@ def explain(model_name: str, model: torch.nn.Module, images: torch.Tensor, label
     layer, cells = target_layer(model, images.shape[-1])
     trained_maps = gradcam_maps(model, shown_images, called, preprocess, batch_size, layer)
     random_maps = gradcam_maps(randomised_copy(model, seed), shown_images, called, preprocess, batch_size, layer)
-    rhos = spearman_per_image(trained_maps, random_maps)
+    rhos = spearman_each(trained_maps, random_maps)
     untrained = untrained_reference(model_name, seed + 1, next(model.parameters()).device)
-    reference = spearman_per_image(gradcam_maps(untrained, shown_images, called, preprocess, batch_size, layer),
-                                   gradcam_maps(randomised_copy(untrained, seed), shown_images, called, preprocess,
-                                                batch_size, layer))
+    reference = spearman_each(gradcam_maps(untrained, shown_images, called, preprocess, batch_size, layer),
+                              gradcam_maps(randomised_copy(untrained, seed), shown_images, called, preprocess,
+                                           batch_size, layer))
     gallery_figure(model_name, shown_images.cpu(), upsample(trained_maps, tuple(images.shape[-2:])),
                    labels.cpu()[gallery.indices], probabilities.detach().float().cpu()[gallery.indices], class_names,
                    figure_path, layer)
@@ -219,24 +236,29 @@ def explain(model_name: str, model: torch.nn.Module, images: torch.Tensor, label
         "misclassified_shown": gallery.misclassified,
         "reference": f"an untrained {model_name} of the same architecture (torchvision initialisation, seed {seed + 1})",
         "reference_model": model_name,
-        **_randomisation(rhos, len(gallery.indices), layer, cells, reference, model_name),
+        **_randomisation([r for r in rhos if r is not None], len(gallery.indices), layer, cells,
+                         [r for r in reference if r is not None], model_name, paired(rhos, reference)),
     }
 
 
 def _randomisation(rhos: list[float], shown: int, layer: str = LAYER, cells=(7, 7), reference: list[float] | None = None,
-                   model_name: str = "model") -> dict:
-    reference = reference or []
+                   model_name: str = "model", pairs: list[list[float]] | None = None) -> dict:
+    """The check's fields: ``rhos`` and ``reference`` the defined correlations of the model and of
+    the untrained network, ``pairs`` the [model, reference] ones of the images where both are."""
+    reference, pairs = reference or [], pairs or []
     median = float(np.median(rhos)) if rhos else None
     ref_median = float(np.median(reference)) if reference else None
-    p_value = compare_with_untrained(rhos, reference)
+    p_value = compare_with_untrained(pairs)
     unchanged = median is not None and median >= FLAG_SPEARMAN
     like_untrained = median is not None and not unchanged and (p_value is None or p_value >= ALPHA)
     return {"randomisation_spearman": median, "randomisation_images": len(rhos), "randomisation_values": rhos,
-            "reference_spearman": ref_median, "reference_values": reference, "reference_p_value": p_value,
+            "reference_spearman": ref_median, "reference_values": reference, "reference_pairs": pairs,
+            "reference_test": f"{TEST} (scipy wilcoxon, alternative='less'): model minus untrained, per image",
+            "reference_p_value": p_value,
             "untrained_like": like_untrained,
             "randomisation_flagged": unchanged or like_untrained,
             "note": randomisation_note(median, len(rhos), shown, layer, cells, ref_median, p_value, model_name,
-                                       len(reference))}
+                                       len(pairs))}
 
 
 def combine(summaries: dict[int, dict]) -> dict:
@@ -244,6 +266,7 @@ def combine(summaries: dict[int, dict]) -> dict:
     randomisation check pools the per-image correlations of every fold, the reference's too."""
     rhos = [rho for s in summaries.values() for rho in s["randomisation_values"]]
     reference = [rho for s in summaries.values() for rho in s.get("reference_values", [])]
+    pairs = [pair for s in summaries.values() for pair in s.get("reference_pairs", [])]
     shown = sum(s["images"] for s in summaries.values())
     first = next(iter(summaries.values()))
     cells = first.get("layer_cells", [7, 7])
@@ -251,7 +274,7 @@ def combine(summaries: dict[int, dict]) -> dict:
     return {"method": first["method"], "layer": first["layer"], "layer_cells": cells, "target": first["target"],
             "images": shown, "misclassified_shown": sum(s["misclassified_shown"] for s in summaries.values()),
             "reference": first.get("reference", ""), "reference_model": model_name, "folds": sorted(summaries),
-            **_randomisation(rhos, shown, first["layer"], cells, reference, model_name)}
+            **_randomisation(rhos, shown, first["layer"], cells, reference, model_name, pairs)}
 
 
 def image_title(label: int, probability: float, class_names: tuple[str, str]) -> tuple[str, bool]:

@@ -58,7 +58,7 @@ def add(models: dict, pooled: dict, evaluate_cfg, covariates: dict[str, dict[str
         if with_sites:
             models[name]["sites"] = sites_mod.heterogeneity([r.get("site", "") for r in rows], p.labels,
                                                             p.probabilities, p.scores, threshold, method, level,
-                                                            p.clusters)
+                                                            p.clusters, evaluate_cfg.meta_analysis_interval)
         if evaluate_cfg.subgroups:
             models[name]["subgroups"] = subgroups_mod.subgroups(evaluate_cfg.subgroups, rows, p.labels,
                                                                 p.probabilities, p.scores, threshold, method, level,
