@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from gistnet.evidence import evaluate
+from gistnet.evidence import report as report_mod
 from gistnet.evidence import sections
 from gistnet.evidence import stats
 
@@ -45,7 +46,8 @@ def _ci(m: dict, pct: bool) -> str:
 def markdown(report: dict) -> str:
     ext = report["external"]
     positive = next(n for n, r in report["dataset"]["classes"].items() if r == "positive")
-    lines = [f"# External evaluation {ext['name']} of run {report['run_id']}", "",
+    w = report_mod.words(report)
+    lines = [f"# {w['title']}", "", w["design"], "", w["caveat"], "",
              f"Created {report['created']} by gistnet {report['gistnet_version']} on {report['environment']['device']}.",
              f"Data: `{report['dataset']['uri']}`: {ext['counts']['scored']} images scored, "
              f"{ext['counts']['evaluated']} evaluated, {ext['counts']['unusable']} unusable.",

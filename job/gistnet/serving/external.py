@@ -324,6 +324,7 @@ def _document(request, name, rep, run_cfg, data, out, images, unusable, overlap,
                                                       int(keep.sum())) is not None,
                          "unit_of_analysis": clustered.unit_of_analysis(
                              [i.patient_id for i, k in zip(images.items, keep) if k], int(keep.sum()))["text"]}
+    report_mod.describe(final)  # the external kind's own title, design and caveat
     report_mod.validate(final)
     return final
 
