@@ -43,7 +43,7 @@ def _digests(data_root) -> dict[str, str]:
 
 def test_evaluate_writes_a_schema_checked_external_report(tiny_runs, external_data, tmp_path, cli):
     run = _run(tiny_runs, tmp_path)
-    (tmp_path / "c.yaml").write_text("evaluate:\n  subgroups: [sex, site]\n  min_subgroup: 5\n")
+    (tmp_path / "c.yaml").write_text("evaluate:\n  subgroups: [sex, site]\n  min_subgroup: 13\n")  # the run's: 10
     done = cli("evaluate", "--run", run, "--data", external_data, "--name", "hospital-bc", "--config", tmp_path / "c.yaml")
     assert done.returncode == 0, done.stderr
     out = run / "external" / "hospital-bc"
@@ -73,6 +73,8 @@ def test_evaluate_writes_a_schema_checked_external_report(tiny_runs, external_da
     sex = m["subgroups"]["columns"]["sex"]  # an empty subgroup column: n/a rows, not a crash
     assert sex == [{**sex[0], "value": "(missing)", "n": 24, "status": "n/a: no value recorded"}]
     assert [r["value"] for r in m["subgroups"]["columns"]["site"]] == ["site-B", "site-C"]
+    assert all(r["n"] == 12 and "min_subgroup=13" in r["status"] and r["sensitivity"]["value"] is None
+               for r in m["subgroups"]["columns"]["site"])  # --config's evaluate.min_subgroup, not the run's
     assert [r["site"] for r in m["sites"]["per_site"]] == ["site-B", "site-C"]
     md = (out / "report.md").read_text()
     assert "| roc_auc |" in md and "frozen" in md and "## Decision curve" in md

@@ -12,6 +12,7 @@ marks the evaluation complete).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -52,6 +53,26 @@ class Request:
     model: str = "all"  # all | best | resnet34 | resnet50
     batch_size: int | None = None
     device: str = "auto"
+    evaluate: dict | None = None  # evaluate.* keys given at evaluate time (--config, environment): they win
+
+
+# evaluate.* keys an evaluation takes from its own config when given there (how it slices its images);
+# the others are the run's, so that development and external intervals compare (another value: refused)
+EVALUATE_TIME = ("subgroups", "min_subgroup")
+
+
+def evaluate_config(run_evaluate, given: dict | None):
+    """The run's ``evaluate`` section with the evaluate-time ``given`` keys applied: ``subgroups`` and
+    ``min_subgroup`` win; ``ci_method``, ``confidence_level`` and ``selection_metric`` other than the
+    run's are a ConfigError (the development column and the model choice are the run's)."""
+    given = dict(given or {})
+    for key, value in given.items():
+        if key not in EVALUATE_TIME and value != getattr(run_evaluate, key):
+            raise ConfigError(f"evaluate.{key}={value!r} differs from the run's {getattr(run_evaluate, key)!r}: an "
+                              f"external evaluation uses the run's evaluate.{key} so that its numbers compare with "
+                              "the development ones; remove the key (evaluate-time keys: "
+                              + ", ".join(f"evaluate.{k}" for k in EVALUATE_TIME) + ")")
+    return dataclasses.replace(run_evaluate, **{k: v for k, v in given.items() if k in EVALUATE_TIME})
 
 
 @dataclass
@@ -214,8 +235,8 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
     metrics.run_started(rep["run_id"], device.type)
     data_cfg = run_cfg.data  # the run's class names, image size, manifest name
     data = open_store(request.data, cfg.storage, data_cfg.download_threads, stats)
-    ev = run_cfg.evaluate
-    wanted = cfg.evaluate.subgroups or ev.subgroups
+    ev = evaluate_config(run_cfg.evaluate, request.evaluate)  # before anything is read or written
+    wanted = ev.subgroups
     if request.output:
         check_apart(request.data, request.output, "--data", "--output")  # before anything is written
     out = open_store(request.output, cfg.storage, stats=stats) if request.output else run.child(f"external/{name}")
@@ -246,9 +267,8 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
         sections_by[model.name] = _model_section(model, labels, m, ev, pooled_dev, clusters)
         pooled[model.name] = _Pooled([i.key for i, k in zip(images.items, keep) if k], labels, 1 / (1 + np.exp(-m)), m,
                                      clusters)
-    ext_cfg = config_mod.replace(run_cfg, evaluate={"subgroups": tuple(wanted)}).evaluate
     site_count = len({covariates.get(k, {}).get("site", "") for k in pooled[names[0]].keys} - {""})
-    dc = sections.add(sections_by, pooled, ext_cfg, covariates, with_sites=site_count >= 2)
+    dc = sections.add(sections_by, pooled, ev, covariates, with_sites=site_count >= 2)
     comparison = _comparison(names, pooled, ev, run_cfg.train.seed, clusters)
     final = _document(request, name, rep, run_cfg, data, out, images, unusable, overlap, reasons, sections_by,
                       comparison, dc, device)
