@@ -234,3 +234,5 @@ def test_each_evaluation_kind_has_its_own_title_design_and_caveat_in_json_md_and
     evaluation = ext[ext.index('id="evaluation"'):ext.index("</section>", ext.index('id="evaluation"'))]
     assert "pooled" not in evaluation and "finished" not in evaluation and "missing" not in evaluation
     assert "independent test set before clinical use" not in ext
+    assert "1 of 44 images are development images." in evaluation  # what was excluded, and why
+    assert "<th scope=\"row\">excluded repeats</th><td>3</td>" in evaluation
