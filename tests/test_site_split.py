@@ -1,5 +1,6 @@
 """Leave-one-site-out end to end: 3 synthetic sites, 32 px, 1 epoch, ResNet-34."""
 
+import csv
 import json
 
 import pytest
@@ -55,6 +56,14 @@ def test_leave_one_site_out_report_has_sites_heterogeneity_subgroups_and_decisio
     assert "Leave-one-site-out" in md and "prediction interval for a new site" in md and "## Decision curve" in md
     html = (run / "report.html").read_text()
     assert 'id="sites-resnet34"' in html and 'id="fig-decision_curve"' in html and "very wide" in html
+    assert "<p>Leave-one-site-out (internal-external) cross-validation over 3 sites" in html  # not "Hold-out"
+    assert "Hold-out validation set" not in html and rep["evaluation"]["design"] in md
+    checklist = (run / "checklist.md").read_text()
+    assert "| Heterogeneity of performance across centres or other clusters | - | 12d, 23b | resnet34: per-site" \
+        in checklist and "dataset.train" not in checklist
+    prints = json.loads((run / "fingerprints.json").read_text())  # the development patients, by pseudonym
+    ids = {r["patient_id"] for r in csv.DictReader((run / "predictions.csv").open())}
+    assert set(prints["patients"]) == ids and len(ids) > 1 and len(prints["key_check"]) == 22
 
 
 def yaml_folds(run):

@@ -345,6 +345,15 @@ def _from_flags(flags: Mapping[str, Any]) -> dict[tuple[str, str], Any]:
     return out
 
 
+def given_keys(yaml_path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None,
+               flags: Mapping[str, Any] | None = None) -> set[tuple[str, str]]:
+    """The (section, key) pairs the YAML file, the environment or the flags set (the rest are defaults)."""
+    environ = os.environ if environ is None else environ
+    yaml_path = yaml_path or environ.get("GISTNET_CONFIG") or None
+    given = set(_from_yaml(read_yaml(yaml_path), str(yaml_path))) if yaml_path else set()
+    return given | set(_from_env(environ)) | set(_from_flags(flags or {}))
+
+
 def load_config(
     yaml_path: str | os.PathLike | None = None,
     flags: Mapping[str, Any] | None = None,

@@ -229,8 +229,11 @@ def _load_and_plan(ctx: RunContext, data_store: Store, pseudo, selected: list[ru
             "split_method": plan.parts[0].method, "skipped": loaded.skipped,
             "lineage": used.summary(lineage.name_of(redact(data_store.uri)), redact(data_store.uri))})
         # the development images (training + validation) by pixel content: predict leaves them out of its metrics
+        development = set(plan.keys())  # and their patients (pseudonyms): evaluate leaves those patients out
+        ids = [p for k, p in zip(loaded.images.keys, loaded.images.patient_ids) if k in development and p]
         _write_once(out, fingerprint.FILENAME, fingerprint.document(
-            {k: loaded.fingerprints[k] for k in plan.keys()}, config.data.image_size))
+            {k: loaded.fingerprints[k] for k in development}, config.data.image_size,
+            *((ids, privacy.key_check(pseudo)) if ids else ())))
     return loaded, plan, config, selected, used
 
 

@@ -71,7 +71,9 @@ def test_aggregation_names_missing_units_then_completes_deterministically(kfold_
     assert {name: (root / name).read_bytes() for name in first_bytes} == first_bytes
     assert final["status"] == "complete" and final["created"] == "2026-01-02T00:00:00+00:00"
     assert final["evaluation"] == {"method": "kfold", "folds": 3, "pooled": True, "missing": [],
-                                   "finished": [u.to_dict() for u in units]}
+                                   "finished": [u.to_dict() for u in units],
+                                   "design": report.words(final)["design"], "caveat": report.words(final)["caveat"]}
+    assert final["evaluation"]["design"].startswith("3-fold cross-validation")
     rows = predictions.read(out)
     for model in ("resnet34", "resnet50"):
         assert sorted(r.key for r in rows if r.model == model) == sorted(images.keys)  # every image once per model

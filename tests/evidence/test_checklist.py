@@ -6,7 +6,7 @@ from gistnet.evidence import checklist
 from gistnet.evidence import report_html
 import pytest
 
-from tests.evidence.test_report_html import FIGURES, kfold_report, sample_report
+from tests.evidence.test_report_html import FIGURES, kfold_report, sample_report, site_report
 
 
 def rows(text: str, heading: str) -> list[list[str]]:
@@ -15,7 +15,7 @@ def rows(text: str, heading: str) -> list[list[str]]:
             if line.startswith("| ") and not line.startswith("| item") and not line.startswith("| ---")]
 
 
-@pytest.mark.parametrize("make_report", [sample_report, kfold_report], ids=["holdout", "kfold"])
+@pytest.mark.parametrize("make_report", [sample_report, kfold_report, site_report], ids=["holdout", "kfold", "site"])
 def test_every_filled_item_points_at_a_section_that_exists_in_report_html(make_report):
     rep = make_report()
     html = report_html.render(rep, FIGURES)
@@ -63,6 +63,27 @@ def test_kfold_items_name_the_folds_and_a_missing_unit():
     by_topic = {r[0]: r for r in rows(checklist.markdown(kfold_report()), "## Filled by the job")}
     assert "5-fold cross-validation" in by_topic["Cross-validation"][3] and "partial" in by_topic["Cross-validation"][3]
     assert "69 GIST, 73 LM" in by_topic["Counts"][3]
+
+
+def test_site_items_describe_leave_one_site_out_and_fill_the_heterogeneity_items():
+    """A leave-one-site-out run: no pointer to dataset.train/val (it has none), its own design words,
+    and TRIPOD+AI 12d/23b filled from the meta-analysis it computed, not left to the authors."""
+    rep = site_report()
+    text = checklist.markdown(rep)
+    by_topic = {r[0]: r for r in rows(text, "## Filled by the job")}
+    assert "dataset.train" not in text and "dataset.val`" not in text
+    assert by_topic["Split"][3].startswith("leave-one-site-out: each of the 3 sites is held out once")
+    assert "not stratified by class" in by_topic["Split"][3] and "stratified by class," not in by_topic["Split"][3]
+    assert by_topic["Cross-validation"][3].startswith("leave-one-site-out (internal-external) cross-validation over 3 "
+                                                      "sites") and "3-fold" not in text
+    row = by_topic[checklist.HETEROGENEITY]
+    assert row[2] == "12d, 23b" and "report.html#sites-resnet34" in row[4] and "`models.resnet34.sites`" in row[4]
+    meta = rep["models"]["resnet34"]["sites"]["meta_analysis"]
+    assert f"pooled AUC {meta['pooled_auc']['value']:.3f} (" in row[3] and f"I^2 {meta['i2'] * 100:.0f}%" in row[3]
+    authors = [r[0] for r in rows(text, "## To be filled by the authors")]
+    assert checklist.HETEROGENEITY not in authors and len(authors) == len(checklist.AUTHOR_ITEMS) - 1
+    assert checklist.HETEROGENEITY in [r[0] for r in rows(checklist.markdown(kfold_report()),
+                                                          "## To be filled by the authors")]
 
 
 # The published CLAIM 2024 list (Tejani et al., Radiol Artif Intell 2024), number -> a word of its
@@ -122,7 +143,7 @@ def _resolve(report: dict, path: str):
     return node
 
 
-@pytest.mark.parametrize("make_report", [sample_report, kfold_report], ids=["holdout", "kfold"])
+@pytest.mark.parametrize("make_report", [sample_report, kfold_report, site_report], ids=["holdout", "kfold", "site"])
 def test_every_rows_pointer_resolves_in_that_runs_report_json(make_report):
     from gistnet import config
 

@@ -84,14 +84,40 @@ def kfold_report() -> dict:
             "youden": {"exploratory": True, "chosen_on": "Youden's J on each fold's training part",
                        "values": [0.41, 0.47], "confusion_matrix": cm, "metrics": m["metrics"]}}
         m["folds"] = [{"fold": i, "n": 29, "confusion_matrix": cm, "roc_auc": 0.8 + i / 100, "accuracy": 0.75,
-                       "sensitivity": 0.7, "specificity": 0.8, "youden_threshold": 0.4} for i in range(2)]
-        m["across_folds"] = {"roc_auc": {"mean": 0.805, "sd": 0.007, "n_folds": 2}}
+                       "sensitivity": 0.7, "specificity": 0.8, "youden_threshold": 0.4, "history": [{"epoch": 1}]}
+                      for i in range(2)]
+        m["across_folds"] = {"roc_auc": {"mean": 0.805, "sd": 0.007, "n_folds": 2},
+                             **{k: {"mean": 0.75, "sd": 0.01, "n_folds": 2} for k in ("accuracy", "sensitivity",
+                                                                                       "specificity")}}
     rep["comparison"] = {"models": ["resnet34", "resnet50"], "n_images": 142, "delong": {"z": 1.12, "p": 0.262},
-                         "auc_difference": {"value": 0.05, "ci_low": -0.04, "ci_high": 0.14},
-                         "mcnemar": {"statistic": 2.0, "p": 0.0004}, "confidence_level": 0.95,
+                         "auc_difference": {"value": 0.05, "ci_low": -0.04, "ci_high": 0.14,
+                                                                   "method": "paired stratified bootstrap"},
+                         "mcnemar": {"statistic": 2.0, "p": 0.0004, "only_first_correct": 9,
+                                                 "only_second_correct": 1}, "confidence_level": 0.95,
                          "interpretation": [
                              compare.interpretation("resnet34", "resnet50", 0.262, 0.05, "ROC AUC (DeLong)"),
                              compare.interpretation("resnet34", "resnet50", 0.0004, 0.05, "accuracy (McNemar)")]}
+    return rep
+
+
+def site_report() -> dict:
+    """A leave-one-site-out run's report: 3 sites, each model's per-site table and meta-analysis."""
+    import numpy as np
+
+    from gistnet.evidence import sites
+
+    rep = kfold_report()
+    rep["status"] = "complete"
+    rep["evaluation"] = {"method": "site", "folds": 3, "pooled": True,
+                         "finished": [{"fold": f, "model": m} for f in range(3) for m in ("resnet34", "resnet50")],
+                         "missing": []}
+    rep["dataset"]["split_method"] = "leave-one-site-out"
+    rng = np.random.default_rng(0)
+    y = np.tile([1, 0], 30)
+    for m in rep["models"].values():
+        s = y * 1.0 + rng.normal(0, 1, 60)
+        m["sites"] = sites.heterogeneity(["site-A"] * 20 + ["site-B"] * 20 + ["site-C"] * 20, y, 1 / (1 + np.exp(-s)),
+                                         s, 0.5, "wilson", 0.95)
     return rep
 
 
@@ -145,3 +171,68 @@ def test_page_renders_in_a_real_browser_without_network_requests(tmp_path, chrom
     # each embedded figure is a flat colour: seeing it in the screenshot proves the browser painted it
     for figure_colour in ((200, 0, 0), (0, 200, 0), (0, 0, 200), (200, 200, 0)):
         assert figure_colour in colours
+
+
+def external_sample() -> dict:
+    """An external evaluation's report (as serving/external.py builds it) from the hold-out sample."""
+    from gistnet.evidence import external_report
+
+    rep = sample_report()
+    rep["dataset"] = {"uri": "s3://b/site-c", "classes": rep["dataset"]["classes"], "skipped": [],
+                      "split_method": "external (none: every image is evaluated)", "images": {"GIST": 20, "LM": 20}}
+    rep["evaluation"] = {"method": "external", "kind": "external", "folds": 1, "pooled": False, "finished": [],
+                         "missing": []}
+    for m in rep["models"].values():
+        m["scoring"] = "single model"
+        m["side_by_side"] = external_report.side_by_side(m, m, False)
+        m["calibration"] = {"brier": 0.2, "intercept": -0.4, "slope": 1.3, "method": "logistic recalibration",
+                            "note": ""}
+        cm = m["confusion_matrix"]
+        m["thresholds"] = {"primary": {"value": 0.5, "chosen_on": "pre-specified", "confusion_matrix": cm,
+                                       "metrics": m["metrics"]},
+                           "youden": {"value": 0.4, "values": [0.4], "chosen_on": "frozen", "confusion_matrix": cm,
+                                      "metrics": m["metrics"]}}
+    rep["selection"] = {"metric": "the development run's choice", "note": "external data chooses nothing"}
+    rep["external"] = {"name": "site-c", "counts": {"scored": 44, "evaluated": 40, "excluded_development": 1,
+                                                    "excluded_repeats": 3, "unusable": 0},
+                       "overlap": {"method": "sha256", "status": "1 of 44 images are development images"},
+                       "clustered": False}
+    return report.describe(rep)
+
+
+def test_each_evaluation_kind_has_its_own_title_design_and_caveat_in_json_md_and_html():
+    """Hold-out, k-fold, leave-one-site-out and external reports each say what they are: an external
+    report is not titled, designed or cautioned as a hold-out run (issue 31, item 20)."""
+    from markupsafe import escape
+
+    from gistnet.evidence import external_report
+
+    kinds = {"holdout": sample_report(), "kfold": kfold_report(), "site": site_report(), "external": external_sample()}
+    expected = {"holdout": ("gistnet run ", "Hold-out validation set", "a validation-set audit"),
+                "kfold": ("gistnet run ", "5-fold cross-validation", "a cross-validation audit"),
+                "site": ("gistnet run ", "Leave-one-site-out (internal-external) cross-validation over 3 sites",
+                         "an internal-external (leave-one-site-out) cross-validation"),
+                "external": ("External evaluation site-c of run ", "External evaluation: 40 images from",
+                             "an external evaluation")}
+    designs = set()
+    for kind, rep in kinds.items():
+        report.describe(rep)
+        title, design, caveat = expected[kind]
+        w = report.words(rep)
+        assert w["kind"] == kind and w["title"].startswith(title) and w["design"].startswith(design)
+        assert caveat in w["caveat"] and rep["evaluation"]["design"] == w["design"]  # report.json
+        assert rep["evaluation"]["caveat"] == w["caveat"]
+        designs.add(w["design"])
+        md = external_report.markdown(rep) if kind == "external" else report.markdown(rep)
+        assert md.startswith(f"# {w['title']}") and w["design"] in md and w["caveat"] in md
+        html = report_html.render(rep, FIGURES)
+        assert f"<title>{w['title']}</title>" in html and f"<h1>{w['title']}</h1>" in html
+        assert f"<p>{escape(w['design'])}</p>" in html and f'<p class="caveat">{escape(w["caveat"])}</p>' in html
+        assert ("Hold-out validation set" in html) == (kind == "holdout")
+    assert len(designs) == 4
+    ext = report_html.render(kinds["external"], FIGURES)
+    evaluation = ext[ext.index('id="evaluation"'):ext.index("</section>", ext.index('id="evaluation"'))]
+    assert "pooled" not in evaluation and "finished" not in evaluation and "missing" not in evaluation
+    assert "independent test set before clinical use" not in ext
+    assert "1 of 44 images are development images." in evaluation  # what was excluded, and why
+    assert "<th scope=\"row\">excluded repeats</th><td>3</td>" in evaluation

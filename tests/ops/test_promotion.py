@@ -117,9 +117,13 @@ def test_the_gate_ranks_on_logit_margins_not_saturated_probabilities():
                                                            0.02, "set")["method"]
 
 
-def test_calibration_in_the_large_is_mean_predicted_minus_prevalence():
-    assert promotion.calibration_in_the_large([1, 0, 0, 0], [0.5, 0.5, 0.5, 0.5]) == pytest.approx(0.25)
-    assert promotion.calibration_in_the_large([1, 0], [0.9, 0.1]) == pytest.approx(0.0)
+def test_the_gates_calibration_is_named_mean_calibration_difference_not_calibration_in_the_large():
+    """The reports' calibration-in-the-large is the logistic intercept; the gate's mean(P) - prevalence
+    has its own name (issue 31 item 18)."""
+    assert promotion.mean_calibration_difference([1, 0, 0, 0], [0.5, 0.5, 0.5, 0.5]) == pytest.approx(0.25)
+    assert promotion.mean_calibration_difference([1, 0], [0.9, 0.1]) == pytest.approx(0.0)
+    source = Path(promotion.__file__).read_text()
+    assert "calibration-in-the-large {" not in source and '"calibration_in_the_large"' not in source
 
 
 def test_pixel_digest_is_of_shape_and_bytes():

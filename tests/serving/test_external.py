@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from gistnet.data import dataset, fingerprint, synth
+from gistnet.data import dataset, fingerprint, privacy, synth
 from gistnet.data.storage import LocalStore
 from gistnet.errors import EXIT_DATA, EXIT_MODEL
 from gistnet.evidence import report
@@ -43,7 +43,7 @@ def _digests(data_root) -> dict[str, str]:
 
 def test_evaluate_writes_a_schema_checked_external_report(tiny_runs, external_data, tmp_path, cli):
     run = _run(tiny_runs, tmp_path)
-    (tmp_path / "c.yaml").write_text("evaluate:\n  subgroups: [sex, site]\n  min_subgroup: 5\n")
+    (tmp_path / "c.yaml").write_text("evaluate:\n  subgroups: [sex, site]\n  min_subgroup: 13\n")  # the run's: 10
     done = cli("evaluate", "--run", run, "--data", external_data, "--name", "hospital-bc", "--config", tmp_path / "c.yaml")
     assert done.returncode == 0, done.stderr
     out = run / "external" / "hospital-bc"
@@ -73,6 +73,8 @@ def test_evaluate_writes_a_schema_checked_external_report(tiny_runs, external_da
     sex = m["subgroups"]["columns"]["sex"]  # an empty subgroup column: n/a rows, not a crash
     assert sex == [{**sex[0], "value": "(missing)", "n": 24, "status": "n/a: no value recorded"}]
     assert [r["value"] for r in m["subgroups"]["columns"]["site"]] == ["site-B", "site-C"]
+    assert all(r["n"] == 12 and "min_subgroup=13" in r["status"] and r["sensitivity"]["value"] is None
+               for r in m["subgroups"]["columns"]["site"])  # --config's evaluate.min_subgroup, not the run's
     assert [r["site"] for r in m["sites"]["per_site"]] == ["site-B", "site-C"]
     md = (out / "report.md").read_text()
     assert "| roc_auc |" in md and "frozen" in md and "## Decision curve" in md
@@ -96,6 +98,53 @@ def test_development_images_are_excluded_and_counted(tiny_runs, external_data, t
     assert rep["external"]["counts"]["evaluated"] == 19 and sum(rep["models"]["resnet34"]["confusion_matrix"].values()) == 19
     flagged = {r["key"] for r in csv.DictReader((tmp_path / "ev" / "predictions.csv").open()) if r["in_development"] == "yes"}
     assert flagged == set(shared)
+
+
+def test_repeats_within_the_set_count_once_and_development_patients_are_excluded(tiny_runs, external_data, tmp_path,
+                                                                                 cli):
+    """Site C's images again under new patient ids (a triplicated site) count once; a patient the run
+    was developed on (same pseudonymised id, new pixels) is left out; the report counts both."""
+    run, data = _run(tiny_runs, tmp_path), tmp_path / "data"
+    shutil.copytree(external_data, data)
+    lines = (data / "manifest.csv").read_text().splitlines()
+    extra = []
+    for copy in (1, 2):
+        for line in lines[1:]:
+            path, label, patient, site, sex = line.split(",")
+            if site == "site-C":
+                (data / f"copy{copy}" / path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(data / path, data / f"copy{copy}" / path)
+                extra.append(f"copy{copy}/{path},{label},{patient}-copy{copy},{site},{sex}")
+    (data / "manifest.csv").write_text("\n".join(lines + extra) + "\n")
+    secret = bytes(range(32))
+    (run / "private").mkdir()
+    (run / "private" / "pseudonym.key").write_text(secret.hex())
+    pseudo = privacy.Pseudonymizer(secret, False)
+    (run / "fingerprints.json").write_text(json.dumps(fingerprint.document(
+        {"dev/x.png": "0" * 64}, 32, [pseudo.patient("site-B-gist-0002")], privacy.key_check(pseudo))))
+    done = cli("evaluate", "--run", run, "--data", data, "--output", tmp_path / "ev")
+    assert done.returncode == 0, done.stderr
+    rep = json.loads((tmp_path / "ev" / "report.json").read_text())
+    ext = rep["external"]
+    site_c = sum(",site-C," in line for line in lines)
+    assert ext["counts"] == {"scored": 24 + 2 * site_c, "evaluated": 22, "excluded_development": 2,
+                             "excluded_repeats": 2 * site_c, "unusable": 0}
+    assert ext["overlap"]["patients"] == {"status": "checked by pseudonymised patient id", "checked": True,
+                                          "shared_patients": 1, "images": 2}
+    assert ext["overlap"]["repeats"]["images"] == 2 * site_c
+    assert "2 image(s) of 1 development patient(s)" in ext["overlap"]["status"]
+    rows = [r for r in csv.DictReader((tmp_path / "ev" / "predictions.csv").open())]
+    kept = [r for r in rows if not r["excluded"]]
+    originals = [ln.split(",")[0] for ln in lines[1:] if ",site-B-gist-0002," not in ln]
+    first = {p: ("copy1/" + p if p.startswith("site-C/") else p) for p in originals}  # the smallest key of each image
+    assert sorted(r["key"] for r in kept) == sorted(first.values())
+    assert {r["key"]: r["excluded"] for r in rows if "site-C/" in r["key"] and not r["key"].startswith("copy1/")} == {
+        k: f"repeat of {first[k.removeprefix('copy2/')]}" for k in (r["key"] for r in rows)
+        if "site-C/" in k and not k.startswith("copy1/")}
+    assert {r["in_development"] for r in rows if "site-B/GIST/gist_0002" in r["key"]} == {"yes"}
+    y = np.array([r["label"] == "GIST" for r in kept], int)
+    assert rep["models"]["resnet34"]["roc_auc"]["value"] == pytest.approx(
+        roc_auc_score(y, [float(r["score"]) for r in kept]))
 
 
 def test_an_external_set_that_is_all_development_data_is_refused(tiny_runs, external_data, tmp_path, cli):

@@ -64,7 +64,7 @@ def predict_cmd(run_uri, registry, model, data, output, batch_size, device, thre
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per forward pass [default: the run's].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
-              help="YAML config (storage, metrics, evaluate.subgroups).")
+              help="YAML config (storage, metrics, evaluate.subgroups and evaluate.min_subgroup).")
 @click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on this port (0: off).")
 @click.option("--pushgateway", help="Pushgateway URL for the final push.")
 @user_errors
@@ -76,8 +76,9 @@ def evaluate_cmd(run_uri, registry, data, output, name, model, batch_size, devic
     cfg = _storage_and_metrics(config_file, metrics_port, pushgateway)
     if run_uri == trained.PRODUCTION:  # the promoted model alone, unless --model names another of its run
         run_uri, model = trained.resolve(run_uri, "best" if model == "all" else model, registry, cfg.storage)
+    given = {k: getattr(cfg.evaluate, k) for s, k in config_mod.given_keys(config_file) if s == "evaluate"}
     summary = external.run(external.Request(run=run_uri, data=data, output=output, name=name, model=model,
-                                            batch_size=batch_size, device=device), cfg)
+                                            batch_size=batch_size, device=device, evaluate=given), cfg)
     click.echo("\n".join(external.summary_lines(summary["report"])), err=True)
     click.echo(summary["uri"])
 

@@ -43,9 +43,23 @@ def pixel_digest(pixels: np.ndarray) -> str:
     return hashlib.sha256(shape.encode("ascii") + array.tobytes()).hexdigest()
 
 
-def document(images: dict[str, str], image_size: int) -> dict:
-    """The ``fingerprints.json`` object for ``images`` (key -> digest)."""
-    return {"method": METHOD, "image_size": int(image_size), "images": dict(sorted(images.items()))}
+def document(images: dict[str, str], image_size: int, patients=None, key_check: str | None = None) -> dict:
+    """The ``fingerprints.json`` object for ``images`` (key -> digest) and, when the data has patient ids,
+    the development ``patients`` (pseudonymised ids) with ``key_check``, the pseudonym of a fixed value
+    under the run's key (an evaluation compares patients only when its key gives the same)."""
+    doc = {"method": METHOD, "image_size": int(image_size), "images": dict(sorted(images.items()))}
+    if patients is not None:
+        doc.update(patients=sorted({p for p in patients if p}), key_check=key_check)
+    return doc
+
+
+def read_patients(store) -> tuple[set[str] | None, str | None]:
+    """(development patients' pseudonymised ids, key_check) from the run's fingerprints.json;
+    (None, None) when it records none (no patient ids, or a run from before they were recorded)."""
+    saved = json.loads(store.read(FILENAME))
+    if not isinstance(saved.get("patients"), list):
+        return None, None
+    return set(saved["patients"]), saved.get("key_check")
 
 
 def read_fingerprints(store) -> dict[str, str]:

@@ -129,6 +129,11 @@ def for_run(out, pseudonymize_keys: bool, environ=None) -> Pseudonymizer:
     return Pseudonymizer(secrets.token_bytes(32), False, pseudonymize_keys)
 
 
+def key_check(pseudo: Pseudonymizer) -> str:
+    """A fixed value's pseudonym: two processes pseudonymise alike exactly when theirs agree (reveals no key)."""
+    return pseudo.patient("\0gistnet key check")
+
+
 def outputs(keys: list[str], patient_ids: list[str], unusable: list[dict], store, pseudo: Pseudonymizer
             ) -> tuple[list[str], list[str]]:
     """(keys, patient ids) as outputs show them, and ``unusable`` entries' ``uri`` rewritten in

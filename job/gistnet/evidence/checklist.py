@@ -85,9 +85,14 @@ def _counts_item(r):
 def _split(r):
     level = ("patient (every image of a patient in one part)" if r["dataset"].get("patients")
              else "image (no patient ids)")
+    evaluation = r.get("evaluation") or {}
+    if evaluation.get("method") == "site":
+        text = (f"leave-one-site-out: each of the {evaluation['folds']} sites is held out once as a whole, the model "
+                "trained on the others; not stratified by class (a held-out site keeps its own class mix); "
+                f"seed {_config(r, 'train').get('seed')}; level of separation: site (and so patient)")
+        return text + "; the image keys and the held-out site of each fold are saved in `split.json`"
     text = (f"{r['dataset']['split_method']}, stratified by class, seed {_config(r, 'train').get('seed')}; "
             f"level of separation: {level}")
-    evaluation = r.get("evaluation")
     if evaluation:
         folds = f", {evaluation['folds']} folds" if evaluation.get("folds") else ""
         text += f"; evaluation: {evaluation.get('method')}{folds}"
@@ -131,8 +136,31 @@ def _folds(r):
     if ev.get("method") not in ("kfold", "site"):
         return None
     missing = ev.get("missing") or []
-    return (f"{ev['folds']}-fold cross-validation, metrics pooled over the out-of-fold predictions, mean and SD across "
-            "folds per model" + (f"; {len(missing)} unit(s) missing (report partial)" if missing else ""))
+    design = (f"leave-one-site-out (internal-external) cross-validation over {ev['folds']} sites, each held out "
+              "once; metrics pooled over the out-of-fold predictions, per site and meta-analysed across sites"
+              if ev["method"] == "site" else
+              f"{ev['folds']}-fold cross-validation, metrics pooled over the out-of-fold predictions")
+    return (design + ", mean and SD across folds per model"
+            + (f"; {len(missing)} unit(s) missing (report partial)" if missing else ""))
+
+
+def _heterogeneity(r):
+    """The per-site table and the random-effects meta-analysis a leave-one-site-out run computed."""
+    parts = []
+    for name, m in _models(r).items():
+        meta = (m.get("sites") or {}).get("meta_analysis")
+        if meta is None:
+            continue
+        if "pooled_auc" not in meta:
+            parts.append(f"{name}: {len(m['sites']['per_site'])} sites, meta-analysis {meta.get('status')}")
+            continue
+        pi = meta.get("prediction_interval") or {}
+        new_site = ("n/a" if pi.get("ci_low") is None else
+                    f"{pi['ci_low']:.3f} to {pi['ci_high']:.3f}")
+        parts.append(f"{name}: per-site metrics of {meta['k']} sites; random-effects pooled AUC "
+                     f"{_ci(meta['pooled_auc'])} ({meta.get('method', 'random effects')}), tau^2 {meta['tau2']:.3f}, "
+                     f"I^2 {meta['i2'] * 100:.0f}%, prediction interval for a new site {new_site}")
+    return "; ".join(parts) or None
 
 
 def _metrics(r):
@@ -220,15 +248,17 @@ def _ensembling(r):
     return "none: each model is trained, scored and reported on its own"
 
 
+HETEROGENEITY = "Heterogeneity of performance across centres or other clusters"
 NOT_COMPUTED = "not in this report (this gistnet version or configuration does not compute it)"
 
 
 def _kind(r: dict) -> str:
-    return "kfold" if (r.get("evaluation") or {}).get("method") == "kfold" else "holdout"
+    return "kfold" if (r.get("evaluation") or {}).get("method") in ("kfold", "site") else "holdout"
 
 
 # Where each item's evidence is in report.json: dotted paths, "<m>" for every model; a dict
-# gives the paths per evaluation kind (a k-fold run has no dataset.train or models.<m>.history).
+# gives the paths per evaluation kind (a k-fold or leave-one-site-out run has no dataset.train
+# or models.<m>.history).
 PATHS = {
     "Data source": ["dataset.uri"],
     "Counts": {"holdout": ["dataset.train", "dataset.val", "dataset.skipped"],
@@ -241,6 +271,7 @@ PATHS = {
     "Training": {"holdout": ["models.<m>.history", "config.train"], "kfold": ["models.<m>.folds", "config.train"]},
     "Selection of the final model": ["best_model", "selection"],
     "Cross-validation": ["evaluation", "models.<m>.folds", "models.<m>.across_folds"],
+    HETEROGENEITY: ["models.<m>.sites"],
     "Metrics with confidence intervals": ["models.<m>.metrics", "models.<m>.roc_auc", "models.<m>.unit_of_analysis"],
     "Calibration": ["models.<m>.calibration"],
     "Comparison of the models": ["comparison"],
@@ -264,6 +295,7 @@ JOB_ITEMS: list[JobItem] = [
     ("Training", (25,), "12c", "fig-training_curves", _training),
     ("Selection of the final model", (26,), "12c", "summary", _selection),
     ("Cross-validation", (32,), "12a, 12c", "evaluation", _folds),
+    (HETEROGENEITY, (), "12d, 23b", "sites-{model}", _heterogeneity),
     ("Metrics with confidence intervals", (28, 29, 37, 38), "12e, 23a", "summary", _metrics),
     ("Calibration", (28,), "12e, 23a", "model-{model}-calibration", _calibration),
     ("Comparison of the models", (29,), "12e", "comparison", _comparison),
@@ -289,7 +321,7 @@ AUTHOR_ITEMS = [
     ("Missing data and excluded cases before gistnet", (12,), "11"),
     ("Sample size rationale", (21,), "10"),
     ("Patient demographics and clinical characteristics per partition", (36,), "20b"),
-    ("Heterogeneity of performance across centres or other clusters", (), "12d, 23b"),
+    (HETEROGENEITY, (), "12d, 23b"),  # listed here only when the run did not compute it
     ("Health inequalities and fairness across patient groups", (), "3c, 14"),
     ("Robustness or sensitivity analysis (other scanners, operators, image quality)", (30,), "-"),
     ("External (independent) test set", (33,), "16"),
@@ -316,11 +348,13 @@ def paths(topic: str, r: dict) -> list[str]:
 
 
 def _anchor(template: str, r: dict) -> str:
-    return template.format(model=next(iter(_models(r))))
+    with_sites = [m for m, body in _models(r).items() if "sites" in body]
+    return template.format(model=(with_sites or list(_models(r)))[0])
 
 
 def markdown(r: dict) -> str:
     """The checklist for report ``r``."""
+    filled = set()
     lines = [
         f"# Reporting checklist for gistnet run {r['run_id']}",
         "",
@@ -340,11 +374,13 @@ def markdown(r: dict) -> str:
         if value is None:
             lines.append(f"| {topic} | {claim(*numbers)} | {tripod} | {NOT_COMPUTED} | - |")
             continue
+        filled.add(topic)
         where = ", ".join(f"`{p}`" for p in paths(topic, r))
         lines.append(f"| {topic} | {claim(*numbers)} | {tripod} | {_cell(value)} | `report.html#{_anchor(anchor, r)}`, "
                      f"`report.json`: {where} |")
     lines += ["", "## To be filled by the authors", "", "| item | CLAIM 2024 | TRIPOD+AI |", "| --- | --- | --- |"]
-    lines += [f"| {topic} | {claim(*numbers)} | {tripod} |" for topic, numbers, tripod in AUTHOR_ITEMS]
+    lines += [f"| {topic} | {claim(*numbers)} | {tripod} |" for topic, numbers, tripod in AUTHOR_ITEMS
+              if topic not in filled]
     return "\n".join(lines) + "\n"
 
 

@@ -1,8 +1,9 @@
 """Decision curve analysis (Vickers & Elkin 2006): net benefit of acting on the model's
 probability, against treating everyone and treating no one, over threshold probabilities.
 
-At threshold probability pt a patient is treated (here: called GIST, e.g. sent to resection)
-when P(GIST) >= pt. With n images, TP true and FP false positives at that threshold:
+At threshold probability pt an image's case is treated (here: called GIST, e.g. sent to
+resection) when P(GIST) >= pt. Net benefit counts images, not patients: with n images, TP true
+and FP false positives at that threshold:
 
     net benefit = TP / n - FP / n * pt / (1 - pt)
     treat all   = prevalence - (1 - prevalence) * pt / (1 - pt)
@@ -19,7 +20,8 @@ import numpy as np
 LOW, HIGH, STEP = 0.05, 0.95, 0.01
 HOW_TO_READ = ("At each threshold probability (how sure you want to be of GIST before acting), the model is "
                "worth using where its net benefit curve lies above both 'treat all' and 'treat none' (0); net "
-               "benefit is true positives per patient minus false positives weighted by the odds of the threshold.")
+               "benefit is true positives per image minus false positives per image weighted by the odds of the threshold "
+               "(n counts images, not patients).")
 
 
 def thresholds(low: float = LOW, high: float = HIGH, step: float = STEP) -> np.ndarray:

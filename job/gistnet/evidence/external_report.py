@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from gistnet.evidence import evaluate
+from gistnet.evidence import report as report_mod
 from gistnet.evidence import sections
 from gistnet.evidence import stats
 
@@ -24,7 +25,8 @@ def at_threshold(labels, probabilities, threshold: float, ci_method: str, level:
 
 def _metric(section: dict, name: str) -> dict:
     m = section["roc_auc"] if name == "roc_auc" else section["metrics"][name]
-    return {"value": m["value"], "ci_low": m["ci_low"], "ci_high": m["ci_high"]}
+    return {"value": m["value"], "ci_low": m["ci_low"], "ci_high": m["ci_high"],
+            **({"note": m["note"]} if m.get("note") else {})}  # why an interval is n/a travels with it
 
 
 def side_by_side(development: dict, external: dict, pooled: bool) -> dict:
@@ -45,7 +47,8 @@ def _ci(m: dict, pct: bool) -> str:
 def markdown(report: dict) -> str:
     ext = report["external"]
     positive = next(n for n, r in report["dataset"]["classes"].items() if r == "positive")
-    lines = [f"# External evaluation {ext['name']} of run {report['run_id']}", "",
+    w = report_mod.words(report)
+    lines = [f"# {w['title']}", "", w["design"], "", w["caveat"], "",
              f"Created {report['created']} by gistnet {report['gistnet_version']} on {report['environment']['device']}.",
              f"Data: `{report['dataset']['uri']}`: {ext['counts']['scored']} images scored, "
              f"{ext['counts']['evaluated']} evaluated, {ext['counts']['unusable']} unusable.",
@@ -64,8 +67,10 @@ def markdown(report: dict) -> str:
             diff = "n/a" if row["difference"] is None else f"{row['difference']:+.3f}"
             lines.append(f"| {row['metric']} | {_ci(row['development'], pct)} | {_ci(row['external'], pct)} | {diff} |")
         cal = m["calibration"]
-        lines += ["", f"Calibration on the external images: intercept {_num(cal.get('intercept'))}, slope "
-                      f"{_num(cal.get('slope'))} (0 and 1 when calibrated; a new site usually moves them)."]
+        lines += ["", f"Calibration on the external images: calibration-in-the-large {_num(cal.get('intercept'))} "
+                      "(the logistic intercept with the slope fixed at 1, on the logit margins; above 0: "
+                      f"under-predicts), calibration slope {_num(cal.get('slope'))} (joint logistic fit); 0 and 1 when "
+                      "calibrated; a new site usually moves them."]
         for key in ("primary", "youden"):
             t = m["thresholds"][key]
             mm = t["metrics"]

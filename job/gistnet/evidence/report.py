@@ -68,6 +68,7 @@ def build(run_id: str, config: dict, dataset: dict, models: dict, selection_metr
         },
         "artifacts": artifacts,
     }
+    describe(report)
     validate(report)
     return report
 
@@ -130,23 +131,61 @@ def _num(value, fmt: str = ".3f") -> str:
     return "n/a" if value is None else format(value, fmt)
 
 
-def _evaluation_lines(report: dict) -> list[str]:
-    ev, ds = report["evaluation"], report["dataset"]
-    lines = ["## Evaluation", ""]
-    if ev["method"] == "site":
-        lines.append(f"Leave-one-site-out (internal-external) cross-validation over {ev['folds']} sites: each fold "
-                     "trains on all sites but one and validates on the held-out site. The metrics below pool these "
-                     "out-of-fold predictions; the per-site table and the random-effects meta-analysis show how "
-                     "much performance varies between sites.")
-    elif ev["method"] == "kfold":
-        lines.append(f"{ev['folds']}-fold cross-validation ({ds['split_method']}): every image is validated once, "
-                     "by the models of the fold that did not train on it. The metrics below pool these out-of-fold "
-                     "predictions over all images; their intervals come from the pooled predictions, the mean and "
-                     "SD across folds show the spread between folds.")
+CAVEAT = "Research software: this report is {what} of a model, not a diagnosis. {then}"
+CONFIRM = "Confirm any model on an independent test set before clinical use."
+
+
+def words(report: dict) -> dict:
+    """The title, the evaluation design and the caveat of a report, in words of its own evaluation
+    kind (hold-out, k-fold, leave-one-site-out, external); every format (json, md, html) uses these."""
+    ev, ds = report.get("evaluation") or {}, report["dataset"]
+    method = "external" if ev.get("kind") == "external" else ev.get("method", "holdout")
+    title = f"gistnet run {report['run_id']}"
+    if method == "external":
+        ext = report.get("external", {})
+        counts = ext.get("counts", {})
+        title = f"External evaluation {ext.get('name', '')} of run {report['run_id']}"
+        design = (f"External evaluation: {counts.get('evaluated', '?')} images from `{ds['uri']}`, none used to develop "
+                  f"run {report['run_id']}, scored by its trained models; thresholds frozen, no model or threshold "
+                  f"chosen on these images ({counts.get('scored', '?')} scored, "
+                  f"{counts.get('excluded_development', 0)} development images or patients and "
+                  f"{counts.get('excluded_repeats', 0)} repeats excluded).")
+        caveat = CAVEAT.format(what="an external evaluation", then=(
+            "These images are independent of the model's development; before clinical use, check that they "
+            "represent the patients, centres and scanners of the intended use."))
+    elif method == "site":
+        design = (f"Leave-one-site-out (internal-external) cross-validation over {ev['folds']} sites: each fold "
+                  "trains on all sites but one and validates on the held-out site. The metrics below pool these "
+                  "out-of-fold predictions; the per-site table and the random-effects meta-analysis show how "
+                  "much performance varies between sites.")
+        caveat = CAVEAT.format(what="an internal-external (leave-one-site-out) cross-validation", then=(
+            "Each site was validated by models that never saw it; the deployed model is trained on every site. "
+            + CONFIRM))
+    elif method == "kfold":
+        design = (f"{ev['folds']}-fold cross-validation ({ds['split_method']}): every image is validated once, "
+                  "by the models of the fold that did not train on it. The metrics below pool these out-of-fold "
+                  "predictions over all images; their intervals come from the pooled predictions, the mean and "
+                  "SD across folds show the spread between folds.")
+        caveat = CAVEAT.format(what="a cross-validation audit", then=CONFIRM)
     else:
-        lines.append(f"Hold-out validation set ({ds['split_method']}): training {_counts(ds['train'])} (after "
-                     f"{ds.get('augmentation_mode')} augmentation: {_counts(ds['train_augmented'])}), validation "
-                     f"{_counts(ds['val'])}.")
+        design = f"Hold-out validation set ({ds['split_method']})" + (
+            f": training {_counts(ds['train'])} (after {ds.get('augmentation_mode')} augmentation: "
+            f"{_counts(ds['train_augmented'])}), validation {_counts(ds['val'])}." if "train" in ds else ".")
+        caveat = CAVEAT.format(what="a validation-set audit", then=CONFIRM)
+    return {"kind": method, "title": title, "design": design, "caveat": caveat}
+
+
+def describe(report: dict) -> dict:
+    """``report`` with ``evaluation.design`` and ``evaluation.caveat`` (report.json's words for its kind)."""
+    w = words(report)
+    report["evaluation"].update(design=w["design"], caveat=w["caveat"])
+    return report
+
+
+def _evaluation_lines(report: dict) -> list[str]:
+    ev = report["evaluation"]
+    w = words(report)
+    lines = ["## Evaluation", "", w["design"], "", w["caveat"]]
     if ev["missing"]:
         lines += ["", "**PARTIAL REPORT: these (fold, model) units have not finished and are not in any number "
                   "below: " + ", ".join(unit_name(u) for u in ev["missing"]) + ".**"]
@@ -251,7 +290,7 @@ def markdown(report: dict) -> str:
     level = next(iter(report["models"].values())).get("confidence_level", 0.95)
     status = "" if report["status"] == "complete" else f" ({report['status'].upper()})"
     lines = [
-        f"# gistnet run {report['run_id']}{status}",
+        f"# {words(report)['title']}{status}",
         "",
         f"Created {report['created']} by gistnet {report['gistnet_version']} on {report['environment']['device']}.",
         f"Data: `{ds['uri']}`; split: {ds['split_method']}; {len(ds['skipped'])} image(s) skipped.",

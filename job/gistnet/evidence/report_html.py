@@ -84,7 +84,7 @@ def render(report: dict, figures: dict[str, bytes]) -> str:
     run_figures = [(name, FIGURE_CAPTIONS.get(name, label(name)), figures[name]) for name in order]
     roles = {role: name for name, role in report["dataset"]["classes"].items()}
     return _environment().get_template("report.html.j2").render(
-        r=report, positive=roles["positive"], negative=roles["negative"], ds=report["dataset"], models=models,
+        r=report, words=report_module.words(report), positive=roles["positive"], negative=roles["negative"], ds=report["dataset"], models=models,
         level=level, metric_names=stats.METRICS,
         per_model=per_model, run_figures=run_figures,
         config_yaml=yaml.safe_dump(report.get("config", {}), sort_keys=False),

@@ -10,8 +10,9 @@ pixels (``data/fingerprint.py``); any overlap refuses. The challenger is promote
   on the logit margins (``score`` in predictions.json: saturated probabilities would tie), with
   DeLong's covariance from ``evidence/compare.py``: Obuchowski's clustered one when a patient of
   the set has several images, else images independent (the record's ``method`` says which);
-- and its calibration-in-the-large on the set, |mean predicted P(positive) - observed prevalence|,
-  is within ``promotion.max_calibration_shift``.
+- and its mean calibration difference on the set, |mean predicted P(positive) - observed prevalence|,
+  is within ``promotion.max_calibration_shift`` (not the reports' calibration-in-the-large, which is
+  the logistic intercept with the slope fixed at 1: ``evidence/calibration.py``).
 
 With no production model yet, a challenger whose evaluation on the set is complete (every
 interval defined) is promoted, and the pointer says it had no champion to beat.
@@ -71,8 +72,9 @@ def non_inferiority(challenger, champion, labels, margin: float, clusters=None) 
             "se": math.sqrt(max(variance, 0.0))}
 
 
-def calibration_in_the_large(labels, probabilities) -> float:
-    """Mean predicted probability minus the observed prevalence (0: calibrated in the large)."""
+def mean_calibration_difference(labels, probabilities) -> float:
+    """Mean predicted probability minus the observed prevalence (0: as many positives predicted as occur;
+    above 0: over-predicts), on the probability scale."""
     return float(np.mean(np.asarray(probabilities, float)) - np.mean(np.asarray(labels, float)))
 
 
@@ -196,8 +198,9 @@ def promote(run_uri: str, registry_uri: str, config: Config, scratch: str | None
 
     mine = _score(run.uri, challenger.name, pc.data, run, "challenger", config, scratch)
     keys, labels, p_new, _, _ = _arrays(mine)
-    citl = calibration_in_the_large(labels, p_new)
-    record["challenger"] = {"evaluation": mine["evaluation"], "calibration_in_the_large": citl, "n_images": len(keys)}
+    citl = mean_calibration_difference(labels, p_new)
+    record["challenger"] = {"evaluation": mine["evaluation"], "mean_calibration_difference": citl,
+                            "n_images": len(keys)}
     incomplete = _complete(mine)
     if incomplete:
         return _refuse(record, run, registry, config, f"challenger {challenger.name}: {incomplete}")
@@ -217,12 +220,13 @@ def promote(run_uri: str, registry_uri: str, config: Config, scratch: str | None
                        f"(one-sided DeLong p = {test['p']:.3g} >= {pc.alpha:g})")
     if abs(citl) > pc.max_calibration_shift:
         return _refuse(record, run, registry, config,
-                       f"challenger calibration-in-the-large {citl:+.3f} on the promotion set exceeds "
+                       f"challenger mean calibration difference (mean P - prevalence) {citl:+.3f} on the promotion "
+                       "set exceeds "
                        f"promotion.max_calibration_shift={pc.max_calibration_shift:g}")
     record["decision"] = "promoted"
     record["reason"] = (f"non-inferior: AUC {test['auc_challenger']:.3f} vs {test['auc_champion']:.3f} "
                         f"(one-sided DeLong p = {test['p']:.3g} < {pc.alpha:g}, margin {pc.auc_margin:g}); "
-                        f"calibration-in-the-large {citl:+.3f}")
+                        f"mean calibration difference (mean P - prevalence) {citl:+.3f}")
     return _promote(record, challenger, run, registry, etag, config)
 
 

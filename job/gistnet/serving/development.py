@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from gistnet.data import fingerprint
 from gistnet.data.storage import Store
+from gistnet.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +81,39 @@ def evaluation_note(overlap: Overlap) -> str:
     checked = "" if overlap.checked else f" (development images not checked: the run has no {fingerprint.FILENAME})"
     return (f"over the {unseen} labelled images not in the run's development data; {excluded} excluded as the run's "
             f"training or validation images{checked}")
+
+
+DEVELOPMENT_IMAGE = "development image (same decoded pixels)"
+DEVELOPMENT_PATIENT = "development patient (same pseudonymised patient id)"
+IN_DEVELOPMENT = (DEVELOPMENT_IMAGE, DEVELOPMENT_PATIENT)
+
+
+def exclusions(keys: list[str], digests: list[str], patients: list[str], labels, dev_digests, dev_patients
+               ) -> list[str]:
+    """Per external image, why it is left out of the metrics ("" when evaluated), first reason wins:
+
+    - a development image: its ``digest`` is in ``dev_digests`` (the run's ``fingerprints.json``);
+    - a development patient: its pseudonymised ``patient`` id (same key as the run's) is in
+      ``dev_patients``, even when the pixels differ (a new image of a patient the model was developed on);
+    - a repeat within the set: the same pixels as an image with a smaller key, which alone is evaluated
+      (``repeat of <key>``); a copy under a new patient id would otherwise count as independent evidence.
+
+    ``patients`` holds "" for an image without a patient id of its own (never matched). Two images
+    with the same pixels and different ``labels`` are a DataError naming both.
+    """
+    dev_digests, dev_patients = set(dev_digests), set(dev_patients)
+    reasons = [""] * len(keys)
+    first: dict[str, int] = {}
+    for i in sorted(range(len(keys)), key=lambda j: keys[j]):
+        if digests[i] in dev_digests:
+            reasons[i] = DEVELOPMENT_IMAGE
+        elif patients[i] and patients[i] in dev_patients:
+            reasons[i] = DEVELOPMENT_PATIENT
+        elif digests[i] in first:
+            j = first[digests[i]]
+            if labels[j] != labels[i]:
+                raise DataError(f"the same image is labeled both classes: {keys[j]} and {keys[i]}")
+            reasons[i] = f"repeat of {keys[j]}"
+        else:
+            first[digests[i]] = i
+    return reasons

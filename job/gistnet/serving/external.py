@@ -12,6 +12,7 @@ marks the evaluation complete).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -34,13 +35,13 @@ from gistnet.errors import ConfigError, DataError, ModelError
 from gistnet.evidence import calibration, clustered, compare, decision, evaluate, external_report, report as report_mod
 from gistnet.evidence import report_html, sections, subgroups
 from gistnet.observe.metrics import PredictMetrics, pushed_job
-from gistnet.serving import ensemble
+from gistnet.serving import development, ensemble
 from gistnet.training import train
 
 log = logging.getLogger(__name__)
 
 CHUNK = 256
-CSV_COLUMNS = ("key", "patient_id", "site", "label", "model", "probability", "score", "in_development")
+CSV_COLUMNS = ("key", "patient_id", "site", "label", "model", "probability", "score", "in_development", "excluded")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,26 @@ class Request:
     model: str = "all"  # all | best | resnet34 | resnet50
     batch_size: int | None = None
     device: str = "auto"
+    evaluate: dict | None = None  # evaluate.* keys given at evaluate time (--config, environment): they win
+
+
+# evaluate.* keys an evaluation takes from its own config when given there (how it slices its images);
+# the others are the run's, so that development and external intervals compare (another value: refused)
+EVALUATE_TIME = ("subgroups", "min_subgroup")
+
+
+def evaluate_config(run_evaluate, given: dict | None):
+    """The run's ``evaluate`` section with the evaluate-time ``given`` keys applied: ``subgroups`` and
+    ``min_subgroup`` win; ``ci_method``, ``confidence_level`` and ``selection_metric`` other than the
+    run's are a ConfigError (the development column and the model choice are the run's)."""
+    given = dict(given or {})
+    for key, value in given.items():
+        if key not in EVALUATE_TIME and value != getattr(run_evaluate, key):
+            raise ConfigError(f"evaluate.{key}={value!r} differs from the run's {getattr(run_evaluate, key)!r}: an "
+                              f"external evaluation uses the run's evaluate.{key} so that its numbers compare with "
+                              "the development ones; remove the key (evaluate-time keys: "
+                              + ", ".join(f"evaluate.{k}" for k in EVALUATE_TIME) + ")")
+    return dataclasses.replace(run_evaluate, **{k: v for k, v in given.items() if k in EVALUATE_TIME})
 
 
 @dataclass
@@ -124,24 +145,54 @@ def _load(data: Store, data_cfg, metrics: PredictMetrics, pseudo: privacy.Pseudo
     return images, unusable
 
 
-def _overlap(run: Store, images: Images) -> tuple[np.ndarray, dict]:
-    """Which images are development images (by pixel content); the report's ``overlap`` section."""
+def _overlap(run: Store, images: Images, own_ids: list[bool], pseudo: privacy.Pseudonymizer
+             ) -> tuple[list[str], dict]:
+    """Why each image is left out of the metrics ("" when evaluated): a development image (by pixel
+    content), a development patient (by pseudonymised id), or a repeat within the set (by pixel
+    content, counted once); the report's ``overlap`` section counts each."""
     try:
         known = fingerprint.read_fingerprints(run)
+        dev_patients, check = fingerprint.read_patients(run)
     except FileNotFoundError:
-        known = {}
-    if not known:
-        return np.zeros(len(images.items), bool), {
-            "status": "not checked (the run has no fingerprints.json)", "checked": False, "count": None,
-            "method": fingerprint.METHOD}
-    inside = np.array([d in known for d in images.digests])
-    count = int(inside.sum())
-    if count == len(inside):
-        raise DataError(f"all {count} external images are development images of run {run.uri} (same decoded pixels "
+        known, dev_patients, check = {}, None, None
+    if dev_patients is not None and check != privacy.key_check(pseudo):
+        patients_status, dev_patients = ("not checked: this evaluation's pseudonym key is not the run's (set "
+                                         f"{privacy.ENV_KEY} as the run had it)"), None
+    elif dev_patients is None:
+        patients_status = "not checked (the run records no development patient ids)"
+    else:
+        patients_status = "checked by pseudonymised patient id"
+    ids = [p if own else "" for p, own in zip((i.patient_id for i in images.items), own_ids)]
+    keys = [i.key for i in images.items]
+    reasons = development.exclusions(keys, images.digests, ids, [i.label for i in images.items], known,
+                                     dev_patients or ())
+    pixels = sum(r == development.DEVELOPMENT_IMAGE for r in reasons)
+    if known and pixels == len(reasons):
+        raise DataError(f"all {pixels} external images are development images of run {run.uri} (same decoded pixels "
                         f"as {fingerprint.FILENAME} lists): this is not an external set")
-    return inside, {"status": f"{count} of {len(inside)} images are development images, excluded from every metric",
-                    "checked": True, "count": count, "method": fingerprint.METHOD,
-                    "examples": sorted(images.items[i].key for i in np.flatnonzero(inside))[:20]}
+    shared = sorted({i for i, r in zip(ids, reasons) if r == development.DEVELOPMENT_PATIENT})
+    by_patient = sum(r == development.DEVELOPMENT_PATIENT for r in reasons)
+    repeats = sum(r.startswith("repeat of ") for r in reasons)
+    if all(reasons):
+        raise DataError(f"no external image of {len(reasons)} is left to evaluate: {pixels} are development images, "
+                        f"{by_patient} images of development patients, {repeats} repeats within the set")
+    section = {"method": fingerprint.METHOD, "checked": bool(known), "count": pixels if known else None,
+               "patients": {"status": patients_status, "checked": dev_patients is not None,
+                            "shared_patients": len(shared) if dev_patients is not None else None,
+                            "images": by_patient},
+               "repeats": {"images": repeats, "status": f"{repeats} image(s) repeat another image of this set "
+                                                        "(same decoded pixels): each counted once"}}
+    if not known:
+        section["status"] = "not checked (the run has no fingerprints.json)"
+    else:
+        section["status"] = f"{pixels} of {len(reasons)} images are development images, excluded from every metric"
+        section["examples"] = sorted(k for k, r in zip(keys, reasons) if r == development.DEVELOPMENT_IMAGE)[:20]
+    if dev_patients is not None:
+        section["status"] += (f"; {by_patient} image(s) of {len(shared)} development patient(s) (same pseudonymised "
+                              "patient id), excluded")
+    if repeats:
+        section["status"] += f"; {repeats} repeat(s) within the set counted once"
+    return reasons, section
 
 
 def _score(run: Store, model: ensemble.RunModel, images: Images, device: torch.device, batch: int, scratch: str,
@@ -184,14 +235,15 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
     metrics.run_started(rep["run_id"], device.type)
     data_cfg = run_cfg.data  # the run's class names, image size, manifest name
     data = open_store(request.data, cfg.storage, data_cfg.download_threads, stats)
-    ev = run_cfg.evaluate
-    wanted = cfg.evaluate.subgroups or ev.subgroups
+    ev = evaluate_config(run_cfg.evaluate, request.evaluate)  # before anything is read or written
+    wanted = ev.subgroups
     if request.output:
         check_apart(request.data, request.output, "--data", "--output")  # before anything is written
     out = open_store(request.output, cfg.storage, stats=stats) if request.output else run.child(f"external/{name}")
     pseudo = privacy.for_run(run, data_cfg.pseudonymize_keys)  # the run's key: the run's pseudonyms
     with privacy.kept_on_failure(pseudo, out):  # data.pseudonymize_keys: an error names keys by their pseudonyms
         images, unusable = _load(data, data_cfg, metrics, pseudo, out)
+    own_ids = [bool(i.patient_id) for i in images.items]  # an image without an id gets one of its own below
     shown, patients = privacy.outputs([i.key for i in images.items], [i.patient_id for i in images.items], unusable,
                                       data, pseudo)
     for item, key, patient in zip(images.items, shown, patients):
@@ -199,13 +251,13 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
     covariates = sections.covariate_map([i.key for i in images.items], [i.site for i in images.items],
                                         [i.covariates for i in images.items])
     subgroups.check_columns(wanted, sections.columns(covariates), data.uri_of(data_cfg.manifest))
-    inside, overlap = _overlap(run, images)
+    reasons, overlap = _overlap(run, images, own_ids, pseudo)
     labels_all = np.array([i.label for i in images.items], int)
-    keep = ~inside
+    keep = np.array([not r for r in reasons])
     labels = labels_all[keep]
     clusters = [i.patient_id for i, k in zip(images.items, keep) if k]
-    log.info("evaluating %d images under %s (%d development images excluded) with %s of run %s",
-             int(keep.sum()), redact(data.uri), int(inside.sum()), ", ".join(names), rep["run_id"])
+    log.info("evaluating %d images under %s (%d excluded: development images or patients, repeats) with %s of run %s",
+             int(keep.sum()), redact(data.uri), int((~keep).sum()), ", ".join(names), rep["run_id"])
     batch = request.batch_size or run_cfg.train.batch_size
     pooled_dev = rep["evaluation"]["pooled"]
     margins_by, sections_by, pooled = {}, {}, {}
@@ -215,16 +267,15 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
         sections_by[model.name] = _model_section(model, labels, m, ev, pooled_dev, clusters)
         pooled[model.name] = _Pooled([i.key for i, k in zip(images.items, keep) if k], labels, 1 / (1 + np.exp(-m)), m,
                                      clusters)
-    ext_cfg = config_mod.replace(run_cfg, evaluate={"subgroups": tuple(wanted)}).evaluate
     site_count = len({covariates.get(k, {}).get("site", "") for k in pooled[names[0]].keys} - {""})
-    dc = sections.add(sections_by, pooled, ext_cfg, covariates, with_sites=site_count >= 2)
+    dc = sections.add(sections_by, pooled, ev, covariates, with_sites=site_count >= 2)
     comparison = _comparison(names, pooled, ev, run_cfg.train.seed, clusters)
-    final = _document(request, name, rep, run_cfg, data, out, images, unusable, overlap, keep, sections_by,
+    final = _document(request, name, rep, run_cfg, data, out, images, unusable, overlap, reasons, sections_by,
                       comparison, dc, device)
     pseudo.save(out)  # a key made here (a run from before pseudonyms had none), under private/
-    _write(out, final, images, margins_by, inside, covariates, scratch)
+    _write(out, final, images, margins_by, reasons, covariates, scratch)
     return {"uri": out.uri_of("report.json"), "report": final, "evaluated": int(keep.sum()),
-            "excluded": int(inside.sum())}
+            "excluded": int((~keep).sum())}
 
 
 def summary_lines(rep: dict) -> list[str]:
@@ -262,8 +313,9 @@ def _comparison(names, pooled, ev, seed: int, clusters) -> dict | None:
                            clusters=clusters)
 
 
-def _document(request, name, rep, run_cfg, data, out, images, unusable, overlap, keep, models, comparison, dc,
+def _document(request, name, rep, run_cfg, data, out, images, unusable, overlap, reasons, models, comparison, dc,
               device) -> dict:
+    keep = np.array([not r for r in reasons])
     positive, negative = run_cfg.data.positive_class, run_cfg.data.negative_class
     labels = np.array([i.label for i in images.items], int)[keep]
     counts = {positive: int(labels.sum()), negative: int(len(labels) - labels.sum())}
@@ -285,16 +337,19 @@ def _document(request, name, rep, run_cfg, data, out, images, unusable, overlap,
     final["decision_curve"] = dc
     final["external"] = {"name": name, "run_uri": run_report_uri, "data_uri": redact(data.uri), "overlap": overlap,
                          "counts": {"scored": len(images.items), "evaluated": int(keep.sum()),
-                                    "excluded_development": int((~keep).sum()), "unusable": len(unusable)},
+                                    "excluded_development": sum(r in development.IN_DEVELOPMENT for r in reasons),
+                                    "excluded_repeats": sum(r.startswith("repeat of ") for r in reasons),
+                                    "unusable": len(unusable)},
                          "clustered": clustered.codes([i.patient_id for i, k in zip(images.items, keep) if k],
                                                       int(keep.sum())) is not None,
                          "unit_of_analysis": clustered.unit_of_analysis(
                              [i.patient_id for i, k in zip(images.items, keep) if k], int(keep.sum()))["text"]}
+    report_mod.describe(final)  # the external kind's own title, design and caveat
     report_mod.validate(final)
     return final
 
 
-def _write(out: Store, final: dict, images: Images, margins_by: dict, inside, covariates: dict, scratch: str) -> None:
+def _write(out: Store, final: dict, images: Images, margins_by: dict, reasons, covariates: dict, scratch: str) -> None:
     positive, negative = report_mod.class_names(final)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -303,7 +358,7 @@ def _write(out: Store, final: dict, images: Images, margins_by: dict, inside, co
         for i, item in sorted(enumerate(images.items), key=lambda pair: pair[1].key):
             writer.writerow([item.key, item.patient_id, item.site, positive if item.label == 1 else negative, model,
                              repr(float(1 / (1 + np.exp(-margins[i])))), repr(float(margins[i])),
-                             "yes" if inside[i] else "no"])
+                             "yes" if reasons[i] in development.IN_DEVELOPMENT else "no", reasons[i]])
     out.write_bytes("predictions.csv", buffer.getvalue().encode())
     figures = {}
     if final.get("decision_curve"):
