@@ -104,6 +104,7 @@ class Decoded:
     pixels: np.ndarray  # uint8 size x size (gray) or size x size x 3
     patient_id: str = ""  # a DICOM's raw PatientID: pseudonymize before it goes anywhere
     first_of_frames: bool = False  # a multi-frame DICOM read at its first frame, no frame asked for
+    several_regions: bool = False  # a DICOM with several 2D tissue regions, cut to the largest
 
 
 def decode_item(data: bytes, size: int, max_pixels: int, roi_mode: str = "none", frame: int | None = None,
@@ -114,14 +115,17 @@ def decode_item(data: bytes, size: int, max_pixels: int, roi_mode: str = "none",
     manifest or the region asks for what the object does not have."""
     if not data:
         raise ValueError("empty object (0 bytes)")
-    patient_id, dicom_roi, first_of_frames = "", None, False
+    patient_id, dicom_roi, first_of_frames, several = "", None, False, False
     if dicom.is_dicom(data):
         try:
             image = dicom.read(data, max_pixels, frame, where)
         except IndexError as exc:
             raise DataError(f"{where}: {exc}") from None
+        if image.no_tissue and roi is None and roi_mode != "none":  # the region would come from the DICOM
+            raise ValueError(image.no_tissue)
         source, dicom_roi, patient_id = image.pixels, image.region, image.patient_id
         first_of_frames = frame is None and image.frames > 1
+        several = roi is None and roi_mode != "none" and image.tissue_regions > 1
     else:
         if frame:
             raise DataError(f"{where}: frame {frame} is out of range: not a multi-frame DICOM (only frame 0)")
@@ -132,7 +136,7 @@ def decode_item(data: bytes, size: int, max_pixels: int, roi_mode: str = "none",
     array = np.array(ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC), dtype=np.uint8)  # writable
     if array.ndim == 3 and (array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all():
         array = array[..., 0]
-    return Decoded(array, patient_id, first_of_frames)
+    return Decoded(array, patient_id, first_of_frames, several)
 
 
 def decode_pixels(data: bytes, size: int, max_pixels: int, roi_mode: str = "auto") -> np.ndarray:
@@ -225,7 +229,7 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
     where = where or store.uri_of
     canvas = Canvas(len(labeled), size)
     pixel_digests: list[str | None] = [None] * len(labeled)
-    dicom_ids, first_frames = [""] * len(labeled), [False] * len(labeled)
+    dicom_ids, first_frames, several = [""] * len(labeled), [False] * len(labeled), [False] * len(labeled)
 
     def work(row: int) -> tuple[str | None, str | None, int]:
         item = labeled[row]
@@ -240,6 +244,7 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
             canvas.put(row, decoded.pixels)
             pixel_digests[row] = pixel_digest(decoded.pixels)
             dicom_ids[row], first_frames[row] = decoded.patient_id, decoded.first_of_frames
+            several[row] = decoded.several_regions
         except ValueError as exc:
             return str(exc), None, len(data)
         return None, hashlib.sha256(data).hexdigest(), len(data)
@@ -253,6 +258,7 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
     if any(first_frames):  # counted, not named: object keys may be patient data (data.pseudonymize_keys)
         log.info("%d multi-frame DICOM objects read at their first frame (a manifest 'frame' column chooses "
                  "another)", sum(first_frames))
+    _state_regions(sum(several))
     kept_rows, skipped, seen = [], [], {}
     for row, (reason, digest, nbytes) in enumerate(outcomes):
         if _keep(labeled[row], reason, digest, seen, skipped, where=where):
@@ -265,6 +271,13 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
         lineage.skipped += [s["key"] for s in skipped]
     return ([labeled[r] for r in kept_rows], canvas.compact(kept_rows), skipped,
             [pixel_digests[r] for r in kept_rows])
+
+
+def _state_regions(count: int) -> None:
+    """Say how many DICOM objects had several 2D tissue regions (counted, not named: keys may be patient data)."""
+    if count:
+        log.info("%d DICOM objects have several 2D tissue ultrasound regions: each is cut to its largest (a "
+                 "manifest 'roi' column chooses another)", count)
 
 
 def _unreadable(exc: Exception, key: str, pseudo: Pseudonymizer | None) -> str:
@@ -309,11 +322,12 @@ def decode_all(raw: dict[str, bytes | Exception], labeled: list[Labeled], size: 
             return item, None, str(exc), None
         if decoded.patient_id and not item.patient_id:
             item.patient_id = decoded.patient_id
+        several[item.key] = decoded.several_regions
         pixels = decoded.pixels
         return item, (np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels), None, \
             hashlib.sha256(value).hexdigest()
 
-    kept, arrays, skipped, seen = [], [], [], {}
+    kept, arrays, skipped, seen, several = [], [], [], {}, {}
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         for n, (item, array, reason, digest) in enumerate(pool.map(work, labeled), 1):
             if on_done:
@@ -321,6 +335,7 @@ def decode_all(raw: dict[str, bytes | Exception], labeled: list[Labeled], size: 
             if _keep(item, reason, digest, seen, skipped, dedupe, where):
                 kept.append(item)
                 arrays.append(array)
+    _state_regions(sum(several.values()))
     return kept, arrays, skipped
 
 

@@ -7,7 +7,8 @@ finds installed, here only licence-compatible ones: Pillow (HPND) for JPEG Basel
 encrypted data) is not decoded: the object is skipped and listed with the reason and its
 transfer syntax UID.
 
-What leaves this module: the decoded frame as 8-bit gray or RGB, the ultrasound region's bounds,
+What leaves this module: the decoded frame as 8-bit gray or RGB, the bounds of the largest 2D tissue
+region of the Sequence of Ultrasound Regions (never a Doppler strip or trace beside it),
 the PatientID (only ever used through ``privacy.Pseudonymizer``), and the pixel-description
 attributes of ``PIXEL_ATTRIBUTES``. No other header value is returned, logged or put in an
 exception message.
@@ -25,9 +26,17 @@ log = logging.getLogger(__name__)
 
 # The header attributes gistnet reads besides the PatientID: they describe an encoding, not a person.
 PIXEL_ATTRIBUTES = ("Rows", "Columns", "PhotometricInterpretation", "BitsAllocated", "BitsStored",
-                    "SamplesPerPixel", "NumberOfFrames", "SOPClassUID", "TransferSyntaxUID")
+                    "SamplesPerPixel", "NumberOfFrames", "SOPClassUID", "TransferSyntaxUID",
+                    "RegionSpatialFormat", "RegionDataType")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420")
 GRAY = ("MONOCHROME1", "MONOCHROME2")
+# (0018,6014) Region Data Type, PS3.3 C.8.5.5.1.2; (0018,6012) Region Spatial Format 1 is 2D.
+DATA_TYPES = {0: "none", 1: "tissue", 2: "color flow", 3: "PW spectral Doppler", 4: "CW spectral Doppler",
+              5: "Doppler mean trace", 6: "Doppler mode trace", 7: "Doppler max trace", 8: "volume trace",
+              9: "d(volume)/dt trace", 10: "ECG trace", 11: "pulse trace", 12: "phonocardiogram trace",
+              13: "gray bar", 14: "color bar", 15: "integrated backscatter", 16: "area trace",
+              17: "d(area)/dt", 18: "other physiological input"}
+TISSUE, SPATIAL_2D = 1, 1
 
 
 def is_dicom(data: bytes) -> bool:
@@ -42,6 +51,8 @@ class DicomImage:
     patient_id: str  # raw PatientID ("" when absent): pseudonymize before it goes anywhere
     frames: int
     frame: int
+    tissue_regions: int = 0  # 2D tissue regions in (0018,6011); ``region`` is the largest
+    no_tissue: str = ""  # why (0018,6011) gives no region: it lists only other kinds ("" when it has one or is absent)
 
 
 class Undecodable(ValueError):
@@ -99,7 +110,8 @@ def read(data: bytes, max_pixels: int, frame: int | None = None, where: str = ""
     except Exception as exc:  # noqa: BLE001 - decoders raise many kinds; no header value in the message
         raise Undecodable(f"DICOM pixel data could not be decoded ({type(exc).__name__}), {syntax}") from None
     pixels = _to_8bit(arr, photometric, int(ds.get("BitsStored", 8) or 8), int(ds.get("PixelRepresentation", 0) or 0))
-    return DicomImage(pixels, _us_region(ds, columns, rows), str(ds.get("PatientID", "") or ""), frames, index)
+    box, tissue, no_tissue = _us_region(ds)
+    return DicomImage(pixels, box, str(ds.get("PatientID", "") or ""), frames, index, tissue, no_tissue)
 
 
 def _to_8bit(arr: np.ndarray, photometric: str, bits_stored: int, signed: int) -> np.ndarray:
@@ -122,19 +134,30 @@ def _to_8bit(arr: np.ndarray, photometric: str, bits_stored: int, signed: int) -
     return arr.astype(np.uint8)  # truncated, exactly as the 16-bit PNG rule
 
 
-def _us_region(ds, columns: int, rows: int) -> tuple[int, int, int, int] | None:
-    """The largest region of the Sequence of Ultrasound Regions (0018,6011), as x0, y0, x1, y1
-    with x1, y1 exclusive (the attributes' max values are inclusive)."""
+def _us_region(ds) -> tuple[tuple[int, int, int, int] | None, int, str]:
+    """The Sequence of Ultrasound Regions (0018,6011): (the largest 2D tissue region as x0, y0, x1, y1
+    with x1, y1 exclusive (the attributes' max values are inclusive), how many 2D tissue regions
+    there are, why there is none ("" when there is one or the sequence is absent)). A spectral
+    Doppler trace, an M-mode strip or a colour bar is never the image the model sees."""
     regions = ds.get("SequenceOfUltrasoundRegions")
     if not regions:
-        return None
-    best, area = None, -1
+        return None, 0, ""
+    best, area, count, kinds = None, -1, 0, []
     for item in regions:
+        data_type, spatial = item.get("RegionDataType"), item.get("RegionSpatialFormat")
+        if data_type != TISSUE or spatial not in (None, SPATIAL_2D):
+            kinds.append("no data type" if data_type is None else f"tissue in spatial format {spatial}"
+                         if data_type == TISSUE else DATA_TYPES.get(data_type, f"data type {data_type}"))
+            continue
         try:
             x0, y0 = int(item.RegionLocationMinX0), int(item.RegionLocationMinY0)
             x1, y1 = int(item.RegionLocationMaxX1) + 1, int(item.RegionLocationMaxY1) + 1
         except (AttributeError, TypeError, ValueError):
+            kinds.append("tissue without its location")
             continue
+        count += 1
         if (x1 - x0) * (y1 - y0) > area:
             best, area = (x0, y0, x1, y1), (x1 - x0) * (y1 - y0)
-    return best
+    if best is None:
+        return None, 0, f"DICOM ultrasound regions (0018,6011) hold no 2D tissue region (they hold: {', '.join(kinds)})"
+    return best, count, ""

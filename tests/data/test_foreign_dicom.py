@@ -1,0 +1,83 @@
+"""DICOM that nobody on the project wrote: files made by dcmtk (``img2dcm``, ``dcmodify``) and
+pydicom's own test files, decoded, cut to their tissue region or skipped with a reason that says why."""
+
+import logging
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gistnet.config import DataConfig
+from gistnet.data import dataset, dicom
+from gistnet.data.storage import LocalStore
+from PIL import Image
+
+from tests.conftest import system_tool
+from tests.data.test_dicom import make_dicom
+
+pydicom = pytest.importorskip("pydicom")
+
+
+def dcmtk(*args: str) -> None:
+    subprocess.run([system_tool(args[0], "dcmtk"), *args[1:]], check=True, capture_output=True, text=True)
+
+
+def regions_by_dcmodify(path: Path, regions: list[tuple[int, int, tuple[int, int, int, int]]]) -> None:
+    """Write a Sequence of Ultrasound Regions into ``path`` with dcmodify: (spatial format, data
+    type, (x0, y0, x1, y1) inclusive) per item."""
+    args = []
+    for i, (spatial, data_type, (x0, y0, x1, y1)) in enumerate(regions):
+        for tag, value in (("6012", spatial), ("6014", data_type), ("6016", 0), ("6018", x0), ("601a", y0),
+                           ("601c", x1), ("601e", y1)):
+            args += ["-i", f"(0018,6011)[{i}].(0018,{tag})={value}"]
+    dcmtk("dcmodify", "-nb", *args, str(path))
+
+
+def test_a_tissue_region_beside_a_larger_doppler_region_is_the_one_used(tmp_path):
+    # a B-mode image (gray 100) above a wider spectral Doppler strip (gray 200), as a scanner lays them out
+    screen = np.zeros((100, 160), np.uint8)
+    screen[5:45, 10:50] = 100
+    screen[50:98, :] = 200
+    Image.fromarray(screen).convert("RGB").save(tmp_path / "screen.bmp")
+    dcmtk("img2dcm", "-i", "BMP", str(tmp_path / "screen.bmp"), str(tmp_path / "us.dcm"))
+    regions_by_dcmodify(tmp_path / "us.dcm", [(1, 1, (10, 5, 49, 44)), (3, 3, (0, 50, 159, 97))])
+    data = (tmp_path / "us.dcm").read_bytes()
+    image = dicom.read(data, 10**8)
+    assert image.region == (10, 5, 50, 45) and image.tissue_regions == 1
+    pixels = dataset.decode_item(data, 32, 10**8, "auto").pixels
+    assert pixels.min() == pixels.max() == 100  # the tissue only, not one pixel of the Doppler trace
+
+
+def test_several_tissue_regions_the_largest_is_used_and_the_count_stated(tmp_path, caplog):
+    store = LocalStore(tmp_path)
+    for label in ("GIST", "LM"):
+        for i in range(2):
+            pixels = np.full((60, 100), 20, np.uint8)
+            pixels[:, 50:] = 200  # the larger tissue region (right) is bright, the smaller (left) dark
+            region = [((0, 0, 40, 40), 1, 1), ((50, 0, 100, 60), 1, 1)] if i == 0 else (50, 0, 100, 60)
+            store.write_bytes(f"{label}/{i}.dcm", make_dicom(pixels, region=region))
+    with caplog.at_level(logging.INFO, logger="gistnet"):
+        loaded = dataset.load_images(store, DataConfig(image_size=32, min_images_per_class=2), torch.device("cpu"))
+    assert loaded.images.images.min() == 200
+    assert "2 DICOM objects have several 2D tissue ultrasound regions: each is cut to its largest" in caplog.text
+
+
+def test_regions_without_tissue_are_skipped_with_the_reason(tmp_path):
+    store = LocalStore(tmp_path)
+    rng = np.random.default_rng(4)
+    for label in ("GIST", "LM"):
+        for i in range(2):
+            store.write_bytes(f"{label}/{i}.dcm", make_dicom((rng.random((60, 80)) * 255).astype(np.uint8),
+                                                             region=(0, 0, 60, 60)))
+    doppler_only = [((0, 0, 80, 30), 3, 3), ((0, 30, 80, 60), 1, 2)]  # a PW Doppler strip and an M-mode strip
+    store.write_bytes("GIST/doppler.dcm", make_dicom((rng.random((60, 80)) * 255).astype(np.uint8),
+                                                      region=doppler_only))
+    loaded = dataset.load_images(store, DataConfig(image_size=32, min_images_per_class=2), torch.device("cpu"))
+    assert loaded.skipped == [{"uri": store.uri_of("GIST/doppler.dcm"), "reason": (
+        "DICOM ultrasound regions (0018,6011) hold no 2D tissue region (they hold: PW spectral Doppler, "
+        "tissue in spatial format 2)")}]
+    # with data.roi: none the regions are not asked for: the whole image is used
+    whole = dataset.load_images(store, DataConfig(image_size=32, min_images_per_class=2, roi="none"),
+                                torch.device("cpu"))
+    assert not whole.skipped and len(whole.images.keys) == 5
