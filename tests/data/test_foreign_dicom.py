@@ -81,3 +81,39 @@ def test_regions_without_tissue_are_skipped_with_the_reason(tmp_path):
     whole = dataset.load_images(store, DataConfig(image_size=32, min_images_per_class=2, roi="none"),
                                 torch.device("cpu"))
     assert not whole.skipped and len(whole.images.keys) == 5
+
+
+def pydicom_file(name: str) -> Path:
+    """One of pydicom's own test files (shipped in the wheel)."""
+    from pydicom.data import get_testdata_file
+
+    return Path(get_testdata_file(name))
+
+
+LOG_LINE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: "
+
+
+@pytest.mark.e2e
+def test_a_run_that_skips_pydicom_failures_logs_them_as_one_warning_line_each(cli, tiny_runs, tiny_data, tmp_path):
+    import re
+    import shutil
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for png in sorted((tiny_data / "GIST").iterdir())[:2]:
+        shutil.copy(png, data / png.name)
+    # a 12-bit JPEG Extended (pydicom logs ERROR with a traceback), a JPEG 2000 with a broken stream (the same),
+    # pixel data with excess padding (pydicom logs it and warns it: a UserWarning)
+    for name in ("JPGExtended.dcm", "GDCMJ2K_TextGBR.dcm", "MR_small_padded.dcm"):
+        shutil.copy(pydicom_file(name), data / name)
+    done = cli("predict", "--run", tiny_runs / "a", "--data", data, "--output", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert all(re.match(LOG_LINE, line) for line in lines), done.stderr  # no traceback, no raw warning line
+    pydicom_lines = [line for line in lines if " pydicom" in line]
+    assert any("Pillow does not support 'JPEG Extended' for samples with 12-bit precision" in line
+               for line in pydicom_lines), done.stderr
+    assert any("broken data stream" in line for line in pydicom_lines), done.stderr
+    padding = [line for line in lines if "128 bytes of excess padding" in line]
+    assert len(padding) == 1, done.stderr  # pydicom both logs and warns it: said once
+    assert all(" WARNING " in line for line in pydicom_lines + padding), done.stderr
