@@ -117,3 +117,71 @@ def test_a_run_that_skips_pydicom_failures_logs_them_as_one_warning_line_each(cl
     padding = [line for line in lines if "128 bytes of excess padding" in line]
     assert len(padding) == 1, done.stderr  # pydicom both logs and warns it: said once
     assert all(" WARNING " in line for line in pydicom_lines + padding), done.stderr
+
+
+def skip_reasons(tmp_path, files: dict[str, bytes]) -> dict[str, str]:
+    """Load ``files`` (name -> bytes, under GIST/) beside enough good images; the skip reason of each."""
+    store = LocalStore(tmp_path)
+    rng = np.random.default_rng(5)
+    for label in ("GIST", "LM"):
+        for i in range(2):
+            store.write_bytes(f"{label}/good{i}.dcm", make_dicom((rng.random((40, 40)) * 255).astype(np.uint8)))
+    for name, data in files.items():
+        store.write_bytes(f"GIST/{name}", data)
+    loaded = dataset.load_images(store, DataConfig(image_size=32, min_images_per_class=2), torch.device("cpu"))
+    return {s["uri"].rpartition("/")[2]: s["reason"] for s in loaded.skipped}
+
+
+def test_skip_reasons_name_the_attribute_and_the_decoders_reason(tmp_path):
+    files = {name: pydicom_file(name).read_bytes() for name in ("badVR.dcm", "JPGExtended.dcm", "MR_truncated.dcm")}
+    reasons = skip_reasons(tmp_path, files)
+    assert reasons["badVR.dcm"] == ("DICOM attribute (0028,0008) NumberOfFrames does not hold an integer, transfer "
+                                    "syntax 1.2.840.10008.1.2.1 (Explicit VR Little Endian)")  # not its value '1A'
+    assert reasons["JPGExtended.dcm"].startswith(
+        "DICOM pixel data could not be decoded (pillow: Pillow does not support 'JPEG Extended' for samples with "
+        "12-bit precision), transfer syntax 1.2.840.10008.1.2.4.51")
+    assert reasons["MR_truncated.dcm"].startswith("DICOM pixel data could not be decoded (ValueError: The number of "
+                                                  "bytes of pixel data is less than expected (8130 vs 8192 bytes)")
+
+
+def test_a_decoders_reason_never_quotes_a_header_value():
+    from tests.data.test_dicom import SECRET_ID, SECRET_NAME
+
+    ds = pydicom.dcmread(__import__("io").BytesIO(make_dicom(np.zeros((8, 8), np.uint8))))
+    failure = RuntimeError(f"Unable to decode as exceptions were raised by all available plugins:\n  pillow: "
+                           f"cannot identify {SECRET_NAME} in 200 bytes\n  pydicom: no {SECRET_ID}")
+    assert dicom._decoder_reason(failure, ds) == ("pillow: cannot identify <header value> in 200 bytes; "
+                                                  "pydicom: no <header value>")
+
+
+def test_a_data_set_without_preamble_and_file_meta_is_read(tmp_path):
+    screen = (np.arange(48 * 64).reshape(48, 64) % 251).astype(np.uint8)
+    Image.fromarray(screen).convert("RGB").save(tmp_path / "screen.bmp")
+    dcmtk("img2dcm", "-i", "BMP", str(tmp_path / "screen.bmp"), str(tmp_path / "part10.dcm"))
+    dcmtk("dcmconv", "+ti", "-F", str(tmp_path / "part10.dcm"), str(tmp_path / "bare.dcm"))  # no preamble, no meta
+    bare = (tmp_path / "bare.dcm").read_bytes()
+    assert not dicom.is_dicom(bare)
+    assert np.array_equal(dataset.decode_item(bare, 32, 10**8, "none").pixels,
+                          dataset.decode_item((tmp_path / "part10.dcm").read_bytes(), 32, 10**8, "none").pixels)
+    reasons = skip_reasons(tmp_path / "data", {"bare.dcm": bare, "notes.dcm": b"(0010,0010) is not here\n" * 20})
+    assert "bare.dcm" not in reasons and reasons["notes.dcm"] == "not a recognised image (PNG, JPEG, BMP, TIFF or DICOM)"
+
+
+def test_jpeg_ls_decodes_through_the_jpegls_extra_or_is_skipped_naming_it(tmp_path, monkeypatch):
+    # dcmtk's JPEG-LS (lossless) of an image: decoded through pyjpegls, it is the image
+    screen = (np.arange(48 * 64).reshape(48, 64) % 251).astype(np.uint8)
+    Image.fromarray(screen).convert("RGB").save(tmp_path / "screen.bmp")
+    dcmtk("img2dcm", "-i", "BMP", str(tmp_path / "screen.bmp"), str(tmp_path / "plain.dcm"))
+    dcmtk("dcmcjpls", str(tmp_path / "plain.dcm"), str(tmp_path / "jls.dcm"))
+    jls = (tmp_path / "jls.dcm").read_bytes()
+    assert pydicom.dcmread(tmp_path / "jls.dcm").file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"  # JPEG-LS
+    assert np.array_equal(dicom.read(jls, 10**8).pixels, dicom.read((tmp_path / "plain.dcm").read_bytes(), 10**8).pixels)
+    assert np.array_equal(dicom.read(pydicom_file("MR_small_jpeg_ls_lossless.dcm").read_bytes(), 10**8).pixels,
+                          dicom.read(pydicom_file("MR_small.dcm").read_bytes(), 10**8).pixels)
+    # without the extra: skipped, naming it and the dcmtk tool that converts such a file
+    monkeypatch.setattr(dicom, "DECODERS", tuple(d for d in dicom.DECODERS if d != "pyjpegls"))
+    reasons = skip_reasons(tmp_path / "data", {"jls.dcm": jls})
+    assert reasons["jls.dcm"] == ("no licence-compatible decoder for the DICOM transfer syntax 1.2.840.10008.1.2.4.80 "
+                                  "(JPEG-LS Lossless Image Compression); install gistnet's jpegls extra (pip install "
+                                  "'gistnet[jpegls]': pyjpegls, MIT, wraps CharLS, BSD-3) or convert the file first "
+                                  "(dcmtk's dcmdjpls)")

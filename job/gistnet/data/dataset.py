@@ -99,6 +99,13 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return img.convert("L") if img.mode in ("L", "1") else img.convert("RGB")
 
 
+NOT_AN_IMAGE = "not a recognised image (PNG, JPEG, BMP, TIFF or DICOM)"
+
+
+class NotAnImage(ValueError):
+    """Neither Pillow nor pydicom reads the object: skipped and listed."""
+
+
 @dataclass
 class Decoded:
     pixels: np.ndarray  # uint8 size x size (gray) or size x size x 3
@@ -115,21 +122,26 @@ def decode_item(data: bytes, size: int, max_pixels: int, roi_mode: str = "none",
     manifest or the region asks for what the object does not have."""
     if not data:
         raise ValueError("empty object (0 bytes)")
-    patient_id, dicom_roi, first_of_frames, several = "", None, False, False
+    patient_id, dicom_roi, first_of_frames, several, image = "", None, False, False, None
     if dicom.is_dicom(data):
+        image = _read_dicom(data, max_pixels, frame, where)
+    else:
         try:
-            image = dicom.read(data, max_pixels, frame, where)
-        except IndexError as exc:
-            raise DataError(f"{where}: {exc}") from None
+            source = np.asarray(_open_8bit(data, max_pixels))
+        except NotAnImage:  # a DICOM data set without preamble and file meta, or nothing gistnet reads
+            try:
+                image = _read_dicom(data, max_pixels, frame, where, headerless=True)
+            except dicom.NotDicom:
+                raise NotAnImage(NOT_AN_IMAGE) from None
+        else:
+            if frame:
+                raise DataError(f"{where}: frame {frame} is out of range: not a multi-frame DICOM (only frame 0)")
+    if image is not None:
         if image.no_tissue and roi is None and roi_mode != "none":  # the region would come from the DICOM
             raise ValueError(image.no_tissue)
         source, dicom_roi, patient_id = image.pixels, image.region, image.patient_id
         first_of_frames = frame is None and image.frames > 1
         several = roi is None and roi_mode != "none" and image.tissue_regions > 1
-    else:
-        if frame:
-            raise DataError(f"{where}: frame {frame} is out of range: not a multi-frame DICOM (only frame 0)")
-        source = np.asarray(_open_8bit(data, max_pixels))
     pixels = region.select(source, roi_mode, roi, dicom_roi, size, where)
     img = Image.fromarray(np.ascontiguousarray(pixels))
     # PIL resizes each 8-bit channel alike, so a gray image resized as L equals it resized as RGB.
@@ -137,6 +149,13 @@ def decode_item(data: bytes, size: int, max_pixels: int, roi_mode: str = "none",
     if array.ndim == 3 and (array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all():
         array = array[..., 0]
     return Decoded(array, patient_id, first_of_frames, several)
+
+
+def _read_dicom(data: bytes, max_pixels: int, frame: int | None, where: str, headerless: bool = False):
+    try:
+        return dicom.read(data, max_pixels, frame, where, headerless)
+    except IndexError as exc:
+        raise DataError(f"{where}: {exc}") from None
 
 
 def decode_pixels(data: bytes, size: int, max_pixels: int, roi_mode: str = "auto") -> np.ndarray:
@@ -158,7 +177,7 @@ def _open_8bit(data: bytes, max_pixels: int) -> Image.Image:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ValueError(f"decompression bomb guard: {exc}") from None
         except Image.UnidentifiedImageError:
-            raise ValueError("not a recognised image (PNG, JPEG, BMP, TIFF or DICOM)") from None
+            raise NotAnImage(NOT_AN_IMAGE) from None
         except OSError as exc:
             raise ValueError(f"corrupt or truncated image ({exc})") from None
     return img
