@@ -185,3 +185,36 @@ def test_jpeg_ls_decodes_through_the_jpegls_extra_or_is_skipped_naming_it(tmp_pa
                                   "(JPEG-LS Lossless Image Compression); install gistnet's jpegls extra (pip install "
                                   "'gistnet[jpegls]': pyjpegls, MIT, wraps CharLS, BSD-3) or convert the file first "
                                   "(dcmtk's dcmdjpls)")
+
+
+def test_a_one_bit_image_is_scaled_to_0_255():
+    data = pydicom_file("liver_1frame.dcm").read_bytes()  # BitsStored 1: pydicom decodes it as 0/1
+    stored = pydicom.dcmread(pydicom_file("liver_1frame.dcm")).pixel_array
+    pixels = dicom.read(data, 10**8).pixels
+    assert set(np.unique(stored)) == {0, 1} and set(np.unique(pixels)) == {0, 255}
+    assert np.array_equal(pixels, stored.astype(np.uint8) * 255)
+
+
+def test_an_image_too_small_is_skipped_whatever_its_size_format_or_region(tmp_path):
+    from tests.data.test_dataset import png
+
+    bordered = np.zeros((12, 12), np.uint8)
+    bordered[2:10, 2:10] = 180  # a black border: data.roi auto finds an 8 x 8 region
+    reasons = skip_reasons(tmp_path, {"three.png": png(np.full((3, 3), 120, np.uint8)), "bordered.png": png(bordered),
+                                      "rtdose.dcm": pydicom_file("rtdose_1frame.dcm").read_bytes(),
+                                      "edge.png": png(np.full((16, 40), 90, np.uint8))})  # 16 px: just enough
+    assert reasons == {
+        "three.png": "image of 3x3 pixels is too small for data.image_size=32 (each side at least 16)",
+        "bordered.png": "image of 12x12 pixels is too small for data.image_size=32 (each side at least 16)",
+        "rtdose.dcm": "image of 10x10 pixels is too small for data.image_size=32 (each side at least 16)"}
+
+
+def test_deflated_dicom_is_decoded(tmp_path):
+    screen = (np.arange(48 * 64).reshape(48, 64) % 251).astype(np.uint8)
+    Image.fromarray(screen).convert("RGB").save(tmp_path / "screen.bmp")
+    dcmtk("img2dcm", "-i", "BMP", str(tmp_path / "screen.bmp"), str(tmp_path / "plain.dcm"))
+    dcmtk("dcmconv", "+td", str(tmp_path / "plain.dcm"), str(tmp_path / "deflated.dcm"))
+    assert pydicom.dcmread(tmp_path / "deflated.dcm").file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1.99"
+    assert np.array_equal(dicom.read((tmp_path / "deflated.dcm").read_bytes(), 10**8).pixels,
+                          np.repeat(screen[..., None], 3, axis=2))  # img2dcm writes RGB
+    assert dicom.read(pydicom_file("image_dfl.dcm").read_bytes(), 10**8).pixels.shape == (512, 512)

@@ -142,6 +142,11 @@ def decode_item(data: bytes, size: int, max_pixels: int, roi_mode: str = "none",
         source, dicom_roi, patient_id = image.pixels, image.region, image.patient_id
         first_of_frames = frame is None and image.frames > 1
         several = roi is None and roi_mode != "none" and image.tissue_regions > 1
+    height, width = source.shape[:2]
+    if region.too_small(width, height, size):  # one rule for every image, whatever its format or region
+        least = next(n for n in range(1, size + 3) if not region.too_small(n, n, size))  # region's rule, not a copy
+        raise ValueError(f"image of {width}x{height} pixels is too small for data.image_size={size} (each side at "
+                         f"least {least})")
     pixels = region.select(source, roi_mode, roi, dicom_roi, size, where)
     img = Image.fromarray(np.ascontiguousarray(pixels))
     # PIL resizes each 8-bit channel alike, so a gray image resized as L equals it resized as RGB.

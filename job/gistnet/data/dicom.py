@@ -196,8 +196,8 @@ def _decoder_reason(exc: Exception, ds) -> str:
 
 
 def _to_8bit(arr: np.ndarray, photometric: str, bits_stored: int, signed: int) -> np.ndarray:
-    """MONOCHROME1 inverted; 8-bit kept; wider data stretched over its used range (the rule
-    ``dataset`` applies to 16-bit PNGs)."""
+    """MONOCHROME1 inverted; 8-bit kept; narrower data (1-bit) scaled from its full range to 0-255;
+    wider data stretched over its used range (the rule ``dataset`` applies to 16-bit PNGs)."""
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if photometric == "MONOCHROME1":
@@ -205,6 +205,9 @@ def _to_8bit(arr: np.ndarray, photometric: str, bits_stored: int, signed: int) -
             arr = arr.max() + arr.min() - arr.astype(np.int64)
         else:
             arr = (1 << bits_stored) - 1 - arr.astype(np.int64)
+    if not signed and 1 <= bits_stored < 8:  # a 1-bit image decodes as 0/1: white is 255, not 1
+        full = (1 << bits_stored) - 1
+        return (np.clip(arr.astype(np.int64), 0, full) * 255 // full).astype(np.uint8)
     if arr.dtype == np.uint8:
         return np.ascontiguousarray(arr)
     if bits_stored <= 8 and not signed and arr.min() >= 0 and arr.max() <= 255:
