@@ -7,9 +7,9 @@ linked back by whoever holds it), or else is random, generated once per run and 
 ``<run>/private/pseudonym.key`` (written only when a pseudonym was made). A run records where its
 key came from, and a check value of the key (an HMAC of a constant, which reveals nothing of it),
 at ``<run>/private/pseudonym-key.json``: on a run keyed from the environment ``predict``,
-``evaluate`` and a resume refuse to go on without that key, or with another. With ``data.pseudonymize_keys`` the mapping
-pseudonym -> object key is kept at ``<run>/private/keys.json``; nothing under ``private/`` is
-referenced by a report.
+``evaluate`` and a resume refuse to go on without that key, or with another. With
+``data.pseudonymize_keys`` the mapping pseudonym -> object key is kept at
+``<run>/private/keys.json``; nothing under ``private/`` is referenced by a report.
 """
 
 from __future__ import annotations
