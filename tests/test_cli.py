@@ -434,3 +434,27 @@ def test_under_torchrun_only_rank_0_logs_info_and_the_others_name_their_rank(env
     finally:
         monkeypatch.undo()
         cli_mod.setup_logging()
+
+
+def test_a_third_party_record_is_one_warning_line_and_a_warned_echo_is_dropped():
+    from gistnet.cli.base import ThirdPartyOneLine
+
+    one_line = ThirdPartyOneLine()
+    try:
+        raise OSError("broken data stream\nwhen reading")
+    except OSError:
+        import sys
+
+        record = logging.LogRecord("pydicom.pixels", logging.ERROR, "f.py", 1, "decoder %s failed", ("pillow",),
+                                   sys.exc_info())
+    assert one_line.filter(record) and record.levelname == "WARNING" and record.exc_info is None
+    assert record.getMessage() == "decoder pillow failed: OSError: broken data stream when reading"
+    logged = logging.LogRecord("pydicom", logging.WARNING, "f.py", 1, "excess padding", (), None)
+    warned = logging.LogRecord("py.warnings", logging.WARNING, "f.py", 1, "%s", (
+        "/v/lib/python3.11/site-packages/pydicom/x.py:8: UserWarning: excess padding\n  warn_and_log(\n",), None)
+    assert one_line.filter(logged) and not one_line.filter(warned)  # said once
+    other = logging.LogRecord("py.warnings", logging.WARNING, "f.py", 1, "%s", (
+        "/v/lib/python3.11/site-packages/torch/y.py:3: UserWarning: something else\n  warn(\n",), None)
+    assert one_line.filter(other) and other.getMessage() == "UserWarning: something else (torch/y.py:3)"
+    own = logging.LogRecord("gistnet.data", logging.ERROR, "f.py", 1, "two\nlines", (), None)
+    assert one_line.filter(own) and own.levelname == "ERROR" and own.getMessage() == "two\nlines"

@@ -154,7 +154,7 @@ def _run_stages(ctx: RunContext, data_store: Store, selected: list[runs.Unit], f
                  run_id, out.uri_of("report.json"))
         return RunOutcome(run_id, out.uri, done, already_complete=True)
     log.info("run %s: data %s -> outputs %s (device %s)", run_id, redact(data_store.uri), out.uri, ctx.device)
-    pseudo = privacy.for_run(out, config.data.pseudonymize_keys)
+    pseudo = privacy.for_run(out, config.data.pseudonymize_keys, fresh=config.output.force)
     with privacy.kept_on_failure(pseudo, out, save=world.is_main):  # an error names keys by their pseudonyms
         loaded, plan, config, selected, used = _load_and_plan(ctx, data_store, pseudo, selected, fold, model)
     tracker = Tracker(config.tracking, active=world.is_main)  # under torchrun rank 0 logs

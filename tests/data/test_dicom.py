@@ -47,11 +47,15 @@ def make_dicom(frames: np.ndarray, photometric: str = "MONOCHROME2", bits: int =
     ds.HighBit, ds.PixelRepresentation = bits - 1, 0
     if multi:
         ds.NumberOfFrames = frames.shape[0]
-    if region is not None:
-        item = Dataset()
-        item.RegionLocationMinX0, item.RegionLocationMinY0 = region[0], region[1]
-        item.RegionLocationMaxX1, item.RegionLocationMaxY1 = region[2] - 1, region[3] - 1
-        ds.SequenceOfUltrasoundRegions = pydicom.Sequence([item])
+    if region is not None:  # one 2D tissue region (x0, y0, x1, y1), or [(box, data type, spatial format), ...]
+        items = []
+        for box, data_type, spatial in ([(region, 1, 1)] if isinstance(region, tuple) else region):
+            item = Dataset()
+            item.RegionSpatialFormat, item.RegionDataType, item.RegionFlags = spatial, data_type, 0
+            item.RegionLocationMinX0, item.RegionLocationMinY0 = box[0], box[1]
+            item.RegionLocationMaxX1, item.RegionLocationMaxY1 = box[2] - 1, box[3] - 1
+            items.append(item)
+        ds.SequenceOfUltrasoundRegions = pydicom.Sequence(items)
     if not no_pixels:
         ds.PixelData = pixel_data if pixel_data is not None else frames.astype(np.uint16 if bits == 16 else np.uint8).tobytes()
         if pixel_data is not None:

@@ -2,7 +2,7 @@
 
 import pytest
 from gistnet.data.overlap import check_apart, inside
-from gistnet.errors import EXIT_CONFIG, ConfigError
+from gistnet.errors import EXIT_CONFIG, ConfigError, StorageError
 
 
 def test_inside_compares_whole_segments(tmp_path):
@@ -14,9 +14,18 @@ def test_inside_compares_whole_segments(tmp_path):
     assert not inside(str(tmp_path / "b" / "data"), "s3://b/data")
 
 
+def test_s3_prefixes_are_compared_as_the_store_writes_them():
+    # S3Store drops '.' and empty segments of a prefix (storage.safe_key): s3://bkt/./eus is s3://bkt/eus
+    assert inside("s3://bkt/eus/runs", "s3://bkt/./eus") and inside("s3://bkt/./eus/runs", "s3://bkt/eus")
+    assert inside("s3://bkt/eus//./runs/", "s3://bkt/eus") and not inside("s3://bkt/./eus2", "s3://bkt/eus")
+    with pytest.raises(StorageError, match=r"contains '\.\.'"):  # refused, as opening such a store is
+        inside("s3://bkt/eus/../data", "s3://bkt/eus")
+
+
 @pytest.mark.parametrize("data, output, message", [
     ("s3://b/d", "s3://b/d/out", "output.uri s3://b/d/out is inside data.uri s3://b/d"),
     ("s3://b/runs/d", "s3://b/runs", "data.uri s3://b/runs/d is inside output.uri s3://b/runs"),
+    ("s3://bkt/./eus", "s3://bkt/eus/runs", "output.uri s3://bkt/eus/runs is inside data.uri s3://bkt/./eus"),
 ])
 def test_check_apart_names_both(data, output, message):
     with pytest.raises(ConfigError, match=message) as info:

@@ -3,6 +3,7 @@
 import hashlib
 import hmac
 import json
+import logging
 
 import pytest
 from gistnet.data import privacy
@@ -50,3 +51,34 @@ def test_several_processes_need_the_environment_key(tmp_path):
     with pytest.raises(ConfigError, match="set GISTNET_PSEUDONYM_KEY"):
         privacy.check_shared(p, True)
     privacy.check_shared(p, False)
+
+
+def test_a_run_keyed_from_the_environment_refuses_to_go_on_without_that_key(tmp_path):
+    run = LocalStore(tmp_path)
+    key = "a-secret-from-the-chart-0123456789"
+    trained = privacy.for_run(run, False, environ={privacy.ENV_KEY: key})
+    name = trained.patient("MRN123")
+    trained.save(run)
+    with pytest.raises(ConfigError, match="was keyed with GISTNET_PSEUDONYM_KEY .*: set GISTNET_PSEUDONYM_KEY"):
+        privacy.for_run(run, False, environ={})
+    assert not run.exists(privacy.KEY_FILE)
+    assert key not in "".join(p.read_text() for p in (tmp_path / "private").iterdir())  # recorded, never written
+    with pytest.raises(ConfigError, match="GISTNET_PSEUDONYM_KEY is not the key run"):
+        privacy.for_run(run, False, environ={privacy.ENV_KEY: "another-secret-of-the-same-length"})
+    assert privacy.for_run(run, False, environ={privacy.ENV_KEY: key}).patient("MRN123") == name
+    # a run trained again from scratch (--force) makes new pseudonyms with whatever key it has
+    assert privacy.for_run(run, False, environ={}, fresh=True).generated
+
+
+def test_the_random_key_is_logged_only_where_and_when_it_is_written(tmp_path, caplog):
+    run = LocalStore(tmp_path)
+    with caplog.at_level(logging.INFO, logger="gistnet"):
+        unused = privacy.for_run(run, False, environ={})
+        unused.save(run)  # no patient id, no pseudonymized key: no pseudonym, no key to keep
+    assert "random key" not in caplog.text and not run.exists(privacy.KEY_FILE)
+    with caplog.at_level(logging.INFO, logger="gistnet"):
+        used = privacy.for_run(run, False, environ={})
+        used.patient("MRN123")
+        used.save(run)
+    assert f"pseudonyms use a random key, kept at {run.uri_of(privacy.KEY_FILE)}" in caplog.text
+    assert run.exists(privacy.KEY_FILE)

@@ -271,3 +271,23 @@ def test_predict_pushes_its_progress_to_the_pushgateway(pushgateway, tiny_runs, 
     assert samples[("gistnet_stage_duration_seconds", "resnet34", "score")].value > 0
     assert samples[("gistnet_scored_images_per_second", "resnet34", "")].value > 0
     assert samples[("gistnet_run_exit_code", "", "")].value == 0
+
+
+def test_predict_on_a_run_keyed_from_the_environment_refuses_without_that_key(cli, tiny_runs, tiny_data, tmp_path):
+    import os
+
+    from gistnet.data import privacy
+
+    run = copy_run(tiny_runs / "a", tmp_path / "run")
+    key = "the-chart-secret-0123456789abcdef"
+    keyed = privacy.for_run(LocalStore(run), False, environ={privacy.ENV_KEY: key})
+    keyed.patient("MRN123")  # the run pseudonymized patient ids with the environment key
+    keyed.save(LocalStore(run))
+    env = {k: v for k, v in os.environ.items() if k != privacy.ENV_KEY}
+    done = cli("predict", "--run", run, "--data", tiny_data, "--output", tmp_path / "out", env=env)
+    one_line_error(done, errors.EXIT_CONFIG, f"run {run} was keyed with GISTNET_PSEUDONYM_KEY")
+    assert "set GISTNET_PSEUDONYM_KEY to that key" in done.stderr and not (tmp_path / "out").exists()
+    other = cli("predict", "--run", run, "--data", tiny_data, "--output", tmp_path / "out",
+                env={**env, privacy.ENV_KEY: "another-secret-0123456789abcdef"})
+    one_line_error(other, errors.EXIT_CONFIG, "GISTNET_PSEUDONYM_KEY is not the key run")
+    assert not (tmp_path / "out").exists()

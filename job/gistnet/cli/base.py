@@ -28,18 +28,56 @@ def other_rank(environ=None) -> int | None:
         return None  # distributed.world_from_env refuses it with one line later
     return rank if size > 1 and rank > 0 else None
 
+class ThirdPartyOneLine(logging.Filter):
+    """Another library's record (pydicom, PIL, a ``warnings.warn`` through ``py.warnings``) as one
+    line at WARNING: its traceback cut to the exception's own line, its ERROR lowered (the object
+    it is about is skipped and listed; a run that goes on has no error), a warning that pydicom
+    also logged (``warn_and_log``) said once. gistnet's own records pass as they are."""
+
+    def __init__(self):
+        super().__init__()
+        self._recent: list[str] = []  # the last third-party messages, to drop a warning's echo
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "gistnet" or record.name.startswith("gistnet."):
+            return True
+        text = record.getMessage()
+        if record.name == "py.warnings":  # "<file>:<line>: <Category>: <text>\n  <source line>"
+            first = text.splitlines()[0] if text else ""
+            where, _, rest = first.partition(": ")
+            category, _, message = rest.partition(": ")
+            if message in self._recent:
+                return False
+            text = f"{category}: {message} ({where.rpartition('site-packages/')[2]})" if message else first
+        elif record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            if str(exc) not in text:
+                text = f"{text}: {type(exc).__name__}: {exc}"
+        self._recent = (self._recent + [record.getMessage()])[-32:]
+        record.msg, record.args = " ".join(text.split()), ()
+        record.exc_info = record.exc_text = record.stack_info = None
+        if record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def setup_logging(verbose: bool = False) -> None:
     """INFO (DEBUG with -v) on stderr. Under torchrun only rank 0 logs INFO: the other ranks
     train in step with it and would repeat every line, so they log WARNING and above, each
-    line prefixed with its rank."""
+    line prefixed with its rank. Other libraries log WARNING and above, and Python warnings
+    too, each as one line in this format (``ThirdPartyOneLine``)."""
     rank = other_rank()
     level = logging.DEBUG if verbose else logging.INFO if rank is None else logging.WARNING
     prefix = "" if rank is None else f"rank {rank}: "
     logging.basicConfig(level=level, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s %(name)s: {prefix}%(message)s",
                         datefmt="%Y-%m-%dT%H:%M:%S", force=True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(ThirdPartyOneLine())
+    logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger, not raw lines on stderr
+    # pydicom at DEBUG would log element values (patient data): never below WARNING
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "matplotlib", "PIL", "onnxscript", "onnx_ir",
-                  "torch.onnx"):
+                  "torch.onnx", "pydicom", "py.warnings"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 RESUME_HINT = "re-run the same command with the same --run-id to resume from the last checkpoint"

@@ -99,11 +99,19 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return img.convert("L") if img.mode in ("L", "1") else img.convert("RGB")
 
 
+NOT_AN_IMAGE = "not a recognised image (PNG, JPEG, BMP, TIFF or DICOM)"
+
+
+class NotAnImage(ValueError):
+    """Neither Pillow nor pydicom reads the object: skipped and listed."""
+
+
 @dataclass
 class Decoded:
     pixels: np.ndarray  # uint8 size x size (gray) or size x size x 3
     patient_id: str = ""  # a DICOM's raw PatientID: pseudonymize before it goes anywhere
     first_of_frames: bool = False  # a multi-frame DICOM read at its first frame, no frame asked for
+    several_regions: bool = False  # a DICOM with several 2D tissue regions, cut to the largest
 
 
 def decode_item(data: bytes, size: int, max_pixels: int, roi_mode: str = "none", frame: int | None = None,
@@ -114,25 +122,45 @@ def decode_item(data: bytes, size: int, max_pixels: int, roi_mode: str = "none",
     manifest or the region asks for what the object does not have."""
     if not data:
         raise ValueError("empty object (0 bytes)")
-    patient_id, dicom_roi, first_of_frames = "", None, False
+    patient_id, dicom_roi, first_of_frames, several, image = "", None, False, False, None
     if dicom.is_dicom(data):
+        image = _read_dicom(data, max_pixels, frame, where)
+    else:
         try:
-            image = dicom.read(data, max_pixels, frame, where)
-        except IndexError as exc:
-            raise DataError(f"{where}: {exc}") from None
+            source = np.asarray(_open_8bit(data, max_pixels))
+        except NotAnImage:  # a DICOM data set without preamble and file meta, or nothing gistnet reads
+            try:
+                image = _read_dicom(data, max_pixels, frame, where, headerless=True)
+            except dicom.NotDicom:
+                raise NotAnImage(NOT_AN_IMAGE) from None
+        else:
+            if frame:
+                raise DataError(f"{where}: frame {frame} is out of range: not a multi-frame DICOM (only frame 0)")
+    if image is not None:
+        if image.no_tissue and roi is None and roi_mode != "none":  # the region would come from the DICOM
+            raise ValueError(image.no_tissue)
         source, dicom_roi, patient_id = image.pixels, image.region, image.patient_id
         first_of_frames = frame is None and image.frames > 1
-    else:
-        if frame:
-            raise DataError(f"{where}: frame {frame} is out of range: not a multi-frame DICOM (only frame 0)")
-        source = np.asarray(_open_8bit(data, max_pixels))
+        several = roi is None and roi_mode != "none" and image.tissue_regions > 1
+    height, width = source.shape[:2]
+    if region.too_small(width, height, size):  # one rule for every image, whatever its format or region
+        least = next(n for n in range(1, size + 3) if not region.too_small(n, n, size))  # region's rule, not a copy
+        raise ValueError(f"image of {width}x{height} pixels is too small for data.image_size={size} (each side at "
+                         f"least {least})")
     pixels = region.select(source, roi_mode, roi, dicom_roi, size, where)
     img = Image.fromarray(np.ascontiguousarray(pixels))
     # PIL resizes each 8-bit channel alike, so a gray image resized as L equals it resized as RGB.
     array = np.array(ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC), dtype=np.uint8)  # writable
     if array.ndim == 3 and (array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all():
         array = array[..., 0]
-    return Decoded(array, patient_id, first_of_frames)
+    return Decoded(array, patient_id, first_of_frames, several)
+
+
+def _read_dicom(data: bytes, max_pixels: int, frame: int | None, where: str, headerless: bool = False):
+    try:
+        return dicom.read(data, max_pixels, frame, where, headerless)
+    except IndexError as exc:
+        raise DataError(f"{where}: {exc}") from None
 
 
 def decode_pixels(data: bytes, size: int, max_pixels: int, roi_mode: str = "auto") -> np.ndarray:
@@ -154,7 +182,7 @@ def _open_8bit(data: bytes, max_pixels: int) -> Image.Image:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ValueError(f"decompression bomb guard: {exc}") from None
         except Image.UnidentifiedImageError:
-            raise ValueError("not a recognised image (PNG, JPEG, BMP, TIFF or DICOM)") from None
+            raise NotAnImage(NOT_AN_IMAGE) from None
         except OSError as exc:
             raise ValueError(f"corrupt or truncated image ({exc})") from None
     return img
@@ -226,7 +254,7 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
     where = where or store.uri_of
     canvas = Canvas(len(labeled), size)
     pixel_digests: list[str | None] = [None] * len(labeled)
-    dicom_ids, first_frames = [""] * len(labeled), [False] * len(labeled)
+    dicom_ids, first_frames, several = [""] * len(labeled), [False] * len(labeled), [False] * len(labeled)
 
     def work(row: int) -> tuple[str | None, str | None, int]:
         item = labeled[row]
@@ -241,6 +269,7 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
             canvas.put(row, decoded.pixels)
             pixel_digests[row] = pixel_digest(decoded.pixels)
             dicom_ids[row], first_frames[row] = decoded.patient_id, decoded.first_of_frames
+            several[row] = decoded.several_regions
         except ValueError as exc:
             return str(exc), None, len(data)
         return None, hashlib.sha256(data).hexdigest(), len(data)
@@ -254,6 +283,7 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
     if any(first_frames):  # counted, not named: object keys may be patient data (data.pseudonymize_keys)
         log.info("%d multi-frame DICOM objects read at their first frame (a manifest 'frame' column chooses "
                  "another)", sum(first_frames))
+    _state_regions(sum(several))
     kept_rows, skipped, seen = [], [], {}
     for row, (reason, digest, nbytes) in enumerate(outcomes):
         if _keep(labeled[row], reason, digest, seen, skipped, where=where):
@@ -266,6 +296,13 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
         lineage.skipped += [s["key"] for s in skipped]
     return ([labeled[r] for r in kept_rows], canvas.compact(kept_rows), skipped,
             [pixel_digests[r] for r in kept_rows])
+
+
+def _state_regions(count: int) -> None:
+    """Say how many DICOM objects had several 2D tissue regions (counted, not named: keys may be patient data)."""
+    if count:
+        log.info("%d DICOM objects have several 2D tissue ultrasound regions: each is cut to its largest (a "
+                 "manifest 'roi' column chooses another)", count)
 
 
 def _unreadable(exc: Exception, key: str, pseudo: Pseudonymizer | None) -> str:
@@ -310,11 +347,12 @@ def decode_all(raw: dict[str, bytes | Exception], labeled: list[Labeled], size: 
             return item, None, str(exc), None
         if decoded.patient_id and not item.patient_id:
             item.patient_id = decoded.patient_id
+        several[item.key] = decoded.several_regions
         pixels = decoded.pixels
         return item, (np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels), None, \
             hashlib.sha256(value).hexdigest()
 
-    kept, arrays, skipped, seen = [], [], [], {}
+    kept, arrays, skipped, seen, several = [], [], [], {}, {}
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         for n, (item, array, reason, digest) in enumerate(pool.map(work, labeled), 1):
             if on_done:
@@ -322,6 +360,7 @@ def decode_all(raw: dict[str, bytes | Exception], labeled: list[Labeled], size: 
             if _keep(item, reason, digest, seen, skipped, dedupe, where):
                 kept.append(item)
                 arrays.append(array)
+    _state_regions(sum(several.values()))
     return kept, arrays, skipped
 
 

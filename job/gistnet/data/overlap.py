@@ -3,20 +3,23 @@
 Writing a run under the data URI adds objects that the next listing of the data sees (every
 later run on that data then fails on an "unknown class folder"); reading data from under an
 output reads runs as images. Local paths are compared after resolving links and ``..``; S3 URIs
-by bucket and prefix, one path segment at a time (``s3://b/data2`` is not inside ``s3://b/data``).
+by bucket and prefix, one path segment at a time (``s3://b/data2`` is not inside ``s3://b/data``),
+after the normalisation the store applies to a prefix (``storage.safe_key``: ``.`` and empty
+segments dropped, as S3 keys are written, ``..`` refused), so ``s3://b/./data`` is ``s3://b/data``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from gistnet.data.storage import is_s3, redact
+from gistnet.data.storage import is_s3, redact, safe_key
 from gistnet.errors import ConfigError
 
 
 def _parts(uri: str) -> tuple[str, ...]:
     if is_s3(uri):
-        return ("s3:",) + tuple(p for p in uri[len("s3://"):].split("/") if p)
+        bucket, _, prefix = uri[len("s3://"):].partition("/")
+        return ("s3:", bucket) + tuple(p for p in safe_key(prefix).split("/") if p)
     return Path(uri.removeprefix("file://")).expanduser().resolve().parts
 
 

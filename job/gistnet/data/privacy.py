@@ -4,8 +4,12 @@ A pseudonym is an HMAC-SHA256 of the value, never an unkeyed hash (an MRN space 
 enough to hash every number and invert it). The key comes from ``GISTNET_PSEUDONYM_KEY`` (a
 Secret in the chart: the same key gives the same pseudonyms across runs, so predictions can be
 linked back by whoever holds it), or else is random, generated once per run and kept only at
-``<run>/private/pseudonym.key``. With ``data.pseudonymize_keys`` the mapping pseudonym -> object
-key is kept at ``<run>/private/keys.json``; nothing under ``private/`` is referenced by a report.
+``<run>/private/pseudonym.key`` (written only when a pseudonym was made). A run records where its
+key came from, and a check value of the key (an HMAC of a constant, which reveals nothing of it),
+at ``<run>/private/pseudonym-key.json``: on a run keyed from the environment ``predict``,
+``evaluate`` and a resume refuse to go on without that key, or with another. With
+``data.pseudonymize_keys`` the mapping pseudonym -> object key is kept at
+``<run>/private/keys.json``; nothing under ``private/`` is referenced by a report.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ ENV_KEY = "GISTNET_PSEUDONYM_KEY"
 PRIVATE = "private/"
 KEY_FILE = "private/pseudonym.key"
 KEYS_FILE = "private/keys.json"
+SOURCE_FILE = "private/pseudonym-key.json"  # where the run's key came from and its check value, never the key
 
 
 class Pseudonymizer:
@@ -61,11 +66,20 @@ class Pseudonymizer:
         self.keys[name] = key
         return name
 
+    def check(self) -> str:
+        """A check value of the key: equal for equal keys, and it reveals nothing of the key."""
+        return hmac.new(self._secret, b"gistnet pseudonym key check", hashlib.sha256).hexdigest()[:20]
+
     def save(self, out) -> None:
         """Keep a key generated here (never an environment one), once used, and the key mapping, under
-        ``private/`` (merged with a mapping already there: a resumed run, an earlier failed attempt)."""
+        ``private/`` (merged with a mapping already there: a resumed run, an earlier failed attempt).
+        Where the key came from is recorded with its check value (an environment key by that only)."""
         if self.generated and self.used:
             out.write_bytes(KEY_FILE, self._secret.hex().encode())
+            log.info("no %s: pseudonyms use a random key, kept at %s", ENV_KEY, out.uri_of(KEY_FILE))
+        if (self.generated or self.from_env) and self.used:  # a new run's key (a --force re-run replaces it)
+            out.write_bytes(SOURCE_FILE, json.dumps({"source": "environment" if self.from_env else "random",
+                                                     "variable": ENV_KEY, "check": self.check()}, indent=1).encode())
         if self.keys:
             try:
                 kept = json.loads(out.read(KEYS_FILE))
@@ -115,23 +129,46 @@ def kept_on_failure(pseudo: Pseudonymizer | None, out, save: bool = True):
         raise
 
 
-def for_run(out, pseudonymize_keys: bool, environ=None) -> Pseudonymizer:
-    """The key from the environment, else the one this run saved (a resumed run), else a new one."""
+def for_run(out, pseudonymize_keys: bool, environ=None, fresh: bool = False) -> Pseudonymizer:
+    """The key from the environment, else the one this run saved (a resumed run), else a new one.
+    ConfigError (exit 3) when the run ``out`` was keyed from the environment and the variable is
+    unset or holds another key: its pseudonyms would match none of the run's. ``fresh`` (a run
+    trained again with --force) makes new pseudonyms, whatever the key was."""
     environ = os.environ if environ is None else environ
+    recorded = None if fresh else _recorded(out)
+    if recorded is not None and recorded.get("source") == "random":
+        recorded = None  # the run's own key, read below (an environment key still wins, as before)
     if environ.get(ENV_KEY):
-        return Pseudonymizer(environ[ENV_KEY].encode(), True, pseudonymize_keys)
+        pseudo = Pseudonymizer(environ[ENV_KEY].encode(), True, pseudonymize_keys)
+        if recorded is not None and recorded.get("check") != pseudo.check():
+            raise ConfigError(f"{ENV_KEY} is not the key run {out.uri} was keyed with (its check value in "
+                              f"{out.uri_of(SOURCE_FILE)} differs): set it to that run's key, or its pseudonyms "
+                              "match none of the run's")
+        return pseudo
+    if recorded is not None:
+        raise ConfigError(f"run {out.uri} was keyed with {ENV_KEY} (recorded in {out.uri_of(SOURCE_FILE)}): set "
+                          f"{ENV_KEY} to that key, or a random one would make pseudonyms that match none of the run's")
     try:
         saved = out.read(KEY_FILE).decode().strip()
         return Pseudonymizer(bytes.fromhex(saved), False, pseudonymize_keys, generated=False)
     except (FileNotFoundError, ValueError):
         pass
-    log.info("no %s: pseudonyms use a random key kept at %s", ENV_KEY, out.uri_of(KEY_FILE))
     return Pseudonymizer(secrets.token_bytes(32), False, pseudonymize_keys)
 
 
 def key_check(pseudo: Pseudonymizer) -> str:
     """A fixed value's pseudonym: two processes pseudonymise alike exactly when theirs agree (reveals no key)."""
     return pseudo.patient("\0gistnet key check")
+
+
+def _recorded(out) -> dict | None:
+    """What ``save`` recorded of an environment key in run ``out`` (None: nothing)."""
+    try:
+        return json.loads(out.read(SOURCE_FILE))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {}  # unreadable: no check value matches it
 
 
 def outputs(keys: list[str], patient_ids: list[str], unusable: list[dict], store, pseudo: Pseudonymizer
