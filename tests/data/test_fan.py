@@ -71,7 +71,7 @@ def test_text_joined_to_the_fan_is_not_a_known_mask():
     truth = _sector(240, 300, (150, -20), 40, 200, -0.7, 0.7)
     pixels = np.where(truth, 120, 0).astype(np.uint8)
     canvas = Image.fromarray(pixels)
-    ImageDraw.Draw(canvas).rectangle((20, 150, 90, 160), fill=255)  # a label box touching the fan's left edge
+    ImageDraw.Draw(canvas).rectangle((50, 35, 100, 45), fill=255)  # a label box touching the fan's left edge
     found = fan.find(np.asarray(canvas))
     assert not found.known and found.reason
     assert region.withheld([True, found.known], ["", found.reason]).startswith(

@@ -11,19 +11,20 @@ pixels a side:
    lossy screenshot stays under that in the background's own 8x8 blocks);
 3. the fan is the 8-connected foreground component with the largest area times solidity (its
    share of its box): text and calipers are small and sparse, a fan is large and solid;
-4. its left and right edges are the longest slanted edges of the convex hull of its outline
+4. each side is the line from the convex hull's top corner on that side to its outermost point
    (dark tissue along an edge bends the outline, never the hull); where they meet, above the
-   image, is the apex. The sector
-   (apex, inner and outer radius, two angles, as SlicerUltrasound's fan mask) intersected with
-   the component's box (a screen clips the sector to its image area) is the mask;
-5. lines that do not converge make a rectangle (a linear probe): the box is the mask; a
-   component neither explains is its own row-filled mask.
+   image, is the apex. The sector (apex, inner and outer radius, two angles, as
+   SlicerUltrasound's fan mask) intersected with the hull is the mask;
+5. sides that do not converge make a rectangle (a linear probe) when the component fills its
+   box; anything else is masked by the component's convex hull alone.
 
-The mask is *known* (figures may show these pixels) when the model explains the component: it
-covers at least ``MIN_COVER`` of the model, and no more than a few pixels of the component lie
-beyond ``SLACK`` pixels outside the model (text joined to the fan); on a colour screenshot of a
-gray image, no coloured overlay lies inside. Otherwise the pixels are still masked the same
-way, but ``known`` is False with the reason, and figures made from them are withheld.
+The hull is a function of the fan's own pixels, so text that is not joined to the fan never
+changes it. The mask is *known* (figures may show these pixels) when a sector or rectangle
+explains the component: model and hull agree (intersection over union at least ``MIN_COVER``)
+and no more than a few pixels of the component lie beyond ``SLACK`` working pixels outside the
+model (text joined to the fan); on a colour screenshot of a gray image, no coloured overlay lies
+inside. Otherwise the pixels are masked the same way, but ``known`` is False with the reason,
+and figures made from them are withheld.
 
 Masks are rasterised once per (image shape, quantised model) and reused: an archive has a
 handful of screen geometries, so the per-image cost is the small labelling and the fit.
@@ -84,20 +85,22 @@ def _edge_points(component: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             np.concatenate([left, right, cols, cols]).astype(float))
 
 
-def _side(hull: np.ndarray, sign: int, min_length: float) -> tuple[float, float] | None:
-    """The longest hull edge going down and outwards (sign -1: left, +1: right) as (x at y=0,
-    dx/dy); None when there is none at least ``min_length`` long and slanted."""
-    start, end = hull, np.roll(hull, -1, axis=0)
-    d = end - start
-    d = np.where((d[:, :1] < 0), -d, d)  # orient each edge downwards (dy >= 0)
-    slope = d[:, 1] / np.maximum(d[:, 0], 1e-9)
-    length = np.hypot(d[:, 0], d[:, 1])
-    ok = (d[:, 0] > 0) & (np.sign(slope) == sign) & (np.abs(slope) > 0.1) & (np.abs(slope) < 10) & \
-        (length >= min_length)
-    if not ok.any():
+def _side(hull: np.ndarray, sign: int, min_rows: float) -> tuple[float, float] | None:
+    """A side of the sector (sign -1: left, +1: right) as (x at y=0, dx/dy): the line from the
+    hull's outermost vertex near its top (the top corner on that side) to its outermost vertex
+    (the highest of several); None when
+    they are under ``min_rows`` rows apart or not slanted like a sector's side."""
+    ys, xs = hull[:, 0], hull[:, 1]
+    band = np.flatnonzero(ys <= ys.min() + min_rows)  # the top corner on this side, or a point of the side
+    top = band[np.lexsort((ys[band], sign * -xs[band]))[0]]
+    far = np.lexsort((ys, sign * -xs))[0]  # outermost, then highest
+    rows = ys[far] - ys[top]
+    if rows < min_rows:
         return None
-    k = int(np.argmax(np.where(ok, length, -1)))
-    return float(start[k, 1] - slope[k] * start[k, 0]), float(slope[k])
+    slope = (xs[far] - xs[top]) / rows
+    if np.sign(slope) != sign or not 0.1 < abs(slope) < 4:
+        return None
+    return float(xs[top] - slope * ys[top]), float(slope)
 
 
 def _fit(component: np.ndarray, hull: np.ndarray) -> tuple[str, tuple]:
@@ -106,8 +109,8 @@ def _fit(component: np.ndarray, hull: np.ndarray) -> tuple[str, tuple]:
     longest slanted edges of the convex hull of the component's outline: dark tissue along
     an edge (a water-filled lumen) bends the outline inwards, never the hull."""
     ys, xs = hull[:, 0], hull[:, 1]
-    min_length = component.shape[0] / 6
-    left, right = _side(hull, -1, min_length), _side(hull, 1, min_length)
+    min_rows = component.shape[0] / 10
+    left, right = _side(hull, -1, min_rows), _side(hull, 1, min_rows)
     if left is None or right is None:
         return ("rectangle", ()) if _row_filled(component).mean() >= RECTANGLE else ("component", ())
     (al, bl), (ar, br) = left, right
@@ -115,7 +118,8 @@ def _fit(component: np.ndarray, hull: np.ndarray) -> tuple[str, tuple]:
     apex_x = al + bl * apex_y
     if apex_y > ys.min() + component.shape[0] / 4:  # the sides meet inside the fan: not a sector
         return "component", ()
-    radius = np.hypot(xs - apex_x, ys - apex_y)
+    oy, ox = _edge_points(component)  # the outline, not the hull: an inner arc is concave
+    radius = np.hypot(ox - apex_x, oy - apex_y)
     return "sector", (apex_x, apex_y, float(radius.min()), float(radius.max()),
                       float(np.arctan(bl)), float(np.arctan(br)))
 
@@ -184,8 +188,6 @@ def find(pixels: np.ndarray) -> Fan | None:
     x0, y0 = sx.start * step + step // 2, sy.start * step + step // 2
     x1, y1 = min(width, (sx.stop - 1) * step + step // 2 + 1), min(height, (sy.stop - 1) * step + step // 2 + 1)
     box = (x0, y0, x1, y1)
-    if box == (0, 0, width, height):
-        return None  # nothing around it to mask: the image is used whole
     hull = _hull(component)
     if hull is None:
         return Fan(box, np.ones((y1 - y0, x1 - x0), bool), "component", False, "the region data.roi=auto found is flat")

@@ -82,7 +82,9 @@ def select(pixels: np.ndarray, mode: str, manifest_roi, dicom_roi, image_size: i
         if found is None:
             return Selection(pixels, False, "an image without a background border is used whole, unmasked")
         region, (x0, y0, x1, y1), fanned = found
-        if too_small(x1 - x0, y1 - y0, image_size):
+        whole = x1 - x0 >= pixels.shape[1] - 2 and y1 - y0 >= pixels.shape[0] - 2
+        # a region (nearly) the whole image crops nothing: a small image is resized as it always was
+        if not whole and too_small(x1 - x0, y1 - y0, image_size):
             raise DataError(f"{where}: the region data.roi=auto found, {x0} {y0} {x1} {y1} ({x1 - x0}x{y1 - y0}), "
                             f"is too small for data.image_size={image_size}; give a manifest roi or data.roi: none")
         return Selection(region, fanned.known, fanned.reason)
