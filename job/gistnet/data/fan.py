@@ -26,17 +26,18 @@ model (text joined to the fan); on a colour screenshot of a gray image, no colou
 inside. Otherwise the pixels are masked the same way, but ``known`` is False with the reason,
 and figures made from them are withheld.
 
-Masks are rasterised once per (image shape, quantised model) and reused: an archive has a
-handful of screen geometries, so the per-image cost is the small labelling and the fit.
+Everything but the mask itself is done on the downscaled copy; at full size the job is one
+polygon fill (Pillow) and, for a sector with an inner arc, the rows that arc reaches.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image, ImageDraw
 from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
 
 WORK = 128  # the fan is found on a copy at most this many pixels a side
 MARGIN = 10  # gray levels above the estimated background that count as foreground
@@ -72,13 +73,15 @@ def background(gray: np.ndarray) -> int | None:
     return level if near * 4 >= ring.size else None
 
 
-def _edge_points(component: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(ys, xs) of each row's first and last and each column's first and last pixel."""
+def _edge_points(component: np.ndarray, columns: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(ys, xs) of each row's first and last and (``columns``) each column's first and last pixel."""
     height, width = component.shape
     rows = np.flatnonzero(component.any(axis=1))
-    cols = np.flatnonzero(component.any(axis=0))
     left = np.argmax(component[rows], axis=1)
     right = width - 1 - np.argmax(component[rows, ::-1], axis=1)
+    if not columns:
+        return np.concatenate([rows, rows]).astype(float), np.concatenate([left, right]).astype(float)
+    cols = np.flatnonzero(component.any(axis=0))
     top = np.argmax(component[:, cols], axis=0)
     bottom = height - 1 - np.argmax(component[::-1, cols], axis=0)
     return (np.concatenate([rows, rows, top, bottom]).astype(float),
@@ -124,28 +127,30 @@ def _fit(component: np.ndarray, hull: np.ndarray) -> tuple[str, tuple]:
                       float(np.arctan(bl)), float(np.arctan(br)))
 
 
-@functools.lru_cache(maxsize=64)
-def _sector_mask(height: int, width: int, params: tuple) -> np.ndarray:
-    """The sector (apex, radii, angles, in full-size pixels) rasterised in a height x width box:
-    a pixel is in when its centre is within half a pixel of it. Cached: a handful of screen
-    geometries serve a whole archive."""
-    apex_x, apex_y, r1, r2, t_left, t_right = tuple(p / 4 for p in params[:4]) + tuple(p / 4000 for p in params[4:])
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    dx, dy = x - apex_x, y - apex_y
+def _sector(height: int, width: int, params: tuple) -> np.ndarray:
+    """The sector (apex_x, apex_y, r1, r2, left and right angle from straight down) rasterised
+    in a height x width box: a pixel is in when its centre is within half a pixel of it."""
+    apex_x, apex_y, r1, r2, t_left, t_right = params
+    y, x = np.ogrid[0:height, 0:width]
+    dx, dy = (x - apex_x).astype(np.float32), (y - apex_y).astype(np.float32)
     radius = np.hypot(dx, dy)
-    # signed distances to the two edge lines (positive inside)
+    # signed distances to the two side lines (positive inside)
     inside_l = np.cos(t_left) * dx - np.sin(t_left) * dy >= -0.5
     inside_r = np.sin(t_right) * dy - np.cos(t_right) * dx >= -0.5
-    mask = inside_l & inside_r & (radius >= r1 - 0.5) & (radius <= r2 + 0.5) & (dy > 0)
-    mask.setflags(write=False)
-    return mask
+    return inside_l & inside_r & (radius >= r1 - 0.5) & (radius <= r2 + 0.5) & (dy > 0)
+
+
+def _cut_inner_arc(mask: np.ndarray, apex_x: float, apex_y: float, r1: float) -> None:
+    """Clear what the hull bridges above the inner arc: only the rows the arc reaches are computed."""
+    last = min(mask.shape[0], int(np.floor(apex_y + r1)) + 1)
+    if last > 0 and r1 > 0.5:
+        y, x = np.ogrid[0:last, 0:mask.shape[1]]
+        mask[:last] &= np.hypot(x - apex_x, y - apex_y) >= r1 - 0.5
 
 
 def _hull(component: np.ndarray) -> np.ndarray | None:
     """The convex hull of a component's outline, (y, x) vertices in order; None when flat."""
-    from scipy.spatial import ConvexHull, QhullError
-
-    ys, xs = _edge_points(component)
+    ys, xs = _edge_points(component, columns=False)  # every hull vertex is a row's first or last pixel
     points = np.stack([ys, xs], axis=1)
     try:
         return points[ConvexHull(points).vertices]
@@ -155,8 +160,6 @@ def _hull(component: np.ndarray) -> np.ndarray | None:
 
 def _polygon(vertices: np.ndarray, height: int, width: int) -> np.ndarray:
     """A polygon ((y, x) vertices) filled in a height x width bool array (boundary included)."""
-    from PIL import Image, ImageDraw
-
     canvas = Image.new("1", (width, height), 0)
     ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for y, x in vertices], fill=1, outline=1)
     return np.array(canvas, dtype=bool)
@@ -193,17 +196,16 @@ def find(pixels: np.ndarray) -> Fan | None:
         return Fan(box, np.ones((y1 - y0, x1 - x0), bool), "component", False, "the region data.roi=auto found is flat")
     # the hull of the fan never reaches text that is not joined to it; the model, when it
     # explains the hull, cuts what the hull bridges (an inner arc) and is what the check tests
-    full_hull = _polygon(hull * step, y1 - y0, x1 - x0)
+    mask = _polygon(hull * step, y1 - y0, x1 - x0)
     shape, params = _fit(component, hull)
-    mask, model = full_hull, None
+    model = None
     if shape == "sector":
-        quarter = tuple(int(round(v * step * 4)) for v in params[:4])
-        angles = tuple(int(round(v * 4000)) for v in params[4:])  # quarter milliradians
-        model = _sector_mask(y1 - y0, x1 - x0, quarter + angles)
-        mask = full_hull & model
+        model = _sector(*component.shape, params)
+        _cut_inner_arc(mask, params[0] * step, params[1] * step, params[2] * step)
     elif shape == "rectangle":
-        model = np.ones((y1 - y0, x1 - x0), bool)
-    known, reason = _check(component, shape, model, full_hull, step, pixels[y0:y1, x0:x1])
+        model = np.ones(component.shape, bool)
+    known, reason = _check(component, shape, model, _polygon(hull, *component.shape),
+                           pixels[y0:y1:step, x0:x1:step])
     return Fan(box, mask, shape, known, reason)
 
 
@@ -216,22 +218,21 @@ def _row_filled(component: np.ndarray) -> np.ndarray:
     return any_[:, None] & (cols >= left[:, None]) & (cols <= right[:, None])
 
 
-def _check(component: np.ndarray, shape: str, model: np.ndarray | None, hull: np.ndarray, step: int,
+def _check(component: np.ndarray, shape: str, model: np.ndarray | None, hull: np.ndarray,
            region: np.ndarray) -> tuple[bool, str]:
-    """Whether the mask is known: a sector or rectangle model explains the component (their
-    areas agree, and nothing is joined on outside the model), and no coloured overlay lies
-    inside a gray image."""
+    """Whether the mask is known: a sector or rectangle model explains the component (model and
+    hull agree, and nothing is joined on outside the model), and no coloured overlay lies inside
+    a gray image. Everything here is on the working copy (``region``: its pixels, box-sized)."""
     if model is None:
         return False, "the region data.roi=auto found is neither a sector nor a rectangle"
     agree = (model & hull).sum() / max(1, (model | hull).sum())
     if agree < MIN_COVER:
         return False, f"the {shape} fitted to the region data.roi=auto found matches only {agree:.0%} of it"
-    small = model[::step, ::step][:component.shape[0], :component.shape[1]]
-    spill = (component & ~ndimage.binary_dilation(small, iterations=SLACK)).sum()
-    if spill > max(4, MAX_SPILL * small.sum()):
+    spill = (component & ~ndimage.binary_dilation(model, iterations=SLACK)).sum()
+    if spill > max(4, MAX_SPILL * model.sum()):
         return False, f"{spill} pixels joined to the {shape} (burned-in text touching the image?)"
     if region.ndim == 3:
-        sample = region[::step, ::step][hull[::step, ::step]].astype(np.int16)
+        sample = region[:hull.shape[0], :hull.shape[1]][hull].astype(np.int16)
         chroma = sample.max(axis=1) - sample.min(axis=1)
         if (chroma > COLOUR).any() and (chroma <= 2).mean() > 0.9:
             return False, "a coloured overlay inside the gray image"
