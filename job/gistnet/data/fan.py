@@ -3,7 +3,7 @@
 A scanner's screen is a dark background (black, or a dark grey such as 12) with the image (a
 sector for curvilinear and radial probes, a rectangle for linear ones) and text, calipers and
 measurement boxes printed around it. ``find`` works on a copy downscaled to at most ``WORK``
-pixels a side:
+pixels a side (every ``MAX_STEP``-th pixel at most, for larger screens):
 
 1. the background level is the most common dark gray level of the image's outer ring (none
    when under a quarter of the ring is within ``RING_TOLERANCE`` of it: the image has no border);
@@ -39,7 +39,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-WORK = 128  # the fan is found on a copy at most this many pixels a side
+WORK = 128  # the fan is found on a copy at most this many pixels a side (for screens up to 512 px)
+MAX_STEP = 4  # ... sampling at most every 4th pixel, so a 4 px gap between text and fan stays a gap
 MARGIN = 10  # gray levels above the estimated background that count as foreground
 DARK = 48  # a screen's background is at most this gray level
 RING_TOLERANCE = 3  # ring pixels within this of the mode count as background
@@ -175,7 +176,9 @@ def find(pixels: np.ndarray) -> Fan | None:
     level = background(gray)
     if level is None:
         return None
-    step = max(1, -(-max(height, width) // WORK))
+    # every step-th pixel: two samples are neighbours only if under `step` pixels lie between
+    # them, so text `MAX_STEP` or more pixels from the fan never joins it on the copy
+    step = min(MAX_STEP, max(1, -(-max(height, width) // WORK)))
     small = gray[step // 2::step, step // 2::step]
     labels, count = ndimage.label(small > level + MARGIN, structure=np.ones((3, 3), bool))
     if count == 0:
