@@ -88,3 +88,14 @@ def test_a_linear_probes_rectangle_is_its_box_and_a_clean_crop_is_not_known():
     assert not region.select(screen, "none", None, None, 32, "x.png").known
     assert region.select(screen, "none", (40, 20, 120, 100), None, 32, "x.png").known  # a manifest roi
     assert region.withheld([True, True], ["", ""]) == ""
+
+
+def test_dark_lossless_sectors_are_found_whole(tmp_path):
+    """Dark sites' 32 px PNG sectors (site-C: gain 0.85, gamma 1.35): a lossless image needs no
+    margin for JPEG ringing, so the fan does not break into pieces too small to use."""
+    from gistnet.data import synth
+    from gistnet.data.storage import LocalStore
+
+    synth.write_sites(LocalStore(tmp_path), synth.sites(5, 0), 20, 32, 0)
+    decoded = [dataset.decode_item(p.read_bytes(), 32, 10**8, "auto", where=p.name) for p in tmp_path.rglob("*.png")]
+    assert len(decoded) == 100 and sum(d.mask_known for d in decoded) >= 95

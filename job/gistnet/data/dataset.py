@@ -117,7 +117,7 @@ def decode_item(data: bytes, size: int, max_pixels: int, roi_mode: str = "none",
     manifest or the region asks for what the object does not have."""
     if not data:
         raise ValueError("empty object (0 bytes)")
-    patient_id, dicom_roi, first_of_frames = "", None, False
+    patient_id, dicom_roi, first_of_frames, lossy = "", None, False, True
     if dicom.is_dicom(data):
         try:
             image = dicom.read(data, max_pixels, frame, where)
@@ -128,8 +128,9 @@ def decode_item(data: bytes, size: int, max_pixels: int, roi_mode: str = "none",
     else:
         if frame:
             raise DataError(f"{where}: frame {frame} is out of range: not a multi-frame DICOM (only frame 0)")
-        source = np.asarray(_open_8bit(data, max_pixels))
-    selection = region.select(source, roi_mode, roi, dicom_roi, size, where)
+        opened = _open_8bit(data, max_pixels)
+        source, lossy = np.asarray(opened), opened.info.get("lossy", True)
+    selection = region.select(source, roi_mode, roi, dicom_roi, size, where, lossy)
     img = Image.fromarray(np.ascontiguousarray(selection.pixels))
     # PIL resizes each 8-bit channel alike, so a gray image resized as L equals it resized as RGB.
     array = np.array(ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC), dtype=np.uint8)  # writable
@@ -153,7 +154,9 @@ def _open_8bit(data: bytes, max_pixels: int) -> Image.Image:
                 if img.width * img.height > max_pixels:
                     raise ValueError(f"image of {img.width}x{img.height} pixels exceeds data.max_image_pixels={max_pixels}")
                 img.load()
+                lossy = img.format == "JPEG"
                 img = _to_8bit(img)
+                img.info["lossy"] = lossy  # region.select: a lossless image needs no margin for JPEG ringing
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ValueError(f"decompression bomb guard: {exc}") from None
         except Image.UnidentifiedImageError:

@@ -7,8 +7,8 @@ pixels a side (every ``MAX_STEP``-th pixel at most, for larger screens):
 
 1. the background level is the most common dark gray level of the image's outer ring (none
    when under a quarter of the ring is within ``RING_TOLERANCE`` of it: the image has no border);
-2. foreground is everything more than ``MARGIN`` above it (JPEG ringing around text on a
-   lossy screenshot stays under that in the background's own 8x8 blocks);
+2. foreground is everything more than ``MARGIN`` above it (``MARGIN_LOSSY`` for a JPEG: its
+   ringing around text and edges stays under that);
 3. the fan is the 8-connected foreground component with the largest area times solidity (its
    share of its box): text and calipers are small and sparse, a fan is large and solid;
 4. each side is the line from the convex hull's top corner on that side to its outermost point
@@ -41,7 +41,8 @@ from scipy.spatial import ConvexHull, QhullError
 
 WORK = 128  # the fan is found on a copy at most this many pixels a side (for screens up to 512 px)
 MAX_STEP = 4  # ... sampling at most every 4th pixel, so a 4 px gap between text and fan stays a gap
-MARGIN = 10  # gray levels above the estimated background that count as foreground
+MARGIN = 4  # gray levels above the estimated background that count as foreground (lossless image)
+MARGIN_LOSSY = 10  # ... on a lossy (JPEG) one, whose ringing next to text and edges reaches 6-9
 DARK = 48  # a screen's background is at most this gray level
 RING_TOLERANCE = 3  # ring pixels within this of the mode count as background
 MIN_COVER = 0.9  # a model and the component's hull agree this well (intersection over union) when known
@@ -166,9 +167,9 @@ def _polygon(vertices: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.array(canvas, dtype=bool)
 
 
-def find(pixels: np.ndarray) -> Fan | None:
-    """The fan of a screenshot (uint8 HxW or HxWx3); None when the image has no background
-    border or nothing but background."""
+def find(pixels: np.ndarray, lossy: bool = True) -> Fan | None:
+    """The fan of a screenshot (uint8 HxW or HxWx3; ``lossy``: decoded from JPEG, or not known
+    to be lossless); None when the image has no background border or nothing but background."""
     gray = pixels if pixels.ndim == 2 else pixels.max(axis=2)
     height, width = gray.shape
     if min(height, width) < 3:
@@ -180,7 +181,7 @@ def find(pixels: np.ndarray) -> Fan | None:
     # them, so text `MAX_STEP` or more pixels from the fan never joins it on the copy
     step = min(MAX_STEP, max(1, -(-max(height, width) // WORK)))
     small = gray[step // 2::step, step // 2::step]
-    labels, count = ndimage.label(small > level + MARGIN, structure=np.ones((3, 3), bool))
+    labels, count = ndimage.label(small > level + (MARGIN_LOSSY if lossy else MARGIN), structure=np.ones((3, 3), bool))
     if count == 0:
         return None
     sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]

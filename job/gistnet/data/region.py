@@ -56,11 +56,11 @@ def crop(pixels: np.ndarray, roi: tuple[int, int, int, int], image_size: int, wh
     return pixels[y0:y1, x0:x1]
 
 
-def auto(pixels: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int], fan.Fan] | None:
+def auto(pixels: np.ndarray, lossy: bool = True) -> tuple[np.ndarray, tuple[int, int, int, int], fan.Fan] | None:
     """The fan of a screenshot (``fan.find``): (its pixels, zero outside the fan, cropped to its
     box; the box; the fan). None when the image has no background border, or nothing but
     background."""
-    found = fan.find(pixels)
+    found = fan.find(pixels, lossy)
     if found is None:
         return None
     x0, y0, x1, y1 = found.box
@@ -68,8 +68,10 @@ def auto(pixels: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int], fan
     return pixels[y0:y1, x0:x1] * mask, found.box, found  # uint8 times bool: a new uint8 array
 
 
-def select(pixels: np.ndarray, mode: str, manifest_roi, dicom_roi, image_size: int, where: str) -> Selection:
-    """The pixels the model may see, by the rules in this module's docstring."""
+def select(pixels: np.ndarray, mode: str, manifest_roi, dicom_roi, image_size: int, where: str,
+           lossy: bool = True) -> Selection:
+    """The pixels the model may see, by the rules in this module's docstring (``lossy``: the
+    pixels were decoded from JPEG, or are not known to be lossless: ``fan.find``)."""
     if manifest_roi is not None:
         return Selection(crop(pixels, manifest_roi, image_size, where, "manifest roi"), True)
     if mode == "none":
@@ -77,7 +79,7 @@ def select(pixels: np.ndarray, mode: str, manifest_roi, dicom_roi, image_size: i
     if dicom_roi is not None:
         return Selection(crop(pixels, dicom_roi, image_size, where, "DICOM ultrasound"), True)
     if mode == "auto":
-        found = auto(pixels)
+        found = auto(pixels, lossy)
         if found is None:
             return Selection(pixels, False, "an image without a background border is used whole, unmasked")
         region, (x0, y0, x1, y1), fanned = found
