@@ -12,7 +12,7 @@ JSON line per (source, loader):
 
 ``peak_over_tensor`` is (peak RSS - RSS just before loading) / bytes of the final tensor.
 
-    python benchmarks/bench_load.py --images 20000 [--threads 16] [--sources local,s3]
+    python benchmarks/bench_load.py --images 20000 [--threads 16] [--sources local,s3] [--roi auto|none]
 """
 
 from __future__ import annotations
@@ -146,16 +146,16 @@ def load_lists(store, cfg):
     return np.stack(arrays).transpose(0, 3, 1, 2).copy()
 
 
-def measure_one(loader: str, uri: str, threads: int, size: int) -> dict:
+def measure_one(loader: str, uri: str, threads: int, size: int, roi: str = "auto") -> dict:
     from PIL import Image, ImageOps  # noqa: F401 - every import before the baseline
     import torch  # noqa: F401
 
-    from gistnet import dataset  # noqa: F401
+    from gistnet.data import dataset  # noqa: F401
     from gistnet.config import DataConfig, StorageConfig
     from gistnet.data.storage import open_store
 
     store = open_store(uri, StorageConfig(), threads)
-    cfg = DataConfig(uri=uri, image_size=size, download_threads=threads, min_images_per_class=2)
+    cfg = DataConfig(uri=uri, image_size=size, download_threads=threads, min_images_per_class=2, roi=roi)
     store.list()  # warm the client and the listing before the baseline
     baseline = rss_bytes()
     started = time.perf_counter()
@@ -163,7 +163,7 @@ def measure_one(loader: str, uri: str, threads: int, size: int) -> dict:
               "lists": load_lists}[loader](store, cfg)
     seconds = time.perf_counter() - started
     nbytes = tensor.numel() * tensor.element_size() if hasattr(tensor, "numel") else tensor.nbytes
-    return {"name": f"load/{loader}", "images": int(tensor.shape[0]), "shape": list(tensor.shape),
+    return {"name": f"load/{loader}", "roi": roi, "images": int(tensor.shape[0]), "shape": list(tensor.shape),
             "seconds": round(seconds, 2), "img_per_s": round(tensor.shape[0] / seconds, 1),
             "tensor_mib": round(nbytes / 2**20, 1), "peak_over_baseline_mib": round((peak_rss_bytes() - baseline) / 2**20, 1),
             "peak_over_tensor": round((peak_rss_bytes() - baseline) / nbytes, 2)}
@@ -176,11 +176,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=16, help="data.download_threads (gistnet's default: 16)")
     parser.add_argument("--sources", default="local,s3")
     parser.add_argument("--loaders", default=",".join(LOADERS))
+    parser.add_argument("--roi", default="auto", help="data.roi for gistnet's loaders (auto: the fan mask)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one loader on --uri
     parser.add_argument("--uri", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure_one(args.one, args.uri, args.threads, args.image_size)))
+        print(json.dumps(measure_one(args.one, args.uri, args.threads, args.image_size, args.roi)))
         return
     with tempfile.TemporaryDirectory(prefix="gistnet-bench-load-") as tmp:
         root = Path(tmp) / "data"
@@ -202,7 +203,8 @@ def main() -> None:
             for source, uri in sources.items():
                 for loader in args.loaders.split(","):
                     out = subprocess.run([sys.executable, __file__, "--one", loader, "--uri", uri,
-                                          "--threads", str(args.threads), "--image-size", str(args.image_size)],
+                                          "--threads", str(args.threads), "--image-size", str(args.image_size),
+                                          "--roi", args.roi],
                                          capture_output=True, text=True, check=True)
                     result = json.loads(out.stdout.strip().splitlines()[-1])
                     print(json.dumps({"source": source, "threads": args.threads, **result}), flush=True)

@@ -227,6 +227,7 @@ def _load_and_plan(ctx: RunContext, data_store: Store, pseudo, selected: list[ru
             "images": loaded.images.counts(names), "augmentation_mode": config.augmentation.mode,
             "patients": clustered.images_per_patient(loaded.images.patient_ids),
             "split_method": plan.parts[0].method, "skipped": loaded.skipped,
+            "figures_withheld": loaded.images.withheld,
             "lineage": used.summary(lineage.name_of(redact(data_store.uri)), redact(data_store.uri))})
         # the development images (training + validation) by pixel content: predict leaves them out of its metrics
         development = set(plan.keys())  # and their patients (pseudonyms): evaluate leaves those patients out

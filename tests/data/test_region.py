@@ -52,8 +52,9 @@ def test_auto_finds_the_largest_non_background_area_and_blanks_the_rest():
     screen[20:70, 30:90] = 100
     screen[22, 32] = 3  # dark, inside: kept (holes are filled)
     screen[2:6, 2:40] = 255  # text, away from it
-    pixels, box = region.auto(screen)
+    pixels, box, fanned = region.auto(screen)
     assert box == (30, 20, 90, 70) and pixels.shape == (50, 60) and pixels.max() == 100
+    assert fanned.shape == "rectangle" and fanned.known  # a linear probe's image: its box
     assert region.auto(np.full((10, 10), 50, np.uint8)) is None  # nothing is background: the whole image
 
 
@@ -111,5 +112,5 @@ def test_auto_keeps_a_sector_that_touches_the_image_edge():
     screen = np.zeros((60, 80), np.uint8)
     screen[0:60, 20:80] = 120  # the sector runs to the top, bottom and right edges
     screen[5, 2:10] = 255  # text on the left
-    pixels, box = region.auto(screen)
+    pixels, box, _ = region.auto(screen)
     assert box == (20, 0, 80, 60) and (pixels == 120).all()

@@ -50,6 +50,7 @@ class ImageSet:
     patient_ids: list[str] = field(default_factory=list)
     sites: list[str] = field(default_factory=list)  # manifest.csv's site column ("" where none)
     covariates: list[dict[str, str]] = field(default_factory=list)
+    withheld: str = ""  # why figures of these pixels may not be published (region.withheld); "" when they may
 
     def subset(self, keys: list[str]) -> "ImageSet":
         index = {k: i for i, k in enumerate(self.keys)}
@@ -60,7 +61,7 @@ class ImageSet:
 
         return ImageSet(keys=list(keys), images=self.images[idx.to(self.images.device)],
                         labels=self.labels[idx.to(self.labels.device)], patient_ids=pick(self.patient_ids),
-                        sites=pick(self.sites), covariates=pick(self.covariates))
+                        sites=pick(self.sites), covariates=pick(self.covariates), withheld=self.withheld)
 
     def counts(self, names: tuple[str, str]) -> dict[str, int]:
         return class_counts(self.labels, names)
@@ -112,6 +113,8 @@ class Decoded:
     patient_id: str = ""  # a DICOM's raw PatientID: pseudonymize before it goes anywhere
     first_of_frames: bool = False  # a multi-frame DICOM read at its first frame, no frame asked for
     several_regions: bool = False  # a DICOM with several 2D tissue regions, cut to the largest
+    mask_known: bool = False  # region.Selection.known: figures may show these pixels
+    mask_reason: str = ""
 
 
 def decode_item(data: bytes, size: int, max_pixels: int, roi_mode: str = "none", frame: int | None = None,
@@ -122,12 +125,13 @@ def decode_item(data: bytes, size: int, max_pixels: int, roi_mode: str = "none",
     manifest or the region asks for what the object does not have."""
     if not data:
         raise ValueError("empty object (0 bytes)")
-    patient_id, dicom_roi, first_of_frames, several, image = "", None, False, False, None
+    patient_id, dicom_roi, first_of_frames, several, image, lossy = "", None, False, False, None, True
     if dicom.is_dicom(data):
         image = _read_dicom(data, max_pixels, frame, where)
     else:
         try:
-            source = np.asarray(_open_8bit(data, max_pixels))
+            opened = _open_8bit(data, max_pixels)
+            source, lossy = np.asarray(opened), opened.info.get("lossy", True)
         except NotAnImage:  # a DICOM data set without preamble and file meta, or nothing gistnet reads
             try:
                 image = _read_dicom(data, max_pixels, frame, where, headerless=True)
@@ -147,13 +151,13 @@ def decode_item(data: bytes, size: int, max_pixels: int, roi_mode: str = "none",
         least = next(n for n in range(1, size + 3) if not region.too_small(n, n, size))  # region's rule, not a copy
         raise ValueError(f"image of {width}x{height} pixels is too small for data.image_size={size} (each side at "
                          f"least {least})")
-    pixels = region.select(source, roi_mode, roi, dicom_roi, size, where)
-    img = Image.fromarray(np.ascontiguousarray(pixels))
+    selection = region.select(source, roi_mode, roi, dicom_roi, size, where, lossy)
+    img = Image.fromarray(np.ascontiguousarray(selection.pixels))
     # PIL resizes each 8-bit channel alike, so a gray image resized as L equals it resized as RGB.
     array = np.array(ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC), dtype=np.uint8)  # writable
     if array.ndim == 3 and (array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all():
         array = array[..., 0]
-    return Decoded(array, patient_id, first_of_frames, several)
+    return Decoded(array, patient_id, first_of_frames, several, selection.known, selection.reason)
 
 
 def _read_dicom(data: bytes, max_pixels: int, frame: int | None, where: str, headerless: bool = False):
@@ -178,7 +182,9 @@ def _open_8bit(data: bytes, max_pixels: int) -> Image.Image:
                 if img.width * img.height > max_pixels:
                     raise ValueError(f"image of {img.width}x{img.height} pixels exceeds data.max_image_pixels={max_pixels}")
                 img.load()
+                lossy = img.format == "JPEG"
                 img = _to_8bit(img)
+                img.info["lossy"] = lossy  # region.select: a lossless image needs no margin for JPEG ringing
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ValueError(f"decompression bomb guard: {exc}") from None
         except Image.UnidentifiedImageError:
@@ -239,8 +245,8 @@ def _runs(flags: np.ndarray):
 
 def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels: int, threads: int,
                      on_done=None, roi_mode: str = "none", lineage: Lineage | None = None,
-                     pseudo: Pseudonymizer | None = None,
-                     where=None) -> tuple[list[Labeled], torch.Tensor, list[dict], list[str]]:
+                     pseudo: Pseudonymizer | None = None, where=None,
+                     masks: list | None = None) -> tuple[list[Labeled], torch.Tensor, list[dict], list[str]]:
     """Read and decode each object in a worker thread straight into its row of one
     preallocated tensor; its bytes are dropped as soon as it is decoded, so at most
     ``threads`` objects are held at once. Drops undecodable objects and same-class
@@ -250,11 +256,13 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
     the keys skipped.
     ``where(key)`` names an object in errors (default its URI; ``privacy.namer``), ``pseudo`` scrubs
     keys from skip reasons (data.pseudonymize_keys).
+    ``masks``, when given, receives (known, reason) of each kept item's region mask.
     Returns the kept items, their pixels, the skipped objects and the kept items' pixel digests."""
     where = where or store.uri_of
     canvas = Canvas(len(labeled), size)
     pixel_digests: list[str | None] = [None] * len(labeled)
     dicom_ids, first_frames, several = [""] * len(labeled), [False] * len(labeled), [False] * len(labeled)
+    known: list[tuple[bool, str]] = [(False, "")] * len(labeled)
 
     def work(row: int) -> tuple[str | None, str | None, int]:
         item = labeled[row]
@@ -270,6 +278,7 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
             pixel_digests[row] = pixel_digest(decoded.pixels)
             dicom_ids[row], first_frames[row] = decoded.patient_id, decoded.first_of_frames
             several[row] = decoded.several_regions
+            known[row] = (decoded.mask_known, decoded.mask_reason)
         except ValueError as exc:
             return str(exc), None, len(data)
         return None, hashlib.sha256(data).hexdigest(), len(data)
@@ -294,6 +303,8 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
                 lineage.add(labeled[row], nbytes, digest)  # its bytes, label, patient, site, region
     if lineage is not None:
         lineage.skipped += [s["key"] for s in skipped]
+    if masks is not None:
+        masks += [known[r] for r in kept_rows]
     return ([labeled[r] for r in kept_rows], canvas.compact(kept_rows), skipped,
             [pixel_digests[r] for r in kept_rows])
 
@@ -392,9 +403,10 @@ def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=No
     log.info("loading %d images from %s with %d threads", len(labeled), store.uri, cfg.download_threads)
     start = time.perf_counter()
     lineage = Lineage(skipped=[relative_key(store, s["uri"]) for s in unsafe])
+    masks: list[tuple[bool, str]] = []
     kept, images, skipped, digests = load_into_tensor(store, labeled, cfg.image_size, cfg.max_image_pixels,
                                                       cfg.download_threads, _progress("loaded", len(labeled)), cfg.roi,
-                                                      lineage, pseudo, privacy.namer(store, pseudo, mapping))
+                                                      lineage, pseudo, privacy.namer(store, pseudo, mapping), masks)
     if on_stage:
         on_stage("load", time.perf_counter() - start, len(kept))
     skipped = unsafe + [{"uri": store.uri_of(s["key"]), "reason": s["reason"]} for s in skipped]
@@ -408,5 +420,6 @@ def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=No
                             f"at least data.min_images_per_class={cfg.min_images_per_class} are needed")
     labels = torch.tensor([k.label for k in kept], dtype=torch.long)
     return LoadResult(ImageSet(keys, images.to(device), labels.to(device), patient_ids,
-                               [k.site or "" for k in kept], [k.covariates for k in kept]), skipped,
+                               [k.site or "" for k in kept], [k.covariates for k in kept],
+                               region.withheld([k for k, _ in masks], [r for _, r in masks])), skipped,
                       {k: d for k, d in zip(keys, digests)}, lineage)

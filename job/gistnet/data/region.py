@@ -4,24 +4,35 @@ Where a region comes from, first match wins:
 
 1. a manifest ``roi`` column (``x0 y0 x1 y1``, source pixels, x1 and y1 exclusive), any format;
 2. a DICOM Sequence of Ultrasound Regions (0018,6011), unless ``data.roi: none``;
-3. ``data.roi: auto``: the largest connected non-background area of the image (a screenshot's
-   sector), its bounding box, with every pixel outside that area set to 0;
+3. ``data.roi: auto``: the screenshot's fan (``fan.find``: the sector fitted to the image found
+   on the screen, or a rectangle), its box, with every pixel outside the fan set to 0;
 4. none (``data.roi: none``): the whole image, gistnet's old behaviour.
 
 The crop happens on the decoded source pixels, before the resize, so pixels outside the
-region never reach the tensor, and every figure is drawn from the tensor.
+region never reach the tensor, and every figure is drawn from the tensor. A figure of patient
+pixels is published only when every image's mask is *known*: a manifest roi, a DICOM region, or
+a fan ``fan.find`` could check (``Selection.known``); ``withheld`` says why it is not.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
-from scipy import ndimage
 
 from gistnet.config import ROI_MODES as MODES  # noqa: F401 - data.roi's values
+from gistnet.data import fan
 from gistnet.errors import DataError
 
-# data.roi: auto treats pixels at or below this gray level as background (screen black).
-BACKGROUND_LEVEL = 8
+
+@dataclass
+class Selection:
+    """The pixels the model may see, and whether the mask that cut them is known (figures may
+    show them); ``reason`` says why not."""
+
+    pixels: np.ndarray
+    known: bool
+    reason: str = ""
 
 
 def too_small(width: int, height: int, image_size: int) -> bool:
@@ -45,45 +56,48 @@ def crop(pixels: np.ndarray, roi: tuple[int, int, int, int], image_size: int, wh
     return pixels[y0:y1, x0:x1]
 
 
-def auto(pixels: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
-    """The largest connected non-background area: (its pixels, zero elsewhere, cropped to its
-    bounding box; the box). None when the image has no background, or nothing but background."""
-    gray = pixels if pixels.ndim == 2 else pixels.max(axis=2)
-    foreground = gray > BACKGROUND_LEVEL
-    if foreground.all() or not foreground.any():
+def auto(pixels: np.ndarray, lossy: bool = True) -> tuple[np.ndarray, tuple[int, int, int, int], fan.Fan] | None:
+    """The fan of a screenshot (``fan.find``): (its pixels, zero outside the fan, cropped to its
+    box; the box; the fan). None when the image has no background border, or nothing but
+    background."""
+    found = fan.find(pixels, lossy)
+    if found is None:
         return None
-    # Join speckle separated by dark pixels, then keep the largest 8-connected component.
-    # (Padded first: a closing erodes from the array's edge, and a sector may touch the edge.)
-    padded = ndimage.binary_closing(np.pad(foreground, 3), structure=np.ones((3, 3), bool), iterations=2)
-    joined = padded[3:-3, 3:-3]
-    labels, count = ndimage.label(joined, structure=np.ones((3, 3), bool))
-    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
-    component = ndimage.binary_fill_holes(labels == (int(np.argmax(sizes)) + 1))
-    ys, xs = np.nonzero(component)
-    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-    keep = component[y0:y1, x0:x1]
-    region = pixels[y0:y1, x0:x1].copy()
-    region[~keep] = 0
-    return region, (x0, y0, x1, y1)
+    x0, y0, x1, y1 = found.box
+    mask = found.mask if pixels.ndim == 2 else found.mask[..., None]
+    return pixels[y0:y1, x0:x1] * mask, found.box, found  # uint8 times bool: a new uint8 array
 
 
-def select(pixels: np.ndarray, mode: str, manifest_roi, dicom_roi, image_size: int, where: str) -> np.ndarray:
-    """The pixels the model may see, by the rules in this module's docstring."""
+def select(pixels: np.ndarray, mode: str, manifest_roi, dicom_roi, image_size: int, where: str,
+           lossy: bool = True) -> Selection:
+    """The pixels the model may see, by the rules in this module's docstring (``lossy``: the
+    pixels were decoded from JPEG, or are not known to be lossless: ``fan.find``)."""
     if manifest_roi is not None:
-        return crop(pixels, manifest_roi, image_size, where, "manifest roi")
+        return Selection(crop(pixels, manifest_roi, image_size, where, "manifest roi"), True)
     if mode == "none":
-        return pixels
+        return Selection(pixels, False, "data.roi: none uses whole images")
     if dicom_roi is not None:
-        return crop(pixels, dicom_roi, image_size, where, "DICOM ultrasound")
+        return Selection(crop(pixels, dicom_roi, image_size, where, "DICOM ultrasound"), True)
     if mode == "auto":
-        found = auto(pixels)
+        found = auto(pixels, lossy)
         if found is None:
-            return pixels
-        region, (x0, y0, x1, y1) = found
-        whole = (x0, y0, x1, y1) == (0, 0, pixels.shape[1], pixels.shape[0])
-        # a region that is the whole image crops nothing: a small image is resized as it always was
+            return Selection(pixels, False, "an image without a background border is used whole, unmasked")
+        region, (x0, y0, x1, y1), fanned = found
+        whole = x1 - x0 >= pixels.shape[1] - 2 and y1 - y0 >= pixels.shape[0] - 2
+        # a region (nearly) the whole image crops nothing: a small image is resized as it always was
         if not whole and too_small(x1 - x0, y1 - y0, image_size):
             raise DataError(f"{where}: the region data.roi=auto found, {x0} {y0} {x1} {y1} ({x1 - x0}x{y1 - y0}), "
                             f"is too small for data.image_size={image_size}; give a manifest roi or data.roi: none")
-        return region
-    return pixels
+        return Selection(region, fanned.known, fanned.reason)
+    return Selection(pixels, False, "an image without a DICOM region is used whole (data.roi: dicom)")
+
+
+def withheld(known: list[bool], reasons: list[str]) -> str:
+    """Why figures of patient pixels are withheld ("" when every image's mask is known)."""
+    unknown = [r for k, r in zip(known, reasons) if not k]
+    if not unknown:
+        return ""
+    first = next((r for r in unknown if r), "no known mask")
+    return (f"{len(unknown)} of {len(known)} images have no known mask (a manifest roi, a DICOM ultrasound "
+            f"region, or a fan data.roi=auto could check), e.g. {first}: figures made from image pixels "
+            "are withheld")

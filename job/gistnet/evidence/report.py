@@ -294,6 +294,8 @@ def markdown(report: dict) -> str:
         "",
         f"Created {report['created']} by gistnet {report['gistnet_version']} on {report['environment']['device']}.",
         f"Data: `{ds['uri']}`; split: {ds['split_method']}; {len(ds['skipped'])} image(s) skipped.",
+        *(["", f"No figure of image pixels (augmentation examples, Grad-CAM): {ds['figures_withheld']}."]
+          if ds.get("figures_withheld") else []),
         "",
         f"**Best model: {report['best_model']}** (by {report['selection']['metric']}). "
         f"{report['selection']['note'].capitalize()}.",

@@ -71,7 +71,8 @@ def train_fold(ctx: RunContext, fold_index: int | None, units: list[Unit], plan:
     with ctx.timed("augmentation"), ctx.guard("augmentation"):
         fold = prepare_fold(images, plan.part(fold_index), config)
         del images
-        if ctx.world.is_main and config.explain.gallery:  # explain.gallery: false shows no pixels at all
+        # explain.gallery: false shows no pixels at all; nor does a data set whose masks are not all known
+        if ctx.world.is_main and config.explain.gallery and not _withheld(fold.train_set):
             _examples_figure(ctx, fold, todo[0].prefix)
     log.info("%s: train %s, validation %s", "hold-out" if fold_index is None else f"fold {fold_index}",
              fold.train_set.counts(ctx.class_names), fold.val_set.counts(ctx.class_names))
@@ -155,12 +156,20 @@ def _train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.P
                    "train_augmented": dataset.class_counts(data.train_set.labels, names)},
         "environment": ctx.environment,
     }
-    if config.explain.enabled and config.explain.gallery:  # the sanity check is computed with the gallery
+    # the sanity check is computed with the gallery
+    if config.explain.enabled and config.explain.gallery and not _withheld(fold.val_set):
         with ctx.timed("explain", name), ctx.guard(f"{name} Grad-CAM"):
             result["explain"] = _explain(ctx, unit, state.model, data, scored.probabilities, preprocess)
     result["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     ctx.out.write_bytes(unit.key(RESULT), json.dumps(result).encode())
     return result
+
+
+def _withheld(images: dataset.ImageSet) -> bool:
+    """Whether figures of these images are withheld (``region.withheld``), logged once per call."""
+    if images.withheld:
+        log.warning("figures withheld: %s", images.withheld)
+    return bool(images.withheld)
 
 
 def _explain(ctx: RunContext, unit: Unit, model, data: train.TrainData, probabilities, preprocess) -> dict:
