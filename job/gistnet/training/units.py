@@ -94,17 +94,20 @@ def train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.Pr
     torchrun rank 0 holds it for the group); a unit another process finished meanwhile is not
     trained again."""
     out, world = ctx.out, ctx.world
-    with lease.hold(out, unit.key(lease.LEASE), ctx.config.output.lease_ttl_s, unit.name(), enabled=world.is_main):
+    fence = (unit.store(out), checkpoint.pointer_key(unit.model))  # claimed, then written under the lease's generation
+    with lease.hold(out, unit.key(lease.LEASE), ctx.config.output.lease_ttl_s, unit.name(), enabled=world.is_main,
+                    fence=fence) as held:
         if not world.distributed and is_finished(out, unit):
             log.info("%s: finished by another process meanwhile; reusing %s", unit.name(), out.uri_of(unit.key(RESULT)))
             return json.loads(out.read(unit.key(RESULT)))
-        return _train_unit(ctx, unit, fold, preprocess, per_rank_batch, observer or ctx.metrics)
+        return _train_unit(ctx, unit, fold, preprocess, per_rank_batch, observer or ctx.metrics, held)
 
 
 def _train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.Preprocess,
-                per_rank_batch: int, observer) -> dict | None:
+                per_rank_batch: int, observer, held: lease.Lease | None = None) -> dict | None:
     """Train (every rank), then evaluate and store one (fold, model) (rank 0; the others
-    return None); ``result.json`` is written last."""
+    return None); ``result.json`` is written last. Under the lease ``held`` nothing is written
+    once it is lost, and the pointer and ``result.json`` are fenced by its generation."""
     config, out, world = ctx.config, ctx.out, ctx.world
     store, name, data = unit.store(out), unit.model, fold.tensors
     train_cfg = replace(config, train={"learning_rate": distributed.learning_rate(
@@ -127,13 +130,15 @@ def _train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.P
         with ctx.guard(f"{name} training"):
             fit(save_checkpoint=None)
         return None
-    with checkpoint.CheckpointWriter(store, name, ctx.scratch) as writer:
+    check = held.check if held is not None else (lambda: None)
+    with checkpoint.CheckpointWriter(store, name, ctx.scratch, fence=held) as writer:
         with ctx.guard(f"{name} training"):
             fit(save_checkpoint=writer.save)
         with ctx.timed("upload", name):
             if state.resumed_from_epoch != state.epoch:
                 writer.save(state)
             pointer = writer.wait() or checkpoint.read_pointer(store, name)
+            check()
             weights = checkpoint.save_weights(store, name, state.model, ctx.scratch)
     with ctx.timed("evaluate", name), ctx.guard(f"{name} evaluation"):
         scored = evaluate.predict(state.model, data.val_images, data.val_labels, config.train.batch_size, preprocess)
@@ -142,6 +147,7 @@ def _train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.P
     rows = predictions.rows(fold.val_set.keys, fold.val_set.patient_ids, data.val_labels.cpu().numpy(),
                             ctx.class_names, unit.fold, name, scored.probabilities.float().cpu().numpy(),
                             scored.margins.double().cpu().numpy())
+    check()
     predictions.write(out, rows, unit.key(predictions.FILENAME))
     names = ctx.class_names
     result = {
@@ -159,7 +165,10 @@ def _train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.P
         with ctx.timed("explain", name), ctx.guard(f"{name} Grad-CAM"):
             result["explain"] = _explain(ctx, unit, state.model, data, scored.probabilities, preprocess)
     result["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    ctx.out.write_bytes(unit.key(RESULT), json.dumps(result).encode())
+    if held is None:
+        ctx.out.write_bytes(unit.key(RESULT), json.dumps(result).encode())
+    else:
+        held.write_once_fenced(ctx.out, unit.key(RESULT), result)
     return result
 
 
