@@ -138,9 +138,14 @@ def read_pointer(store: Store, model_name: str) -> dict | None:
     return pointer if isinstance(pointer, dict) and pointer.get("key") else None  # a lease's stub: none yet
 
 
-def load_latest(store: Store, model_name: str, state: TrainState, scratch: str) -> bool:
-    """Restore ``state`` from the newest complete checkpoint; False when there is none."""
-    pointer = read_pointer(store, model_name)
+READ = "read"  # load_latest's default: read the pointer now
+
+
+def load_latest(store: Store, model_name: str, state: TrainState, scratch: str, pointer: dict | None | str = READ) -> bool:
+    """Restore ``state`` from the newest complete checkpoint (or from ``pointer``, the one rank 0
+    read under the unit's lease, None: there is none); False when there is none."""
+    if pointer == READ:
+        pointer = read_pointer(store, model_name)
     if pointer is None:
         return False
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:

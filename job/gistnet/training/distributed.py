@@ -241,6 +241,18 @@ def any_rank(flag: bool, world: World, device: torch.device) -> bool:
     return sum_and_stop(torch.zeros(0, device=device), flag, world)[1]
 
 
+def broadcast(value, world: World):
+    """Rank 0's ``value`` (any picklable object) on every rank; every rank must call it at the
+    same point. ``value`` itself in one process."""
+    if not world.distributed:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(world: World) -> None:
     """Wait until every rank got here (rank 0 wrote what the others read next)."""
     if world.distributed:
