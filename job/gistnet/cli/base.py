@@ -81,6 +81,12 @@ def _resolve(config_file, flags: dict) -> config_mod.Config:
 def cli(verbose: bool) -> None:
     """Train and audit EUS image classifiers: GIST vs leiomyoma with ResNet-34 and ResNet-50."""
     setup_logging(verbose)
+    if click.get_current_context().invoked_subcommand not in SIGTERM_HANDLED:
+        gistnet.release_early_signals()
+
+# Commands that act on a SIGTERM caught while starting (``gistnet.hold_early_signals``): the
+# training ones stop before training and exit 8, launch exits 8 before starting torchrun.
+SIGTERM_HANDLED = ("train", "demo", "launch")
 
 def _default(dotted: str) -> str:
     """The config default of a key, as help text: ``[default: 200, train.epochs]``."""

@@ -42,6 +42,12 @@ class StopFlag:
             self.set(signal.Signals(signum).name)
 
         previous = signal.signal(signal.SIGTERM, handler)
+        import gistnet
+
+        if gistnet.early_signal() is not None:  # came while the process was starting (``python -m gistnet``)
+            log.warning("received %s while starting: stopping before training",
+                        signal.Signals(gistnet.early_signal()).name)
+            self.set(signal.Signals(gistnet.early_signal()).name)
         try:
             yield self
         finally:
