@@ -57,7 +57,8 @@ def user_errors(fn=None, *, after_interrupt: str = RESUME_HINT):
         try:
             return fn(*args, **kwargs)
         except errors.Interrupted as exc:
-            click.echo(f"gistnet: {_rank()}{exc.kind}: {exc}; {after_interrupt}", err=True)
+            if other_rank() is None:  # every rank stopped after the same epoch: rank 0's line says it for all
+                click.echo(f"gistnet: {exc.kind}: {exc}; {after_interrupt}", err=True)
             sys.exit(exc.exit_code)
         except GistnetError as exc:
             click.echo(f"gistnet: {_rank()}{exc.kind}: {exc}", err=True)

@@ -82,6 +82,15 @@ def exit_code(code: int, forwarded: int | None) -> int:
     return code
 
 
+def quiet_torchrun() -> None:
+    """Once the launcher asked its workers to stop, torchrun's own lines about them ("Sending
+    process ... closing signal", "failed (exitcode: 8)") only repeat it: rank 0's one line says
+    how the run ended, and the launcher names any other failure itself."""
+    names = [n for n in list(logging.root.manager.loggerDict) if n.startswith("torch.distributed.elastic")]
+    for name in ["torch.distributed.elastic", *names]:
+        logging.getLogger(name).disabled = True
+
+
 class SignalForwarder:
     """Forwards SIGTERM/SIGINT to the training processes and bounds their shutdown."""
 
@@ -102,8 +111,9 @@ class SignalForwarder:
         if first:
             what = ("which finish their epoch, checkpoint and exit 8" if signum == signal.SIGTERM else
                     "which stop at once without a checkpoint and exit 130 (a re-run resumes from the last one)")
-            log.warning("received %s: forwarded to the %d training processes, %s (SIGKILL after %.0fs)",
-                        signal.Signals(signum).name, len(workers), what, self.grace_s)
+            log.info("received %s: forwarded to the %d training processes, %s (SIGKILL after %.0fs)",
+                     signal.Signals(signum).name, len(workers), what, self.grace_s)
+            quiet_torchrun()
             self._timer = threading.Timer(self.grace_s, self._kill_the_rest)
             self._timer.daemon = True
             self._timer.start()

@@ -38,7 +38,8 @@ class StopFlag:
             return
 
         def handler(signum, frame):
-            log.warning("received %s: finishing the current epoch, then checkpointing", signal.Signals(signum).name)
+            # INFO: what follows is the one line that says how it ended (``gistnet: interrupted: ...``)
+            log.info("received %s: finishing the current epoch, then checkpointing", signal.Signals(signum).name)
             self.set(signal.Signals(signum).name)
 
         previous = signal.signal(signal.SIGTERM, handler)
