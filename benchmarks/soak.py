@@ -168,6 +168,8 @@ def lost(s3, bucket: str, reference_run: str, soaked_run: str) -> list[str]:
     missing = sorted(want - have)
     for key in sorted(k for k in have if k.endswith("checkpoint.json")):
         pointer = json.loads(s3.get_object(Bucket=bucket, Key=f"{soaked_run}/{key}")["Body"].read())
+        if "key" not in pointer:  # a unit lease's claim before its first checkpoint: names none
+            continue
         target = key.rsplit("/", 1)[0] + "/" + pointer["key"].rsplit("/", 1)[1]
         if target not in have:
             missing.append(f"{key} -> {pointer['key']}")

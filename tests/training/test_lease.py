@@ -149,7 +149,8 @@ def test_a_second_train_of_a_unit_never_trains_while_the_first_lives_and_resumes
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 300
-        while not (tmp_path / "r" / "resnet34" / "checkpoint.json").exists():
+        pointer = tmp_path / "r" / "resnet34" / "checkpoint.json"
+        while not (pointer.exists() and '"key"' in pointer.read_text()):  # a checkpoint, not the lease's stub
             assert first.poll() is None and time.monotonic() < deadline, "the first train ended before a checkpoint"
             time.sleep(0.05)
         second = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)

@@ -141,7 +141,8 @@ def read_pointer(store: Store, model_name: str) -> dict | None:
 READ = "read"  # load_latest's default: read the pointer now
 
 
-def load_latest(store: Store, model_name: str, state: TrainState, scratch: str, pointer: dict | None | str = READ) -> bool:
+def load_latest(store: Store, model_name: str, state: TrainState, scratch: str,
+                pointer: dict | None | str = READ) -> bool:
     """Restore ``state`` from the newest complete checkpoint (or from ``pointer``, the one rank 0
     read under the unit's lease, None: there is none); False when there is none."""
     if pointer == READ:

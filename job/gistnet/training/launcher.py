@@ -9,7 +9,8 @@ whatever their checkpoint upload still needs.
 
 So the launcher handles SIGTERM and SIGINT itself (``torchrun`` is told to handle only SIGHUP
 and SIGQUIT): it forwards the signal to every training process, which finish their epoch,
-store the checkpoint and exit 8 (SIGINT: they stop at once, with no checkpoint, and exit 130); ``torchrun`` then reports their exit codes as
+store the checkpoint and exit 8 (SIGINT: they stop at once, with no checkpoint, and exit
+130); ``torchrun`` then reports their exit codes as
 for any other ending, and ``gistnet launch`` exits with the first one. The training processes
 get ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` seconds (the chart sets it to its
 ``terminationGracePeriodSeconds`` less 15; ``torchrun``'s own default, 30, without it) before

@@ -15,7 +15,8 @@ holder that died (SIGKILL, a lost node) stops renewing, and once its lease has n
 for a whole TTL it is taken over (``If-Match`` the stale version, so of two waiters one
 wins). A holder on this machine (same host name, PID namespace and boot id: an Indexed Job's
 replacement pod on another node reuses the host name) whose process no longer exists and
-whose lease went unrenewed for one renewal interval (a quarter of the TTL) is taken over then. If the lease is still being renewed after one TTL the process
+whose lease went unrenewed for one renewal interval (a quarter of the TTL) is taken over
+then. If the lease is still being renewed after one TTL the process
 exits with ``LeaseHeld`` (exit 10), which the chart's podFailurePolicy retries. A holder
 that finds its lease taken over (it stalled for longer than a TTL) exits at once with the
 same code rather than keep writing next to the new holder.

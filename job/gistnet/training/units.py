@@ -123,7 +123,8 @@ def train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.Pr
 
 def _error_of_rank_0(decision: dict) -> GistnetError:
     """On a rank other than 0: the error rank 0 met while taking the unit's lease, with its exit code."""
-    error = LeaseHeld(decision["error"]) if decision["kind"] in ("LeaseHeld", "Fenced") else GistnetError(decision["error"])
+    leased = decision["kind"] in ("LeaseHeld", "Fenced")
+    error = LeaseHeld(decision["error"]) if leased else GistnetError(decision["error"])
     error.exit_code = decision["exit_code"]
     return error
 
