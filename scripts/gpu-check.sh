@@ -110,7 +110,7 @@ kill_and_resume() {
   python3 -m gistnet "${args[@]}" >"$LOG_DIR/resume-first.log" 2>&1 &
   pid=$!
   for _ in $(seq 600); do
-    [ -f "$out/r/resnet34/checkpoint.json" ] && break
+    grep -qs '"key"' "$out/r/resnet34/checkpoint.json" && break  # a checkpoint, not the lease's stub
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.2
   done

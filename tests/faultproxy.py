@@ -24,10 +24,12 @@ SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code
 
 class FaultProxy:
     def __init__(self, upstream: str, pattern: str = "ok,503,ok,reset,delay,ok,503,ok", delay: float = 0.3,
-                 before: Callable[[str, str], None] | None = None):
+                 before: Callable[[str, str], None] | None = None,
+                 after: Callable[[str, str, int], None] | None = None):
         """``before(method, path)``, when given, runs before each request is answered (it may
-        hold the request back, e.g. to make one upload slow)."""
-        self.before = before
+        hold the request back, e.g. to make one upload slow); ``after(method, path, status)``
+        once the upstream answered a forwarded request."""
+        self.before, self.after = before, after
         self.upstream = urlsplit(upstream)
         self.pattern = pattern.split(",")
         self.delay = delay
@@ -85,6 +87,8 @@ class FaultProxy:
                              headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
+                if proxy.after is not None:
+                    proxy.after(self.command, self.path, resp.status)
                 self.send_response_only(resp.status, resp.reason)
                 for k, v in resp.getheaders():
                     if k.lower() not in HOP_BY_HOP and (k.lower() != "content-length" or self.command == "HEAD"):

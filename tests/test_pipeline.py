@@ -198,9 +198,11 @@ def _train_args(data, out, run_id):
 
 
 def _wait_for(path: Path, proc, timeout=300):
+    """Until ``path`` exists; a checkpoint pointer until it names a checkpoint (the unit's lease
+    claims it first with a stub that names none)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if path.exists():
+        if path.exists() and (path.name != "checkpoint.json" or '"key"' in path.read_text()):
             return
         if proc.poll() is not None:
             raise AssertionError(f"training ended before {path} appeared: {proc.stderr.read()}")

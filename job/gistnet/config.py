@@ -28,7 +28,8 @@ COMPILE_SETTINGS = ("auto", "off", "default", "reduce-overhead")  # gistnet.trai
 CI_METHODS = ("wald", "wilson", "agresti-coull", "clopper-pearson")
 ENV_PREFIX = "GISTNET_"
 # Environment variables with the prefix that are not config keys.
-ENV_NON_KEYS = {"GISTNET_CONFIG", "GISTNET_TEST_S3_ENDPOINT", "GISTNET_PSEUDONYM_KEY"}
+# Variables gistnet reads that are not config keys (secrets and the config file's path).
+ENV_NON_KEYS = {"GISTNET_CONFIG", "GISTNET_TEST_S3_ENDPOINT", "GISTNET_PSEUDONYM_KEY", "GISTNET_COMPILE_CACHE_KEY"}
 # data.roi: where the region of interest comes from (gistnet.data.region).
 ROI_MODES = ("auto", "dicom", "none")
 # Keys that moved: the old name is refused with a line naming the new one.

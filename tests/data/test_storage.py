@@ -254,3 +254,18 @@ def test_concurrent_compare_and_swap_has_exactly_one_winner(any_store):
         won = list(pool.map(swap, range(8)))
     assert won.count(True) == 1
     assert any_store.read("lease.json") == f"v{won.index(True) + 1}".encode()
+
+
+def test_an_s3_error_names_the_object_by_its_full_key(monkeypatch):
+    """A run's store is a prefix (s3://bucket/runs/<run-id>): its errors name the object with
+    that prefix, the key a user can look up, not the key relative to the run."""
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    cfg = StorageConfig(endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=1, connect_timeout=1)
+    run = open_store("s3://b/runs", cfg).child("r1")
+    with pytest.raises(StorageError, match=r"to write s3://b/runs/r1/resnet34/checkpoint\.json \(retries"):
+        run.write_bytes("resnet34/checkpoint.json", b"{}")
+    with pytest.raises(StorageError, match=r"to list s3://b/runs/r1 \(retries"):
+        run.list()

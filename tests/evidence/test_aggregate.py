@@ -120,7 +120,7 @@ class RecordingStore(LocalStore):
         return super().write_bytes_if(key, data, **condition)
 
 
-def test_kfold_report_embeds_every_folds_gradcam_and_writes_html_and_checklist_before_json(kfold_run, tmp_path):
+def test_kfold_report_embeds_every_folds_gradcam_and_writes_html_and_checklist_after_json(kfold_run, tmp_path):
     images, cfg, _, plan, root = kfold_run
     out = RecordingStore(root)
     for i, unit in enumerate(runs.all_units(cfg)):
@@ -137,8 +137,10 @@ def test_kfold_report_embeds_every_folds_gradcam_and_writes_html_and_checklist_b
     assert html.count("data:image/png;base64,") >= 6 + 3  # six galleries, curves, ROC, reliability
     assert "## To be filled by the authors" in (root / "checklist.md").read_text()
     assert {"report_html", "checklist", "reliability_diagram"} <= set(final["artifacts"])
-    assert out.written.index("report.html") < out.written.index("report.json")
-    assert out.written.index("checklist.md") < out.written.index("report.json") == len(out.written) - 1
+    # the documents follow the report, written only once its compare-and-swap won (issue 29, item 12)
+    assert out.written.index("report.json") < out.written.index("report.html")
+    assert out.written.index("report.json") < out.written.index("checklist.md")
+    assert out.written.index("predictions.csv") < out.written.index("report.json")
     for model in ("resnet34", "resnet50"):  # one card per architecture: its fold ensemble's
         assert "ensemble of its 3 fold models (mean logit margin)" in (root / model / "model_card.md").read_text()
         assert final["artifacts"][f"model_card_{model}"].endswith(f"{model}/model_card.md")
@@ -241,3 +243,34 @@ def test_publish_never_replaces_a_report_that_pools_more(tmp_path):
     assert publish.publish(out, lambda: (less, lambda: documents.append("partial"))) == full
     assert json.loads(out.read("report.json")) == full and documents == ["complete"]
     assert publish.may_replace(full, less) and publish.may_replace(full, full) and not publish.may_replace(less, full)
+
+
+def test_an_aggregation_that_loses_and_dies_before_its_write_leaves_no_document(tmp_path):
+    """A losing aggregator (it read before the winner stored a complete report, built a partial
+    one) killed before its compare-and-swap leaves report.md as the winner wrote it, not
+    "PARTIAL REPORT" beside a complete report.json."""
+    from gistnet.evidence import publish
+
+    class Killed(BaseException):
+        pass
+
+    class DiesBeforeItsWrite(LocalStore):
+        def write_bytes_if(self, key, data, **condition):
+            raise Killed(key)
+
+    out = LocalStore(tmp_path)
+    full = {"status": "complete", "evaluation": {"finished": [{"fold": 0, "model": "a"}, {"fold": 1, "model": "a"}]}}
+    less = {"status": "partial", "evaluation": {"finished": [{"fold": 0, "model": "a"}]}}
+
+    def documents(report):
+        return lambda: out.write_bytes("report.md", ("PARTIAL REPORT" if report["status"] == "partial"
+                                                     else "complete report").encode())
+
+    def losing_build():  # the winner stores its complete report while this one builds from an older listing
+        publish.publish(out, lambda: (full, documents(full)))
+        return less, documents(less)
+
+    with pytest.raises(Killed):
+        publish.publish(DiesBeforeItsWrite(tmp_path), losing_build)
+    assert json.loads(out.read("report.json")) == full
+    assert out.read("report.md") == b"complete report"

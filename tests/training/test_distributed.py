@@ -385,6 +385,11 @@ def test_sigterm_to_the_launcher_exits_8_and_the_rerun_ends_like_an_uninterrupte
     assert launcher.returncode == 8, stderr[-3000:]
     assert "Traceback" not in stderr and "SignalException" not in stderr, stderr[-3000:]
     assert stderr.count("received SIGTERM: forwarded to the 2 training processes") == 1
+    # One line says how it ended, as the exit-code table promises: rank 0's; not rank 1's too, nor
+    # torchrun's "closing signal" and "failed (exitcode: 8)" lines, nor a warning per process.
+    said = [line for line in stderr.splitlines()
+            if line.startswith("gistnet:") or " WARNING " in line or " ERROR " in line or line[:1] in ("W", "E")]
+    assert len(said) == 1 and said[0].startswith("gistnet: interrupted: resnet34: stopped by SIGTERM"), said
     stopped_at = json.loads(pointer.read_text())["epoch"]
     assert 1 <= stopped_at < 3 and not (tmp_path / "stop" / "report.json").exists()
     again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=TIMEOUT)

@@ -23,3 +23,16 @@ def test_a_small_soak_ends_identical_with_nothing_lost():
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "interruptions: 2 " in done.stdout and "identical: yes" in done.stdout, done.stdout
     assert "objects lost: 0" in done.stdout and "faults injected: 0 " not in done.stdout, done.stdout
+
+
+def test_the_soak_stops_on_every_exit_code_the_chart_treats_as_permanent():
+    """soak.py restarts an interrupted process as Kubernetes would, except on a permanent exit
+    code: its list is the chart's (gistnet.errors.PERMANENT_EXIT_CODES), 11 included."""
+    import importlib.util
+
+    from gistnet.errors import EXIT_REFUSED, PERMANENT_EXIT_CODES
+
+    spec = importlib.util.spec_from_file_location("soak", REPO / "benchmarks" / "soak.py")
+    soak = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(soak)
+    assert soak.PERMANENT == set(PERMANENT_EXIT_CODES) and EXIT_REFUSED in soak.PERMANENT

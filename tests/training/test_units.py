@@ -2,9 +2,11 @@
 missing units are named, the report is byte-identical however often it is aggregated."""
 
 
+import pytest
 import torch
 
 from gistnet import config
+from gistnet.errors import EXIT_LEASED, LeaseHeld
 from gistnet.data import dataset, split
 from gistnet.training import units
 
@@ -42,3 +44,39 @@ def test_no_augmented_copy_of_a_validation_image_reaches_training():
             assert not torch.isclose(train_rows, image, atol=1e-6).all(dim=1).any()
 
 
+
+
+def _rank_1(tmp_path, monkeypatch, decided: dict):
+    """A unit on rank 1 of 2, rank 0's lease decision broadcast as ``decided``; what reached
+    ``_train_unit`` (and the pointer it got) is returned in ``trained``."""
+    import types
+
+    from gistnet.data.runs import Unit
+    from gistnet.data.storage import LocalStore
+    from gistnet.training import distributed
+
+    out = LocalStore(tmp_path / "run")
+    out.write_bytes("resnet34/checkpoint.json", b'{"key": "resnet34/checkpoint-epoch0001.pt", "epoch": 1}')
+    trained = []
+    monkeypatch.setattr(distributed, "broadcast", lambda value, world: decided, raising=False)
+    monkeypatch.setattr(units, "_train_unit", lambda *args, **kwargs: trained.append(args[-1]) or "trained")
+    ctx = types.SimpleNamespace(out=out, world=distributed.World(2, 1, 1), metrics=None,
+                                config=config.load_config(None, {}, environ={}))
+    return lambda: units.train_unit(ctx, Unit(None, "resnet34"), None, None, 4), trained, out
+
+
+def test_under_ddp_every_rank_follows_rank_0s_lease_decision_before_reading_a_checkpoint(tmp_path, monkeypatch):
+    """Rank 1 never decides for itself: a unit rank 0 found finished meanwhile is not trained
+    on rank 1 either; a lease rank 0 could not take stops rank 1 with the same exit code; and
+    rank 1 resumes from the pointer rank 0 read under the lease, not from what it would read."""
+    newer = {"key": "resnet34/checkpoint-epoch0007.pt", "epoch": 7, "sha256": "0" * 64, "bytes": 1}
+    train_unit, trained, out = _rank_1(tmp_path / "a", monkeypatch, {"finished": True, "pointer": newer})
+    assert train_unit() is None and trained == []
+    train_unit, trained, out = _rank_1(tmp_path / "b", monkeypatch, {"finished": False, "pointer": newer})
+    assert train_unit() == "trained" and trained == [newer]
+    assert not out.exists("resnet34/lease.json")  # rank 1 takes no lease
+    held = {"error": "resnet34 is being trained by pod-1", "kind": "LeaseHeld", "exit_code": 10}
+    train_unit, trained, out = _rank_1(tmp_path / "c", monkeypatch, held)
+    with pytest.raises(LeaseHeld, match="being trained by pod-1") as stopped:
+        train_unit()
+    assert stopped.value.exit_code == EXIT_LEASED and trained == []

@@ -95,7 +95,8 @@ def user_errors(fn=None, *, after_interrupt: str = RESUME_HINT):
         try:
             return fn(*args, **kwargs)
         except errors.Interrupted as exc:
-            click.echo(f"gistnet: {_rank()}{exc.kind}: {exc}; {after_interrupt}", err=True)
+            if other_rank() is None:  # every rank stopped after the same epoch: rank 0's line says it for all
+                click.echo(f"gistnet: {exc.kind}: {exc}; {after_interrupt}", err=True)
             sys.exit(exc.exit_code)
         except GistnetError as exc:
             click.echo(f"gistnet: {_rank()}{exc.kind}: {exc}", err=True)
@@ -119,6 +120,12 @@ def _resolve(config_file, flags: dict) -> config_mod.Config:
 def cli(verbose: bool) -> None:
     """Train and audit EUS image classifiers: GIST vs leiomyoma with ResNet-34 and ResNet-50."""
     setup_logging(verbose)
+    if click.get_current_context().invoked_subcommand not in SIGTERM_HANDLED:
+        gistnet.release_early_signals()
+
+# Commands that act on a SIGTERM caught while starting (``gistnet.hold_early_signals``): the
+# training ones stop before training and exit 8, launch exits 8 before starting torchrun.
+SIGTERM_HANDLED = ("train", "demo", "launch")
 
 def _default(dotted: str) -> str:
     """The config default of a key, as help text: ``[default: 200, train.epochs]``."""

@@ -248,7 +248,9 @@ class S3Store(Store):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _fail(self, exc: Exception, action: str, key: str = "") -> StorageError:
-        return StorageError(describe_s3_error(exc, self.bucket, action, key, self.endpoint))
+        """The error naming the object by its full key (the store's prefix included)."""
+        return StorageError(describe_s3_error(exc, self.bucket, action, self._key(key) if key else self.prefix,
+                                              self.endpoint))
 
     def list(self) -> list[str]:
         paginator = self.client.get_paginator("list_objects_v2")

@@ -2,8 +2,10 @@
 each fold and the pooled cross-validation beside them.
 
 The aggregation reads only stored objects and seeds its bootstrap, so two processes
-aggregating at once write the same bytes. ``report.json`` is written last: its presence
-with ``status: complete`` marks the run complete.
+aggregating at once write the same bytes. ``report.json`` is written after the figures and
+predictions, compare-and-swap (``evidence/publish.py``), and its documents (report.md/html,
+checklist, model cards) only by the process whose report won: its presence with ``status:
+complete`` marks the run complete.
 """
 
 from __future__ import annotations
@@ -195,7 +197,7 @@ def _figure_keys(expected: list[Unit], results: dict, first: Unit) -> dict[str, 
 
 def _write_documents(out: Store, final: dict, figures: dict[str, str]) -> None:
     """Model cards (one per architecture; a k-fold run's card is its fold ensemble's), report.md,
-    report.html and checklist.md; report.json follows (``publish``): its presence marks the run complete."""
+    report.html and checklist.md; written once this process's report.json won its compare-and-swap (``publish``)."""
     for name in final["models"]:
         out.write_bytes(f"{name}/{model_card.CARD}", model_card.render(final, name).encode())
     out.write_bytes("report.md", report.markdown(final).encode())

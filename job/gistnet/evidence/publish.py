@@ -10,8 +10,12 @@ So ``publish`` reads the stored report and its entity tag first, builds, and the
 another process wrote in between, the write fails and this one reads and builds again, now
 seeing at least the units the other saw. A built report never replaces one that is complete
 while it is partial, or one that covers units it does not. The documents beside the report
-(report.md, figures, predictions.csv) are written by each build before its report: the
-process whose report is stored last also wrote its documents last, so they agree.
+(report.md, report.html, checklist.md, model cards) are written only after this process's
+report won the compare-and-swap, so a losing aggregation, or one that dies before its write,
+leaves no document of its own; a winner that finds, once its documents are written, that
+another process stored a report after its own aggregates again, so the documents written last
+are those of the report stored last. (A process killed between its report and its documents
+leaves the previous documents; ``gistnet aggregate`` writes them again.)
 """
 
 from __future__ import annotations
@@ -70,15 +74,18 @@ def publish(out: Store, build: Callable[[], tuple[dict, Callable[[], None]]], at
             refused = etag
             log.info("%s pools more units than this aggregation saw; aggregating again", out.uri_of(REPORT))
             continue
-        write_documents()
         data = json.dumps(final, indent=2).encode()
         try:
             if etag is None:
-                out.write_bytes_if(REPORT, data, if_none_match=True)
+                stored = out.write_bytes_if(REPORT, data, if_none_match=True)
             else:
-                out.write_bytes_if(REPORT, data, if_match=etag)
+                stored = out.write_bytes_if(REPORT, data, if_match=etag)
         except PreconditionFailed:
             log.info("%s was written by another process meanwhile; aggregating again", out.uri_of(REPORT))
+            continue
+        write_documents()  # only the winner of the compare-and-swap writes documents
+        if read_report(out)[1] != stored:  # another report was stored since: its documents must be the last
+            log.info("%s was replaced while its documents were written; aggregating again", out.uri_of(REPORT))
             continue
         return final
     raise StorageError(f"{out.uri_of(REPORT)} kept changing while aggregating ({attempts} attempts); "

@@ -2,7 +2,10 @@
 
 A checkpoint is complete only once its pointer (``<model>/checkpoint.json``) names it:
 the data object is uploaded first, the pointer after, so a half-uploaded checkpoint is
-never loaded. Loading uses ``torch.load(weights_only=True)`` and a sha256 check, so an
+never loaded. Under a unit's lease (``training/lease.py``) the pointer is the fence object:
+written compare-and-swap, stamped with the lease's generation, so a holder whose lease was
+taken over cannot replace it (``fence.write_fenced``); a stub the lease's claim left (no
+``key``) is no checkpoint. Loading uses ``torch.load(weights_only=True)`` and a sha256 check, so an
 object in a bucket can never run code.
 """
 
@@ -30,9 +33,9 @@ def pointer_key(model_name: str) -> str:
     return f"{model_name}/checkpoint.json"
 
 
-def save_checkpoint(store: Store, model_name: str, state: TrainState, scratch: str) -> dict:
+def save_checkpoint(store: Store, model_name: str, state: TrainState, scratch: str, fence=None) -> dict:
     """Save ``state`` now, on this thread; returns the pointer."""
-    return _publish(store, model_name, state.epoch, serialize(state), scratch)
+    return _publish(store, model_name, state.epoch, serialize(state), scratch, fence)
 
 
 def serialize(state: TrainState) -> memoryview:
@@ -42,18 +45,25 @@ def serialize(state: TrainState) -> memoryview:
     return buffer.getbuffer()
 
 
-def _publish(store: Store, model_name: str, epoch: int, data: memoryview, scratch: str) -> dict:
-    """Hash and upload a serialized checkpoint, then point to it, then drop the previous one."""
+def _publish(store: Store, model_name: str, epoch: int, data: memoryview, scratch: str, fence=None) -> dict:
+    """Hash and upload a serialized checkpoint, then point to it, then drop the previous one.
+    With a ``fence`` (the unit's ``lease.Lease``) nothing is written once the lease is lost, and
+    the pointer is written compare-and-swap under the lease's generation."""
     key = f"{model_name}/checkpoint-epoch{epoch:04d}.pt"
     previous = read_pointer(store, model_name)
+    if fence is not None:
+        fence.check()
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         path = Path(tmp) / "checkpoint.pt"
         path.write_bytes(data)
         digest = sha256_file(path)
         store.upload_file(key, path, sha256=digest)
         pointer = {"key": key, "epoch": epoch, "sha256": digest, "bytes": os.path.getsize(path)}
-    store.write_bytes(pointer_key(model_name), json.dumps(pointer).encode())
-    if previous and previous["key"] != key:
+    if fence is None:
+        store.write_bytes(pointer_key(model_name), json.dumps(pointer).encode())
+    else:
+        fence.write_fenced(store, pointer_key(model_name), pointer)
+    if previous and previous["key"] != key and (fence is None or fence.valid()):
         store.delete(previous["key"])
     log.info("%s: checkpoint at epoch %d -> %s", model_name, epoch, store.uri_of(key))
     return pointer
@@ -70,8 +80,8 @@ class CheckpointWriter:
     thread, as the ``StorageError`` a synchronous save would have raised.
     """
 
-    def __init__(self, store: Store, model_name: str, scratch: str, background: bool | None = None):
-        self.store, self.model_name, self.scratch = store, model_name, scratch
+    def __init__(self, store: Store, model_name: str, scratch: str, background: bool | None = None, fence=None):
+        self.store, self.model_name, self.scratch, self.fence = store, model_name, scratch, fence
         self.background = not isinstance(store, LocalStore) if background is None else background
         self.pointer: dict | None = None
         self._pending: threading.Thread | None = None
@@ -82,13 +92,13 @@ class CheckpointWriter:
         its pointer written."""
         self.wait()
         if not self.background or durable:
-            self.pointer = save_checkpoint(self.store, self.model_name, state, self.scratch)
+            self.pointer = save_checkpoint(self.store, self.model_name, state, self.scratch, self.fence)
             return
         data, epoch = serialize(state), state.epoch
 
         def upload() -> None:
             try:
-                self.pointer = _publish(self.store, self.model_name, epoch, data, self.scratch)
+                self.pointer = _publish(self.store, self.model_name, epoch, data, self.scratch, self.fence)
             except BaseException as exc:  # noqa: BLE001 - handed to the training thread by wait()
                 self._error = exc
 
@@ -120,16 +130,23 @@ class CheckpointWriter:
 
 def read_pointer(store: Store, model_name: str) -> dict | None:
     try:
-        return json.loads(store.read(pointer_key(model_name)))
+        pointer = json.loads(store.read(pointer_key(model_name)))
     except FileNotFoundError:
         return None
     except ValueError:
         raise StorageError(f"{store.uri_of(pointer_key(model_name))}: corrupt checkpoint pointer") from None
+    return pointer if isinstance(pointer, dict) and pointer.get("key") else None  # a lease's stub: none yet
 
 
-def load_latest(store: Store, model_name: str, state: TrainState, scratch: str) -> bool:
-    """Restore ``state`` from the newest complete checkpoint; False when there is none."""
-    pointer = read_pointer(store, model_name)
+READ = "read"  # load_latest's default: read the pointer now
+
+
+def load_latest(store: Store, model_name: str, state: TrainState, scratch: str,
+                pointer: dict | None | str = READ) -> bool:
+    """Restore ``state`` from the newest complete checkpoint (or from ``pointer``, the one rank 0
+    read under the unit's lease, None: there is none); False when there is none."""
+    if pointer == READ:
+        pointer = read_pointer(store, model_name)
     if pointer is None:
         return False
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:

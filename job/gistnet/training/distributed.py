@@ -241,6 +241,18 @@ def any_rank(flag: bool, world: World, device: torch.device) -> bool:
     return sum_and_stop(torch.zeros(0, device=device), flag, world)[1]
 
 
+def broadcast(value, world: World):
+    """Rank 0's ``value`` (any picklable object) on every rank; every rank must call it at the
+    same point. ``value`` itself in one process."""
+    if not world.distributed:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(world: World) -> None:
     """Wait until every rank got here (rank 0 wrote what the others read next)."""
     if world.distributed:
@@ -291,7 +303,8 @@ def launch(command: list[str], master_wait_s: float, environ: Mapping[str, str] 
     podFailurePolicy still reads gistnet's exit codes: ``torchrun`` itself exits 1 for any
     failure. A process killed by a signal gives 128 + the signal's number, like a shell.
     SIGTERM or SIGINT to the launcher itself is forwarded to the training processes
-    (``launcher.SignalForwarder``): they checkpoint and exit 8 (SIGINT: 130), and so does it.
+    (``launcher.SignalForwarder``): after SIGTERM they checkpoint and exit 8, after SIGINT they
+    stop at once without a checkpoint and exit 130; and so does it.
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
@@ -305,6 +318,7 @@ def launch(command: list[str], master_wait_s: float, environ: Mapping[str, str] 
     forwarder = launcher.SignalForwarder(launcher.grace_seconds(environ))
     with forwarder.installed():
         try:
+            forwarder.raise_if_signalled_while_starting()
             _wait_for_the_master(environ, master_wait_s)
             run(args)
         except launcher.SignalledBeforeStart as exc:
@@ -312,7 +326,8 @@ def launch(command: list[str], master_wait_s: float, environ: Mapping[str, str] 
             return EXIT_CTRL_C if exc.signum == signal.SIGINT else EXIT_INTERRUPTED
         except ChildFailedError as exc:
             rank, failure = exc.get_first_failure()
-            code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
+            code = launcher.exit_code(failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode,
+                                      forwarder.signum)
             if not (forwarder.signum and code in (EXIT_INTERRUPTED, EXIT_CTRL_C)):  # else: as asked, said once
                 log.error("training process of rank %d failed first (exit code %d)", rank, code)
             return code

@@ -9,7 +9,8 @@ whatever their checkpoint upload still needs.
 
 So the launcher handles SIGTERM and SIGINT itself (``torchrun`` is told to handle only SIGHUP
 and SIGQUIT): it forwards the signal to every training process, which finish their epoch,
-store the checkpoint and exit 8 (SIGINT: 130); ``torchrun`` then reports their exit codes as
+store the checkpoint and exit 8 (SIGINT: they stop at once, with no checkpoint, and exit
+130); ``torchrun`` then reports their exit codes as
 for any other ending, and ``gistnet launch`` exits with the first one. The training processes
 get ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` seconds (the chart sets it to its
 ``terminationGracePeriodSeconds`` less 15; ``torchrun``'s own default, 30, without it) before
@@ -71,6 +72,26 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")  # a zombie has exited and only waits to be reaped
 
 
+def exit_code(code: int, forwarded: int | None) -> int:
+    """The launch's exit code from the first failed worker's ``code``: a worker that SIGTERM's
+    default action ended (128 + 15: it was still starting, before its handler and its first
+    checkpoint) was stopped as asked, with nothing to lose: 8, as a worker that checkpointed."""
+    from gistnet.errors import EXIT_INTERRUPTED
+
+    if forwarded == signal.SIGTERM and code == 128 + signal.SIGTERM:
+        return EXIT_INTERRUPTED
+    return code
+
+
+def quiet_torchrun() -> None:
+    """Once the launcher asked its workers to stop, torchrun's own lines about them ("Sending
+    process ... closing signal", "failed (exitcode: 8)") only repeat it: rank 0's one line says
+    how the run ended, and the launcher names any other failure itself."""
+    names = [n for n in list(logging.root.manager.loggerDict) if n.startswith("torch.distributed.elastic")]
+    for name in ["torch.distributed.elastic", *names]:
+        logging.getLogger(name).disabled = True
+
+
 class SignalForwarder:
     """Forwards SIGTERM/SIGINT to the training processes and bounds their shutdown."""
 
@@ -89,8 +110,11 @@ class SignalForwarder:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
         if first:
-            log.warning("received %s: forwarded to the %d training processes, which checkpoint and exit "
-                        "(SIGKILL after %.0fs)", signal.Signals(signum).name, len(workers), self.grace_s)
+            what = ("which finish their epoch, checkpoint and exit 8" if signum == signal.SIGTERM else
+                    "which stop at once without a checkpoint and exit 130 (a re-run resumes from the last one)")
+            log.info("received %s: forwarded to the %d training processes, %s (SIGKILL after %.0fs)",
+                     signal.Signals(signum).name, len(workers), what, self.grace_s)
+            quiet_torchrun()
             self._timer = threading.Timer(self.grace_s, self._kill_the_rest)
             self._timer.daemon = True
             self._timer.start()
@@ -102,6 +126,14 @@ class SignalForwarder:
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+    def raise_if_signalled_while_starting(self) -> None:
+        """A SIGTERM that came while ``gistnet launch`` was starting (``gistnet.hold_early_signals``)."""
+        import gistnet
+
+        if gistnet.early_signal() is not None:
+            self.signum = gistnet.early_signal()
+            raise SignalledBeforeStart(self.signum)
 
     @property
     def name(self) -> str:

@@ -38,10 +38,17 @@ class StopFlag:
             return
 
         def handler(signum, frame):
-            log.warning("received %s: finishing the current epoch, then checkpointing", signal.Signals(signum).name)
+            # INFO: what follows is the one line that says how it ended (``gistnet: interrupted: ...``)
+            log.info("received %s: finishing the current epoch, then checkpointing", signal.Signals(signum).name)
             self.set(signal.Signals(signum).name)
 
         previous = signal.signal(signal.SIGTERM, handler)
+        import gistnet
+
+        if gistnet.early_signal() is not None:  # came while the process was starting (``python -m gistnet``)
+            log.warning("received %s while starting: stopping before training",
+                        signal.Signals(gistnet.early_signal()).name)
+            self.set(signal.Signals(gistnet.early_signal()).name)
         try:
             yield self
         finally:

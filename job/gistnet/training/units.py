@@ -8,6 +8,7 @@ into the report is ``evidence/aggregate.py``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -22,7 +23,7 @@ from gistnet.data import augmentation, dataset, split
 from gistnet.data.runs import RESULT, Unit, gradcam_key, is_finished
 from gistnet.data.split import Split
 from gistnet.data.storage import open_store
-from gistnet.errors import ConfigError
+from gistnet.errors import ConfigError, GistnetError, LeaseHeld
 from gistnet.evidence import evaluate, explain, predictions
 from gistnet.training import checkpoint, distributed, lease, train
 from gistnet.training import compile as compiling
@@ -93,19 +94,48 @@ def train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.Pr
                per_rank_batch: int, observer=None) -> dict | None:
     """``_train_unit`` while this process holds the unit's lease (``training/lease.py``; under
     torchrun rank 0 holds it for the group); a unit another process finished meanwhile is not
-    trained again."""
+    trained again. Under torchrun rank 0 alone takes the lease, then tells every rank what it
+    found (``decide``) before any of them reads a checkpoint: all stop if the lease is held or
+    the unit finished meanwhile, and all resume from the pointer rank 0 read under the lease."""
     out, world = ctx.out, ctx.world
-    with lease.hold(out, unit.key(lease.LEASE), ctx.config.output.lease_ttl_s, unit.name(), enabled=world.is_main):
-        if not world.distributed and is_finished(out, unit):
+    store = unit.store(out)
+    fence = (store, checkpoint.pointer_key(unit.model))  # claimed, then written under the lease's generation
+    with contextlib.ExitStack() as stack:
+        held, decision, error = None, None, None
+        if world.is_main:
+            try:
+                held = stack.enter_context(lease.hold(out, unit.key(lease.LEASE), ctx.config.output.lease_ttl_s,
+                                                      unit.name(), enabled=True, fence=fence))
+                decision = {"finished": is_finished(out, unit), "pointer": checkpoint.read_pointer(store, unit.model)}
+            except GistnetError as exc:
+                error = exc
+                decision = {"error": str(exc), "kind": type(exc).__name__, "exit_code": exc.exit_code}
+        decision = distributed.broadcast(decision, world)
+        if "error" in decision:
+            if error is not None:
+                raise error
+            raise _error_of_rank_0(decision)
+        if decision["finished"]:
             log.info("%s: finished by another process meanwhile; reusing %s", unit.name(), out.uri_of(unit.key(RESULT)))
-            return json.loads(out.read(unit.key(RESULT)))
-        return _train_unit(ctx, unit, fold, preprocess, per_rank_batch, observer or ctx.metrics)
+            return json.loads(out.read(unit.key(RESULT))) if world.is_main else None
+        return _train_unit(ctx, unit, fold, preprocess, per_rank_batch, observer or ctx.metrics, held,
+                           decision["pointer"])
+
+
+def _error_of_rank_0(decision: dict) -> GistnetError:
+    """On a rank other than 0: the error rank 0 met while taking the unit's lease, with its exit code."""
+    leased = decision["kind"] in ("LeaseHeld", "Fenced")
+    error = LeaseHeld(decision["error"]) if leased else GistnetError(decision["error"])
+    error.exit_code = decision["exit_code"]
+    return error
 
 
 def _train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.Preprocess,
-                per_rank_batch: int, observer) -> dict | None:
+                per_rank_batch: int, observer, held: lease.Lease | None = None,
+                pointer: dict | None = None) -> dict | None:
     """Train (every rank), then evaluate and store one (fold, model) (rank 0; the others
-    return None); ``result.json`` is written last."""
+    return None); ``result.json`` is written last. Under the lease ``held`` nothing is written
+    once it is lost, and the pointer and ``result.json`` are fenced by its generation."""
     config, out, world = ctx.config, ctx.out, ctx.world
     store, name, data = unit.store(out), unit.model, fold.tensors
     train_cfg = replace(config, train={"learning_rate": distributed.learning_rate(
@@ -114,7 +144,7 @@ def _train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.P
     state = train.new_state(name, train_cfg, data.train_images.device, init_weights)
     state.provenance = {"split": fold.part.to_dict(), "augmentation_mode": config.augmentation.mode,
                         "augmentation_seed": config.train.seed}
-    checkpoint.load_latest(store, name, state, ctx.scratch)
+    checkpoint.load_latest(store, name, state, ctx.scratch, pointer)
     ctx.metrics.model_started(name, config.train.epochs)
     if state.resumed_from_epoch is not None:
         ctx.metrics.epoch.labels(model=name).set(state.epoch)
@@ -128,13 +158,15 @@ def _train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.P
         with ctx.guard(f"{name} training"):
             fit(save_checkpoint=None)
         return None
-    with checkpoint.CheckpointWriter(store, name, ctx.scratch) as writer:
+    check = held.check if held is not None else (lambda: None)
+    with checkpoint.CheckpointWriter(store, name, ctx.scratch, fence=held) as writer:
         with ctx.guard(f"{name} training"):
             fit(save_checkpoint=writer.save)
         with ctx.timed("upload", name):
             if state.resumed_from_epoch != state.epoch:
                 writer.save(state)
             pointer = writer.wait() or checkpoint.read_pointer(store, name)
+            check()
             weights = checkpoint.save_weights(store, name, state.model, ctx.scratch)
     with ctx.timed("evaluate", name), ctx.guard(f"{name} evaluation"):
         scored = evaluate.predict(state.model, data.val_images, data.val_labels, config.train.batch_size, preprocess)
@@ -143,6 +175,7 @@ def _train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.P
     rows = predictions.rows(fold.val_set.keys, fold.val_set.patient_ids, data.val_labels.cpu().numpy(),
                             ctx.class_names, unit.fold, name, scored.probabilities.float().cpu().numpy(),
                             scored.margins.double().cpu().numpy())
+    check()
     predictions.write(out, rows, unit.key(predictions.FILENAME))
     names = ctx.class_names
     result = {
@@ -161,7 +194,10 @@ def _train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.P
         with ctx.timed("explain", name), ctx.guard(f"{name} Grad-CAM"):
             result["explain"] = _explain(ctx, unit, state.model, data, scored.probabilities, preprocess)
     result["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    ctx.out.write_bytes(unit.key(RESULT), json.dumps(result).encode())
+    if held is None:
+        ctx.out.write_bytes(unit.key(RESULT), json.dumps(result).encode())
+    else:
+        held.write_once_fenced(ctx.out, unit.key(RESULT), result)
     return result
 
 
