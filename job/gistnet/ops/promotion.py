@@ -16,9 +16,11 @@ With no production model yet, a challenger whose evaluation on the set is comple
 interval defined) is promoted, and the pointer says it had no champion to beat.
 
 Promoting writes ``<registry>/production.json`` with a conditional write on the pointer that was
-read (two promotions never interleave) and moves MLflow's ``champion`` alias when tracking is
-on. Every decision is written next to the run as ``promotion.json``; a refusal is
-``PromotionRefused`` (exit 11) with a one-line reason.
+read (two promotions never interleave) and, when tracking is on, moves the registry's own MLflow
+alias ``champion-<registry id>`` (``observe/registry.py``), taking it off the previous champion. Every
+decision is written next to the run as ``promotion/<registry id>/promotion.json`` (the evidence the
+pointer cites, kept per registry) and copied to ``promotion.json`` (the run's latest decision, any
+registry); a refusal is ``PromotionRefused`` (exit 11) with a one-line reason.
 """
 
 from __future__ import annotations
@@ -39,11 +41,12 @@ from gistnet.data.lineage import Lineage
 from gistnet.data.storage import Store, open_store, redact
 from gistnet.errors import DataError, PreconditionFailed, PromotionRefused, StorageError
 from gistnet.evidence import compare
+from gistnet.observe.registry import registry_id
 from gistnet.serving import predict, trained
 
 log = logging.getLogger(__name__)
 
-RECORD = "promotion.json"
+RECORD = "promotion.json"  # the run's latest decision; each registry's is promotion/<registry id>/promotion.json
 REQUIRED_METRICS = ("sensitivity", "specificity", "accuracy")  # with roc_auc: what a complete evaluation defines
 REFUSALS = "refusals.json"  # <registry>/refusals.json: consecutive refusals since the last promotion
 
@@ -68,6 +71,17 @@ def non_inferiority(challenger, champion, labels, margin: float, clusters=None) 
     return {"method": method, "auc_challenger": float(aucs[0]), "auc_champion": float(aucs[1]),
             "difference": difference, "margin": margin, "z": z, "p": p,
             "se": math.sqrt(max(variance, 0.0))}
+
+
+def record_key(registry_uri: str) -> str:
+    """Where a run keeps the decision of one registry: ``promotion/<registry id>/promotion.json``."""
+    return f"promotion/{registry_id(registry_uri)}/{RECORD}"
+
+
+def _write_record(run: Store, record: dict) -> None:
+    data = json.dumps(record, indent=1).encode()
+    run.write_bytes(record_key(record["registry"]), data)
+    run.write_bytes(RECORD, data)
 
 
 def calibration_in_the_large(labels, probabilities) -> float:
@@ -116,7 +130,7 @@ def _development_digests(model: trained.TrainedModel, config: Config) -> dict[st
 
 
 def _score(model_run: str, model: str, data_uri: str, out: Store, where: str, config: Config, scratch: str) -> dict:
-    """Score the promotion set with one model; its predictions.json goes under ``out/<where>``."""
+    """Score the promotion set with one model; its predictions.json goes under ``out/promotion/<where>``."""
     request = predict.Request(run=model_run, data=data_uri, output=out.uri_of(f"promotion/{where}"), model=model,
                               device=config.train.device)
     quiet = replace(config, metrics={"pushgateway": "", "port": 0})  # the gate pushes its own decision
@@ -177,7 +191,7 @@ def promote(run_uri: str, registry_uri: str, config: Config, scratch: str | None
                        f"the promotion set {redact(pc.data)} shares {len(overlap)} images with the challenger's "
                        f"development data (first: {overlap[0]}); it must be a locked set used for nothing else")
 
-    mine = _score(run.uri, challenger.name, pc.data, run, "challenger", config, scratch)
+    mine = _score(run.uri, challenger.name, pc.data, run, f"{registry_id(registry.uri)}/challenger", config, scratch)
     keys, labels, p_new, patients = _arrays(mine)
     citl = calibration_in_the_large(labels, p_new)
     record["challenger"] = {"evaluation": mine["evaluation"], "calibration_in_the_large": citl, "n_images": len(keys)}
@@ -189,7 +203,8 @@ def promote(run_uri: str, registry_uri: str, config: Config, scratch: str | None
         record["reason"] = "no champion to beat: first production model (its evaluation on the promotion set is complete)"
         return _promote(record, challenger, run, registry, None, config)
 
-    theirs = _score(pointer["run_uri"], pointer["model"], pc.data, run, "champion", config, scratch)
+    theirs = _score(pointer["run_uri"], pointer["model"], pc.data, run, f"{registry_id(registry.uri)}/champion",
+                    config, scratch)
     keys_old, labels_old, p_old, _ = _arrays(theirs)
     if keys_old != keys or not np.array_equal(labels_old, labels):
         raise DataError(f"champion and challenger scored different images of {redact(pc.data)} "
@@ -220,7 +235,7 @@ def _promote(record: dict, challenger: trained.TrainedModel, run: Store, registr
                "run_id": challenger.run_id, "model_uri": run.uri_of(challenger.key(trained.WEIGHTS)),
                "promoted": record["time"], "no_champion": record["champion"] is None,
                "data_digest": record["data_digest"], "promotion_data_digest": record["promotion_data_digest"],
-               "evidence": run.uri_of(RECORD), "reason": record["reason"]}
+               "evidence": run.uri_of(record_key(registry.uri)), "reason": record["reason"]}
     try:
         registry.write_bytes_if(trained.POINTER, json.dumps(pointer, indent=1).encode(),
                                 if_none_match=etag is None, if_match=etag)
@@ -228,10 +243,10 @@ def _promote(record: dict, challenger: trained.TrainedModel, run: Store, registr
         raise StorageError(f"{registry.uri_of(trained.POINTER)} changed while this promotion was decided "
                            "(another promotion ran); run gistnet promote again") from None
     record["pointer"] = pointer
-    record["mlflow"] = _move_alias(challenger, config)
+    record["mlflow"] = _move_alias(challenger, registry.uri, config)
     registry.write_bytes(REFUSALS, json.dumps({"consecutive": 0, "last_promoted": challenger.run_id}).encode())
     record["consecutive_refusals"] = 0
-    run.write_bytes(RECORD, json.dumps(record, indent=1).encode())
+    _write_record(run, record)
     log.info("promoted %s of run %s: %s", challenger.name, challenger.run_id, record["reason"])
     return record
 
@@ -244,24 +259,24 @@ def _refuse(record: dict, run: Store, registry: Store, config: Config, reason: s
         previous = 0
     record["consecutive_refusals"] = previous + 1
     registry.write_bytes(REFUSALS, json.dumps({"consecutive": previous + 1, "last_refused": record["run_id"]}).encode())
-    run.write_bytes(RECORD, json.dumps(record, indent=1).encode())
+    _write_record(run, record)
     raise PromotionRefused(reason, record)
 
 
-def _move_alias(challenger: trained.TrainedModel, config: Config) -> dict | None:
-    """Point MLflow's ``champion`` alias at the challenger's registered version (tracking on)."""
+def _move_alias(challenger: trained.TrainedModel, registry_uri: str, config: Config) -> dict | None:
+    """Point the registry's champion alias at the challenger's registered version, off the previous
+    champion (tracking on)."""
+    from gistnet.observe import registry as mlflow_registry
     from gistnet.observe.tracking import tracking_uri
 
     uri = tracking_uri(config.tracking)
     registered = ((challenger.report.get("tracking") or {}).get("models") or {}).get(challenger.name)
     if not uri or not registered:
         return None
-    moved = {"registered_model": registered["name"], "version": registered["version"], "alias": "champion"}
+    moved = {"registered_model": registered["name"], "version": registered["version"],
+             "alias": mlflow_registry.champion_alias(registry_uri)}
     try:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        client.set_registered_model_alias(registered["name"], "champion", registered["version"])
+        moved = mlflow_registry.move_champion(uri, registry_uri, registered["name"], registered["version"])
     except Exception as exc:  # noqa: BLE001 - the pointer is the source of truth; the alias follows it
         log.warning("promoted, but MLflow's champion alias was not moved: %s", redact(type(exc).__name__))
         moved["error"] = redact(f"{type(exc).__name__}: {exc}")[:300]
