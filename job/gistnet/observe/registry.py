@@ -76,3 +76,58 @@ def move_champion(uri: str, registry_uri: str, registered: str, version: str) ->
             removed.append(name)
     return {"registered_model": registered, "version": version, "alias": alias, "registry": redact(registry_uri),
             "removed_from": removed}
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def decision_metrics(record: dict) -> dict[str, float]:
+    """The numbers of a promotion decision (``promotion.json``) as MLflow metrics: ``promoted`` (1/0),
+    the non-inferiority test (``p``, ``margin``, ``auc_challenger``, ``auc_champion``, ``difference``,
+    ``se``), the challenger's calibration, the overlap count and the consecutive refusals."""
+    test = record.get("non_inferiority") or {}
+    challenger = record.get("challenger") or {}
+    auc = ((challenger.get("evaluation") or {}).get("roc_auc") or {}).get("value")
+    values = {"promoted": 1.0 if record.get("decision") == "promoted" else 0.0,
+              "auc_challenger": test.get("auc_challenger", auc), "margin": (record.get("criteria") or {}).get("auc_margin"),
+              **{k: test.get(k) for k in ("auc_champion", "difference", "se", "p")},
+              "calibration_in_the_large": challenger.get("calibration_in_the_large"),
+              "overlap": (record.get("overlap") or {}).get("count"),
+              "consecutive_refusals": record.get("consecutive_refusals")}
+    return {k: float(v) for k, v in values.items() if _number(v) is not None}
+
+
+def log_decision(uri: str, parent_run_id: str, record: dict) -> str:
+    """Log a promotion decision as a run nested under the challenger's MLflow run: tags
+    ``gistnet.role: promotion``, ``gistnet.registry``, ``gistnet.decision``, ``gistnet.reason``; the
+    criteria as params; ``decision_metrics``; ``promotion.json`` as an artifact. The parent run gets
+    the tag ``gistnet.promotion.<registry id>: promoted|refused``. Returns the new run's id; a run
+    whose logging fails ends FAILED with the reason."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    from gistnet.observe.tracking import ERROR_TAG, PARENT_TAG, ROLE_TAG, RUN_TAG, run_tags
+
+    mlflow_client = client(uri)
+    experiment = mlflow_client.get_run(parent_run_id).info.experiment_id
+    rid = registry_id(record["registry"])
+    tags = {PARENT_TAG: parent_run_id, ROLE_TAG: ROLE_PROMOTION, RUN_TAG: str(record.get("run_id")),
+            "gistnet.registry": redact(record["registry"]), "gistnet.decision": str(record.get("decision"))}
+    run_id = mlflow_client.create_run(experiment, tags=run_tags(tags), run_name=f"promotion {rid}").info.run_id
+    try:
+        now = int(time.time() * 1000)
+        mlflow_client.log_batch(
+            run_id, metrics=[Metric(k, v, now, 0) for k, v in decision_metrics(record).items()],
+            params=[Param(k, str(v)) for k, v in (record.get("criteria") or {}).items()],
+            tags=[RunTag("gistnet.reason", redact(str(record.get("reason")))[:5000])])
+        mlflow_client.log_text(run_id, json.dumps(record, indent=1), "promotion.json")
+        mlflow_client.set_tag(parent_run_id, f"gistnet.promotion.{rid}", str(record.get("decision")))
+        mlflow_client.set_terminated(run_id, "FINISHED")
+    except Exception as exc:
+        try:
+            mlflow_client.set_tag(run_id, ERROR_TAG, redact(f"{type(exc).__name__}: {exc}")[:5000])
+            mlflow_client.set_terminated(run_id, "FAILED")
+        except Exception:  # noqa: BLE001 - the server is still failing; the first error is raised
+            pass
+        raise
+    return run_id

@@ -295,8 +295,33 @@ def gate(run_uri: str, registry_uri: str, config: Config, scratch: str | None = 
     try:
         record = promote(run_uri, registry_uri, config, scratch)
     except PromotionRefused as exc:
+        _log_decision(exc.record, config)
         push_promotion(m.pushgateway, m.job_name, m.grouping_labels, False,
                        (exc.record or {}).get("consecutive_refusals", 0))
         raise
+    _log_decision(record, config)
     push_promotion(m.pushgateway, m.job_name, m.grouping_labels, True, 0)
     return record
+
+
+def _log_decision(record: dict | None, config: Config) -> None:
+    """The decision as an MLflow run nested under the challenger's (tracking on and the run tracked;
+    ``observe/registry.py``). After the decision, so a failure is a warning that changes no exit code:
+    promotion.json and production.json are the record."""
+    from gistnet.observe import registry as mlflow_registry
+    from gistnet.observe.tracking import tracking_uri
+
+    uri = tracking_uri(config.tracking)
+    if not uri or not record:
+        return
+    try:
+        report = json.loads(open_store(record["run_uri"], config.storage).read("report.json"))
+        parent = (report.get("tracking") or {}).get("mlflow_run_id")
+        if parent:
+            mlflow_registry.log_decision(uri, parent, record)
+        else:
+            log.warning("MLflow tracking is on but run %s was not tracked: its promotion decision is not logged",
+                        record["run_uri"])
+    except Exception as exc:  # noqa: BLE001 - any client/server failure
+        log.warning("the promotion decision (%s) was not logged to MLflow at %s: %s", record.get("decision"),
+                    redact(uri), redact(f"{type(exc).__name__}: {exc}")[:300])
