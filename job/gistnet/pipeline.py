@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,7 +22,7 @@ import yaml
 from gistnet.config import Config, load_saved, replace
 from gistnet.data import dataset, fingerprint, lineage, privacy, runs, split
 from gistnet.data.overlap import check_apart
-from gistnet.observe.tracking import Tracker
+from gistnet.observe.tracking import Tracker, abort_open
 from gistnet.ops import record
 from gistnet.data.storage import Store, TransferStats, open_store, redact
 from gistnet.errors import ConfigError, DataError, GistnetError
@@ -81,6 +82,9 @@ def run(config: Config, stop: train.StopFlag | None = None, scratch: str | None 
         exit_code = 130
         raise
     finally:
+        if exit_code != 0:  # MLflow runs this process started end FAILED with the reason, not RUNNING
+            failure = sys.exc_info()[1]
+            abort_open(f"{type(failure).__name__}: {failure}")
         metrics.run_ended(exit_code)
         if world.is_main:
             metrics.push(config.metrics.pushgateway, config.metrics.job_name, config.metrics.grouping_labels,

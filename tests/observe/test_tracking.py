@@ -277,3 +277,78 @@ def test_export_with_the_server_down_warns_once_and_still_exports(exported_run, 
     with pytest.raises(TrackingError, match="tracking.required is true") as caught:
         record.log_onnx(str(run), "resnet34", required, str(tmp_path))
     assert caught.value.exit_code == EXIT_STORAGE and MLFLOW_PASSWORD not in str(caught.value)
+
+
+def test_a_transient_failure_ends_the_runs_failed_with_the_reason(mlflow_server, monkeypatch, caplog):
+    """The server answers, then resets every connection for one epoch, then answers again: the parent
+    and the unit's child run end FAILED with the reason, not RUNNING forever. Through the fault proxy."""
+    from gistnet import __version__
+    from tests.faultproxy import FaultProxy
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    epoch = {"train_loss": 1.0, "val_loss": 1.0, "train_accuracy": 0.5, "val_accuracy": 0.5}
+    with FaultProxy(mlflow_server, pattern="ok") as proxy:
+        tracker = tracking.Tracker(TrackingConfig(mlflow_uri=proxy.url), {})
+        tracker.start("r1", {"train": {"epochs": 2}}, None)
+        unit = tracker.unit("resnet34", "resnet34", None)
+        unit.on_epoch("resnet34", {"epoch": 1, **epoch}, 2)
+        proxy.pattern = ["reset"]  # the server goes away for a moment
+        with caplog.at_level(logging.WARNING):
+            unit.on_epoch("resnet34", {"epoch": 2, **epoch}, 2)
+        proxy.pattern = ["ok"]  # and is back when the run finishes
+        unit.finished()
+        tracker.finish({"models": {}, "best_model": "resnet34", "status": "complete"}, {}, {})
+    assert tracker.status()["status"] == "failed" and "logging epoch 2" in tracker.status()["error"]
+    client = mlflow.tracking.MlflowClient(tracking_uri=mlflow_server)
+    parent = client.get_run(tracker.parent_id)
+    child = client.get_run(unit.run_id)
+    for run in (parent, child):
+        assert run.info.status == "FAILED", run.info
+        assert "logging epoch 2 of resnet34" in run.data.tags["gistnet.tracking_error"]
+    # the parent carries MLflow's context tags, as its fluent API sets them, and gistnet's version
+    assert parent.data.tags["gistnet.version"] == __version__
+    assert parent.data.tags["mlflow.user"] and parent.data.tags["mlflow.source.type"] == "LOCAL"
+    assert "mlflow.source.name" in parent.data.tags
+
+
+def test_a_failing_process_ends_its_open_runs_failed(mlflow_server):
+    """pipeline.run on any failure (tracking.abort_open): the runs this process started end FAILED."""
+    tracker = tracking.Tracker(TrackingConfig(mlflow_uri=mlflow_server), {})
+    tracker.start("r2", {}, None)
+    unit = tracker.unit("resnet34", "resnet34", None)
+    tracking.abort_open("StopRequested: SIGTERM before training resnet34")
+    client = mlflow.tracking.MlflowClient(tracking_uri=mlflow_server)
+    for run_id in (tracker.parent_id, unit.run_id):
+        run = client.get_run(run_id)
+        assert run.info.status == "FAILED"
+        assert run.data.tags["gistnet.tracking_error"] == "StopRequested: SIGTERM before training resnet34"
+    resumed = tracking.Tracker(TrackingConfig(mlflow_uri=mlflow_server), {})  # the same run id resumed
+    resumed.start("r2", {}, None)
+    assert resumed.parent_id == tracker.parent_id and client.get_run(tracker.parent_id).info.status == "RUNNING"
+
+
+@pytest.mark.parametrize("variable, named", [("GISTNET_TRACKING_MLFLOW_URI", "tracking.mlflow_uri"),
+                                             ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI")])
+def test_a_tracking_uri_with_a_password_is_refused_naming_the_key(cli, tmp_path, variable, named):
+    """As the chart refuses it: credentials only from MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN."""
+    env = {**__import__("os").environ, variable: f"http://gistnet:{MLFLOW_PASSWORD}@127.0.0.1:{free_port()}"}
+    env.pop("MLFLOW_TRACKING_URI" if variable != "MLFLOW_TRACKING_URI" else "GISTNET_TRACKING_MLFLOW_URI", None)
+    for command in (("train", "--data", tmp_path / "data", "--output", tmp_path / "o"),
+                    ("promote", "--run", tmp_path / "run", "--registry", tmp_path / "registry", "--data", tmp_path)):
+        done = cli(*command, env=env)
+        one_line_error(done, 3, f"{named}")
+        assert "must not carry user:password@" in done.stderr and "MLFLOW_TRACKING_PASSWORD" in done.stderr
+        assert MLFLOW_PASSWORD not in done.stdout + done.stderr
+
+
+def test_mlflow_prints_no_run_url(mlflow_server, capfd):
+    """MLflow's own "View run ... at <tracking URI>" line (printed when a run ends) would show a
+    user:password@ of the URI; gistnet silences it."""
+    user_info = mlflow_server.replace("http://", f"http://gistnet:{MLFLOW_PASSWORD}@")
+    tracker = tracking.Tracker(TrackingConfig(mlflow_uri=user_info), {})
+    tracker.start("r3", {}, None)
+    tracker.unit("resnet34", "resnet34", None).finished()
+    tracker.finish({"models": {}, "best_model": "resnet34", "status": "complete"}, {}, {})
+    assert tracker.status()["status"] == "logged"
+    out, err = capfd.readouterr()
+    assert "View run" not in out + err and MLFLOW_PASSWORD not in out + err

@@ -17,6 +17,7 @@ from gistnet.data.storage import LocalStore, open_store
 from gistnet.errors import EXIT_MODEL, EXIT_REFUSED, EXIT_STORAGE, PreconditionFailed
 from gistnet.ops import promotion
 from tests.conftest import one_line_error
+from tests.mlflowserver import mlflow_server  # noqa: F401 - fixture
 
 
 def _placement_delong(a, b, y):
@@ -388,3 +389,103 @@ def test_an_unreachable_registry_bucket_is_exit_5(cli, s3_env, tmp_path):
             "GISTNET_STORAGE_CONNECT_TIMEOUT": "2"}
     done = cli("promote", "--run", tmp_path / "run", "--registry", "s3://registry/prod", "--data", tmp_path, env=down)
     one_line_error(done, EXIT_STORAGE, "cannot reach S3 endpoint")
+
+
+def _tracked_copy(src: Path, dst: Path, registered: str, version: str, mlflow_run_id: str) -> Path:
+    """A copy of a finished run whose report.json says its model is ``registered`` ``version`` in MLflow."""
+    shutil.copytree(src, dst)
+    report = json.loads((dst / "report.json").read_text())
+    report["tracking"] = {"status": "logged", "mlflow_run_id": mlflow_run_id,
+                          "models": {"resnet34": {"name": registered, "version": version}}}
+    (dst / "report.json").write_text(json.dumps(report))
+    return dst
+
+
+@pytest.mark.e2e
+def test_each_registry_moves_its_own_alias_and_keeps_its_own_evidence(tiny_runs, tmp_path, mlflow_server):
+    """Two gistnet registries on one MLflow server: each moves its own champion alias and keeps its
+    own promotion.json (the one its pointer cites); a switch of architecture leaves one champion."""
+    mlflow = pytest.importorskip("mlflow")
+    from gistnet import config
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    source = client.create_run(client.create_experiment("sources")).info.run_id
+    for name, versions in (("gistnet-resnet34", 2), ("gistnet-resnet50", 1)):
+        client.create_registered_model(name)
+        for _ in range(versions):
+            client.create_model_version(name, f"runs:/{source}/model", source)
+    # the same weights each time, so every decision after the first is a certain promotion
+    experiment = client.get_run(source).info.experiment_id
+    parents = [client.create_run(experiment).info.run_id for _ in range(3)]
+    run1 = _tracked_copy(Path(tiny_runs) / "a", tmp_path / "run1", "gistnet-resnet34", "1", parents[0])
+    run2 = _tracked_copy(Path(tiny_runs) / "a", tmp_path / "run2", "gistnet-resnet34", "2", parents[1])
+    run3 = _tracked_copy(Path(tiny_runs) / "a", tmp_path / "run3", "gistnet-resnet50", "1", parents[2])
+    data = _promotion_set(tmp_path)
+    cfg = config.load_config(None, {"promotion.data": str(data), "tracking.mlflow_uri": mlflow_server,
+                                    "promotion.max_calibration_shift": 1.0}, environ={})
+    staging, production = tmp_path / "staging", tmp_path / "production"
+
+    def cited(registry: Path) -> dict:  # the evidence the registry's pointer cites
+        return json.loads(Path(json.loads((registry / "production.json").read_text())["evidence"]).read_text())
+
+    first = promotion.promote(str(run1), str(production), cfg, str(tmp_path))
+    second = promotion.promote(str(run1), str(staging), cfg, str(tmp_path))  # the same run, another registry
+    assert first["decision"] == second["decision"] == "promoted"
+    assert cited(production)["registry"] == str(production) and cited(staging)["registry"] == str(staging)
+    assert json.loads((run1 / "promotion.json").read_text()) == cited(staging)  # the run's latest decision
+    assert first["mlflow"]["alias"] != second["mlflow"]["alias"]
+    staged = promotion.gate(str(run2), str(staging), cfg, str(tmp_path))
+    assert staged["decision"] == "promoted" and staged["mlflow"]["removed_from"] == []
+    version_of = lambda name, alias: client.get_model_version_by_alias(name, alias).version  # noqa: E731
+    assert version_of("gistnet-resnet34", first["mlflow"]["alias"]) == "1"  # production's: not moved by staging
+    assert version_of("gistnet-resnet34", second["mlflow"]["alias"]) == "2"
+    # production switches architecture: its alias leaves gistnet-resnet34, staging's stays
+    switched = promotion.promote(str(run3), str(production), cfg, str(tmp_path))
+    assert switched["decision"] == "promoted" and switched["mlflow"]["removed_from"] == ["gistnet-resnet34"]
+    assert version_of("gistnet-resnet50", first["mlflow"]["alias"]) == "1"
+    assert set(client.get_registered_model("gistnet-resnet34").aliases) == {second["mlflow"]["alias"]}
+
+
+@pytest.mark.e2e
+def test_the_gate_logs_each_decision_to_mlflow(tiny_runs, tmp_path, mlflow_server):
+    """Promoted and refused, each decision is a run nested under the challenger's MLflow run: the
+    decision, its p, margin and AUCs as promotion.json has them, and promotion.json itself."""
+    mlflow = pytest.importorskip("mlflow")
+    from gistnet import config
+    from gistnet.errors import PromotionRefused
+    from gistnet.observe import registry
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    experiment = client.create_experiment("runs")
+    parents = [client.create_run(experiment).info.run_id for _ in range(2)]
+    champion = _tracked_copy(Path(tiny_runs) / "a", tmp_path / "champion", "gistnet-resnet34", "1", parents[0])
+    challenger = _tracked_copy(Path(tiny_runs) / "a", tmp_path / "challenger", "gistnet-resnet34", "2", parents[1])
+    settings = {"promotion.data": str(_promotion_set(tmp_path)), "tracking.mlflow_uri": mlflow_server}
+    registry_uri = str(tmp_path / "registry")
+    first = promotion.gate(str(champion), registry_uri, config.load_config(None, settings, environ={}), str(tmp_path))
+    # the same weights pass the AUC test; a calibration bound no model meets refuses them
+    strict = config.load_config(None, {**settings, "promotion.max_calibration_shift": 1e-9}, environ={})
+    with pytest.raises(PromotionRefused) as refused:
+        promotion.gate(str(challenger), registry_uri, strict, str(tmp_path))
+    record = refused.value.record
+
+    def decisions(parent: str) -> list:
+        return client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}' and "
+                                                "tags.`gistnet.role` = 'promotion'")
+
+    [promoted] = decisions(parents[0])
+    assert promoted.info.status == "FINISHED" and promoted.data.tags["gistnet.decision"] == "promoted"
+    assert promoted.data.metrics["promoted"] == 1.0 and promoted.data.tags["gistnet.reason"] == first["reason"]
+    assert promoted.data.metrics["auc_challenger"] == pytest.approx(first["challenger"]["evaluation"]["roc_auc"]["value"])
+    [logged] = decisions(parents[1])
+    test = record["non_inferiority"]
+    assert logged.data.tags["gistnet.decision"] == "refused" and logged.data.metrics["promoted"] == 0.0
+    assert logged.data.tags["gistnet.registry"] == record["registry"] and "calibration" in logged.data.tags["gistnet.reason"]
+    for name in ("p", "margin", "auc_challenger", "auc_champion", "difference"):
+        assert logged.data.metrics[name] == pytest.approx(test[name]), name
+    assert logged.data.metrics["mean_calibration_difference"] == pytest.approx(
+        record["challenger"]["mean_calibration_difference"])
+    assert logged.data.params["max_calibration_shift"] == "1e-09"
+    downloaded = client.download_artifacts(logged.info.run_id, "promotion.json", str(tmp_path))
+    assert json.loads(Path(downloaded).read_text()) == record
+    assert client.get_run(parents[1]).data.tags[f"gistnet.promotion.{registry.registry_id(registry_uri)}"] == "refused"

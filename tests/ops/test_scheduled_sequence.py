@@ -3,8 +3,8 @@ synthetic data in SeaweedFS, each logged to a real MLflow server and gated by th
 challenger check that the training process runs after its report (``promotion.registry`` set,
 as the chart's ``promotion.enabled`` does): the first is promoted with no champion to beat, a
 deliberately worse one (its class folders swapped, so it learns the labels backwards) is
-refused with its evidence, and a better one is promoted; MLflow's ``champion`` alias ends on
-the last promoted version.
+refused with its evidence, and a better one is promoted; the registry's MLflow alias
+(``champion-<registry id>``) ends on the last promoted version.
 
 The models train 2 epochs at 32 px, so they are weak and poorly calibrated: the test widens the
 margin and the calibration bound (``promotion.auc_margin`` 0.2, ``max_calibration_shift`` 0.5)
@@ -27,6 +27,7 @@ from gistnet.config import StorageConfig
 from gistnet.data import synth
 from gistnet.data.storage import open_store
 from gistnet.errors import EXIT_REFUSED
+from gistnet.observe import registry
 from tests.mlflowserver import mlflow_server  # noqa: F401 - fixture
 
 mlflow = pytest.importorskip("mlflow")
@@ -76,6 +77,8 @@ def test_promoted_refused_promoted_and_the_alias_follows(cli, bucket, s3_env, ml
     assert pointer()["data_digest"] == report3["dataset"]["lineage"]["digest"] == promoted["data_digest"]
 
     client = mlflow.tracking.MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
-    champion = client.get_model_version_by_alias("gistnet-resnet34", "champion")
+    alias = registry.champion_alias(f"{root}/registry")
+    champion = client.get_model_version_by_alias("gistnet-resnet34", alias)
     assert champion.version == report3["tracking"]["models"]["resnet34"]["version"] == "3"
-    assert promoted["mlflow"] == {"registered_model": "gistnet-resnet34", "version": "3", "alias": "champion"}
+    assert promoted["mlflow"] == {"registered_model": "gistnet-resnet34", "version": "3", "alias": alias,
+                                  "registry": f"{root}/registry", "removed_from": []}

@@ -112,7 +112,11 @@ def _rank() -> str:
     return "" if rank is None else f"rank {rank}: "
 
 def _resolve(config_file, flags: dict) -> config_mod.Config:
-    return config_mod.load_config(config_file, flags)
+    from gistnet.observe.tracking import check_uri
+
+    cfg = config_mod.load_config(config_file, flags)
+    check_uri(cfg.tracking)  # user:password@ in the tracking URI: exit 3, as the chart refuses it
+    return cfg
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(gistnet.__version__, prog_name="gistnet")

@@ -28,9 +28,12 @@ def _run_training(cfg: config_mod.Config, fold: str | None = None, model: str | 
     from gistnet import pipeline
     from gistnet.evidence import report
 
+    from gistnet.observe.tracking import check_uri
+
     for key, label in (("data", cfg.data.uri), ("output", cfg.output.uri)):
         if not label:
             raise errors.ConfigError(f"no {key} URI: pass --{key} or set {key}.uri in the config")
+    check_uri(cfg.tracking)  # gistnet demo resolves its config without _resolve
     outcome = pipeline.run(cfg, fold=fold, model=model)
     if outcome.report is None:
         if other_rank() is not None:  # trained in step with rank 0, which writes the report and says where

@@ -12,9 +12,16 @@ file as another version of that name (tag ``gistnet.format: onnx``).
 
 A server that fails does not lose the training: the first failure is logged once as a warning,
 tracking stops for the rest of the run, and the report records it (``tracking.status: failed``).
-With ``tracking.required: true`` the failure is a ``TrackingError`` (exit 5) instead. MLflow's
-credentials (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``/``TOKEN``, or a ``user:password@`` in
-the URI) never reach a log line, an error or the report: every message is redacted.
+With ``tracking.required: true`` the failure is a ``TrackingError`` (exit 5) instead. Either way
+the MLflow runs this process started or reopened are ended ``FAILED`` with the reason in the tag
+``gistnet.tracking_error`` (tried at the failure, and again when the process finishes or fails:
+a server that was only briefly down gets it then), never left ``RUNNING``; a run that fails
+for another reason (``abort``) ends its runs ``FAILED`` with that reason. A resumed run reopens them.
+Every run gistnet creates carries MLflow's own context tags (``mlflow.user``,
+``mlflow.source.name``/``type``, the git commit where there is one) and ``gistnet.version``. MLflow's
+credentials come from ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``/``TOKEN`` only: the CLI refuses a
+``user:password@`` in the URI (``check_uri``, exit 3), MLflow's own "View run at <URI>" lines are
+silenced, and every message gistnet writes is redacted all the same.
 
 Only ``config`` and ``errors`` are imported from gistnet; stored files and trained models come
 in as plain bytes and torch modules.
@@ -30,8 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
+from gistnet import __version__
 from gistnet.config import TrackingConfig, redact
-from gistnet.errors import TrackingError
+from gistnet.errors import ConfigError, TrackingError
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +48,13 @@ ROLE_TAG = "gistnet.role"
 UNIT_TAG = "gistnet.unit"
 DIGEST_TAG = "gistnet.data_digest"
 PARENT_TAG = "mlflow.parentRunId"
+VERSION_TAG = "gistnet.version"
+ERROR_TAG = "gistnet.tracking_error"  # why a run ended FAILED
 # MLflow's HTTP client retries a refused connection for minutes by default; a job bounds it.
+# MLflow's own "View run ... at <tracking URI>" lines on stdout are silenced: a job logs, it does not print.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+CREDENTIAL_VARIABLES = "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
 # MLflow's dataset digest column holds 36 characters: the first 32 hex digits of the sha256 go
 # there, the full digest is the run tag gistnet.data_digest and the dataset profile.
 MLFLOW_DIGEST_CHARS = 32
@@ -52,9 +64,29 @@ def tracking_uri(cfg: TrackingConfig, environ: Mapping[str, str] = os.environ) -
     return cfg.mlflow_uri or environ.get("MLFLOW_TRACKING_URI", "")
 
 
+def check_uri(cfg: TrackingConfig, environ: Mapping[str, str] = os.environ) -> None:
+    """Refuse (exit 3) a tracking URI that carries ``user:password@``, naming where it came from and
+    never its password: MLflow shows its tracking URI in its own messages. Credentials come only
+    from MLflow's environment variables, as the Helm chart requires."""
+    uri = tracking_uri(cfg, environ)
+    if uri and redact(uri) != uri:
+        where = ("tracking.mlflow_uri (or GISTNET_TRACKING_MLFLOW_URI)" if cfg.mlflow_uri
+                 else "MLFLOW_TRACKING_URI")
+        raise ConfigError(f"{where} must not carry user:password@ ({redact(uri)}): put the credentials in "
+                          f"{CREDENTIAL_VARIABLES}")
+
+
 def _one_line(text: str, limit: int = 300) -> str:
     text = redact(" ".join(str(text).split()))
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def run_tags(tags: dict[str, str]) -> dict[str, str]:
+    """``tags`` with MLflow's context tags (``mlflow.user``, ``mlflow.source.*``, git) as its fluent
+    API sets them, and gistnet's version."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    return resolve_tags({VERSION_TAG: __version__, **tags})
 
 
 def flat_params(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -80,6 +112,7 @@ class Tracker:
         self.parent_id: str | None = None
         self.experiment_id: str | None = None
         self.registered: dict[str, dict] = {}
+        self.open_runs: list[str] = []  # the MLflow runs this process started or reopened, not yet ended
 
     @property
     def enabled(self) -> bool:
@@ -105,12 +138,46 @@ class Tracker:
             raise
         except Exception as exc:  # noqa: BLE001 - any client/server failure is a tracking failure
             self.error = _one_line(f"{what}: {type(exc).__name__}: {exc}")
+            self._end_open_runs(self.error)
             if self.cfg.required:
                 raise TrackingError(f"MLflow at {redact(self.uri)} failed and tracking.required is true: "
                                     f"{self.error}") from None
             log.warning("MLflow tracking at %s failed (%s); training goes on without tracking, and "
                         "report.json records the failure", redact(self.uri), self.error)
             return None
+
+    def _end_open_runs(self, reason: str) -> None:
+        """End every run this process started and has not ended: ``FAILED``, the reason in a tag. Best
+        effort, whatever the tracker's state: a server still down keeps them for a later try."""
+        if self.client is None:
+            return
+        for run_id in list(self.open_runs):
+            try:
+                self.client.set_tag(run_id, ERROR_TAG, redact(reason)[:5000])
+                self.client.set_terminated(run_id, "FAILED")
+            except Exception as exc:  # noqa: BLE001 - the server is still failing
+                log.debug("could not end MLflow run %s: %s", run_id, _one_line(f"{type(exc).__name__}: {exc}"))
+                continue
+            self.open_runs.remove(run_id)
+
+    def _ended(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+        if run_id in self.open_runs:
+            self.open_runs.remove(run_id)
+        if not self.open_runs and self in _STARTED:
+            _STARTED.remove(self)
+
+    def abort(self, reason: str) -> None:
+        """The gistnet run failed (or tracking did): end the runs this process started ``FAILED``."""
+        self._end_open_runs(self.error or _one_line(reason))
+
+    def _opened(self, run_id: str, found: bool) -> str:
+        if found:  # a resumed (or fan-out) run: running again
+            self.client.update_run(run_id, status="RUNNING")
+        self.open_runs.append(run_id)
+        if self not in _STARTED:
+            _STARTED.append(self)
+        return run_id
 
     # ------------------------------------------------------------ the parent run
 
@@ -136,12 +203,13 @@ class Tracker:
                                         f"tags.`{RUN_TAG}` = '{run_id}' and tags.`{ROLE_TAG}` = 'run'",
                                         max_results=1)
         if found:
-            self.parent_id = found[0].info.run_id
+            self.parent_id = self._opened(found[0].info.run_id, True)
             return
         tags = {RUN_TAG: run_id, ROLE_TAG: "run"}
         if dataset:
             tags[DIGEST_TAG] = dataset["digest"]
-        self.parent_id = self.client.create_run(self.experiment_id, tags=tags, run_name=run_id).info.run_id
+        self.parent_id = self._opened(self.client.create_run(self.experiment_id, tags=run_tags(tags),
+                                                             run_name=run_id).info.run_id, False)
         from mlflow.entities import Param
 
         params = [Param(k, v[:6000]) for k, v in flat_params(config).items()]
@@ -172,10 +240,11 @@ class Tracker:
                                         f"tags.`{PARENT_TAG}` = '{self.parent_id}' and tags.`{UNIT_TAG}` = '{name}'",
                                         max_results=1)
         if found:
-            return found[0].info.run_id
+            return self._opened(found[0].info.run_id, True)
         tags = {PARENT_TAG: self.parent_id, UNIT_TAG: name, ROLE_TAG: "unit", "gistnet.model": model,
                 "gistnet.fold": "holdout" if fold is None else str(fold)}
-        return self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
+        return self._opened(self.client.create_run(self.experiment_id, tags=run_tags(tags), run_name=name).info.run_id,
+                            False)
 
     # ------------------------------------------------------------ the finished run
 
@@ -186,7 +255,9 @@ class Tracker:
         self._call("logging the artifacts", lambda: self._artifacts(files))
         for name, model in models.items():
             self._call(f"logging model {name}", lambda: self._model(name, model))
-        self._call("ending the run", lambda: self.client.set_terminated(self.parent_id, "FINISHED"))
+        self._call("ending the run", lambda: self._ended(self.parent_id))
+        if self.error:  # logging failed on the way: the runs end FAILED, with the reason
+            self._end_open_runs(self.error)
 
     def _final_metrics(self, report: dict) -> None:
         from mlflow.entities import Metric
@@ -290,6 +361,16 @@ class Tracker:
         return self._call(f"logging the ONNX model of {name}", log)
 
 
+_STARTED: list[Tracker] = []  # the trackers of this process that started MLflow runs
+
+
+def abort_open(reason: str) -> None:
+    """The process is failing (pipeline.run): end ``FAILED`` every MLflow run this process started
+    and has not ended, with ``reason``."""
+    while _STARTED:
+        _STARTED.pop().abort(reason)
+
+
 @dataclass
 class ModelToLog:
     """A trained model for the registry: the torch module, an input example (its batch of 2 keeps the
@@ -327,4 +408,4 @@ class UnitTracker:
 
     def finished(self) -> None:
         if self.run_id is not None:
-            self.tracker._call("ending a unit", lambda: self.tracker.client.set_terminated(self.run_id, "FINISHED"))
+            self.tracker._call("ending a unit", lambda: self.tracker._ended(self.run_id))

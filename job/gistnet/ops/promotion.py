@@ -19,10 +19,13 @@ interval defined) is promoted, and the pointer says it had no champion to beat.
 
 The champion is first checked as ``--run production`` checks it (``trained.open_production``: its
 run's weights must still be the sha256 the pointer promoted, else exit 9). Every decision is
-written next to the run as ``promotion.json``; a refusal is ``PromotionRefused`` (exit 11) with a
-one-line reason. Promoting writes the evidence first, moves MLflow's ``champion`` alias when
-tracking is on, and switches ``<registry>/production.json`` last, with a conditional write on the
-pointer that was read (two promotions never interleave).
+written next to the run as ``promotion/<registry id>/promotion.json`` (the evidence the pointer
+cites, kept per registry) and copied to ``promotion.json`` (the run's latest decision, any
+registry); a refusal is ``PromotionRefused`` (exit 11) with a one-line reason. Promoting writes
+the evidence first, moves the registry's own MLflow alias ``champion-<registry id>``
+(``observe/registry.py``, taken off the previous champion) when tracking is on, and switches
+``<registry>/production.json`` last, with a conditional write on the pointer that was read (two
+promotions never interleave).
 """
 
 from __future__ import annotations
@@ -42,11 +45,12 @@ from gistnet.data.lineage import Lineage
 from gistnet.data.storage import Store, open_store, redact
 from gistnet.errors import DataError, GistnetError, PreconditionFailed, PromotionRefused, StorageError
 from gistnet.evidence import compare
+from gistnet.observe.registry import registry_id
 from gistnet.serving import predict, trained
 
 log = logging.getLogger(__name__)
 
-RECORD = "promotion.json"
+RECORD = "promotion.json"  # the run's latest decision; each registry's is promotion/<registry id>/promotion.json
 REQUIRED_METRICS = ("sensitivity", "specificity", "accuracy")  # with roc_auc: what a complete evaluation defines
 REFUSALS = "refusals.json"  # <registry>/refusals.json: consecutive refusals since the last promotion
 
@@ -70,6 +74,17 @@ def non_inferiority(challenger, champion, labels, margin: float, clusters=None) 
     return {"method": method, "auc_challenger": float(aucs[0]), "auc_champion": float(aucs[1]),
             "difference": difference, "margin": margin, "z": z, "p": p,
             "se": math.sqrt(max(variance, 0.0))}
+
+
+def record_key(registry_uri: str) -> str:
+    """Where a run keeps the decision of one registry: ``promotion/<registry id>/promotion.json``."""
+    return f"promotion/{registry_id(registry_uri)}/{RECORD}"
+
+
+def _write_record(run: Store, record: dict) -> None:
+    data = json.dumps(record, indent=1).encode()
+    run.write_bytes(record_key(record["registry"]), data)
+    run.write_bytes(RECORD, data)
 
 
 def mean_calibration_difference(labels, probabilities) -> float:
@@ -119,7 +134,7 @@ def _development_digests(model: trained.TrainedModel, config: Config) -> dict[st
 
 
 def _score(model_run: str, model: str, data_uri: str, out: Store, where: str, config: Config, scratch: str) -> dict:
-    """Score the promotion set with one model; its predictions.json goes under ``out/<where>``."""
+    """Score the promotion set with one model; its predictions.json goes under ``out/promotion/<where>``."""
     request = predict.Request(run=model_run, data=data_uri, output=out.uri_of(f"promotion/{where}"), model=model,
                               device=config.train.device)
     quiet = replace(config, metrics={"pushgateway": "", "port": 0})  # the gate pushes its own decision
@@ -196,7 +211,7 @@ def promote(run_uri: str, registry_uri: str, config: Config, scratch: str | None
                        f"the promotion set {redact(pc.data)} shares {len(overlap)} images with the challenger's "
                        f"development data (first: {overlap[0]}); it must be a locked set used for nothing else")
 
-    mine = _score(run.uri, challenger.name, pc.data, run, "challenger", config, scratch)
+    mine = _score(run.uri, challenger.name, pc.data, run, f"{registry_id(registry.uri)}/challenger", config, scratch)
     keys, labels, p_new, _, _ = _arrays(mine)
     citl = mean_calibration_difference(labels, p_new)
     record["challenger"] = {"evaluation": mine["evaluation"], "mean_calibration_difference": citl,
@@ -209,7 +224,8 @@ def promote(run_uri: str, registry_uri: str, config: Config, scratch: str | None
         record["reason"] = "no champion to beat: first production model (its evaluation on the promotion set is complete)"
         return _promote(record, challenger, run, registry, None, config)
 
-    theirs = _score(pointer["run_uri"], pointer["model"], pc.data, run, "champion", config, scratch)
+    theirs = _score(pointer["run_uri"], pointer["model"], pc.data, run, f"{registry_id(registry.uri)}/champion",
+                    config, scratch)
     test = paired_test(mine, theirs, pc.auc_margin, redact(pc.data))
     record["non_inferiority"] = test
     record["champion_evaluation"] = theirs["evaluation"]
@@ -241,12 +257,12 @@ def _promote(record: dict, challenger: trained.TrainedModel, run: Store, registr
                "run_id": challenger.run_id, "model_uri": run.uri_of(challenger.key(trained.WEIGHTS)),
                "promoted": record["time"], "no_champion": record["champion"] is None,
                "data_digest": record["data_digest"], "promotion_data_digest": record["promotion_data_digest"],
-               "evidence": run.uri_of(RECORD), "reason": record["reason"]}
+               "evidence": run.uri_of(record_key(registry.uri)), "reason": record["reason"]}
     record["pointer"], record["pointer_switched"], record["consecutive_refusals"] = pointer, False, 0
-    run.write_bytes(RECORD, json.dumps(record, indent=1).encode())
+    _write_record(run, record)
     registry.write_bytes(REFUSALS, json.dumps({"consecutive": 0, "last_promoted": challenger.run_id}).encode())
     try:
-        record["mlflow"] = _move_alias(challenger, config)  # tracking.required and MLflow down: TrackingError
+        record["mlflow"] = _move_alias(challenger, registry.uri, config)  # tracking.required and MLflow down: TrackingError
         registry.write_bytes_if(trained.POINTER, json.dumps(pointer, indent=1).encode(),
                                 if_none_match=etag is None, if_match=etag)
     except GistnetError as exc:
@@ -254,10 +270,10 @@ def _promote(record: dict, challenger: trained.TrainedModel, run: Store, registr
             exc = StorageError(f"{registry.uri_of(trained.POINTER)} changed while this promotion was decided "
                                "(another promotion ran); run gistnet promote again")
         record["error"] = f"{exc.kind}: {exc}; production.json was not switched"
-        run.write_bytes(RECORD, json.dumps(record, indent=1).encode())
+        _write_record(run, record)
         raise exc from None
     record["pointer_switched"] = True
-    run.write_bytes(RECORD, json.dumps(record, indent=1).encode())
+    _write_record(run, record)
     log.info("promoted %s of run %s: %s", challenger.name, challenger.run_id, record["reason"])
     return record
 
@@ -267,9 +283,16 @@ def decided(run: Store, registry_uri: str, config: Config) -> bool:
     promoted it and switched the pointer (a record from before ``pointer_switched`` existed was
     only written after the switch). False: no record, another registry's, or a promotion that
     failed before the switch (the pipeline runs the gate again on a re-run)."""
-    try:
-        record = json.loads(run.read(RECORD))
-    except (FileNotFoundError, ValueError):
+    record = None
+    for key in (record_key(registry_uri), RECORD):  # this registry's decision; a run from before it had one
+        try:
+            record = json.loads(run.read(key))
+            break
+        except FileNotFoundError:
+            continue
+        except ValueError:
+            return False
+    if record is None:
         return False
     if record.get("registry") != open_store(registry_uri, config.storage).uri:
         return False
@@ -285,27 +308,27 @@ def _refuse(record: dict, run: Store, registry: Store, config: Config, reason: s
         previous = 0
     record["consecutive_refusals"] = previous + 1
     registry.write_bytes(REFUSALS, json.dumps({"consecutive": previous + 1, "last_refused": record["run_id"]}).encode())
-    run.write_bytes(RECORD, json.dumps(record, indent=1).encode())
+    _write_record(run, record)
     raise PromotionRefused(reason, record)
 
 
-def _move_alias(challenger: trained.TrainedModel, config: Config) -> dict | None:
-    """Point MLflow's ``champion`` alias at the challenger's registered version (tracking on); called
-    before ``production.json`` is switched, so a required tracking server that fails stops the switch."""
+def _move_alias(challenger: trained.TrainedModel, registry_uri: str, config: Config) -> dict | None:
+    """Point the registry's champion alias at the challenger's registered version, off the previous
+    champion (tracking on); called before ``production.json`` is switched, so a required tracking
+    server that fails stops the switch."""
+    from gistnet.observe import registry as mlflow_registry
     from gistnet.observe.tracking import tracking_uri
 
     uri = tracking_uri(config.tracking)
     registered = ((challenger.report.get("tracking") or {}).get("models") or {}).get(challenger.name)
     if not uri or not registered:
         return None
-    moved = {"registered_model": registered["name"], "version": registered["version"], "alias": "champion"}
+    moved = {"registered_model": registered["name"], "version": registered["version"],
+             "alias": mlflow_registry.champion_alias(registry_uri)}
     try:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        client.set_registered_model_alias(registered["name"], "champion", registered["version"])
+        moved = mlflow_registry.move_champion(uri, registry_uri, registered["name"], registered["version"])
     except Exception as exc:  # noqa: BLE001 - the pointer is the source of truth; the alias follows it
-        log.warning("promoted, but MLflow's champion alias was not moved: %s", redact(type(exc).__name__))
+        log.warning("MLflow's champion alias was not moved (production.json is the source of truth): %s", redact(type(exc).__name__))
         moved["error"] = redact(f"{type(exc).__name__}: {exc}")[:300]
         if config.tracking.required:
             from gistnet.errors import TrackingError
@@ -323,8 +346,33 @@ def gate(run_uri: str, registry_uri: str, config: Config, scratch: str | None = 
     try:
         record = promote(run_uri, registry_uri, config, scratch)
     except PromotionRefused as exc:
+        _log_decision(exc.record, config)
         push_promotion(m.pushgateway, m.job_name, m.grouping_labels, False,
                        (exc.record or {}).get("consecutive_refusals", 0))
         raise
+    _log_decision(record, config)
     push_promotion(m.pushgateway, m.job_name, m.grouping_labels, True, 0)
     return record
+
+
+def _log_decision(record: dict | None, config: Config) -> None:
+    """The decision as an MLflow run nested under the challenger's (tracking on and the run tracked;
+    ``observe/registry.py``). After the decision, so a failure is a warning that changes no exit code:
+    promotion.json and production.json are the record."""
+    from gistnet.observe import registry as mlflow_registry
+    from gistnet.observe.tracking import tracking_uri
+
+    uri = tracking_uri(config.tracking)
+    if not uri or not record:
+        return
+    try:
+        report = json.loads(open_store(record["run_uri"], config.storage).read("report.json"))
+        parent = (report.get("tracking") or {}).get("mlflow_run_id")
+        if parent:
+            mlflow_registry.log_decision(uri, parent, record)
+        else:
+            log.warning("MLflow tracking is on but run %s was not tracked: its promotion decision is not logged",
+                        record["run_uri"])
+    except Exception as exc:  # noqa: BLE001 - any client/server failure
+        log.warning("the promotion decision (%s) was not logged to MLflow at %s: %s", record.get("decision"),
+                    redact(uri), redact(f"{type(exc).__name__}: {exc}")[:300])
