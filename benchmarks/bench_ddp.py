@@ -1,6 +1,6 @@
 """Data-parallel training on CPU: 1 vs 2 processes, and the exit-abort trap.
 
-    python benchmarks/bench_ddp.py throughput [--image-size 64] [--epochs 2]
+    python benchmarks/bench_ddp.py throughput [--image-size 64] [--epochs 2] [--n-gist 69 --n-lm 73]
     python benchmarks/bench_ddp.py exit-loop [--runs 40] [--variant keep|delete|gistnet]
 
 throughput: synthesizes 142 images, trains ResNet-34 under `torchrun --standalone` with 1 and
@@ -55,7 +55,8 @@ def _env(threads: int = 1) -> dict:
 def throughput(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-ddp-"))
     subprocess.run([sys.executable, "-m", "gistnet", "synth", "--output", str(work / "data"),
-                    "--image-size", str(args.image_size)], check=True, capture_output=True)
+                    "--image-size", str(args.image_size), "--n-gist", str(args.n_gist), "--n-lm", str(args.n_lm)],
+                   check=True, capture_output=True)
     # (processes, threads each): one process with one thread, one with both cores, two with one each.
     for procs, threads in ((1, 1), (1, 2), (2, 1)):
         run_id = f"p{procs}t{threads}"
@@ -107,6 +108,8 @@ def main() -> None:
     t = sub.add_parser("throughput")
     t.add_argument("--image-size", type=int, default=64)
     t.add_argument("--epochs", type=int, default=2)
+    t.add_argument("--n-gist", type=int, default=69, help="synthetic GIST images (the paper's 69)")
+    t.add_argument("--n-lm", type=int, default=73, help="synthetic leiomyoma images (the paper's 73)")
     e = sub.add_parser("exit-loop")
     e.add_argument("--runs", type=int, default=40)
     e.add_argument("--variant", choices=("keep", "delete", "gistnet"), default="gistnet")

@@ -150,7 +150,7 @@ def measure_one(loader: str, uri: str, threads: int, size: int) -> dict:
     from PIL import Image, ImageOps  # noqa: F401 - every import before the baseline
     import torch  # noqa: F401
 
-    from gistnet import dataset  # noqa: F401
+    from gistnet.data import dataset  # noqa: F401
     from gistnet.config import DataConfig, StorageConfig
     from gistnet.data.storage import open_store
 
