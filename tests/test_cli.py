@@ -434,3 +434,38 @@ def test_under_torchrun_only_rank_0_logs_info_and_the_others_name_their_rank(env
     finally:
         monkeypatch.undo()
         cli_mod.setup_logging()
+
+
+# ------------------------------------------------------------------ bad flags: one line, exit 2
+
+@pytest.mark.parametrize("args, flag", [
+    (["train", "--epochs", "abc"], "'--epochs': 'abc' is not a valid integer"),
+    (["predict", "--run", "r", "--data", "d", "--output", "o", "--threshold", "2"], "'--threshold'"),
+    (["train", "--bogus"], "No such option '--bogus'"),
+    (["trian"], "No such command 'trian'"),
+])
+def test_bad_flag_values_are_one_line_usage_errors(args, flag):
+    """README's exit-code table: a bad flag value is "bad command-line usage", one line and exit 2,
+    not Click's usage block (docs/bad-input.md)."""
+    from click.testing import CliRunner
+
+    from gistnet.cli import cli
+
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == errors.EXIT_USAGE, result.output
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("gistnet: usage error: ") and flag in lines[0], lines
+    assert " (see '" in lines[0] and "--help')" in lines[0] and "Usage:" not in result.stderr
+
+
+def test_help_and_version_are_still_clicks():
+    from click.testing import CliRunner
+
+    import gistnet
+    from gistnet.cli import cli
+
+    assert CliRunner().invoke(cli, ["--version"]).stdout == f"gistnet, version {gistnet.__version__}\n"
+    helped = CliRunner().invoke(cli, ["train", "--help"], prog_name="gistnet")
+    assert helped.exit_code == 0 and helped.stdout.startswith("Usage: gistnet train [OPTIONS]")
