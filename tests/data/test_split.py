@@ -125,3 +125,12 @@ def test_fewer_than_three_sites_is_a_data_error_naming_the_counts():
     with pytest.raises(DataError, match="2 of 6 images have none"):
         split.make_plan(keys, [0, 1] * 3, [""] * 6, SplitConfig(method="site"), 0, ("GIST", "LM"),
                         ["A", "B", "C", "A", "", ""])
+
+
+def test_the_plan_is_logged_at_debug(caplog):
+    keys = [f"GIST/{i}.png" for i in range(10)] + [f"LM/{i}.png" for i in range(10)]
+    with caplog.at_level("DEBUG", logger="gistnet.data.split"):
+        split.make_plan(keys, [1] * 10 + [0] * 10, [""] * 20, SplitConfig(method="kfold", folds=5), seed=0)
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "DEBUG"]
+    assert lines == [f"split kfold, part {i} of 5: 16 training, 4 validation images (stratified-kfold, seed 0)"
+                     for i in range(1, 6)], lines
