@@ -101,3 +101,32 @@ def test_bench_ddp_throughput_and_exit_loop_run():
         assert f"{config}  whole command:" in out
     out = run_script("benchmarks/bench_ddp.py", "exit-loop", "--runs", "1", "--variant", "delete").stdout
     assert "delete: 0 of 1 runs did not exit 0" in out
+
+
+def test_stage_times_are_printed_recorded_and_summed(tmp_path):
+    """scripts/stage.sh, which `make test` and `make image-test` run each stage through."""
+    env = {**os.environ, "STAGE_LOG": str(tmp_path / "times")}
+    stage = ["bash", str(REPO / "scripts" / "stage.sh")]
+    ok = subprocess.run([*stage, "unit", "sleep", "1"], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0 and ok.stdout.splitlines()[-1] in ("== stage unit: 1 s (exit 0)",
+                                                                 "== stage unit: 2 s (exit 0)")
+    failed = subprocess.run([*stage, "e2e", "bash", "-c", "echo out; exit 3"], capture_output=True, text=True, env=env)
+    assert failed.returncode == 3 and failed.stdout.splitlines() == ["out", "== stage e2e: 0 s (exit 3)"]
+    rows = [line.split("\t") for line in (tmp_path / "times").read_text().splitlines()]
+    assert [(name, code) for name, _, code in rows] == [("unit", "0"), ("e2e", "3")]
+    summary = subprocess.run([*stage, "--summary"], capture_output=True, text=True, env=env).stdout.splitlines()
+    seconds = int(rows[0][1]) + int(rows[1][1])
+    assert summary[0] == "== time per stage" and summary[-1].split()[:3] == ["total", str(seconds), "s"]
+    assert subprocess.run([*stage, "--reset"], env=env).returncode == 0 and not (tmp_path / "times").exists()
+
+
+def test_make_test_times_each_stage_and_keeps_the_slowest_tests():
+    makefile = (REPO / "Makefile").read_text()
+    recipe = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    for stage in ("installs", "unit", "e2e"):
+        assert f"$(STAGE) {stage} " in recipe
+    assert "--summary" in recipe
+    image = makefile.split("\nimage-test:", 1)[1]
+    for stage in ("image-installs", "image-base", "image-build", "image-run"):
+        assert f"$(STAGE) {stage} " in image
+    assert "--durations=25" in (REPO / "pyproject.toml").read_text()
