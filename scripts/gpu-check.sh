@@ -9,23 +9,25 @@
 # (142 synthetic 224 px images, both ResNets, $EPOCHS epochs, batch 32) with compile
 # reduce-overhead on a cold then a warm compile cache, then with compile off; `gistnet bench`;
 # one SIGTERM-and-resume on CUDA. A step that fails prints "ok": false and the rest still run.
-# DRY_RUN=1 runs the same steps on CPU with tiny sizes (to test the script where there is no GPU).
+# DRY_RUN=1 runs the same steps on CPU with tiny sizes (to test the script where there is no GPU;
+# tests/test_gpu_check.py runs it in the suite with DRY_COMPILE=off: torch.compile on a CPU took
+# 13 min per job on the shared 2-core machine). The work folder is made under $TMPDIR (or /tmp).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 REPO=$PWD
 DRY_RUN=${DRY_RUN:-0}
 EPOCHS=${EPOCHS:-200}
 SITE=${SITE:-/tmp/site}
-WORK=$(mktemp -d /tmp/gistnet-gpu-check.XXXXXX)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gistnet-gpu-check.XXXXXX")
 LOG_DIR=${LOG_DIR:-${OUT:-$WORK}/gpu-check}
 mkdir -p "$LOG_DIR"
 
 if [ "$DRY_RUN" = 1 ]; then
-  DEVICE=cpu; SIZE=32; EPOCHS=${DRY_EPOCHS:-1}; COMPILED=default; BENCH=(--batch-size 4 --image-size 32 --steps 2 --warmup 1 --workers 1)
-  N_GIST=12; N_LM=12; DEMO_SIZE=32; MODELS=${MODELS:-resnet34}
+  DEVICE=cpu; SIZE=32; EPOCHS=${DRY_EPOCHS:-1}; COMPILED=${DRY_COMPILE:-default}; BENCH=(--batch-size 4 --image-size 32 --steps 2 --warmup 1 --workers 1)
+  N_GIST=12; N_LM=12; DEMO_SIZE=32; DEMO_EPOCHS=1; RESUME_EPOCHS=3; MODELS=${MODELS:-resnet34}
 else
   DEVICE=cuda; SIZE=224; COMPILED=reduce-overhead; BENCH=(--steps 30 --warmup 10 --workers 8)
-  N_GIST=69; N_LM=73; DEMO_SIZE=64
+  N_GIST=69; N_LM=73; DEMO_SIZE=64; DEMO_EPOCHS=3; RESUME_EPOCHS=6
 fi
 MODELS=${MODELS:-resnet34,resnet50}
 
@@ -103,7 +105,7 @@ full_job() {  # full_job NAME COMPILE OUTPUT RUN_ID
 
 kill_and_resume() {
   local out=$WORK/resume data=$WORK/paper-data pid rc
-  local args=(train --data "$data" --output "$out" --run-id r --device "$DEVICE" --models resnet34 --epochs 6
+  local args=(train --data "$data" --output "$out" --run-id r --device "$DEVICE" --models resnet34 --epochs "$RESUME_EPOCHS"
               --image-size "$SIZE" --checkpoint-every 1 --compile off)
   # python itself in the background, not the gistnet() function: a function runs in a subshell,
   # whose PID would take the SIGTERM (exit 143) while gistnet trained on, orphaned.
@@ -124,7 +126,7 @@ kill_and_resume() {
 
 install_wheels
 environment
-timed demo gistnet demo --device "$DEVICE" --output "$WORK/demo" --epochs 3 --image-size "$DEMO_SIZE" --models "$MODELS"
+timed demo gistnet demo --device "$DEVICE" --output "$WORK/demo" --epochs "$DEMO_EPOCHS" --image-size "$DEMO_SIZE" --models "$MODELS"
 timed synth gistnet synth --output "$WORK/paper-data" --n-gist "$N_GIST" --n-lm "$N_LM" --image-size "$SIZE"
 full_job paper-job-compiled-cold-cache "$COMPILED" "$WORK/runs-compiled" cold
 full_job paper-job-compiled-warm-cache "$COMPILED" "$WORK/runs-compiled" warm

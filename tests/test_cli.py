@@ -458,3 +458,60 @@ def test_a_third_party_record_is_one_warning_line_and_a_warned_echo_is_dropped()
     assert one_line.filter(other) and other.getMessage() == "UserWarning: something else (torch/y.py:3)"
     own = logging.LogRecord("gistnet.data", logging.ERROR, "f.py", 1, "two\nlines", (), None)
     assert one_line.filter(own) and own.levelname == "ERROR" and own.getMessage() == "two\nlines"
+
+
+# ------------------------------------------------------------------ bad flags: one line, exit 2
+
+@pytest.mark.parametrize("args, flag", [
+    (["train", "--epochs", "abc"], "'--epochs': 'abc' is not a valid integer"),
+    (["predict", "--run", "r", "--data", "d", "--output", "o", "--threshold", "2"], "'--threshold'"),
+    (["train", "--bogus"], "No such option '--bogus'"),
+    (["trian"], "No such command 'trian'"),
+])
+def test_bad_flag_values_are_one_line_usage_errors(args, flag):
+    """README's exit-code table: a bad flag value is "bad command-line usage", one line and exit 2,
+    not Click's usage block (docs/bad-input.md)."""
+    from click.testing import CliRunner
+
+    from gistnet.cli import cli
+
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == errors.EXIT_USAGE, result.output
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("gistnet: usage error: ") and flag in lines[0], lines
+    assert " (see '" in lines[0] and "--help')" in lines[0] and "Usage:" not in result.stderr
+
+
+def test_help_and_version_are_still_clicks():
+    from click.testing import CliRunner
+
+    import gistnet
+    from gistnet.cli import cli
+
+    assert CliRunner().invoke(cli, ["--version"]).stdout == f"gistnet, version {gistnet.__version__}\n"
+    helped = CliRunner().invoke(cli, ["train", "--help"], prog_name="gistnet")
+    assert helped.exit_code == 0 and helped.stdout.startswith("Usage: gistnet train [OPTIONS]")
+
+
+# ------------------------------------------------------------------ -v: debug lines at each stage
+
+@pytest.mark.e2e
+def test_verbose_logs_each_stage_at_debug(cli, tiny_data, tmp_path):
+    """README: `gistnet -v` gives debug logging; each stage boundary says what it did."""
+    done = cli("-v", "train", "--data", tiny_data, "--output", tmp_path / "runs", "--run-id", "v", "--models",
+               "resnet34", "--epochs", "1", "--image-size", "32", "--batch-size", "16", "--augmentation", "none",
+               "--checkpoint-every", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    debug = [line for line in done.stderr.splitlines() if " DEBUG gistnet." in line]
+    objects = sum(1 for p in Path(tiny_data).rglob("*") if p.is_file())  # 40 images and synth.json
+    for fragment in (f"DEBUG gistnet.data.storage: listed {objects} objects under {tiny_data}",
+                     f"DEBUG gistnet.data.listing: listing {tiny_data}: {objects} objects, 40 labeled images "
+                     "(20 GIST, 20 LM)",
+                     "DEBUG gistnet.data.split: split holdout, part 1 of 1: 32 training, 8 validation images",
+                     "DEBUG gistnet.training.train: resnet34 epoch 1: learning rate",
+                     "DEBUG gistnet.data.storage: wrote "):
+        assert any(fragment in line for line in debug), (fragment, debug)
+    quiet = cli("train", "--data", tiny_data, "--output", tmp_path / "runs", "--run-id", "v")
+    assert quiet.returncode == 0 and " DEBUG " not in quiet.stderr

@@ -128,3 +128,30 @@ def test_documented_gistnet_command_lines_parse():
 def test_dockerignore_keeps_the_build_context_small():
     ignore = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines() if ln and not ln.startswith("#")]
     assert ignore[0] == "*" and "!job/" in ignore and "!pyproject.toml" in ignore
+
+
+def test_a_code_change_reuses_the_base_torch_and_dependency_layers():
+    """Issue 30: the image test's layer cache must not reinstall torch (or the dependencies) when
+    only job/ changed. The Dockerfile orders what changes least first: torch, then the
+    dependencies keyed by pyproject.toml alone, then the project (--no-deps); the per-build
+    version, revision and date come after the last RUN. make image-test builds with the cache."""
+    at = DOCKERFILE.index
+    torch, pyproject = at("RUN pip install --no-cache-dir torch=="), at("COPY pyproject.toml ./\n")
+    deps, code = at("pip install --no-cache-dir -r /tmp/requirements.txt"), at("COPY job ./job")
+    project = at('RUN pip install --no-cache-dir ".[mlflow]" --no-deps')
+    assert torch < pyproject < deps < code < project
+    assert [m.start() for m in re.finditer(r"^COPY ", DOCKERFILE, re.M)][0] == pyproject  # nothing else before deps
+    last_run = max(m.start() for m in re.finditer(r"^RUN ", DOCKERFILE, re.M))
+    for arg in ("VERSION", "REVISION", "CREATED"):
+        assert at(f"ARG {arg}=") > last_run, f"ARG {arg} would invalidate the cached layers after it"
+    # The dependency layer's requirements, computed by its own command, are pyproject.toml's.
+    import tomllib
+
+    command = re.search(r"RUN python -c '(.*?)' >/tmp/requirements.txt", DOCKERFILE, re.S).group(1)
+    listed = subprocess.run([sys.executable, "-c", command.replace("\\\n", "")], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout.splitlines()
+    project_table = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert listed == project_table["dependencies"] + project_table["optional-dependencies"]["mlflow"]
+    assert 'LAYERS:-false}' in (REPO / "scripts" / "build-image.sh").read_text()
+    makefile = (REPO / "Makefile").read_text()
+    assert "IMAGE_LAYERS ?= true" in makefile and "LAYERS=$(IMAGE_LAYERS) bash scripts/build-image.sh" in makefile

@@ -201,3 +201,67 @@ def test_a_missing_subcommand_or_flag_is_reported():
 
     page = "## Options of every command\n`--quiet` `-h` `--help`\n## gistnet remote\n## gistnet remote add\n`--url` `NAME`\n"
     assert missing_from_cli_page(page, root) == ["gistnet remote add --no-url"]
+
+
+# ------------------------------------------------------------------ the synopsis lists every flag
+
+SYNOPSIS_FREE = {"config", "launch"}  # "[flags]": they take train's flags (config) or pass them on (launch)
+
+
+def synopsis_problems(text: str, root: click.Group = cli) -> list[str]:
+    """cli.md's synopsis block against Click: one entry per command (continuation lines indented),
+    naming every long flag it has and none it lacks (config and launch say "[flags]")."""
+    block = re.search(r"^## Synopsis\n+```\n(.*?)^```", text, flags=re.M | re.S).group(1)
+    entries: dict[str, str] = {}
+    current = None
+    for line in block.splitlines():
+        if line.startswith("gistnet "):
+            current = line.split()[1]
+            entries[current] = ""
+        if current:
+            entries[current] += " " + line.split("#")[0]
+    problems = []
+    for name, cmd in sorted(root.commands.items()):
+        if name not in entries:
+            problems.append(f"{name}: not in the synopsis")
+            continue
+        if name in SYNOPSIS_FREE:
+            continue
+        shown = set(re.findall(r"(?<![\w-])--[a-z][\w-]*", entries[name]))
+        flags = {o for p in cmd.params if isinstance(p, click.Option) for o in (*p.opts, *p.secondary_opts)
+                 if o.startswith("--") and o != "--help"}
+        problems += [f"{name}: {flag} missing" for flag in sorted(flags - shown)]
+        problems += [f"{name}: {flag} is not a flag of it" for flag in sorted(shown - flags)]
+    return problems
+
+
+def test_the_synopsis_lists_every_flag_of_every_command():
+    assert synopsis_problems((REPO / "docs" / "cli.md").read_text()) == []
+
+
+def test_a_flag_left_out_of_the_synopsis_is_reported():
+    text = (REPO / "docs" / "cli.md").read_text()
+    assert synopsis_problems(text.replace("[--per-site N]", "")) == ["demo: --per-site missing"]
+
+
+# ------------------------------------------------------------------ kubectl selectors name the release
+
+def release_label_problems(text: str) -> list[str]:
+    """Each ``app.kubernetes.io/instance=NAME`` in a page names the release that the page's last
+    ``helm install|upgrade [--install] RELEASE`` before it installed (the chart sets the label to
+    the release name)."""
+    problems, release = [], None
+    for match in re.finditer(r"helm (?:install|upgrade)(?: --install)? ([\w.-]+)|app\.kubernetes\.io/instance=([\w.-]+)",
+                             text):
+        if match.group(1):
+            release = match.group(1)
+        elif match.group(2) != release:
+            problems.append(f"instance={match.group(2)} after helm install {release}")
+    return problems
+
+
+def test_label_selectors_name_the_release_installed_before_them():
+    problems = {p.name: release_label_problems(p.read_text()) for p in PAGES}
+    assert {name: found for name, found in problems.items() if found} == {}
+    assert release_label_problems("helm install gistnet-nightly x\nkubectl get jobs -l app.kubernetes.io/instance=gistnet") \
+        == ["instance=gistnet after helm install gistnet-nightly"]

@@ -172,3 +172,12 @@ def test_a_run_with_patient_ids_is_the_same_under_two_pseudonym_keys(tiny_data, 
     assert (out / "x" / "split.json").read_bytes() == (out / "y" / "split.json").read_bytes()
     weights = "resnet34/model.safetensors"
     assert (out / "x" / weights).read_bytes() == (out / "y" / weights).read_bytes()
+
+
+def test_the_plan_is_logged_at_debug(caplog):
+    keys = [f"GIST/{i}.png" for i in range(10)] + [f"LM/{i}.png" for i in range(10)]
+    with caplog.at_level("DEBUG", logger="gistnet.data.split"):
+        split.make_plan(keys, [1] * 10 + [0] * 10, [""] * 20, SplitConfig(method="kfold", folds=5), seed=0)
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "DEBUG"]
+    assert lines == [f"split kfold, part {i} of 5: 16 training, 4 validation images (stratified-kfold, seed 0)"
+                     for i in range(1, 6)], lines

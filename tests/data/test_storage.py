@@ -269,3 +269,18 @@ def test_an_s3_error_names_the_object_by_its_full_key(monkeypatch):
         run.write_bytes("resnet34/checkpoint.json", b"{}")
     with pytest.raises(StorageError, match=r"to list s3://b/runs/r1 \(retries"):
         run.list()
+
+
+def test_listing_and_file_transfers_are_logged_at_debug(tmp_path, caplog):
+    store = LocalStore(tmp_path / "store")
+    source = tmp_path / "weights.bin"
+    source.write_bytes(b"x" * 2_000_000)
+    with caplog.at_level("DEBUG", logger="gistnet.data.storage"):
+        store.upload_file("m/weights.bin", source)
+        store.download_file("m/weights.bin", tmp_path / "back.bin")
+        store.list()
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "DEBUG"]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith(f"wrote {tmp_path / 'store'}/m/weights.bin (2.0 MB) in ")
+    assert lines[1].startswith(f"read {tmp_path / 'store'}/m/weights.bin (2.0 MB) in ")
+    assert lines[2] == f"listed 1 objects under {tmp_path / 'store'}"

@@ -1,6 +1,9 @@
 import json
 
+import pytest
 
+
+@pytest.mark.e2e  # trains ResNet-34 (the slowest unit tests: make test-fast under 3 min)
 def test_bench_prints_one_json_object_per_measurement(cli):
     """Tiny sizes on CPU: the command runs all three measurements; no timing is asserted."""
     proc = cli("bench", "--device", "cpu", "--models", "resnet34", "--batch-size", "4", "--image-size", "32",

@@ -36,6 +36,7 @@ def test_auto_is_cuda_graphs_on_a_gpu_and_eager_on_cpu():
 SECRET = b"test-compile-cache-key"
 
 
+@pytest.mark.e2e  # trains ResNet-34 (the slowest unit tests: make test-fast under 3 min)
 def test_compiled_step_gives_the_losses_of_eager_and_writes_then_loads_its_cache(tmp_path):
     """Two epochs of one step each (8 images, batch 8), eager and compiled (Inductor on CPU,
     mode default), from the same seeded weights. What a compiled step must match is checked

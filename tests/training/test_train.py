@@ -85,6 +85,7 @@ def _val_loss(state, data, preprocess):
     return float(predictions.loss_sum) / len(data.val_labels)
 
 
+@pytest.mark.e2e  # trains ResNet-34 (the slowest unit tests: make test-fast under 3 min)
 def test_fit_learns_and_reports_each_epoch():
     cfg = TrainConfig(models=("resnet34",), epochs=3, batch_size=8, checkpoint_every=0)
     data = tiny_data()
@@ -124,6 +125,7 @@ def indexed_data(n, size=32):
     return data
 
 
+@pytest.mark.e2e  # trains ResNet-34 (the slowest unit tests: make test-fast under 3 min)
 def test_every_step_is_a_full_batch_and_each_epoch_drops_other_images():
     """20 images at batch 8: two steps of 8 per epoch, the 4 others left out, not always the same 4."""
     cfg = TrainConfig(epochs=3, batch_size=8)
@@ -152,6 +154,7 @@ def test_a_training_set_smaller_than_one_batch_is_refused(n, batch_size):
     assert state.history == [] and torch.equal(state.model.fc.weight, before)
 
 
+@pytest.mark.e2e  # trains ResNet-34 (the slowest unit tests: make test-fast under 3 min)
 def test_fit_is_deterministic_on_cpu():
     cfg = TrainConfig(epochs=1, batch_size=8, checkpoint_every=0)
     weights = []

@@ -118,7 +118,37 @@ def _resolve(config_file, flags: dict) -> config_mod.Config:
     check_uri(cfg.tracking)  # user:password@ in the tracking URI: exit 3, as the chart refuses it
     return cfg
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class OneLineUsageGroup(click.Group):
+    """The ``gistnet`` group: a bad flag value, an unknown flag or command is a user mistake like
+    any other, so it prints one line ``gistnet: usage error: ...`` (naming the flag and the
+    command's ``--help``) and exits 2, not Click's usage block. Help, ``--version`` and a bare
+    ``gistnet`` (which shows the help) stay Click's."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            message = " ".join(exc.format_message().split())
+            click.echo(f"gistnet: usage error: {message}{where}", err=True)
+            sys.exit(errors.EXIT_USAGE)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        # Click returns a command's value, or the code of ``ctx.exit(code)``/``--version``; the
+        # commands return None, so this exits as Click's standalone mode would.
+        sys.exit(code if isinstance(code, int) else 0)
+
+@click.group(cls=OneLineUsageGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(gistnet.__version__, prog_name="gistnet")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def cli(verbose: bool) -> None:

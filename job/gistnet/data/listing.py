@@ -64,6 +64,9 @@ def list_labeled(store: Store, cfg: DataConfig, pseudo: Pseudonymizer | None = N
     ``pseudo`` (data.pseudonymize_keys) logs and errors name keys by their pseudonyms."""
     keys, unsafe = _listed(store)
     labeled, unsafe = _labeled(store, keys, unsafe, cfg, require_both_classes=True, pseudo=pseudo)
+    log.debug("listing %s: %d objects, %d labeled images (%d %s, %d %s), %d unsafe keys skipped", store.uri,
+              len(keys), len(labeled), sum(1 for x in labeled if x.label == 1), cfg.positive_class,
+              sum(1 for x in labeled if x.label == 0), cfg.negative_class, len(unsafe))
     return labeled, unsafe
 
 

@@ -10,6 +10,7 @@ pair (the hold-out has one, k-fold has k, numbered 0..k-1). ``select_folds`` rea
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ import numpy as np
 
 from gistnet.config import SplitConfig
 from gistnet.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 HOLDOUT, KFOLD, SITE = "holdout", "kfold", "site"
 MIN_SITES = 3  # a meta-analysis of fewer sites has no prediction interval (t with k-2 df)
@@ -74,10 +77,15 @@ def make_plan(keys: list[str], labels, patient_ids: list[str], cfg: SplitConfig,
     """The hold-out, k-fold or leave-one-site-out partition of ``keys`` (labels 1 positive, 0 negative)."""
     labels = np.asarray(labels).astype(int)
     if cfg.method == SITE:
-        return Plan(SITE, make_site_folds(keys, labels, sites or [], seed, class_names))
-    if cfg.method == KFOLD:
-        return Plan(KFOLD, make_folds(keys, labels, patient_ids, cfg.folds, seed, class_names))
-    return Plan(HOLDOUT, [make_holdout(keys, labels, patient_ids, cfg.val_fraction, seed)])
+        plan = Plan(SITE, make_site_folds(keys, labels, sites or [], seed, class_names))
+    elif cfg.method == KFOLD:
+        plan = Plan(KFOLD, make_folds(keys, labels, patient_ids, cfg.folds, seed, class_names))
+    else:
+        plan = Plan(HOLDOUT, [make_holdout(keys, labels, patient_ids, cfg.val_fraction, seed)])
+    for i, part in enumerate(plan.parts):
+        log.debug("split %s, part %d of %d: %d training, %d validation images (%s, seed %d)", plan.method, i + 1,
+                  len(plan.parts), len(part.train), len(part.val), part.method, seed)
+    return plan
 
 
 def make_holdout(keys: list[str], labels, patient_ids: list[str], val_fraction: float, seed: int) -> Split:

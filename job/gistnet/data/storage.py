@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
@@ -21,6 +23,8 @@ from typing import Callable, Iterable
 from gistnet.config import StorageConfig, redact
 from gistnet.errors import PreconditionFailed, StorageError
 from gistnet.observe.transfers import TransferStats
+
+log = logging.getLogger(__name__)
 
 
 def is_s3(uri: str) -> bool:
@@ -138,8 +142,11 @@ class LocalStore(Store):
 
     def list(self) -> list[str]:
         if not self.root.is_dir():
+            log.debug("listed 0 objects under %s (no such folder)", self.uri)
             return []
-        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        keys = sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        log.debug("listed %d objects under %s", len(keys), self.uri)
+        return keys
 
     def read(self, key: str) -> bytes:
         path = self._path(key)
@@ -216,14 +223,18 @@ class LocalStore(Store):
         self._path(key).unlink(missing_ok=True)
 
     def upload_file(self, key: str, path: str | os.PathLike, sha256: str | None = None) -> None:
+        started = time.perf_counter()
         self._atomic_write(key, lambda p: shutil.copyfile(path, p))
         self.stats.add(uploaded=os.path.getsize(path))
+        _moved("wrote", self.uri_of(key), os.path.getsize(path), started)
 
     def download_file(self, key: str, path: str | os.PathLike) -> None:
+        started = time.perf_counter()
         try:
             shutil.copyfile(self._path(key), path)
         except OSError as exc:
             raise StorageError(f"cannot read {self._path(key)}: {exc.strerror or exc}") from None
+        _moved("read", self.uri_of(key), os.path.getsize(path), started)
 
     def child(self, sub: str) -> "LocalStore":
         return LocalStore(self._path(sub), self.stats)
@@ -261,7 +272,9 @@ class S3Store(Store):
                 keys.extend(o["Key"][len(prefix):] for o in page.get("Contents", []))
         except Exception as exc:  # noqa: BLE001
             raise self._fail(exc, "list") from None
-        return sorted(k for k in keys if k and not k.endswith("/"))
+        keys = sorted(k for k in keys if k and not k.endswith("/"))
+        log.debug("listed %d objects under %s", len(keys), self.uri)
+        return keys
 
     def read(self, key: str) -> bytes:
         try:
@@ -330,6 +343,7 @@ class S3Store(Store):
         threshold = self.config.multipart_threshold_mb * 1024 * 1024
         transfer = TransferConfig(multipart_threshold=threshold, multipart_chunksize=threshold)
         extra = {"Metadata": {"sha256": sha256}} if sha256 else None
+        started = time.perf_counter()
         try:
             self.client.upload_file(str(path), self.bucket, self._key(key), Config=transfer, ExtraArgs=extra)
             size = self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"]
@@ -338,16 +352,25 @@ class S3Store(Store):
         if size != os.path.getsize(path):
             raise StorageError(f"{self.uri_of(key)}: stored size {size} differs from local {os.path.getsize(path)}")
         self.stats.add(uploaded=size)
+        _moved("uploaded", self.uri_of(key), size, started)
 
     def download_file(self, key: str, path: str | os.PathLike) -> None:
+        started = time.perf_counter()
         try:
             self.client.download_file(self.bucket, self._key(key), str(path))
         except Exception as exc:  # noqa: BLE001
             raise self._fail(exc, "read", key) from None
         self.stats.add(downloaded=os.path.getsize(path))
+        _moved("downloaded", self.uri_of(key), os.path.getsize(path), started)
 
     def child(self, sub: str) -> "S3Store":
         return S3Store(f"s3://{self.bucket}/{self._key(sub)}", self.config, stats=self.stats, client=self.client)
+
+
+def _moved(verb: str, uri: str, size: int, started: float) -> None:
+    """The debug line of one file transfer (checkpoints, weights, figures: run outputs, never a
+    data set's keys, which pseudonymised runs must not log)."""
+    log.debug("%s %s (%.1f MB) in %.2fs", verb, uri, size / 1e6, time.perf_counter() - started)
 
 
 def local_etag(data: bytes) -> str:

@@ -318,6 +318,9 @@ def fit(name: str, state: TrainState, data: TrainData, cfg: TrainConfig, preproc
         log.info("%s epoch %d/%d  train loss %.4f acc %.3f (%d images)  val loss %.4f acc %.3f  (%.1fs)", name,
                  state.epoch, cfg.epochs, record["train_loss"], record["train_accuracy"], seen, record["val_loss"],
                  record["val_accuracy"], record["seconds"])
+        log.debug("%s epoch %d: learning rate %.3g, %d steps of %d, training %.2fs, validation %.2fs (%d images)",
+                  name, state.epoch, record["learning_rate"], steps_per_epoch(len(data.train_set), batch * world.size),
+                  batch * world.size, train_seconds, record["seconds"] - train_seconds, len(data.val_labels))
         if stop.is_set() if agreed_stop is None else agreed_stop:
             stopping.stop_with_checkpoint(name, state, cfg.epochs, save_checkpoint, stop, world, device)
         if state.epoch < cfg.epochs and checkpoint_due(cfg, state.epoch, clock() - last_saved):
