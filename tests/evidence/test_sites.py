@@ -103,14 +103,19 @@ def test_perfect_site_gets_the_stated_continuity_correction():
     assert sites.logit_auc(y, -s)["auc"] == pytest.approx(0.5 / 5)  # AUC 0 the same way
 
 
-def test_heterogeneity_section_states_one_class_and_corrected_sites():
-    rng = np.random.default_rng(0)
+def three_sites(rng):
+    """Sites A, B and C of 30 images each, every one with its own AUC: (sites, labels, scores)."""
     site_of, y, s = [], [], []
     for site, n, shift in (("A", 30, 1.5), ("B", 30, 0.5), ("C", 30, 1.0)):
         labels = rng.integers(0, 2, n)
         site_of += [site] * n
         y += labels.tolist()
         s += (labels * shift + rng.standard_normal(n)).tolist()
+    return site_of, y, s
+
+
+def test_heterogeneity_section_states_one_class_and_corrected_sites():
+    site_of, y, s = three_sites(np.random.default_rng(0))
     site_of += ["D"] * 4 + ["E"] * 4
     y += [1, 1, 1, 1] + [1, 1, 0, 0]
     s += [0.3, 0.2, 0.1, 0.0] + [3.0, 2.0, -1.0, -2.0]
@@ -144,13 +149,7 @@ def test_a_site_whose_variance_cannot_be_estimated_is_left_out_not_corrected():
 
 
 def test_heterogeneity_leaves_out_a_site_without_a_variance_with_its_reason():
-    rng = np.random.default_rng(1)
-    site_of, y, s = [], [], []
-    for site, n, shift in (("A", 30, 1.5), ("B", 30, 0.5), ("C", 30, 1.0)):
-        labels = rng.integers(0, 2, n)
-        site_of += [site] * n
-        y += labels.tolist()
-        s += (labels * shift + rng.standard_normal(n)).tolist()
+    site_of, y, s = three_sites(np.random.default_rng(1))
     site_of += ["F"] * 9
     y += [1] + [0] * 8
     s += [0.5, 0.1, 0.2, 0.3, 0.4, 0.45, 0.6, 0.7, 0.8]
