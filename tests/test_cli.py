@@ -229,7 +229,8 @@ BAD_DATA = {
 def test_bad_data_sets_fail_with_one_line_and_no_report(case, cli, tmp_path):
     kwargs, fragment = BAD_DATA[case]
     data = _dataset(tmp_path / "data", **kwargs)
-    done = cli("train", "--data", data, "--output", tmp_path / "out", "--run-id", "bad", "--device", "cpu")
+    done = cli("train", "--data", data, "--output", tmp_path / "out", "--run-id", "bad", "--device", "cpu",
+               "--image-size", 32)  # the images are 40 px: at the default 224 each would be skipped as too small
     _one_line_error(done, errors.EXIT_DATA, fragment)
     assert not (tmp_path / "out" / "bad" / "report.json").exists()
 
@@ -258,7 +259,8 @@ def test_odd_images_are_decoded_or_skipped_and_listed(cli, tmp_path):
 
 def test_unwritable_output_is_a_storage_error(cli, tiny_data, tmp_path):
     (tmp_path / "file").write_text("a file where the output folder should be")
-    done = cli("train", "--data", tiny_data, "--output", tmp_path / "file" / "runs", "--device", "cpu")
+    done = cli("train", "--data", tiny_data, "--output", tmp_path / "file" / "runs", "--device", "cpu",
+               "--image-size", 32)
     _one_line_error(done, errors.EXIT_STORAGE, "cannot write")
 
 
@@ -500,9 +502,10 @@ def test_help_and_version_are_still_clicks():
 @pytest.mark.e2e
 def test_verbose_logs_each_stage_at_debug(cli, tiny_data, tmp_path):
     """README: `gistnet -v` gives debug logging; each stage boundary says what it did."""
-    done = cli("-v", "train", "--data", tiny_data, "--output", tmp_path / "runs", "--run-id", "v", "--models",
-               "resnet34", "--epochs", "1", "--image-size", "32", "--batch-size", "16", "--augmentation", "none",
-               "--checkpoint-every", "1")
+    args = ("train", "--data", tiny_data, "--output", tmp_path / "runs", "--run-id", "v", "--models", "resnet34",
+            "--epochs", "1", "--image-size", "32", "--batch-size", "16", "--augmentation", "none",
+            "--checkpoint-every", "1")
+    done = cli("-v", *args)
     assert done.returncode == 0, done.stderr[-3000:]
     debug = [line for line in done.stderr.splitlines() if " DEBUG gistnet." in line]
     objects = sum(1 for p in Path(tiny_data).rglob("*") if p.is_file())  # 40 images and synth.json
@@ -513,5 +516,5 @@ def test_verbose_logs_each_stage_at_debug(cli, tiny_data, tmp_path):
                      "DEBUG gistnet.training.train: resnet34 epoch 1: learning rate",
                      "DEBUG gistnet.data.storage: wrote "):
         assert any(fragment in line for line in debug), (fragment, debug)
-    quiet = cli("train", "--data", tiny_data, "--output", tmp_path / "runs", "--run-id", "v")
+    quiet = cli(*args)  # the same run again (nothing to do), without -v
     assert quiet.returncode == 0 and " DEBUG " not in quiet.stderr

@@ -67,7 +67,11 @@ def test_run_writes_everything_and_a_valid_report(tiny_data, tmp_path):
     assert "## To be filled by the authors" in (run / "checklist.md").read_text()
     assert {"report_html", "checklist"} <= set(rep["artifacts"])
     written = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()}
-    assert all(t <= written["report.json"] for t in written.values())  # written last: it marks completion
+    # report.json marks completion: every output before it; the documents made from it (report.md,
+    # report.html, checklist.md) only after its compare-and-swap won (issue 29, item 12)
+    documents = {"report.md", "report.html", "checklist.md"}
+    assert all(t <= written["report.json"] for name, t in written.items() if name not in documents)
+    assert all(written[name] >= written["report.json"] for name in documents)
 
 
 def test_finished_run_is_a_no_op_unless_forced(tiny_data, tmp_path):

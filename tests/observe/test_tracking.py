@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gistnet.config import TrackingConfig
-from gistnet.errors import EXIT_STORAGE, TrackingError
+from gistnet.errors import EXIT_CONFIG, EXIT_STORAGE, TrackingError
 from gistnet.observe import tracking
 from tests.conftest import free_port, one_line_error
 from tests.mlflowserver import mlflow_server  # noqa: F401 - fixture
@@ -336,8 +336,10 @@ def test_a_tracking_uri_with_a_password_is_refused_naming_the_key(cli, tmp_path,
     for command in (("train", "--data", tmp_path / "data", "--output", tmp_path / "o"),
                     ("promote", "--run", tmp_path / "run", "--registry", tmp_path / "registry", "--data", tmp_path)):
         done = cli(*command, env=env)
-        one_line_error(done, 3, f"{named}")
-        assert "must not carry user:password@" in done.stderr and "MLFLOW_TRACKING_PASSWORD" in done.stderr
+        one_line_error(done, EXIT_CONFIG, f"{named}")
+        assert "must not carry user:password@" in done.stderr
+        where = ": put the credentials in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+        assert where in " ".join(done.stderr.split())
         assert MLFLOW_PASSWORD not in done.stdout + done.stderr
 
 

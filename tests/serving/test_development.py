@@ -21,5 +21,5 @@ def test_an_image_without_its_own_patient_id_never_matches_a_development_patient
 
 
 def test_repeats_labelled_both_classes_are_refused():
-    with pytest.raises(DataError, match="labeled both classes: a.png and b.png"):
+    with pytest.raises(DataError, match="the same image is labeled both classes: a.png and b.png"):
         development.exclusions(["b.png", "a.png"], ["d", "d"], ["", ""], [0, 1], set(), set())
