@@ -337,7 +337,10 @@ def test_sigterm_on_one_rank_stores_the_checkpoint_before_any_rank_exits(tiny_da
         log = stderr.text()
     assert launcher.returncode == 8, log[-3000:]
     assert held and all(all(alive.values()) for alive in held), held  # nobody left while the pointer was written
-    assert "stopped by SIGTERM on another rank" in log and "stopped by SIGTERM after" in log
+    # One account of the stop, not one per rank (issue 29.14): rank 0's line when it prints before
+    # torchrun ends it, and the launcher's, which names the rank that exited first.
+    assert sum(line.startswith("gistnet: interrupted:") for line in log.splitlines()) <= 1, log
+    assert "exited 8 first (interrupted by SIGTERM; every rank stopped after the same epoch" in log, log
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"])

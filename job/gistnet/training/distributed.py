@@ -328,7 +328,12 @@ def launch(command: list[str], master_wait_s: float, environ: Mapping[str, str] 
             rank, failure = exc.get_first_failure()
             code = launcher.exit_code(failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode,
                                       forwarder.signum)
-            if not (forwarder.signum and code in (EXIT_INTERRUPTED, EXIT_CTRL_C)):  # else: as asked, said once
+            if forwarder.signum and code in (EXIT_INTERRUPTED, EXIT_CTRL_C):
+                pass  # stopped as the launcher asked: rank 0's one line said it
+            elif code == EXIT_INTERRUPTED:  # a worker itself was sent SIGTERM (its node drained, say)
+                log.warning("training process of rank %d exited %d first (interrupted by SIGTERM; every rank "
+                            "stopped after the same epoch and the checkpoint is saved): re-run to resume", rank, code)
+            else:
                 log.error("training process of rank %d failed first (exit code %d)", rank, code)
             return code
     return 0
