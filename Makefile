@@ -45,7 +45,10 @@ test-fast: $(VENV)/.test-deps tools  ## unit tests only (seconds)
 # base, then runs it read-only as UID 10001 against a loopback S3 server (tests/test_image.py).
 IMAGE_BASE ?= localhost/gistnet-debian-base:bookworm
 TEST_IMAGE ?= localhost/gistnet:image-test
-IMAGE_LAYERS ?= true
+# Off: under vfs (buildah's default driver here) every cached layer is a full copy, and a
+# layered build ran this 252 GB machine out of space at 'COPY job' (2026-12-06). IMAGE_LAYERS=true
+# reuses the base, torch and dependency layers where the disk allows it (overlay, or 90+ GB free).
+IMAGE_LAYERS ?= false
 
 image:  ## build the container image (docker, else buildah)
 	bash scripts/build-image.sh
@@ -53,11 +56,11 @@ image:  ## build the container image (docker, else buildah)
 image-test: $(VENV)/.test-deps  ## build the image on a Debian base and run it read-only (root; 5-10 min, ~28 GB of disk)
 	$(STAGE) image-installs bash scripts/system-deps.sh scripts/image-packages.txt
 	$(STAGE) image-base bash scripts/debian-base.sh $(IMAGE_BASE)
-	@# Built with buildah's layer cache (IMAGE_LAYERS=true): after a change under job/ only the
+	@# With buildah's layer cache (IMAGE_LAYERS=true): after a change under job/ only the
 	@# project's layers are rebuilt; the base, torch and dependency layers of the last build are
 	@# reused. Rebuilding the tag leaves the previous image untagged; pruning the dangling images
 	@# afterwards drops it (a full copy under vfs) and keeps the cached layers the new one uses.
-	@# IMAGE_LAYERS=false builds from scratch, removing the previous test image first.
+	@# IMAGE_LAYERS=false (the default) builds from scratch, removing the previous test image first.
 	$(if $(filter false,$(IMAGE_LAYERS)),-buildah --storage-driver "$${STORAGE_DRIVER:-vfs}" rmi --force $(TEST_IMAGE) >/dev/null 2>&1)
 	$(STAGE) image-build env CUDA_BASE=$(IMAGE_BASE) LAYERS=$(IMAGE_LAYERS) bash scripts/build-image.sh $(TEST_IMAGE)
 	-buildah --storage-driver "$${STORAGE_DRIVER:-vfs}" rmi --prune >/dev/null 2>&1
