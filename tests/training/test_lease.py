@@ -128,10 +128,10 @@ def test_a_holder_whose_lease_was_taken_over_stops(tmp_path):
     assert json.loads(store.read(KEY))["host"] == "pod-2"  # not deleted: it is the other's
 
 
-def _train_args(data, out: Path, epochs: int) -> list[str]:
+def _train_args(data, out: Path, epochs: int, image_size: int = 32, checkpoint_every: int = 1) -> list[str]:
     return [sys.executable, "-m", "gistnet", "train", "--data", str(data), "--output", str(out), "--run-id", "r",
-            "--models", "resnet34", "--epochs", str(epochs), "--image-size", "32", "--batch-size", "16",
-            "--checkpoint-every", "1", "--augmentation", "none", "--device", "cpu"]
+            "--models", "resnet34", "--epochs", str(epochs), "--image-size", str(image_size), "--batch-size", "16",
+            "--checkpoint-every", str(checkpoint_every), "--augmentation", "none", "--device", "cpu"]
 
 
 @pytest.mark.e2e
@@ -145,7 +145,9 @@ def test_a_second_train_of_a_unit_never_trains_while_the_first_lives_and_resumes
     from the first's checkpoint and completes the run."""
     # A TTL a loaded 2-core machine keeps: a holder that cannot renew within 0.8 TTL stops itself (exit 10).
     env = {**os.environ, "GISTNET_OUTPUT_LEASE_TTL_S": "10", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    args = _train_args(tiny_data, tmp_path, 12)
+    # Long enough that the first is still training when the second gives up after one TTL on an idle
+    # machine too (12 epochs at 32 px finished first there), with few 255 MB checkpoints.
+    args = _train_args(tiny_data, tmp_path, 40, image_size=64, checkpoint_every=5)
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 300
