@@ -287,6 +287,30 @@ def test_promote_refuses_a_champion_whose_run_changed_after_its_promotion(tiny_r
     assert (registry / "production.json").read_text() == pointer and not (registry / "refusals.json").exists()
 
 
+@pytest.mark.e2e
+def test_promote_with_a_champion_run_that_is_gone_names_production_json(tiny_runs, tmp_path):
+    """Issue 31.8: a champion whose run no longer exists is exit 9 naming the pointer, before anything
+    is scored or written."""
+    from gistnet import config
+    from gistnet.errors import ModelError
+
+    challenger = tmp_path / "b"
+    shutil.copytree(Path(tiny_runs) / "b", challenger)
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    gone = tmp_path / "deleted-run"
+    pointer = json.dumps({"run_uri": str(gone), "model": "resnet34", "sha256": "0" * 64, "run_id": "x"})
+    (registry / "production.json").write_text(pointer)
+    cfg = config.load_config(None, {"promotion.data": str(_promotion_set(tmp_path)), "train.device": "cpu"},
+                             environ={})
+    with pytest.raises(ModelError) as refused:
+        promotion.promote(str(challenger), str(registry), cfg, str(tmp_path))
+    assert refused.value.exit_code == EXIT_MODEL
+    assert f"{registry}/production.json promoted resnet34 of {gone}, but" in str(refused.value)
+    assert "no gistnet run at" in str(refused.value)
+    assert not (challenger / "promotion").exists() and (registry / "production.json").read_text() == pointer
+
+
 def _tiny_config(tiny_runs, out, **extra):
     """The configuration ``tiny_runs``' run ``a`` was trained with, its output under ``out``."""
     from gistnet import config
