@@ -29,6 +29,11 @@ DEFAULT_MODALITY = "unaided"
 MAX_NAMED = 5  # how many missing cells or unknown cases an error names
 
 
+def first_few(names: list[str], sep: str = "; ") -> str:
+    """The first ``MAX_NAMED`` of ``names`` for an error, "..." when there are more."""
+    return sep.join(names[:MAX_NAMED]) + (" ..." if len(names) > MAX_NAMED else "")
+
+
 @dataclass(frozen=True)
 class ReaderRow:
     line: int
@@ -153,10 +158,10 @@ def _check_crossed(rows: list[ReaderRow], modalities, readers, cases, where: str
         seen[cell] = row.line
     missing = [(m, r, c) for m in modalities for r in readers for c in cases if (m, r, c) not in seen]
     if missing:
-        named = "; ".join(f"reader {r!r}, case {c!r}, modality {m!r}" for m, r, c in missing[:MAX_NAMED])
+        named = first_few([f"reader {r!r}, case {c!r}, modality {m!r}" for m, r, c in missing])
         raise DataError(f"{where}: {len(missing)} of {len(modalities) * len(readers) * len(cases)} cells missing "
                         f"(every reader must read every case in every modality: a fully crossed design; split-plot "
-                        f"designs are not supported): {named}{' ...' if len(missing) > MAX_NAMED else ''}")
+                        f"designs are not supported): {named}")
 
 
 def _check_consistent(rows: list[ReaderRow], field: str, where: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -24,14 +23,13 @@ from gistnet.config import Config
 from gistnet.data import readers as readers_file
 from gistnet.data.overlap import check_apart
 from gistnet.data.storage import open_store, redact
-from gistnet.errors import ConfigError, DataError, StorageError
+from gistnet.errors import ConfigError, DataError
 from gistnet.evidence import readers as study_mod
 from gistnet.evidence import readers_report
 from gistnet.evidence import report as report_mod
 from gistnet.serving import external
 
 log = logging.getLogger(__name__)
-MAX_NAMED = 5
 MODEL_EVALUATION = "model-evaluation"
 
 
@@ -59,8 +57,6 @@ def read_table(uri: str, cfg: Config) -> readers_file.ReaderTable:
         raise DataError(f"readers file {redact(uri)} not found") from None
     except UnicodeDecodeError:
         raise DataError(f"readers file {redact(uri)} is not UTF-8 text (a CSV is expected)") from None
-    except StorageError:
-        raise
     return readers_file.read_readers(text, redact(uri))
 
 
@@ -91,14 +87,14 @@ def _join(table, scored: dict, positive: str) -> tuple[list[str], dict]:
     if unknown:
         raise DataError(f"{table.where}: {len(unknown)} of {len(table.cases)} cases are not images of --data "
                         f"(case ids are image keys under --data, e.g. {next(iter(scored), 'GIST/a.png')!r}): "
-                        f"{', '.join(map(repr, unknown[:MAX_NAMED]))}{' ...' if len(unknown) > MAX_NAMED else ''}")
+                        f"{readers_file.first_few([repr(c) for c in unknown], ', ')}")
     stated = table.per_case("truth")
     for case, truth in stated.items():
         if truth != scored[case]["label"]:
             raise DataError(f"{table.where}: case {case!r} has truth {truth!r}, the data set labels it "
                             f"{scored[case]['label']!r}")
     development = [c for c in table.cases if scored[c]["in_development"] == "yes"]
-    kept = [c for c in table.cases if c not in set(development)]
+    kept = [c for c in table.cases if scored[c]["in_development"] != "yes"]
     return kept, {"development_cases": len(development), "examples": development[:20]}
 
 
@@ -194,7 +190,3 @@ def summary_lines(document: dict) -> list[str]:
                              f"difference {a['difference']:+.3f} ({a['ci_low']:+.3f} to {a['ci_high']:+.3f}), "
                              f"p = {a['p']:.3g}")
     return lines
-
-
-def dumps(document: dict) -> str:
-    return json.dumps(document, indent=2)
