@@ -238,7 +238,7 @@ def _load_and_plan(ctx: RunContext, data_store: Store, pseudo, selected: list[ru
         ids = [p for k, p in zip(loaded.images.keys, loaded.images.patient_ids) if k in development and p]
         _write_once(out, fingerprint.FILENAME, fingerprint.document(
             {k: loaded.fingerprints[k] for k in development}, config.data.image_size,
-            *((ids, privacy.key_check(pseudo)) if ids else ())))
+            *((ids, pseudo.check()) if ids else ())))
     return loaded, plan, config, selected, used
 
 

@@ -121,7 +121,7 @@ def test_repeats_within_the_set_count_once_and_development_patients_are_excluded
     (run / "private" / "pseudonym.key").write_text(secret.hex())
     pseudo = privacy.Pseudonymizer(secret, False)
     (run / "fingerprints.json").write_text(json.dumps(fingerprint.document(
-        {"dev/x.png": "0" * 64}, 32, [pseudo.patient("site-B-gist-0002")], privacy.key_check(pseudo))))
+        {"dev/x.png": "0" * 64}, 32, [pseudo.patient("site-B-gist-0002")], pseudo.check())))
     done = cli("evaluate", "--run", run, "--data", data, "--output", tmp_path / "ev")
     assert done.returncode == 0, done.stderr
     rep = json.loads((tmp_path / "ev" / "report.json").read_text())

@@ -45,8 +45,8 @@ def pixel_digest(pixels: np.ndarray) -> str:
 
 def document(images: dict[str, str], image_size: int, patients=None, key_check: str | None = None) -> dict:
     """The ``fingerprints.json`` object for ``images`` (key -> digest) and, when the data has patient ids,
-    the development ``patients`` (pseudonymised ids) with ``key_check``, the pseudonym of a fixed value
-    under the run's key (an evaluation compares patients only when its key gives the same)."""
+    the development ``patients`` (pseudonymised ids) with ``key_check``, the run's key's check value
+    (``Pseudonymizer.check``; an evaluation compares patients only when its key gives the same)."""
     doc = {"method": METHOD, "image_size": int(image_size), "images": dict(sorted(images.items()))}
     if patients is not None:
         doc.update(patients=sorted({p for p in patients if p}), key_check=key_check)

@@ -156,11 +156,6 @@ def for_run(out, pseudonymize_keys: bool, environ=None, fresh: bool = False) -> 
     return Pseudonymizer(secrets.token_bytes(32), False, pseudonymize_keys)
 
 
-def key_check(pseudo: Pseudonymizer) -> str:
-    """A fixed value's pseudonym: two processes pseudonymise alike exactly when theirs agree (reveals no key)."""
-    return pseudo.patient("\0gistnet key check")
-
-
 def _recorded(out) -> dict | None:
     """What ``save`` recorded of an environment key in run ``out`` (None: nothing)."""
     try:

@@ -155,7 +155,7 @@ def _overlap(run: Store, images: Images, own_ids: list[bool], pseudo: privacy.Ps
         dev_patients, check = fingerprint.read_patients(run)
     except FileNotFoundError:
         known, dev_patients, check = {}, None, None
-    if dev_patients is not None and check != privacy.key_check(pseudo):
+    if dev_patients is not None and check != pseudo.check():
         patients_status, dev_patients = ("not checked: this evaluation's pseudonym key is not the run's (set "
                                          f"{privacy.ENV_KEY} as the run had it)"), None
     elif dev_patients is None:
