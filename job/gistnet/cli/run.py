@@ -102,6 +102,21 @@ def config_cmd(config_file, **kwargs) -> None:
     _warn_unknown_env()
     click.echo(_resolve(config_file, _flags(kwargs)).to_yaml(), nl=False)
 
+LESION_TYPES = ("GIST", "LM", "schwannoma", "NET", "ectopic_pancreas")  # synth_classes.TYPES, without importing numpy
+SYNTH_PER_CLASS = 60  # images per type of gistnet synth --classes and gistnet demo --classes
+
+
+def _lesion_types(ctx, param, value):
+    """--classes: the comma-separated lesion types, each known and named once."""
+    if value is None:
+        return None
+    from gistnet.data.synth_classes import check_types
+
+    try:
+        return check_types(v.strip() for v in value.split(",") if v.strip())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
 @cli.command("synth")
 @click.option("--output", required=True, help="Where to write <class>/<image>.png: folder or s3://bucket/prefix.")
 @click.option("--n-gist", type=click.IntRange(min=0), default=69, show_default=True)
@@ -114,16 +129,40 @@ def config_cmd(config_file, **kwargs) -> None:
               "class mix; --n-gist + --n-lm images in all, split evenly; manifest.csv gets patient_id and site.")
 @click.option("--readers", "n_readers", type=click.IntRange(min=1), help="Also write readers.csv: N simulated readers "
               "rating every image unaided and aided (gistnet readers; docs/reader-study.md).")
+@click.option("--classes", callback=_lesion_types, help="Draw these lesion types instead (comma-separated, any "
+              f"subset and order of {','.join(LESION_TYPES)}), each with its EUS appearance, several frames per "
+              "lesion; manifest.csv gets patient_id and lesion_id (docs/multiclass.md).")
+@click.option("--per-class", type=click.IntRange(min=1), help="Images per type with --classes.  [default: 60]")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (storage and class names).")
 @user_errors
-def synth_cmd(output, n_gist, n_lm, image_size, seed, fmt, sites, n_readers, config_file) -> None:
+def synth_cmd(output, n_gist, n_lm, image_size, seed, fmt, sites, n_readers, classes, per_class, config_file) -> None:
     """Write a synthetic EUS-like data set (Table 1 of the paper drives each class)."""
     from gistnet.data import synth, synth_dicom
     from gistnet.data.storage import open_store
 
+    if classes:
+        ctx = click.get_current_context()
+        given = [flag for flag, name in (("--n-gist", "n_gist"), ("--n-lm", "n_lm"), ("--format", "fmt"),
+                                         ("--sites", "sites"), ("--readers", "n_readers"))
+                 if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+        if given:
+            raise click.UsageError(f"--classes draws --per-class images of each type; it does not combine with "
+                                   f"{', '.join(given)}")
+    elif per_class is not None:
+        raise click.UsageError("--per-class counts the images of each type of --classes; without --classes use "
+                               "--n-gist and --n-lm")
     cfg = config_mod.load_config(config_file)
     store = open_store(output, cfg.storage)
     started = time.perf_counter()
+    if classes:
+        from gistnet.data import synth_classes
+
+        per_class = per_class or SYNTH_PER_CLASS
+        synth_classes.write_classes(store, classes, per_class, image_size, seed)
+        log.info("wrote %d synthetic images of %s in %.1fs", per_class * len(classes), ", ".join(classes),
+                 time.perf_counter() - started)
+        click.echo(store.uri)
+        return
     names = (cfg.data.positive_class, cfg.data.negative_class)
     if sites and fmt == "dicom":
         raise click.UsageError("--sites draws PNG sites; it does not combine with --format dicom")
@@ -162,8 +201,12 @@ def _write_readers(store, summary: dict, positive: str, n_readers: int, seed: in
 @click.option("--readers", "n_readers", type=click.IntRange(min=0), default=0, show_default=True,
               help="A reader study: train on sites A and B, then N simulated readers (unaided, aided) and the model "
                    "read site C's images (gistnet readers).")
+@click.option("--classes", "n_classes", type=click.IntRange(min=2, max=len(LESION_TYPES)),
+              help=f"K lesion types: the first K of {','.join(LESION_TYPES)}, {SYNTH_PER_CLASS} images each "
+                   "(gistnet synth --classes), trained as one K-class model (data.classes; docs/multiclass.md).")
 @user_errors(after_interrupt=DEMO_RESTART_HINT)
-def demo_cmd(output, epochs, image_size, models, device, folds, split_method, external, per_site, n_readers) -> None:
+def demo_cmd(output, epochs, image_size, models, device, folds, split_method, external, per_site, n_readers,
+             n_classes) -> None:
     """Synthesize a data set, train both ResNets on it and write the report: no bucket needed.
 
     The demo always starts its run over (--force): re-running it after an interruption trains
@@ -173,8 +216,20 @@ def demo_cmd(output, epochs, image_size, models, device, folds, split_method, ex
 
     root = Path(output)
     data = root / "data"
+    if n_classes is not None and (split_method or external or n_readers):
+        raise click.UsageError("--classes draws one site of K lesion types; it does not combine with --split site, "
+                               "--external or --readers")
     external = external or n_readers > 0
-    if split_method == "site" or external:  # sites A, B (and C), each its own acquisition and class mix
+    class_flags = {}
+    if n_classes is not None:  # K lesion types, several frames per lesion, manifest.csv with lesion_id
+        from gistnet.data import synth_classes
+
+        types = LESION_TYPES[:n_classes]
+        data = root / f"data-{n_classes}-classes"
+        if not (data / "synth.json").exists():
+            synth_classes.write_classes(LocalStore(data), types, SYNTH_PER_CLASS, image_size, seed=0)
+        class_flags = {"data.classes": ",".join(types)}
+    elif split_method == "site" or external:  # sites A, B (and C), each its own acquisition and class mix
         sites = synth.sites(3, 0)
         data = root / ("data-sites-ab" if external else "data-sites")
         if not (data / "synth.json").exists():
@@ -185,9 +240,10 @@ def demo_cmd(output, epochs, image_size, models, device, folds, split_method, ex
         synth.write_dataset(LocalStore(data), 69, 73, image_size, seed=0)
     site_flags = {"split.method": "site"} if split_method == "site" else {}
     cfg = config_mod.load_config(None, {"data.uri": str(data), "output.uri": str(root / "runs"),
-                                        **site_flags, "train.epochs": epochs,
+                                        **site_flags, **class_flags, "train.epochs": epochs,
                                         "output.run_id": "demo-site" if split_method else
-                                        "demo-external" if external else "demo",
+                                        "demo-external" if external else
+                                        f"demo-{n_classes}-classes" if n_classes else "demo",
                                         "data.image_size": image_size, "train.models": models,
                                         "output.force": True, "train.device": device,
                                         **({"split.method": "kfold", "split.folds": folds} if folds is not None else {})})

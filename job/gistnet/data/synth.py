@@ -121,21 +121,54 @@ def _lesion_mask(lesion: Lesion, size: int, depth: np.ndarray, angle: np.ndarray
     return mask, centre, half_h
 
 
+# Five-layer wall (depth of the layer's centre, half-width, echo level), lumen to serosa:
+# 1 interface/superficial mucosa (hyper), 2 deep mucosa/muscularis mucosae (hypo),
+# 3 submucosa (hyper), 4 muscularis propria (hypo), 5 serosa/adventitia (hyper).
+WALL_LAYERS = ((0.22, 0.02, 0.85), (0.26, 0.02, 0.2), (0.31, 0.03, 0.8), (0.38, 0.05, 0.22), (0.45, 0.015, 0.85))
+LUMEN_DEPTH, LUMEN_LEVEL, BACKGROUND_LEVEL = 0.2, 0.08, 0.45
+ECHO_LEVEL = {"hypo": 0.16, "medium_low": 0.3, "mixed": 0.24}
+
+
+def wall_tissue(size: int, depth: np.ndarray) -> np.ndarray:
+    """Echo level (0..1) of the water-filled lumen, the five-layer wall and the tissue beyond."""
+    tissue = np.full((size, size), BACKGROUND_LEVEL, dtype=np.float32)
+    for d, width, level in WALL_LAYERS:
+        tissue = np.where(np.abs(depth - d) < width, level, tissue)
+    return np.where(depth < LUMEN_DEPTH, LUMEN_LEVEL, tissue)
+
+
+def texture_field(size: int, rng: np.random.Generator) -> np.ndarray:
+    """Smooth Gaussian echo texture with unit spread (the lesion's internal structure)."""
+    texture = ndimage.gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), size / 30)
+    return texture / (texture.std() + 1e-6)
+
+
+def speckle_field(size: int, rng: np.random.Generator) -> np.ndarray:
+    """Multiplicative Rayleigh speckle, smoothed to the transducer's resolution."""
+    return ndimage.gaussian_filter(rng.rayleigh(0.8, (size, size)).astype(np.float32), 0.6)
+
+
+def acquire(tissue: np.ndarray, depth: np.ndarray, fan: np.ndarray, rng: np.random.Generator,
+            site: "Site | None" = None, gain: float = 1.0) -> np.ndarray:
+    """The scan of a ``tissue`` echo map: speckle, depth attenuation, the site's acquisition
+    effect, the beam's blur and the fan; uint8."""
+    image = tissue * speckle_field(tissue.shape[0], rng) * np.exp(-0.9 * np.clip(depth, 0, None))
+    if gain != 1.0:
+        image = image * gain
+    if site is not None:
+        image = site.acquire(image, depth, rng)
+    image = ndimage.gaussian_filter(image, 0.7) * fan
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
 def render(lesion: Lesion, size: int, rng: np.random.Generator, site: "Site | None" = None) -> np.ndarray:
     """One uint8 grayscale EUS-like image (with ``site``: that site's acquisition effect)."""
     fan, depth, angle = _sector_mask(size)
-    tissue = np.full((size, size), 0.45, dtype=np.float32)
-    # Five-layer wall: hyper / hypo (muscularis mucosae) / hyper (submucosa) / hypo (propria) / hyper.
-    for d, width, level in ((0.22, 0.02, 0.85), (0.26, 0.02, 0.2), (0.31, 0.03, 0.8), (0.38, 0.05, 0.22),
-                            (0.45, 0.015, 0.85)):
-        tissue = np.where(np.abs(depth - d) < width, level, tissue)
-    tissue = np.where(depth < 0.2, 0.08, tissue)  # water-filled lumen above the wall
+    tissue = wall_tissue(size, depth)
     mask, centre, half_h = _lesion_mask(lesion, size, depth, angle, rng,
                                         site.field_depth_mm if site else FIELD_DEPTH_MM)
-    base = {"hypo": 0.16, "medium_low": 0.3, "mixed": 0.24}[lesion.echo]
-    texture_sigma = size / 30
-    texture = ndimage.gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), texture_sigma)
-    texture /= texture.std() + 1e-6
+    base = ECHO_LEVEL[lesion.echo]
+    texture = texture_field(size, rng)
     strength = 0.12 if lesion.heterogeneous else 0.025
     if lesion.echo == "mixed":
         strength += 0.08
@@ -146,26 +179,24 @@ def render(lesion: Lesion, size: int, rng: np.random.Generator, site: "Site | No
         inside = np.where(cyst, 0.02, inside)
     tissue = tissue * (1 - mask) + inside * mask
     if lesion.calcification:
-        ys, xs = np.nonzero(mask > 0.9)
-        if len(ys):
-            i = rng.integers(len(ys))
-            spot = np.hypot(np.arange(size)[:, None] - ys[i], np.arange(size)[None, :] - xs[i]) < max(1.5, size / 80)
-            shadow = (np.abs(np.arange(size)[None, :] - xs[i]) < max(1.5, size / 60)) & (np.arange(size)[:, None] > ys[i])
-            tissue = np.where(shadow, tissue * 0.35, tissue)
-            tissue = np.where(spot, 1.0, tissue)
+        tissue = _calcify(tissue, mask, size, rng)
     if lesion.surface != "smooth":
         top = centre - half_h
         notch = (np.abs(depth - top) < 0.02) & (np.abs(angle) < (0.06 if lesion.surface == "ulcer" else 0.03))
         tissue = np.where(notch, 0.95, tissue)
-    # Speckle: multiplicative Rayleigh noise, smoothed to the transducer's resolution.
-    speckle = rng.rayleigh(0.8, (size, size)).astype(np.float32)
-    speckle = ndimage.gaussian_filter(speckle, 0.6)
-    attenuation = np.exp(-0.9 * np.clip(depth, 0, None))
-    image = tissue * speckle * attenuation
-    if site is not None:
-        image = site.acquire(image, depth, rng)
-    image = ndimage.gaussian_filter(image, 0.7) * fan
-    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+    return acquire(tissue, depth, fan, rng, site)
+
+
+def _calcify(tissue: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A bright calcification at a random point well inside the lesion, with its acoustic shadow."""
+    ys, xs = np.nonzero(mask > 0.9)
+    if len(ys):
+        i = rng.integers(len(ys))
+        spot = np.hypot(np.arange(size)[:, None] - ys[i], np.arange(size)[None, :] - xs[i]) < max(1.5, size / 80)
+        shadow = (np.abs(np.arange(size)[None, :] - xs[i]) < max(1.5, size / 60)) & (np.arange(size)[:, None] > ys[i])
+        tissue = np.where(shadow, tissue * 0.35, tissue)
+        tissue = np.where(spot, 1.0, tissue)
+    return tissue
 
 
 def generate(label: str, index: int, size: int, seed: int) -> tuple[bytes, Lesion]:
