@@ -55,6 +55,7 @@ MIN_COVER = 0.9  # a model and the component's hull agree this well (intersectio
 RECTANGLE = 0.97  # a component filling this share of its box is a rectangle (a linear probe)
 SLACK = 2  # working pixels outside the model a component may spill (JPEG halo, fit error)
 MAX_SPILL = 0.004  # ... and beyond SLACK, at most this share of the model (else: text joined on)
+EIGHT = np.ones((3, 3), bool)  # 8-connectivity
 COLOUR = 40  # max - min channel above this is a coloured pixel (an overlay on a gray image)
 
 
@@ -247,11 +248,8 @@ def _geometry(component: np.ndarray, sy: slice, sx: slice, step: int, height: in
     small_h, small_w = len(range(step // 2, height, step)), len(range(step // 2, width, step))
     inside = (ys >= 0) & (xs >= 0) & (ys < small_h) & (xs < small_w)
     filled = int(np.count_nonzero(outline)) if ndimage.label(outline, structure=EIGHT)[1] == 1 else -1
-    return _Geometry(sy, sx, (x0, y0, x1, y1), mask, shape, model, grown, polygon, float(agree), float(spill), outline, ends,
-                     ys[inside] * small_w + xs[inside], filled)
-
-
-EIGHT = np.ones((3, 3), bool)  # 8-connectivity
+    return _Geometry(sy, sx, (x0, y0, x1, y1), mask, shape, model, grown, polygon, float(agree), float(spill),
+                     outline, ends, ys[inside] * small_w + xs[inside], filled)
 
 
 def _brightest(colours: np.ndarray) -> np.ndarray:
@@ -286,8 +284,9 @@ class Outlines:
     neighbours, all of those ends in one 8-connected piece of the foreground inside the outline,
     and that piece so large that no other component can outscore it); what depends on the
     pixels inside (text joined on, a coloured overlay) is checked on every image. So the cache
-    changes no result, whichever image filled it (tests/data/test_fan.py compares the two). Thread-safe; bounded (``PER_SIZE`` geometries
-    for each of ``SIZES`` screen sizes, newest first)."""
+    changes no result, whichever image filled it (tests/data/test_fan.py compares the two).
+    Thread-safe; bounded (``PER_SIZE`` geometries for each of ``SIZES`` screen sizes, newest
+    first)."""
 
     PER_SIZE = 8
     SIZES = 32
