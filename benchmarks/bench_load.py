@@ -11,8 +11,15 @@ JSON line per (source, loader):
 - ``lists``: the loader before issue 10 (all bytes, then all arrays, in lists; then np.stack)
 
 ``peak_over_tensor`` is (peak RSS - RSS just before loading) / bytes of the final tensor.
+``--roi auto,none`` runs gistnet's loader once per ``data.roi`` value; ``--repeat N`` runs the
+whole list of loaders N times in turn (interleaved: each round sees about the same load from
+other jobs) and ends with a summary line: each loader's median img/s and peak/tensor, its
+median ratio to the streaming reference of the same round, and the load average before and
+after.
 
-    python benchmarks/bench_load.py --images 20000 [--threads 16] [--sources local,s3] [--roi auto|none]
+``--load-size`` loads them to another ``data.image_size`` than they were written at.
+
+    python benchmarks/bench_load.py --images 20000 [--threads 16] [--sources local,s3] [--roi auto,none] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -169,19 +176,43 @@ def measure_one(loader: str, uri: str, threads: int, size: int, roi: str = "auto
             "peak_over_tensor": round((peak_rss_bytes() - baseline) / nbytes, 2)}
 
 
+def summary(rows: list[dict]) -> list[dict]:
+    """Per (source, loader, roi): median img/s and peak/tensor over the rounds, and the median of
+    each round's img/s over the streaming reference's in the same round."""
+    from statistics import median
+
+    reference = {(r["source"], r["round"]): r["img_per_s"] for r in rows if r["name"] == "load/streaming-reference"}
+    out = []
+    for key in dict.fromkeys((r["source"], r["name"], r["roi"]) for r in rows):
+        mine = [r for r in rows if (r["source"], r["name"], r["roi"]) == key]
+        ratios = [r["img_per_s"] / reference[(r["source"], r["round"])] for r in mine
+                  if (r["source"], r["round"]) in reference]
+        out.append({"source": key[0], "name": key[1], "roi": key[2] if key[1] != "load/streaming-reference" else "",
+                    "rounds": len(mine), "img_per_s": round(median(r["img_per_s"] for r in mine), 1),
+                    "peak_over_tensor": round(median(r["peak_over_tensor"] for r in mine), 2),
+                    "max_peak_over_tensor": max(r["peak_over_tensor"] for r in mine),
+                    "ratio_to_reference": round(median(ratios), 2) if ratios else None})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=20_000)
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--image-size", type=int, default=224, help="the images' size in pixels")
+    parser.add_argument("--load-size", type=int,
+                        help="data.image_size the loaders load them to (default: --image-size, which spares the "
+                             "reference any resampling; a smaller one makes every loader resample, as real screens do)")
     parser.add_argument("--threads", type=int, default=16, help="data.download_threads (gistnet's default: 16)")
     parser.add_argument("--sources", default="local,s3")
     parser.add_argument("--loaders", default=",".join(LOADERS))
-    parser.add_argument("--roi", default="auto", help="data.roi for gistnet's loaders (auto: the fan mask)")
+    parser.add_argument("--roi", default="auto",
+                        help="data.roi for gistnet's loaders (auto: the fan mask); a comma list runs each")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of the loader list, interleaved")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one loader on --uri
     parser.add_argument("--uri", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure_one(args.one, args.uri, args.threads, args.image_size, args.roi)))
+        print(json.dumps(measure_one(args.one, args.uri, args.threads, args.load_size or args.image_size, args.roi)))
         return
     with tempfile.TemporaryDirectory(prefix="gistnet-bench-load-") as tmp:
         root = Path(tmp) / "data"
@@ -200,14 +231,22 @@ def main() -> None:
             print(f"# uploaded to moto in {time.perf_counter() - started:.0f}s", file=sys.stderr)
             sources["s3"] = "s3://bench/data"
         try:
+            runs = [(loader, roi) for loader in args.loaders.split(",")
+                    for roi in (args.roi.split(",") if loader == "gistnet" else [args.roi.split(",")[0]])]
+            load_before, rows = os.getloadavg(), []
             for source, uri in sources.items():
-                for loader in args.loaders.split(","):
-                    out = subprocess.run([sys.executable, __file__, "--one", loader, "--uri", uri,
-                                          "--threads", str(args.threads), "--image-size", str(args.image_size),
-                                          "--roi", args.roi],
-                                         capture_output=True, text=True, check=True)
-                    result = json.loads(out.stdout.strip().splitlines()[-1])
-                    print(json.dumps({"source": source, "threads": args.threads, **result}), flush=True)
+                for round_ in range(args.repeat):
+                    for loader, roi in runs:
+                        out = subprocess.run([sys.executable, __file__, "--one", loader, "--uri", uri,
+                                              "--threads", str(args.threads), "--image-size", str(args.image_size),
+                                              "--load-size", str(args.load_size or args.image_size), "--roi", roi],
+                                             capture_output=True, text=True, check=True)
+                        result = json.loads(out.stdout.strip().splitlines()[-1])
+                        rows.append({"source": source, "round": round_, "threads": args.threads, **result})
+                        print(json.dumps(rows[-1]), flush=True)
+            if args.repeat > 1 or "," in args.roi:
+                print(json.dumps({"summary": summary(rows), "load_average_before": load_before,
+                                  "load_average_after": os.getloadavg()}), flush=True)
         finally:
             if moto is not None:
                 moto.terminate()

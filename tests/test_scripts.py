@@ -91,6 +91,17 @@ def test_bench_load_runs_every_loader_on_both_sources():
     assert {(r["source"], r["name"]) for r in rows} == {
         (source, f"load/{loader}") for source in ("local", "s3") for loader in ("gistnet", "streaming-reference", "lists")}
     assert all(r["images"] == 8 for r in rows)
+    # interleaved rounds, gistnet with and without the fan mask, loaded to another size: one summary line
+    out = run_script("benchmarks/bench_load.py", "--images", "8", "--image-size", "32", "--load-size", "24",
+                     "--threads", "2", "--sources", "local", "--loaders", "gistnet,streaming-reference",
+                     "--roi", "auto,none", "--repeat", "2").stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [(r["round"], r["roi"]) for r in rows[:-1] if r["name"] == "load/gistnet"] == [
+        (0, "auto"), (0, "none"), (1, "auto"), (1, "none")]
+    assert all(r["shape"][-1] == 24 for r in rows[:-1])
+    summary = {(s["name"], s["roi"]): s for s in rows[-1]["summary"]}
+    assert set(summary) == {("load/gistnet", "auto"), ("load/gistnet", "none"), ("load/streaming-reference", "")}
+    assert summary[("load/gistnet", "auto")]["rounds"] == 2 and summary[("load/gistnet", "auto")]["ratio_to_reference"] > 0
 
 
 @pytest.mark.e2e

@@ -99,3 +99,92 @@ def test_dark_lossless_sectors_are_found_whole(tmp_path):
     synth.write_sites(LocalStore(tmp_path), synth.sites(5, 0), 20, 32, 0)
     decoded = [dataset.decode_item(p.read_bytes(), 32, 10**8, "auto", where=p.name) for p in tmp_path.rglob("*.png")]
     assert len(decoded) == 100 and sum(d.mask_known for d in decoded) >= 95
+
+
+def _same(cached, full) -> bool:
+    """Two finds give the same result: box, mask, model, known and reason."""
+    if cached is None or full is None:
+        return cached is full
+    return (cached.box, cached.shape, cached.known, cached.reason) == (full.box, full.shape, full.known, full.reason) \
+        and np.array_equal(cached.mask, full.mask)
+
+
+def test_a_cached_fan_is_exactly_the_full_computation_on_the_test_screens():
+    """The loader's fast path (fan.Outlines: one geometry per screen outline, reused) gives the
+    same box, mask, model and known/reason as computing everything, on every screen of
+    tests/data/screens.py: black and dark grey, gray and colour text, JPEG 75 and 92, PNG."""
+    cache = fan.Outlines()
+    count = 0
+    for label, index, size in (("GIST", 0, 96), ("LM", 1, 160)):
+        sector = fan_image(label, index, size)
+        for background in (0, 12):
+            for colour in (False, True):
+                for quality in (75, 92, None):
+                    for seed in range(3):
+                        data, _ = screenshot(sector, seed, background, colour, quality)
+                        pixels = np.asarray(Image.open(io.BytesIO(data)))
+                        found = fan.find(pixels, quality is not None, cache=cache)
+                        assert _same(found, fan.find(pixels, quality is not None, cache=None))
+                        assert found is not None and not found.mask.flags.writeable  # a shared mask: read-only
+                        count += 1
+    assert cache.hits + cache.misses == count and cache.hits >= count // 2  # the fast path did most of them
+
+
+def test_the_cache_never_returns_the_mask_of_another_screen():
+    """Screens of one size and background whose fans differ (a column cut off, a dark band
+    splitting it, text joined on) get their own mask; a fan with the same outline (other
+    tissue, a dark ring around an island of tissue) reuses the geometry, with the same result."""
+    truth = _sector(240, 300, (150, -20), 40, 200, -0.7, 0.7)
+
+    def screen(seed: int) -> np.ndarray:
+        return np.where(truth, np.random.default_rng(seed).integers(40, 220, truth.shape), 0).astype(np.uint8)
+
+    y, x = np.mgrid[0:240, 0:300]
+    ring = (np.hypot(x - 150, y - 120) >= 20) & (np.hypot(x - 150, y - 120) < 30)
+    band, cut, joined = screen(4), screen(5), Image.fromarray(screen(6))
+    band[110:122] = 0  # the fan in two pieces
+    cut[:, :60] = 0  # its left tip cut off
+    ImageDraw.Draw(joined).rectangle((50, 35, 100, 45), fill=255)  # a label box touching the fan
+    cases = [("first", screen(1), True), ("other tissue", screen(2), True),
+             ("an island in a dark ring", np.where(ring, 0, screen(3)).astype(np.uint8), True),
+             ("split by a band", band, False), ("cut", cut, False), ("text joined", np.asarray(joined), False)]
+    cache = fan.Outlines()
+    first = None
+    for name, pixels, same_outline in cases:
+        hits = cache.hits
+        found = fan.find(pixels, lossy=False, cache=cache)
+        assert _same(found, fan.find(pixels, lossy=False, cache=None)), name
+        first = first or found
+        if name != "first":
+            assert (cache.hits > hits) == same_outline, name
+            assert (found.box == first.box and np.array_equal(found.mask, first.mask)) == same_outline, name
+
+
+def test_the_cache_matches_the_full_computation_on_random_shapes():
+    """Differential: random components (on a screen under 128 px the working copy is the screen
+    itself), then screens with the same outline but holes, islands, pieces split off, and other
+    components beside it, some larger: the cached find equals the full one on every screen."""
+    rng = np.random.default_rng(29)
+    hits = misses = 0
+    for _ in range(150):
+        blob = np.zeros((24, 24), bool)
+        blob[3:21, 3:21] = ndimage.binary_opening(rng.random((18, 18)) < 0.75)
+        labels, count = ndimage.label(blob, structure=np.ones((3, 3), bool))
+        if count == 0:
+            continue
+        base = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
+        cache = fan.Outlines()
+        fan.find(np.where(base, 100, 0).astype(np.uint8), lossy=False, cache=cache)
+        for _ in range(6):
+            screen = base & (rng.random(base.shape) < rng.choice([0.7, 0.9, 1.0]))
+            if rng.random() < 0.7:  # every row's and column's first and last pixel kept: the same outline
+                rows, cols = np.nonzero(base.any(axis=1))[0], np.nonzero(base.any(axis=0))[0]
+                screen[rows, np.argmax(base[rows], axis=1)] = screen[rows, 23 - np.argmax(base[rows, ::-1], axis=1)] = True
+                screen[np.argmax(base[:, cols], axis=0), cols] = screen[23 - np.argmax(base[::-1, cols], axis=0), cols] = True
+            if rng.random() < 0.3:  # another component, maybe larger, in a free corner
+                screen[21:23, 0:rng.integers(2, 24)] = True
+            pixels = np.where(screen, 100, 0).astype(np.uint8)
+            before = cache.hits
+            assert _same(fan.find(pixels, lossy=False, cache=cache), fan.find(pixels, lossy=False, cache=None))
+            hits, misses = hits + (cache.hits > before), misses + (cache.hits == before)
+    assert hits >= 50 and misses >= 50  # both paths taken

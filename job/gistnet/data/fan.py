@@ -27,11 +27,17 @@ inside. Otherwise the pixels are masked the same way, but ``known`` is False wit
 and figures made from them are withheld.
 
 Everything but the mask itself is done on the downscaled copy; at full size the job is one
-polygon fill (Pillow) and, for a sector with an inner arc, the rows that arc reaches.
+polygon fill (Pillow) and, for a sector with an inner arc, the rows that arc reaches. All of
+it but the checks in the last paragraph depends only on the component's outline (its box and
+its rows' and columns' first and last pixels), and the screens of an archive have a handful of
+outlines: ``Outlines`` keeps the geometry of each and reuses it for a screen whose foreground
+proves the same outline, so an image that hits costs a threshold and a few array comparisons
+on the copy (no labelling, fitting or rasterising) and gets the same result.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +55,7 @@ MIN_COVER = 0.9  # a model and the component's hull agree this well (intersectio
 RECTANGLE = 0.97  # a component filling this share of its box is a rectangle (a linear probe)
 SLACK = 2  # working pixels outside the model a component may spill (JPEG halo, fit error)
 MAX_SPILL = 0.004  # ... and beyond SLACK, at most this share of the model (else: text joined on)
+EIGHT = np.ones((3, 3), bool)  # 8-connectivity
 COLOUR = 40  # max - min channel above this is a coloured pixel (an overlay on a gray image)
 
 
@@ -68,7 +75,10 @@ def background(gray: np.ndarray) -> int | None:
     """The screen's background level: the most common dark level (at most ``DARK``) of the
     outer ring; None when under a quarter of the ring is near it (no border: a clean crop). A
     sector may run to the image's edges, so the ring need not be mostly background."""
-    ring = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
+    return _background(_ring(gray))
+
+
+def _background(ring: np.ndarray) -> int | None:
     counts = np.bincount(ring, minlength=256)[:DARK + 1]
     level = int(np.argmax(counts))
     near = counts[max(0, level - RING_TOLERANCE):level + RING_TOLERANCE + 1].sum()
@@ -167,50 +177,214 @@ def _polygon(vertices: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.array(canvas, dtype=bool)
 
 
-def find(pixels: np.ndarray, lossy: bool = True) -> Fan | None:
+def _ring(pixels: np.ndarray) -> np.ndarray:
+    """The gray levels (a colour pixel's brightest channel) of the image's outer ring."""
+    ring = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+    return ring if pixels.ndim == 2 else _brightest(ring)
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Everything ``find`` derives from the fan's component but its pixel-level checks (spill,
+    colour): a function of the component's box and its rows' and columns' first and last pixels
+    (its outline) alone, so every screen whose component has that outline shares it."""
+
+    sy: slice  # the component's box on the working copy
+    sx: slice
+    box: tuple[int, int, int, int]  # ... in full-size pixels
+    mask: np.ndarray  # bool, box-sized, read-only: shared by every Fan with this outline
+    shape: str
+    model: np.ndarray | None  # the sector or rectangle on the working copy, box-sized
+    grown: np.ndarray | None  # the model dilated by SLACK (what a component may fill)
+    hull: np.ndarray | None  # the hull polygon on the working copy, box-sized (None: flat)
+    agree: float  # intersection over union of model and hull
+    spill: float  # how many of the component's pixels may lie beyond ``grown`` (text joined on, if more)
+    # what a screen's foreground must show for its component to have this outline (Outlines.match)
+    outline: np.ndarray  # box-sized: pixels between their row's and their column's first and last
+    ends: np.ndarray  # flat indices (in the box) of every row's and column's first and last pixel
+    ring: np.ndarray  # flat indices (in the working copy) of the pixels 8-adjacent to the outline
+    filled: int  # the outline's pixels when it is one 8-connected piece, else -1
+
+
+def _geometry(component: np.ndarray, sy: slice, sx: slice, step: int, height: int, width: int) -> _Geometry:
+    """The geometry of a component (bool, box-sized) found at (sy, sx) on a copy sampled every
+    ``step``-th pixel of a height x width screen."""
+    # the box in full-size pixels: working pixel i sits at full-size i*step + step//2
+    x0, y0 = sx.start * step + step // 2, sy.start * step + step // 2
+    x1, y1 = min(width, (sx.stop - 1) * step + step // 2 + 1), min(height, (sy.stop - 1) * step + step // 2 + 1)
+    hull = _hull(component)
+    model = grown = polygon = None
+    agree = spill = 0.0
+    if hull is None:
+        mask, shape = np.ones((y1 - y0, x1 - x0), bool), "component"
+    else:
+        # the hull of the fan never reaches text that is not joined to it; the model, when it
+        # explains the hull, cuts what the hull bridges (an inner arc) and is what the check tests
+        mask = _polygon(hull * step, y1 - y0, x1 - x0)
+        shape, params = _fit(component, hull)
+        if shape == "sector":
+            model = _sector(*component.shape, params)
+            _cut_inner_arc(mask, params[0] * step, params[1] * step, params[2] * step)
+        elif shape == "rectangle":
+            model = np.ones(component.shape, bool)
+        polygon = _polygon(hull, *component.shape)
+        if model is not None:
+            agree = (model & polygon).sum() / max(1, (model | polygon).sum())
+            grown = ndimage.binary_dilation(model, iterations=SLACK)
+            spill = max(4, MAX_SPILL * model.sum())
+    mask.flags.writeable = False
+    rows, cols = np.arange(component.shape[0]), np.arange(component.shape[1])
+    left, right = np.argmax(component, axis=1), component.shape[1] - 1 - np.argmax(component[:, ::-1], axis=1)
+    top, bottom = np.argmax(component, axis=0), component.shape[0] - 1 - np.argmax(component[::-1], axis=0)
+    outline = ((cols >= left[:, None]) & (cols <= right[:, None]) & (rows[:, None] >= top) & (rows[:, None] <= bottom))
+    ends = np.unique(np.concatenate([rows * component.shape[1] + left, rows * component.shape[1] + right,
+                                     top * component.shape[1] + cols, bottom * component.shape[1] + cols]))
+    # the outline's 8-neighbours on the working copy (a one-pixel frame around the box, clipped)
+    frame = np.zeros((component.shape[0] + 2, component.shape[1] + 2), bool)
+    frame[1:-1, 1:-1] = outline
+    frame = ndimage.binary_dilation(frame, structure=EIGHT) & ~frame
+    ys, xs = np.nonzero(frame)
+    ys, xs = ys + sy.start - 1, xs + sx.start - 1
+    small_h, small_w = len(range(step // 2, height, step)), len(range(step // 2, width, step))
+    inside = (ys >= 0) & (xs >= 0) & (ys < small_h) & (xs < small_w)
+    filled = int(np.count_nonzero(outline)) if ndimage.label(outline, structure=EIGHT)[1] == 1 else -1
+    return _Geometry(sy, sx, (x0, y0, x1, y1), mask, shape, model, grown, polygon, float(agree), float(spill),
+                     outline, ends, ys[inside] * small_w + xs[inside], filled)
+
+
+def _brightest(colours: np.ndarray) -> np.ndarray:
+    """Each colour's brightest channel (``max(axis=-1)``, channel by channel: faster)."""
+    return np.maximum(np.maximum(colours[..., 0], colours[..., 1]), colours[..., 2])
+
+
+def _rooted(component: np.ndarray) -> bool:
+    """Whether every row run of ``component`` below its first row touches (8-connected) a run of
+    the row above, and its first row is one run: then it is one 8-connected piece."""
+    above = np.zeros_like(component)
+    above[1:] = component[:-1]
+    near = above.copy()
+    near[:, 1:] |= above[:, :-1]
+    near[:, :-1] |= above[:, 1:]
+    starts = component.copy()
+    starts[:, 1:] &= ~component[:, :-1]
+    run = np.cumsum(starts.ravel(), dtype=np.int32)  # each pixel's run, 1-based
+    runs = int(run[-1])
+    parented = np.count_nonzero(np.bincount(run[(component & near).ravel()], minlength=runs + 1))
+    return runs - parented == 1
+
+
+class Outlines:
+    """The geometries found so far, per screen size: a screen whose foreground (on the working
+    copy) gives its fan component the outline of one of them reuses it, so ``find`` labels,
+    fits and rasterises once per distinct screen geometry (an archive has a handful).
+
+    A hit returns exactly what the full computation would: ``match`` accepts a geometry only
+    when the foreground proves that the component ``find`` would choose has that outline (every
+    first and last pixel of its rows and columns in the foreground, none of the outline's
+    neighbours, all of those ends in one 8-connected piece of the foreground inside the outline,
+    and that piece so large that no other component can outscore it); what depends on the
+    pixels inside (text joined on, a coloured overlay) is checked on every image. So the cache
+    changes no result, whichever image filled it (tests/data/test_fan.py compares the two).
+    Thread-safe; bounded (``PER_SIZE`` geometries for each of ``SIZES`` screen sizes, newest
+    first)."""
+
+    PER_SIZE = 8
+    SIZES = 32
+
+    def __init__(self) -> None:
+        self._by_size: dict[tuple[int, int, int], tuple[_Geometry, ...]] = {}
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def lookup(self, key: tuple[int, int, int], foreground: np.ndarray) -> tuple[_Geometry, np.ndarray] | None:
+        """(a geometry, the component: bool, box-sized) when one of this size's geometries matches."""
+        for geometry in self._by_size.get(key, ()):
+            component = self.match(geometry, foreground)
+            if component is not None:
+                with self._lock:
+                    self.hits += 1
+                return geometry, component
+        with self._lock:
+            self.misses += 1
+        return None
+
+    @staticmethod
+    def match(geometry: _Geometry, foreground: np.ndarray) -> np.ndarray | None:
+        """The component ``find`` would choose in ``foreground`` (the working copy's) when it has
+        ``geometry``'s outline, else None."""
+        inner = foreground[geometry.sy, geometry.sx]
+        if not inner.ravel()[geometry.ends].all() or foreground.ravel()[geometry.ring].any():
+            return None
+        # the foreground in the outline, with none of its neighbours outside it: whole components
+        component = inner & geometry.outline
+        size = int(np.count_nonzero(component))
+        if size != geometry.filled and not (_rooted(component) or _rooted(component[::-1])):
+            # holes, maybe around islands (other components): the piece that holds every end
+            labels = ndimage.label(component, structure=EIGHT)[0]
+            piece = labels.ravel()[geometry.ends]
+            if piece[0] == 0 or (piece != piece[0]).any():
+                return None
+            component = labels == piece[0]
+            size = int(np.count_nonzero(component))
+        # ... every other component scores (size^2 / box) at most its own size: under this one's
+        others = int(np.count_nonzero(foreground)) - size
+        if others * inner.size >= size * size:
+            return None
+        return component
+
+    def store(self, key: tuple[int, int, int], geometry: _Geometry) -> None:
+        with self._lock:
+            kept = self._by_size.pop(key, ())
+            self._by_size[key] = (geometry, *kept)[:self.PER_SIZE]
+            while len(self._by_size) > self.SIZES:
+                del self._by_size[next(iter(self._by_size))]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._by_size.clear()
+            self.hits = self.misses = 0
+
+
+CACHE = Outlines()  # find's, shared by the loader's decoding threads
+
+
+def find(pixels: np.ndarray, lossy: bool = True, cache: Outlines | None = CACHE) -> Fan | None:
     """The fan of a screenshot (uint8 HxW or HxWx3; ``lossy``: decoded from JPEG, or not known
-    to be lossless); None when the image has no background border or nothing but background."""
-    gray = pixels if pixels.ndim == 2 else pixels.max(axis=2)
-    height, width = gray.shape
+    to be lossless); None when the image has no background border or nothing but background.
+    ``cache``: reuse the geometry of a screen with the same outline (``Outlines``: the same
+    result); None: compute everything."""
+    height, width = pixels.shape[:2]
     if min(height, width) < 3:
         return None
-    level = background(gray)
+    level = _background(_ring(pixels))
     if level is None:
         return None
     # every step-th pixel: two samples are neighbours only if under `step` pixels lie between
     # them, so text `MAX_STEP` or more pixels from the fan never joins it on the copy
     step = min(MAX_STEP, max(1, -(-max(height, width) // WORK)))
-    small = gray[step // 2::step, step // 2::step]
-    labels, count = ndimage.label(small > level + (MARGIN_LOSSY if lossy else MARGIN), structure=np.ones((3, 3), bool))
-    if count == 0:
-        return None
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    objects = ndimage.find_objects(labels)
-    # by size and solidity: a fan fills most of its box, a line of text or a caliper does not
-    boxes = np.array([(o[0].stop - o[0].start) * (o[1].stop - o[1].start) for o in objects])
-    biggest = int(np.argmax(sizes * sizes / boxes)) + 1
-    sy, sx = objects[biggest - 1]
-    component = labels[sy, sx] == biggest
-    # the box in full-size pixels: working pixel i sits at full-size i*step + step//2
-    x0, y0 = sx.start * step + step // 2, sy.start * step + step // 2
-    x1, y1 = min(width, (sx.stop - 1) * step + step // 2 + 1), min(height, (sy.stop - 1) * step + step // 2 + 1)
-    box = (x0, y0, x1, y1)
-    hull = _hull(component)
-    if hull is None:
-        return Fan(box, np.ones((y1 - y0, x1 - x0), bool), "component", False, "the region data.roi=auto found is flat")
-    # the hull of the fan never reaches text that is not joined to it; the model, when it
-    # explains the hull, cuts what the hull bridges (an inner arc) and is what the check tests
-    mask = _polygon(hull * step, y1 - y0, x1 - x0)
-    shape, params = _fit(component, hull)
-    model = None
-    if shape == "sector":
-        model = _sector(*component.shape, params)
-        _cut_inner_arc(mask, params[0] * step, params[1] * step, params[2] * step)
-    elif shape == "rectangle":
-        model = np.ones(component.shape, bool)
-    known, reason = _check(component, shape, model, _polygon(hull, *component.shape),
-                           pixels[y0:y1:step, x0:x1:step])
-    return Fan(box, mask, shape, known, reason)
+    small = pixels[step // 2::step, step // 2::step]
+    foreground = (small if small.ndim == 2 else _brightest(small)) > level + (MARGIN_LOSSY if lossy else MARGIN)
+    key = (height, width, step)
+    found = cache.lookup(key, foreground) if cache is not None else None
+    if found is None:
+        labels, count = ndimage.label(foreground, structure=EIGHT)
+        if count == 0:
+            return None
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        objects = ndimage.find_objects(labels)
+        # by size and solidity: a fan fills most of its box, a line of text or a caliper does not
+        boxes = np.array([(o[0].stop - o[0].start) * (o[1].stop - o[1].start) for o in objects])
+        biggest = int(np.argmax(sizes * sizes / boxes)) + 1
+        sy, sx = objects[biggest - 1]
+        component = labels[sy, sx] == biggest
+        geometry = _geometry(component, sy, sx, step, height, width)
+        if cache is not None:
+            cache.store(key, geometry)
+    else:
+        geometry, component = found
+    x0, y0, x1, y1 = geometry.box
+    known, reason = _check(component, geometry, pixels[y0:y1:step, x0:x1:step])
+    return Fan(geometry.box, geometry.mask, geometry.shape, known, reason)
 
 
 def _row_filled(component: np.ndarray) -> np.ndarray:
@@ -222,22 +396,24 @@ def _row_filled(component: np.ndarray) -> np.ndarray:
     return any_[:, None] & (cols >= left[:, None]) & (cols <= right[:, None])
 
 
-def _check(component: np.ndarray, shape: str, model: np.ndarray | None, hull: np.ndarray,
-           region: np.ndarray) -> tuple[bool, str]:
+def _check(component: np.ndarray, geometry: _Geometry, region: np.ndarray) -> tuple[bool, str]:
     """Whether the mask is known: a sector or rectangle model explains the component (model and
     hull agree, and nothing is joined on outside the model), and no coloured overlay lies inside
     a gray image. Everything here is on the working copy (``region``: its pixels, box-sized)."""
+    shape, model, hull = geometry.shape, geometry.model, geometry.hull
+    if hull is None:
+        return False, "the region data.roi=auto found is flat"
     if model is None:
         return False, "the region data.roi=auto found is neither a sector nor a rectangle"
-    agree = (model & hull).sum() / max(1, (model | hull).sum())
+    agree = geometry.agree
     if agree < MIN_COVER:
         return False, f"the {shape} fitted to the region data.roi=auto found matches only {agree:.0%} of it"
-    spill = (component & ~ndimage.binary_dilation(model, iterations=SLACK)).sum()
-    if spill > max(4, MAX_SPILL * model.sum()):
+    spill = int(np.count_nonzero(component & ~geometry.grown))
+    if spill > geometry.spill:
         return False, f"{spill} pixels joined to the {shape} (burned-in text touching the image?)"
     if region.ndim == 3:
         sample = region[:hull.shape[0], :hull.shape[1]][hull].astype(np.int16)
-        chroma = sample.max(axis=1) - sample.min(axis=1)
+        chroma = _brightest(sample) - np.minimum(np.minimum(sample[:, 0], sample[:, 1]), sample[:, 2])
         if (chroma > COLOUR).any() and (chroma <= 2).mean() > 0.9:
             return False, "a coloured overlay inside the gray image"
     return True, ""
