@@ -176,6 +176,21 @@ def lost(s3, bucket: str, reference_run: str, soaked_run: str) -> list[str]:
     return missing
 
 
+def work_root(workdir: str | None) -> str | None:
+    """``--workdir``, created when missing (with its parents); a path that is not a folder ends
+    the soak with one line."""
+    if workdir is None:
+        return None
+    path = Path(workdir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise SystemExit(f"soak.py: --workdir {workdir}: not a directory") from None
+    except OSError as exc:
+        raise SystemExit(f"soak.py: --workdir {workdir}: cannot create it: {exc.strerror}") from None
+    return str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--interruptions", type=int, default=20)
@@ -193,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     from gistnet.data import synth
     from gistnet.data.storage import LocalStore
 
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+    with tempfile.TemporaryDirectory(dir=work_root(args.workdir)) as tmp:
         work = Path(tmp)
         data = work / "data"
         synth.write_dataset(LocalStore(data), 20, 20, 32, seed=1)

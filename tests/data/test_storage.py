@@ -168,9 +168,10 @@ def test_s3_faults_are_retried_and_outputs_are_identical(bucket, s3_env, s3_clie
     botocore's retries absorb them and the run's outputs equal those of a clean run."""
     from tests.faultproxy import FaultProxy
 
+    from gistnet.data import synth
+
     endpoint = s3_env["AWS_ENDPOINT_URL"]
-    assert cli("synth", "--output", f"s3://{bucket}/data", "--n-gist", 12, "--n-lm", 12, "--image-size", 32,
-               env=s3_env).returncode == 0
+    synth.write_dataset(open_store(f"s3://{bucket}/data", StorageConfig()), 12, 12, 32, seed=0)  # here: no process
     args = ["train", "--data", f"s3://{bucket}/data", "--models", "resnet34", "--epochs", 1, "--image-size", 32,
             "--batch-size", 16, "--augmentation", "none"]
     clean = cli(*args, "--output", f"s3://{bucket}/clean", "--run-id", "r", env=s3_env)

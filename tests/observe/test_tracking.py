@@ -11,11 +11,18 @@ from gistnet.config import TrackingConfig
 from gistnet.errors import EXIT_CONFIG, EXIT_STORAGE, TrackingError
 from gistnet.observe import tracking
 from tests.conftest import free_port, one_line_error
-from tests.mlflowserver import mlflow_server  # noqa: F401 - fixture
+from tests.mlflowserver import module_mlflow  # noqa: F401 - fixture
 
 mlflow = pytest.importorskip("mlflow")
 
 MLFLOW_PASSWORD = "mlflow-SENTINEL-pw-83jdK2"
+
+
+@pytest.fixture
+def mlflow_server(module_mlflow):
+    """The module's one MLflow server (starting one takes seconds): each test that uses it keeps
+    to its own experiment and model prefix, so none sees another's runs or versions."""
+    return module_mlflow[0]
 
 
 def _flags(**extra) -> list[str]:
@@ -67,13 +74,15 @@ def test_required_tracking_with_the_server_down_is_exit_5(cli, tiny_data, tmp_pa
 
 
 @pytest.mark.e2e
-def test_a_run_is_logged_registered_and_its_artifacts_reach_the_bucket(cli, tiny_data, tmp_path, mlflow_server,
-                                                                       bucket, s3_env, s3_client, monkeypatch):
+def test_a_run_is_logged_registered_and_its_artifacts_reach_the_bucket(cli, tiny_data, tmp_path, module_mlflow,
+                                                                       s3_env, s3_client, monkeypatch):
+    """The one test on this module's server with the default experiment and model prefix."""
     import torch
 
     from gistnet.config import StorageConfig
     from gistnet.serving import trained
 
+    mlflow_server, bucket, _ = module_mlflow
     env = {**s3_env, "MLFLOW_TRACKING_URI": mlflow_server,  # the environment variable alone turns tracking on
            "MLFLOW_TRACKING_USERNAME": "gistnet", "MLFLOW_TRACKING_PASSWORD": MLFLOW_PASSWORD}
     done = cli("train", "--data", tiny_data, "--output", tmp_path / "o", "--run-id", "r1",
@@ -119,7 +128,7 @@ def test_a_run_is_logged_registered_and_its_artifacts_reach_the_bucket(cli, tiny
     assert json.loads(Path(local).read_text())["dataset"]["lineage"]["digest"] == lineage["digest"]
     keys = [o["Key"] for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="mlflow/")
             for o in page.get("Contents", [])]
-    assert any(k.endswith("/report.html") for k in keys), keys
+    assert any(parent.info.run_id in k and k.endswith("/report.html") for k in keys), keys  # this run's, not another test's
     # the model, registered under <prefix>-<model>
     version = client.get_model_version("gistnet-resnet34", "1")
     assert report["tracking"]["models"]["resnet34"] == {"name": "gistnet-resnet34", "version": "1"}
@@ -163,7 +172,8 @@ def test_a_run_is_logged_registered_and_its_artifacts_reach_the_bucket(cli, tiny
 
 @pytest.mark.e2e
 def test_fanned_out_folds_are_child_runs_of_one_parent(cli, tiny_data, tmp_path, mlflow_server, s3_env):
-    env = {**s3_env, "GISTNET_TRACKING_MLFLOW_URI": mlflow_server, "GISTNET_TRACKING_EXPERIMENT": "kfold"}
+    env = {**s3_env, "GISTNET_TRACKING_MLFLOW_URI": mlflow_server, "GISTNET_TRACKING_EXPERIMENT": "kfold",
+           "GISTNET_TRACKING_MODEL_PREFIX": "kfold"}
     for fold in ("0", "1"):  # two processes, one fold each: the second writes the report
         done = cli("train", "--data", tiny_data, "--output", tmp_path / "o", "--run-id", "k", "--split", "kfold",
                    "--folds", "2", "--fold", fold, *_flags(**{"--epochs": 1}), env=env)
@@ -189,9 +199,9 @@ def test_fanned_out_folds_are_child_runs_of_one_parent(cli, tiny_data, tmp_path,
     from gistnet.serving import ensemble
     from gistnet.training import train
 
-    versions = client.search_model_versions("name='gistnet-resnet34'")
+    versions = client.search_model_versions("name='kfold-resnet34'")
     assert [(v.version, v.run_id) for v in versions] == [("1", parents[0].info.run_id)]
-    assert report["tracking"]["models"]["resnet34"] == {"name": "gistnet-resnet34", "version": "1"}
+    assert report["tracking"]["models"]["resnet34"] == {"name": "kfold-resnet34", "version": "1"}
     folds = report["models"]["resnet34"]["folds"]
     tags = versions[0].tags
     assert tags["gistnet.kind"] == "ensemble of 2 folds" and "ensemble of 2 folds" in versions[0].description
@@ -208,7 +218,7 @@ def test_fanned_out_folds_are_child_runs_of_one_parent(cli, tiny_data, tmp_path,
         mp.setenv("MLFLOW_TRACKING_URI", mlflow_server)
         mp.setenv("MLFLOW_REGISTRY_URI", mlflow_server)
         (tmp_path / "m").mkdir()
-        loaded = mlflow.pytorch.load_model("models:/gistnet-resnet34/1", dst_path=str(tmp_path / "m"))
+        loaded = mlflow.pytorch.load_model("models:/kfold-resnet34/1", dst_path=str(tmp_path / "m"))
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
     x = train.Preprocess(torch.device("cpu"))(images)
     with torch.no_grad():
@@ -288,7 +298,7 @@ def test_a_transient_failure_ends_the_runs_failed_with_the_reason(mlflow_server,
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     epoch = {"train_loss": 1.0, "val_loss": 1.0, "train_accuracy": 0.5, "val_accuracy": 0.5}
     with FaultProxy(mlflow_server, pattern="ok") as proxy:
-        tracker = tracking.Tracker(TrackingConfig(mlflow_uri=proxy.url), {})
+        tracker = tracking.Tracker(TrackingConfig(mlflow_uri=proxy.url, experiment="transient"), {})
         tracker.start("r1", {"train": {"epochs": 2}}, None)
         unit = tracker.unit("resnet34", "resnet34", None)
         unit.on_epoch("resnet34", {"epoch": 1, **epoch}, 2)
@@ -313,7 +323,7 @@ def test_a_transient_failure_ends_the_runs_failed_with_the_reason(mlflow_server,
 
 def test_a_failing_process_ends_its_open_runs_failed(mlflow_server):
     """pipeline.run on any failure (tracking.abort_open): the runs this process started end FAILED."""
-    tracker = tracking.Tracker(TrackingConfig(mlflow_uri=mlflow_server), {})
+    tracker = tracking.Tracker(TrackingConfig(mlflow_uri=mlflow_server, experiment="aborted"), {})
     tracker.start("r2", {}, None)
     unit = tracker.unit("resnet34", "resnet34", None)
     tracking.abort_open("StopRequested: SIGTERM before training resnet34")
@@ -322,7 +332,7 @@ def test_a_failing_process_ends_its_open_runs_failed(mlflow_server):
         run = client.get_run(run_id)
         assert run.info.status == "FAILED"
         assert run.data.tags["gistnet.tracking_error"] == "StopRequested: SIGTERM before training resnet34"
-    resumed = tracking.Tracker(TrackingConfig(mlflow_uri=mlflow_server), {})  # the same run id resumed
+    resumed = tracking.Tracker(TrackingConfig(mlflow_uri=mlflow_server, experiment="aborted"), {})  # the same run id resumed
     resumed.start("r2", {}, None)
     assert resumed.parent_id == tracker.parent_id and client.get_run(tracker.parent_id).info.status == "RUNNING"
 
@@ -347,7 +357,7 @@ def test_mlflow_prints_no_run_url(mlflow_server, capfd):
     """MLflow's own "View run ... at <tracking URI>" line (printed when a run ends) would show a
     user:password@ of the URI; gistnet silences it."""
     user_info = mlflow_server.replace("http://", f"http://gistnet:{MLFLOW_PASSWORD}@")
-    tracker = tracking.Tracker(TrackingConfig(mlflow_uri=user_info), {})
+    tracker = tracking.Tracker(TrackingConfig(mlflow_uri=user_info, experiment="quiet"), {})
     tracker.start("r3", {}, None)
     tracker.unit("resnet34", "resnet34", None).finished()
     tracker.finish({"models": {}, "best_model": "resnet34", "status": "complete"}, {}, {})

@@ -36,3 +36,21 @@ def test_the_soak_stops_on_every_exit_code_the_chart_treats_as_permanent():
     soak = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(soak)
     assert soak.PERMANENT == set(PERMANENT_EXIT_CODES) and EXIT_REFUSED in soak.PERMANENT
+
+
+def test_a_missing_workdir_is_created_and_a_file_is_one_line(tmp_path):
+    """``--workdir DIR`` with DIR missing: made (parents too), not a FileNotFoundError traceback;
+    a file in its place: one line naming it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("soak", REPO / "benchmarks" / "soak.py")
+    soak = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(soak)
+    missing = tmp_path / "a" / "b"
+    assert soak.work_root(str(missing)) == str(missing) and missing.is_dir()
+    assert soak.work_root(None) is None
+    (tmp_path / "file").write_text("")
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "soak.py"), "--workdir", str(tmp_path / "file"),
+                           "--interruptions", "0"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == f"soak.py: --workdir {tmp_path / 'file'}: not a directory"
