@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from gistnet import bounds
+from gistnet import bounds, classes
 from gistnet.bounds import BOUND_HINTS, BOUNDS, Bound  # noqa: F401 - re-exported: config.BOUNDS
 from gistnet.errors import ConfigError
 
@@ -27,11 +27,9 @@ MODEL_NAMES = ("resnet34", "resnet50")
 COMPILE_SETTINGS = ("auto", "off", "default", "reduce-overhead")  # gistnet.training.compile.SETTINGS
 CI_METHODS = ("wald", "wilson", "agresti-coull", "clopper-pearson")
 ENV_PREFIX = "GISTNET_"
-# Environment variables with the prefix that are not config keys.
 # Variables gistnet reads that are not config keys (secrets and the config file's path).
 ENV_NON_KEYS = {"GISTNET_CONFIG", "GISTNET_TEST_S3_ENDPOINT", "GISTNET_PSEUDONYM_KEY", "GISTNET_COMPILE_CACHE_KEY"}
-# data.roi: where the region of interest comes from (gistnet.data.region).
-ROI_MODES = ("auto", "dicom", "none")
+ROI_MODES = ("auto", "dicom", "none")  # data.roi: where the region of interest comes from (gistnet.data.region)
 # Keys that moved: the old name is refused with a line naming the new one.
 MOVED_KEYS = {("data", "val_fraction"): "split.val_fraction"}
 
@@ -51,27 +49,9 @@ class DataConfig:
     pseudonymize_keys: bool = False
 
 
-    @property
-    def head_classes(self) -> tuple[str, ...]:
-        """The class of each output of the network, in order (``head_order``)."""
-        return head_order(self.classes, self.positive_class)
-
-    @property
-    def positive_index(self) -> int:
-        """The network output (and label index) of the positive class."""
-        return self.head_classes.index(self.positive_class)
-
-
-def head_order(classes, positive: str) -> tuple[str, ...]:
-    """The one rule for label indices, used by training, serving and evidence alike: index i of
-    the network's output (and of a label) is ``head_order(...)[i]``: every class other than the
-    positive one in ``data.classes`` order, then the positive class last. With two classes that
-    is negative 0, positive 1: the binary encoding gistnet has always had, byte for byte."""
-    classes = tuple(classes)
-    return tuple(c for c in classes if c != positive) + (positive,)
-
-
-MIN_CLASSES, MAX_CLASSES = 2, 10
+    head_classes = property(lambda self: classes.head_order(self.classes, self.positive_class))  # classes.py
+    endpoint_classes = property(lambda self: classes.endpoint_names(self.classes, self.positive_class, self.negative_class))
+    positive_index = property(lambda self: self.head_classes.index(self.positive_class))
 
 
 @dataclass(frozen=True)
@@ -403,38 +383,8 @@ def load_saved(text: str, source: str) -> Config:
     return _build(_from_yaml(raw, source))
 
 
-def _resolve_classes(merged: dict[tuple[str, str], Any]) -> None:
-    """How ``data.classes`` and ``data.negative_class`` interact (docs/configuration.md):
-    without ``data.classes`` the classes are ``[positive_class, negative_class]`` (every config
-    written before K classes reads as it did); with two ``data.classes`` the negative class is the
-    one that is not positive (a ``negative_class`` naming another is an error); with more than two
-    there is no negative class (the endpoint is the positive class against every other one), so
-    a non-empty ``negative_class`` is an error and it resolves to ``""``."""
-    positive = merged.get(("data", "positive_class"), DataConfig.positive_class)
-    negative = merged.get(("data", "negative_class"))
-    if ("data", "classes") not in merged:
-        merged[("data", "classes")] = (positive, DataConfig.negative_class if negative is None else negative)
-        return
-    classes = tuple(merged[("data", "classes")])
-    if not MIN_CLASSES <= len(classes) <= MAX_CLASSES:
-        return  # validate names the count
-    if len(classes) == 2:
-        others = [c for c in classes if c != positive]
-        if negative and len(others) == 1 and negative != others[0]:
-            raise ConfigError(f"data.negative_class {negative!r} is not the class of data.classes "
-                              f"[{', '.join(classes)}] other than data.positive_class {positive!r}")
-        if len(others) == 1:
-            merged[("data", "negative_class")] = others[0]
-        return
-    if negative:
-        raise ConfigError(f"data.negative_class {negative!r} is for two classes; data.classes names {len(classes)}, "
-                          f"so the endpoint is {positive!r} against every other class: leave negative_class unset")
-    merged[("data", "negative_class")] = ""
-
-
 def _build(merged: dict[tuple[str, str], Any]) -> Config:
-    merged = dict(merged)
-    _resolve_classes(merged)
+    classes.resolve(merged, DataConfig.positive_class, DataConfig.negative_class)
     sections: dict[str, dict[str, Any]] = {}
     for (section, key), value in merged.items():
         sections.setdefault(section, {})[key] = value
@@ -468,18 +418,7 @@ def validate(c: Config) -> None:
     _check(c.data.roi in ROI_MODES, f"data.roi must be one of {', '.join(ROI_MODES)}, got {c.data.roi!r}")
     _check(c.split.method in ("holdout", "kfold", "site"),
            f"split.method must be holdout, kfold or site, got {c.split.method!r}")
-    _check(c.data.positive_class != c.data.negative_class, "data.positive_class and data.negative_class must differ")
-    classes = c.data.classes
-    _check(MIN_CLASSES <= len(classes) <= MAX_CLASSES,
-           f"data.classes must name {MIN_CLASSES} to {MAX_CLASSES} classes, got {len(classes)}")
-    _check(len(set(classes)) == len(classes), f"data.classes names a class twice: {', '.join(classes)}")
-    for name in classes:
-        _check(bool(name) and "/" not in name, f"class folder name {name!r} must be non-empty and contain no '/'")
-    _check(c.data.positive_class in classes, f"data.positive_class {c.data.positive_class!r} is not one of "
-                                             f"data.classes [{', '.join(classes)}]")
-    if len(classes) == 2:
-        _check(c.data.negative_class in classes, f"data.negative_class {c.data.negative_class!r} is not one of "
-                                                 f"data.classes [{', '.join(classes)}]")
+    classes.check(c.data.classes, c.data.positive_class, c.data.negative_class)
     _check(c.augmentation.mode in ("paper", "online", "none"), f"augmentation.mode must be paper, online or none, got {c.augmentation.mode!r}")
     _check(c.augmentation.flip in ("horizontal", "vertical"), f"augmentation.flip must be horizontal or vertical, got {c.augmentation.flip!r}")
     check_model_names(c.train.models, "train.models")

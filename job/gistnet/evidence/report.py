@@ -74,10 +74,11 @@ def build(run_id: str, config: dict, dataset: dict, models: dict, selection_metr
 
 
 def class_names(report: dict) -> tuple[str, str]:
-    """(positive, negative) class names as configured, from ``dataset.classes``."""
+    """(positive, negative) class names as configured, from ``dataset.classes``; with K classes
+    the endpoint's other side is ``non-<positive>`` (``DataConfig.endpoint_classes``)."""
     classes = report["dataset"]["classes"]
-    return (next(n for n, role in classes.items() if role == "positive"),
-            next(n for n, role in classes.items() if role == "negative"))
+    positive = next(n for n, role in classes.items() if role == "positive")
+    return positive, next((n for n, role in classes.items() if role == "negative"), f"non-{positive}")
 
 
 def summary(report: dict) -> str:

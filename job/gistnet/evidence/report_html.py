@@ -82,9 +82,9 @@ def render(report: dict, figures: dict[str, bytes]) -> str:
     known = list(FIGURE_CAPTIONS)
     order = sorted((n for n in figures if n not in placed), key=lambda n: (known.index(n) if n in known else len(known), n))
     run_figures = [(name, FIGURE_CAPTIONS.get(name, label(name)), figures[name]) for name in order]
-    roles = {role: name for name, role in report["dataset"]["classes"].items()}
+    positive, negative = report_module.class_names(report)
     return _environment().get_template("report.html.j2").render(
-        r=report, words=report_module.words(report), positive=roles["positive"], negative=roles["negative"], ds=report["dataset"], models=models,
+        r=report, words=report_module.words(report), positive=positive, negative=negative, ds=report["dataset"], models=models,
         level=level, metric_names=stats.METRICS,
         per_model=per_model, run_figures=run_figures,
         config_yaml=yaml.safe_dump(report.get("config", {}), sort_keys=False),
