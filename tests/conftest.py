@@ -484,3 +484,16 @@ def write_k_class_data(root: Path, classes=("GIST", "LM", "NET"), lesions_per_cl
     if manifest:
         (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def k3_run(tmp_path_factory):
+    """One finished 3-class run (GIST, LM, NET; lesion ids in the manifest; ResNet-34, 32 px,
+    1 epoch): its folder. Shared by every test that only reads it."""
+    from gistnet import config, pipeline
+
+    data = write_k_class_data(tmp_path_factory.mktemp("k3-data"))
+    out = tmp_path_factory.mktemp("k3-runs")
+    pipeline.run(config.load_config(None, {"data.uri": str(data), "output.uri": str(out), "output.run_id": "k3",
+                                           "data.classes": "GIST,LM,NET", **TINY_RUN}, environ={}))
+    return out / "k3"

@@ -309,6 +309,9 @@ def markdown(report: dict) -> str:
     from gistnet.evidence import sections  # sites, subgroups, decision curve (issue 21)
 
     lines += [sections.markdown(report)]
+    from gistnet.evidence import kclasses  # K classes, by image and by lesion (issue 27)
+
+    lines += [kclasses.markdown(report)]
     if ds["skipped"]:
         lines += ["## Skipped images", ""] + [f"- `{s['uri']}`: {s['reason']}" for s in ds["skipped"]] + [""]
     lines += [f"Sensitivity: {positive} cases called {positive}. PPV: {positive} calls that are {positive}. "

@@ -24,6 +24,8 @@ FIGURE_CAPTIONS = {
     "augmentation_examples": "Training images and their augmented copies (the paper's Fig 2).",
     "reliability_diagram": "Reliability diagram: observed share of positives against the predicted probability "
                            "(the diagonal is perfect calibration).",
+    "confusion": "Confusion matrix of each model (rows: true class, columns: the most probable class), "
+                 "row-normalised, with the counts.",
     "decision_curve": "Decision curve: net benefit of each model against treating all and treating none; "
                       "the model helps at the thresholds where its curve lies above both.",
 }
