@@ -104,3 +104,16 @@ def test_the_confusion_figure_is_a_png(tmp_path):
     mc, _, _ = kclasses.sections(rows, HEAD, "wilson", 0.95)
     kclasses.confusion_figure({"resnet34": {"multiclass": mc}}, tmp_path / "c.png")
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_checklist_states_the_outcome_for_two_and_for_k_classes():
+    from gistnet.evidence import checklist
+
+    two = {"dataset": {"classes": {"GIST": "positive", "LM": "negative"}}, "models": {"resnet34": {}}}
+    assert checklist._outcome(two) == "GIST (positive) against LM: P(GIST) of a two-class softmax"
+    k = {"dataset": {"classes": {"GIST": "positive", "LM": "other", "NET": "other"}},
+         "models": {"resnet34": {"by_lesion": {}}}}
+    text = checklist._outcome(k)
+    assert text.startswith("the clinical endpoint GIST against every other class (LM, NET): P(GIST) is the softmax "
+                           "mass of GIST over 3 classes")
+    assert "also by lesion" in text
