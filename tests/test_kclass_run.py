@@ -83,3 +83,40 @@ def test_documents_show_the_confusion_matrix_and_both_units(k3_run):
     with safe_open(str(k3_run / "resnet34" / "model.safetensors"), "pt") as f:
         assert json.loads(f.metadata()["gistnet"])["num_classes"] == 3
         assert f.get_tensor("fc.weight").shape[0] == 3
+
+
+def test_predict_export_and_onnx_give_k_columns_and_a_lesion_table(k3_run, tmp_path):
+    from gistnet import config
+    from gistnet.serving import export, predict, trained
+    from tests.conftest import write_k_class_data
+
+    data = write_k_class_data(tmp_path / "data", lesions_per_class=2, seed=5)
+    cfg = config.load_config(None, {}, environ={})
+    predict.run(predict.Request(str(k3_run), str(data), str(tmp_path / "torch")), cfg, str(tmp_path))
+    rows = _csv(tmp_path / "torch" / "predictions.csv")
+    assert [c for c in rows[0] if c.startswith("p_")] == [f"p_{c}" for c in HEAD]
+    assert all(abs(sum(float(r[f"p_{c}"]) for c in HEAD) - 1) < 1e-9 for r in rows)
+    assert {r["call"] for r in rows} <= {"GIST", "non-GIST"}  # the endpoint's call, at the run's threshold
+    lesions = _csv(tmp_path / "torch" / "lesions.csv")
+    assert len(lesions) == 6 and {r["label"] for r in lesions} == set(HEAD)
+    sidecar = export.export_onnx(trained.open_run(str(k3_run), "best", cfg.storage), str(tmp_path))
+    assert sidecar["output"]["shape"] == ["batch", 3] and sidecar["output"]["columns"] == list(HEAD)
+    assert sidecar["endpoint"]["positive_class"] == "GIST" and sidecar["endpoint"]["column"] == 2
+    predict.run(predict.Request(str(k3_run), str(data), str(tmp_path / "onnx"), engine="onnx"), cfg, str(tmp_path))
+    onnx_rows = _csv(tmp_path / "onnx" / "predictions.csv")
+    for a, b in zip(rows, onnx_rows):
+        assert abs(float(a["p_GIST"]) - float(b["p_GIST"])) < 1e-4 and abs(float(a["score"]) - float(b["score"])) < 1e-3
+
+
+def test_evaluate_takes_a_subset_of_the_classes_and_refuses_an_unknown_one(k3_run, tmp_path, cli):
+    from tests.conftest import write_k_class_data
+
+    subset = write_k_class_data(tmp_path / "subset", classes=("GIST", "NET"), lesions_per_class=4, seed=7,
+                                manifest=False)
+    done = cli("evaluate", "--run", k3_run, "--data", subset, "--output", tmp_path / "ev")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["dataset"]["images"] == {"GIST": 8, "NET": 8}
+    unknown = write_k_class_data(tmp_path / "unknown", classes=("GIST", "XYZ"), lesions_per_class=2, manifest=False)
+    done = cli("evaluate", "--run", k3_run, "--data", unknown, "--output", tmp_path / "ev2")
+    assert done.returncode == 4 and "unknown class folder 'XYZ'" in done.stderr

@@ -28,6 +28,18 @@ class Predictions(NamedTuple):
         return self.logits.argmax(dim=1) == labels
 
 
+class Scores(tuple):
+    """(P(positive), logit margin) of a batch, unpacked as two values as always, with the N x K
+    logits behind them (head order) as ``.logits`` for the ``p_<class>`` columns."""
+
+    logits: torch.Tensor
+
+    def __new__(cls, probability, margin, logits):
+        scores = super().__new__(cls, (probability, margin))
+        scores.logits = logits
+        return scores
+
+
 def endpoint_labels(labels, k: int):
     """1 for the positive class, 0 for every other: the endpoint's labels from class indices
     (``config.head_order``: the positive class is the last of ``k``). Two classes: unchanged."""

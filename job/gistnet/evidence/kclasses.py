@@ -59,6 +59,19 @@ def sections(rows, head: tuple[str, ...], ci_method: str, level: float, seed: in
     return summary, by_lesion, table
 
 
+def lesion_table(keys, patients, lesion_ids, probabilities, labels, head: tuple[str, ...]) -> list[dict]:
+    """Per-lesion rows from per-image P(class) (head order) and class names (``labels``; None
+    when the images are unlabelled: each lesion's ``label`` is then empty)."""
+    z = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-300, None))
+    ids, source = lesions.lesion_ids(list(keys), list(patients), list(lesion_ids))
+    index = [head.index(name) for name in labels] if labels is not None else [0] * len(ids)
+    found = lesions.aggregate(z, index, ids, list(patients), source)
+    probs = multiclass.probabilities(found.logits)
+    return [{"lesion_id": lid, "patient_id": pid, "label": head[y] if labels is not None else "", "images": int(n),
+             **{f"p_{c}": float(v) for c, v in zip(head, row)}, "call": head[int(np.argmax(row))]}
+            for lid, pid, y, n, row in zip(found.ids, found.patients, found.labels, found.images, probs)]
+
+
 def lesions_csv(tables: dict[str, list[dict]]) -> bytes:
     """``lesions.csv``: one row per (model, lesion): lesion_id, patient_id, model, label, images,
     p_<class> (head order) and the call (the most probable class)."""

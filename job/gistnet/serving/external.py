@@ -125,7 +125,7 @@ def _load(data: Store, data_cfg, metrics: PredictMetrics, pseudo: privacy.Pseudo
     items, unsafe, labeled = dataset.list_for_scoring(data, data_cfg, pseudo)
     if not labeled:
         raise DataError(f"{redact(data.uri)} has no labels (neither {data_cfg.manifest} nor class folders "
-                        f"{data_cfg.positive_class}/, {data_cfg.negative_class}/): evaluate needs labelled images")
+                        f"{', '.join(c + '/' for c in data_cfg.classes)}): evaluate needs labelled images")
     images, unusable = Images([], [], []), [{"uri": u["uri"], "reason": u["reason"]} for u in unsafe]
     for start in range(0, len(items), CHUNK):
         chunk = items[start:start + CHUNK]
@@ -252,7 +252,8 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
                                         [i.covariates for i in images.items])
     subgroups.check_columns(wanted, sections.columns(covariates), data.uri_of(data_cfg.manifest))
     reasons, overlap = _overlap(run, images, own_ids, pseudo)
-    labels_all = np.array([i.label for i in images.items], int)
+    # the endpoint's labels (1 positive, 0 any other class): an external set may hold a subset of the run's classes
+    labels_all = evaluate.endpoint_labels(np.array([i.label for i in images.items], int), len(data_cfg.classes))
     keep = np.array([not r for r in reasons])
     labels = labels_all[keep]
     clusters = [i.patient_id for i, k in zip(images.items, keep) if k]
@@ -316,10 +317,14 @@ def _comparison(names, pooled, ev, seed: int, clusters) -> dict | None:
 def _document(request, name, rep, run_cfg, data, out, images, unusable, overlap, reasons, models, comparison, dc,
               device) -> dict:
     keep = np.array([not r for r in reasons])
-    positive, negative = run_cfg.data.positive_class, run_cfg.data.negative_class
     labels = np.array([i.label for i in images.items], int)[keep]
-    counts = {positive: int(labels.sum()), negative: int(len(labels) - labels.sum())}
-    dataset_section = {"uri": redact(data.uri), "classes": {positive: "positive", negative: "negative"},
+    counts = dataset.class_counts(labels, run_cfg.data.head_classes)
+    if len(run_cfg.data.classes) > 2:  # only the classes the external set holds
+        counts = {c: n for c, n in counts.items() if n}
+    other = "negative" if len(run_cfg.data.classes) == 2 else "other"
+    dataset_section = {"uri": redact(data.uri), "classes": {run_cfg.data.positive_class: "positive",
+                                                            **{c: other for c in run_cfg.data.classes
+                                                               if c != run_cfg.data.positive_class}},
                        "skipped": unusable, "split_method": "external (none: every image is evaluated)",
                        "images": counts}
     artifacts = {k: out.uri_of(v) for k, v in (("report_markdown", "report.md"), ("report_html", "report.html"),
@@ -350,13 +355,17 @@ def _document(request, name, rep, run_cfg, data, out, images, unusable, overlap,
 
 
 def _write(out: Store, final: dict, images: Images, margins_by: dict, reasons, covariates: dict, scratch: str) -> None:
+    head = tuple(final["config"]["data"].get("classes") or ()) or None
     positive, negative = report_mod.class_names(final)
+    if head is not None:
+        head = tuple(c for c in head if c != positive) + (positive,)  # classes.head_order
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for model, margins in margins_by.items():
         for i, item in sorted(enumerate(images.items), key=lambda pair: pair[1].key):
-            writer.writerow([item.key, item.patient_id, item.site, positive if item.label == 1 else negative, model,
+            name = head[item.label] if head is not None else (positive if item.label == 1 else negative)
+            writer.writerow([item.key, item.patient_id, item.site, name, model,
                              repr(float(1 / (1 + np.exp(-margins[i])))), repr(float(margins[i])),
                              "yes" if reasons[i] in development.IN_DEVELOPMENT else "no", reasons[i]])
     out.write_bytes("predictions.csv", buffer.getvalue().encode())
