@@ -117,6 +117,13 @@ def test_evaluate_takes_a_subset_of_the_classes_and_refuses_an_unknown_one(k3_ru
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["dataset"]["images"] == {"GIST": 8, "NET": 8}
+    mc = report["models"]["resnet34"]["multiclass"]
+    rows = sorted(_csv(tmp_path / "ev" / "predictions.csv"), key=lambda r: r["key"])
+    y = np.array([HEAD.index(r["label"]) for r in rows])
+    p = np.array([[float(r[f"p_{c}"]) for c in HEAD] for r in rows])
+    assert mc["confusion"] == confusion_matrix(y, p.argmax(axis=1), labels=[0, 1, 2]).tolist()
+    assert mc["confusion"][0] == [0, 0, 0]  # LM is not in the external set
+    assert report["models"]["resnet34"]["by_lesion"]["lesions"] == 16  # no ids: each image its own lesion
     unknown = write_k_class_data(tmp_path / "unknown", classes=("GIST", "XYZ"), lesions_per_class=2, manifest=False)
     done = cli("evaluate", "--run", k3_run, "--data", unknown, "--output", tmp_path / "ev2")
     assert done.returncode == 4 and "unknown class folder 'XYZ'" in done.stderr

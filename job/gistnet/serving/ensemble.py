@@ -135,9 +135,15 @@ class EnsembleScorer(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.margins_and_logits(images)[0]
+
+    @torch.no_grad()
+    def margins_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean of the members' margins (N) and of their logits (N x K), in one pass."""
         x = self.preprocess(images)
-        margins = []
+        margins, all_logits = [], []
         for network in self.networks:
             logits = network(x).float()
             margins.append(evaluate.endpoint_scores(logits)[1])  # two classes: logit_1 - logit_0, as always
-        return torch.stack(margins).mean(dim=0)
+            all_logits.append(logits)
+        return torch.stack(margins).mean(dim=0), torch.stack(all_logits).mean(dim=0)

@@ -33,7 +33,7 @@ from gistnet.data.overlap import check_apart
 from gistnet.data.storage import Store, TransferStats, open_store, redact
 from gistnet.errors import ConfigError, DataError, ModelError
 from gistnet.evidence import calibration, clustered, compare, decision, evaluate, external_report, report as report_mod
-from gistnet.evidence import report_html, sections, subgroups
+from gistnet.evidence import kclasses, predictions, report_html, sections, subgroups
 from gistnet.observe.metrics import PredictMetrics, pushed_job
 from gistnet.serving import development, ensemble
 from gistnet.training import train
@@ -196,15 +196,18 @@ def _overlap(run: Store, images: Images, own_ids: list[bool], pseudo: privacy.Ps
 
 
 def _score(run: Store, model: ensemble.RunModel, images: Images, device: torch.device, batch: int, scratch: str,
-           metrics: PredictMetrics) -> np.ndarray:
+           metrics: PredictMetrics) -> tuple[np.ndarray, np.ndarray]:
+    """The margins (the mean of the members') and the mean logits N x K (head order) of every image."""
     scorer = ensemble.EnsembleScorer(ensemble.load_members(run, model, device, scratch), device)
-    margins = []
+    margins, logits = [], []
     for start in range(0, len(images.pixels), batch):
         began = time.perf_counter()
         x = torch.from_numpy(np.stack(images.pixels[start:start + batch])).permute(0, 3, 1, 2).contiguous()
-        margins.append(scorer(x.to(device)).double().cpu())
+        m, z = scorer.margins_and_logits(x.to(device))
+        margins.append(m.double().cpu())
+        logits.append(z.double().cpu())
         metrics.chunk_scored(model.name, len(x), time.perf_counter() - began, 0)
-    return torch.cat(margins).numpy()
+    return torch.cat(margins).numpy(), torch.cat(logits).numpy()
 
 
 def _model_section(model: ensemble.RunModel, labels, margins, ev, pooled_dev: bool, clusters) -> dict:
@@ -261,11 +264,19 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
              int(keep.sum()), redact(data.uri), int((~keep).sum()), ", ".join(names), rep["run_id"])
     batch = request.batch_size or run_cfg.train.batch_size
     pooled_dev = rep["evaluation"]["pooled"]
-    margins_by, sections_by, pooled = {}, {}, {}
+    margins_by, logits_by, sections_by, pooled = {}, {}, {}, {}
+    head = data_cfg.head_classes
+    lesion_ids = [pseudo.lesion(i.lesion_id) for i, k in zip(images.items, keep) if k]
     for model in models:
-        margins_by[model.name] = _score(run, model, images, device, batch, scratch, metrics)
+        margins_by[model.name], logits_by[model.name] = _score(run, model, images, device, batch, scratch, metrics)
         m = margins_by[model.name][keep]
         sections_by[model.name] = _model_section(model, labels, m, ev, pooled_dev, clusters)
+        rows = predictions.rows(pooled_keys(images, keep), clusters, [i.label for i, k in zip(images.items, keep) if k],
+                                data_cfg.endpoint_classes, None, model.name, 1 / (1 + np.exp(-m)), m,
+                                logits_by[model.name][keep], head, lesion_ids)
+        section = sections_by[model.name]  # the K classes and the lesions (issue 27), as in the run's report
+        section["multiclass"], section["by_lesion"], _ = kclasses.sections(rows, head, ev.ci_method,
+                                                                         ev.confidence_level, run_cfg.train.seed)
         pooled[model.name] = _Pooled([i.key for i, k in zip(images.items, keep) if k], labels, 1 / (1 + np.exp(-m)), m,
                                      clusters)
     site_count = len({covariates.get(k, {}).get("site", "") for k in pooled[names[0]].keys} - {""})
@@ -274,7 +285,7 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
     final = _document(request, name, rep, run_cfg, data, out, images, unusable, overlap, reasons, sections_by,
                       comparison, dc, device)
     pseudo.save(out)  # a key made here (a run from before pseudonyms had none), under private/
-    _write(out, final, images, margins_by, reasons, covariates, scratch)
+    _write(out, final, images, margins_by, reasons, covariates, scratch, logits_by)
     return {"uri": out.uri_of("report.json"), "report": final, "evaluated": int(keep.sum()),
             "excluded": int((~keep).sum())}
 
@@ -354,26 +365,34 @@ def _document(request, name, rep, run_cfg, data, out, images, unusable, overlap,
     return final
 
 
-def _write(out: Store, final: dict, images: Images, margins_by: dict, reasons, covariates: dict, scratch: str) -> None:
+def pooled_keys(images: Images, keep) -> list[str]:
+    return [i.key for i, k in zip(images.items, keep) if k]
+
+
+def _write(out: Store, final: dict, images: Images, margins_by: dict, reasons, covariates: dict, scratch: str,
+           logits_by: dict | None = None) -> None:
     head = tuple(final["config"]["data"].get("classes") or ()) or None
     positive, negative = report_mod.class_names(final)
     if head is not None:
         head = tuple(c for c in head if c != positive) + (positive,)  # classes.head_order
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    classes = head or ()
+    writer.writerow(CSV_COLUMNS + tuple(f"p_{c}" for c in classes))
     for model, margins in margins_by.items():
+        per_class = predictions.class_probabilities(logits_by[model]) if logits_by else None
         for i, item in sorted(enumerate(images.items), key=lambda pair: pair[1].key):
             name = head[item.label] if head is not None else (positive if item.label == 1 else negative)
             writer.writerow([item.key, item.patient_id, item.site, name, model,
                              repr(float(1 / (1 + np.exp(-margins[i])))), repr(float(margins[i])),
-                             "yes" if reasons[i] in development.IN_DEVELOPMENT else "no", reasons[i]])
+                             "yes" if reasons[i] in development.IN_DEVELOPMENT else "no", reasons[i],
+                             *(repr(float(v)) for v in (per_class[i] if per_class is not None else ()))])
     out.write_bytes("predictions.csv", buffer.getvalue().encode())
     figures = {}
     if final.get("decision_curve"):
         out.upload_drawn("decision_curve.png", lambda path: decision.figure(final["decision_curve"], path,
                                                                             "Decision curve (external)"), scratch)
         figures["decision_curve"] = out.read("decision_curve.png")
-    out.write_bytes("report.md", external_report.markdown(final).encode())
+    out.write_bytes("report.md", (external_report.markdown(final) + "\n" + kclasses.markdown(final)).encode())
     out.write_bytes("report.html", report_html.render(final, figures).encode())
     out.write_bytes("report.json", json.dumps(final, indent=2).encode())  # last: marks the evaluation complete
