@@ -451,3 +451,49 @@ def chromium(tmp_path):
                                tmp_path / "chromium.log")
     yield browser
     browser.close()
+
+
+# ---------------------------------------------------------------- K classes and lesions (issue 27)
+
+
+def write_k_class_data(root: Path, classes=("GIST", "LM", "NET"), lesions_per_class: int = 10,
+                       images_per_lesion: int = 2, size: int = 32, seed: int = 0, manifest: bool = True) -> Path:
+    """Tiny K-class data: class folders of PNGs (a disc whose brightness and size depend on the
+    class, plus noise) and, with ``manifest``, a ``manifest.csv`` (path,label,patient_id,lesion_id):
+    ``images_per_lesion`` images per lesion, one lesion per patient except every third patient,
+    who has two (so lesion and patient differ)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    rows, patient = ["path,label,patient_id,lesion_id"], 0
+    yy, xx = np.mgrid[:size, :size]
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for lesion in range(lesions_per_class):
+            if lesion % 3 != 2:  # every third lesion shares the previous lesion's patient
+                patient += 1
+            for i in range(images_per_lesion):
+                r = size * (0.15 + 0.08 * c) + rng.normal(0, 1)
+                cy, cx = size / 2 + rng.normal(0, 2, 2)
+                disc = ((yy - cy) ** 2 + (xx - cx) ** 2) < r ** 2
+                pixels = rng.normal(60, 20, (size, size)) + disc * (60 + 50 * c)
+                path = f"{name}/{name}-l{lesion}-{i}.png"
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).convert("RGB").save(root / path)
+                rows.append(f"{path},{name},p{patient:03d},{name}-l{lesion}")
+    if manifest:
+        (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def k3_run(tmp_path_factory):
+    """One finished 3-class run (GIST, LM, NET; lesion ids in the manifest; ResNet-34, 32 px,
+    1 epoch): its folder. Shared by every test that only reads it."""
+    from gistnet import config, pipeline
+
+    data = write_k_class_data(tmp_path_factory.mktemp("k3-data"))
+    out = tmp_path_factory.mktemp("k3-runs")
+    pipeline.run(config.load_config(None, {"data.uri": str(data), "output.uri": str(out), "output.run_id": "k3",
+                                           "data.classes": "GIST,LM,NET", **TINY_RUN}, environ={}))
+    return out / "k3"

@@ -209,3 +209,45 @@ def test_json_schema_carries_every_bound_and_accepts_exactly_what_the_bounds_acc
             for value in (end - 1, end, end + 1) if leaf["type"] == "integer" else (end - 0.5, end, end + 0.5):
                 accepted = jsonschema.Draft7Validator(leaf).is_valid(value)
                 assert accepted == bound.contains(value), (section, key, value)
+
+
+# ---------------------------------------------------------------- K classes (issue 27)
+
+
+def test_default_classes_keep_the_binary_label_encoding():
+    """Negative 0, positive 1: the encoding every two-class run has used, byte for byte."""
+    c = config.load_config(environ={})
+    assert c.data.classes == ("GIST", "LM")
+    assert c.data.head_classes == ("LM", "GIST") and c.data.positive_index == 1
+
+
+def test_a_config_without_classes_reads_its_two_classes_from_positive_and_negative():
+    c = config.load_config(environ={"GISTNET_DATA_POSITIVE_CLASS": "A", "GISTNET_DATA_NEGATIVE_CLASS": "B"})
+    assert c.data.classes == ("A", "B") and c.data.head_classes == ("B", "A")
+
+
+def test_k_classes_head_order_is_the_other_classes_in_order_then_the_positive_last():
+    c = config.load_config(environ={"GISTNET_DATA_CLASSES": "GIST,LM,schwannoma,NET"})
+    assert c.data.head_classes == ("LM", "schwannoma", "NET", "GIST") and c.data.positive_index == 3
+    assert c.data.negative_class == ""  # no negative class with K > 2
+    assert config.load_saved(c.to_yaml(), "saved").data == c.data  # a run's saved config reads back the same
+
+
+def test_two_classes_resolve_the_negative_class_to_the_other_one():
+    c = config.load_config(environ={"GISTNET_DATA_CLASSES": "GIST,schwannoma"})
+    assert c.data.negative_class == "schwannoma" and c.data.head_classes == ("schwannoma", "GIST")
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"GISTNET_DATA_CLASSES": "LM,schwannoma"}, "data.positive_class 'GIST' is not one of data.classes"),
+    ({"GISTNET_DATA_CLASSES": "GIST,LM,NET", "GISTNET_DATA_NEGATIVE_CLASS": "LM"}, "is for two classes"),
+    ({"GISTNET_DATA_CLASSES": "GIST,LM", "GISTNET_DATA_NEGATIVE_CLASS": "NET"}, "is not the class of data.classes"),
+    ({"GISTNET_DATA_CLASSES": "GIST"}, "data.classes must name 2 to 10 classes, got 1"),
+    ({"GISTNET_DATA_CLASSES": ",".join(f"c{i}" for i in range(11)) + ",GIST"}, "must name 2 to 10 classes, got 12"),
+    ({"GISTNET_DATA_CLASSES": "GIST,LM,GIST"}, "names a class twice"),
+    ({"GISTNET_DATA_CLASSES": "GIST,a/b"}, "must be non-empty and contain no '/'"),
+])
+def test_bad_classes_are_config_errors(env, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)) as caught:
+        config.load_config(environ=env)
+    assert caught.value.exit_code == 3

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from gistnet import bounds
+from gistnet import bounds, classes
 from gistnet.bounds import BOUND_HINTS, BOUNDS, Bound  # noqa: F401 - re-exported: config.BOUNDS
 from gistnet.errors import ConfigError
 
@@ -27,11 +27,9 @@ MODEL_NAMES = ("resnet34", "resnet50")
 COMPILE_SETTINGS = ("auto", "off", "default", "reduce-overhead")  # gistnet.training.compile.SETTINGS
 CI_METHODS = ("wald", "wilson", "agresti-coull", "clopper-pearson")
 ENV_PREFIX = "GISTNET_"
-# Environment variables with the prefix that are not config keys.
 # Variables gistnet reads that are not config keys (secrets and the config file's path).
 ENV_NON_KEYS = {"GISTNET_CONFIG", "GISTNET_TEST_S3_ENDPOINT", "GISTNET_PSEUDONYM_KEY", "GISTNET_COMPILE_CACHE_KEY"}
-# data.roi: where the region of interest comes from (gistnet.data.region).
-ROI_MODES = ("auto", "dicom", "none")
+ROI_MODES = ("auto", "dicom", "none")  # data.roi: where the region of interest comes from (gistnet.data.region)
 # Keys that moved: the old name is refused with a line naming the new one.
 MOVED_KEYS = {("data", "val_fraction"): "split.val_fraction"}
 
@@ -42,12 +40,18 @@ class DataConfig:
     manifest: str = "manifest.csv"
     positive_class: str = "GIST"
     negative_class: str = "LM"
+    classes: tuple[str, ...] = ("GIST", "LM")
     image_size: int = 224
     min_images_per_class: int = 5
     download_threads: int = 16
     max_image_pixels: int = 100_000_000
     roi: str = "auto"
     pseudonymize_keys: bool = False
+
+
+    head_classes = property(lambda self: classes.head_order(self.classes, self.positive_class))  # classes.py
+    endpoint_classes = property(lambda self: classes.endpoint_names(self.classes, self.positive_class, self.negative_class))
+    positive_index = property(lambda self: self.head_classes.index(self.positive_class))
 
 
 @dataclass(frozen=True)
@@ -380,6 +384,7 @@ def load_saved(text: str, source: str) -> Config:
 
 
 def _build(merged: dict[tuple[str, str], Any]) -> Config:
+    classes.resolve(merged, DataConfig.positive_class, DataConfig.negative_class)
     sections: dict[str, dict[str, Any]] = {}
     for (section, key), value in merged.items():
         sections.setdefault(section, {})[key] = value
@@ -413,9 +418,7 @@ def validate(c: Config) -> None:
     _check(c.data.roi in ROI_MODES, f"data.roi must be one of {', '.join(ROI_MODES)}, got {c.data.roi!r}")
     _check(c.split.method in ("holdout", "kfold", "site"),
            f"split.method must be holdout, kfold or site, got {c.split.method!r}")
-    _check(c.data.positive_class != c.data.negative_class, "data.positive_class and data.negative_class must differ")
-    for name in (c.data.positive_class, c.data.negative_class):
-        _check(bool(name) and "/" not in name, f"class folder name {name!r} must be non-empty and contain no '/'")
+    classes.check(c.data.classes, c.data.positive_class, c.data.negative_class)
     _check(c.augmentation.mode in ("paper", "online", "none"), f"augmentation.mode must be paper, online or none, got {c.augmentation.mode!r}")
     _check(c.augmentation.flip in ("horizontal", "vertical"), f"augmentation.flip must be horizontal or vertical, got {c.augmentation.flip!r}")
     check_model_names(c.train.models, "train.models")

@@ -212,7 +212,7 @@ def _load_and_plan(ctx: RunContext, data_store: Store, pseudo, selected: list[ru
                                  mapping=out)
     privacy.check_shared(pseudo, world.distributed or set(selected) != set(runs.all_units(config)))
     ctx.metrics.skipped.set(len(loaded.skipped))
-    names = ctx.class_names
+    head = ctx.head_classes
     covariates = sections.covariate_map(loaded.images.keys, loaded.images.sites, loaded.images.covariates)
     subgroups.check_columns(config.evaluate.subgroups, sections.columns(covariates), data_store.uri_of(config.data.manifest))
     if world.is_main:  # rank 0 plans (an impossible split is refused before anything is written) and writes
@@ -227,8 +227,8 @@ def _load_and_plan(ctx: RunContext, data_store: Store, pseudo, selected: list[ru
                               fresh=config.output.force)  # a resume on changed data: exit 4
         _write_once(out, "split.json", plan.to_dict())
         _write_once(out, runs.DATASET, {
-            "uri": redact(data_store.uri), "classes": {names[0]: "positive", names[1]: "negative"},
-            "images": loaded.images.counts(names), "augmentation_mode": config.augmentation.mode,
+            "uri": redact(data_store.uri), "classes": dataset_roles(config.data),
+            "images": loaded.images.counts(head), "augmentation_mode": config.augmentation.mode,
             "patients": clustered.images_per_patient(loaded.images.patient_ids),
             "split_method": plan.parts[0].method, "skipped": loaded.skipped,
             "figures_withheld": loaded.images.withheld,
@@ -285,7 +285,15 @@ def _plan(out: Store, images: dataset.ImageSet, config: Config, fresh: bool = Fa
         log.info("reusing the split saved with this run (%s)", out.uri_of("split.json"))
         return plan
     return split.make_plan(images.keys, images.labels.cpu().numpy(), images.patient_ids, config.split,
-                           config.train.seed, (config.data.positive_class, config.data.negative_class), images.sites)
+                           config.train.seed, config.data.endpoint_classes, images.sites, images.lesion_ids,
+                           config.data.head_classes)
+
+
+def dataset_roles(data) -> dict[str, str]:
+    """dataset.json's ``classes``: the positive class, then each other one ``negative`` (two
+    classes, as always) or ``other`` (K classes: the endpoint is positive against every other)."""
+    other = "negative" if len(data.classes) == 2 else "other"
+    return {data.positive_class: "positive", **{c: other for c in data.classes if c != data.positive_class}}
 
 
 def _site_folds(config: Config, plan: split.Plan, selected: list, fold: str | None, model: str | None):

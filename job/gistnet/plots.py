@@ -14,3 +14,12 @@ def save_plot(fig, ax, path, title: str, xlabel: str, ylabel: str, legend_at: st
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def save_figure(fig, path) -> None:
+    """Write a finished figure as a PNG and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,3 +1,4 @@
+import numpy as np
 import torch
 
 from gistnet.evidence import evaluate
@@ -22,7 +23,8 @@ def test_single_class_gives_null_auc():
 def test_predict_returns_loss_and_probabilities():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
     images = torch.zeros(5, 3, 2, 2, dtype=torch.uint8)
-    loss, probs, _ = evaluate.predict(model, images, torch.tensor([0, 1, 0, 1, 0]), 2, lambda x: x.float())
+    loss, probs, _, logits = evaluate.predict(model, images, torch.tensor([0, 1, 0, 1, 0]), 2, lambda x: x.float())
+    assert logits.shape == (5, 2)
     assert probs.shape == (5,) and torch.all((probs >= 0) & (probs <= 1))
     assert loss.ndim == 0 and float(loss) > 0
 
@@ -63,3 +65,27 @@ def test_youden_threshold_maximises_sensitivity_plus_specificity():
     assert t == 0.45  # 3/4 GIST and 4/4 LM right: J = 0.75, the best of any cut
     assert evaluate.confusion(labels, probs, t) == {"tp": 3, "fn": 1, "tn": 4, "fp": 0}
     assert evaluate.youden_threshold(torch.tensor([1, 1]), torch.tensor([0.3, 0.9])) == 0.5
+
+
+def test_k_class_predict_scores_the_endpoint_as_multiclass_endpoint_does():
+    """K outputs (the positive class last): P(positive) is its softmax mass and the margin
+    log P(positive) - log P(rest), checked against evidence.multiclass.endpoint (scipy)."""
+    from gistnet.evidence import multiclass
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    images = torch.rand(6, 3, 2, 2)
+    labels = torch.tensor([0, 1, 2, 3, 3, 0])
+    out = evaluate.predict(model, images, labels, 4, lambda x: x)
+    p, margin = multiclass.endpoint(out.logits.double().numpy(), 3)
+    np.testing.assert_allclose(out.probabilities.numpy(), p, rtol=1e-5)
+    np.testing.assert_allclose(out.margins.numpy(), margin, rtol=1e-4, atol=1e-5)
+    assert torch.equal(out.correct(labels), out.logits.argmax(1) == labels)
+    assert evaluate.endpoint_labels(labels, 4).tolist() == [0, 0, 0, 1, 1, 0]
+
+
+def test_two_class_endpoint_is_the_old_softmax_column_and_margin_exactly():
+    logits = torch.randn(7, 2)
+    p, margin = evaluate.endpoint_scores(logits)
+    assert torch.equal(p, logits.softmax(dim=1)[:, 1]) and torch.equal(margin, logits[:, 1] - logits[:, 0])
+    labels = torch.tensor([0, 1, 1, 0, 1, 0, 0])
+    assert evaluate.endpoint_labels(labels, 2) is labels

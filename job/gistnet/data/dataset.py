@@ -42,7 +42,8 @@ IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 
 @dataclass
 class ImageSet:
-    """Decoded images in one tensor; ``labels[i]`` is 1 for the positive class."""
+    """Decoded images in one tensor; ``labels[i]`` is the class index in ``data.head_classes``
+    (``config.head_order``: with two classes 1 for the positive class, 0 for the negative)."""
 
     keys: list[str]
     images: torch.Tensor  # uint8, N x 3 x S x S
@@ -51,6 +52,7 @@ class ImageSet:
     sites: list[str] = field(default_factory=list)  # manifest.csv's site column ("" where none)
     covariates: list[dict[str, str]] = field(default_factory=list)
     withheld: str = ""  # why figures of these pixels may not be published (region.withheld); "" when they may
+    lesion_ids: list[str] = field(default_factory=list)  # manifest.csv's lesion_id, pseudonymized ("" where none)
 
     def subset(self, keys: list[str]) -> "ImageSet":
         index = {k: i for i, k in enumerate(self.keys)}
@@ -61,16 +63,20 @@ class ImageSet:
 
         return ImageSet(keys=list(keys), images=self.images[idx.to(self.images.device)],
                         labels=self.labels[idx.to(self.labels.device)], patient_ids=pick(self.patient_ids),
-                        sites=pick(self.sites), covariates=pick(self.covariates), withheld=self.withheld)
+                        sites=pick(self.sites), covariates=pick(self.covariates), withheld=self.withheld,
+                        lesion_ids=pick(self.lesion_ids))
 
-    def counts(self, names: tuple[str, str]) -> dict[str, int]:
-        return class_counts(self.labels, names)
+    def counts(self, head: tuple[str, ...]) -> dict[str, int]:
+        return class_counts(self.labels, head)
 
 
-def class_counts(labels: torch.Tensor, names: tuple[str, str]) -> dict[str, int]:
-    """Images per class name; ``labels`` is 1 for ``names[0]`` (positive), 0 for ``names[1]``."""
-    positives = int(labels.sum())
-    return {names[0]: positives, names[1]: len(labels) - positives}
+def class_counts(labels, head: tuple[str, ...]) -> dict[str, int]:
+    """Images per class name, the positive class first then the others in ``data.classes`` order;
+    ``head`` is ``data.head_classes`` (label i is ``head[i]``, the positive class last)."""
+    values = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else labels
+    found = np.bincount(np.asarray(values, dtype=np.int64), minlength=len(head))
+    order = [len(head) - 1, *range(len(head) - 1)]
+    return {head[i]: int(found[i]) for i in order}
 
 
 @dataclass
@@ -413,7 +419,8 @@ def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=No
     keys, patient_ids = privacy.outputs([k.key for k in kept], [k.patient_id for k in kept], skipped, store, pseudo)
     for s in skipped:
         log.warning("skipped %s: %s", s["uri"], s["reason"])
-    for label, name in ((1, cfg.positive_class), (0, cfg.negative_class)):
+    head = cfg.head_classes
+    for label, name in sorted(enumerate(head), key=lambda pair: cfg.classes.index(pair[1])):
         n = sum(1 for k in kept if k.label == label)
         if n < cfg.min_images_per_class:
             raise DataError(f"class {name!r} has {n} usable images in {store.uri}; "
@@ -421,5 +428,6 @@ def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=No
     labels = torch.tensor([k.label for k in kept], dtype=torch.long)
     return LoadResult(ImageSet(keys, images.to(device), labels.to(device), patient_ids,
                                [k.site or "" for k in kept], [k.covariates for k in kept],
-                               region.withheld([k for k, _ in masks], [r for _, r in masks])), skipped,
+                               region.withheld([k for k, _ in masks], [r for _, r in masks]),
+                               [pseudo.lesion(k.lesion_id) for k in kept]), skipped,
                       {k: d for k, d in zip(keys, digests)}, lineage)

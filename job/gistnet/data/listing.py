@@ -25,24 +25,49 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 @dataclass
 class Labeled:
     key: str
-    label: int  # 1 positive (GIST), 0 negative (LM)
+    label: int  # index into data.head_classes (config.head_order): two classes, 1 positive (GIST), 0 negative (LM)
     patient_id: str = ""
     site: str | None = None
     covariates: dict[str, str] = field(default_factory=dict)
     frame: int | None = None  # of a multi-frame DICOM; None: the first
     roi: tuple[int, int, int, int] | None = None  # x0 y0 x1 y1 in source pixels (manifest)
+    lesion_id: str = ""  # the manifest's lesion_id ("" without one)
+
+
+def label_indices(cfg: DataConfig) -> dict[str, int]:
+    """Class name -> label index: the network's output order (``config.head_order``), the one rule."""
+    return {name: i for i, name in enumerate(cfg.head_classes)}
+
+
+def check_lesions(labeled: list[Labeled], where: str) -> None:
+    """DataError naming the first lesion whose images carry two labels or two patients."""
+    seen: dict[str, tuple[int, str]] = {}
+    for item in labeled:
+        if not item.lesion_id:
+            continue
+        label, patient = seen.setdefault(item.lesion_id, (item.label, item.patient_id or ""))
+        if label != item.label:
+            raise DataError(f"{where}: lesion {item.lesion_id!r} has images of two classes (one lesion, one "
+                            "diagnosis: check the label and lesion_id columns)")
+        if patient and item.patient_id and patient != item.patient_id:
+            raise DataError(f"{where}: lesion {item.lesion_id!r} has images of two patients (a lesion belongs "
+                            "to one patient: check the patient_id and lesion_id columns)")
+        if not patient and item.patient_id:
+            seen[item.lesion_id] = (label, item.patient_id)
 
 
 def _read_manifest(store: Store, cfg: DataConfig) -> list[Labeled]:
     where = store.uri_of(cfg.manifest)
-    names = {cfg.positive_class: 1, cfg.negative_class: 0}
+    names = label_indices(cfg)
     rows = read_manifest(store.read(cfg.manifest).decode("utf-8-sig"), where)
     unknown = sorted({r.label for r in rows} - set(names))
     if unknown:
         raise DataError(f"{where}: unknown label(s) {', '.join(repr(u) for u in unknown)} "
-                        f"(configured: {cfg.positive_class}, {cfg.negative_class})")
-    return [Labeled(r.path, names[r.label], r.patient_id or "", r.site, dict(r.covariates), r.frame, r.roi)
-            for r in rows]
+                        f"(configured: {', '.join(cfg.classes)})")
+    labeled = [Labeled(r.path, names[r.label], r.patient_id or "", r.site, dict(r.covariates), r.frame, r.roi,
+                       r.lesion_id or "") for r in rows]
+    check_lesions(labeled, where)
+    return labeled
 
 
 def _listed(store: Store) -> tuple[list[str], list[dict]]:
@@ -64,9 +89,9 @@ def list_labeled(store: Store, cfg: DataConfig, pseudo: Pseudonymizer | None = N
     ``pseudo`` (data.pseudonymize_keys) logs and errors name keys by their pseudonyms."""
     keys, unsafe = _listed(store)
     labeled, unsafe = _labeled(store, keys, unsafe, cfg, require_both_classes=True, pseudo=pseudo)
-    log.debug("listing %s: %d objects, %d labeled images (%d %s, %d %s), %d unsafe keys skipped", store.uri,
-              len(keys), len(labeled), sum(1 for x in labeled if x.label == 1), cfg.positive_class,
-              sum(1 for x in labeled if x.label == 0), cfg.negative_class, len(unsafe))
+    log.debug("listing %s: %d objects, %d labeled images (%s), %d unsafe keys skipped", store.uri,
+              len(keys), len(labeled), ", ".join(f"{sum(1 for x in labeled if x.label == i)} {name}"
+                                                 for i, name in enumerate(cfg.head_classes)), len(unsafe))
     return labeled, unsafe
 
 
@@ -76,7 +101,7 @@ def list_for_scoring(store: Store, cfg: DataConfig, pseudo: Pseudonymizer | None
     manifest or class folders (one class is enough); otherwise every object is scored, with
     ``label`` -1."""
     keys, unsafe = _listed(store)
-    names = (cfg.positive_class, cfg.negative_class)
+    names = cfg.classes
     if cfg.manifest in keys or any(k.partition("/")[0] in names and "/" in k for k in keys):
         labeled, unsafe = _labeled(store, keys, unsafe, cfg, require_both_classes=False, pseudo=pseudo)
         return labeled, unsafe, True
@@ -97,7 +122,7 @@ def _labeled(store: Store, keys: list[str], unsafe: list[dict], cfg: DataConfig,
         if pseudo is not None:
             pseudo.watch(lab.key for lab in labeled)
         return [lab for lab in labeled if is_safe_key(lab.key)], unsafe
-    names = {cfg.positive_class: 1, cfg.negative_class: 0}
+    names = label_indices(cfg)
     labeled = []
     for key in keys:
         folder, sep, rest = key.partition("/")
@@ -110,10 +135,10 @@ def _labeled(store: Store, keys: list[str], unsafe: list[dict], cfg: DataConfig,
             # the folder may be an MRN: with data.pseudonymize_keys named through an object under it
             shown = repr(folder) if name == store.uri_of else f"of {name(key)}"
             raise DataError(f"unknown class folder {shown} in {store.uri} "
-                            f"(configured classes: {cfg.positive_class}, {cfg.negative_class})")
+                            f"(configured classes: {', '.join(cfg.classes)})")
         labeled.append(Labeled(key, names[folder]))
-    present = [name for name in names if any(lab.key.startswith(f"{name}/") for lab in labeled)]
-    for name in names:
+    present = [name for name in cfg.classes if any(lab.key.startswith(f"{name}/") for lab in labeled)]
+    for name in cfg.classes:
         if name not in present and (require_both_classes or not present):
             raise DataError(f"class folder {name!r} is missing or empty in {store.uri}")
     return labeled, unsafe

@@ -6,6 +6,7 @@ Two forms. With a header row naming its columns (any order)::
     GIST/a.dcm,GIST,p01,north,2,40 30 600 500,63
 
 ``path`` and ``label`` are required; ``patient_id`` (the split keeps a patient on one side),
+``lesion_id`` (the images of one lesion: the unit of the by-lesion evidence, kept on one side too),
 ``site``, ``frame`` (0-based frame of a multi-frame DICOM) and ``roi`` (``x0 y0 x1 y1`` in source
 pixels, the region of interest) are optional; every other column is a covariate, kept as text.
 Without a header, the old positional form ``path,label[,patient_id]`` still works.
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from gistnet.errors import DataError
 
 REQUIRED = ("path", "label")
-KNOWN = ("path", "label", "patient_id", "site", "frame", "roi")
+KNOWN = ("path", "label", "patient_id", "lesion_id", "site", "frame", "roi")
 POSITIONAL = ("path", "label", "patient_id")
 
 
@@ -32,6 +33,7 @@ class ManifestRow:
     site: str | None = None
     frame: int | None = None
     roi: tuple[int, int, int, int] | None = None
+    lesion_id: str | None = None
     covariates: dict[str, str] = field(default_factory=dict)
 
 
@@ -120,5 +122,5 @@ def _row(values: dict[str, str], where: str) -> ManifestRow:
     roi = parse_roi(values["roi"], where) if values.get("roi") else None
     return ManifestRow(path=values["path"], label=values.get("label", ""),
                        patient_id=values.get("patient_id") or None, site=values.get("site") or None,
-                       frame=frame, roi=roi,
+                       frame=frame, roi=roi, lesion_id=values.get("lesion_id") or None,
                        covariates={k: v for k, v in values.items() if k not in KNOWN})

@@ -58,6 +58,10 @@ class Pseudonymizer:
         """``p-<hmac>`` for a patient id; "" stays "" (no id)."""
         return f"p-{self._digest('patient', value)}" if value else ""
 
+    def lesion(self, value: str) -> str:
+        """``l-<hmac>`` for a lesion id (it may hold a record number, like a patient id); "" stays ""."""
+        return f"l-{self._digest('lesion', value)}" if value else ""
+
     def key(self, key: str) -> str:
         """The object key as outputs show it: itself, or ``k-<hmac>`` with ``data.pseudonymize_keys``."""
         if not self.pseudonymize_keys:

@@ -22,8 +22,8 @@ from gistnet.data import split
 from gistnet.data.runs import DATASET, RESULT, Unit, all_units, gradcam_key, is_finished
 from gistnet.data.storage import Store
 from gistnet.errors import DataError
-from gistnet.evidence import (calibration, checklist, compare, decision, evaluate, explain, model_card, predictions,
-                              publish, report, report_html, sections, stats)
+from gistnet.evidence import (calibration, checklist, compare, decision, evaluate, explain, kclasses, model_card,
+                              predictions, publish, report, report_html, sections, stats)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class Pooled:
     scores: np.ndarray
     youden: np.ndarray  # the threshold of the fold each image was validated in
     clusters: list[str]  # patient id per image ("" without one): intervals cluster by patient
+    lesions: list | None = None  # kclasses.sections' lesion table, when the rows have p_<class> columns
 
 
 def _pool(rows_by_unit: dict[Unit, list], results: dict[Unit, dict], positive: str) -> Pooled:
@@ -99,6 +100,10 @@ def _model_section(model_units: list[Unit], rows_by_unit: dict, results: dict, c
     else:
         result = results[model_units[0]]
         section.update({k: result[k] for k in ("history", "checkpoint", "resumable_checkpoint", "resumed_from_epoch")})
+    unit_rows = [r for u in model_units for r in rows_by_unit[u]]
+    if unit_rows and all(r.class_probabilities for r in unit_rows):  # K classes and lesions (issue 27)
+        section["multiclass"], section["by_lesion"], pooled.lesions = kclasses.sections(
+            unit_rows, config.data.head_classes, config.evaluate.ci_method, level, config.train.seed)
     explained = {u.fold: results[u]["explain"] for u in model_units if "explain" in results[u]}
     if explained:
         section["explain"] = explain.combine(explained) if kfold else explained[None]
@@ -166,6 +171,11 @@ def _aggregate_once(out: Store, config: Config, run_id: str, scratch: str):
     artifacts = {}
     all_rows = [r for u in expected if u in rows for r in rows[u]]
     predictions.write(out, all_rows)
+    tables = {name: p.lesions for name, p in pooled.items() if p.lesions is not None}
+    if tables:
+        out.write_bytes(kclasses.LESIONS_FILE, kclasses.lesions_csv(tables))
+        out.upload_drawn("confusion.png", lambda path: kclasses.confusion_figure(models, path), scratch)
+        artifacts.update({"lesions": out.uri_of(kclasses.LESIONS_FILE)})
     first = next(u for u in expected if u in results)
     figures = {name: key for name, key in _figure_keys(expected, results, first).items() if out.exists(key)}
     artifacts.update({name: out.uri_of(key) for name, key in figures.items()})
@@ -187,6 +197,7 @@ def _figure_keys(expected: list[Unit], results: dict, first: Unit) -> dict[str, 
     """Figure name (as report_html places it) -> stored key: the run's plots, Fig 2 of the first
     finished fold, and each finished unit's Grad-CAM gallery."""
     figures = {"training_curves": "training_curves.png", "roc": "roc.png", "reliability_diagram": "reliability.png",
+               "confusion": "confusion.png",
                "augmentation_examples": f"{first.prefix}augmentation_examples.png", "decision_curve": "decision_curve.png"}
     for unit in expected:
         if unit in results and "explain" in results[unit]:

@@ -67,6 +67,19 @@ def _data_source(r):
     return f"images read from `{r['dataset']['uri']}`; classes {_counts(r['dataset']['classes'])}"
 
 
+def _outcome(r):
+    classes = r["dataset"]["classes"]
+    positive = next(n for n, role in classes.items() if role == "positive")
+    others = [n for n in classes if n != positive]
+    lesion = any("by_lesion" in m for m in _models(r).values())
+    by_lesion = "; every endpoint metric also by lesion (mean of its images' logits, then the softmax)" if lesion else ""
+    if len(classes) == 2:
+        return f"{positive} (positive) against {others[0]}: P({positive}) of a two-class softmax{by_lesion}"
+    return (f"the clinical endpoint {positive} against every other class ({', '.join(others)}): P({positive}) is "
+            f"the softmax mass of {positive} over {len(classes)} classes; beside it the {len(classes)}-class call "
+            f"(the most probable class){by_lesion}")
+
+
 def _patients(ds: dict) -> str:
     p = ds.get("patients")
     if not p:
@@ -261,6 +274,7 @@ def _kind(r: dict) -> str:
 # or models.<m>.history).
 PATHS = {
     "Data source": ["dataset.uri"],
+    "Outcome definition": ["dataset.classes", "config.data.positive_class"],
     "Counts": {"holdout": ["dataset.train", "dataset.val", "dataset.skipped"],
                "kfold": ["dataset.images", "dataset.skipped"]},
     "Split": ["dataset.split_method", "evaluation.method"],
@@ -286,6 +300,7 @@ PATHS = {
 JobItem = tuple[str, tuple[int, ...], str, str, Callable[[dict], str | None]]
 JOB_ITEMS: list[JobItem] = [
     ("Data source", (7,), "5a", "dataset", _data_source),
+    ("Outcome definition", (), "8a", "dataset", _outcome),
     ("Counts", (35,), "20a, 21", "dataset", _counts_item),
     ("Split", (19, 20), "12a", "dataset", _split),
     ("Preprocessing", (9,), "7", "software", _preprocessing),

@@ -19,6 +19,47 @@ class Predictions(NamedTuple):
     loss_sum: torch.Tensor  # summed cross-entropy, a 0-d tensor
     probabilities: torch.Tensor  # P(positive) per image: for the threshold and per-image outputs
     margins: torch.Tensor  # logit_positive - logit_negative per image: for ranking (ROC, AUC)
+    logits: torch.Tensor | None = None  # N x K fp32, in data.head_classes order (p_<class>, lesions)
+
+    def correct(self, labels: torch.Tensor) -> torch.Tensor:
+        """Which calls are right: P(positive) >= 0.5 with two classes (as always), the argmax with K."""
+        if self.logits is None or self.logits.shape[1] == 2:
+            return (self.probabilities >= 0.5).long() == labels
+        return self.logits.argmax(dim=1) == labels
+
+
+class Scores(tuple):
+    """(P(positive), logit margin) of a batch, unpacked as two values as always, with the N x K
+    logits behind them (head order) as ``.logits`` for the ``p_<class>`` columns."""
+
+    logits: torch.Tensor
+
+    def __new__(cls, probability, margin, logits):
+        scores = super().__new__(cls, (probability, margin))
+        scores.logits = logits
+        return scores
+
+
+def endpoint_labels(labels, k: int):
+    """1 for the positive class, 0 for every other: the endpoint's labels from class indices
+    (``config.head_order``: the positive class is the last of ``k``). Two classes: unchanged."""
+    if k == 2:
+        return labels
+    return (labels == k - 1).long() if isinstance(labels, torch.Tensor) else (np.asarray(labels) == k - 1).astype(int)
+
+
+def endpoint_scores(logits: torch.Tensor, positive: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """P(positive) and the logit margin from N x K logits, in torch: ``multiclass.endpoint``'s rule
+    (the softmax mass of the positive class; log P(positive) - log P(every other class)).
+    With two classes exactly the old ``softmax[:, 1]`` and ``logit_1 - logit_0``. ``positive``
+    defaults to the last output (``config.head_order`` puts the positive class last)."""
+    k = logits.shape[1]
+    positive = k - 1 if positive is None else positive
+    probability = logits.softmax(dim=1)[:, positive]
+    if k == 2:
+        return probability, logits[:, positive] - logits[:, 1 - positive]
+    others = torch.cat([logits[:, :positive], logits[:, positive + 1:]], dim=1)
+    return probability, logits[:, positive] - torch.logsumexp(others, dim=1)
 
 
 @torch.no_grad()
@@ -32,15 +73,17 @@ def predict(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     """
     model.eval()
     loss_sum = torch.zeros((), device=images.device)
-    probabilities, margins = [], []
+    probabilities, margins, all_logits = [], [], []
     for start in range(0, len(images), batch_size):
         x = preprocess(images[start:start + batch_size])
         y = labels[start:start + batch_size]
         logits = model(x).float()
         loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum")
-        probabilities.append(logits.softmax(dim=1)[:, 1])
-        margins.append(logits[:, 1] - logits[:, 0])
-    return Predictions(loss_sum, torch.cat(probabilities), torch.cat(margins))
+        probability, margin = endpoint_scores(logits)
+        probabilities.append(probability)
+        margins.append(margin)
+        all_logits.append(logits)
+    return Predictions(loss_sum, torch.cat(probabilities), torch.cat(margins), torch.cat(all_logits))
 
 
 def _numpy(values, dtype=None):

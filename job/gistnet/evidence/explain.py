@@ -38,7 +38,7 @@ MIN_CELLS = 7  # a map of at least MIN_CELLS x MIN_CELLS at the run's image size
 ALPHA = 0.05  # model vs untrained reference: p at or above this cannot tell them apart
 MIN_IMAGES = 5  # fewer paired correlations: the comparison is not computable
 TEST = "paired one-sided Wilcoxon signed-rank"
-TARGET = "the class the model called (probability >= 0.5: positive)"
+TARGET = "the class the model called (probability >= 0.5: positive)"  # with K: else the most probable other class
 # Median rank correlation at or above which the maps count as unchanged by randomisation.
 FLAG_SPEARMAN = 0.5
 
@@ -152,9 +152,22 @@ def target_layer(model: torch.nn.Module, image_size: int) -> tuple[str, tuple[in
     return STAGES[-1], sizes[STAGES[-1]]
 
 
-def untrained_reference(model_name: str, seed: int, device: torch.device) -> torch.nn.Module:
+def untrained_reference(model_name: str, seed: int, device: torch.device, num_classes: int = 2) -> torch.nn.Module:
     """An untrained network of the model's architecture, built as training builds it."""
-    return models.build_model(model_name, seed=seed).to(device).eval()
+    return models.build_model(model_name, seed=seed, num_classes=num_classes).to(device).eval()
+
+
+@torch.no_grad()
+def called_targets(model: torch.nn.Module, images: torch.Tensor, called: torch.Tensor, preprocess) -> torch.Tensor:
+    """The output index of each image's call: with two outputs the call itself (1 positive, 0
+    negative); with K (the positive class last, ``config.head_order``) K-1 when called positive,
+    else the most probable of the other classes."""
+    k = model.fc.out_features
+    if k == 2:
+        return called
+    model.eval()
+    others = model(preprocess(images)).float()[:, :k - 1].argmax(dim=1).to(called.device)
+    return torch.where(called == 1, torch.full_like(called, k - 1), others)
 
 
 def compare_with_untrained(pairs: list[list[float]]) -> float | None:
@@ -216,11 +229,12 @@ def explain(model_name: str, model: torch.nn.Module, images: torch.Tensor, label
     index = torch.tensor(gallery.indices, dtype=torch.long, device=images.device)
     shown_images = images.index_select(0, index)
     called = (probabilities.detach().index_select(0, index.to(probabilities.device)) >= 0.5).long()
+    called = called_targets(model, shown_images, called, preprocess)
     layer, cells = target_layer(model, images.shape[-1])
     trained_maps = gradcam_maps(model, shown_images, called, preprocess, batch_size, layer)
     random_maps = gradcam_maps(randomised_copy(model, seed), shown_images, called, preprocess, batch_size, layer)
     rhos = spearman_each(trained_maps, random_maps)
-    untrained = untrained_reference(model_name, seed + 1, next(model.parameters()).device)
+    untrained = untrained_reference(model_name, seed + 1, next(model.parameters()).device, model.fc.out_features)
     reference = spearman_each(gradcam_maps(untrained, shown_images, called, preprocess, batch_size, layer),
                               gradcam_maps(randomised_copy(untrained, seed), shown_images, called, preprocess,
                                            batch_size, layer))

@@ -65,7 +65,7 @@ def _details(report: dict, name: str, m: dict) -> str:
         "",
         "## Model details",
         "",
-        f"torchvision {name} with a two-class head ({positive} positive, {negative} negative), trained by gistnet "
+        f"torchvision {name} with {_head(report, positive, negative)}, trained by gistnet "
         f"{report['gistnet_version']} on {report['created']} ({report['environment']['device']}, torch "
         f"{report['environment']['torch']}).{best} It reproduces the protocol of Guo et al., Chin J Dig Endosc "
         "2024;41(6):449-454.",
@@ -80,6 +80,21 @@ def _details(report: dict, name: str, m: dict) -> str:
 
 def _intended_use(cfg: dict) -> str:
     positive, negative = cfg["data"]["positive_class"], cfg["data"]["negative_class"]
+    classes = cfg["data"].get("classes") or [positive, negative]
+    if len(classes) > 2:
+        return "\n".join([
+            "## Intended use",
+            "",
+            f"Research: telling {len(classes)} subepithelial lesion types ({', '.join(classes)}) apart on endoscopic "
+            f"ultrasound still images, with {positive} against every other class as the clinical endpoint, to study "
+            "deep learning as a second opinion and to score archives for research.",
+            "",
+            "**Not for diagnosis.** Its output must not decide or change the care of a patient. It has not been "
+            "validated on an independent test set, on other hospitals, scanners or probes, or prospectively. Out of "
+            f"scope: other lesions or modalities (it always answers one of the {len(classes)} classes), video, images "
+            "with annotations burnt in.",
+            "",
+        ])
     return "\n".join([
         "## Intended use",
         "",
@@ -262,7 +277,16 @@ def _reproduce(report: dict, name: str) -> str:
 def _classes(report: dict) -> tuple[str, str]:
     classes = report["dataset"]["classes"]
     by_role = {role: name for name, role in classes.items()}
-    return by_role["positive"], by_role["negative"]
+    return by_role["positive"], by_role.get("negative", f"non-{by_role['positive']}")
+
+
+def _head(report: dict, positive: str, negative: str) -> str:
+    """The head in words: two classes as always; K classes named, the endpoint stated."""
+    classes = report["dataset"]["classes"]
+    if len(classes) == 2:
+        return f"a two-class head ({positive} positive, {negative} negative)"
+    return (f"a {len(classes)}-class head ({', '.join(classes)}; the endpoint is {positive} against every other "
+            f"class, P({positive}) the softmax mass of {positive})")
 
 
 def _counts(counts: dict) -> str:

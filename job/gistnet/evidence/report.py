@@ -74,10 +74,11 @@ def build(run_id: str, config: dict, dataset: dict, models: dict, selection_metr
 
 
 def class_names(report: dict) -> tuple[str, str]:
-    """(positive, negative) class names as configured, from ``dataset.classes``."""
+    """(positive, negative) class names as configured, from ``dataset.classes``; with K classes
+    the endpoint's other side is ``non-<positive>`` (``DataConfig.endpoint_classes``)."""
     classes = report["dataset"]["classes"]
-    return (next(n for n, role in classes.items() if role == "positive"),
-            next(n for n, role in classes.items() if role == "negative"))
+    positive = next(n for n, role in classes.items() if role == "positive")
+    return positive, next((n for n, role in classes.items() if role == "negative"), f"non-{positive}")
 
 
 def summary(report: dict) -> str:
@@ -308,6 +309,9 @@ def markdown(report: dict) -> str:
     from gistnet.evidence import sections  # sites, subgroups, decision curve (issue 21)
 
     lines += [sections.markdown(report)]
+    from gistnet.evidence import kclasses  # K classes, by image and by lesion (issue 27)
+
+    lines += [kclasses.markdown(report)]
     if ds["skipped"]:
         lines += ["## Skipped images", ""] + [f"- `{s['uri']}`: {s['reason']}" for s in ds["skipped"]] + [""]
     lines += [f"Sensitivity: {positive} cases called {positive}. PPV: {positive} calls that are {positive}. "

@@ -24,6 +24,8 @@ FIGURE_CAPTIONS = {
     "augmentation_examples": "Training images and their augmented copies (the paper's Fig 2).",
     "reliability_diagram": "Reliability diagram: observed share of positives against the predicted probability "
                            "(the diagonal is perfect calibration).",
+    "confusion": "Confusion matrix of each model (rows: true class, columns: the most probable class), "
+                 "row-normalised, with the counts.",
     "decision_curve": "Decision curve: net benefit of each model against treating all and treating none; "
                       "the model helps at the thresholds where its curve lies above both.",
 }
@@ -82,9 +84,9 @@ def render(report: dict, figures: dict[str, bytes]) -> str:
     known = list(FIGURE_CAPTIONS)
     order = sorted((n for n in figures if n not in placed), key=lambda n: (known.index(n) if n in known else len(known), n))
     run_figures = [(name, FIGURE_CAPTIONS.get(name, label(name)), figures[name]) for name in order]
-    roles = {role: name for name, role in report["dataset"]["classes"].items()}
+    positive, negative = report_module.class_names(report)
     return _environment().get_template("report.html.j2").render(
-        r=report, words=report_module.words(report), positive=roles["positive"], negative=roles["negative"], ds=report["dataset"], models=models,
+        r=report, words=report_module.words(report), positive=positive, negative=negative, ds=report["dataset"], models=models,
         level=level, metric_names=stats.METRICS,
         per_model=per_model, run_figures=run_figures,
         config_yaml=yaml.safe_dump(report.get("config", {}), sort_keys=False),

@@ -142,6 +142,15 @@ def _score(model_run: str, model: str, data_uri: str, out: Store, where: str, co
     return json.loads(out.read(f"promotion/{where}/predictions.json"))
 
 
+def _endpoint_words(data) -> str:
+    """What the gate compares: the endpoint AUC, with K classes positive against every other class."""
+    if len(data.classes) == 2:
+        return f"ROC AUC of P({data.positive_class}) against {data.negative_class}"
+    return (f"ROC AUC of the endpoint, P({data.positive_class}) (its softmax mass) against every other class "
+            f"({', '.join(c for c in data.classes if c != data.positive_class)}); the {len(data.classes)}-class "
+            "call is not gated")
+
+
 def _arrays(document: dict) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """keys, labels (1: positive), P(positive), logit margins (the ranking score) and patient ids."""
     rows = document["predictions"]
@@ -198,7 +207,8 @@ def promote(run_uri: str, registry_uri: str, config: Config, scratch: str | None
               "promotion_data": redact(pc.data), "champion": pointer,
               "data_digest": challenger.report.get("dataset", {}).get("lineage", {}).get("digest"),
               "criteria": {"auc_margin": pc.auc_margin, "alpha": pc.alpha,
-                           "max_calibration_shift": pc.max_calibration_shift}}
+                           "max_calibration_shift": pc.max_calibration_shift,
+                           "endpoint": _endpoint_words(challenger.config.data)}}
 
     data = open_store(pc.data, config.storage, challenger.config.data.download_threads)
     set_digests, set_lineage = _scan_set(data, challenger.config.data, challenger.image_size)

@@ -125,7 +125,8 @@ def log_onnx(run_uri: str, model: str, config: Config, scratch: str) -> dict | N
                 "gistnet.input": f"uint8 N x 3 x {size} x {size}"}
         description = (f"{model} of gistnet run {report['run_id']} as ONNX (gistnet export, opset "
                        f"{sidecar.get('opset')}): uint8 images in (normalisation inside), {export.OUTPUT} and "
-                       f"{export.LOGITS} N x 2 out (column 1: {sidecar['output']['columns'][0]}).")
+                       f"{export.LOGITS} N x {len(sidecar['output']['columns'])} out (columns: "
+                       f"{', '.join(sidecar['output']['columns'])}; the endpoint is the last, the positive class).")
         torch_version = ((tracked.get("models") or {}).get(model) or {}).get("version")
         logged = tracker.log_onnx(model, local, (images, {export.OUTPUT: outputs[0], export.LOGITS: outputs[1]}),
                                   tags, description, torch_version)

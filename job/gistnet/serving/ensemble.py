@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from gistnet import models
+from gistnet.evidence import evaluate
 from gistnet.data.storage import Store, sha256_file
 from gistnet.errors import ModelError
 from gistnet.training import train
@@ -105,8 +106,9 @@ def verified_network(run: Store, key: str, sha256: str, name: str, scratch: str)
         path.unlink()
         raise ModelError(f"{run.uri_of(key)}: sha256 {digest[:12]}... does not match the {sha256[:12]}... in "
                          "report.json; refusing to use these weights")
-    network = models.build_model(name)
-    network.load_state_dict(models.load_state_dict_file(str(path)), strict=True)
+    state = models.load_state_dict_file(str(path))
+    network = models.build_model(name, num_classes=int(state["fc.weight"].shape[0]) if "fc.weight" in state else 2)
+    network.load_state_dict(state, strict=True)
     path.unlink()
     return network.eval()
 
@@ -133,9 +135,15 @@ class EnsembleScorer(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.margins_and_logits(images)[0]
+
+    @torch.no_grad()
+    def margins_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean of the members' margins (N) and of their logits (N x K), in one pass."""
         x = self.preprocess(images)
-        margins = []
+        margins, all_logits = [], []
         for network in self.networks:
             logits = network(x).float()
-            margins.append(logits[:, 1] - logits[:, 0])
-        return torch.stack(margins).mean(dim=0)
+            margins.append(evaluate.endpoint_scores(logits)[1])  # two classes: logit_1 - logit_0, as always
+            all_logits.append(logits)
+        return torch.stack(margins).mean(dim=0), torch.stack(all_logits).mean(dim=0)

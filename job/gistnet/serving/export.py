@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 import gistnet
+from gistnet.evidence import evaluate
 from gistnet.serving import trained as trained_mod
 from gistnet.errors import DeviceError, ModelError
 from gistnet.data.storage import sha256_file
@@ -61,10 +62,11 @@ def export_onnx(model: trained_mod.TrainedModel, scratch: str, opset: int = OPSE
             "format": "onnx", "opset": opset, "file": ONNX_FILE, "sha256": sha256_file(path),
             "bytes": os.path.getsize(path), "input": {"name": INPUT, "dtype": "uint8",
                                                       "shape": ["batch", 3, model.image_size, model.image_size]},
-            "output": {"name": OUTPUT, "dtype": "float32", "shape": ["batch", 2],
-                       "columns": [model.class_names[1], model.class_names[0]]},
-            "logits": {"name": LOGITS, "dtype": "float32", "shape": ["batch", 2],
-                       "columns": [model.class_names[1], model.class_names[0]]},
+            "output": {"name": OUTPUT, "dtype": "float32", "shape": ["batch", len(model.config.data.head_classes)],
+                       "columns": list(model.config.data.head_classes)},
+            "logits": {"name": LOGITS, "dtype": "float32", "shape": ["batch", len(model.config.data.head_classes)],
+                       "columns": list(model.config.data.head_classes)},
+            **_endpoint(model),
             "run_id": model.run_id, "model": model.name, "weights_sha256": model.sha256,
             "scoring": model.scoring.scoring, "members": model.scoring.weights(),
             "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
@@ -76,6 +78,18 @@ def export_onnx(model: trained_mod.TrainedModel, scratch: str, opset: int = OPSE
     log.info("%s: exported %s (opset %d, max abs difference vs torch %.2e)", model.name,
              model.run.uri_of(model.key(ONNX_FILE)), opset, difference)
     return sidecar
+
+
+def _endpoint(model: trained_mod.TrainedModel) -> dict:
+    """The sidecar's class names and endpoint with K classes; nothing new for two (the sidecar of a
+    two-class run stays as it was: its columns already name both classes)."""
+    head = model.config.data.head_classes
+    if len(head) == 2:
+        return {}
+    return {"classes": list(head), "endpoint": {
+        "positive_class": head[-1], "column": len(head) - 1,
+        "probability": f"P({head[-1]}) = column {len(head) - 1} of {OUTPUT} (the softmax mass of {head[-1]})",
+        "score": f"log P({head[-1]}) - log P(every other class), from {LOGITS}: ranks the images (ROC AUC)"}}
 
 
 class _Graph(torch.nn.Module):
@@ -104,9 +118,8 @@ def _add_metadata(path: Path, model: trained_mod.TrainedModel, opset: int) -> No
     import onnx
 
     proto = onnx.load(str(path))
-    positive, negative = model.class_names
     values = {"gistnet.weights_sha256": model.sha256, "gistnet.model": model.name, "gistnet.run_id": model.run_id,
-              "gistnet.image_size": str(model.image_size), "gistnet.classes": f"{negative},{positive}",
+              "gistnet.image_size": str(model.image_size), "gistnet.classes": ",".join(model.config.data.head_classes),
               "gistnet.opset": str(opset), "gistnet.version": gistnet.__version__,
               "gistnet.scoring": model.scoring.scoring}
     del proto.metadata_props[:]
@@ -213,4 +226,8 @@ class OnnxScorer:
         # The loader holds grayscale data sets as one channel; the graph takes three, as documented.
         images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
         probabilities, logits = self._session.run([OUTPUT, LOGITS], {INPUT: np.ascontiguousarray(images.cpu().numpy())})
-        return torch.from_numpy(probabilities[:, 1].copy()), torch.from_numpy(logits[:, 1] - logits[:, 0])
+        if logits.shape[1] == 2:  # as always: column 1 and the logit difference
+            return evaluate.Scores(torch.from_numpy(probabilities[:, 1].copy()),
+                                   torch.from_numpy(logits[:, 1] - logits[:, 0]), torch.from_numpy(logits.copy()))
+        z = torch.from_numpy(logits.copy())
+        return evaluate.Scores(torch.from_numpy(probabilities[:, -1].copy()), evaluate.endpoint_scores(z)[1], z)

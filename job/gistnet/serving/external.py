@@ -33,7 +33,7 @@ from gistnet.data.overlap import check_apart
 from gistnet.data.storage import Store, TransferStats, open_store, redact
 from gistnet.errors import ConfigError, DataError, ModelError
 from gistnet.evidence import calibration, clustered, compare, decision, evaluate, external_report, report as report_mod
-from gistnet.evidence import report_html, sections, subgroups
+from gistnet.evidence import kclasses, predictions, report_html, sections, subgroups
 from gistnet.observe.metrics import PredictMetrics, pushed_job
 from gistnet.serving import development, ensemble
 from gistnet.training import train
@@ -125,7 +125,7 @@ def _load(data: Store, data_cfg, metrics: PredictMetrics, pseudo: privacy.Pseudo
     items, unsafe, labeled = dataset.list_for_scoring(data, data_cfg, pseudo)
     if not labeled:
         raise DataError(f"{redact(data.uri)} has no labels (neither {data_cfg.manifest} nor class folders "
-                        f"{data_cfg.positive_class}/, {data_cfg.negative_class}/): evaluate needs labelled images")
+                        f"{', '.join(c + '/' for c in data_cfg.classes)}): evaluate needs labelled images")
     images, unusable = Images([], [], []), [{"uri": u["uri"], "reason": u["reason"]} for u in unsafe]
     for start in range(0, len(items), CHUNK):
         chunk = items[start:start + CHUNK]
@@ -196,15 +196,18 @@ def _overlap(run: Store, images: Images, own_ids: list[bool], pseudo: privacy.Ps
 
 
 def _score(run: Store, model: ensemble.RunModel, images: Images, device: torch.device, batch: int, scratch: str,
-           metrics: PredictMetrics) -> np.ndarray:
+           metrics: PredictMetrics) -> tuple[np.ndarray, np.ndarray]:
+    """The margins (the mean of the members') and the mean logits N x K (head order) of every image."""
     scorer = ensemble.EnsembleScorer(ensemble.load_members(run, model, device, scratch), device)
-    margins = []
+    margins, logits = [], []
     for start in range(0, len(images.pixels), batch):
         began = time.perf_counter()
         x = torch.from_numpy(np.stack(images.pixels[start:start + batch])).permute(0, 3, 1, 2).contiguous()
-        margins.append(scorer(x.to(device)).double().cpu())
+        m, z = scorer.margins_and_logits(x.to(device))
+        margins.append(m.double().cpu())
+        logits.append(z.double().cpu())
         metrics.chunk_scored(model.name, len(x), time.perf_counter() - began, 0)
-    return torch.cat(margins).numpy()
+    return torch.cat(margins).numpy(), torch.cat(logits).numpy()
 
 
 def _model_section(model: ensemble.RunModel, labels, margins, ev, pooled_dev: bool, clusters) -> dict:
@@ -252,7 +255,8 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
                                         [i.covariates for i in images.items])
     subgroups.check_columns(wanted, sections.columns(covariates), data.uri_of(data_cfg.manifest))
     reasons, overlap = _overlap(run, images, own_ids, pseudo)
-    labels_all = np.array([i.label for i in images.items], int)
+    # the endpoint's labels (1 positive, 0 any other class): an external set may hold a subset of the run's classes
+    labels_all = evaluate.endpoint_labels(np.array([i.label for i in images.items], int), len(data_cfg.classes))
     keep = np.array([not r for r in reasons])
     labels = labels_all[keep]
     clusters = [i.patient_id for i, k in zip(images.items, keep) if k]
@@ -260,11 +264,19 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
              int(keep.sum()), redact(data.uri), int((~keep).sum()), ", ".join(names), rep["run_id"])
     batch = request.batch_size or run_cfg.train.batch_size
     pooled_dev = rep["evaluation"]["pooled"]
-    margins_by, sections_by, pooled = {}, {}, {}
+    margins_by, logits_by, sections_by, pooled = {}, {}, {}, {}
+    head = data_cfg.head_classes
+    lesion_ids = [pseudo.lesion(i.lesion_id) for i, k in zip(images.items, keep) if k]
     for model in models:
-        margins_by[model.name] = _score(run, model, images, device, batch, scratch, metrics)
+        margins_by[model.name], logits_by[model.name] = _score(run, model, images, device, batch, scratch, metrics)
         m = margins_by[model.name][keep]
         sections_by[model.name] = _model_section(model, labels, m, ev, pooled_dev, clusters)
+        rows = predictions.rows(pooled_keys(images, keep), clusters, [i.label for i, k in zip(images.items, keep) if k],
+                                data_cfg.endpoint_classes, None, model.name, 1 / (1 + np.exp(-m)), m,
+                                logits_by[model.name][keep], head, lesion_ids)
+        section = sections_by[model.name]  # the K classes and the lesions (issue 27), as in the run's report
+        section["multiclass"], section["by_lesion"], _ = kclasses.sections(rows, head, ev.ci_method,
+                                                                         ev.confidence_level, run_cfg.train.seed)
         pooled[model.name] = _Pooled([i.key for i, k in zip(images.items, keep) if k], labels, 1 / (1 + np.exp(-m)), m,
                                      clusters)
     site_count = len({covariates.get(k, {}).get("site", "") for k in pooled[names[0]].keys} - {""})
@@ -273,7 +285,7 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
     final = _document(request, name, rep, run_cfg, data, out, images, unusable, overlap, reasons, sections_by,
                       comparison, dc, device)
     pseudo.save(out)  # a key made here (a run from before pseudonyms had none), under private/
-    _write(out, final, images, margins_by, reasons, covariates, scratch)
+    _write(out, final, images, margins_by, reasons, covariates, scratch, logits_by)
     return {"uri": out.uri_of("report.json"), "report": final, "evaluated": int(keep.sum()),
             "excluded": int((~keep).sum())}
 
@@ -316,10 +328,14 @@ def _comparison(names, pooled, ev, seed: int, clusters) -> dict | None:
 def _document(request, name, rep, run_cfg, data, out, images, unusable, overlap, reasons, models, comparison, dc,
               device) -> dict:
     keep = np.array([not r for r in reasons])
-    positive, negative = run_cfg.data.positive_class, run_cfg.data.negative_class
     labels = np.array([i.label for i in images.items], int)[keep]
-    counts = {positive: int(labels.sum()), negative: int(len(labels) - labels.sum())}
-    dataset_section = {"uri": redact(data.uri), "classes": {positive: "positive", negative: "negative"},
+    counts = dataset.class_counts(labels, run_cfg.data.head_classes)
+    if len(run_cfg.data.classes) > 2:  # only the classes the external set holds
+        counts = {c: n for c, n in counts.items() if n}
+    other = "negative" if len(run_cfg.data.classes) == 2 else "other"
+    dataset_section = {"uri": redact(data.uri), "classes": {run_cfg.data.positive_class: "positive",
+                                                            **{c: other for c in run_cfg.data.classes
+                                                               if c != run_cfg.data.positive_class}},
                        "skipped": unusable, "split_method": "external (none: every image is evaluated)",
                        "images": counts}
     artifacts = {k: out.uri_of(v) for k, v in (("report_markdown", "report.md"), ("report_html", "report.html"),
@@ -349,22 +365,34 @@ def _document(request, name, rep, run_cfg, data, out, images, unusable, overlap,
     return final
 
 
-def _write(out: Store, final: dict, images: Images, margins_by: dict, reasons, covariates: dict, scratch: str) -> None:
+def pooled_keys(images: Images, keep) -> list[str]:
+    return [i.key for i, k in zip(images.items, keep) if k]
+
+
+def _write(out: Store, final: dict, images: Images, margins_by: dict, reasons, covariates: dict, scratch: str,
+           logits_by: dict | None = None) -> None:
+    head = tuple(final["config"]["data"].get("classes") or ()) or None
     positive, negative = report_mod.class_names(final)
+    if head is not None:
+        head = tuple(c for c in head if c != positive) + (positive,)  # classes.head_order
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    classes = head or ()
+    writer.writerow(CSV_COLUMNS + tuple(f"p_{c}" for c in classes))
     for model, margins in margins_by.items():
+        per_class = predictions.class_probabilities(logits_by[model]) if logits_by else None
         for i, item in sorted(enumerate(images.items), key=lambda pair: pair[1].key):
-            writer.writerow([item.key, item.patient_id, item.site, positive if item.label == 1 else negative, model,
+            name = head[item.label] if head is not None else (positive if item.label == 1 else negative)
+            writer.writerow([item.key, item.patient_id, item.site, name, model,
                              repr(float(1 / (1 + np.exp(-margins[i])))), repr(float(margins[i])),
-                             "yes" if reasons[i] in development.IN_DEVELOPMENT else "no", reasons[i]])
+                             "yes" if reasons[i] in development.IN_DEVELOPMENT else "no", reasons[i],
+                             *(repr(float(v)) for v in (per_class[i] if per_class is not None else ()))])
     out.write_bytes("predictions.csv", buffer.getvalue().encode())
     figures = {}
     if final.get("decision_curve"):
         out.upload_drawn("decision_curve.png", lambda path: decision.figure(final["decision_curve"], path,
                                                                             "Decision curve (external)"), scratch)
         figures["decision_curve"] = out.read("decision_curve.png")
-    out.write_bytes("report.md", external_report.markdown(final).encode())
+    out.write_bytes("report.md", (external_report.markdown(final) + "\n" + kclasses.markdown(final)).encode())
     out.write_bytes("report.html", report_html.render(final, figures).encode())
     out.write_bytes("report.json", json.dumps(final, indent=2).encode())  # last: marks the evaluation complete

@@ -37,7 +37,8 @@ import torch
 import gistnet
 from gistnet.data import dataset, fingerprint, privacy
 from gistnet.data.overlap import check_apart
-from gistnet.evidence import evaluate
+from gistnet.evidence import evaluate, kclasses
+from gistnet.evidence import predictions as predictions_mod
 from gistnet.training import train
 from gistnet.serving import development
 from gistnet.serving import trained as trained_mod
@@ -76,6 +77,8 @@ class Scored:
     patient_ids: list[str] = field(default_factory=list)
     probabilities: list[torch.Tensor] = field(default_factory=list)
     margins: list[torch.Tensor] = field(default_factory=list)  # logit positive - negative: the ranking score
+    logits: list[torch.Tensor] = field(default_factory=list)  # N x K, head order: the p_<class> columns
+    lesion_ids: list[str] = field(default_factory=list)  # the manifest's lesion_id ("" where none)
     digests: list[str] = field(default_factory=list)  # fingerprint.pixel_digest, aligned with keys
     unusable: list[dict] = field(default_factory=list)
 
@@ -151,6 +154,15 @@ def _predict_data(request: Request, model, data: Store, out: Store, pseudo, devi
         result["onnx_sha256"] = score.sha256  # the file scored, verified against its sidecar
     pseudo.save(out)  # a key made here (a run from before pseudonyms had none), under private/
     out.write_bytes("predictions.csv", _csv(result).encode())
+    if any(scored.lesion_ids):  # one row per lesion beside the per-image table (issue 27)
+        table = kclasses.lesion_table([r["key"] for r in result["predictions"]],
+                                      [r["patient_id"] for r in result["predictions"]],
+                                      [r.get("lesion_id", "") for r in result["predictions"]],
+                                      [[r["class_probabilities"][c] for c in result["classes"]]
+                                       for r in result["predictions"]],
+                                      [r.get("label") for r in result["predictions"]] if labeled else None,
+                                      tuple(result["classes"]))
+        out.write_bytes(kclasses.LESIONS_FILE, kclasses.lesions_csv({model.name: table}))
     out.write_bytes("predictions.json", json.dumps(result, indent=1).encode())  # last: marks the output complete
     log.info("predictions: %s", out.uri_of("predictions.json"))
     return {"uri": out.uri_of("predictions.json"), "scored": len(scored.keys), "unusable": len(scored.unusable),
@@ -172,7 +184,7 @@ def _scorer(model: trained_mod.TrainedModel, request: Request, device: torch.dev
     @torch.no_grad()
     def score(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = scorer.logits(images.to(device))  # a fold ensemble's: the mean of its members' logits
-        return logits.softmax(dim=1)[:, 1], logits[:, 1] - logits[:, 0]
+        return evaluate.Scores(*evaluate.endpoint_scores(logits), logits)  # two classes: softmax[:, 1], z1 - z0
 
     return score
 
@@ -195,12 +207,15 @@ def _score_chunk(items: list[dataset.Labeled], data: Store, data_cfg, score, bat
 
         images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
         for begin in range(0, len(images), batch_size):
-            probabilities, margins = score(images[begin:begin + batch_size])
+            scores = score(images[begin:begin + batch_size])
+            probabilities, margins = scores
             scored.probabilities.append(probabilities.float().cpu())
             scored.margins.append(margins.double().cpu())
+            scored.logits.append(scores.logits.float().cpu())
         scored.keys += [k.key for k in kept]
         scored.labels += [k.label for k in kept]
         scored.patient_ids += [k.patient_id for k in kept]
+        scored.lesion_ids += [pseudo.lesion(k.lesion_id) if pseudo is not None else k.lesion_id for k in kept]
         scored.digests += [fingerprint.pixel_digest(a) for a in arrays]
     metrics.chunk_scored(model_name, len(kept), time.perf_counter() - started, len(unusable))
 
@@ -211,10 +226,11 @@ def _evaluate(scored: Scored, probabilities: torch.Tensor, margins: torch.Tensor
     by the probability, ROC AUC ranked on the logit margins, intervals clustered by patient when
     the manifest gives a patient several images."""
     ev = model.config.evaluate
-    labels = torch.tensor([scored.labels[i] for i in rows], dtype=torch.long)
+    classes = torch.tensor([scored.labels[i] for i in rows], dtype=torch.long)
+    labels = evaluate.endpoint_labels(classes, len(model.config.data.head_classes))
     table = evaluate.diagnostic_report(labels, probabilities[rows], ev.ci_method, ev.confidence_level, threshold,
                                        scores=margins[rows], clusters=[scored.patient_ids[i] for i in rows])
-    table["counts"] = dataset.class_counts(labels, model.class_names)
+    table["counts"] = dataset.class_counts(classes, model.config.data.head_classes)
     return table
 
 
@@ -222,15 +238,21 @@ def _document(request: Request, model: trained_mod.TrainedModel, data: Store, sc
               probabilities: torch.Tensor, margins: torch.Tensor, threshold: float, evaluation: dict | None,
               device: torch.device, labeled: bool) -> dict:
     positive, negative = model.class_names
+    head = model.config.data.head_classes
     scores = margins.numpy()
     k = len(model.scoring.members)
+    per_class = (predictions_mod.class_probabilities(torch.cat(scored.logits).double().numpy()) if scored.logits
+                 else [[] for _ in scored.keys])
     rows = []
     for i, key in enumerate(scored.keys):
         p = float(probabilities[i])
         row = {"key": key, "patient_id": scored.patient_ids[i], "probability": p, "score": float(scores[i]),
-               "call": positive if p >= threshold else negative}
+               "call": positive if p >= threshold else negative,
+               "class_probabilities": {c: float(v) for c, v in zip(head, per_class[i])}}
+        if scored.lesion_ids and scored.lesion_ids[i]:
+            row["lesion_id"] = scored.lesion_ids[i]
         if labeled:
-            row["label"] = positive if scored.labels[i] == 1 else negative
+            row["label"] = head[scored.labels[i]]
         rows.append(row)
     return {
         "schema_version": 1,
@@ -239,7 +261,9 @@ def _document(request: Request, model: trained_mod.TrainedModel, data: Store, sc
         "run_id": model.run_id, "run_uri": model.run.uri, "model": model.name, "weights_sha256": model.sha256,
         "scoring": model.scoring.scoring, "weights": model.scoring.weights(),
         "engine": request.engine, "device": device.type, "data_uri": redact(data.uri),
-        "positive_class": positive, "negative_class": negative,
+        "positive_class": positive, "negative_class": negative, "classes": list(head),
+        "class_probabilities": "P(class) for each class of the network's head (its order: the other classes, then "
+                               "the positive class last); probability is that of the positive class, the endpoint",
         "probability": f"P({positive}) after the run's preprocessing ({model.image_size} px)" + (
             f": the sigmoid of the score (the softmax of the {k} fold models' mean logits)" if model.is_ensemble else ""),
         "score": ("the mean over the " + str(k) + " fold models of " if model.is_ensemble else "")
@@ -261,9 +285,13 @@ def _document(request: Request, model: trained_mod.TrainedModel, data: Store, sc
 def _csv(result: dict) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    classes = result["classes"] if all(row["class_probabilities"] for row in result["predictions"]) else []
+    lesions = any(row.get("lesion_id") for row in result["predictions"])
+    writer.writerow(CSV_COLUMNS + tuple(f"p_{c}" for c in classes) + (("lesion_id",) if lesions else ()))
     for row in result["predictions"]:
         writer.writerow([row["key"], row["patient_id"], row.get("label", ""), repr(row["probability"]),
                          repr(row["score"]), row["call"], result["model"], result["weights_sha256"], result["run_id"],
-                         row.get("development_key") or "", repr(result["threshold"]), result["scoring"]])
+                         row.get("development_key") or "", repr(result["threshold"]), result["scoring"],
+                         *(repr(row["class_probabilities"][c]) for c in classes),
+                         *((row.get("lesion_id", ""),) if lesions else ())])
     return buffer.getvalue()

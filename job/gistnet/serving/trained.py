@@ -68,8 +68,13 @@ class TrainedModel:
 
     @property
     def class_names(self) -> tuple[str, str]:
-        """(positive, negative), as the run was trained."""
-        return self.config.data.positive_class, self.config.data.negative_class
+        """(positive, negative), as the run was trained; with K classes (positive, non-positive)."""
+        return self.config.data.endpoint_classes
+
+    @property
+    def head_classes(self) -> tuple[str, ...]:
+        """The class of each network output (``classes.head_order``: the positive class last)."""
+        return self.config.data.head_classes
 
     def key(self, filename: str) -> str:
         return f"{self.name}/{filename}"

@@ -164,7 +164,7 @@ def load_latest(store: Store, model_name: str, state: TrainState, scratch: str,
     return True
 
 
-def save_weights(store: Store, model_name: str, model: torch.nn.Module, scratch: str) -> dict:
+def save_weights(store: Store, model_name: str, model: torch.nn.Module, scratch: str, num_classes: int = 2) -> dict:
     """Final weights as safetensors; returns uri, sha256 and size for the report."""
     key = f"{model_name}/model.safetensors"
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
@@ -172,7 +172,7 @@ def save_weights(store: Store, model_name: str, model: torch.nn.Module, scratch:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         # One metadata key: safetensors writes a multi-key map in hash order, which would
         # make the file's sha256 differ between identical models.
-        save_file(state, str(path), metadata={"gistnet": json.dumps({"architecture": model_name, "num_classes": 2})})
+        save_file(state, str(path), metadata={"gistnet": json.dumps({"architecture": model_name, "num_classes": num_classes})})
         digest = sha256_file(path)
         store.upload_file(key, path, sha256=digest)
         return {"uri": store.uri_of(key), "sha256": digest, "bytes": os.path.getsize(path)}

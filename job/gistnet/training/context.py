@@ -32,7 +32,13 @@ class RunContext:
 
     @property
     def class_names(self) -> tuple[str, str]:
-        return self.config.data.positive_class, self.config.data.negative_class
+        """The endpoint's two sides for binary evidence: (positive, negative), or (positive, non-positive)."""
+        return self.config.data.endpoint_classes
+
+    @property
+    def head_classes(self) -> tuple[str, ...]:
+        """The class of each network output (``config.head_order``)."""
+        return self.config.data.head_classes
 
     @contextlib.contextmanager
     def timed(self, stage: str, model: str = ""):

@@ -72,9 +72,9 @@ class Preprocess:
         return x
 
 
-def build_model(name: str, init_weights: str | None = None) -> torch.nn.Module:
+def build_model(name: str, init_weights: str | None = None, num_classes: int = 2) -> torch.nn.Module:
     """Training's call of the one model factory (``models.build_model``), kept under its old name."""
-    return models.build_model(name, init_weights=init_weights)
+    return models.build_model(name, init_weights=init_weights, num_classes=num_classes)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
@@ -187,9 +187,10 @@ class TrainState:
         self.resumed_from_epoch = self.epoch
 
 
-def new_state(name: str, cfg: TrainConfig, device: torch.device, init_weights: str | None) -> TrainState:
+def new_state(name: str, cfg: TrainConfig, device: torch.device, init_weights: str | None,
+              num_classes: int = 2) -> TrainState:
     torch.manual_seed(cfg.seed)  # the same initial weights for a given seed, whatever ran before
-    model = build_model(name, init_weights).to(device)
+    model = build_model(name, init_weights, num_classes).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = make_optimizer(model, cfg)
@@ -298,7 +299,7 @@ def fit(name: str, state: TrainState, data: TrainData, cfg: TrainConfig, preproc
         # report's: bf16 rounds the logits to 8 bits of mantissa, which moves images near the
         # threshold and ties scores; the validation set is small, fp32 costs next to nothing.
         val = evaluate.predict(state.model, data.val_images, data.val_labels, cfg.batch_size, preprocess)
-        val_correct = ((val.probabilities >= 0.5).long() == data.val_labels).sum()
+        val_correct = val.correct(data.val_labels).sum()
         # One host sync per epoch, for all the numbers at once.
         train_loss, train_correct, val_loss, val_ok = torch.stack(
             [loss_sum, correct.float(), val.loss_sum, val_correct.float()]).tolist()

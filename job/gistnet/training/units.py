@@ -76,7 +76,7 @@ def train_fold(ctx: RunContext, fold_index: int | None, units: list[Unit], plan:
         if ctx.world.is_main and config.explain.gallery and not _withheld(fold.train_set):
             _examples_figure(ctx, fold, todo[0].prefix)
     log.info("%s: train %s, validation %s", "hold-out" if fold_index is None else f"fold {fold_index}",
-             fold.train_set.counts(ctx.class_names), fold.val_set.counts(ctx.class_names))
+             fold.train_set.counts(ctx.head_classes), fold.val_set.counts(ctx.head_classes))
     batch = distributed.per_rank_batch(config.train.batch_size, ctx.world, config.distributed.scale_batch)
     train.check_trainable(len(fold.tensors.train_set), batch * ctx.world.size,
                           f"the training set{'' if fold_index is None else f' of fold {fold_index}'} after "
@@ -141,7 +141,7 @@ def _train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.P
     train_cfg = replace(config, train={"learning_rate": distributed.learning_rate(
         config.train.learning_rate, world, config.distributed.scale_batch)}).train
     init_weights = local_weights(config.train.init_weights.get(name), config, ctx.scratch)
-    state = train.new_state(name, train_cfg, data.train_images.device, init_weights)
+    state = train.new_state(name, train_cfg, data.train_images.device, init_weights, len(ctx.head_classes))
     state.provenance = {"split": fold.part.to_dict(), "augmentation_mode": config.augmentation.mode,
                         "augmentation_seed": config.train.seed}
     checkpoint.load_latest(store, name, state, ctx.scratch, pointer)
@@ -167,24 +167,26 @@ def _train_unit(ctx: RunContext, unit: Unit, fold: FoldData, preprocess: train.P
                 writer.save(state)
             pointer = writer.wait() or checkpoint.read_pointer(store, name)
             check()
-            weights = checkpoint.save_weights(store, name, state.model, ctx.scratch)
+            weights = checkpoint.save_weights(store, name, state.model, ctx.scratch, len(ctx.head_classes))
     with ctx.timed("evaluate", name), ctx.guard(f"{name} evaluation"):
         scored = evaluate.predict(state.model, data.val_images, data.val_labels, config.train.batch_size, preprocess)
         on_train = evaluate.predict(state.model, fold.train_set.images, fold.train_set.labels,
                                     config.train.batch_size, preprocess)
     rows = predictions.rows(fold.val_set.keys, fold.val_set.patient_ids, data.val_labels.cpu().numpy(),
                             ctx.class_names, unit.fold, name, scored.probabilities.float().cpu().numpy(),
-                            scored.margins.double().cpu().numpy())
+                            scored.margins.double().cpu().numpy(), scored.logits.cpu().numpy(), ctx.head_classes,
+                            fold.val_set.lesion_ids)
     check()
     predictions.write(out, rows, unit.key(predictions.FILENAME))
-    names = ctx.class_names
+    names = ctx.head_classes
     result = {
         "fold": unit.fold, "model": name, "history": state.history, "checkpoint": weights,
         "resumable_checkpoint": {"uri": store.uri_of(pointer["key"]), "sha256": pointer["sha256"],
                                  "bytes": pointer["bytes"], "epoch": pointer["epoch"]},
         "resumed_from_epoch": state.resumed_from_epoch,
         # Youden's threshold on this fold's own (unaugmented) training images: never tuned on validation.
-        "youden_threshold": evaluate.youden_threshold(fold.train_set.labels, on_train.probabilities),
+        "youden_threshold": evaluate.youden_threshold(evaluate.endpoint_labels(fold.train_set.labels,
+                                                                              len(names)), on_train.probabilities),
         "counts": {"train": fold.train_set.counts(names), "val": fold.val_set.counts(names),
                    "train_augmented": dataset.class_counts(data.train_set.labels, names)},
         "environment": ctx.environment,
@@ -213,8 +215,8 @@ def _explain(ctx: RunContext, unit: Unit, model, data: train.TrainData, probabil
     and its sanity check."""
     config = ctx.config
     return ctx.out.upload_drawn(gradcam_key(unit), lambda path: explain.explain(
-        unit.model, model, data.val_images, data.val_labels, probabilities, preprocess, config.train.batch_size,
-        (config.data.positive_class, config.data.negative_class), config.explain.max_misclassified,
+        unit.model, model, data.val_images, evaluate.endpoint_labels(data.val_labels, len(ctx.head_classes)),
+        probabilities, preprocess, config.train.batch_size, config.data.endpoint_classes, config.explain.max_misclassified,
         config.explain.correct_per_class, config.train.seed, path), ctx.scratch)
 
 
