@@ -66,3 +66,10 @@ image-test: $(VENV)/.test-deps  ## build the image on a Debian base and run it r
 	-buildah --storage-driver "$${STORAGE_DRIVER:-vfs}" rmi --prune >/dev/null 2>&1
 	$(STAGE) image-run env GISTNET_TEST_IMAGE=$(TEST_IMAGE) $(PYTEST) -m image tests/test_image.py
 	@$(STAGE) --summary
+
+# The figures README.md and docs/*.md quote from gistnet commands live in generated blocks
+# (tests/docfigures.py); this runs each quoted command once and rewrites them.
+# tests/test_doc_figures.py (end to end) fails when a block no longer matches its command.
+.PHONY: doc-figures
+doc-figures: $(BIN)/gistnet  ## re-run the commands the docs quote and rewrite their generated blocks
+	PYTHONPATH=$(CURDIR) $(BIN)/python -m tests.docfigures

@@ -103,6 +103,7 @@ def test_an_mrn_class_folder_is_not_named(tmp_path):
         dataset.list_labeled(store, DataConfig())
 
 
+@pytest.mark.e2e  # runs `gistnet train` as a subprocess
 def test_train_stopped_by_a_bad_file_in_an_mrn_folder_never_prints_the_key(cli, tmp_path):
     data, runs = tmp_path / "data", tmp_path / "runs"
     bad = _images(LocalStore(data), "frame")

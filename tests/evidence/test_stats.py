@@ -39,9 +39,13 @@ def test_clopper_pearson_contains_wilson_for_small_n():
     assert cp["ci_low"] <= wi["ci_low"] and cp["ci_high"] >= wi["ci_high"]
 
 
-def test_stats_command_prints_the_paper_table(cli):
-    done = cli("stats", "--tp", 12, "--fp", 1, "--tn", 14, "--fn", 2, "--ci", "wald")
-    assert done.returncode == 0, done.stderr
+def test_stats_command_prints_the_paper_table():
+    from click.testing import CliRunner
+
+    from gistnet.cli import cli
+
+    done = CliRunner().invoke(cli, ["stats", "--tp", "12", "--fp", "1", "--tn", "14", "--fn", "2", "--ci", "wald"])
+    assert done.exit_code == 0, done.stderr
     table = json.loads(done.stdout)
     assert table["ci_method"] == "wald"
     for name, (value, low, high) in PAPER.items():

@@ -168,7 +168,7 @@ def test_fit_is_deterministic_on_cpu():
 
 def test_stop_flag_checkpoints_and_interrupts():
     cfg = TrainConfig(epochs=5, batch_size=8)
-    state = train.new_state("resnet34", cfg, torch.device("cpu"), None)
+    state = small_state(cfg)  # the stop is fit's bookkeeping: any model shows it
     stop = train.StopFlag()
     stop.set()
     saved = []
@@ -180,7 +180,7 @@ def test_stop_flag_checkpoints_and_interrupts():
 
 def test_non_finite_loss_is_reported():
     cfg = TrainConfig(epochs=2, batch_size=8, learning_rate=1e30, optimizer="sgd", checkpoint_every=0)
-    state = train.new_state("resnet34", cfg, torch.device("cpu"), None)
+    state = small_state(cfg)  # fit's check of the loss, not the architecture, is under test
     with pytest.raises(DivergedError, match="resnet34: non-finite loss at epoch"):
         train.fit("resnet34", state, tiny_data(), cfg, train.Preprocess(torch.device("cpu")), None,
                   train.NullObserver(), train.StopFlag(), lambda s: None)
@@ -347,7 +347,7 @@ def test_paper_set_trains_exactly_like_the_materialized_six_fold_set():
                                  augmentation.PaperSet(gray, originals.train_labels, aug, seed=0))
     histories = []
     for data in (materialized, on_the_fly):
-        state = train.new_state("resnet34", cfg, torch.device("cpu"), None)
+        state = small_state(cfg)  # the same initial weights each time; the data path is under test
         train.fit("resnet34", state, data, cfg, train.Preprocess(torch.device("cpu")), None, train.NullObserver(),
                   train.StopFlag(), lambda s: None)
         histories.append([{k: v for k, v in r.items() if k not in ("seconds", "train_seconds")} for r in state.history])
