@@ -94,7 +94,10 @@ def _value(entry) -> str:
         value, low, high = entry.get("value"), entry.get("ci_low"), entry.get("ci_high")
         if value is None:
             return "n/a"
-        return f"{value:.3f}" + (f" ({low:.3f}-{high:.3f})" if low is not None and high is not None else "")
+        if low is None or high is None:
+            return f"{value:.3f}"
+        joint = " to " if low < 0 else "-"  # "-0.044-0.357" would read as a range of negatives
+        return f"{value:.3f} ({low:.3f}{joint}{high:.3f})"
     return "n/a" if entry is None else f"{entry:.3f}"
 
 
