@@ -127,3 +127,36 @@ def test_evaluate_takes_a_subset_of_the_classes_and_refuses_an_unknown_one(k3_ru
     unknown = write_k_class_data(tmp_path / "unknown", classes=("GIST", "XYZ"), lesions_per_class=2, manifest=False)
     done = cli("evaluate", "--run", k3_run, "--data", unknown, "--output", tmp_path / "ev2")
     assert done.returncode == 4 and "unknown class folder 'XYZ'" in done.stderr
+
+
+def test_a_reader_study_of_lesions_scores_each_lesion_as_the_run_does(k3_run, tmp_path, cli):
+    """Cases named by the manifest's lesion ids (issue 28): the model's score of a case is its
+    lesion's (lesions.csv of the evaluation), readers.json names lesions only by their pseudonyms."""
+    from gistnet.data import synth_readers
+    from tests.conftest import write_k_class_data
+
+    data = write_k_class_data(tmp_path / "external", lesions_per_class=4, seed=11)
+    manifest = data / "manifest.csv"  # patients of their own (k3's are p001...: development patients)
+    manifest.write_text(manifest.read_text().replace(",p0", ",q0"))
+    rows = _csv(manifest)
+    lesions = sorted({r["lesion_id"] for r in rows})
+    truth = [next(r["label"] for r in rows if r["lesion_id"] == lesion) for lesion in lesions]
+    readers = tmp_path / "readers.csv"
+    readers.write_text(synth_readers.simulate(lesions, truth, "GIST", 3, 0, None))
+    out = tmp_path / "study"
+    done = cli("readers", "--readers", readers, "--run", k3_run, "--data", data, "--output", out)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((out / "readers.json").read_text())
+    assert doc["design"]["cases"] == len(lesions) == 12
+    scored = [r for r in _csv(out / "model-evaluation" / "lesions.csv") if r["model"] == "resnet34"]
+    assert len(scored) == 12 and all(r["lesion_id"].startswith("l-") for r in scored)
+    y = [int(r["label"] == "GIST") for r in scored]
+    margin = [np.log(float(r["p_GIST"])) - np.log(float(r["p_LM"]) + float(r["p_NET"])) for r in scored]
+    assert doc["model"]["auc"]["value"] == pytest.approx(roc_auc_score(y, margin))
+    text = (out / "readers.json").read_text()
+    assert not any(f'"{lesion}"' in text for lesion in lesions)  # raw lesion ids stay in the readers file
+
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text(readers.read_text().replace(f"{lesions[0]},", f"{rows[0]['path']},"))
+    done = cli("readers", "--readers", mixed, "--run", k3_run, "--data", data, "--output", tmp_path / "m")
+    assert done.returncode == 4 and "the cases mix image keys and lesion ids" in done.stderr

@@ -15,6 +15,7 @@ The design must be fully crossed: every reader reads every case in every modalit
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 from dataclasses import dataclass
@@ -81,6 +82,11 @@ class ReaderTable:
     def calls(self) -> np.ndarray:
         """(modalities, readers, cases) named classes, as text."""
         return self._cube(lambda r: r.call, object)
+
+    def renamed(self, names: dict[str, str]) -> "ReaderTable":
+        """The same table with the cases in ``names`` renamed (the rest kept)."""
+        rows = tuple(dataclasses.replace(r, case=names.get(r.case, r.case)) for r in self.rows)
+        return dataclasses.replace(self, rows=rows, cases=tuple(names.get(c, c) for c in self.cases))
 
     def per_case(self, field: str) -> dict[str, str]:
         """``truth``, ``patient_id`` or ``lesion_id`` of each case that has one."""

@@ -266,7 +266,9 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
     pooled_dev = rep["evaluation"]["pooled"]
     margins_by, logits_by, sections_by, pooled = {}, {}, {}, {}
     head = data_cfg.head_classes
-    lesion_ids = [pseudo.lesion(i.lesion_id) for i, k in zip(images.items, keep) if k]
+    every_lesion = [pseudo.lesion(i.lesion_id) for i in images.items]
+    lesion_ids = [lesion for lesion, k in zip(every_lesion, keep) if k]
+    lesion_tables = {}
     for model in models:
         margins_by[model.name], logits_by[model.name] = _score(run, model, images, device, batch, scratch, metrics)
         m = margins_by[model.name][keep]
@@ -275,7 +277,7 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
                                 data_cfg.endpoint_classes, None, model.name, 1 / (1 + np.exp(-m)), m,
                                 logits_by[model.name][keep], head, lesion_ids)
         section = sections_by[model.name]  # the K classes and the lesions (issue 27), as in the run's report
-        section["multiclass"], section["by_lesion"], _ = kclasses.sections(rows, head, ev.ci_method,
+        section["multiclass"], section["by_lesion"], lesion_tables[model.name] = kclasses.sections(rows, head, ev.ci_method,
                                                                          ev.confidence_level, run_cfg.train.seed)
         pooled[model.name] = _Pooled([i.key for i, k in zip(images.items, keep) if k], labels, 1 / (1 + np.exp(-m)), m,
                                      clusters)
@@ -285,9 +287,10 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
     final = _document(request, name, rep, run_cfg, data, out, images, unusable, overlap, reasons, sections_by,
                       comparison, dc, device)
     pseudo.save(out)  # a key made here (a run from before pseudonyms had none), under private/
-    _write(out, final, images, margins_by, reasons, covariates, scratch, logits_by)
+    _write(out, final, images, margins_by, reasons, covariates, scratch, logits_by,
+           every_lesion if any(every_lesion) else None, lesion_tables)
     return {"uri": out.uri_of("report.json"), "report": final, "evaluated": int(keep.sum()),
-            "excluded": int((~keep).sum())}
+            "excluded": int((~keep).sum()), "pseudonymizer": pseudo}
 
 
 def summary_lines(rep: dict) -> list[str]:
@@ -370,7 +373,8 @@ def pooled_keys(images: Images, keep) -> list[str]:
 
 
 def _write(out: Store, final: dict, images: Images, margins_by: dict, reasons, covariates: dict, scratch: str,
-           logits_by: dict | None = None) -> None:
+           logits_by: dict | None = None, lesion_ids: list[str] | None = None,
+           lesion_tables: dict | None = None) -> None:
     head = tuple(final["config"]["data"].get("classes") or ()) or None
     positive, negative = report_mod.class_names(final)
     if head is not None:
@@ -378,7 +382,8 @@ def _write(out: Store, final: dict, images: Images, margins_by: dict, reasons, c
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     classes = head or ()
-    writer.writerow(CSV_COLUMNS + tuple(f"p_{c}" for c in classes))
+    # lesion_id (pseudonymised) when the manifest gave lesion ids: lesions.csv's rows are their lesions
+    writer.writerow(CSV_COLUMNS + tuple(f"p_{c}" for c in classes) + (("lesion_id",) if lesion_ids else ()))
     for model, margins in margins_by.items():
         per_class = predictions.class_probabilities(logits_by[model]) if logits_by else None
         for i, item in sorted(enumerate(images.items), key=lambda pair: pair[1].key):
@@ -386,8 +391,11 @@ def _write(out: Store, final: dict, images: Images, margins_by: dict, reasons, c
             writer.writerow([item.key, item.patient_id, item.site, name, model,
                              repr(float(1 / (1 + np.exp(-margins[i])))), repr(float(margins[i])),
                              "yes" if reasons[i] in development.IN_DEVELOPMENT else "no", reasons[i],
-                             *(repr(float(v)) for v in (per_class[i] if per_class is not None else ()))])
+                             *(repr(float(v)) for v in (per_class[i] if per_class is not None else ())),
+                             *((lesion_ids[i],) if lesion_ids else ())])
     out.write_bytes("predictions.csv", buffer.getvalue().encode())
+    if lesion_ids and lesion_tables:
+        out.write_bytes(kclasses.LESIONS_FILE, kclasses.lesions_csv(lesion_tables))
     figures = {}
     if final.get("decision_curve"):
         out.upload_drawn("decision_curve.png", lambda path: decision.figure(final["decision_curve"], path,

@@ -26,6 +26,7 @@ from gistnet.data.storage import open_store, redact
 from gistnet.errors import ConfigError, DataError
 from gistnet.evidence import readers as study_mod
 from gistnet.evidence import readers_report
+from gistnet.evidence.kclasses import LESIONS_FILE
 from gistnet.evidence import report as report_mod
 from gistnet.serving import external
 
@@ -60,8 +61,9 @@ def read_table(uri: str, cfg: Config) -> readers_file.ReaderTable:
     return readers_file.read_readers(text, redact(uri))
 
 
-def _scored(out_uri: str, request: Request, cfg: Config) -> tuple[dict, dict, str]:
-    """Score the data set as ``gistnet evaluate`` does; per case: label, margin, development flag."""
+def _scored(out_uri: str, request: Request, cfg: Config) -> tuple[dict, dict, str, object]:
+    """Score the data set as ``gistnet evaluate`` does; per image key (and per lesion id, pseudonymised as
+    the run's outputs are, when the manifest gave lesion ids): label, margin, development flag."""
     done = external.run(external.Request(run=request.run, data=request.data, output=out_uri, name="readers",
                                          model=request.model, batch_size=request.batch_size, device=request.device),
                         cfg)
@@ -70,7 +72,30 @@ def _scored(out_uri: str, request: Request, cfg: Config) -> tuple[dict, dict, st
     rows = list(csv.DictReader(io.StringIO(evaluation.read("predictions.csv").decode())))
     model = report["best_model"]
     cases = {r["key"]: r for r in rows if r["model"] == model}
-    return report, cases, model
+    cases.update(_lesion_cases(evaluation, rows, model, report_mod.class_names(report)[0]))
+    return report, cases, model, done["pseudonymizer"]
+
+
+def _lesion_cases(evaluation, rows: list[dict], model: str, positive: str) -> dict:
+    """Each lesion of the data set as a case (issue 27's lesion score: the mean of its images' logits,
+    then the softmax; from lesions.csv, which holds the lesions with an image left after excluding
+    development images): label, score (the endpoint's logit margin), development flag."""
+    every = {r["lesion_id"]: r["label"] for r in rows if r["model"] == model and r.get("lesion_id")}
+    if not every:
+        return {}
+    scored = {r["lesion_id"]: r for r in csv.DictReader(io.StringIO(evaluation.read(LESIONS_FILE).decode()))
+              if r["model"] == model}
+    cases = {}
+    for lesion, label in every.items():
+        row = scored.get(lesion)
+        if row is None:  # every image of the lesion is a development image (or a repeat)
+            cases[lesion] = {"label": label, "score": "nan", "in_development": "yes", "unit": "lesion"}
+            continue
+        p = float(row[f"p_{positive}"])
+        rest = sum(float(v) for k, v in row.items() if k.startswith("p_") and k != f"p_{positive}")
+        margin = math.log(p) - math.log(rest) if p > 0 and rest > 0 else (math.inf if rest <= 0 else -math.inf)
+        cases[lesion] = {"label": row["label"], "score": repr(margin), "in_development": "no", "unit": "lesion"}
+    return cases
 
 
 def _thresholds(report: dict, model: str) -> dict:
@@ -83,10 +108,15 @@ def _thresholds(report: dict, model: str) -> dict:
 
 def _join(table, scored: dict, positive: str) -> tuple[list[str], dict]:
     """Cases known to the data set, development cases left out; errors for unknown cases and truths."""
+    units = {scored[c].get("unit", "image") for c in table.cases if c in scored}
+    if len(units) > 1:
+        raise DataError(f"{table.where}: the cases mix image keys and lesion ids: a study has one unit of "
+                        "diagnosis (all image keys, or all lesion ids)")
     unknown = [c for c in table.cases if c not in scored]
     if unknown:
         raise DataError(f"{table.where}: {len(unknown)} of {len(table.cases)} cases are not images of --data "
-                        f"(case ids are image keys under --data, e.g. {next(iter(scored), 'GIST/a.png')!r}): "
+                        f"(case ids are image keys under --data, e.g. {next(iter(scored), 'GIST/a.png')!r}, or "
+                        f"the manifest's lesion ids): "
                         f"{readers_file.first_few([repr(c) for c in unknown], ', ')}")
     stated = table.per_case("truth")
     for case, truth in stated.items():
@@ -114,6 +144,15 @@ def _study(table, kept: list[str], truth_of: dict, positive: str, classes: set) 
     return study_mod.Study(table.modalities, table.readers, tuple(kept), truth, ratings, calls, clusters)
 
 
+def _lesions_named_as_outputs(table, scored: dict, pseudo):
+    """The readers file names lesions as the manifest does; the run's outputs name them by their
+    pseudonyms (``l-<hmac>``, the run's key): a case that is no image key but whose pseudonym is a
+    lesion of the data set is renamed to it, so no raw lesion id reaches readers.json."""
+    renamed = {c: pseudo.lesion(c) for c in table.cases
+               if c not in scored and scored.get(pseudo.lesion(c), {}).get("unit") == "lesion"}
+    return table.renamed(renamed) if renamed else table
+
+
 def run(request: Request, cfg: Config) -> dict:
     """Analyse the study and write its documents; returns the readers.json content and its URI."""
     if request.covariance not in ("jackknife", "delong"):
@@ -131,12 +170,14 @@ def run(request: Request, cfg: Config) -> dict:
     model = None
     provenance: dict = {"run": None, "data": None, "excluded": None}
     if request.run:
-        report, scored, name = _scored(f"{out_uri.rstrip('/')}/{MODEL_EVALUATION}", request, cfg)
+        report, scored, name, pseudo = _scored(f"{out_uri.rstrip('/')}/{MODEL_EVALUATION}", request, cfg)
         positive, negative = report_mod.class_names(report)
+        table = _lesions_named_as_outputs(table, scored, pseudo)
         kept, excluded = _join(table, scored, positive)
         if len(kept) < 2:
             raise DataError(f"{table.where}: {len(kept)} case(s) left after leaving out development images")
         truth_of = {c: scored[c]["label"] for c in kept}
+        classes_of_run = report["config"]["data"].get("classes") or [positive, negative]  # a call may name any
         model = study_mod.Model(name, np.array([float(scored[c]["score"]) for c in kept]), _thresholds(report, name))
         ci_method, level = report["config"]["evaluate"]["ci_method"], report["config"]["evaluate"]["confidence_level"]
         provenance = {"run": redact(request.run), "data": redact(request.data), "excluded": excluded,
@@ -154,7 +195,8 @@ def run(request: Request, cfg: Config) -> dict:
                             f"study compares {positive} (data.positive_class) against one other class")
         negative = others[0] if others else negative
         kept, ci_method, level = list(table.cases), ev.ci_method, ev.confidence_level
-    study = _study(table, kept, truth_of, positive, {positive, negative})
+    known = set(classes_of_run) if request.run else {positive, negative}
+    study = _study(table, kept, truth_of, positive, known)
     if study.truth.min() == study.truth.max():
         raise DataError(f"{table.where}: every case is {positive if study.truth[0] else negative}: "
                         "a reader study needs cases of both classes")
