@@ -128,7 +128,8 @@ def tiny_data(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny-data")
     synth.write_dataset(LocalStore(root), 20, 20, 32, seed=1)
-    return root
+    # guarded (share_read_only) but left writable: tests copy it with shutil.copytree and change the copy
+    return share_read_only("tiny_data", root, chmod=False)
 
 
 def run_cli(*args, env=None, timeout=600, cwd=None) -> subprocess.CompletedProcess:
@@ -293,29 +294,84 @@ TINY_RUN = {"data.image_size": 32, "train.models": "resnet34", "train.batch_size
             "augmentation.mode": "none"}
 
 
+# ------------------------------------------------------------------ trained runs, shared read-only
+#
+# Each kind of tiny run is trained once per test session, here and nowhere else: the hold-out runs
+# (``tiny_runs``, ``exported_run``), the k-fold run (``kfold_run``), the leave-one-site-out run
+# (``site_run``) and the DICOM archive run (``dicom_run``). Their folders are read-only to the
+# tests that use them: their files are chmod 0444 (a write fails at once for a non-root user) and
+# their state (every path, size and mtime) is recorded, so a test that changes one fails in its
+# teardown, as root too, naming what changed. A test that must change a run copies it first
+# (``copy_run`` or ``copy_tree``). No fixture depends on the order the tests run in.
+
+_SHARED: dict[str, tuple[Path, dict]] = {}
+
+
+def _tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    state = {}
+    for path in root.rglob("*"):
+        st = path.lstat()
+        state[path.relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns) if path.is_file() else (-1, 0)
+    return state
+
+
+def share_read_only(name: str, root: Path, chmod: bool = True) -> Path:
+    """Freeze a session fixture's folder: its files read-only (``chmod``) and its state recorded (see above)."""
+    for path in root.rglob("*") if chmod else ():
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o444)
+    _SHARED[name] = (root, _tree_state(root))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _shared_runs_stay_unchanged():
+    """After each test: every shared fixture folder is as it was made, or the test fails naming it."""
+    yield
+    for name, (root, before) in list(_SHARED.items()):
+        after = _tree_state(root)
+        if after != before:
+            _SHARED[name] = (root, after)  # reported once, by the test that changed it
+            changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+            pytest.fail(f"this test changed the shared session fixture {name} ({root}): {', '.join(changed[:5])}"
+                        f"{' ...' if len(changed) > 5 else ''}; copy it first (copy_run or copy_tree in tests/conftest.py)")
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    """A writable copy of a shared run folder (modes not copied), without its resumable training
+    checkpoints (``checkpoint-epoch*.pt``, 255 MB each for ResNet-34), which no reader opens."""
+    import shutil
+
+    shutil.copytree(src, dst, copy_function=shutil.copyfile, ignore=shutil.ignore_patterns("checkpoint-epoch*.pt"))
+    return dst
+
+
 @pytest.fixture(scope="session")
 def tiny_runs(tiny_data, tmp_path_factory):
     """Two finished local runs of ``tiny_data`` (ResNet-34, 32 px, 1 epoch): ``a`` (seed 0) and
-    ``b`` (seed 1) under the returned folder. Tests copy what they change (``copy_run``)."""
+    ``b`` (seed 1) under the returned folder. Read-only: tests copy what they change (``copy_run``)."""
     from gistnet import config, pipeline
 
     out = tmp_path_factory.mktemp("tiny-runs")
     for run_id, seed in (("a", 0), ("b", 1)):
         pipeline.run(config.load_config(None, {"data.uri": str(tiny_data), "output.uri": str(out),
                                                "output.run_id": run_id, "train.seed": seed, **TINY_RUN}, environ={}))
-    return out
+    return share_read_only("tiny_runs", out)
 
 
 @pytest.fixture(scope="session")
 def exported_run(tiny_runs, tmp_path_factory):
-    """Run ``a`` of ``tiny_runs`` with ``resnet34/model.onnx`` exported; its folder."""
+    """A copy of run ``a`` of ``tiny_runs`` with ``resnet34/model.onnx`` exported; its folder
+    (named ``a``). Read-only. Exported into a copy, so ``tiny_runs`` stays the same whichever test
+    asks for which fixture first."""
     from gistnet.serving import export
     from gistnet.serving import trained
     from gistnet.config import StorageConfig
 
-    export.export_onnx(trained.open_run(str(tiny_runs / "a"), "best", StorageConfig()),
+    run = copy_tree(tiny_runs / "a", tmp_path_factory.mktemp("exported-run") / "a")
+    export.export_onnx(trained.open_run(str(run), "best", StorageConfig()),
                        str(tmp_path_factory.mktemp("export-scratch")))
-    return tiny_runs / "a"
+    return share_read_only("exported_run", run)
 
 
 def copy_run(src: Path, dst: Path, *extra: str) -> Path:
@@ -326,6 +382,84 @@ def copy_run(src: Path, dst: Path, *extra: str) -> Path:
         (dst / key).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / key, dst / key)
     return dst
+
+
+KFOLD_TRAIN_ARGS = ("--split", "kfold", "--folds", "2", "--models", "resnet34", "--epochs", "1", "--image-size", "32",
+                    "--batch-size", "16", "--augmentation", "none", "--device", "cpu")
+
+
+@pytest.fixture(scope="session")
+def kfold_run(tiny_data, tmp_path_factory):
+    """A finished 2-fold run of ``tiny_data`` (ResNet-34, 32 px, 1 epoch, run id ``kf``), trained as
+    the chart's fan-out trains one: two processes, same run id, ``--fold 0`` and ``--fold 1`` at once;
+    the last to finish writes the pooled report. Its folder; read-only."""
+    out = tmp_path_factory.mktemp("kfold-run")
+    args = [sys.executable, "-m", "gistnet", "train", "--data", str(tiny_data), "--output", str(out), "--run-id", "kf",
+            *KFOLD_TRAIN_ARGS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([*args, "--fold", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for i in (0, 1)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    return share_read_only("kfold_run", out / "kf")
+
+
+@pytest.fixture(scope="session")
+def site_data(tmp_path_factory):
+    """Three synthetic sites (A, B, C) at 32 px, 16 images each, with a manifest naming the site."""
+    from gistnet.data import synth
+    from gistnet.data.storage import LocalStore
+
+    root = tmp_path_factory.mktemp("site-data")
+    synth.write_sites(LocalStore(root), synth.sites(3, 0), 16, 32, seed=2)
+    return share_read_only("site_data", root)
+
+
+def site_config(data, out, **flags):
+    """The leave-one-site-out configuration of ``site_run`` (32 px, 1 epoch, ResNet-34, run id ``s``)."""
+    from gistnet import config
+
+    return config.load_config(None, {"data.uri": str(data), "output.uri": str(out), "output.run_id": "s",
+                                     "data.image_size": 32, "train.models": "resnet34", "train.batch_size": 8,
+                                     "train.epochs": 1, "augmentation.mode": "none", "explain.enabled": False,
+                                     "data.min_images_per_class": 2, "split.method": "site", **flags}, environ={})
+
+
+SITE_RUN_FLAGS = {"evaluate.subgroups": ["site"], "evaluate.min_subgroup": 20}
+
+
+@pytest.fixture(scope="session")
+def site_run(site_data, tmp_path_factory):
+    """A finished leave-one-site-out run of ``site_data`` (``site_config`` with ``SITE_RUN_FLAGS``):
+    the pipeline's outcome and the run's folder; read-only."""
+    from gistnet import pipeline
+
+    out = tmp_path_factory.mktemp("site-run")
+    outcome = pipeline.run(site_config(site_data, out, **SITE_RUN_FLAGS))
+    return outcome, share_read_only("site_run", out / "s")
+
+
+@pytest.fixture(scope="session")
+def dicom_run(tmp_path_factory):
+    """A mixed archive (DICOM of every kind and screenshot PNGs, 12 + 12 at 64 px, fake patients in
+    the headers and burned in) and one run trained on it (ResNet-34, 32 px, 1 epoch) with
+    data.pseudonymize_keys and a random pseudonym key. Returns ``data``, ``run`` (both read-only),
+    ``env`` (the environment it was trained in) and ``logs`` (its stdout and stderr)."""
+    from types import SimpleNamespace
+
+    tmp = tmp_path_factory.mktemp("dicom-run")
+    data, runs = tmp / "data", tmp / "runs"
+    made = run_cli("synth", "--format", "dicom", "--output", data, "--n-gist", 12, "--n-lm", 12, "--image-size", 64,
+                   "--seed", 0)
+    assert made.returncode == 0, made.stderr
+    env = {**os.environ, "GISTNET_DATA_PSEUDONYMIZE_KEYS": "true"}
+    env.pop("GISTNET_PSEUDONYM_KEY", None)
+    trained = run_cli("train", "--data", data, "--output", runs, "--run-id", "r", "--models", "resnet34", "--epochs", 1,
+                      "--image-size", 32, "--batch-size", 8, env=env)
+    assert trained.returncode == 0, trained.stderr
+    return SimpleNamespace(data=share_read_only("dicom_data", data), run=share_read_only("dicom_run", runs / "r"),
+                           env=env, logs=f"{trained.stderr}\n{trained.stdout}")
 
 
 def kubernetes_versions() -> list[str]:

@@ -15,6 +15,7 @@ from gistnet.evidence import predictions
 from gistnet.evidence import report
 from gistnet.observe.metrics import RunMetrics
 from gistnet.data.storage import LocalStore, sha256_file
+from tests.conftest import copy_tree
 
 pytestmark = pytest.mark.e2e
 
@@ -74,18 +75,23 @@ def test_run_writes_everything_and_a_valid_report(tiny_data, tmp_path):
     assert all(written[name] >= written["report.json"] for name in documents)
 
 
-def test_finished_run_is_a_no_op_unless_forced(tiny_data, tmp_path):
-    cfg = tiny_config(tiny_data, tmp_path, "r2", **{"train.epochs": 1, "augmentation.mode": "none",
-                                                     "explain.enabled": False})
-    first = pipeline.run(cfg)
-    assert "explain" not in first.report["models"]["resnet34"] and not list(tmp_path.glob("r2/gradcam-*"))
-    mtime = (tmp_path / "r2" / "report.json").stat().st_mtime_ns
+def test_finished_run_is_a_no_op_unless_forced(tiny_runs, tmp_path):
+    """A finished run (a copy of the session's ``tiny_runs`` run ``a``) run again with its own
+    configuration is a no-op; --force trains it again, here with explain.enabled false: no
+    Grad-CAM in its report or its folder."""
+    run = copy_tree(tiny_runs / "a", tmp_path / "a")
+    cfg = config.replace(config.load_config(run / "config.yaml", environ={}), output={"uri": str(tmp_path)})
+    first = json.loads((run / "report.json").read_text())
+    mtime = (run / "report.json").stat().st_mtime_ns
     again = pipeline.run(cfg)
-    assert again.already_complete and again.report == first.report
-    assert (tmp_path / "r2" / "report.json").stat().st_mtime_ns == mtime
-    forced = pipeline.run(config.replace(cfg, output={"force": True}))
+    assert again.already_complete and again.report == first
+    assert (run / "report.json").stat().st_mtime_ns == mtime
+    for gallery in run.glob("gradcam-*"):  # the first training's
+        gallery.unlink()
+    forced = pipeline.run(config.replace(cfg, output={"force": True}, explain={"enabled": False}))
     assert not forced.already_complete
-    assert (tmp_path / "r2" / "report.json").stat().st_mtime_ns != mtime
+    assert (run / "report.json").stat().st_mtime_ns != mtime
+    assert "explain" not in forced.report["models"]["resnet34"] and not list(run.glob("gradcam-*"))
 
 
 def test_resuming_with_a_different_config_is_refused(tiny_data, tmp_path):
@@ -251,21 +257,12 @@ def test_interrupted_run_resumes_to_identical_results(how, tiny_data, tmp_path, 
     assert strip(m["history"]) == strip(ref["history"])
 
 
-def test_folds_trained_by_concurrent_processes_pool_into_one_report(tiny_data, tmp_path, cli):
-    """Two processes, same --run-id, different --fold: neither overwrites the other; the last to
-    finish writes the complete report, and `gistnet aggregate` rewrites exactly the same bytes."""
-    import os
-
-    args = [sys.executable, "-m", "gistnet", "train", "--data", tiny_data, "--output", tmp_path, "--run-id", "kf",
-            "--split", "kfold", "--folds", "2", "--models", "resnet34", "--epochs", "1", "--image-size", "32",
-            "--batch-size", "16", "--augmentation", "none", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([*map(str, args), "--fold", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env) for i in (0, 1)]
-    for p in procs:
-        _, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err
-    run = tmp_path / "kf"
+def test_folds_trained_by_concurrent_processes_pool_into_one_report(kfold_run, tiny_data, tmp_path, cli):
+    """Two processes, same --run-id, different --fold (the session's ``kfold_run``, trained that
+    way in tests/conftest.py): neither overwrites the other; the last to finish writes the complete
+    report, and `gistnet aggregate` (on a copy: the shared run is read-only) rewrites exactly the
+    same bytes, but for the run's location."""
+    run = kfold_run
     rep = json.loads((run / "report.json").read_text())
     assert rep["status"] == "complete" and rep["evaluation"]["method"] == "kfold"
     assert [f["fold"] for f in rep["models"]["resnet34"]["folds"]] == [0, 1]
@@ -280,9 +277,16 @@ def test_folds_trained_by_concurrent_processes_pool_into_one_report(tiny_data, t
     assert rep["models"]["resnet34"]["explain"]["folds"] == [0, 1]
     assert (run / "report.html").is_file() and (run / "checklist.md").is_file()
     before = (run / "report.json").read_bytes()
+    run = copy_tree(kfold_run, tmp_path / "kf")  # aggregate rewrites the report: a copy of the shared run
     done = cli("aggregate", "--run", run)
     assert done.returncode == 0, done.stderr
-    assert (run / "report.json").read_bytes() == before
+
+    def located(blob: bytes) -> bytes:
+        """The run's location in the paths the report records made one: the copy's (in the documents
+        aggregate writes) and the original's (each fold's checkpoint, read from its result.json)."""
+        return blob.replace(str(run).encode(), b"<run>").replace(str(kfold_run).encode(), b"<run>")
+
+    assert located((run / "report.json").read_bytes()) == located(before)
 
 
 def test_fan_out_pairs_as_concurrent_processes_against_s3_and_a_killed_pair_reruns(bucket, s3_env, s3_client, cli):

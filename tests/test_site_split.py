@@ -1,4 +1,5 @@
-"""Leave-one-site-out end to end: 3 synthetic sites, 32 px, 1 epoch, ResNet-34."""
+"""Leave-one-site-out end to end: 3 synthetic sites, 32 px, 1 epoch, ResNet-34 (the session's
+``site_run`` and ``site_data`` in tests/conftest.py, read-only)."""
 
 import csv
 import json
@@ -6,32 +7,17 @@ import json
 import pytest
 
 from gistnet import config, pipeline
-from gistnet.data import synth
-from gistnet.data.storage import LocalStore
 from gistnet.errors import ConfigError
 from gistnet.evidence import report, sites
+from tests.conftest import site_config
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def site_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("site-data")
-    synth.write_sites(LocalStore(root), synth.sites(3, 0), 16, 32, seed=2)
-    return root
-
-
-def _config(data, out, **flags):
-    return config.load_config(None, {"data.uri": str(data), "output.uri": str(out), "output.run_id": "s",
-                                     "data.image_size": 32, "train.models": "resnet34", "train.batch_size": 8,
-                                     "train.epochs": 1, "augmentation.mode": "none", "explain.enabled": False,
-                                     "data.min_images_per_class": 2, "split.method": "site", **flags}, environ={})
-
-
-def test_leave_one_site_out_report_has_sites_heterogeneity_subgroups_and_decision_curve(site_data, tmp_path):
-    outcome = pipeline.run(_config(site_data, tmp_path, **{"evaluate.subgroups": ["site"],
-                                                           "evaluate.min_subgroup": 20}))
-    run = tmp_path / "s"
+def test_leave_one_site_out_report_has_sites_heterogeneity_subgroups_and_decision_curve(site_run):
+    outcome, run = site_run
+    trained_with = config.load_config(run / "config.yaml", environ={}).evaluate  # SITE_RUN_FLAGS
+    assert list(trained_with.subgroups) == ["site"] and trained_with.min_subgroup == 20
     rep = json.loads((run / "report.json").read_text())
     report.validate(rep)
     assert rep == outcome.report and rep["status"] == "complete"
@@ -72,7 +58,7 @@ def yaml_folds(run):
 
 def test_unknown_subgroup_column_is_refused_before_training(site_data, tmp_path):
     with pytest.raises(ConfigError) as caught:
-        pipeline.run(_config(site_data, tmp_path, **{"evaluate.subgroups": ["sex"]}))
+        pipeline.run(site_config(site_data, tmp_path, **{"evaluate.subgroups": ["sex"]}))
     assert "evaluate.subgroups: column(s) 'sex' not in" in str(caught.value)
     assert "manifest.csv (its covariate columns: site)" in str(caught.value)
     assert not (tmp_path / "s" / "config.yaml").exists()

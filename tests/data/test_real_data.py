@@ -8,7 +8,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import re
 import struct
 import zlib
@@ -62,11 +61,16 @@ def _leaks(root: Path, secrets: list[str], extra: str = "") -> list[str]:
 
 
 def _synth(cli, data: Path, seed: int, n: int) -> list[str]:
-    """A mixed archive; the strings that must never reach an output: every header value, the unkeyed
-    hashes of its patient ids, and the object keys' names (data.pseudonymize_keys)."""
+    """A mixed archive, and its secrets (``_secrets``)."""
     made = cli("synth", "--format", "dicom", "--output", data, "--n-gist", n, "--n-lm", n, "--image-size", 64,
                "--seed", seed)
     assert made.returncode == 0, made.stderr
+    return _secrets(data)
+
+
+def _secrets(data: Path) -> list[str]:
+    """The strings of a mixed archive that must never reach an output: every header value, the
+    unkeyed hashes of its patient ids, and the object keys' names (data.pseudonymize_keys)."""
     summary = json.loads((data / "synth.json").read_text())
     kinds = {r["kind"] for r in summary["images"]}
     assert kinds == {"dicom-mono", "dicom-jpeg-ybr422", "dicom-multiframe-rgb", "png-screenshot"}
@@ -78,22 +82,18 @@ def _synth(cli, data: Path, seed: int, n: int) -> list[str]:
     return secrets
 
 
-@pytest.fixture(scope="module")
-def archive_run(tmp_path_factory):
-    """One run trained on a mixed archive with data.pseudonymize_keys and a random pseudonym key."""
-    from tests.conftest import run_cli as cli
+@pytest.fixture
+def archive_run(dicom_run, tmp_path):
+    """The session's DICOM run (``dicom_run`` in tests/conftest.py: a mixed archive of 12 + 12, one
+    run with data.pseudonymize_keys and a random pseudonym key), as this module reads it: ``run``
+    the shared run itself (read-only), ``copy`` a writable copy of it (evaluate writes under
+    ``<run>/external/``), ``tmp`` this test's folder."""
+    from tests.conftest import copy_tree
 
-    tmp = tmp_path_factory.mktemp("real-data")
-    data, runs = tmp / "data", tmp / "runs"
-    secrets = _synth(cli, data, 0, 12)
-    env = {**os.environ, "GISTNET_DATA_PSEUDONYMIZE_KEYS": "true"}
-    env.pop("GISTNET_PSEUDONYM_KEY", None)
-    trained = cli("train", "--data", data, "--output", runs, "--run-id", "r", "--models", "resnet34", "--epochs", 1,
-                  "--image-size", 32, "--batch-size", 8, env=env)
-    assert trained.returncode == 0, trained.stderr
-    return SimpleNamespace(tmp=tmp, data=data, run=runs / "r", secrets=secrets, env=env,
-                           summary=json.loads((data / "synth.json").read_text()),
-                           logs=f"{trained.stderr}\n{trained.stdout}")
+    return SimpleNamespace(tmp=tmp_path, data=dicom_run.data, run=dicom_run.run, env=dicom_run.env,
+                           secrets=_secrets(dicom_run.data), logs=dicom_run.logs,
+                           summary=json.loads((dicom_run.data / "synth.json").read_text()),
+                           copy=lambda: copy_tree(dicom_run.run, tmp_path / "r"))
 
 
 def test_mixed_archive_trains_and_predicts_and_no_patient_data_leaves(cli, archive_run):
@@ -121,9 +121,10 @@ def test_mixed_archive_trains_and_predicts_and_no_patient_data_leaves(cli, archi
 def test_evaluate_on_a_second_archive_leaks_no_patient_data(cli, archive_run):
     external = archive_run.tmp / "site-b"
     secrets = archive_run.secrets + _synth(cli, external, 1, 6)
-    done = cli("evaluate", "--run", archive_run.run, "--data", external, env=archive_run.env)
+    run = archive_run.copy()
+    done = cli("evaluate", "--run", run, "--data", external, env=archive_run.env)
     assert done.returncode == 0, done.stderr
-    out = archive_run.run / "external" / "site-b"
+    out = run / "external" / "site-b"
     report = json.loads((out / "report.json").read_text())
     assert report["external"]["counts"]["evaluated"] == 12 and report["external"]["overlap"]["count"] == 0
     rows = list(csv.DictReader(io.StringIO((out / "predictions.csv").read_text())))
@@ -142,11 +143,12 @@ def test_evaluate_stopped_by_a_bad_file_in_an_mrn_folder_names_its_pseudonym(cli
 
     bad_set = archive_run.tmp / "bad-set"
     bad = _images(LocalStore(bad_set), "roi")
-    done = cli("evaluate", "--run", archive_run.run, "--data", bad_set, env=archive_run.env)
+    run = archive_run.copy()
+    done = cli("evaluate", "--run", run, "--data", bad_set, env=archive_run.env)
     assert done.returncode == 4 and "Traceback" not in done.stderr, done.stderr
     assert "is not inside the 80x60 image" in done.stderr and HINT in done.stderr
     assert MRN not in done.stdout + done.stderr
-    out = archive_run.run / "external" / "bad-set"
+    out = run / "external" / "bad-set"
     assert not (out / "report.json").exists()
     mapping = json.loads((out / "private" / "keys.json").read_text())
     assert next(k for k, v in mapping.items() if v == bad) in done.stderr

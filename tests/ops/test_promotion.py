@@ -3,7 +3,6 @@ conditional write, and the gate's bad inputs through the CLI."""
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from gistnet.data import fingerprint
 from gistnet.data.storage import LocalStore, open_store
 from gistnet.errors import EXIT_MODEL, EXIT_REFUSED, EXIT_STORAGE, PreconditionFailed
 from gistnet.ops import promotion
-from tests.conftest import one_line_error
+from tests.conftest import copy_tree, one_line_error
 from tests.mlflowserver import mlflow_server  # noqa: F401 - fixture
 
 
@@ -187,7 +186,7 @@ def test_a_promotion_set_that_overlaps_training_is_refused_with_the_count(cli, t
     import yaml
 
     run = tmp_path / "a"
-    shutil.copytree(Path(tiny_runs) / "a", run)
+    copy_tree(Path(tiny_runs) / "a", run)
     data = yaml.safe_load((run / "config.yaml").read_text())["data"]["uri"]
     done = cli("promote", "--run", run, "--registry", tmp_path / "registry", "--data", data)
     one_line_error(done, EXIT_REFUSED, "shares 40 images with the challenger's development data")
@@ -199,7 +198,7 @@ def test_a_promotion_set_that_overlaps_training_is_refused_with_the_count(cli, t
 @pytest.mark.e2e
 def test_first_run_promoted_then_pointer_used_by_predict(cli, tiny_runs, tmp_path):
     run = tmp_path / "a"
-    shutil.copytree(Path(tiny_runs) / "a", run)
+    copy_tree(Path(tiny_runs) / "a", run)
     registry, data = tmp_path / "registry", _promotion_set(tmp_path)
     done = cli("promote", "--run", run, "--registry", registry, "--data", data)
     assert done.returncode == 0, done.stderr
@@ -271,7 +270,7 @@ def test_promote_refuses_a_champion_whose_run_changed_after_its_promotion(tiny_r
     from gistnet.errors import ModelError
 
     challenger = tmp_path / "b"
-    shutil.copytree(Path(tiny_runs) / "b", challenger)
+    copy_tree(Path(tiny_runs) / "b", challenger)
     registry = tmp_path / "registry"
     registry.mkdir()
     pointer = json.dumps({"run_uri": str(Path(tiny_runs) / "a"), "model": "resnet34", "sha256": "0" * 64, "run_id": "a"})
@@ -295,7 +294,7 @@ def test_promote_with_a_champion_run_that_is_gone_names_production_json(tiny_run
     from gistnet.errors import ModelError
 
     challenger = tmp_path / "b"
-    shutil.copytree(Path(tiny_runs) / "b", challenger)
+    copy_tree(Path(tiny_runs) / "b", challenger)
     registry = tmp_path / "registry"
     registry.mkdir()
     gone = tmp_path / "deleted-run"
@@ -334,7 +333,7 @@ def test_required_tracking_down_at_promote_time_leaves_production_unchanged(tiny
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     run = tmp_path / "a"
-    shutil.copytree(Path(tiny_runs) / "a", run)
+    copy_tree(Path(tiny_runs) / "a", run)
     report = json.loads((run / "report.json").read_text())  # as a tracked run records its registered model
     report["tracking"] = {"models": {"resnet34": {"name": "gistnet-resnet34", "version": "1"}}}
     (run / "report.json").write_text(json.dumps(report))
@@ -374,7 +373,7 @@ def test_a_complete_run_whose_promotion_was_not_decided_runs_the_gate_on_re_run(
     retry runs the gate instead of "already complete; nothing to do", and a decided one is a no-op."""
     from gistnet import pipeline
 
-    shutil.copytree(Path(tiny_runs) / "a", tmp_path / "out" / "a")
+    copy_tree(Path(tiny_runs) / "a", tmp_path / "out" / "a")
     registry = tmp_path / "registry"
     cfg = _tiny_config(tiny_runs, tmp_path / "out", **{"promotion.registry": str(registry), "train.device": "cpu",
                                                        "promotion.data": str(_promotion_set(tmp_path))})
@@ -395,7 +394,7 @@ def test_a_finished_run_re_run_with_other_flags_says_the_configuration_differs(t
     from gistnet import pipeline
     from gistnet.errors import EXIT_CONFIG, ConfigError
 
-    shutil.copytree(Path(tiny_runs) / "a", tmp_path / "a")
+    copy_tree(Path(tiny_runs) / "a", tmp_path / "a")
     with pytest.raises(ConfigError) as refused:
         pipeline.run(_tiny_config(tiny_runs, tmp_path, **{"train.epochs": 2}))
     assert "is already complete with a different configuration (train)" in str(refused.value)
@@ -417,7 +416,7 @@ def test_an_unreachable_registry_bucket_is_exit_5(cli, s3_env, tmp_path):
 
 def _tracked_copy(src: Path, dst: Path, registered: str, version: str, mlflow_run_id: str) -> Path:
     """A copy of a finished run whose report.json says its model is ``registered`` ``version`` in MLflow."""
-    shutil.copytree(src, dst)
+    copy_tree(src, dst)
     report = json.loads((dst / "report.json").read_text())
     report["tracking"] = {"status": "logged", "mlflow_run_id": mlflow_run_id,
                           "models": {"resnet34": {"name": registered, "version": version}}}

@@ -1,6 +1,7 @@
 """A k-fold run used by predict and export (issue 21): its fold models score as one ensemble, the
 mean of their logit margins, the way ``gistnet evaluate`` scores it; every fold's weights are
-checked. One 2-fold run of ``tiny_data`` (ResNet-34, 32 px, 1 epoch) serves the module."""
+checked. The session's 2-fold run of ``tiny_data`` (``kfold_run`` in tests/conftest.py: ResNet-34,
+32 px, 1 epoch) serves the module, read-only."""
 
 import csv
 import io
@@ -11,26 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from gistnet import config, errors, models, pipeline
+from gistnet import errors, models
 from gistnet.config import load_config
 from gistnet.data import dataset, synth
 from gistnet.data.storage import LocalStore, sha256_file
 from gistnet.serving import export, predict, trained
-from tests.conftest import TINY_RUN
+from tests.conftest import copy_tree
 
 pytestmark = pytest.mark.e2e
 
 CFG = load_config(None, environ={})
 OWN = ("GIST/gist_0002.png", "LM/lm_0005.png")  # two of the run's own images, copied into the new data
-
-
-@pytest.fixture(scope="module")
-def kfold_run(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("kfold-run")
-    pipeline.run(config.load_config(None, {"data.uri": str(tiny_data), "output.uri": str(out), "output.run_id": "kf",
-                                           **TINY_RUN, "split.method": "kfold", "split.folds": 2,
-                                           "explain.enabled": False}, environ={}))
-    return out / "kf"
 
 
 @pytest.fixture(scope="module")
@@ -104,13 +96,14 @@ def test_predict_scores_with_the_mean_fold_margin_and_says_so(kfold_run, new_dat
 
 def test_export_writes_one_onnx_ensemble_that_predict_verifies_and_agrees_with_torch(kfold_run, new_data,
                                                                                      torch_predictions, tmp_path):
-    model = trained.open_run(str(kfold_run), "best", CFG.storage)
+    run = copy_tree(kfold_run, tmp_path / "kf")  # export writes into the run
+    model = trained.open_run(str(run), "best", CFG.storage)
     sidecar = export.export_onnx(model, str(tmp_path))
-    assert (kfold_run / "resnet34" / "model.onnx").exists() and sidecar["check"]["max_abs_difference_vs_torch"] <= \
+    assert (run / "resnet34" / "model.onnx").exists() and sidecar["check"]["max_abs_difference_vs_torch"] <= \
         export.TOLERANCE
     assert [m["sha256"] for m in sidecar["members"]] == [w["sha256"] for w in torch_predictions[0]["weights"]]
     assert sidecar["weights_sha256"] == model.sha256 == torch_predictions[0]["weights_sha256"]
-    predict.run(predict.Request(run=str(kfold_run), data=str(new_data), output=str(tmp_path / "onnx"), engine="onnx"),
+    predict.run(predict.Request(run=str(run), data=str(new_data), output=str(tmp_path / "onnx"), engine="onnx"),
                 CFG, scratch=str(tmp_path))
     onnx_result = json.loads((tmp_path / "onnx" / "predictions.json").read_text())
     assert onnx_result["onnx_sha256"] == sidecar["sha256"] and onnx_result["scoring"] == torch_predictions[0]["scoring"]

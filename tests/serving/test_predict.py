@@ -26,17 +26,24 @@ def _recorded_probabilities(run_csv: str, model: str) -> dict[str, float]:
     return {r["key"]: float(r["probability"]) for r in _csv_rows(run_csv) if r["model"] == model}
 
 
-def test_predict_over_s3_reproduces_the_runs_validation_probabilities(cli, bucket, s3_client, s3_env, tmp_path):
+def _upload(s3_client, bucket: str, root, prefix: str) -> None:
+    """A local folder's files under ``prefix`` (a run's resumable checkpoints left out: predict never reads them)."""
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.name.startswith("checkpoint-epoch"):
+            s3_client.put_object(Bucket=bucket, Key=f"{prefix}/{path.relative_to(root).as_posix()}",
+                                 Body=path.read_bytes())
+
+
+def test_predict_over_s3_reproduces_the_runs_validation_probabilities(cli, bucket, s3_client, s3_env, tiny_runs,
+                                                                       tiny_data, tmp_path):
+    """The session's run ``a`` and its data, in a bucket (training over S3: test_cli.py)."""
     from gistnet.data import synth
 
     get = lambda key: s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()  # noqa: E731
-    data, runs = f"s3://{bucket}/data", f"s3://{bucket}/runs"
-    assert cli("synth", "--output", data, "--n-gist", 16, "--n-lm", 16, "--image-size", 32, env=s3_env).returncode == 0
-    trained = cli("train", "--data", data, "--output", runs, "--run-id", "p", "--models", "resnet34", "--epochs", 1,
-                  "--image-size", 32, "--batch-size", 16, "--augmentation", "none", env=s3_env)
-    assert trained.returncode == 0, trained.stderr
-    run = f"{runs}/p"
-    report = json.loads(get("runs/p/report.json"))
+    _upload(s3_client, bucket, tiny_data, "data")
+    _upload(s3_client, bucket, tiny_runs / "a", "runs/a")
+    data, run = f"s3://{bucket}/data", f"s3://{bucket}/runs/a"
+    report = json.loads(get("runs/a/report.json"))
 
     # the run's own images, class folders present: labels come out; the metrics are not an evaluation
     own = cli("predict", "--run", run, "--data", data, "--output", f"s3://{bucket}/scored/own",
@@ -44,24 +51,24 @@ def test_predict_over_s3_reproduces_the_runs_validation_probabilities(cli, bucke
     assert own.returncode == 0, own.stderr
     assert own.stdout.strip() == f"s3://{bucket}/scored/own/predictions.json"
     scored = {r["key"]: r for r in _csv_rows(get("scored/own/predictions.csv").decode())}
-    assert len(scored) == 32
-    recorded = _recorded_probabilities(get("runs/p/predictions.csv").decode(), "resnet34")
-    val_keys = json.loads(get("runs/p/split.json"))["val"]
+    assert len(scored) == 40
+    recorded = _recorded_probabilities(get("runs/a/predictions.csv").decode(), "resnet34")
+    val_keys = json.loads(get("runs/a/split.json"))["val"]
     assert sorted(recorded) == sorted(val_keys)
     difference = max(abs(float(scored[k]["probability"]) - recorded[k]) for k in val_keys)
     assert difference <= 1e-6, difference
     result = json.loads(get("scored/own/predictions.json"))
     sha = report["models"]["resnet34"]["checkpoint"]["sha256"]
     identity = (result["run_id"], result["model"], result["weights_sha256"], result["threshold"])
-    assert identity == ("p", "resnet34", sha, 0.5)
-    assert result["evaluation"] is None and result["counts"]["development"] == 32
-    assert result["evaluation_note"].startswith("n/a: all 32 labelled images are the run's development images")
+    assert identity == ("a", "resnet34", sha, 0.5)
+    assert result["evaluation"] is None and result["counts"]["development"] == 40
+    assert result["evaluation_note"].startswith("n/a: all 40 labelled images are the run's development images")
     apart = result["development_evaluation"]
-    assert apart["counts"] == {"GIST": 16, "LM": 16} and apart["note"].startswith("NOT AN EVALUATION")
-    assert sum(apart["confusion_matrix"].values()) == 32
+    assert apart["counts"] == {"GIST": 20, "LM": 20} and apart["note"].startswith("NOT AN EVALUATION")
+    assert sum(apart["confusion_matrix"].values()) == 40
     assert apart["ci_method"] == "wilson" and "ci_low" in apart["metrics"]["sensitivity"]
     row = scored[val_keys[0]]
-    assert (row["model"], row["weights_sha256"], row["run_id"]) == ("resnet34", sha, "p")
+    assert (row["model"], row["weights_sha256"], row["run_id"]) == ("resnet34", sha, "a")
     assert row["label"] == val_keys[0].split("/")[0]
     assert row["call"] == ("GIST" if float(row["probability"]) >= 0.5 else "LM")
 
