@@ -216,8 +216,8 @@ def test_write_classes_manifest_lesions_and_patients(tmp_path):
     assert all((tmp_path / "d" / r.path).exists() and r.path.startswith(f"{r.label}/") for r in rows)
     lesions, patients = {}, {}
     for r in rows:
-        lesions.setdefault(r.covariates["lesion_id"], []).append(r)
-        patients.setdefault(r.patient_id, set()).add(r.covariates["lesion_id"])
+        lesions.setdefault(r.lesion_id, []).append(r)
+        patients.setdefault(r.patient_id, set()).add(r.lesion_id)
     for lesion_id, images in lesions.items():  # one label and one patient per lesion
         assert len({r.label for r in images}) == 1 and len({r.patient_id for r in images}) == 1
         assert 1 <= len(images) <= sc.FRAMES[1]
