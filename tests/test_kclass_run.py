@@ -74,6 +74,7 @@ def test_documents_show_the_confusion_matrix_and_both_units(k3_run):
     assert "| true \\ predicted | LM | NET | GIST |" in md and "| | by image | by lesion |" in md
     html = (k3_run / "report.html").read_text()
     assert "true \\ predicted" in html and "by lesion" in html
+    assert "| PPV | NPV | calibration intercept | calibration slope |" in md and "<th>calibration slope</th>" in html
     assert (k3_run / "confusion.png").read_bytes()[:4] == b"\x89PNG"
     assert "the clinical endpoint GIST against every other class (LM, NET)" in (k3_run / "checklist.md").read_text()
     card = (k3_run / "resnet34" / "model_card.md").read_text()

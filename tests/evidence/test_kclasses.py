@@ -7,6 +7,7 @@ import csv
 import io
 
 import numpy as np
+import pytest
 from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, confusion_matrix, roc_auc_score
 
 from gistnet.evidence import kclasses, multiclass, predictions
@@ -117,3 +118,37 @@ def test_the_checklist_states_the_outcome_for_two_and_for_k_classes():
     assert text.startswith("the clinical endpoint GIST against every other class (LM, NET): P(GIST) is the softmax "
                            "mass of GIST over 3 classes")
     assert "also by lesion" in text
+
+
+def test_two_models_multi_class_calls_are_compared_by_mcnemar_on_the_most_probable_class():
+    """Issue 27: the paired comparison adds McNemar on the multi-class calls (K > 2), beside the
+    endpoint's; recomputed from a hand-built 2 x 2 table with statsmodels' exact test."""
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    from gistnet import config
+    from gistnet.evidence import aggregate
+
+    head = ("LM", "NET", "GIST")
+    rng = np.random.default_rng(3)
+    n = 60
+    truth = rng.integers(0, 3, n)
+    pooled = {}
+    for name, skill in (("resnet34", 2.5), ("resnet50", 0.8)):
+        logits = rng.normal(size=(n, 3)) + skill * np.eye(3)[truth]
+        rows = predictions.rows([f"k{i:03d}" for i in range(n)], [""] * n, truth,
+                                ("GIST", "other"), None, name, np.zeros(n), np.zeros(n), logits, head)
+        right = kclasses.called_right(rows)
+        assert right.tolist() == (logits.argmax(axis=1) == truth).tolist()
+        probs = multiclass.probabilities(logits)[:, 2]
+        pooled[name] = aggregate.Pooled([r.key for r in rows], (truth == 2).astype(int), probs,
+                                        np.log(probs / (1 - probs)), np.full(n, 0.5), [""] * n, class_correct=right)
+    cfg = config.load_config(None, {"data.classes": "GIST,LM,NET"}, environ={})
+    section = aggregate._comparison(["resnet34", "resnet50"], pooled, cfg)
+    a, b = pooled["resnet34"].class_correct, pooled["resnet50"].class_correct
+    table = [[int((a & b).sum()), int((a & ~b).sum())], [int((~a & b).sum()), int((~a & ~b).sum())]]
+    got = section["mcnemar_multiclass"]
+    assert (got["only_first_correct"], got["only_second_correct"]) == (table[0][1], table[1][0])
+    assert got["p"] == pytest.approx(mcnemar(table, exact=True).pvalue)
+    assert any("multi-class accuracy" in line for line in section["interpretation"])
+    two = config.load_config(None, {}, environ={})  # two classes: the endpoint's McNemar is the multi-class one
+    assert "mcnemar_multiclass" not in aggregate._comparison(["resnet34", "resnet50"], pooled, two)

@@ -41,6 +41,7 @@ class Pooled:
     youden: np.ndarray  # the threshold of the fold each image was validated in
     clusters: list[str]  # patient id per image ("" without one): intervals cluster by patient
     lesions: list | None = None  # kclasses.sections' lesion table, when the rows have p_<class> columns
+    class_correct: np.ndarray | None = None  # with p_<class> columns: is the most probable class the true one
 
 
 def _pool(rows_by_unit: dict[Unit, list], results: dict[Unit, dict], positive: str) -> Pooled:
@@ -48,7 +49,8 @@ def _pool(rows_by_unit: dict[Unit, list], results: dict[Unit, dict], positive: s
     rows.sort(key=lambda pair: pair[0].key)
     return Pooled([r.key for r, _ in rows], np.array([r.label == positive for r, _ in rows], int),
                   np.array([r.probability for r, _ in rows]), np.array([r.score for r, _ in rows]),
-                  np.array([t for _, t in rows]), [r.patient_id for r, _ in rows])
+                  np.array([t for _, t in rows]), [r.patient_id for r, _ in rows],
+                  class_correct=kclasses.called_right([r for r, _ in rows]))
 
 
 def _thresholds(pooled: Pooled, primary: dict, config: Config, kfold: bool) -> dict:
@@ -117,8 +119,10 @@ def _comparison(names: list[str], pooled: dict[str, Pooled], config: Config) -> 
     if first.keys != second.keys:
         return None  # not the same images yet (a missing unit): no paired comparison
     correct = tuple((p.probabilities >= 0.5).astype(int) == p.labels for p in (first, second))
+    multi = len(config.data.head_classes) > 2 and first.class_correct is not None and second.class_correct is not None
     return compare.compare((names[0], names[1]), first.labels, (first.scores, second.scores), correct,
-                           config.evaluate.confidence_level, config.train.seed, clusters=first.clusters)
+                           config.evaluate.confidence_level, config.train.seed, clusters=first.clusters,
+                           correct_class=(first.class_correct, second.class_correct) if multi else None)
 
 
 def load_finished(out: Store, expected: list[Unit]) -> tuple[dict, dict]:

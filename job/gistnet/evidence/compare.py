@@ -188,15 +188,17 @@ def interpretation(first: str, second: str, p: float | None, alpha: float, what:
 
 
 def compare(names: tuple[str, str], labels, scores: tuple, correct: tuple, level: float, seed: int,
-            clusters=None) -> dict:
+            clusters=None, correct_class: tuple | None = None) -> dict:
     """The report's ``comparison`` section for two models scored on the same images (clustered
-    by patient with ``clusters`` when a patient has several images)."""
+    by patient with ``clusters`` when a patient has several images). ``correct_class``: with K > 2
+    classes, whether each model's most probable class is the true one; McNemar on those is added
+    as ``mcnemar_multiclass`` (issue 27: multi-class accuracy compared, clustered)."""
     first, second = names
     test = delong_test(scores[0], scores[1], labels, clusters)
     alpha = 1 - level
     paired = mcnemar_test(correct[0], correct[1], clusters)
     auc_name = "ROC AUC (DeLong)" if test["method"] == "delong" else "ROC AUC (DeLong, clustered: Obuchowski)"
-    return {
+    section = {
         "models": [first, second],
         "n_images": int(len(labels)),
         "unit_of_analysis": clustered.unit_of_analysis(clusters, len(labels)),
@@ -210,3 +212,9 @@ def compare(names: tuple[str, str], labels, scores: tuple, correct: tuple, level
                            f"accuracy at the 0.5 threshold (McNemar, {paired['method']})"),
         ],
     }
+    if correct_class is not None:
+        multi = mcnemar_test(correct_class[0], correct_class[1], clusters)
+        section["mcnemar_multiclass"] = multi
+        section["interpretation"].append(interpretation(first, second, multi["p"], alpha,
+                                                        f"multi-class accuracy (McNemar, {multi['method']})"))
+    return section

@@ -33,6 +33,13 @@ def logits_of(rows, head: tuple[str, ...]) -> np.ndarray:
     return np.log(np.clip(p, 1e-300, None))
 
 
+def called_right(rows) -> np.ndarray | None:
+    """Per row: is the most probable class (``p_<class>`` columns) the row's label; None without them."""
+    if not rows or not all(r.class_probabilities for r in rows):
+        return None
+    return np.array([max(r.class_probabilities, key=lambda pair: pair[1])[0] == r.label for r in rows])
+
+
 def sections(rows, head: tuple[str, ...], ci_method: str, level: float, seed: int = 0) -> tuple[dict, dict, list]:
     """(``multiclass``, ``by_lesion``, lesion table rows) of one model's rows (each with ``p_<class>``).
 
@@ -95,10 +102,18 @@ def _value(entry) -> str:
         if value is None:
             return "n/a"
         if low is None or high is None:
-            return f"{value:.3f}"
+            return f"{value:.3f} (interval n/a)"
         joint = " to " if low < 0 else "-"  # "-0.044-0.357" would read as a range of negatives
         return f"{value:.3f} ({low:.3f}{joint}{high:.3f})"
     return "n/a" if entry is None else f"{entry:.3f}"
+
+
+def _class_row(name: str, mc: dict) -> str:
+    row = mc["per_class"][name]
+    cal = row.get("calibration") or {}
+    return (f"| {name} | {row.get('images', 'n/a')} | {_value(mc['auc_ovr'][name])} | "
+            + " | ".join(_value(row[m]) for m in ("sensitivity", "specificity", "ppv", "npv"))
+            + f" | {_value(cal.get('intercept'))} | {_value(cal.get('slope'))} |")
 
 
 def markdown(report: dict) -> str:
@@ -117,9 +132,11 @@ def markdown(report: dict) -> str:
         lines += ["", f"Accuracy {_value(mc['accuracy'])}, balanced accuracy {_value(mc['balanced_accuracy'])}, "
                       f"Cohen's kappa (unweighted: the classes are not ordered) {_value(mc['kappa'])}, "
                       f"macro one-vs-rest AUC {_value(mc['macro_auc'])}, multi-class Brier {mc['brier']:.3f}.", "",
-                  "| class | one-vs-rest AUC | sensitivity | specificity |", "| --- | --- | --- | --- |"]
-        lines += [f"| {c} | {_value(mc['auc_ovr'][c])} | {_value(mc['per_class'][c]['sensitivity'])} | "
-                  f"{_value(mc['per_class'][c]['specificity'])} |" for c in classes]
+                  "| class | images | one-vs-rest AUC | sensitivity | specificity | PPV | NPV | calibration "
+                  "intercept | calibration slope |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [_class_row(c, mc) for c in classes]
+        lines += ["", "One-vs-rest: each class against every other; calibration of P(class) on its logit "
+                      "(calibration-in-the-large and slope, Van Calster 2016)."]
         if bl:
             lines += ["", f"The endpoint by image and by lesion ({bl['lesions']} lesions from {bl['images']} images, "
                           f"lesion ids from {bl['lesion_ids_from']}; {bl['rule']}; {bl['threshold_note']}):", "",

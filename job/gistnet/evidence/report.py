@@ -280,7 +280,13 @@ def _comparison_lines(c: dict | None) -> list[str]:
              f"| DeLong's test ({d.get('method', 'delong')}) | z {_num(d['z'], '.2f')}, p {_num(d['p'], '.3g')}"
              + (f" ({d['note']})" if d.get("note") else "") + " |",
              f"| McNemar's test, {mc.get('method', 'exact (binomial)')} (0.5 threshold) | {mc['only_first_correct']} "
-             f"images only {first} got right, {mc['only_second_correct']} only {second}; p {mc['p']:.3g} |", ""]
+             f"images only {first} got right, {mc['only_second_correct']} only {second}; p {mc['p']:.3g} |"]
+    if c.get("mcnemar_multiclass"):
+        m = c["mcnemar_multiclass"]
+        lines.append(f"| McNemar's test on the multi-class call, {m.get('method', 'exact (binomial)')} (most probable "
+                     f"class) | {m['only_first_correct']} images only {first} got right, {m['only_second_correct']} "
+                     f"only {second}; p {m['p']:.3g} |")
+    lines.append("")
     return lines + [f"- {text}" for text in c["interpretation"]] + [""]
 
 

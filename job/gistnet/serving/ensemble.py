@@ -139,11 +139,18 @@ class EnsembleScorer(torch.nn.Module):
 
     @torch.no_grad()
     def margins_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The mean of the members' margins (N) and of their logits (N x K), in one pass."""
+        """The ensemble's endpoint margin (N) and the mean of the members' logits (N x K), in one pass.
+
+        Two classes: the mean of the members' margins (logit_1 - logit_0), as always. K > 2: the
+        endpoint margin of the mean logits, the score ``predict`` and the exported ONNX graph give
+        (the margin is not linear in the logits there, so a mean of margins would rank differently)."""
         x = self.preprocess(images)
         margins, all_logits = [], []
         for network in self.networks:
             logits = network(x).float()
-            margins.append(evaluate.endpoint_scores(logits)[1])  # two classes: logit_1 - logit_0, as always
+            margins.append(evaluate.endpoint_scores(logits)[1])
             all_logits.append(logits)
-        return torch.stack(margins).mean(dim=0), torch.stack(all_logits).mean(dim=0)
+        mean = torch.stack(all_logits).mean(dim=0)
+        if mean.shape[1] > 2:
+            return evaluate.endpoint_scores(mean)[1], mean
+        return torch.stack(margins).mean(dim=0), mean

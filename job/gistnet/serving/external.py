@@ -280,7 +280,7 @@ def evaluate_external(request: Request, cfg: Config, metrics: PredictMetrics, st
         section["multiclass"], section["by_lesion"], lesion_tables[model.name] = kclasses.sections(rows, head, ev.ci_method,
                                                                          ev.confidence_level, run_cfg.train.seed)
         pooled[model.name] = _Pooled([i.key for i, k in zip(images.items, keep) if k], labels, 1 / (1 + np.exp(-m)), m,
-                                     clusters)
+                                     clusters, kclasses.called_right(rows) if len(head) > 2 else None)
     site_count = len({covariates.get(k, {}).get("site", "") for k in pooled[names[0]].keys} - {""})
     dc = sections.add(sections_by, pooled, ev, covariates, with_sites=site_count >= 2)
     comparison = _comparison(names, pooled, ev, run_cfg.train.seed, clusters)
@@ -317,6 +317,7 @@ class _Pooled:
     probabilities: np.ndarray
     scores: np.ndarray
     clusters: list  # patient id per image ("" without one)
+    class_correct: np.ndarray | None = None  # K > 2: is the most probable class the true one
 
 
 def _comparison(names, pooled, ev, seed: int, clusters) -> dict | None:
@@ -324,8 +325,9 @@ def _comparison(names, pooled, ev, seed: int, clusters) -> dict | None:
         return None
     a, b = pooled[names[0]], pooled[names[1]]
     correct = tuple((p.probabilities >= 0.5).astype(int) == p.labels for p in (a, b))
+    multi = a.class_correct is not None and b.class_correct is not None
     return compare.compare((names[0], names[1]), a.labels, (a.scores, b.scores), correct, ev.confidence_level, seed,
-                           clusters=clusters)
+                           clusters=clusters, correct_class=(a.class_correct, b.class_correct) if multi else None)
 
 
 def _document(request, name, rep, run_cfg, data, out, images, unusable, overlap, reasons, models, comparison, dc,
