@@ -89,9 +89,9 @@ def list_labeled(store: Store, cfg: DataConfig, pseudo: Pseudonymizer | None = N
     ``pseudo`` (data.pseudonymize_keys) logs and errors name keys by their pseudonyms."""
     keys, unsafe = _listed(store)
     labeled, unsafe = _labeled(store, keys, unsafe, cfg, require_both_classes=True, pseudo=pseudo)
+    counts = {name: sum(1 for x in labeled if x.label == i) for i, name in enumerate(cfg.head_classes)}
     log.debug("listing %s: %d objects, %d labeled images (%s), %d unsafe keys skipped", store.uri,
-              len(keys), len(labeled), ", ".join(f"{sum(1 for x in labeled if x.label == i)} {name}"
-                                                 for i, name in enumerate(cfg.head_classes)), len(unsafe))
+              len(keys), len(labeled), ", ".join(f"{counts[name]} {name}" for name in cfg.classes), len(unsafe))
     return labeled, unsafe
 
 

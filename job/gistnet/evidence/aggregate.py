@@ -178,7 +178,8 @@ def _aggregate_once(out: Store, config: Config, run_id: str, scratch: str):
     tables = {name: p.lesions for name, p in pooled.items() if p.lesions is not None}
     if tables:
         out.write_bytes(kclasses.LESIONS_FILE, kclasses.lesions_csv(tables))
-        out.upload_drawn("confusion.png", lambda path: kclasses.confusion_figure(models, path), scratch)
+        if len(config.data.head_classes) > 2:  # two classes: the report's 2 x 2 table says it all, as before
+            out.upload_drawn("confusion.png", lambda path: kclasses.confusion_figure(models, path), scratch)
         artifacts.update({"lesions": out.uri_of(kclasses.LESIONS_FILE)})
     first = next(u for u in expected if u in results)
     figures = {name: key for name, key in _figure_keys(expected, results, first).items() if out.exists(key)}

@@ -124,6 +124,9 @@ def markdown(report: dict) -> str:
         if not mc:
             continue
         classes = mc["classes"]
+        if len(classes) == 2:  # the endpoint is the classification: only the by-lesion column is new
+            lines += [f"## {name}: by image and by lesion", ""] + (_lesion_lines(m, bl) if bl else []) + [""]
+            continue
         lines += [f"## {name}: the {len(classes)} classes", "",
                   "Confusion matrix (rows: true class, columns: predicted, the most probable class):", "",
                   "| true \\ predicted | " + " | ".join(classes) + " |",
@@ -138,14 +141,18 @@ def markdown(report: dict) -> str:
         lines += ["", "One-vs-rest: each class against every other; calibration of P(class) on its logit "
                       "(calibration-in-the-large and slope, Van Calster 2016)."]
         if bl:
-            lines += ["", f"The endpoint by image and by lesion ({bl['lesions']} lesions from {bl['images']} images, "
-                          f"lesion ids from {bl['lesion_ids_from']}; {bl['rule']}; {bl['threshold_note']}):", "",
-                      "| | by image | by lesion |", "| --- | --- | --- |",
-                      f"| ROC AUC | {_value(m['roc_auc'])} | {_value(bl['roc_auc'])} |"]
-            lines += [f"| {metric} | {_value(m['metrics'][metric])} | {_value(bl['metrics'][metric])} |"
-                      for metric in ("accuracy", "sensitivity", "specificity", "ppv", "npv")]
+            lines += [""] + _lesion_lines(m, bl)
         lines.append("")
     return "\n".join(lines)
+
+
+def _lesion_lines(m: dict, bl: dict) -> list[str]:
+    lines = [f"The endpoint by image and by lesion ({bl['lesions']} lesions from {bl['images']} images, "
+             f"lesion ids from {bl['lesion_ids_from']}; {bl['rule']}; {bl['threshold_note']}):", "",
+             "| | by image | by lesion |", "| --- | --- | --- |",
+             f"| ROC AUC | {_value(m['roc_auc'])} | {_value(bl['roc_auc'])} |"]
+    return lines + [f"| {metric} | {_value(m['metrics'][metric])} | {_value(bl['metrics'][metric])} |"
+                    for metric in ("accuracy", "sensitivity", "specificity", "ppv", "npv")]
 
 
 def confusion_figure(models: dict, path) -> None:
