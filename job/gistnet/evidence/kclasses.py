@@ -59,11 +59,7 @@ def sections(rows, head: tuple[str, ...], ci_method: str, level: float, seed: in
                                            clusters=found.patients if any(found.patients) else None)
     by_lesion.update({"lesions": len(found.ids), "images": int(found.images.sum()), "lesion_ids_from": source,
                       "rule": lesions.RULE, "threshold_note": THRESHOLD_NOTE})
-    probs = multiclass.probabilities(found.logits)
-    table = [{"lesion_id": lid, "patient_id": pid, "label": head[y], "images": int(n),
-              **{f"p_{c}": float(v) for c, v in zip(head, row)}, "call": head[int(np.argmax(row))]}
-             for lid, pid, y, n, row in zip(found.ids, found.patients, found.labels, found.images, probs)]
-    return summary, by_lesion, table
+    return summary, by_lesion, _lesion_rows(found, head)
 
 
 def lesion_table(keys, patients, lesion_ids, probabilities, labels, head: tuple[str, ...]) -> list[dict]:
@@ -72,9 +68,13 @@ def lesion_table(keys, patients, lesion_ids, probabilities, labels, head: tuple[
     z = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-300, None))
     ids, source = lesions.lesion_ids(list(keys), list(patients), list(lesion_ids))
     index = [head.index(name) for name in labels] if labels is not None else [0] * len(ids)
-    found = lesions.aggregate(z, index, ids, list(patients), source)
+    return _lesion_rows(lesions.aggregate(z, index, ids, list(patients), source), head, labelled=labels is not None)
+
+
+def _lesion_rows(found: lesions.Lesions, head: tuple[str, ...], labelled: bool = True) -> list[dict]:
+    """lesions.csv's rows: each lesion's ids, label, image count, P(class) in head order and call."""
     probs = multiclass.probabilities(found.logits)
-    return [{"lesion_id": lid, "patient_id": pid, "label": head[y] if labels is not None else "", "images": int(n),
+    return [{"lesion_id": lid, "patient_id": pid, "label": head[y] if labelled else "", "images": int(n),
              **{f"p_{c}": float(v) for c, v in zip(head, row)}, "call": head[int(np.argmax(row))]}
             for lid, pid, y, n, row in zip(found.ids, found.patients, found.labels, found.images, probs)]
 

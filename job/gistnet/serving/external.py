@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
+from gistnet import classes
 from gistnet import config as config_mod
 from gistnet.config import Config
 from gistnet.data import dataset
@@ -380,12 +381,11 @@ def _write(out: Store, final: dict, images: Images, margins_by: dict, reasons, c
     head = tuple(final["config"]["data"].get("classes") or ()) or None
     positive, negative = report_mod.class_names(final)
     if head is not None:
-        head = tuple(c for c in head if c != positive) + (positive,)  # classes.head_order
+        head = classes.head_order(head, positive)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    classes = head or ()
     # lesion_id (pseudonymised) when the manifest gave lesion ids: lesions.csv's rows are their lesions
-    writer.writerow(CSV_COLUMNS + tuple(f"p_{c}" for c in classes) + (("lesion_id",) if lesion_ids else ()))
+    writer.writerow(CSV_COLUMNS + tuple(f"p_{c}" for c in head or ()) + (("lesion_id",) if lesion_ids else ()))
     for model, margins in margins_by.items():
         per_class = predictions.class_probabilities(logits_by[model]) if logits_by else None
         for i, item in sorted(enumerate(images.items), key=lambda pair: pair[1].key):

@@ -26,6 +26,7 @@ from gistnet.data.storage import open_store, redact
 from gistnet.errors import ConfigError, DataError
 from gistnet.evidence import readers as study_mod
 from gistnet.evidence import readers_report
+from gistnet.evidence import multiclass
 from gistnet.evidence.kclasses import LESIONS_FILE
 from gistnet.evidence import report as report_mod
 from gistnet.serving import external
@@ -91,10 +92,11 @@ def _lesion_cases(evaluation, rows: list[dict], model: str, positive: str) -> di
         if row is None:  # every image of the lesion is a development image (or a repeat)
             cases[lesion] = {"label": label, "score": "nan", "in_development": "yes", "unit": "lesion"}
             continue
-        p = float(row[f"p_{positive}"])
-        rest = sum(float(v) for k, v in row.items() if k.startswith("p_") and k != f"p_{positive}")
-        margin = math.log(p) - math.log(rest) if p > 0 and rest > 0 else (math.inf if rest <= 0 else -math.inf)
-        cases[lesion] = {"label": row["label"], "score": repr(margin), "in_development": "no", "unit": "lesion"}
+        columns = [k for k in row if k.startswith("p_")]
+        with np.errstate(divide="ignore"):  # a probability of 0 is a log of -inf, as the margin then is
+            log_p = np.log(np.array([[float(row[k]) for k in columns]]))
+        margin = multiclass.endpoint(log_p, columns.index(f"p_{positive}"))[1][0]
+        cases[lesion] = {"label": row["label"], "score": repr(float(margin)), "in_development": "no", "unit": "lesion"}
     return cases
 
 
