@@ -126,7 +126,9 @@ def test_two_models_multi_class_calls_are_compared_by_mcnemar_on_the_most_probab
     from statsmodels.stats.contingency_tables import mcnemar
 
     from gistnet import config
-    from gistnet.evidence import aggregate
+    import jsonschema
+
+    from gistnet.evidence import aggregate, report
 
     head = ("LM", "NET", "GIST")
     rng = np.random.default_rng(3)
@@ -150,5 +152,6 @@ def test_two_models_multi_class_calls_are_compared_by_mcnemar_on_the_most_probab
     assert (got["only_first_correct"], got["only_second_correct"]) == (table[0][1], table[1][0])
     assert got["p"] == pytest.approx(mcnemar(table, exact=True).pvalue)
     assert any("multi-class accuracy" in line for line in section["interpretation"])
+    jsonschema.validate(section, {"$defs": report.schema()["$defs"], "$ref": "#/$defs/comparison"})
     two = config.load_config(None, {}, environ={})  # two classes: the endpoint's McNemar is the multi-class one
     assert "mcnemar_multiclass" not in aggregate._comparison(["resnet34", "resnet50"], pooled, two)
