@@ -29,16 +29,22 @@ PYTEST := env PATH="$(CURDIR)/$(BIN):$(CURDIR)/.tools:$$PATH" $(BIN)/python -m p
 # Each stage of `make test` and `make image-test` prints its wall time; the summary at the end
 # lists them all (scripts/stage.sh). pytest prints the 25 slowest tests of each stage itself.
 STAGE := bash scripts/stage.sh
+# Tests run in parallel (pytest-xdist), a test file per worker: module fixtures (an MLflow server,
+# a trained run) start once, and session fixtures are built once for all workers (tests/conftest.py,
+# shared_folder). Most end-to-end time is spent waiting on servers, subprocesses and timeouts, so
+# a worker per core keeps both busy. WORKERS=0 runs in one process (pytest -p no:xdist).
+WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+PARALLEL := $(if $(filter 0,$(WORKERS)),-p no:xdist,-n $(WORKERS) --dist loadfile)
 
 test:  ## the whole suite: installs, unit, then end-to-end; prints each stage's time
 	@$(STAGE) --reset
 	$(STAGE) installs $(MAKE) --no-print-directory $(VENV)/.test-deps tools system-deps
-	$(STAGE) unit $(PYTEST) -m "not e2e"
-	$(STAGE) e2e $(PYTEST) -m e2e
+	$(STAGE) unit $(PYTEST) $(PARALLEL) -m "not e2e"
+	$(STAGE) e2e $(PYTEST) $(PARALLEL) -m e2e
 	@$(STAGE) --summary
 
-test-fast: $(VENV)/.test-deps tools  ## unit tests only (seconds)
-	$(PYTEST) -m "not e2e"
+test-fast: $(VENV)/.test-deps tools  ## unit tests only (under 3 minutes)
+	$(PYTEST) $(PARALLEL) -m "not e2e"
 
 # The image. `make image` builds gistnet:<version> with docker when a daemon answers, else with
 # buildah. `make image-test` builds it on a local Debian base (debootstrap) instead of the CUDA

@@ -126,10 +126,12 @@ def tiny_data(tmp_path_factory):
     from gistnet.data import synth
     from gistnet.data.storage import LocalStore
 
-    root = tmp_path_factory.mktemp("tiny-data")
-    synth.write_dataset(LocalStore(root), 20, 20, 32, seed=1)
+    def build(root: Path) -> Path:
+        synth.write_dataset(LocalStore(root), 20, 20, 32, seed=1)
+        return root
+
     # guarded (share_read_only) but left writable: tests copy it with shutil.copytree and change the copy
-    return share_read_only("tiny_data", root, chmod=False)
+    return share_read_only("tiny_data", shared_folder(tmp_path_factory, "tiny-data", build), chmod=False)
 
 
 def run_cli(*args, env=None, timeout=600, cwd=None) -> subprocess.CompletedProcess:
@@ -307,6 +309,29 @@ TINY_RUN = {"data.image_size": 32, "train.models": "resnet34", "train.batch_size
 _SHARED: dict[str, tuple[Path, dict]] = {}
 
 
+def shared_folder(tmp_path_factory, name: str, build) -> Path:
+    """A session fixture's folder, made once for the whole test session: ``build(folder)`` fills a
+    new, empty folder and returns the path the fixture hands out (the folder or one inside it).
+    Under pytest-xdist (``make test`` runs a worker per core) each worker is its own session: the
+    first worker to ask builds the folder under a file lock beside the workers' temp folders, and
+    the others wait for it and reuse it, rather than train the same run once per worker."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    import shutil
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent  # the controller's temp folder: every worker's parent
+    built = root / f"{name}.built"
+    with FileLock(str(root / f"{name}.lock"), timeout=1800):
+        if not built.exists():
+            folder = root / name
+            shutil.rmtree(folder, ignore_errors=True)  # what a build that failed in another worker left
+            folder.mkdir()
+            built.write_text(str(build(folder)))
+        return Path(built.read_text())
+
+
 def _tree_state(root: Path) -> dict[str, tuple[int, int]]:
     state = {}
     for path in root.rglob("*"):
@@ -352,11 +377,14 @@ def tiny_runs(tiny_data, tmp_path_factory):
     ``b`` (seed 1) under the returned folder. Read-only: tests copy what they change (``copy_run``)."""
     from gistnet import config, pipeline
 
-    out = tmp_path_factory.mktemp("tiny-runs")
-    for run_id, seed in (("a", 0), ("b", 1)):
-        pipeline.run(config.load_config(None, {"data.uri": str(tiny_data), "output.uri": str(out),
-                                               "output.run_id": run_id, "train.seed": seed, **TINY_RUN}, environ={}))
-    return share_read_only("tiny_runs", out)
+    def build(out: Path) -> Path:
+        for run_id, seed in (("a", 0), ("b", 1)):
+            pipeline.run(config.load_config(None, {"data.uri": str(tiny_data), "output.uri": str(out),
+                                                   "output.run_id": run_id, "train.seed": seed, **TINY_RUN},
+                                            environ={}))
+        return out
+
+    return share_read_only("tiny_runs", shared_folder(tmp_path_factory, "tiny-runs", build))
 
 
 @pytest.fixture(scope="session")
@@ -368,10 +396,13 @@ def exported_run(tiny_runs, tmp_path_factory):
     from gistnet.serving import trained
     from gistnet.config import StorageConfig
 
-    run = copy_tree(tiny_runs / "a", tmp_path_factory.mktemp("exported-run") / "a")
-    export.export_onnx(trained.open_run(str(run), "best", StorageConfig()),
-                       str(tmp_path_factory.mktemp("export-scratch")))
-    return share_read_only("exported_run", run)
+    def build(folder: Path) -> Path:
+        run = copy_tree(tiny_runs / "a", folder / "a")
+        (folder / "scratch").mkdir()
+        export.export_onnx(trained.open_run(str(run), "best", StorageConfig()), str(folder / "scratch"))
+        return run
+
+    return share_read_only("exported_run", shared_folder(tmp_path_factory, "exported-run", build))
 
 
 def copy_run(src: Path, dst: Path, *extra: str) -> Path:
@@ -393,16 +424,18 @@ def kfold_run(tiny_data, tmp_path_factory):
     """A finished 2-fold run of ``tiny_data`` (ResNet-34, 32 px, 1 epoch, run id ``kf``), trained as
     the chart's fan-out trains one: two processes, same run id, ``--fold 0`` and ``--fold 1`` at once;
     the last to finish writes the pooled report. Its folder; read-only."""
-    out = tmp_path_factory.mktemp("kfold-run")
-    args = [sys.executable, "-m", "gistnet", "train", "--data", str(tiny_data), "--output", str(out), "--run-id", "kf",
-            *KFOLD_TRAIN_ARGS]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([*args, "--fold", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env) for i in (0, 1)]
-    for p in procs:
-        _, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err
-    return share_read_only("kfold_run", out / "kf")
+    def build(out: Path) -> Path:
+        args = [sys.executable, "-m", "gistnet", "train", "--data", str(tiny_data), "--output", str(out),
+                "--run-id", "kf", *KFOLD_TRAIN_ARGS]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        procs = [subprocess.Popen([*args, "--fold", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=env) for i in (0, 1)]
+        for p in procs:
+            _, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err
+        return out / "kf"
+
+    return share_read_only("kfold_run", shared_folder(tmp_path_factory, "kfold-run", build))
 
 
 @pytest.fixture(scope="session")
@@ -411,9 +444,11 @@ def site_data(tmp_path_factory):
     from gistnet.data import synth
     from gistnet.data.storage import LocalStore
 
-    root = tmp_path_factory.mktemp("site-data")
-    synth.write_sites(LocalStore(root), synth.sites(3, 0), 16, 32, seed=2)
-    return share_read_only("site_data", root)
+    def build(root: Path) -> Path:
+        synth.write_sites(LocalStore(root), synth.sites(3, 0), 16, 32, seed=2)
+        return root
+
+    return share_read_only("site_data", shared_folder(tmp_path_factory, "site-data", build))
 
 
 def site_config(data, out, **flags):
@@ -626,8 +661,11 @@ def k3_run(tmp_path_factory):
     1 epoch): its folder. Shared by every test that only reads it."""
     from gistnet import config, pipeline
 
-    data = write_k_class_data(tmp_path_factory.mktemp("k3-data"))
-    out = tmp_path_factory.mktemp("k3-runs")
-    pipeline.run(config.load_config(None, {"data.uri": str(data), "output.uri": str(out), "output.run_id": "k3",
-                                           "data.classes": "GIST,LM,NET", **TINY_RUN}, environ={}))
-    return out / "k3"
+    def build(folder: Path) -> Path:
+        data = write_k_class_data(folder / "data")
+        pipeline.run(config.load_config(None, {"data.uri": str(data), "output.uri": str(folder / "runs"),
+                                               "output.run_id": "k3", "data.classes": "GIST,LM,NET", **TINY_RUN},
+                                        environ={}))
+        return folder / "runs" / "k3"
+
+    return shared_folder(tmp_path_factory, "k3-run", build)
