@@ -31,14 +31,15 @@ PYTEST := env PATH="$(CURDIR)/$(BIN):$(CURDIR)/.tools:$$PATH" $(BIN)/python -m p
 STAGE := bash scripts/stage.sh
 # Tests run in parallel (pytest-xdist), a test file per worker: module fixtures (an MLflow server,
 # a trained run) start once, and session fixtures are built once for all workers (tests/conftest.py,
-# shared_folder). Most end-to-end time is spent waiting on servers, subprocesses and timeouts, so
-# a worker per core keeps both busy. WORKERS=0 runs in one process (pytest -p no:xdist).
+# shared_folder), and each worker runs torch on its share of the cores (OMP_NUM_THREADS, set there).
+# WORKERS=0 runs in one process (pytest -p no:xdist).
 WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 PARALLEL := $(if $(filter 0,$(WORKERS)),-p no:xdist,-n $(WORKERS) --dist loadfile)
 
 test:  ## the whole suite: installs, unit, then end-to-end; prints each stage's time
 	@$(STAGE) --reset
-	$(STAGE) installs $(MAKE) --no-print-directory $(VENV)/.test-deps tools system-deps
+	@# the venv, the chart tools (checkov's own venv) and the Debian packages install side by side
+	$(STAGE) installs $(MAKE) --no-print-directory -j3 --output-sync=target $(VENV)/.test-deps tools system-deps
 	$(STAGE) unit $(PYTEST) $(PARALLEL) -m "not e2e"
 	$(STAGE) e2e $(PYTEST) $(PARALLEL) -m e2e
 	@$(STAGE) --summary
@@ -46,31 +47,52 @@ test:  ## the whole suite: installs, unit, then end-to-end; prints each stage's 
 test-fast: $(VENV)/.test-deps tools  ## unit tests only (under 3 minutes)
 	$(PYTEST) $(PARALLEL) -m "not e2e"
 
+# Line coverage of job/gistnet by the whole suite (pyproject.toml [tool.coverage]): what issue 30
+# compares before and after a change to the tests. Slower than make test (every process traced).
+.PHONY: coverage
+coverage: $(VENV)/.test-deps tools  ## the whole suite under coverage.py (subprocesses too); prints the total for job/gistnet
+	rm -f .coverage .coverage.*
+	-env PATH="$(CURDIR)/$(BIN):$(CURDIR)/.tools:$$PATH" $(BIN)/python -m coverage run -m pytest -q $(PARALLEL) $(COVERAGE_ARGS)
+	$(BIN)/python -m coverage combine -q
+	$(BIN)/python -m coverage report --sort=cover | tail -25
+
 # The image. `make image` builds gistnet:<version> with docker when a daemon answers, else with
 # buildah. `make image-test` builds it on a local Debian base (debootstrap) instead of the CUDA
 # base, then runs it read-only as UID 10001 against a loopback S3 server (tests/test_image.py).
 IMAGE_BASE ?= localhost/gistnet-debian-base:bookworm
 TEST_IMAGE ?= localhost/gistnet:image-test
-# Off: under vfs (buildah's default driver here) every cached layer is a full copy, and a
-# layered build ran this 252 GB machine out of space at 'COPY job' (2026-12-06). IMAGE_LAYERS=true
-# reuses the base, torch and dependency layers where the disk allows it (overlay, or 90+ GB free).
-IMAGE_LAYERS ?= false
+# buildah's storage driver (scripts/storage-driver.sh): overlay where it works on this machine, else
+# vfs; evaluated once, after image-installs has installed buildah. IMAGE_LAYERS (buildah's layer
+# cache) is on with overlay, where a cached layer is a diff, and off with vfs, where every cached
+# layer is a full copy (a layered vfs build ran this 252 GB machine out of space at 'COPY job',
+# 2026-12-06). Either can be set: STORAGE_DRIVER=vfs IMAGE_LAYERS=true make image-test.
+STORAGE_DRIVER ?= $(eval STORAGE_DRIVER := $(shell bash scripts/storage-driver.sh))$(STORAGE_DRIVER)
+IMAGE_LAYERS ?= $(if $(filter overlay,$(STORAGE_DRIVER)),true,false)
+# overlay images in their own root (podman refuses a second driver in the vfs images' root)
+STORAGE_ENV = STORAGE_DRIVER=$(STORAGE_DRIVER)$(if $(filter overlay,$(STORAGE_DRIVER)), CONTAINERS_STORAGE_CONF=$(CURDIR)/scripts/storage-overlay.conf)
+BUILDAH = env $(STORAGE_ENV) buildah --storage-driver $(STORAGE_DRIVER)
 
 image:  ## build the container image (docker, else buildah)
 	bash scripts/build-image.sh
 
 image-test: $(VENV)/.test-deps  ## build the image on a Debian base and run it read-only (root; 5-10 min, ~28 GB of disk)
 	$(STAGE) image-installs bash scripts/system-deps.sh scripts/image-packages.txt
-	$(STAGE) image-base bash scripts/debian-base.sh $(IMAGE_BASE)
+	@$(MAKE) --no-print-directory image-test-stages
+
+# image-test after its installs, in a new make: the storage driver is probed with buildah installed.
+.PHONY: image-test-stages
+image-test-stages:
+	@echo "image-test: storage driver $(STORAGE_DRIVER), layer cache $(IMAGE_LAYERS)"
+	$(STAGE) image-base env $(STORAGE_ENV) bash scripts/debian-base.sh $(IMAGE_BASE)
 	@# With buildah's layer cache (IMAGE_LAYERS=true): after a change under job/ only the
 	@# project's layers are rebuilt; the base, torch and dependency layers of the last build are
 	@# reused. Rebuilding the tag leaves the previous image untagged; pruning the dangling images
-	@# afterwards drops it (a full copy under vfs) and keeps the cached layers the new one uses.
-	@# IMAGE_LAYERS=false (the default) builds from scratch, removing the previous test image first.
-	$(if $(filter false,$(IMAGE_LAYERS)),-buildah --storage-driver "$${STORAGE_DRIVER:-vfs}" rmi --force $(TEST_IMAGE) >/dev/null 2>&1)
-	$(STAGE) image-build env CUDA_BASE=$(IMAGE_BASE) LAYERS=$(IMAGE_LAYERS) bash scripts/build-image.sh $(TEST_IMAGE)
-	-buildah --storage-driver "$${STORAGE_DRIVER:-vfs}" rmi --prune >/dev/null 2>&1
-	$(STAGE) image-run env GISTNET_TEST_IMAGE=$(TEST_IMAGE) $(PYTEST) -m image tests/test_image.py
+	@# afterwards drops it and keeps the cached layers the new one uses.
+	@# IMAGE_LAYERS=false builds from scratch, removing the previous test image first.
+	$(if $(filter false,$(IMAGE_LAYERS)),-$(BUILDAH) rmi --force $(TEST_IMAGE) >/dev/null 2>&1)
+	$(STAGE) image-build env $(STORAGE_ENV) CUDA_BASE=$(IMAGE_BASE) LAYERS=$(IMAGE_LAYERS) bash scripts/build-image.sh $(TEST_IMAGE)
+	-$(BUILDAH) rmi --prune >/dev/null 2>&1
+	$(STAGE) image-run env $(STORAGE_ENV) GISTNET_TEST_IMAGE=$(TEST_IMAGE) $(PYTEST) -m image tests/test_image.py
 	@$(STAGE) --summary
 
 # The figures README.md and docs/*.md quote from gistnet commands live in generated blocks

@@ -52,3 +52,11 @@ def test_the_walk_from_a_unit_to_fit_never_calls_back_into_the_pipeline():
                      else [])
             offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n.startswith(("gistnet.pipeline", "gistnet.cli"))]
     assert offenders == []
+
+
+def test_the_longest_files_first_hint_names_test_files_that_exist():
+    """tests/conftest.py orders the slowest files first for xdist; a renamed file would drop out silently."""
+    from tests.conftest import LONGEST_FILES_FIRST
+
+    missing = [path for path in LONGEST_FILES_FIRST if not (REPO / path).is_file()]
+    assert not missing, f"LONGEST_FILES_FIRST names files that do not exist: {missing}"

@@ -9,7 +9,7 @@ so they are end-to-end tests. Not run here, each for a stated reason:
 - ``benchmarks/soak.py``: tests/training/test_soak.py runs it at its test size;
 - ``scripts/render_k8s.py --check``: tests/test_k8s.py;
 - ``scripts/gpu-check.sh`` (its CPU dry run): tests/test_gpu_check.py;
-- ``scripts/build-image.sh``, ``debian-base.sh``, ``run-image-readonly.sh``,
+- ``scripts/build-image.sh``, ``debian-base.sh``, ``run-image-readonly.sh``, ``storage-driver.sh``,
   ``system-deps.sh``, ``get-k8s-tools.sh``, ``get-checkov.sh``: ``make test`` and ``make
   image-test`` run them (tests/test_image.py reads what they built);
 - ``scripts/fetch-gpu-wheels.sh`` and ``scripts/bake_imagenet_weights.py`` download from PyPI
