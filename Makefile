@@ -34,7 +34,7 @@ STAGE := bash scripts/stage.sh
 # shared_folder), and each worker runs torch on its share of the cores (OMP_NUM_THREADS, set there).
 # WORKERS=0 runs in one process (pytest -p no:xdist).
 WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
-PARALLEL := $(if $(filter 0,$(WORKERS)),-p no:xdist,-n $(WORKERS) --dist loadfile)
+PARALLEL := $(if $(filter 0,$(WORKERS)),-p no:xdist,-n $(WORKERS) --dist loadfile --no-loadscope-reorder)
 
 test:  ## the whole suite: installs, unit, then end-to-end; prints each stage's time
 	@$(STAGE) --reset

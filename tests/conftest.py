@@ -312,8 +312,10 @@ TINY_RUN = {"data.image_size": 32, "train.models": "resnet34", "train.batch_size
 # a file not listed runs after these, in its usual order, and a stale list costs time, not results.
 LONGEST_FILES_FIRST = (
     "tests/training/test_soak.py", "tests/test_pipeline.py", "tests/training/test_distributed.py",
-    "tests/training/test_lease.py", "tests/ops/test_scheduled_sequence.py", "tests/test_gpu_check.py",
-    "tests/test_scripts.py", "tests/observe/test_tracking.py", "tests/test_cli.py", "tests/data/test_storage.py",
+    "tests/training/test_lease.py", "tests/test_scripts.py", "tests/ops/test_scheduled_sequence.py",
+    "tests/observe/test_tracking.py", "tests/test_gpu_check.py", "tests/data/test_storage.py", "tests/test_cli.py",
+    "tests/training/test_compile.py", "tests/serving/test_predict.py", "tests/test_doc_figures.py",
+    "tests/test_security.py",
 )
 
 
