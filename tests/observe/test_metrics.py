@@ -125,8 +125,11 @@ def test_failed_cli_run_pushes_its_exit_code(pushgateway, cli, tmp_path):
     assert _gateway_value(pushgateway, "gistnet_last_success_timestamp_seconds") is None
 
 
-def _query_range(prom: str, query: str, start: float, end: float, step: str = "1s") -> list[float]:
-    params = urllib.parse.urlencode({"query": query, "start": start, "end": end, "step": step})
+SCRAPE_S = 0.2  # Prometheus's scrape interval, and the query's step: eight short epochs show the gauge rising
+
+
+def _query_range(prom: str, query: str, start: float, end: float) -> list[float]:
+    params = urllib.parse.urlencode({"query": query, "start": start, "end": end, "step": SCRAPE_S})
     with urllib.request.urlopen(f"{prom}/api/v1/query_range?{params}", timeout=10) as r:
         body = json.load(r)
     assert body["status"] == "success"
@@ -138,7 +141,7 @@ def _query_range(prom: str, query: str, start: float, end: float, step: str = "1
 def test_prometheus_scrapes_a_running_training(tiny_data, tmp_path):
     metrics_port, prom_port = free_port(), free_port()
     (tmp_path / "prometheus.yml").write_text(
-        "global:\n  scrape_interval: 200ms\n  scrape_timeout: 200ms\n"
+        f"global:\n  scrape_interval: {SCRAPE_S * 1000:.0f}ms\n  scrape_timeout: {SCRAPE_S * 1000:.0f}ms\n"
         f"scrape_configs:\n  - job_name: gistnet\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n")
     prom = start_server(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
                          f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
@@ -155,9 +158,9 @@ def test_prometheus_scrapes_a_running_training(tiny_data, tmp_path):
         _, stderr = train.communicate(timeout=600)
         assert train.returncode == 0, stderr
         time.sleep(1)
-        # scraped every 200 ms: eight short epochs (no augmentation, no saliency) show the gauge rising
-        epochs = _query_range(prom_url, 'gistnet_epoch{model="resnet34"}', started, time.time(), "0.2")
-        images = _query_range(prom_url, 'gistnet_images_processed_total{model="resnet34"}', started, time.time(), "0.2")
+        # eight short epochs (no augmentation, no saliency), scraped every SCRAPE_S
+        epochs = _query_range(prom_url, 'gistnet_epoch{model="resnet34"}', started, time.time())
+        images = _query_range(prom_url, 'gistnet_images_processed_total{model="resnet34"}', started, time.time())
     finally:
         prom.terminate()
         prom.wait(timeout=30)
