@@ -40,10 +40,37 @@ PARALLEL := $(if $(filter 0,$(WORKERS)),-p no:xdist,-n $(WORKERS) --dist loadfil
 test:  ## the whole suite: installs, unit, then end-to-end; prints each stage's time
 	@$(STAGE) --reset
 	@# the venv, the chart tools (checkov's own venv) and the Debian packages install side by side
-	$(STAGE) installs $(MAKE) --no-print-directory -j3 --output-sync=target $(VENV)/.test-deps tools system-deps
+	$(STAGE) installs $(MAKE) --no-print-directory -j3 --output-sync=target $(VENV)/.test-deps tools $(if $(IMAGE_BESIDE),system-and-image-deps,system-deps)
+	@$(MAKE) --no-print-directory $(if $(IMAGE_BESIDE),-j2 suite image-prebuild,suite)
+	$(if $(IMAGE_BESIDE),@$(MAKE) --no-print-directory image-after-suite)
+	@$(STAGE) --summary
+
+.PHONY: suite
+suite:
 	$(STAGE) unit $(PYTEST) $(PARALLEL) -m "not e2e"
 	$(STAGE) e2e $(PYTEST) $(PARALLEL) -m e2e
-	@$(STAGE) --summary
+
+# WITH_IMAGE=1 make test (what .ci/run runs): the suite and then make image-test's checks, with the
+# image's base and build made beside the unit and e2e stages rather than after them. Building
+# mostly downloads and unpacks (torch and its CUDA wheels), which the suite's two busy cores
+# absorb: measured in benchmarks/README.md#ci-time-per-landing. The build's output goes to
+# $(IMAGE_BUILD_LOG), whose tail is printed once the suite is done, so the suite's own output
+# stays readable; a failed build prints it all.
+IMAGE_BUILD_LOG ?= .image-build.log
+IMAGE_BESIDE := $(filter 1 true yes,$(WITH_IMAGE))
+.PHONY: system-and-image-deps image-prebuild image-after-suite
+system-and-image-deps:  # one apt-get for both lists: two at once would wait on dpkg's lock
+	bash scripts/system-deps.sh scripts/system-packages.txt scripts/image-packages.txt
+
+image-prebuild:
+	@rm -f $(IMAGE_BUILD_LOG).failed
+	@$(MAKE) --no-print-directory image-build-stages >$(IMAGE_BUILD_LOG) 2>&1 || touch $(IMAGE_BUILD_LOG).failed
+
+image-after-suite:
+	@if [ -e $(IMAGE_BUILD_LOG).failed ]; then rm -f $(IMAGE_BUILD_LOG).failed; cat $(IMAGE_BUILD_LOG); \
+	  echo "image build failed (above; the whole log is $(IMAGE_BUILD_LOG))"; exit 1; fi
+	@echo "== image build beside the suite (the last lines of $(IMAGE_BUILD_LOG)):"; tail -n 15 $(IMAGE_BUILD_LOG)
+	@$(MAKE) --no-print-directory image-run-stage
 
 test-fast: $(VENV)/.test-deps tools  ## unit tests only (under 3 minutes)
 	$(PYTEST) $(PARALLEL) -m "not e2e"
@@ -81,8 +108,12 @@ image-test: $(VENV)/.test-deps  ## build the image on a Debian base and run it r
 	@$(MAKE) --no-print-directory image-test-stages
 
 # image-test after its installs, in a new make: the storage driver is probed with buildah installed.
-.PHONY: image-test-stages
-image-test-stages:
+.PHONY: image-test-stages image-build-stages image-run-stage
+image-test-stages: image-build-stages
+	@$(MAKE) --no-print-directory image-run-stage STORAGE_DRIVER=$(STORAGE_DRIVER)
+	@$(STAGE) --summary
+
+image-build-stages:
 	@echo "image-test: storage driver $(STORAGE_DRIVER), layer cache $(IMAGE_LAYERS)"
 	$(STAGE) image-base env $(STORAGE_ENV) bash scripts/debian-base.sh $(IMAGE_BASE)
 	@# With buildah's layer cache (IMAGE_LAYERS=true): after a change under job/ only the
@@ -93,8 +124,9 @@ image-test-stages:
 	$(if $(filter false,$(IMAGE_LAYERS)),-$(BUILDAH) rmi --force $(TEST_IMAGE) >/dev/null 2>&1)
 	$(STAGE) image-build env $(STORAGE_ENV) CUDA_BASE=$(IMAGE_BASE) LAYERS=$(IMAGE_LAYERS) bash scripts/build-image.sh $(TEST_IMAGE)
 	-$(BUILDAH) rmi --prune >/dev/null 2>&1
+
+image-run-stage:
 	$(STAGE) image-run env $(STORAGE_ENV) GISTNET_TEST_IMAGE=$(TEST_IMAGE) $(PYTEST) -m image tests/test_image.py
-	@$(STAGE) --summary
 
 # The figures README.md and docs/*.md quote from gistnet commands live in generated blocks
 # (tests/docfigures.py); this runs each quoted command once and rewrites them.

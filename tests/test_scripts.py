@@ -115,29 +115,44 @@ def test_bench_ddp_throughput_and_exit_loop_run():
 
 
 def test_stage_times_are_printed_recorded_and_summed(tmp_path):
-    """scripts/stage.sh, which `make test` and `make image-test` run each stage through."""
+    """scripts/stage.sh, which `make test` and `make image-test` run each stage through. Stages can
+    overlap (WITH_IMAGE=1 make test builds the image beside the suite): the summary gives their sum
+    and the wall time from the first start to the last end."""
     env = {**os.environ, "STAGE_LOG": str(tmp_path / "times")}
     stage = ["bash", str(REPO / "scripts" / "stage.sh")]
+    beside = subprocess.Popen([*stage, "image-build", "sleep", "2"], stdout=subprocess.PIPE, text=True, env=env)
     ok = subprocess.run([*stage, "unit", "sleep", "1"], capture_output=True, text=True, env=env)
     assert ok.returncode == 0 and ok.stdout.splitlines()[-1] in ("== stage unit: 1 s (exit 0)",
                                                                  "== stage unit: 2 s (exit 0)")
+    assert beside.wait(timeout=30) == 0
     failed = subprocess.run([*stage, "e2e", "bash", "-c", "echo out; exit 3"], capture_output=True, text=True, env=env)
     assert failed.returncode == 3 and failed.stdout.splitlines() == ["out", "== stage e2e: 0 s (exit 3)"]
     rows = [line.split("\t") for line in (tmp_path / "times").read_text().splitlines()]
-    assert [(name, code) for name, _, code in rows] == [("unit", "0"), ("e2e", "3")]
+    assert [(name, code) for name, _, code, _, _ in rows] == [("unit", "0"), ("image-build", "0"), ("e2e", "3")]
+    assert all(int(end) - int(start) == int(seconds) for _, seconds, _, start, end in rows)
     summary = subprocess.run([*stage, "--summary"], capture_output=True, text=True, env=env).stdout.splitlines()
-    seconds = int(rows[0][1]) + int(rows[1][1])
-    assert summary[0] == "== time per stage" and summary[-1].split()[:3] == ["total", str(seconds), "s"]
+    total = sum(int(row[1]) for row in rows)
+    wall = max(int(row[4]) for row in rows) - min(int(row[3]) for row in rows)
+    assert wall < total  # the two overlapping stages count once in the wall time
+    assert summary[0] == "== time per stage" and [line.split()[:3] for line in summary[-2:]] == [
+        ["sum", str(total), "s"], ["wall", str(wall), "s"]]
     assert subprocess.run([*stage, "--reset"], env=env).returncode == 0 and not (tmp_path / "times").exists()
 
 
 def test_make_test_times_each_stage_and_keeps_the_slowest_tests():
     makefile = (REPO / "Makefile").read_text()
-    recipe = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
-    for stage in ("installs", "unit", "e2e"):
-        assert f"$(STAGE) {stage} " in recipe
-    assert "--summary" in recipe
-    image = makefile.split("\nimage-test:", 1)[1]
-    for stage in ("image-installs", "image-base", "image-build", "image-run"):
-        assert f"$(STAGE) {stage} " in image
+
+    def recipe(target):
+        return makefile.split(f"\n{target}:", 1)[1].split("\n\n", 1)[0]
+
+    assert "$(STAGE) installs " in recipe("test") and "--summary" in recipe("test")
+    for stage in ("unit", "e2e"):
+        assert f"$(STAGE) {stage} " in recipe("suite")
+    assert "$(STAGE) image-installs " in recipe("image-test")
+    for stage in ("image-base", "image-build"):
+        assert f"$(STAGE) {stage} " in recipe("image-build-stages")
+    assert "$(STAGE) image-run " in recipe("image-run-stage")
+    # CI builds the image beside the suite and runs it after
+    assert "WITH_IMAGE=1 make test" in (REPO / ".ci" / "run").read_text()
+    assert "image-prebuild" in recipe("test") and "image-after-suite" in recipe("test")
     assert "--durations=25" in (REPO / "pyproject.toml").read_text()
