@@ -39,38 +39,43 @@ PARALLEL := $(if $(filter 0,$(WORKERS)),-p no:xdist,-n $(WORKERS) --dist loadfil
 
 test:  ## the whole suite: installs, unit, then end-to-end; prints each stage's time
 	@$(STAGE) --reset
-	@# the venv, the chart tools (checkov's own venv) and the Debian packages install side by side
-	$(STAGE) installs $(MAKE) --no-print-directory -j3 --output-sync=target $(VENV)/.test-deps tools $(if $(IMAGE_BESIDE),system-and-image-deps,system-deps)
-	@$(MAKE) --no-print-directory $(if $(IMAGE_BESIDE),-j2 suite image-prebuild,suite)
-	$(if $(IMAGE_BESIDE),@$(MAKE) --no-print-directory image-after-suite)
+	@$(MAKE) --no-print-directory $(if $(IMAGE_BESIDE),-j2 suite image-beside-run,suite)
+	$(if $(IMAGE_BESIDE),@$(MAKE) --no-print-directory image-beside-report)
 	@$(STAGE) --summary
 
-.PHONY: suite
-suite:
+.PHONY: suite test-installs
+suite: test-installs
 	$(STAGE) unit $(PYTEST) $(PARALLEL) -m "not e2e"
 	$(STAGE) e2e $(PYTEST) $(PARALLEL) -m e2e
 
-# WITH_IMAGE=1 make test (what .ci/run runs): the suite and then make image-test's checks, with the
-# image's base and build made beside the unit and e2e stages rather than after them. Building
-# mostly downloads and unpacks (torch and its CUDA wheels), which the suite's two busy cores
-# absorb: measured in benchmarks/README.md#ci-time-per-landing. The build's output goes to
-# $(IMAGE_BUILD_LOG), whose tail is printed once the suite is done, so the suite's own output
-# stays readable; a failed build prints it all.
-IMAGE_BUILD_LOG ?= .image-build.log
+# the venv, the chart tools (checkov's own venv) and the Debian packages install side by side
+test-installs:
+	$(STAGE) installs $(MAKE) --no-print-directory -j3 --output-sync=target $(VENV)/.test-deps tools system-deps
+
+# WITH_IMAGE=1 make test (what .ci/run runs): the suite, and make image-test's stages beside it
+# rather than after it: the image's Debian packages, base and build start with the suite's
+# installs, and the image run starts once both the build and the installs are done, while the
+# unit and e2e stages go on. The cores are otherwise idle for much of the installs, and building
+# mostly downloads and unpacks (measured in benchmarks/README.md#ci-time-per-landing). The image
+# stages write to $(IMAGE_LOG), not the terminal, so the suite's output stays readable; its tail
+# is printed after the suite, all of it when an image stage failed. (system-deps.sh takes a lock,
+# so the two apt-gets take turns.)
+IMAGE_LOG ?= .image-build.log
 IMAGE_BESIDE := $(filter 1 true yes,$(WITH_IMAGE))
-.PHONY: system-and-image-deps image-prebuild image-after-suite
-system-and-image-deps:  # one apt-get for both lists: two at once would wait on dpkg's lock
-	bash scripts/system-deps.sh scripts/system-packages.txt scripts/image-packages.txt
+.PHONY: image-beside-build image-beside-run image-beside-report
+image-beside-build:
+	@rm -f $(IMAGE_LOG).failed
+	@{ $(STAGE) image-installs bash scripts/system-deps.sh scripts/image-packages.txt \
+	   && $(MAKE) --no-print-directory image-build-stages; } >$(IMAGE_LOG) 2>&1 || touch $(IMAGE_LOG).failed
 
-image-prebuild:
-	@rm -f $(IMAGE_BUILD_LOG).failed
-	@$(MAKE) --no-print-directory image-build-stages >$(IMAGE_BUILD_LOG) 2>&1 || touch $(IMAGE_BUILD_LOG).failed
+image-beside-run: image-beside-build test-installs
+	@[ -e $(IMAGE_LOG).failed ] || $(MAKE) --no-print-directory image-run-stage >>$(IMAGE_LOG) 2>&1 \
+	  || touch $(IMAGE_LOG).failed
 
-image-after-suite:
-	@if [ -e $(IMAGE_BUILD_LOG).failed ]; then rm -f $(IMAGE_BUILD_LOG).failed; cat $(IMAGE_BUILD_LOG); \
-	  echo "image build failed (above; the whole log is $(IMAGE_BUILD_LOG))"; exit 1; fi
-	@echo "== image build beside the suite (the last lines of $(IMAGE_BUILD_LOG)):"; tail -n 15 $(IMAGE_BUILD_LOG)
-	@$(MAKE) --no-print-directory image-run-stage
+image-beside-report:
+	@if [ -e $(IMAGE_LOG).failed ]; then rm -f $(IMAGE_LOG).failed; cat $(IMAGE_LOG); \
+	  echo "an image stage failed (above; the whole log is $(IMAGE_LOG))"; exit 1; fi
+	@echo "== the image stages, beside the suite (the last lines of $(IMAGE_LOG)):"; tail -n 12 $(IMAGE_LOG)
 
 test-fast: $(VENV)/.test-deps tools  ## unit tests only (under 3 minutes)
 	$(PYTEST) $(PARALLEL) -m "not e2e"

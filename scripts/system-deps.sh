@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite needs (scripts/system-packages.txt, or the lists
-# given: scripts/image-packages.txt for `make image-test`, both for `WITH_IMAGE=1 make test`, in
-# one apt-get) when they are missing, so `make test`
+# given: scripts/image-packages.txt for `make image-test`) when they are missing, so `make test`
 # on a fresh machine tests what CI tests. As non-root it only prints the one command to run, and
 # fails.
 set -euo pipefail
@@ -21,5 +20,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "installing Debian packages: ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
+# WITH_IMAGE=1 make test installs the suite's and the image's packages side by side: one apt-get
+# at a time (a second would fail on dpkg's lock), at most 15 minutes' wait.
+exec 9>/var/lock/gistnet-system-deps.lock
+flock -w 900 9 || { echo "system-deps.sh: another apt-get held /var/lock/gistnet-system-deps.lock for 15 min" >&2; exit 1; }
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

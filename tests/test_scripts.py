@@ -145,14 +145,17 @@ def test_make_test_times_each_stage_and_keeps_the_slowest_tests():
     def recipe(target):
         return makefile.split(f"\n{target}:", 1)[1].split("\n\n", 1)[0]
 
-    assert "$(STAGE) installs " in recipe("test") and "--summary" in recipe("test")
+    assert "--summary" in recipe("test") and "$(STAGE) installs " in recipe("test-installs")
+    assert recipe("suite").startswith(" test-installs\n")  # the suite's prerequisite
     for stage in ("unit", "e2e"):
         assert f"$(STAGE) {stage} " in recipe("suite")
-    assert "$(STAGE) image-installs " in recipe("image-test")
+    assert "$(STAGE) image-installs " in recipe("image-test") and "$(STAGE) image-installs " in recipe(
+        "image-beside-build")
     for stage in ("image-base", "image-build"):
         assert f"$(STAGE) {stage} " in recipe("image-build-stages")
     assert "$(STAGE) image-run " in recipe("image-run-stage")
-    # CI builds the image beside the suite and runs it after
+    # CI makes the image beside the suite: built from the start, run once the installs are done too
     assert "WITH_IMAGE=1 make test" in (REPO / ".ci" / "run").read_text()
-    assert "image-prebuild" in recipe("test") and "image-after-suite" in recipe("test")
+    assert "image-beside-run" in recipe("test") and "image-beside-report" in recipe("test")
+    assert recipe("image-beside-run").startswith(" image-beside-build test-installs\n")
     assert "--durations=25" in (REPO / "pyproject.toml").read_text()

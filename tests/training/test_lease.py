@@ -134,46 +134,78 @@ def _train_args(data, out: Path, epochs: int, image_size: int = 32, checkpoint_e
             "--checkpoint-every", str(checkpoint_every), "--augmentation", "none", "--device", "cpu"]
 
 
+def _wait_for(what: str, done, proc: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():  # bounded: the process ends or the deadline passes
+        assert proc.poll() is None, f"{what}: the process ended first ({proc.returncode})"
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s}s"
+        time.sleep(0.05)
+
+
 @pytest.mark.e2e
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
 def test_a_second_train_of_a_unit_never_trains_while_the_first_lives_and_resumes_once_it_is_gone(
-        how, tiny_data, tmp_path):
-    """Two ``gistnet train`` of one unit (same run id, same (fold, model)): the second waits one
-    TTL while the first renews its lease, then exits 10 without training; the first is then
-    SIGKILLed (its process gone: the next one takes over at once) or SIGSTOPped (alive but no
-    longer renewing, like a lost node: taken over after one TTL), and a third train resumes
-    from the first's checkpoint and completes the run."""
+        tiny_data, tmp_path):
+    """Trains of one unit (same run id, same (fold, model)) one after another: the second waits one
+    TTL while the first renews its lease, then exits 10 without training. The first is then
+    SIGSTOPped (alive but no longer renewing, like a lost node): a third takes over after one TTL
+    and resumes from the first's checkpoint. The third is SIGKILLed while it trains (its process
+    gone): a fourth takes over at once, resumes and completes the run. (Both takeovers in one
+    sequence: they were two tests that each trained a first and a second train of their own.)"""
     # A TTL a loaded 2-core machine keeps: a holder that cannot renew within 0.8 TTL stops itself (exit 10).
     env = {**os.environ, "GISTNET_OUTPUT_LEASE_TTL_S": "10", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     # Long enough that the first is still training when the second gives up after one TTL on an idle
     # machine too (12 epochs at 32 px finished first there), with few 255 MB checkpoints.
     args = _train_args(tiny_data, tmp_path, 40, image_size=64, checkpoint_every=5)
+    unit = tmp_path / "r" / "resnet34"
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    third = None
     try:
-        deadline = time.monotonic() + 300
-        pointer = tmp_path / "r" / "resnet34" / "checkpoint.json"
-        while not (pointer.exists() and '"key"' in pointer.read_text()):  # a checkpoint, not the lease's stub
-            assert first.poll() is None and time.monotonic() < deadline, "the first train ended before a checkpoint"
-            time.sleep(0.05)
+        _wait_for("the first train's checkpoint", lambda: _checkpoint(unit) is not None, first)
         second = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
         assert first.poll() is None, "the first train finished before the second gave up: the test proves nothing"
         assert second.returncode == EXIT_LEASED, second.stderr
         assert f"(pid {first.pid})" in second.stderr and "resnet34 is being trained by" in second.stderr
         assert "epoch 1/" not in second.stderr and "Traceback" not in second.stderr  # it never trained
         assert second.stderr.strip().splitlines()[-1].startswith("gistnet: unit leased: ")
-        first.send_signal(getattr(signal, how))
-        if how == "SIGKILL":
-            first.wait(timeout=60)
-        third = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
-        assert third.returncode == 0, third.stderr
-        assert f"took over the lease of {os.uname().nodename} (pid {first.pid})" in third.stderr
-        assert ("its process is gone" if how == "SIGKILL" else "not renewed for 10s") in third.stderr
+
+        first.send_signal(signal.SIGSTOP)
+        resumed_from = _checkpoint(unit)
+        third = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        _wait_for("the third train's own checkpoint",
+                  lambda: f'"pid": {third.pid}' in _read(unit / "lease.json")
+                  and _checkpoint(unit) not in (None, resumed_from),
+                  third, timeout_s=600)
+        third.kill()
+        _, third_err = third.communicate(timeout=60)
+        assert f"took over the lease of {os.uname().nodename} (pid {first.pid})" in third_err
+        assert "not renewed for 10s" in third_err and "resumed from" in third_err
+
+        fourth = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+        assert fourth.returncode == 0, fourth.stderr
+        assert f"took over the lease of {os.uname().nodename} (pid {third.pid})" in fourth.stderr
+        assert "its process is gone" in fourth.stderr
     finally:
-        first.kill()
-        first.communicate(timeout=60)
+        for proc in filter(None, (first, third)):
+            proc.kill()
+            proc.communicate(timeout=60)
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     assert rep["status"] == "complete" and rep["models"]["resnet34"]["resumed_from_epoch"] >= 1
-    assert not (tmp_path / "r" / "resnet34" / "lease.json").exists()  # released when the unit ended
+    assert not (unit / "lease.json").exists()  # released when the unit ended
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def _checkpoint(unit: Path) -> str | None:
+    """The checkpoint the unit's pointer names; None before the first (a lease's stub names none)."""
+    try:
+        return json.loads(_read(unit / "checkpoint.json") or "{}").get("key")
+    except ValueError:  # read while it was being replaced
+        return None
 
 
 POINTER = "folds/0/resnet34/checkpoint.json"
