@@ -149,7 +149,7 @@ def test_make_test_times_each_stage_and_keeps_the_slowest_tests():
     assert recipe("suite").startswith(" test-installs\n")  # the suite's prerequisite
     for stage in ("unit", "e2e"):
         assert f"$(STAGE) {stage} " in recipe("suite")
-    assert "$(call parallel,$(E2E_WORKERS)) -m e2e" in recipe("suite")  # a worker more than cores, for its waits
+    assert "$(call parallel,$(E2E_WORKERS)) -m e2e" in recipe("suite")
     assert "$(STAGE) image-installs " in recipe("image-test") and "$(STAGE) image-installs " in recipe(
         "image-beside-build")
     for stage in ("image-base", "image-build"):
