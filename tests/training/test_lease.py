@@ -83,6 +83,23 @@ def test_a_holder_on_this_host_whose_process_is_gone_is_taken_over_at_once(tmp_p
     assert "not renewed for 1s" in caplog.text and "its process is gone" not in caplog.text
 
 
+def test_a_holder_on_this_host_whose_process_lives_but_stopped_renewing_is_taken_over_after_one_ttl(tmp_path, caplog):
+    """A stopped process (SIGSTOP, like a hung node) still exists: its PID says nothing, so only
+    its missing renewals count, and the lease is taken over after the TTL, not at once."""
+    store = LocalStore(tmp_path)
+    stopped = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stopped.send_signal(signal.SIGSTOP)
+        store.write_bytes(KEY, json.dumps({**lease.identity(), "pid": stopped.pid, "since": "then"}).encode())
+        start = time.monotonic()
+        with lease.hold(store, KEY, 1.0, "resnet34 fold 0"):
+            assert time.monotonic() - start >= 1.0
+    finally:
+        stopped.kill()
+        stopped.wait(timeout=30)
+    assert "not renewed for 1s" in caplog.text and "its process is gone" not in caplog.text
+
+
 def _gone_pid() -> int:
     return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True).stdout)
