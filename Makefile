@@ -62,7 +62,7 @@ test-installs:
 # WITH_IMAGE=1 make test (what .ci/run runs): the suite, and make image-test's stages beside it
 # rather than after it: the image's Debian packages, base and build start with the suite's
 # installs, and the image run starts once both the build and the installs are done, while the
-# unit and e2e stages go on. The cores are otherwise idle for much of the installs, and building
+# unit and e2e stages go on. A core is otherwise idle for much of the installs, and building
 # mostly downloads and unpacks (measured in benchmarks/README.md#ci-time-per-landing). The image
 # stages write to $(IMAGE_LOG), not the terminal, so the suite's output stays readable; its tail
 # is printed after the suite, all of it when an image stage failed. (system-deps.sh takes a lock,

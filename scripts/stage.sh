@@ -2,7 +2,7 @@
 # Where `make test` and `make image-test` spend their time: each stage runs through this script.
 #
 #   scripts/stage.sh NAME COMMAND...   # run COMMAND; print "== stage NAME: N s (exit C)" and record it
-#   scripts/stage.sh --summary         # every stage recorded since the last --reset, and the total
+#   scripts/stage.sh --summary         # every stage recorded since the last --reset, their sum and the wall time
 #   scripts/stage.sh --reset           # forget the recorded stages (make test starts with it)
 #
 # Stages are recorded in $STAGE_LOG (default .stage-times, git-ignored), one
