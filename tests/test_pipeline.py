@@ -1,6 +1,7 @@
 """End-to-end runs of the whole pipeline on CPU with tiny images."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from gistnet.evidence import predictions
 from gistnet.evidence import report
 from gistnet.observe.metrics import RunMetrics
 from gistnet.data.storage import LocalStore, sha256_file
-from tests.conftest import copy_tree
+from tests.conftest import NO_GALLERY, copy_tree
 
 pytestmark = pytest.mark.e2e
 
@@ -227,7 +228,8 @@ def _wait_for(path: Path, proc, timeout=300):
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
-    done = subprocess.run(_train_args(tiny_data, out, "ref"), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(_train_args(tiny_data, out, "ref"), capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **NO_GALLERY})
     assert done.returncode == 0, done.stderr
     return json.loads((out / "ref" / "report.json").read_text()), out / "ref"
 
@@ -235,8 +237,9 @@ def uninterrupted(tiny_data, tmp_path_factory):
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_interrupted_run_resumes_to_identical_results(how, tiny_data, tmp_path, uninterrupted):
     ref_report, ref_dir = uninterrupted
+    env = {**os.environ, **NO_GALLERY}  # compared: weights, metrics, history; no figure
     proc = subprocess.Popen(_train_args(tiny_data, tmp_path, "run"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env=env)
     try:
         _wait_for(tmp_path / "run" / "resnet34" / "checkpoint.json", proc)
         proc.send_signal(getattr(signal, how))
@@ -249,7 +252,8 @@ def test_interrupted_run_resumes_to_identical_results(how, tiny_data, tmp_path, 
     else:
         assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "run" / "report.json").exists()
-    done = subprocess.run(_train_args(tiny_data, tmp_path, "run"), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(_train_args(tiny_data, tmp_path, "run"), capture_output=True, text=True, timeout=600,
+                          env=env)
     assert done.returncode == 0, done.stderr
     rep = json.loads((tmp_path / "run" / "report.json").read_text())
     m, ref = rep["models"]["resnet34"], ref_report["models"]["resnet34"]
@@ -306,7 +310,7 @@ def test_fan_out_pairs_as_concurrent_processes_against_s3_and_a_killed_pair_reru
             "none", "--device", "cpu", "--fold", "auto"]
 
     def pair(index: int) -> subprocess.Popen:
-        env = {**s3_env, "JOB_COMPLETION_INDEX": str(index), "OMP_NUM_THREADS": "1"}
+        env = {**s3_env, **NO_GALLERY, "JOB_COMPLETION_INDEX": str(index), "OMP_NUM_THREADS": "1"}
         return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
     doomed = pair(3)

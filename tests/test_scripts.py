@@ -27,7 +27,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import NO_GALLERY, REPO
 
 SHELL_SCRIPTS = sorted((REPO / "scripts").glob("*.sh"))
 
@@ -107,7 +107,7 @@ def test_bench_load_runs_every_loader_on_both_sources():
 @pytest.mark.e2e
 def test_bench_ddp_throughput_and_exit_loop_run():
     out = run_script("benchmarks/bench_ddp.py", "throughput", "--image-size", "32", "--epochs", "1",
-                     "--n-gist", "20", "--n-lm", "20").stdout  # 32 training images: one global batch
+                     "--n-gist", "20", "--n-lm", "20", env=NO_GALLERY).stdout  # 32 training images: one global batch
     for config in ("1 process(es) x 1 thread(s)", "1 process(es) x 2 thread(s)", "2 process(es) x 1 thread(s)"):
         assert f"{config}  whole command:" in out
     out = run_script("benchmarks/bench_ddp.py", "exit-loop", "--runs", "1", "--variant", "delete").stdout

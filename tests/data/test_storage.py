@@ -166,6 +166,7 @@ def test_unreachable_endpoint_is_retried_by_botocore_then_a_storage_error(monkey
 def test_s3_faults_are_retried_and_outputs_are_identical(bucket, s3_env, s3_client, cli):
     """503s, connection resets and delays from a proxy in front of the loopback S3 server:
     botocore's retries absorb them and the run's outputs equal those of a clean run."""
+    from tests.conftest import NO_GALLERY
     from tests.faultproxy import FaultProxy
 
     from gistnet.data import synth
@@ -174,10 +175,10 @@ def test_s3_faults_are_retried_and_outputs_are_identical(bucket, s3_env, s3_clie
     synth.write_dataset(open_store(f"s3://{bucket}/data", StorageConfig()), 12, 12, 32, seed=0)  # here: no process
     args = ["train", "--data", f"s3://{bucket}/data", "--models", "resnet34", "--epochs", 1, "--image-size", 32,
             "--batch-size", 16, "--augmentation", "none"]
-    clean = cli(*args, "--output", f"s3://{bucket}/clean", "--run-id", "r", env=s3_env)
+    clean = cli(*args, "--output", f"s3://{bucket}/clean", "--run-id", "r", env={**s3_env, **NO_GALLERY})
     assert clean.returncode == 0, clean.stderr
     with FaultProxy(endpoint) as proxy:
-        env = {**s3_env, "AWS_ENDPOINT_URL": proxy.url, "GISTNET_STORAGE_MULTIPART_THRESHOLD_MB": "16"}
+        env = {**s3_env, **NO_GALLERY, "AWS_ENDPOINT_URL": proxy.url, "GISTNET_STORAGE_MULTIPART_THRESHOLD_MB": "16"}
         faulty = cli(*args, "--output", f"s3://{bucket}/faulty", "--run-id", "r", env=env)
     print(f"fault proxy answered: {proxy.counts}")
     assert faulty.returncode == 0, faulty.stderr

@@ -28,6 +28,7 @@ from gistnet.data import synth
 from gistnet.data.storage import open_store
 from gistnet.errors import EXIT_REFUSED
 from gistnet.observe import registry
+from tests.conftest import NO_GALLERY
 from tests.mlflowserver import mlflow_server  # noqa: F401 - fixture
 
 mlflow = pytest.importorskip("mlflow")
@@ -43,7 +44,7 @@ def test_promoted_refused_promoted_and_the_alias_follows(cli, bucket, s3_env, ml
     synth.write_dataset(store("locked"), 40, 40, 32, seed=99)  # the promotion set, used for nothing else
     # Two torch threads, as on the 2-core machine this sequence was tuned on: the three runs' weights (and
     # so whether night 3 clears the margin) depend on the thread count, and xdist workers run one thread.
-    env = {**s3_env, "OMP_NUM_THREADS": "2",
+    env = {**s3_env, **NO_GALLERY, "OMP_NUM_THREADS": "2",
            "GISTNET_TRACKING_MLFLOW_URI": mlflow_server, "GISTNET_PROMOTION_REGISTRY": f"{root}/registry",
            "GISTNET_PROMOTION_DATA": f"{root}/locked", "GISTNET_PROMOTION_AUC_MARGIN": "0.2",
            "GISTNET_PROMOTION_MAX_CALIBRATION_SHIFT": "0.5"}
