@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite needs (scripts/system-packages.txt, or the lists
+# Installs the Debian packages the test suite needs (scripts/system-packages.txt, or the list
 # given: scripts/image-packages.txt for `make image-test`) when they are missing, so `make test`
 # on a fresh machine tests what CI tests. As non-root it only prints the one command to run, and
 # fails.
 set -euo pipefail
-lists=("$@"); [ ${#lists[@]} -gt 0 ] || lists=("$(dirname "$0")/system-packages.txt")
-for list in "${lists[@]}"; do
-  [ -f "$list" ] || { echo "system-deps.sh: no package list $list" >&2; exit 2; }
-done
-mapfile -t packages < <(cat "${lists[@]}" | grep -v '^\s*#' | grep -v '^\s*$')
+list=${1:-$(dirname "$0")/system-packages.txt}
+[ -f "$list" ] || { echo "system-deps.sh: no package list $list" >&2; exit 2; }
+mapfile -t packages < <(grep -v '^\s*#' "$list" | grep -v '^\s*$')
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

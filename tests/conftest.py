@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -158,6 +159,19 @@ def run_cli(*args, env=None, timeout=600, cwd=None) -> subprocess.CompletedProce
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     return subprocess.run([sys.executable, "-m", "gistnet", *map(str, args)], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=cwd)
+
+
+def wait_until(what: str, done, proc: subprocess.Popen, timeout_s: float = 300) -> None:
+    """Poll ``done()`` every 50 ms until it is true; fail naming ``what`` when ``proc`` ends first
+    (with the end of its stderr, when piped) or after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not done():  # bounded: the process ends or the deadline passes
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"{what}: the process ended first (exit {proc.returncode}): {err[-3000:]}")
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout_s}s")
+        time.sleep(0.05)
 
 
 @pytest.fixture

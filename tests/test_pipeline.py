@@ -16,7 +16,7 @@ from gistnet.evidence import predictions
 from gistnet.evidence import report
 from gistnet.observe.metrics import RunMetrics
 from gistnet.data.storage import LocalStore, sha256_file
-from tests.conftest import NO_GALLERY, copy_tree
+from tests.conftest import NO_GALLERY, copy_tree, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -212,17 +212,9 @@ def _train_args(data, out, run_id):
             "--checkpoint-every", "1", "--augmentation", "online"]
 
 
-def _wait_for(path: Path, proc, timeout=300):
-    """Until ``path`` exists; a checkpoint pointer until it names a checkpoint (the unit's lease
-    claims it first with a stub that names none)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and (path.name != "checkpoint.json" or '"key"' in path.read_text()):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"training ended before {path} appeared: {proc.stderr.read()}")
-        time.sleep(0.05)
-    raise AssertionError(f"{path} did not appear in {timeout}s")
+def _names_a_checkpoint(pointer: Path) -> bool:
+    """The unit's lease claims its checkpoint pointer first with a stub that names none."""
+    return pointer.exists() and '"key"' in pointer.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +233,8 @@ def test_interrupted_run_resumes_to_identical_results(how, tiny_data, tmp_path, 
     proc = subprocess.Popen(_train_args(tiny_data, tmp_path, "run"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
     try:
-        _wait_for(tmp_path / "run" / "resnet34" / "checkpoint.json", proc)
+        pointer = tmp_path / "run" / "resnet34" / "checkpoint.json"
+        wait_until(f"{pointer} naming a checkpoint", lambda: _names_a_checkpoint(pointer), proc)
         proc.send_signal(getattr(signal, how))
         _, stderr = proc.communicate(timeout=300)
     finally:

@@ -14,7 +14,7 @@ from gistnet.config import StorageConfig
 from gistnet.data.storage import LocalStore, open_store
 from gistnet.errors import EXIT_LEASED, LeaseHeld
 from gistnet.training import lease
-from tests.conftest import NO_GALLERY
+from tests.conftest import NO_GALLERY, wait_until
 
 KEY = "folds/0/resnet34/lease.json"
 
@@ -152,14 +152,6 @@ def _train_args(data, out: Path, epochs: int, image_size: int = 32, checkpoint_e
             "--checkpoint-every", str(checkpoint_every), "--augmentation", "none", "--device", "cpu"]
 
 
-def _wait_for(what: str, done, proc: subprocess.Popen, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():  # bounded: the process ends or the deadline passes
-        assert proc.poll() is None, f"{what}: the process ended first ({proc.returncode})"
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s}s"
-        time.sleep(0.05)
-
-
 @pytest.mark.e2e
 def test_a_second_train_of_a_unit_never_trains_while_the_first_lives_and_resumes_once_it_is_gone(
         tiny_data, tmp_path):
@@ -178,7 +170,7 @@ def test_a_second_train_of_a_unit_never_trains_while_the_first_lives_and_resumes
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     third = None
     try:
-        _wait_for("the first train's checkpoint", lambda: _checkpoint(unit) is not None, first)
+        wait_until("the first train's checkpoint", lambda: _checkpoint(unit) is not None, first)
         second = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
         assert first.poll() is None, "the first train finished before the second gave up: the test proves nothing"
         assert second.returncode == EXIT_LEASED, second.stderr
@@ -189,7 +181,7 @@ def test_a_second_train_of_a_unit_never_trains_while_the_first_lives_and_resumes
         first.send_signal(signal.SIGSTOP)
         resumed_from = _checkpoint(unit)
         third = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-        _wait_for("the third train's own checkpoint",
+        wait_until("the third train's own checkpoint",
                   lambda: f'"pid": {third.pid}' in _read(unit / "lease.json")
                   and _checkpoint(unit) not in (None, resumed_from),
                   third, timeout_s=600)
