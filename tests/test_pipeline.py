@@ -95,6 +95,24 @@ def test_finished_run_is_a_no_op_unless_forced(tiny_runs, tmp_path):
     assert "explain" not in forced.report["models"]["resnet34"] and not list(run.glob("gradcam-*"))
 
 
+def test_a_unit_finished_before_the_report_is_reused_not_retrained(tiny_runs, tmp_path, caplog):
+    """A process that dies after its last unit's result.json and before report.json (a copy of
+    ``tiny_runs`` run ``a`` without its report): the re-run trains nothing, says which unit it
+    reuses, and writes the same report from the stored result."""
+    run = copy_tree(tiny_runs / "a", tmp_path / "a")
+    before = json.loads((run / "report.json").read_text())
+    (run / "report.json").unlink()
+    weights = sha256_file(run / "resnet34" / "model.safetensors")
+    result = (run / "resnet34" / "result.json").read_bytes()
+    cfg = config.replace(config.load_config(run / "config.yaml", environ={}), output={"uri": str(tmp_path)})
+    again = pipeline.run(cfg)
+    assert not again.already_complete and again.report["status"] == "complete"
+    assert "resnet34: already trained in this run; reusing" in caplog.text and "epoch 1/" not in caplog.text
+    assert sha256_file(run / "resnet34" / "model.safetensors") == weights
+    assert (run / "resnet34" / "result.json").read_bytes() == result
+    assert again.report["models"]["resnet34"]["metrics"] == before["models"]["resnet34"]["metrics"]
+    assert json.loads((run / "report.json").read_text())["models"] == again.report["models"]
+
 def test_resuming_with_a_different_config_is_refused(tiny_data, tmp_path):
     from gistnet.errors import ConfigError
 

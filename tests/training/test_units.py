@@ -1,12 +1,13 @@
 """Units of work and their aggregation, without training: folds see only their training part,
 missing units are named, the report is byte-identical however often it is aggregated."""
 
+from pathlib import Path
 
 import pytest
 import torch
 
 from gistnet import config
-from gistnet.errors import EXIT_LEASED, LeaseHeld
+from gistnet.errors import EXIT_LEASED, ConfigError, LeaseHeld
 from gistnet.data import dataset, split
 from gistnet.training import units
 
@@ -80,3 +81,16 @@ def test_under_ddp_every_rank_follows_rank_0s_lease_decision_before_reading_a_ch
     with pytest.raises(LeaseHeld, match="being trained by pod-1") as stopped:
         train_unit()
     assert stopped.value.exit_code == EXIT_LEASED and trained == []
+
+
+def test_initial_weights_that_do_not_exist_are_a_config_error_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"train.init_weights: .*w.safetensors does not exist"):
+        units.local_weights(str(tmp_path / "w.safetensors"), config.Config(), str(tmp_path))
+
+
+def test_initial_weights_in_s3_are_downloaded_to_scratch_under_a_name_not_taken_from_the_key(
+        s3_env, bucket, s3_client, tmp_path):
+    s3_client.put_object(Bucket=bucket, Key="weights/w.safetensors", Body=b"weights")
+    local = units.local_weights(f"s3://{bucket}/weights/w.safetensors", config.Config(), str(tmp_path))
+    assert Path(local).parent.parent == tmp_path and Path(local).name == "init.safetensors"
+    assert Path(local).read_bytes() == b"weights"
