@@ -23,7 +23,8 @@ def test_gpu_check_dry_run_passes_every_step(tmp_path):
     # DRY_COMPILE=off: the "compiled" jobs run eager (inductor compiling for the CPU took 13 min per
     # job on the shared 2-core machine); the compiled step and its cache are tests/training/test_compile.py's.
     # NO_GALLERY: the steps are checked, not the figures (the GPU run draws them)
-    env = {**os.environ, **NO_GALLERY, "DRY_RUN": "1", "DRY_COMPILE": "off", "TMPDIR": str(tmp_path), "LOG_DIR": str(tmp_path / "logs"),
+    env = {**os.environ, **NO_GALLERY, "DRY_RUN": "1", "DRY_COMPILE": "off", "TMPDIR": str(tmp_path),
+           "LOG_DIR": str(tmp_path / "logs"),
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
     env.pop("OUT", None)
     done = subprocess.run(["bash", str(REPO / "scripts" / "gpu-check.sh")], capture_output=True, text=True,

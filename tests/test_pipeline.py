@@ -113,6 +113,7 @@ def test_a_unit_finished_before_the_report_is_reused_not_retrained(tiny_runs, tm
     assert again.report["models"]["resnet34"]["metrics"] == before["models"]["resnet34"]["metrics"]
     assert json.loads((run / "report.json").read_text())["models"] == again.report["models"]
 
+
 def test_resuming_with_a_different_config_is_refused(tiny_data, tmp_path):
     from gistnet.errors import ConfigError
 

@@ -8,6 +8,7 @@ import pytest
 from gistnet.config import StorageConfig
 from gistnet.errors import StorageError
 from gistnet.data.storage import LocalStore, open_store, redact, safe_key, sha256_file
+from tests.conftest import NO_GALLERY
 
 
 def test_local_store_round_trip(tmp_path):
@@ -166,7 +167,6 @@ def test_unreachable_endpoint_is_retried_by_botocore_then_a_storage_error(monkey
 def test_s3_faults_are_retried_and_outputs_are_identical(bucket, s3_env, s3_client, cli):
     """503s, connection resets and delays from a proxy in front of the loopback S3 server:
     botocore's retries absorb them and the run's outputs equal those of a clean run."""
-    from tests.conftest import NO_GALLERY
     from tests.faultproxy import FaultProxy
 
     from gistnet.data import synth

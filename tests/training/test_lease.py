@@ -162,7 +162,8 @@ def test_a_second_train_of_a_unit_never_trains_while_the_first_lives_and_resumes
     gone): a fourth takes over at once, resumes and completes the run. (Both takeovers in one
     sequence: they were two tests that each trained a first and a second train of their own.)"""
     # A TTL a loaded 2-core machine keeps: a holder that cannot renew within 0.8 TTL stops itself (exit 10).
-    env = {**os.environ, **NO_GALLERY, "GISTNET_OUTPUT_LEASE_TTL_S": "10", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **NO_GALLERY, "GISTNET_OUTPUT_LEASE_TTL_S": "10", "OMP_NUM_THREADS": "1",
+           "PYTHONUNBUFFERED": "1"}
     # Long enough that the first is still training when the second gives up after one TTL on an idle
     # machine too (12 epochs at 32 px finished first there), with few 255 MB checkpoints.
     args = _train_args(tiny_data, tmp_path, 40, image_size=64, checkpoint_every=5)
@@ -182,9 +183,9 @@ def test_a_second_train_of_a_unit_never_trains_while_the_first_lives_and_resumes
         resumed_from = _checkpoint(unit)
         third = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         wait_until("the third train's own checkpoint",
-                  lambda: f'"pid": {third.pid}' in _read(unit / "lease.json")
-                  and _checkpoint(unit) not in (None, resumed_from),
-                  third, timeout_s=600)
+                   lambda: f'"pid": {third.pid}' in _read(unit / "lease.json")
+                   and _checkpoint(unit) not in (None, resumed_from),
+                   third, timeout_s=600)
         third.kill()
         _, third_err = third.communicate(timeout=60)
         assert f"took over the lease of {os.uname().nodename} (pid {first.pid})" in third_err

