@@ -155,6 +155,7 @@ def load_lists(store, cfg):
 
 def measure_one(loader: str, uri: str, threads: int, size: int, roi: str = "auto") -> dict:
     from PIL import Image, ImageOps  # noqa: F401 - every import before the baseline
+    import joblib  # noqa: F401 - dataset.decode_threads's; a training run has it loaded (scikit-learn)
     import torch  # noqa: F401
 
     from gistnet.data import dataset  # noqa: F401

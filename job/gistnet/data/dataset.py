@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import queue
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -249,13 +250,76 @@ def _runs(flags: np.ndarray):
     return zip(edges[::2].tolist(), edges[1::2].tolist())
 
 
+def decode_threads(threads: int) -> int:
+    """Threads that decode: ``threads`` (data.download_threads), at most the CPUs this process may
+    use (``joblib.cpu_count``: affinity and a container's CPU quota). Decoding holds the GIL between
+    its C calls, so threads beyond the cores only queue for it (benchmarks/README.md, issue 29)."""
+    from joblib import cpu_count
+
+    return max(1, min(threads, cpu_count()))
+
+
+def read_then_decode(count: int, read, decode, readers: int, decoders: int) -> None:
+    """``read(row)`` for rows 0..count-1 on ``readers`` threads (network latency wants many),
+    ``decode(row, data)`` on ``decoders`` threads (CPU work). ``read``'s exception is passed to
+    ``decode`` as its ``data``; an exception ``decode`` raises stops both sides and is raised here.
+    At most ``readers`` objects wait between the two, so at most 2 x readers + decoders are held."""
+    rows, take = iter(range(count)), threading.Lock()
+    ready: queue.Queue = queue.Queue(maxsize=max(1, readers))
+    stop, failures = threading.Event(), []
+
+    def reader() -> None:
+        while not stop.is_set():
+            with take:
+                row = next(rows, None)
+            if row is None:
+                return
+            try:
+                data = read(row)
+            except Exception as exc:  # noqa: BLE001 - decode decides: a skip, or the end of the load
+                data = exc
+            ready.put((row, data))
+
+    def decoder() -> None:
+        while (item := ready.get()) is not None:
+            if stop.is_set():
+                continue  # drained, so a reader never waits on a full queue
+            try:
+                decode(*item)
+            except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+                failures.append(exc)
+                stop.set()
+
+    reading = [threading.Thread(target=reader, name=f"gistnet-read-{i}", daemon=True) for i in range(max(1, readers))]
+    decoding = [threading.Thread(target=decoder, name=f"gistnet-decode-{i}", daemon=True)
+                for i in range(max(1, decoders))]
+    for thread in reading + decoding:
+        thread.start()
+    try:
+        for thread in reading:
+            thread.join()
+    except BaseException:  # KeyboardInterrupt in the join: no new reads; each reader ends after its current one
+        stop.set()
+        raise
+    finally:
+        for thread in reading:
+            thread.join()
+        for _ in decoding:
+            ready.put(None)
+        for thread in decoding:
+            thread.join()
+    if failures:
+        raise failures[0]
+
+
 def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels: int, threads: int,
                      on_done=None, roi_mode: str = "none", lineage: Lineage | None = None,
                      pseudo: Pseudonymizer | None = None, where=None,
                      masks: list | None = None) -> tuple[list[Labeled], torch.Tensor, list[dict], list[str]]:
-    """Read and decode each object in a worker thread straight into its row of one
-    preallocated tensor; its bytes are dropped as soon as it is decoded, so at most
-    ``threads`` objects are held at once. Drops undecodable objects and same-class
+    """Read each object on ``threads`` threads and decode it on ``decode_threads(threads)``
+    (``read_then_decode``) straight into its row of one preallocated tensor; its bytes are
+    dropped as soon as it is decoded, so at most 2 x ``threads`` objects are held at once.
+    Drops undecodable objects and same-class
     duplicates (the first in listing order is kept), fails on cross-class ones. A DICOM's
     PatientID fills ``patient_id`` of an item the manifest gave none (raw: pseudonymize it).
     ``lineage``, when given, receives the size, sha256 and use (``lineage.use_of``) of each kept object and
@@ -269,32 +333,32 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
     pixel_digests: list[str | None] = [None] * len(labeled)
     dicom_ids, first_frames, several = [""] * len(labeled), [False] * len(labeled), [False] * len(labeled)
     known: list[tuple[bool, str]] = [(False, "")] * len(labeled)
+    outcomes: list[tuple[str | None, str | None, int]] = [(None, None, 0)] * len(labeled)
+    progress, count_lock = [0], threading.Lock()
 
-    def work(row: int) -> tuple[str | None, str | None, int]:
+    def decode(row: int, data: bytes | Exception) -> None:
         item = labeled[row]
-        try:
-            data = store.read(item.key)
-        except StorageError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - reported per object
-            return _unreadable(exc, item.key, pseudo), None, 0
-        try:
-            decoded = decode_item(data, size, max_pixels, roi_mode, item.frame, item.roi, where(item.key))
-            canvas.put(row, decoded.pixels)
-            pixel_digests[row] = pixel_digest(decoded.pixels)
-            dicom_ids[row], first_frames[row] = decoded.patient_id, decoded.first_of_frames
-            several[row] = decoded.several_regions
-            known[row] = (decoded.mask_known, decoded.mask_reason)
-        except ValueError as exc:
-            return str(exc), None, len(data)
-        return None, hashlib.sha256(data).hexdigest(), len(data)
+        if isinstance(data, StorageError):
+            raise data
+        if isinstance(data, Exception):
+            outcomes[row] = _unreadable(data, item.key, pseudo), None, 0
+        else:
+            try:
+                decoded = decode_item(data, size, max_pixels, roi_mode, item.frame, item.roi, where(item.key))
+                canvas.put(row, decoded.pixels)
+                pixel_digests[row] = pixel_digest(decoded.pixels)
+                dicom_ids[row], first_frames[row] = decoded.patient_id, decoded.first_of_frames
+                several[row] = decoded.several_regions
+                known[row] = (decoded.mask_known, decoded.mask_reason)
+                outcomes[row] = None, hashlib.sha256(data).hexdigest(), len(data)
+            except ValueError as exc:
+                outcomes[row] = str(exc), None, len(data)
+        if on_done:
+            with count_lock:
+                progress[0] += 1
+                on_done(progress[0])
 
-    outcomes = []
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for n, outcome in enumerate(pool.map(work, range(len(labeled))), 1):
-            outcomes.append(outcome)
-            if on_done:
-                on_done(n)
+    read_then_decode(len(labeled), lambda row: store.read(labeled[row].key), decode, threads, decode_threads(threads))
     if any(first_frames):  # counted, not named: object keys may be patient data (data.pseudonymize_keys)
         log.info("%d multi-frame DICOM objects read at their first frame (a manifest 'frame' column chooses "
                  "another)", sum(first_frames))
@@ -370,7 +434,7 @@ def decode_all(raw: dict[str, bytes | Exception], labeled: list[Labeled], size: 
             hashlib.sha256(value).hexdigest()
 
     kept, arrays, skipped, seen, several = [], [], [], {}, {}
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+    with ThreadPoolExecutor(max_workers=decode_threads(threads)) as pool:  # bytes already read: CPU work only
         for n, (item, array, reason, digest) in enumerate(pool.map(work, labeled), 1):
             if on_done:
                 on_done(n)
@@ -406,7 +470,8 @@ def load_images(store: Store, cfg: DataConfig, device: torch.device, on_stage=No
 
     pseudo = pseudo or Pseudonymizer(secrets.token_bytes(32), False, cfg.pseudonymize_keys)
     labeled, unsafe = list_labeled(store, cfg, pseudo)
-    log.info("loading %d images from %s with %d threads", len(labeled), store.uri, cfg.download_threads)
+    log.info("loading %d images from %s (%d threads reading, %d decoding)", len(labeled), store.uri,
+             cfg.download_threads, decode_threads(cfg.download_threads))
     start = time.perf_counter()
     lineage = Lineage(skipped=[relative_key(store, s["uri"]) for s in unsafe])
     masks: list[tuple[bool, str]] = []

@@ -39,8 +39,9 @@ def pixel_digest(pixels: np.ndarray) -> str:
             array.shape[2] == 3 and (array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all())):
         array = array[..., 0]
     array = np.ascontiguousarray(array)
-    shape = "x".join(str(n) for n in array.shape)
-    return hashlib.sha256(shape.encode("ascii") + array.tobytes()).hexdigest()
+    digest = hashlib.sha256("x".join(str(n) for n in array.shape).encode("ascii"))
+    digest.update(array)  # the buffer itself: no copy, and hashlib releases the GIL while it hashes
+    return digest.hexdigest()
 
 
 def document(images: dict[str, str], image_size: int, patients=None, key_check: str | None = None) -> dict:
