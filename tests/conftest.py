@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -172,6 +173,11 @@ def wait_until(what: str, done, proc: subprocess.Popen, timeout_s: float = 300) 
         if time.monotonic() >= deadline:
             raise AssertionError(f"{what}: not within {timeout_s}s")
         time.sleep(0.05)
+
+
+def loader_threads() -> list[str]:
+    """The loader's reading and decoding threads still alive (none once a load has returned)."""
+    return [t.name for t in threading.enumerate() if t.name.startswith(("gistnet-read-", "gistnet-decode-"))]
 
 
 @pytest.fixture

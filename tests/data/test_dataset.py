@@ -1,8 +1,6 @@
 import hashlib
 import io
 import re
-import threading
-import time
 import zlib
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from gistnet.data import dataset
 from gistnet.config import DataConfig
 from gistnet.errors import DataError, StorageError
 from gistnet.data.storage import LocalStore
+from tests.conftest import loader_threads
 
 
 def png(array, mode=None, fmt="PNG", **save):
@@ -199,59 +198,6 @@ def test_skipped_rows_are_compacted_in_listing_order(tmp_path):
         assert torch.equal(row[0], torch.from_numpy(dataset.decode_pixels(store.read(key), 32, 10**8))), key
 
 
-def _loader_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith(("gistnet-read-", "gistnet-decode-"))]
-
-
-def test_read_then_decode_decodes_every_row_once_and_holds_at_most_its_bound():
-    readers, decoders, lock = 5, 2, threading.Lock()
-    state = {"held": 0, "max_held": 0, "decoding": 0, "max_decoding": 0}
-    decoded: list[int] = []
-
-    def change(key: str, by: int) -> None:
-        with lock:
-            state[key] += by
-            state["max_" + key] = max(state["max_" + key], state[key])
-
-    def read(row):
-        change("held", 1)
-        return row * 2
-
-    def decode(row, data):
-        change("decoding", 1)
-        time.sleep(0.0005)  # slower than reading, so reads pile up against the bound
-        decoded.append(data // 2)
-        change("decoding", -1)
-        change("held", -1)
-
-    dataset.read_then_decode(300, read, decode, readers, decoders)
-    assert sorted(decoded) == list(range(300))
-    assert state["max_decoding"] == decoders  # decodes ran side by side, never on more threads
-    assert state["max_held"] <= 2 * readers + decoders
-    assert not _loader_threads()
-
-
-def test_read_then_decode_passes_read_errors_on_and_raises_the_first_decode_error_at_once():
-    seen, reads = {}, []
-
-    def read(row):
-        reads.append(row)
-        if row == 3:
-            raise OSError("disk gone")
-        return b"x"
-
-    def decode(row, data):
-        seen[row] = data
-        if row == 40:
-            raise DataError("the manifest asks for frame 9")
-
-    with pytest.raises(DataError, match="frame 9"):
-        dataset.read_then_decode(2000, read, decode, readers=4, decoders=2)
-    assert isinstance(seen[3], OSError) and seen[0] == b"x"
-    assert len(reads) < 2000  # stopped: no read started after the failure but those already waiting
-    assert not _loader_threads()
-
-
 def test_a_storage_error_while_loading_ends_the_load(tmp_path):
     class Failing(LocalStore):
         def read(self, key):
@@ -264,14 +210,7 @@ def test_a_storage_error_while_loading_ends_the_load(tmp_path):
     with pytest.raises(StorageError, match="denied"):
         dataset.load_images(failing, DataConfig(image_size=32, min_images_per_class=2, download_threads=4),
                             torch.device("cpu"))
-    assert not _loader_threads()
-
-
-def test_decoding_threads_are_at_most_the_usable_cpus():
-    import joblib
-
-    assert dataset.decode_threads(1) == 1
-    assert dataset.decode_threads(10_000) == joblib.cpu_count()
+    assert not loader_threads()
 
 
 def test_manifest_with_a_header_gives_sites_and_covariates(tmp_path):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import queue
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +26,7 @@ from PIL import Image, ImageOps
 from gistnet.config import DataConfig
 from gistnet.errors import DataError, StorageError
 from gistnet.data.fingerprint import pixel_digest
+from gistnet.data.reading import decode_threads, read_then_decode
 from gistnet.data import dicom, region
 from gistnet.data import privacy
 from gistnet.data.privacy import Pseudonymizer
@@ -250,74 +250,12 @@ def _runs(flags: np.ndarray):
     return zip(edges[::2].tolist(), edges[1::2].tolist())
 
 
-def decode_threads(threads: int) -> int:
-    """Threads that decode: ``threads`` (data.download_threads), at most the CPUs this process may
-    use (``joblib.cpu_count``: affinity and a container's CPU quota). Decoding holds the GIL between
-    its C calls, so threads beyond the cores only queue for it (benchmarks/README.md, issue 29)."""
-    from joblib import cpu_count
-
-    return max(1, min(threads, cpu_count()))
-
-
-def read_then_decode(count: int, read, decode, readers: int, decoders: int) -> None:
-    """``read(row)`` for rows 0..count-1 on ``readers`` threads (network latency wants many),
-    ``decode(row, data)`` on ``decoders`` threads (CPU work). ``read``'s exception is passed to
-    ``decode`` as its ``data``; an exception ``decode`` raises stops both sides and is raised here.
-    At most ``readers`` objects wait between the two, so at most 2 x readers + decoders are held."""
-    rows, take = iter(range(count)), threading.Lock()
-    ready: queue.Queue = queue.Queue(maxsize=max(1, readers))
-    stop, failures = threading.Event(), []
-
-    def reader() -> None:
-        while not stop.is_set():
-            with take:
-                row = next(rows, None)
-            if row is None:
-                return
-            try:
-                data = read(row)
-            except Exception as exc:  # noqa: BLE001 - decode decides: a skip, or the end of the load
-                data = exc
-            ready.put((row, data))
-
-    def decoder() -> None:
-        while (item := ready.get()) is not None:
-            if stop.is_set():
-                continue  # drained, so a reader never waits on a full queue
-            try:
-                decode(*item)
-            except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
-                failures.append(exc)
-                stop.set()
-
-    reading = [threading.Thread(target=reader, name=f"gistnet-read-{i}", daemon=True) for i in range(max(1, readers))]
-    decoding = [threading.Thread(target=decoder, name=f"gistnet-decode-{i}", daemon=True)
-                for i in range(max(1, decoders))]
-    for thread in reading + decoding:
-        thread.start()
-    try:
-        for thread in reading:
-            thread.join()
-    except BaseException:  # KeyboardInterrupt in the join: no new reads; each reader ends after its current one
-        stop.set()
-        raise
-    finally:
-        for thread in reading:
-            thread.join()
-        for _ in decoding:
-            ready.put(None)
-        for thread in decoding:
-            thread.join()
-    if failures:
-        raise failures[0]
-
-
 def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels: int, threads: int,
                      on_done=None, roi_mode: str = "none", lineage: Lineage | None = None,
                      pseudo: Pseudonymizer | None = None, where=None,
                      masks: list | None = None) -> tuple[list[Labeled], torch.Tensor, list[dict], list[str]]:
-    """Read each object on ``threads`` threads and decode it on ``decode_threads(threads)``
-    (``read_then_decode``) straight into its row of one preallocated tensor; its bytes are
+    """Read each object on ``threads`` threads and decode it on ``reading.decode_threads(threads)``
+    (``reading.read_then_decode``) straight into its row of one preallocated tensor; its bytes are
     dropped as soon as it is decoded, so at most 2 x ``threads`` objects are held at once.
     Drops undecodable objects and same-class
     duplicates (the first in listing order is kept), fails on cross-class ones. A DICOM's
