@@ -256,7 +256,7 @@ def load_into_tensor(store: Store, labeled: list[Labeled], size: int, max_pixels
                      masks: list | None = None) -> tuple[list[Labeled], torch.Tensor, list[dict], list[str]]:
     """Read each object on ``threads`` threads and decode it on ``reading.decode_threads(threads)``
     (``reading.read_then_decode``) straight into its row of one preallocated tensor; its bytes are
-    dropped as soon as it is decoded, so at most 2 x ``threads`` objects are held at once.
+    dropped as soon as it is decoded, so at most 2 x ``threads`` + the decoding threads objects are held at once.
     Drops undecodable objects and same-class
     duplicates (the first in listing order is kept), fails on cross-class ones. A DICOM's
     PatientID fills ``patient_id`` of an item the manifest gave none (raw: pseudonymize it).
