@@ -26,8 +26,9 @@ def read_then_decode(count: int, read, decode, readers: int, decoders: int) -> N
     ``decode(row, data)`` on ``decoders`` threads (CPU work). ``read``'s exception is passed to
     ``decode`` as its ``data``; an exception ``decode`` raises stops both sides and is raised here.
     At most ``readers`` objects wait between the two, so at most 2 x readers + decoders are held."""
+    readers, decoders = max(1, readers), max(1, decoders)
     rows, take = iter(range(count)), threading.Lock()
-    ready: queue.Queue = queue.Queue(maxsize=max(1, readers))
+    ready: queue.Queue = queue.Queue(maxsize=readers)
     stop, failures = threading.Event(), []
 
     def reader() -> None:
@@ -52,9 +53,8 @@ def read_then_decode(count: int, read, decode, readers: int, decoders: int) -> N
                 failures.append(exc)
                 stop.set()
 
-    reading = [threading.Thread(target=reader, name=f"gistnet-read-{i}", daemon=True) for i in range(max(1, readers))]
-    decoding = [threading.Thread(target=decoder, name=f"gistnet-decode-{i}", daemon=True)
-                for i in range(max(1, decoders))]
+    reading = [threading.Thread(target=reader, name=f"gistnet-read-{i}", daemon=True) for i in range(readers)]
+    decoding = [threading.Thread(target=decoder, name=f"gistnet-decode-{i}", daemon=True) for i in range(decoders)]
     for thread in reading + decoding:
         thread.start()
     try:
